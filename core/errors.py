@@ -1,0 +1,86 @@
+"""One tree of errors. Each says what went wrong and what to do next.
+
+    SluiceError
+    ├── InputError            bad input: quarantined with a report, never retried
+    │   ├── ContractMissing   no contract for the dataset
+    │   ├── UnreadableFile    the bytes are not a table Sluice can read
+    │   └── ValidationFailed  the table breaks the dataset's contract
+    ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
+    └── TransientError        a fault worth retrying (the worker retries it with backoff)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SluiceError(Exception):
+    """Base of every error Sluice raises on purpose."""
+
+
+@dataclass
+class Failure:
+    """One broken rule: where, which rule, and the value that broke it."""
+
+    column: str | None
+    check: str
+    row: int | None = None
+    value: Any = None
+    count: int = 1
+
+    def describe(self) -> str:
+        """One line a person can act on."""
+        where = f"column {self.column!r}" if self.column else "the file"
+        row = f", row {self.row}" if self.row is not None else ""
+        value = f": got {self.value!r}" if self.value is not None else ""
+        more = f" ({self.count} rows)" if self.count > 1 else ""
+        return f"{where}{row} breaks {self.check}{value}{more}"
+
+
+class InputError(SluiceError):
+    """The dropped object itself is wrong. Retrying cannot help, so it is quarantined."""
+
+    reason = "invalid-input"
+
+    def __init__(self, message: str, *, hint: str = "", failures: list[Failure] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.failures = failures or []
+
+    def __str__(self) -> str:
+        return f"{self.message} {self.hint}".strip()
+
+
+class ContractMissing(InputError):
+    """The dataset has no contract in the bucket."""
+
+    reason = "no-contract"
+
+
+class UnreadableFile(InputError):
+    """The object is not a CSV or Parquet table Sluice can read."""
+
+    reason = "unreadable"
+
+
+class ValidationFailed(InputError):
+    """The table does not satisfy the dataset's contract."""
+
+    reason = "contract-violation"
+
+
+class ContractError(SluiceError):
+    """A contract document is malformed."""
+
+
+@dataclass
+class TransientError(SluiceError):
+    """A fault that may pass: the worker retries it with exponential backoff."""
+
+    message: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.message

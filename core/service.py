@@ -1,0 +1,56 @@
+"""Assembling a running Sluice: runtime, Dramatiq worker and the SQS bridge, for the CLI, the demo and tests."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dramatiq import Broker, Worker
+
+from sluice.core.runtime import Runtime, SqsBridge
+from sluice.core.settings import Settings
+from sluice.handlers import build_pipeline
+from sluice.infra.broker import make_broker, make_state
+from sluice.infra.state import StateBackend
+
+
+@dataclass
+class Service:
+    """A runtime with its worker threads and bridge."""
+
+    runtime: Runtime
+    worker: Worker
+    bridge: SqsBridge
+
+    def stop(self) -> None:
+        """Stop polling, then let in-flight messages finish."""
+        self.bridge.stop()
+        self.worker.stop()
+        self.runtime.broker.close()
+
+
+def build_runtime(
+    settings: Settings,
+    *,
+    broker: Broker | None = None,
+    state: StateBackend | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+) -> Runtime:
+    """The pipeline's stages declared as actors on the configured broker."""
+    return Runtime(settings, build_pipeline(), broker or make_broker(settings), state or make_state(settings),
+                   on_event=on_event)
+
+
+def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: int = 1,
+          on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Service:
+    """Start the Dramatiq worker threads and the bridge; returns once both run."""
+    runtime = runtime or build_runtime(settings, on_event=on_event)
+    worker = Worker(runtime.broker, worker_threads=settings.worker_threads, worker_timeout=100)
+    worker.start()
+    bridge = SqsBridge(runtime, wait_s=bridge_wait_s)
+    bridge.start()
+    logging.getLogger("sluice").info("worker: %d threads on %s, bridge polling %s", settings.worker_threads,
+                                     settings.broker_url, settings.events_queue)
+    return Service(runtime, worker, bridge)

@@ -1,0 +1,56 @@
+"""Where every dropped object is in the chain, read back from the bucket (the only state there is)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sluice.core.registry import ModelRegistry
+from sluice.infra.state import StateBackend
+from sluice.infra.store import S3Store
+
+
+def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[str, Any]:
+    """Arrivals with their furthest stage, the quarantine, and the dataset's model."""
+    ledger = [store.get_json(k) for k in store.keys(f"ledger/{dataset}/")]
+    feature_sets = [store.get_json(k) for k in store.keys(f"features/{dataset}/") if k.endswith("/manifest.json")]
+    runs = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/run.json")]
+    registry = ModelRegistry(store, state)
+    model = runs[0]["model"] if runs else dataset
+    versions = registry.versions(model)
+    champion = registry.alias(model)
+    arrivals = []
+    for entry in sorted(ledger, key=lambda e: e["at"]):
+        dv = entry.get("data_version")
+        stage = entry["outcome"]
+        detail: dict[str, Any] = {}
+        if dv and entry["outcome"] in ("validated", "duplicate"):
+            fsvs = [f["feature_set_version"] for f in feature_sets if dv in f["data_versions"]]
+            if fsvs:
+                stage, detail["feature_sets"] = "featurized", fsvs
+            its_runs = [r["run_id"] for r in runs if r["feature_set_version"] in fsvs]
+            if its_runs:
+                stage, detail["runs"] = "trained", its_runs
+            its_versions = [v["version"] for v in versions if v["run_id"] in its_runs]
+            if its_versions:
+                stage, detail["versions"] = "registered", its_versions
+        arrivals.append({**entry, "stage": stage, **detail})
+    quarantine = [store.get_json(k) for k in store.keys(f"quarantine/{dataset}/") if k.endswith("/report.json")]
+    return {
+        "dataset": dataset,
+        "arrivals": arrivals,
+        "quarantine": quarantine,
+        "model": {"name": model, "versions": len(versions),
+                  "champion": champion["version"] if champion else None},
+    }
+
+
+def datasets(store: S3Store) -> list[str]:
+    """Every dataset that has a contract or an arrival."""
+    names = {k.split("/")[1].removesuffix(".yaml") for k in store.keys("contracts/")}
+    names |= {k.split("/")[1] for k in store.keys("ledger/")}
+    return sorted(names)
+
+
+def dead_letters(store: S3Store) -> list[dict[str, Any]]:
+    """Messages that exhausted their retries, or could not be parsed at all."""
+    return [store.get_json(k) for k in store.keys("deadletter/")]

@@ -1,0 +1,113 @@
+"""The object store: every handler reads and writes through this, never through boto3 directly."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from sluice.core.settings import Settings
+from sluice.infra.aws import client
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What S3 says about an object without reading it."""
+
+    key: str
+    size: int
+    etag: str
+    version_id: str | None
+    sha256: str | None  # hex, when the object was uploaded with a SHA-256 checksum
+
+
+class S3Store:
+    """One bucket, through boto3."""
+
+    def __init__(self, settings: Settings, s3: Any | None = None):
+        self.bucket = settings.bucket
+        self.s3 = s3 or client("s3", settings)
+
+    def uri(self, key: str) -> str:
+        """The s3:// URI of a key."""
+        return f"s3://{self.bucket}/{key}"
+
+    def get(self, key: str, version_id: str | None = None) -> bytes:
+        """The object's bytes (of one version, when given)."""
+        extra = {"VersionId": version_id} if version_id else {}
+        body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
+        return body
+
+    def get_json(self, key: str) -> Any:
+        """The object, parsed as JSON."""
+        return json.loads(self.get(key))
+
+    def get_json_or_none(self, key: str) -> Any:
+        """The object as JSON, or None when it does not exist."""
+        try:
+            return self.get_json(key)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Size, ETag, version and SHA-256 checksum of an object, or None when it does not exist."""
+        try:
+            h = self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if _code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        checksum = h.get("ChecksumSHA256")
+        sha = None
+        # A multipart upload's checksum is a checksum of part checksums ("...-N"), not of the bytes.
+        if checksum and "-" not in checksum and h.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
+            sha = base64.b64decode(checksum).hex()
+        return ObjectInfo(key, int(h["ContentLength"]), h["ETag"].strip('"'), h.get("VersionId"), sha)
+
+    def exists(self, key: str) -> bool:
+        """True when the key exists."""
+        return self.head(key) is not None
+
+    def put(self, key: str, data: bytes, *, if_absent: bool = False, content_type: str | None = None) -> bool:
+        """Write an object. With `if_absent`, a conditional write: False when the key already existed."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        kwargs["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        if content_type:
+            kwargs["ContentType"] = content_type
+        if if_absent:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            self.s3.put_object(**kwargs)
+        except ClientError as exc:
+            # 409 ConditionalRequestConflict: a concurrent conditional write to the same key is in flight.
+            if if_absent and _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise
+        return True
+
+    def put_json(self, key: str, doc: Any, *, if_absent: bool = False) -> bool:
+        """Write a JSON document (sorted keys, so equal documents are equal bytes)."""
+        data = json.dumps(doc, indent=2, sort_keys=True, default=str).encode()
+        return self.put(key, data, if_absent=if_absent, content_type="application/json")
+
+    def keys(self, prefix: str) -> Iterator[str]:
+        """Every key under a prefix, in lexical order."""
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+    def delete(self, key: str) -> None:
+        """Delete a key (only used to tidy up superseded pointers, never data)."""
+        self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

@@ -1,0 +1,58 @@
+"""Subscribing an SQS queue to the model-event topic."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from types import TracebackType
+from typing import Any
+
+from sluice.core.settings import Settings
+from sluice.infra.aws import client
+from sluice.infra.notify import unwrap_sns
+
+
+def subscribe_queue(settings: Settings, queue_name: str, filter_policy: dict[str, Any] | None = None) -> tuple[str, str]:
+    """Create (or find) `queue_name`, allow the topic to send to it, subscribe it; returns (queue url, sub arn)."""
+    sqs, sns = client("sqs", settings), client("sns", settings)
+    topic_arn = sns.create_topic(Name=settings.topic)["TopicArn"]
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:SendMessage",
+        "Resource": arn, "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}}}]}
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"Policy": json.dumps(policy)})
+    attributes = {"RawMessageDelivery": "true"}
+    if filter_policy:
+        attributes["FilterPolicy"] = json.dumps(filter_policy)
+    sub = sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes=attributes,
+                        ReturnSubscriptionArn=True)
+    return url, sub["SubscriptionArn"]
+
+
+class TemporarySubscription:
+    """A fresh queue subscribed to the topic for as long as the `with` block runs."""
+
+    def __init__(self, settings: Settings, filter_policy: dict[str, Any] | None = None):
+        self.settings = settings
+        self.queue_name = f"sluice-tail-{uuid.uuid4().hex[:8]}"
+        self.filter_policy = filter_policy
+        self.sqs = client("sqs", settings)
+
+    def __enter__(self) -> TemporarySubscription:
+        self.url, self.subscription_arn = subscribe_queue(self.settings, self.queue_name, self.filter_policy)
+        return self
+
+    def receive(self, wait_s: int = 2) -> list[dict[str, Any]]:
+        """CloudEvents received within `wait_s` seconds."""
+        out = []
+        resp = self.sqs.receive_message(QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=wait_s)
+        for m in resp.get("Messages", []):
+            out.append(unwrap_sns(m["Body"]))
+            self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"])
+        return out
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        client("sns", self.settings).unsubscribe(SubscriptionArn=self.subscription_arn)
+        self.sqs.delete_queue(QueueUrl=self.url)

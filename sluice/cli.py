@@ -1,0 +1,265 @@
+"""The `sluice` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import polars as pl
+
+from sluice.core.contract import contract_key, infer_contract, parse_contract
+from sluice.core.errors import ContractError, SluiceError
+from sluice.core.settings import Settings
+from sluice.core.tabular import read_table
+
+log = logging.getLogger("sluice")
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _store(settings: Settings) -> Any:
+    from sluice.infra.store import S3Store
+
+    return S3Store(settings)
+
+
+def _echo_json(doc: Any) -> None:
+    click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Concise lines for people; third-party chatter only with -v."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    for noisy in ("botocore", "boto3", "urllib3", "werkzeug", "dramatiq", "flaml", "pika"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("dramatiq.middleware.retries.Retries").setLevel(logging.WARNING)
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Also show library logs.")
+def main(verbose: bool) -> None:
+    """Sluice: drop a file into the bucket, get a validated, trained, benchmarked and promoted model."""
+    setup_logging(verbose)
+
+
+@main.command()
+def up() -> None:
+    """Provision the bucket, queues, topic and notifications (idempotent)."""
+    from sluice.handlers import build_pipeline
+    from sluice.infra.provision import provision
+
+    settings = _settings()
+    res = provision(settings, build_pipeline().routes)
+    for change in res.changes:
+        click.echo(f"  + {change}")
+    click.echo(f"{'provisioned' if res.changes else 'up to date'}: bucket {res.bucket}, queue "
+               f"{settings.events_queue} (dead letters: {settings.dead_letter_queue}), topic {res.topic_arn}")
+
+
+@main.command()
+@click.option("--threads", type=int, default=None, help="Worker threads (default SLUICE_WORKER_THREADS or 2).")
+def worker(threads: int | None) -> None:
+    """Run the handlers as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
+    from dataclasses import replace
+
+    from sluice.core.service import start
+
+    settings = _settings()
+    if threads:
+        settings = replace(settings, worker_threads=threads)
+    service = start(settings, bridge_wait_s=10)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    click.echo(f"sluice worker: broker {settings.broker_url}, bucket {settings.bucket}. Ctrl-C to stop.")
+    done.wait()
+    click.echo("stopping: finishing in-flight messages")
+    service.stop()
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", required=True, help="Dataset name; its contract is contracts/NAME.yaml.")
+@click.option("--as", "name", default=None, help="Object name under incoming/NAME/ (default: the file's name).")
+def drop(file: Path, dataset: str, name: str | None) -> None:
+    """Upload FILE (CSV, CSV.GZ or Parquet) to incoming/DATASET/, with its SHA-256 checksum."""
+    settings = _settings()
+    key = f"incoming/{dataset}/{name or file.name}"
+    _store(settings).put(key, file.read_bytes())
+    click.echo(f"dropped {file} -> s3://{settings.bucket}/{key}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def status(as_json: bool) -> None:
+    """Per dataset: what arrived, where it is in the chain, the quarantine; and the dead letters."""
+    from sluice.core.status import dataset_status, datasets, dead_letters
+    from sluice.infra.broker import make_state
+
+    settings = _settings()
+    store = _store(settings)
+    state = make_state(settings)
+    report = {"bucket": settings.bucket, "datasets": [dataset_status(store, state, d) for d in datasets(store)],
+              "dead_letters": dead_letters(store), "sqs_dead_letters": _sqs_dlq_depth(settings)}
+    if as_json:
+        _echo_json(report)
+        return
+    for ds in report["datasets"]:
+        m = ds["model"]
+        click.echo(f"dataset {ds['dataset']}: model {m['name']}, {m['versions']} versions, champion "
+                   f"{'v' + str(m['champion']) if m['champion'] else '-'}")
+        for a in ds["arrivals"]:
+            dv = (a.get("data_version") or "")[:12]
+            extra = f" data {dv}" if dv else ""
+            if a.get("versions"):
+                extra += f" -> v{','.join(map(str, a['versions']))}"
+            click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
+            if a["outcome"] == "quarantined":
+                click.echo(f"              {a['message']}")
+        if not ds["arrivals"]:
+            click.echo("  (nothing dropped yet)")
+    click.echo(f"dead letters: {len(report['dead_letters'])} recorded, "
+               f"{report['sqs_dead_letters']} in SQS {settings.dead_letter_queue}")
+    for d in report["dead_letters"]:
+        last = (d.get("traceback") or "").strip().splitlines()[-1:] or [""]
+        click.echo(f"  {d['actor']} {d['message_id']} after {d['retries']} retries: {last[0]}")
+
+
+def _sqs_dlq_depth(settings: Settings) -> int | None:
+    from botocore.exceptions import ClientError
+
+    from sluice.infra.aws import client
+
+    sqs = client("sqs", settings)
+    try:
+        url = sqs.get_queue_url(QueueName=settings.dead_letter_queue)["QueueUrl"]
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    except ClientError:
+        return None
+    return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+
+@main.group()
+def models() -> None:
+    """The model registry."""
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+def models_show(name: str, as_json: bool) -> None:
+    """Versions, the champion alias, metrics and lineage of model NAME."""
+    from sluice.core.registry import ModelRegistry
+    from sluice.infra.broker import make_state
+
+    settings = _settings()
+    registry = ModelRegistry(_store(settings), make_state(settings))
+    versions = registry.versions(name)
+    if not versions:
+        raise click.ClickException(f"no model {name!r} in s3://{settings.bucket}/registry/ "
+                                   f"(known: {', '.join(registry.models()) or 'none'})")
+    champion = registry.alias(name)
+    if as_json:
+        _echo_json({"model": name, "champion": champion, "versions": versions})
+        return
+    click.echo(f"model {name}: champion v{champion['version'] if champion else '-'}")
+    for v in versions:
+        mark = "*" if champion and champion["version"] == v["version"] else " "
+        s = v["scores"]
+        then = "" if s["champion"] is None else f", champion then {s['champion']:.4f}"
+        click.echo(f" {mark}v{v['version']}  {v['decision']:<7} {v['metric']}={s['candidate']:.4f} "
+                   f"(baseline {s['baseline']:.4f}{then})  run {v['run_id']}  {v['registered_at']}")
+        lin = v["lineage"]
+        for src in lin["sources"]:
+            click.echo(f"      from {src['key']} (version {src.get('version_id')}, etag {src['etag']}, "
+                       f"sha256 {src['sha256'][:16]}…)")
+        click.echo(f"      features {lin['feature_set_version']}, artifact {v['artifact']['uri']}")
+
+
+@main.group()
+def events() -> None:
+    """Model events on the SNS topic."""
+
+
+@events.command("tail")
+@click.option("--json", "as_json", is_flag=True, help="Print each CloudEvent as one JSON line.")
+@click.option("--timeout", type=float, default=0, help="Stop after this many seconds (0: until Ctrl-C).")
+@click.option("--count", type=int, default=0, help="Stop after this many events (0: no limit).")
+def events_tail(as_json: bool, timeout: float, count: int) -> None:
+    """Subscribe a fresh queue to the topic and print events as they arrive."""
+    from sluice.infra.subscribe import TemporarySubscription
+
+    settings = _settings()
+    seen = 0
+    deadline = time.monotonic() + timeout if timeout else None
+    with TemporarySubscription(settings) as sub:
+        click.echo(f"listening on {settings.topic} via queue {sub.queue_name}", err=True)
+        while deadline is None or time.monotonic() < deadline:
+            for doc in sub.receive(wait_s=2):
+                if as_json:
+                    click.echo(json.dumps(doc, sort_keys=True))
+                else:
+                    d = doc["data"]
+                    click.echo(f"{doc['time']} {doc['type']} {d['model']} v{d['version']} "
+                               f"{d['metric']['name']}={d['metric']['candidate']:.4f} id={doc['id']}")
+                seen += 1
+                if count and seen >= count:
+                    return
+
+
+@main.group()
+def contract() -> None:
+    """Dataset contracts."""
+
+
+@contract.command("infer")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", required=True)
+@click.option("--target", required=True, help="The column to predict.")
+@click.option("--budget", type=float, default=10.0, show_default=True, help="Training time budget, seconds.")
+def contract_infer(file: Path, dataset: str, target: str, budget: float) -> None:
+    """Write a contract inferred from a sample FILE to stdout; review it, then `sluice contract put`."""
+    try:
+        frame, is_text = read_table(file.name, file.read_bytes())
+        if is_text:
+            frame = pl.read_csv(file, infer_schema_length=None)
+        click.echo(infer_contract(frame, dataset, target, budget).to_yaml(), nl=False)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contract.command("put")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def contract_put(file: Path) -> None:
+    """Check a contract and upload it to contracts/<dataset>.yaml."""
+    settings = _settings()
+    try:
+        parsed = parse_contract(file.read_text(), source=str(file))
+    except ContractError as exc:
+        raise click.ClickException(str(exc)) from exc
+    key = contract_key(parsed.dataset)
+    _store(settings).put(key, parsed.to_yaml().encode(), content_type="application/yaml")
+    click.echo(f"contract for {parsed.dataset!r} -> s3://{settings.bucket}/{key} (version {parsed.fingerprint()[:12]})")
+
+
+@main.command()
+@click.option("--budget", type=float, default=10.0, show_default=True, help="FLAML time budget, seconds.")
+@click.option("--timeout", type=float, default=150.0, show_default=True)
+def demo(budget: float, timeout: float) -> None:
+    """The whole chain on an embedded moto server and an in-memory broker."""
+    from sluice.demo import run_demo
+
+    sys.exit(run_demo(budget=budget, timeout=timeout))
+
+
+if __name__ == "__main__":
+    main()
