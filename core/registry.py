@@ -17,6 +17,8 @@ from sluice.infra.store import S3Store
 
 LOCK_TIMEOUT_S = 60
 CHAMPION = "champion"
+# Transitions recorded at the same instant happen in this order.
+ACTION_ORDER = {"registered": 0, "rejected": 1, "promoted": 1, "archived": 2}
 
 
 class ModelRegistry:
@@ -58,7 +60,7 @@ class ModelRegistry:
     def history(self, model: str) -> list[dict[str, Any]]:
         """Every recorded transition, oldest first."""
         docs = [self.store.get_json(k) for k in self.store.keys(f"{self.base(model)}/history/")]
-        return sorted(docs, key=lambda d: (d["at"], d["version"]))
+        return sorted(docs, key=lambda d: (d["at"], ACTION_ORDER.get(d["action"], 9), d["version"]))
 
     def models(self) -> list[str]:
         """Names of all registered models."""

@@ -1,0 +1,44 @@
+# Sluice: `make demo` runs the chain end to end on an embedded moto server; `make test` installs and tests.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck localstack-venv localstack-up localstack-down bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sluice demo
+
+localstack-venv:
+	$(PYTHON) localstack/localstack_host.py venv
+
+localstack-up: localstack-venv
+	$(PYTHON) localstack/localstack_host.py start
+
+localstack-down:
+	$(PYTHON) localstack/localstack_host.py stop
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check sluice core events handlers infra || true
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) localstack-venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) benchmarks/dedupe_overhead.py
+
+clean:
+	rm -rf $(VENV) localstack/.venv localstack/.state .pytest_cache

@@ -1,0 +1,66 @@
+"""Helpers shared by the chain tests: provision, upload a contract, drop a file, wait for the outcome."""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from typing import Any
+
+import polars as pl
+
+from sluice.core.contract import Contract, contract_key, infer_contract
+from sluice.core.registry import ModelRegistry
+from sluice.core.settings import Settings
+from sluice.handlers import build_pipeline
+from sluice.infra.provision import Resources, provision
+from sluice.infra.store import S3Store
+
+DATASET = "cancer"
+BUDGET_S = 1.0
+
+
+def sample_bytes() -> bytes:
+    """The bundled breast-cancer CSV."""
+    return resources.files("sluice").joinpath("data/breast_cancer.csv").read_bytes()
+
+
+def sample_contract(budget_s: float = BUDGET_S) -> Contract:
+    """The contract inferred from the bundled sample, with a short training budget."""
+    import io
+
+    return infer_contract(pl.read_csv(io.BytesIO(sample_bytes())), DATASET, "diagnosis", budget_s)
+
+
+def prepare(settings: Settings, contract: Contract | None = None) -> tuple[Resources, S3Store]:
+    """Provision and upload the contract."""
+    res = provision(settings, build_pipeline().routes)
+    store = S3Store(settings)
+    store.put(contract_key(DATASET), (contract or sample_contract()).to_yaml().encode())
+    return res, store
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def ledger(store: S3Store, key: str) -> dict[str, Any] | None:
+    """The ledger entry of one dropped key, if it has one."""
+    for k in store.keys(f"ledger/{DATASET}/"):
+        entry: dict[str, Any] = store.get_json(k)
+        if entry["key"] == key:
+            return entry
+    return None
+
+
+def versions(store: S3Store) -> list[dict[str, Any]]:
+    """Registry versions of the sample model."""
+    from sluice.infra.state import MemoryState
+
+    return ModelRegistry(store, MemoryState()).versions(DATASET)

@@ -1,0 +1,140 @@
+"""Handlers and the runtime on moto in-process (`mock_aws`): no broker, no worker threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from moto import mock_aws
+
+from sluice.core.registry import ModelRegistry
+from sluice.core.runtime import Runtime
+from sluice.core.settings import Settings
+from sluice.events.s3 import ObjectCreated
+from sluice.handlers import build_pipeline
+from sluice.infra.state import MemoryState
+from sluice.infra.store import S3Store
+from tests.chain import DATASET, prepare, sample_bytes, versions
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    with mock_aws():
+        settings = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
+        prepare(settings)
+        yield Runtime(settings, build_pipeline(), StubBroker(), MemoryState())
+
+
+def drop(rt: Runtime, key: str, data: bytes) -> ObjectCreated:
+    rt.store.put(key, data)
+    info = rt.store.head(key)
+    assert info is not None
+    return ObjectCreated(rt.settings.bucket, key, info.size, info.etag, info.version_id)
+
+
+def created(rt: Runtime, key: str) -> ObjectCreated:
+    info = rt.store.head(key)
+    assert info is not None
+    return ObjectCreated(rt.settings.bucket, key, info.size, info.etag, info.version_id)
+
+
+def only(store: S3Store, prefix: str, suffix: str) -> str:
+    [key] = [k for k in store.keys(prefix) if k.endswith(suffix)]
+    return key
+
+
+def test_validate_writes_a_content_addressed_version_once(runtime: Runtime) -> None:
+    import hashlib
+
+    event = drop(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    runtime.execute("validate", event.to_dict())
+    dv = hashlib.sha256(sample_bytes()).hexdigest()
+    manifest = runtime.store.get_json(f"validated/{DATASET}/{dv}/manifest.json")
+    assert manifest["rows"] == 569 and manifest["source"]["key"] == event.key
+    assert manifest["source"]["version_id"] == event.version_id
+    before = sorted(runtime.store.keys(""))
+    # The same delivery again: nothing changes.
+    runtime.execute("validate", event.to_dict())
+    assert sorted(runtime.store.keys("")) == before
+    # The same bytes under another name: the same data version, nothing downstream.
+    again = drop(runtime, f"incoming/{DATASET}/b.csv", sample_bytes())
+    runtime.execute("validate", again.to_dict())
+    assert [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json")] == [
+        f"validated/{DATASET}/{dv}/manifest.json"]
+    outcomes = sorted(runtime.store.get_json(k)["outcome"] for k in runtime.store.keys(f"ledger/{DATASET}/"))
+    assert outcomes == ["duplicate", "validated"]
+
+
+def test_a_drop_without_contract_is_quarantined_with_the_command_to_fix_it(runtime: Runtime) -> None:
+    event = drop(runtime, "incoming/unknown/a.csv", b"a,b\n1,2\n")
+    result = runtime.execute("validate", event.to_dict())
+    assert result["outcome"] == "quarantined"
+    report = runtime.store.get_json(result["report"])
+    assert report["reason"] == "no-contract"
+    assert "sluice contract infer" in report["what_to_do"] and "--dataset unknown" in report["what_to_do"]
+    assert runtime.store.get(result["report"].replace("report.json", "a.csv")) == b"a,b\n1,2\n"
+    assert not list(runtime.store.keys("validated/"))
+
+
+def test_a_bad_file_is_quarantined_with_rows_and_never_raises(runtime: Runtime) -> None:
+    data = sample_bytes().replace(b"\n17.99,", b"\nbanana,", 1)
+    event = drop(runtime, f"incoming/{DATASET}/bad.csv", data)
+    result = runtime.execute("validate", event.to_dict())
+    report = runtime.store.get_json(result["report"])
+    assert report["reason"] == "contract-violation"
+    assert report["summary"][0] == {"column": "mean_radius", "check": "dtype float", "rows": 1, "example_row": 1,
+                                    "example_value": "banana"}
+    ledger = [runtime.store.get_json(k) for k in runtime.store.keys(f"ledger/{DATASET}/")]
+    assert [e["outcome"] for e in ledger] == ["quarantined"]
+
+
+@pytest.mark.slow
+def test_the_chain_stage_by_stage_and_each_stage_twice(runtime: Runtime) -> None:
+    event = drop(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    for stage, prefix, suffix in [("validate", None, None), ("features", "validated/", "manifest.json"),
+                                  ("train", "features/", "manifest.json"), ("benchmark", "runs/", "run.json"),
+                                  ("register", "registry/", ".candidate.json")]:
+        if prefix:
+            event = created(runtime, only(runtime.store, prefix, suffix))
+        first = runtime.execute(stage, event.to_dict())
+        snapshot = sorted(runtime.store.keys(""))
+        # A second delivery that bypasses the idempotency record still changes nothing in the bucket.
+        runtime.state = MemoryState()
+        runtime.execute(stage, event.to_dict())
+        assert sorted(runtime.store.keys("")) == snapshot, stage
+        assert first["outcome"] == "done"
+    [v1] = versions(runtime.store)
+    assert v1["decision"] == "promote" and v1["version"] == 1
+    registry = ModelRegistry(runtime.store, MemoryState())
+    assert registry.alias(DATASET)["version"] == 1
+    assert [h["action"] for h in registry.history(DATASET)] == ["registered", "promoted"]
+    assert v1["lineage"]["sources"][0]["key"] == f"incoming/{DATASET}/a.csv"
+    assert v1["scores"]["candidate"] > v1["scores"]["baseline"]
+
+
+def test_twenty_concurrent_registrations_get_twenty_distinct_numbers(runtime: Runtime) -> None:
+    registry = ModelRegistry(runtime.store, runtime.state)
+    results: list[int] = []
+    errors: list[BaseException] = []
+
+    def register(i: int) -> None:
+        try:
+            doc, _ = registry.register("m", {"run_id": f"run-{i}"}, promote=i % 2 == 0, at=f"2026-01-01T00:00:{i:02d}Z")
+            results.append(doc["version"])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(results) == list(range(1, 21))
+    assert sorted(v["run_id"] for v in registry.versions("m")) == sorted(f"run-{i}" for i in range(20))
+    # Registering a run again returns its version instead of a new one.
+    again, created_again = registry.register("m", {"run_id": "run-3"}, promote=False, at="t")
+    assert not created_again and len(registry.versions("m")) == 20 and again["run_id"] == "run-3"
