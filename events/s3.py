@@ -35,8 +35,12 @@ class ObjectCreated:
 
     @property
     def idempotency_key(self) -> str:
-        """Two deliveries of the same write share this key; a re-upload of the key does not."""
-        return f"{self.bucket}/{self.key}@{self.version_id or self.etag or self.sequencer}"
+        """Two deliveries of the same write share this key, a write of other bytes to the key does not.
+
+        The ETag, not the version id: emulators leave `versionId` out of notifications, AWS puts it in,
+        and a re-upload of identical bytes to the same key is the same input to every stage anyway.
+        """
+        return f"{self.bucket}/{self.key}@{self.etag or self.version_id or self.sequencer}"
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict, the Dramatiq message payload."""

@@ -263,12 +263,21 @@ def start(
         )
 
 
+def _pid_file_note(state_dir: Path) -> str:
+    pid_file = state_dir / PID_FILE
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text().strip())
+        if _pid_alive(pid) and _is_localstack(pid):
+            return f"pid {pid} from {pid_file}"
+    return "not started by start.sh, so stop.sh will not stop it"
+
+
 def _cmd_start(port: int, state_dir: Path) -> int:
     ensure_venv()
     began = time.monotonic()
     handle = start(port=port, state_dir=state_dir)
     if handle.pid is None:
-        print(f"LocalStack already running at {handle.endpoint} (not started here, so stop.sh won't stop it)")
+        print(f"LocalStack already running at {handle.endpoint}, {_pid_file_note(state_dir)}")
     else:
         (state_dir / PID_FILE).write_text(f"{handle.pid}\n")
         took = time.monotonic() - began

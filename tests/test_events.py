@@ -54,7 +54,7 @@ def test_object_created_round_trips() -> None:
     again = ObjectCreated.from_dict(json.loads(json.dumps(event.to_dict())))
     assert again == event
     assert event.to_dict()["type"] == "s3.object.created"
-    assert event.idempotency_key == "b/incoming/x/a b.csv@v1"
+    assert event.idempotency_key == "b/incoming/x/a b.csv@e"
 
 
 @mock_aws
