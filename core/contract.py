@@ -13,7 +13,6 @@ from typing import Any, Literal
 import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from sluice.core.errors import ContractError
 
 DType = Literal["int", "float", "str", "bool", "date", "datetime"]
@@ -50,7 +49,7 @@ class TrainingSpec(_Strict):
     """How FLAML searches: budget, estimators, seed and the holdout share."""
 
     time_budget_s: float = Field(default=10.0, gt=0, le=24 * 3600)
-    estimators: list[Literal["lgbm"]] = Field(default_factory=lambda: ["lgbm"])
+    estimators: list[Literal["lgbm"]] = Field(default_factory=lambda: ["lgbm"])  # type: ignore[arg-type]
     seed: int = 42
     n_jobs: int = 1
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
@@ -215,5 +214,5 @@ def load_contract(store: Any, dataset: str) -> Contract:
     contract = parse_contract(store.get(key), source=f"s3://{store.bucket}/{key}")
     if contract.dataset != dataset:
         raise ContractMissing(f"{key} describes dataset {contract.dataset!r}, not {dataset!r}.",
-                              hint=f"Fix the `dataset:` field and `sluice contract put` it again.")
+                              hint="Fix the `dataset:` field and `sluice contract put` it again.")
     return contract

@@ -15,12 +15,12 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import polars as pl
-
 from sluice.core.contract import Contract
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories
@@ -128,10 +128,10 @@ class Trained:
 
 def train(X: pd.DataFrame, y: np.ndarray, contract: Contract) -> Trained:
     """FLAML AutoML over the contract's estimators and budget; returns the native LightGBM model."""
-    from flaml import AutoML
+    from flaml.automl import AutoML
 
     spec = contract.training
-    automl = AutoML()
+    automl = AutoML()  # type: ignore[no-untyped-call]
     task = "regression" if contract.task == "regression" else "classification"
     metric = {"roc_auc": "roc_auc", "log_loss": "log_loss", "accuracy": "accuracy", "f1": "f1",
               "rmse": "rmse", "mae": "mae", "r2": "r2"}[contract.metric]
@@ -144,13 +144,14 @@ def train(X: pd.DataFrame, y: np.ndarray, contract: Contract) -> Trained:
             log_file_name=log, log_type="all",
         )
         fit_seconds = time.perf_counter() - started
-        trial_log = open(log).read() if os.path.exists(log) else ""
+        trial_log = Path(log).read_text() if os.path.exists(log) else ""
     estimator = automl.model.estimator
     booster_text = estimator.booster_.model_to_string()
     # The promise behind loading without pickle: the raw booster agrees with FLAML's own predictions.
     sample = X.head(min(len(X), 200))
     ours = predict(booster_text, sample)
-    theirs = automl.predict_proba(sample) if task == "classification" else automl.predict(sample)
+    predict_fn = automl.predict_proba if task == "classification" else automl.predict
+    theirs = predict_fn(sample)
     if contract.task == "binary":
         theirs = np.asarray(theirs)[:, 1]
     if not np.allclose(ours, np.asarray(theirs), atol=1e-6):
@@ -212,4 +213,5 @@ def better(a: float, b: float, higher_is_better: bool, margin: float = 0.0) -> b
 
 
 def _jsonable(doc: dict[str, Any]) -> dict[str, Any]:
-    return json.loads(json.dumps(doc, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    out: dict[str, Any] = json.loads(json.dumps(doc, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+    return out

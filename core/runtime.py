@@ -16,7 +16,6 @@ from typing import Any
 
 import dramatiq
 from dramatiq import Broker
-
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
 from sluice.core.errors import InputError
@@ -78,7 +77,7 @@ class Runtime:
 
         run.__name__ = run.__qualname__ = route.name
         limit_s = int(route.options.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
-        return dramatiq.actor(
+        return dramatiq.actor(  # type: ignore[no-any-return,call-overload]
             run,
             actor_name=f"{self.settings.namespace}.{route.name}",
             queue_name=self.queue_name,

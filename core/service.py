@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Broker, Worker
-
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
 from sluice.handlers import build_pipeline

@@ -15,7 +15,6 @@ from collections import defaultdict
 import pandera.polars as pa
 import polars as pl
 from pandera.errors import SchemaErrors
-
 from sluice.core.contract import ColumnSpec, Contract
 from sluice.core.errors import Failure, UnreadableFile, ValidationFailed
 

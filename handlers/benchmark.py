@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-
 from sluice.core import modeling
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
@@ -67,7 +66,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "higher_is_better": hib,
         "scores": {"candidate": candidate, "champion": champion_score, "baseline": baseline},
         "compared_with": champion["version"] if champion else None,
-        "holdout_rows": int(len(y)),
+        "holdout_rows": len(y),
         "promote": promote,
         "reasons": reasons,
         "benchmarked_at": ctx.timestamp(),

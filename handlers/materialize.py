@@ -1,6 +1,7 @@
 """Stage 2: the dataset's validated data versions become a versioned feature set in the offline store.
 
-    validated/<dataset>/<dv>/manifest.json  ->  features/<dataset>/<feature set version>/{features.parquet, manifest.json}
+    validated/<dataset>/<dv>/manifest.json
+        ->  features/<dataset>/<feature set version>/{features.parquet, manifest.json}
 
 The feature set covers the dataset snapshot: every validated data version so far. Its version is a hash of the
 feature definitions and those data versions, so an unchanged input is never computed twice, and two drops
@@ -15,7 +16,6 @@ import json
 from typing import Any
 
 import polars as pl
-
 from sluice.core.context import Context
 from sluice.core.contract import Contract, Transform, load_contract
 from sluice.core.runtime import dataset_of
@@ -67,19 +67,25 @@ def feature_set_version(definitions: list[dict[str, Any]], data_versions: list[s
 
 def apply_transforms(frame: pl.DataFrame, transforms: list[Transform]) -> pl.DataFrame:
     """Add the contract's declared features. Only the operations below exist: no code comes from the bucket."""
-    exprs = []
-    for t in transforms:
-        a = pl.col(t.columns[0]).cast(pl.Float64)
-        b = pl.col(t.columns[-1]).cast(pl.Float64)
-        expr = {
-            "log1p": lambda: a.log1p(),
-            "abs": lambda: a.abs(),
-            "square": lambda: a * a,
-            "clip": lambda: a.clip(t.lower, t.upper),
-            "add": lambda: a + b,
-            "subtract": lambda: a - b,
-            "multiply": lambda: a * b,
-            "divide": lambda: pl.when(b != 0).then(a / b).otherwise(None),
-        }[t.op]()
-        exprs.append(expr.alias(t.name))
+    exprs = [_expression(t).alias(t.name) for t in transforms]
     return frame.with_columns(exprs) if exprs else frame
+
+
+def _expression(t: Transform) -> pl.Expr:
+    a = pl.col(t.columns[0]).cast(pl.Float64)
+    b = pl.col(t.columns[-1]).cast(pl.Float64)
+    if t.op == "log1p":
+        return a.log1p()
+    if t.op == "abs":
+        return a.abs()
+    if t.op == "square":
+        return a * a
+    if t.op == "clip":
+        return a.clip(t.lower, t.upper)
+    if t.op == "add":
+        return a + b
+    if t.op == "subtract":
+        return a - b
+    if t.op == "multiply":
+        return a * b
+    return pl.when(b != 0).then(a / b).otherwise(None)  # divide: a zero divisor gives null, not inf

@@ -17,7 +17,6 @@ from importlib import metadata
 from typing import Any
 
 import polars as pl
-
 from sluice.core import modeling
 from sluice.core.context import Context
 from sluice.core.contract import load_contract

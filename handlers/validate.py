@@ -10,7 +10,6 @@ import io
 from typing import Any
 
 import polars as pl
-
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.errors import Failure, TransientError, UnreadableFile, ValidationFailed

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dramatiq import Broker
 from dramatiq.brokers.stub import StubBroker
-
 from sluice.core.settings import Settings
 from sluice.infra.state import MemoryState, RedisState, StateBackend
 
@@ -19,7 +18,7 @@ def make_broker(settings: Settings) -> Broker:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, namespace=f"{settings.namespace}-dramatiq")
+        return RedisBroker(url=url, namespace=f"{settings.namespace}-dramatiq")  # type: ignore[no-untyped-call]
     raise ValueError(f"{url!r}: SLUICE_BROKER_URL must start with redis:// or memory://")
 
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
-
 from sluice.core.app import Route
 from sluice.core.settings import Settings
 from sluice.infra.aws import client
@@ -91,7 +90,9 @@ def provision(settings: Settings, routes: list[Route]) -> Resources:
         s3.put_bucket_notification_configuration(
             Bucket=settings.bucket, NotificationConfiguration={"QueueConfigurations": wanted}
         )
-        changes.append(f"set {len(wanted)} object-created notifications on {settings.bucket} -> {settings.events_queue}")
+        changes.append(
+            f"set {len(wanted)} object-created notifications on {settings.bucket} -> {settings.events_queue}"
+        )
     return Resources(settings.bucket, queue_url, dlq_url, topic_arn, changes)
 
 
@@ -120,10 +121,18 @@ def _set_queue_attributes(sqs: Any, url: str, wanted: dict[str, str], changes: l
 def _same_attribute(have: str | None, want: str) -> bool:
     if have is None:
         return False
-    try:  # JSON attributes come back re-serialised by some emulators
-        return bool(json.loads(have) == json.loads(want))
+    try:  # JSON attributes come back re-serialised, numbers as numbers or strings, depending on the service
+        return bool(_canonical(json.loads(have)) == _canonical(json.loads(want)))
     except ValueError:
         return have == want
+
+
+def _canonical(doc: Any) -> Any:
+    if isinstance(doc, dict):
+        return {k: _canonical(v) for k, v in doc.items()}
+    if isinstance(doc, list):
+        return [_canonical(v) for v in doc]
+    return str(doc)
 
 
 def _topic_arns(sns: Any) -> set[str]:
@@ -136,6 +145,7 @@ def _topic_arns(sns: Any) -> set[str]:
 def _normalise(configs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     out = []
     for c in configs:
-        rules = tuple(sorted((r["Name"].lower(), r["Value"]) for r in c.get("Filter", {}).get("Key", {}).get("FilterRules", [])))
+        filter_rules = c.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+        rules = tuple(sorted((r["Name"].lower(), r["Value"]) for r in filter_rules))
         out.append((c.get("Id"), c["QueueArn"], tuple(sorted(c["Events"])), rules))
     return sorted(out)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
-
 from sluice.core.settings import Settings
 from sluice.infra.aws import client
 

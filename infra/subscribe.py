@@ -12,7 +12,9 @@ from sluice.infra.aws import client
 from sluice.infra.notify import unwrap_sns
 
 
-def subscribe_queue(settings: Settings, queue_name: str, filter_policy: dict[str, Any] | None = None) -> tuple[str, str]:
+def subscribe_queue(
+    settings: Settings, queue_name: str, filter_policy: dict[str, Any] | None = None
+) -> tuple[str, str]:
     """Create (or find) `queue_name`, allow the topic to send to it, subscribe it; returns (queue url, sub arn)."""
     sqs, sns = client("sqs", settings), client("sns", settings)
     topic_arn = sns.create_topic(Name=settings.topic)["TopicArn"]

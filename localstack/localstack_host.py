@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -209,6 +210,17 @@ def _environment(port: int, state_dir: Path) -> dict[str, str]:
     return env
 
 
+def _port_free(port: int) -> bool:
+    # LocalStack does not exit when its gateway cannot bind; it logs "Ready." and serves nothing.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
 def _log_tail(log_path: Path, lines: int = LOG_TAIL_LINES) -> str:
     try:
         with log_path.open(errors="replace") as fh:
@@ -235,6 +247,11 @@ def start(
     with _file_lock(state_dir / ".start.lock"):
         if is_ready(port):  # another process started it while we waited for the lock
             return Handle(endpoint)
+        if not _port_free(port):
+            raise RuntimeError(
+                f"port {port} is taken by something that is not a ready LocalStack "
+                f"(health: {health(port)}); free it (`ss -ltnp | grep :{port}`) or pass another port."
+            )
         log_path = state_dir / LOG_FILE
         with log_path.open("wb") as log:
             proc = subprocess.Popen(

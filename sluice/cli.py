@@ -108,8 +108,12 @@ def status(as_json: bool) -> None:
     settings = _settings()
     store = _store(settings)
     state = make_state(settings)
-    report = {"bucket": settings.bucket, "datasets": [dataset_status(store, state, d) for d in datasets(store)],
-              "dead_letters": dead_letters(store), "sqs_dead_letters": _sqs_dlq_depth(settings)}
+    report: dict[str, Any] = {
+        "bucket": settings.bucket,
+        "datasets": [dataset_status(store, state, d) for d in datasets(store)],
+        "dead_letters": dead_letters(store),
+        "sqs_dead_letters": _sqs_dlq_depth(settings),
+    }
     if as_json:
         _echo_json(report)
         return

@@ -7,7 +7,6 @@ import io
 
 import polars as pl
 import pytest
-
 from sluice.core.contract import ColumnSpec, Contract, ContractError, infer_contract, parse_contract
 from sluice.core.errors import UnreadableFile, ValidationFailed
 from sluice.core.tabular import validate
