@@ -151,7 +151,7 @@ def train(X: pd.DataFrame, y: np.ndarray, contract: Contract) -> Trained:
     sample = X.head(min(len(X), 200))
     ours = predict(booster_text, sample)
     predict_fn = automl.predict_proba if task == "classification" else automl.predict
-    theirs = predict_fn(sample)
+    theirs = predict_fn(sample)  # type: ignore[no-untyped-call]
     if contract.task == "binary":
         theirs = np.asarray(theirs)[:, 1]
     if not np.allclose(ours, np.asarray(theirs), atol=1e-6):
