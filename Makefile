@@ -28,7 +28,6 @@ localstack-down:
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check sluice core events handlers infra || true
 
 # mypy cannot follow setuptools' package-dir mapping, so it checks a symlinked sluice/ tree.
 typecheck: $(STAMP)
@@ -37,8 +36,7 @@ typecheck: $(STAMP)
 	for d in core events handlers infra; do ln -s ../../$$d .typecheck/sluice/$$d; done
 	cd .typecheck && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p sluice
 
-test: $(STAMP) localstack-venv
-	$(VENV)/bin/ruff check .
+test: $(STAMP) localstack-venv lint typecheck
 	$(PY) -m pytest
 
 bench: $(STAMP)

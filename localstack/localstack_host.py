@@ -333,11 +333,14 @@ def _cmd_status(port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the start/stop/status command line."""
     parser = argparse.ArgumentParser(description="Run LocalStack on the host without Docker.")
-    parser.add_argument("command", choices=("start", "stop", "status"))
+    parser.add_argument("command", choices=("venv", "start", "stop", "status"))
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     args = parser.parse_args(argv)
     state_dir: Path = args.state_dir.resolve()
+    if args.command == "venv":
+        print(f"LocalStack virtualenv ready: {ensure_venv()}")
+        return 0
     if args.command == "start":
         return _cmd_start(args.port, state_dir)
     if args.command == "stop":

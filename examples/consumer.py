@@ -1,0 +1,42 @@
+"""A downstream consumer of Sluice model events: deploy a model when it is promoted.
+
+    AWS_ENDPOINT_URL=http://127.0.0.1:4566 python examples/consumer.py --model breast-cancer
+
+It subscribes its own durable queue to the topic with a filter policy, so it only receives promotions of
+its model, and de-duplicates on the CloudEvent `id` (delivery is at least once).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from sluice.core.settings import Settings
+from sluice.infra.aws import client
+from sluice.infra.notify import unwrap_sns
+from sluice.infra.subscribe import subscribe_queue
+
+
+def main() -> None:
+    """Subscribe, then handle promotions until interrupted."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--queue", default="deployer")
+    args = parser.parse_args()
+    settings = Settings.from_env()
+    url, _ = subscribe_queue(settings, args.queue, {"model": [args.model], "type": ["sluice.model.promoted"]})
+    sqs = client("sqs", settings)
+    seen: set[str] = set()  # use a durable store in production
+    print(f"waiting for promotions of {args.model} on queue {args.queue}")
+    while True:
+        for message in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=10).get("Messages", []):
+            event = unwrap_sns(message["Body"])
+            if event["id"] not in seen:
+                seen.add(event["id"])
+                data = event["data"]
+                print(f"deploy {data['model']} v{data['version']} from {data['artifact']['uri']} "
+                      f"(sha256 {data['artifact']['sha256'][:12]}); replaces v{data['previous_version']}")
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+if __name__ == "__main__":
+    main()
