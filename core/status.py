@@ -34,6 +34,11 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
             if its_versions:
                 stage, detail["versions"] = "registered", its_versions
         arrivals.append({**entry, "stage": stage, **detail})
+    # Objects the notification has not reached a worker for yet (or no worker is running).
+    seen = {a["key"] for a in arrivals}
+    for key in store.keys(f"incoming/{dataset}/"):
+        if key not in seen:
+            arrivals.append({"key": key, "outcome": "pending", "stage": "arrived"})
     quarantine = [store.get_json(k) for k in store.keys(f"quarantine/{dataset}/") if k.endswith("/report.json")]
     return {
         "dataset": dataset,

@@ -49,6 +49,8 @@ def test_contract_infer_put_drop_and_status(env: Settings, tmp_path: Path) -> No
     # No worker runs here, so the drop is visible as arrived but not yet processed.
     status = json.loads(run("status", "--json"))
     assert [d["dataset"] for d in status["datasets"]] == [DATASET]
+    assert [(a["key"], a["stage"]) for a in status["datasets"][0]["arrivals"]] == [
+        (f"incoming/{DATASET}/cancer.csv", "arrived")]
     assert status["dead_letters"] == [] and status["sqs_dead_letters"] == 0
 
 
