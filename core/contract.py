@@ -61,6 +61,15 @@ class PromotionSpec(_Strict):
     min_improvement: float = Field(default=0.0, ge=0.0)
 
 
+class DriftSpec(_Strict):
+    """When new data counts as drifted from the champion's training data, and what that triggers."""
+
+    psi_threshold: float = Field(default=0.2, gt=0)
+    max_drifted_share: float = Field(default=0.3, ge=0, le=1)
+    # always: every new data version retrains; on_drift: only drifted data does; never: data is only recorded.
+    retrain: Literal["always", "on_drift", "never"] = "always"
+
+
 class Transform(_Strict):
     """A declared feature: a safe operation over contract columns, never code."""
 
@@ -88,9 +97,12 @@ class Contract(_Strict):
     metric: Metric
     columns: dict[str, ColumnSpec]
     extra_columns: Literal["allow", "drop", "reject"] = "reject"
+    # Share of rows that may be split out into the quarantine while the rest goes on; above it, the whole file stops.
+    max_invalid_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
     model_name: str | None = None
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
     features: list[Transform] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -43,11 +43,15 @@ class InputError(SluiceError):
 
     reason = "invalid-input"
 
-    def __init__(self, message: str, *, hint: str = "", failures: list[Failure] | None = None):
+    def __init__(self, message: str, *, hint: str = "", failures: list[Failure] | None = None,
+                 details: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint
         self.failures = failures or []
+        # Filled in by the stage that knows them: the data version of the bytes, row counts, etc.
+        self.data_version: str | None = None
+        self.details: dict[str, Any] = details or {}
 
     def __str__(self) -> str:
         return f"{self.message} {self.hint}".strip()

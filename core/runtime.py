@@ -21,7 +21,7 @@ from sluice.core.context import Context
 from sluice.core.errors import InputError
 from sluice.core.middleware import DeadLetters
 from sluice.core.settings import Settings
-from sluice.core.tabular import examples, summarize
+from sluice.core.validation import examples, summarize
 from sluice.events.model import ModelEvent
 from sluice.events.s3 import NotificationDecodeError, ObjectCreated, parse_s3_notification
 from sluice.infra.aws import client
@@ -142,9 +142,11 @@ class Runtime:
         """Record bad input with an actionable report; it is never retried."""
         dataset = dataset_of(event.key)
         oid = object_id(event)
-        base = f"quarantine/{dataset}/{oid}"
+        base = f"quarantine/{dataset}/{err.data_version or oid}"
         report = {
             "dataset": dataset,
+            "data_version": err.data_version,
+            "scope": "file",
             "stage": stage,
             "source": {"bucket": event.bucket, "key": event.key, "etag": event.etag, "version_id": event.version_id},
             "reason": err.reason,
@@ -158,12 +160,12 @@ class Runtime:
             "examples": examples(err.failures),
             "failure_count": len(err.failures),
             "quarantined_at": ctx.timestamp(),
+            **err.details,
         }
         if stage == "validate" and ctx.store.exists(event.key):
             # Keep the exact bytes beside the report, so the file can be fixed and replayed.
-            ctx.store.s3.copy_object(Bucket=ctx.store.bucket, Key=f"{base}/{event.key.rsplit('/', 1)[-1]}",
-                                     CopySource={"Bucket": ctx.store.bucket, "Key": event.key,
-                                                 **({"VersionId": event.version_id} if event.version_id else {})})
+            report["file"] = f"{base}/{event.key.rsplit('/', 1)[-1]}"
+            ctx.store.copy(event.key, report["file"], event.version_id)
         ctx.store.put_json(f"{base}/report.json", report)
         ctx.store.put_json(f"ledger/{dataset}/{oid}.json", {
             "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "quarantined",

@@ -16,6 +16,7 @@ from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.errors import TransientError
 from sluice.core.registry import ModelRegistry
+from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
 from sluice.infra.store import S3Store
 
@@ -57,20 +58,13 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             promote = False
             reasons.append(f"does not beat the naive baseline ({baseline:.4f})")
     reasons.insert(0, "promote" if promote else "reject")
-    ctx.store.put_json(out_key, {
-        "run_id": run["run_id"],
-        "run_key": event.key,
-        "dataset": run["dataset"],
-        "model": model,
-        "metric": contract.metric,
-        "higher_is_better": hib,
-        "scores": {"candidate": candidate, "champion": champion_score, "baseline": baseline},
-        "compared_with": champion["version"] if champion else None,
-        "holdout_rows": len(y),
-        "promote": promote,
-        "reasons": reasons,
-        "benchmarked_at": ctx.timestamp(),
-    }, if_absent=True)
+    decision = CandidateBenchmarked(
+        run_id=run["run_id"], run_key=event.key, dataset=run["dataset"], model=model, metric=contract.metric,
+        higher_is_better=hib, scores={"candidate": candidate, "champion": champion_score, "baseline": baseline},
+        compared_with=champion["version"] if champion else None, holdout_rows=len(y), promote=promote,
+        reasons=reasons, benchmarked_at=ctx.timestamp(),
+    )
+    ctx.store.put_json(out_key, decision.to_dict(), if_absent=True)
     ctx.log.info("wrote benchmark  %s: %s", run["run_id"], "; ".join(reasons))
     return []
 

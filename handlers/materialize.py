@@ -19,6 +19,7 @@ import polars as pl
 from sluice.core.context import Context
 from sluice.core.contract import Contract, Transform, load_contract
 from sluice.core.runtime import dataset_of
+from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
 
 
@@ -26,9 +27,16 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Materialize the feature set of the dataset's current snapshot."""
     dataset = dataset_of(event.key)
     contract = load_contract(ctx.store, dataset)
-    manifests = [ctx.store.get_json(k) for k in ctx.store.keys(f"validated/{dataset}/") if k.endswith("/manifest.json")]
-    manifests.sort(key=lambda m: m["data_version"])
-    data_versions = [m["data_version"] for m in manifests]
+    trigger = DataValidated.from_dict(ctx.store.get_json(event.key))
+    if not trigger.retrain:
+        ctx.log.info("skip  features   %s: data version %s recorded, no retraining (drift.retrain: %s, drift %s)",
+                     dataset, trigger.data_version[:12], contract.drift.retrain,
+                     "none" if not trigger.drift else f"{trigger.drift['drifted_share']:.0%} of columns")
+        return []
+    manifests = [DataValidated.from_dict(ctx.store.get_json(k))
+                 for k in ctx.store.keys(f"validated/{dataset}/") if k.endswith("/manifest.json")]
+    manifests.sort(key=lambda m: m.data_version)
+    data_versions = [m.data_version for m in manifests]
     definitions = [t.model_dump(mode="json") for t in contract.features]
     version = feature_set_version(definitions, data_versions, contract)
     base = f"features/{dataset}/{version}"
@@ -42,17 +50,12 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     ctx.store.put(f"{base}/features.parquet", buffer.getvalue())
-    ctx.store.put_json(f"{base}/manifest.json", {
-        "dataset": dataset,
-        "feature_set_version": version,
-        "data_versions": data_versions,
-        "sources": [m["source"] for m in manifests],
-        "contract_version": contract.fingerprint(),
-        "definitions": definitions,
-        "rows": frame.height,
-        "columns": frame.columns,
-        "materialized_at": ctx.timestamp(),
-    }, if_absent=True)
+    manifest = FeaturesMaterialized(
+        dataset=dataset, feature_set_version=version, data_versions=data_versions,
+        sources=[m.source for m in manifests], contract_version=contract.fingerprint(), definitions=definitions,
+        rows=frame.height, columns=frame.columns, materialized_at=ctx.timestamp(),
+    )
+    ctx.store.put_json(f"{base}/manifest.json", manifest.to_dict(), if_absent=True)
     ctx.log.info("wrote features   %s -> feature set %s (%d rows, %d data versions)",
                  dataset, version, frame.height, len(data_versions))
     return []

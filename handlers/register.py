@@ -11,31 +11,32 @@ from typing import Any
 from sluice.core.context import Context
 from sluice.core.registry import ModelRegistry
 from sluice.events.model import PROMOTED, REJECTED, ModelEvent
+from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Register the candidate (once per run) and return the model event to publish."""
-    candidate = ctx.store.get_json(event.key)
-    run = ctx.store.get_json(candidate["run_key"])
+    candidate = CandidateBenchmarked.from_dict(ctx.store.get_json(event.key))
+    run = ctx.store.get_json(candidate.run_key)
     registry = ModelRegistry(ctx.store, ctx.state)
-    model = candidate["model"]
-    promote = bool(candidate["promote"])
-    reasons = list(candidate["reasons"])
+    model = candidate.model
+    promote = candidate.promote
+    reasons = list(candidate.reasons)
     champion = registry.alias(model)
     current = int(champion["version"]) if champion else None
-    if promote and current != candidate["compared_with"]:
+    if promote and current != candidate.compared_with:
         # Another candidate was promoted while this one was benchmarked: the comparison is stale.
         promote = False
-        reasons = ["reject", f"the champion changed (v{candidate['compared_with']} -> v{current}) while this "
+        reasons = ["reject", f"the champion changed (v{candidate.compared_with} -> v{current}) while this "
                    "candidate was benchmarked; drop new data or retrain to compare against the new champion"]
     model_artifact = run["artifacts"]["model"]
     doc = {
         "run_id": run["run_id"],
-        "run_key": candidate["run_key"],
+        "run_key": candidate.run_key,
         "dataset": run["dataset"],
-        "metric": candidate["metric"],
-        "scores": candidate["scores"],
+        "metric": candidate.metric,
+        "scores": candidate.scores,
         "reasons": reasons,
         "artifact": {"uri": ctx.store.uri(model_artifact["key"]), "sha256": model_artifact["sha256"],
                      "format": "lightgbm-text"},

@@ -20,8 +20,10 @@ import polars as pl
 from sluice.core import modeling
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
+from sluice.core.drift import reference_profile
 from sluice.core.errors import Failure, ValidationFailed
 from sluice.core.runtime import dataset_of
+from sluice.events.pipeline import FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
 
 MIN_TRAIN_ROWS = 20
@@ -33,14 +35,14 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     t0 = time.perf_counter()
     dataset = dataset_of(event.key)
     contract = load_contract(ctx.store, dataset)
-    features = ctx.store.get_json(event.key)
+    features = FeaturesMaterialized.from_dict(ctx.store.get_json(event.key))
     run_id = "run-" + hashlib.sha256(json.dumps(
-        {"fsv": features["feature_set_version"], "training": contract.training.model_dump(mode="json"),
+        {"fsv": features.feature_set_version, "training": contract.training.model_dump(mode="json"),
          "target": contract.target, "task": contract.task, "metric": contract.metric}, sort_keys=True,
     ).encode()).hexdigest()[:12]
     base = f"runs/{dataset}/{run_id}"
     if ctx.store.exists(f"{base}/run.json"):
-        ctx.log.info("same  train      %s already trained on %s", run_id, features["feature_set_version"])
+        ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
 
     frame = pl.read_parquet(io.BytesIO(ctx.store.get(event.key.rsplit("/", 1)[0] + "/features.parquet")))
@@ -79,6 +81,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ("holdout", "parquet", holdout_bytes.getvalue()),
         ("encoding", "json", json.dumps(encoding.to_dict(), sort_keys=True).encode()),
         ("trials", "jsonl", trained.trial_log.encode()),
+        # What drift of later data is measured against, should this run become the champion.
+        ("profile", "json", json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode()),
     ):
         sha = hashlib.sha256(data).hexdigest()
         key = f"{base}/{stem}-{sha[:12]}.{ext}"
@@ -91,9 +95,9 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "model": contract.model,
         "task": contract.task,
         "metric": contract.metric,
-        "feature_set_version": features["feature_set_version"],
-        "data_versions": features["data_versions"],
-        "sources": features["sources"],
+        "feature_set_version": features.feature_set_version,
+        "data_versions": features.data_versions,
+        "sources": features.sources,
         "contract_version": contract.fingerprint(),
         "params": contract.training.model_dump(mode="json"),
         "best_estimator": trained.best_estimator,

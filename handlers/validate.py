@@ -1,25 +1,35 @@
 """Stage 1: a dropped file is checked against its dataset's contract and becomes a content-addressed data version.
 
-    incoming/<dataset>/<file>  ->  validated/<dataset>/<data version>/{data.parquet, manifest.json}
+    incoming/<dataset>/<file>  ->  validated/<dataset>/<data version>/{data.parquet, profile.json, manifest.json}
+                                   quarantine/<dataset>/<data version>/{rows.parquet, report.json}  (invalid rows)
+
+The data version is the sha256 of the dropped bytes. When S3 holds a full-object SHA-256 checksum (`sluice drop`
+uploads with one), a duplicate is recognised without reading the object; otherwise the object is hashed while
+it streams to disk for validation, so it is read once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import polars as pl
+from sluice.core import drift, validation
 from sluice.core.context import Context
-from sluice.core.contract import load_contract
-from sluice.core.errors import Failure, TransientError, UnreadableFile, ValidationFailed
+from sluice.core.contract import Contract, load_contract
+from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed
+from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of, object_id
-from sluice.core.tabular import validate
+from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
+
+REPLAY_OF = "sluice-replay-of"  # object metadata set by `sluice quarantine replay`: the original data version
+REPLAY_KEY = "sluice-replay-key"
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
-    """Validate one dropped object; write the data version, or raise InputError to quarantine it."""
+    """Validate one dropped object: write the data version and split out invalid rows, or quarantine it whole."""
     parts = event.key.split("/")
     if len(parts) < 3 or not parts[1]:
         raise UnreadableFile(f"{event.key} is not under a dataset folder.",
@@ -29,51 +39,156 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     info = ctx.store.head(event.key)
     if info is None:
         raise UnreadableFile(f"{event.key} was deleted before it could be read.", hint="Drop it again.")
-    data = ctx.store.get(event.key, event.version_id)
-    data_version = hashlib.sha256(data).hexdigest()
-    if info.sha256 and event.version_id in (None, info.version_id) and info.sha256 != data_version:
-        raise TransientError(f"{event.key}: read bytes do not match the stored SHA-256; reading again")
-
-    base = f"validated/{dataset}/{data_version}"
     ledger = {"key": event.key, "etag": event.etag, "version_id": event.version_id or info.version_id,
-              "sha256": data_version, "size": len(data), "data_version": data_version, "at": ctx.timestamp()}
-    if ctx.store.exists(f"{base}/manifest.json"):
-        # Same bytes as an earlier drop: same data version, nothing downstream runs again.
-        ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {**ledger, "outcome": "duplicate"})
-        ctx.log.info("same  validate   %s is data version %s (already validated)", event.key, data_version[:12])
+              "size": info.size}
+    if info.sha256 and _already_done(ctx, dataset, info.sha256, event, ledger):
         return []
 
-    frame = validate(event.key, data, contract)
-    check_target(event.key, frame, contract)
-    buffer = io.BytesIO()
-    frame.write_parquet(buffer)
-    ctx.store.put(f"{base}/data.parquet", buffer.getvalue())
-    manifest = {
-        "dataset": dataset,
-        "data_version": data_version,
-        "rows": frame.height,
-        "columns": frame.columns,
-        "contract_version": contract.fingerprint(),
-        "source": {"bucket": event.bucket, "key": event.key, "etag": event.etag,
-                   "version_id": event.version_id or info.version_id, "sha256": data_version, "size": len(data)},
-        "validated_at": ctx.timestamp(),
-    }
+    with tempfile.TemporaryDirectory(prefix="sluice-validate-") as tmp:
+        path = Path(tmp) / "object"
+        data_version, size = ctx.store.download(event.key, path, event.version_id)
+        if info.sha256 and data_version != info.sha256 and event.version_id in (None, info.version_id):
+            raise TransientError(f"{event.key}: read bytes do not match the stored SHA-256; reading again")
+        ledger.update(sha256=data_version, data_version=data_version, size=size)
+        if not info.sha256 and _already_done(ctx, dataset, data_version, event, ledger):
+            return []
+        try:
+            split = validation.validate_file(path, event.key, contract, Path(tmp))
+            _check_target(event.key, split, contract)
+            if split.invalid_fraction > contract.max_invalid_fraction:
+                raise ValidationFailed(
+                    f"{event.key}: {split.rows_invalid} of {split.rows_total} rows "
+                    f"({split.invalid_fraction:.1%}) break the contract of {dataset!r}, more than its "
+                    f"max_invalid_fraction of {contract.max_invalid_fraction:.1%}: "
+                    + "; ".join(f.describe() for f in split.summary()[:5]) + ".",
+                    hint=validation.FIX_ROWS.format(dataset=dataset)
+                    + " To let valid rows through while bad ones are split out, raise max_invalid_fraction.",
+                    failures=split.examples,
+                    details={"rows": _counts(split), "rules": _rules(split), "example_rows": split.example_rows})
+        except InputError as err:
+            err.data_version = data_version
+            raise
+        return _publish(ctx, event, info.metadata, contract, split, data_version, ledger)
+
+
+def _already_done(ctx: Context, dataset: str, data_version: str, event: ObjectCreated, ledger: dict[str, Any]) -> bool:
+    """Same bytes as an earlier drop: record the arrival, run nothing downstream."""
+    if not ctx.store.exists(f"validated/{dataset}/{data_version}/manifest.json"):
+        return False
+    ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
+        **ledger, "sha256": data_version, "data_version": data_version, "outcome": "duplicate", "at": ctx.timestamp()})
+    ctx.log.info("same  validate   %s is data version %s (already validated)", event.key, data_version[:12])
+    return True
+
+
+def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contract: Contract,
+             split: validation.Split, data_version: str, ledger: dict[str, Any]) -> list[Any]:
+    dataset = contract.dataset
+    base = f"validated/{dataset}/{data_version}"
+    assert split.valid_path is not None and split.sample is not None
+    ctx.store.put_file(f"{base}/data.parquet", split.valid_path)
+    ctx.store.put_json(f"{base}/profile.json", drift.data_profile(split.sample, split.rows_valid,
+                                                                  dict(split.null_counts)))
+    if split.rows_invalid:
+        _quarantine_rows(ctx, event, contract, split, data_version)
+    summary = _drift(ctx, contract, split.sample)
+    retrain = _should_retrain(contract, summary)
+    replay_of = None
+    if REPLAY_OF in metadata:
+        replay_of = {"data_version": metadata[REPLAY_OF], "key": metadata.get(REPLAY_KEY)}
+    manifest = DataValidated(
+        dataset=dataset, data_version=data_version, contract_version=contract.fingerprint(),
+        source={"bucket": event.bucket, "key": event.key, "etag": event.etag, "version_id": ledger["version_id"],
+                "sha256": data_version, "size": ledger["size"]},
+        rows=split.rows_valid, rows_total=split.rows_total, rows_quarantined=split.rows_invalid,
+        columns=split.columns, validated_at=ctx.timestamp(), retrain=retrain, drift=summary, replay_of=replay_of,
+    )
     # The manifest is written last and only once: its creation is what wakes feature materialization.
-    ctx.store.put_json(f"{base}/manifest.json", manifest, if_absent=True)
-    ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {**ledger, "outcome": "validated"})
-    ctx.log.info("wrote validate   %s -> data version %s (%d rows)", event.key, data_version[:12], frame.height)
+    ctx.store.put_json(f"{base}/manifest.json", manifest.to_dict(), if_absent=True)
+    ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
+        **ledger, "outcome": "validated", "rows": split.rows_valid, "rows_quarantined": split.rows_invalid,
+        "drifted": bool(summary and summary["drifted"]), "at": ctx.timestamp()})
+    ctx.log.info("wrote validate   %s -> data version %s (%d rows valid, %d quarantined%s)", event.key,
+                 data_version[:12], split.rows_valid, split.rows_invalid,
+                 "" if summary is None else f", drift share {summary['drifted_share']:.0%}")
     return []
 
 
-def check_target(key: str, frame: pl.DataFrame, contract: Any) -> None:
+def _quarantine_rows(ctx: Context, event: ObjectCreated, contract: Contract, split: validation.Split,
+                     data_version: str) -> None:
+    base = f"quarantine/{contract.dataset}/{data_version}"
+    assert split.invalid_path is not None
+    ctx.store.put_file(f"{base}/rows.parquet", split.invalid_path)
+    ctx.store.put_json(f"{base}/report.json", {
+        "dataset": contract.dataset,
+        "data_version": data_version,
+        "stage": "validate",
+        "scope": "rows",
+        "source": {"bucket": event.bucket, "key": event.key, "etag": event.etag, "version_id": event.version_id},
+        "reason": "contract-violation",
+        "message": (f"{split.rows_invalid} of {split.rows_total} rows of {event.key} broke the contract and were "
+                    f"split out; the other {split.rows_valid} went on."),
+        "what_to_do": (f"Inspect them with `sluice quarantine show {contract.dataset} {data_version[:12]}`. Fix the "
+                       "contract and run `sluice quarantine replay` to validate them again, or fix the data "
+                       "and drop it again."),
+        "rows": _counts(split),
+        "summary_text": [f.describe() for f in split.summary()],
+        "summary": _rules(split),
+        "examples": validation.examples(split.examples),
+        "example_rows": {str(k): v for k, v in split.example_rows.items()},
+        "contract_version": contract.fingerprint(),
+        "rows_file": f"{base}/rows.parquet",
+        "quarantined_at": ctx.timestamp(),
+    })
+
+
+def _drift(ctx: Context, contract: Contract, sample: pl.DataFrame) -> dict[str, Any] | None:
+    champion = ModelRegistry(ctx.store, ctx.state).champion(contract.model)
+    if champion is None:
+        return None
+    run = ctx.store.get_json(champion["run_key"])
+    meta = run.get("artifacts", {}).get("profile")
+    if meta is None:
+        return None
+    reference = ctx.store.get_json(meta["key"])
+    return drift.summarize(reference, sample, contract.drift, run["run_id"])
+
+
+def _should_retrain(contract: Contract, summary: dict[str, Any] | None) -> bool:
+    if summary is None:  # no champion yet: nothing to keep, so train whatever the policy
+        return True
+    if contract.drift.retrain == "always":
+        return True
+    if contract.drift.retrain == "on_drift":
+        return bool(summary["drifted"])
+    return False
+
+
+def _check_target(key: str, split: validation.Split, contract: Contract) -> None:
     """A table whose target cannot teach anything is bad input, not a training failure."""
-    y = frame[contract.target].drop_nulls()
-    if y.len() == 0:
+    if split.valid_path is None:
+        return  # every row is invalid: the invalid-fraction rule reports it
+    target = pl.scan_parquet(split.valid_path).select(contract.target)
+    stats = target.select(pl.col(contract.target).count().alias("n"),
+                          pl.col(contract.target).n_unique().alias("k"),
+                          pl.col(contract.target).drop_nulls().first().alias("v")).collect()
+    n, k, v = stats["n"][0], stats["k"][0], stats["v"][0]
+    if n == 0:
         raise ValidationFailed(f"{key}: target column {contract.target!r} is entirely null.",
                                hint="Fill in the target values and drop the file again.",
                                failures=[Failure(contract.target, "target has values")])
-    if contract.task != "regression" and y.n_unique() < 2:
+    if contract.task != "regression" and k - (1 if n < split.rows_valid else 0) < 2:
         raise ValidationFailed(
-            f"{key}: target column {contract.target!r} has a single class ({y[0]!r}); a classifier needs two.",
+            f"{key}: target column {contract.target!r} has a single class ({v!r}); a classifier needs two.",
             hint="Drop a file that contains examples of every class.",
-            failures=[Failure(contract.target, "at least two classes", value=y[0])])
+            failures=[Failure(contract.target, "at least two classes", value=v)])
+
+
+def _counts(split: validation.Split) -> dict[str, int]:
+    return {"total": split.rows_total, "valid": split.rows_valid, "quarantined": split.rows_invalid}
+
+
+def _rules(split: validation.Split) -> list[dict[str, Any]]:
+    return [{"column": f.column, "check": f.check, "rows": f.count, "example_row": f.row,
+             "example_value": None if f.value is None else str(f.value)} for f in split.summary()]
+

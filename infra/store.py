@@ -6,7 +6,8 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -22,7 +23,8 @@ class ObjectInfo:
     size: int
     etag: str
     version_id: str | None
-    sha256: str | None  # hex, when the object was uploaded with a SHA-256 checksum
+    sha256: str | None  # hex, when the object was uploaded with a full-object SHA-256 checksum
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class S3Store:
@@ -68,15 +70,55 @@ class S3Store:
         # A multipart upload's checksum is a checksum of part checksums ("...-N"), not of the bytes.
         if checksum and "-" not in checksum and h.get("ChecksumType", "FULL_OBJECT") == "FULL_OBJECT":
             sha = base64.b64decode(checksum).hex()
-        return ObjectInfo(key, int(h["ContentLength"]), h["ETag"].strip('"'), h.get("VersionId"), sha)
+        return ObjectInfo(key, int(h["ContentLength"]), h["ETag"].strip('"'), h.get("VersionId"), sha,
+                          dict(h.get("Metadata") or {}))
+
+    def download(self, key: str, path: Path, version_id: str | None = None) -> tuple[str, int]:
+        """Stream an object to `path`, hashing on the way: one read gives the file and its sha256."""
+        extra = {"VersionId": version_id} if version_id else {}
+        body = self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+        digest, size = hashlib.sha256(), 0
+        with open(path, "wb") as f:
+            for chunk in body.iter_chunks(4 << 20):
+                digest.update(chunk)
+                size += len(chunk)
+                f.write(chunk)
+        return digest.hexdigest(), size
+
+    def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None) -> str:
+        """Upload a file with its full-object SHA-256 checksum (S3 verifies it); returns the hex digest.
+
+        One PUT, streamed from disk, so the checksum covers the whole object (multipart checksums do not).
+        """
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(4 << 20):
+                digest.update(chunk)
+        with open(path, "rb") as f:
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=f, Metadata=metadata or {},
+                               ChecksumSHA256=base64.b64encode(digest.digest()).decode())
+        return digest.hexdigest()
+
+    def copy(
+        self, source: str, key: str, version_id: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
+        """Server-side copy within the bucket."""
+        src: dict[str, str] = {"Bucket": self.bucket, "Key": source}
+        if version_id:
+            src["VersionId"] = version_id
+        extra: dict[str, Any] = {"Metadata": metadata, "MetadataDirective": "REPLACE"} if metadata else {}
+        self.s3.copy_object(Bucket=self.bucket, Key=key, CopySource=src, **extra)
 
     def exists(self, key: str) -> bool:
         """True when the key exists."""
         return self.head(key) is not None
 
-    def put(self, key: str, data: bytes, *, if_absent: bool = False, content_type: str | None = None) -> bool:
+    def put(self, key: str, data: bytes, *, if_absent: bool = False, content_type: str | None = None,
+            metadata: dict[str, str] | None = None) -> bool:
         """Write an object. With `if_absent`, a conditional write: False when the key already existed."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        if metadata:
+            kwargs["Metadata"] = metadata
         kwargs["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
         if content_type:
             kwargs["ContentType"] = content_type

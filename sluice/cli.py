@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-import polars as pl
 
 from sluice.core.contract import contract_key, infer_contract, parse_contract
 from sluice.core.errors import ContractError, SluiceError
 from sluice.core.settings import Settings
-from sluice.core.tabular import read_table
+from sluice.core.validation import read_sample
 
 log = logging.getLogger("sluice")
 
@@ -233,9 +232,7 @@ def contract() -> None:
 def contract_infer(file: Path, dataset: str, target: str, budget: float) -> None:
     """Write a contract inferred from a sample FILE to stdout; review it, then `sluice contract put`."""
     try:
-        frame, is_text = read_table(file.name, file.read_bytes())
-        if is_text:
-            frame = pl.read_csv(file, infer_schema_length=None)
+        frame = read_sample(file.name, file.read_bytes())
         click.echo(infer_contract(frame, dataset, target, budget).to_yaml(), nl=False)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -123,7 +123,7 @@ def test_bad_input_is_quarantined_and_poison_is_dead_lettered(settings: Settings
     bad = f"incoming/{DATASET}/bad.csv"
     store.put(bad, b"mean_radius;diagnosis\n1;benign\n")
     entry = wait_for(lambda: ledger(store, bad), 30, "the bad file's outcome")
-    assert entry["outcome"] == "quarantined" and "delimiter" in entry["message"]
+    assert entry["outcome"] == "quarantined" and "separated by ';'" in entry["message"]
     assert events.count("start", bad) == 1  # validation failures are never retried
 
     sqs = client("sqs", settings)
