@@ -49,9 +49,15 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
     }
 
 
+def data_versions(store: S3Store, dataset: str) -> list[dict[str, Any]]:
+    """The dataset's snapshot: every validated data version, in the order they were validated."""
+    docs = [store.get_json(k) for k in store.keys(f"validated/{dataset}/") if k.endswith("/manifest.json")]
+    return sorted(docs, key=lambda d: d["validated_at"])
+
+
 def datasets(store: S3Store) -> list[str]:
     """Every dataset that has a contract or an arrival."""
-    names = {k.split("/")[1].removesuffix(".yaml") for k in store.keys("contracts/")}
+    names = {k.split("/")[1].removesuffix(".yaml") for k in store.keys("contracts/") if k.count("/") == 1}
     names |= {k.split("/")[1] for k in store.keys("ledger/")}
     return sorted(names)
 

@@ -19,13 +19,11 @@ from sluice.core import drift, validation
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract
 from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed
+from sluice.core.quarantine import REPLAY_KEY, REPLAY_OF
 from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of, object_id
 from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
-
-REPLAY_OF = "sluice-replay-of"  # object metadata set by `sluice quarantine replay`: the original data version
-REPLAY_KEY = "sluice-replay-key"
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
@@ -54,7 +52,10 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             return []
         try:
             split = validation.validate_file(path, event.key, contract, Path(tmp))
-            _check_target(event.key, split, contract)
+            # One class is fine in a later drop (a quiet day) or a replay, not in the data a first model learns from.
+            first = REPLAY_OF not in info.metadata and not any(
+                k.endswith("/manifest.json") for k in ctx.store.keys(f"validated/{dataset}/"))
+            _check_target(event.key, split, contract, require_classes=first)
             if split.invalid_fraction > contract.max_invalid_fraction:
                 raise ValidationFailed(
                     f"{event.key}: {split.rows_invalid} of {split.rows_total} rows "
@@ -94,12 +95,13 @@ def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contr
     summary = _drift(ctx, contract, split.sample)
     retrain = _should_retrain(contract, summary)
     replay_of = None
+    source = {"bucket": event.bucket, "key": event.key, "etag": event.etag, "version_id": ledger["version_id"],
+              "sha256": data_version, "size": ledger["size"]}
     if REPLAY_OF in metadata:
         replay_of = {"data_version": metadata[REPLAY_OF], "key": metadata.get(REPLAY_KEY)}
+        source["replay_of"] = replay_of  # lineage: the replayed rows came from this original drop
     manifest = DataValidated(
-        dataset=dataset, data_version=data_version, contract_version=contract.fingerprint(),
-        source={"bucket": event.bucket, "key": event.key, "etag": event.etag, "version_id": ledger["version_id"],
-                "sha256": data_version, "size": ledger["size"]},
+        dataset=dataset, data_version=data_version, contract_version=contract.fingerprint(), source=source,
         rows=split.rows_valid, rows_total=split.rows_total, rows_quarantined=split.rows_invalid,
         columns=split.columns, validated_at=ctx.timestamp(), retrain=retrain, drift=summary, replay_of=replay_of,
     )
@@ -164,7 +166,7 @@ def _should_retrain(contract: Contract, summary: dict[str, Any] | None) -> bool:
     return False
 
 
-def _check_target(key: str, split: validation.Split, contract: Contract) -> None:
+def _check_target(key: str, split: validation.Split, contract: Contract, *, require_classes: bool) -> None:
     """A table whose target cannot teach anything is bad input, not a training failure."""
     if split.valid_path is None:
         return  # every row is invalid: the invalid-fraction rule reports it
@@ -177,7 +179,7 @@ def _check_target(key: str, split: validation.Split, contract: Contract) -> None
         raise ValidationFailed(f"{key}: target column {contract.target!r} is entirely null.",
                                hint="Fill in the target values and drop the file again.",
                                failures=[Failure(contract.target, "target has values")])
-    if contract.task != "regression" and k - (1 if n < split.rows_valid else 0) < 2:
+    if require_classes and contract.task != "regression" and k - (1 if n < split.rows_valid else 0) < 2:
         raise ValidationFailed(
             f"{key}: target column {contract.target!r} has a single class ({v!r}); a classifier needs two.",
             hint="Drop a file that contains examples of every class.",
