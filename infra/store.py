@@ -95,7 +95,7 @@ class S3Store:
             while chunk := f.read(4 << 20):
                 digest.update(chunk)
         with open(path, "rb") as f:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=f, Metadata=metadata or {},
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=f, Metadata=metadata or {}, ChecksumAlgorithm="SHA256",
                                ChecksumSHA256=base64.b64encode(digest.digest()).decode())
         return digest.hexdigest()
 
@@ -119,6 +119,8 @@ class S3Store:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
         if metadata:
             kwargs["Metadata"] = metadata
+        # Both: AWS infers the algorithm from the value, moto only records a checksum when the algorithm is named.
+        kwargs["ChecksumAlgorithm"] = "SHA256"
         kwargs["ChecksumSHA256"] = base64.b64encode(hashlib.sha256(data).digest()).decode()
         if content_type:
             kwargs["ContentType"] = content_type
