@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sluice.core.settings import Settings
+from sluice.infra.online import MemoryOnline, OnlineStore
 from sluice.infra.state import StateBackend
 from sluice.infra.store import S3Store
 
@@ -24,6 +25,7 @@ class Context:
     settings: Settings
     store: S3Store
     state: StateBackend
+    online: OnlineStore = field(default_factory=MemoryOnline)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice"))
     now: Callable[[], datetime] = utcnow
 

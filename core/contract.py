@@ -70,22 +70,69 @@ class DriftSpec(_Strict):
     retrain: Literal["always", "on_drift", "never"] = "always"
 
 
+BINARY_OPS = ("add", "subtract", "multiply", "divide")
+ROW_OPS = ("log1p", "abs", "square", "clip", *BINARY_OPS)
+DATE_PARTS = ("year", "month", "day", "dayofweek", "hour")
+ENCODINGS = ("category_code", "frequency")
+WINDOW_OPS = ("window_count", "window_sum", "window_mean", "window_min", "window_max")
+TransformOp = Literal[
+    "log1p", "abs", "square", "clip", "add", "subtract", "multiply", "divide",
+    "year", "month", "day", "dayofweek", "hour",
+    "category_code", "frequency",
+    "window_count", "window_sum", "window_mean", "window_min", "window_max", "lag",
+]
+
+
 class Transform(_Strict):
-    """A declared feature: a safe operation over contract columns, never code."""
+    """A declared feature: one operation from a fixed, safe set over contract columns, never code.
+
+    Row operations (arithmetic, log1p, clip), date parts of a date/datetime column, categorical encodings, and
+    per-entity operations over event time (windowed count/sum/mean/min/max over `days`, and `lag` by `periods`
+    earlier events), which need the contract's `entity`.
+    """
 
     name: str
-    op: Literal["log1p", "abs", "square", "clip", "add", "subtract", "multiply", "divide"]
+    op: TransformOp
     columns: list[str] = Field(min_length=1, max_length=2)
     lower: float | None = None
     upper: float | None = None
+    days: int | None = Field(default=None, ge=1, le=3650)
+    periods: int | None = Field(default=None, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _arity(self) -> Transform:
-        binary = self.op in ("add", "subtract", "multiply", "divide")
+        binary = self.op in BINARY_OPS
         if binary != (len(self.columns) == 2):
             need = "two columns" if binary else "one column"
             raise ValueError(f"transform {self.name!r}: op {self.op!r} takes {need}")
+        if self.op in WINDOW_OPS and self.days is None:
+            raise ValueError(f"transform {self.name!r}: op {self.op!r} needs `days` (the window length)")
+        if self.op == "lag" and self.periods is None:
+            raise ValueError(f"transform {self.name!r}: op 'lag' needs `periods` (how many events back)")
+        if self.op == "clip" and self.lower is None and self.upper is None:
+            raise ValueError(f"transform {self.name!r}: op 'clip' needs `lower`, `upper` or both")
         return self
+
+    @property
+    def per_entity(self) -> bool:
+        """True for operations over an entity's history (windows and lags)."""
+        return self.op in WINDOW_OPS or self.op == "lag"
+
+
+class EntitySpec(_Strict):
+    """The data are events about entities: which column names the entity, which holds the event time."""
+
+    key: str
+    timestamp: str
+
+
+class LabelsSpec(_Strict):
+    """Labels arrive separately, in labels/<dataset>/, as (entity key, label time, target) rows."""
+
+    timestamp: str = "label_time"
+    target: ColumnSpec
+    # Feature rows older than this at label time are too stale to use (the row gets nulls instead).
+    ttl_days: float | None = Field(default=None, gt=0)
 
 
 class Contract(_Strict):
@@ -103,24 +150,40 @@ class Contract(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     promotion: PromotionSpec = Field(default_factory=PromotionSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    entity: EntitySpec | None = None
+    labels: LabelsSpec | None = None
     features: list[Transform] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:
         if not NAME.match(self.dataset):
             raise ValueError(f"dataset {self.dataset!r}: use lowercase letters, digits, '-' and '_'")
-        if self.target not in self.columns:
+        if self.labels is None and self.target not in self.columns:
             raise ValueError(f"target {self.target!r} is not among the columns")
+        if self.labels is not None:
+            if self.entity is None:
+                raise ValueError("labels need an `entity` (key and timestamp columns) to be joined to the features")
+            if self.target in self.columns:
+                raise ValueError(f"target {self.target!r} comes with the labels: remove it from `columns`")
+        if self.entity is not None:
+            for role, c in (("key", self.entity.key), ("timestamp", self.entity.timestamp)):
+                if c not in self.columns:
+                    raise ValueError(f"entity {role} {c!r} is not among the columns")
+            if self.columns[self.entity.timestamp].dtype not in ("date", "datetime"):
+                raise ValueError(f"entity timestamp {self.entity.timestamp!r} must have dtype date or datetime")
         if self.metric not in TASK_METRICS[self.task]:
             raise ValueError(f"metric {self.metric!r} does not fit task {self.task!r}: "
                              f"use one of {sorted(TASK_METRICS[self.task])}")
+        names = set(self.columns)
         for t in self.features:
-            for c in t.columns:
-                if c not in self.columns or c == self.target:
-                    raise ValueError(f"transform {t.name!r} uses {c!r}, which is not a feature column")
-            if t.name in self.columns:
-                raise ValueError(f"transform {t.name!r} would overwrite a column")
+            _check_transform(t, self, names)
+            names.add(t.name)
         return self
+
+    @property
+    def target_spec(self) -> ColumnSpec:
+        """The target's type and classes, wherever the target arrives."""
+        return self.labels.target if self.labels else self.columns[self.target]
 
     @property
     def model(self) -> str:
@@ -139,6 +202,29 @@ class Contract(_Strict):
     def fingerprint(self) -> str:
         """sha256 of the canonical contract: the contract version recorded with every data version."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+
+def _check_transform(t: Transform, contract: Contract, known: set[str]) -> None:
+    """A transform may only use columns that exist by then, of a type its operation understands."""
+    if t.name in known:
+        raise ValueError(f"transform {t.name!r} would overwrite a column or an earlier feature")
+    for c in t.columns:
+        if c not in known or c == contract.target:
+            raise ValueError(f"transform {t.name!r} uses {c!r}, which is not a feature column (known: {sorted(known)})")
+    spec = contract.columns.get(t.columns[0])
+    dtype = spec.dtype if spec else "float"  # derived features are numeric
+    if t.per_entity and contract.entity is None:
+        raise ValueError(f"transform {t.name!r}: {t.op!r} runs over an entity's history; declare `entity` "
+                         "(key and timestamp columns) in the contract")
+    if t.op in DATE_PARTS and dtype not in ("date", "datetime"):
+        raise ValueError(f"transform {t.name!r}: {t.op!r} needs a date or datetime column, {t.columns[0]!r} is {dtype}")
+    if t.op in ENCODINGS and dtype != "str":
+        raise ValueError(f"transform {t.name!r}: {t.op!r} encodes a str column, {t.columns[0]!r} is {dtype}")
+    if t.op == "category_code" and (spec is None or not spec.categories):
+        raise ValueError(f"transform {t.name!r}: category_code needs `categories` on column {t.columns[0]!r}")
+    numeric_only = (*ROW_OPS, "window_sum", "window_mean", "window_min", "window_max")
+    if t.op in numeric_only and dtype not in ("int", "float"):
+        raise ValueError(f"transform {t.name!r}: {t.op!r} needs numeric columns, {t.columns[0]!r} is {dtype}")
 
 
 def contract_key(dataset: str) -> str:

@@ -52,15 +52,16 @@ class Encoding:
     numeric: list[str] = field(default_factory=list)
 
     @classmethod
-    def fit(cls, frame: pl.DataFrame, contract: Contract) -> Encoding:
-        """Learn categories and the usable columns from training rows."""
+    def fit(cls, frame: pl.DataFrame, contract: Contract, exclude: list[str] | None = None) -> Encoding:
+        """Learn categories and the usable columns from training rows (never the `exclude` columns)."""
+        skip = set(exclude or ())
         classes = None
         if contract.task != "regression":
             classes = sorted(str(v) for v in frame[contract.target].drop_nulls().unique().to_list())
         categorical: dict[str, list[str]] = {}
         numeric: list[str] = []
         for name in frame.columns:
-            if name == contract.target:
+            if name == contract.target or name in skip:
                 continue
             s = frame[name]
             distinct = s.drop_nulls().n_unique()

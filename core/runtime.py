@@ -26,6 +26,7 @@ from sluice.events.model import ModelEvent
 from sluice.events.s3 import NotificationDecodeError, ObjectCreated, parse_s3_notification
 from sluice.infra.aws import client
 from sluice.infra.notify import SnsPublisher
+from sluice.infra.online import OnlineStore, make_online
 from sluice.infra.state import COMPLETED, StateBackend
 from sluice.infra.store import S3Store
 
@@ -58,6 +59,7 @@ class Runtime:
         *,
         store: S3Store | None = None,
         publisher: SnsPublisher | None = None,
+        online: OnlineStore | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ):
         self.settings = settings
@@ -66,6 +68,7 @@ class Runtime:
         self.state = state
         self.store = store or S3Store(settings)
         self.publisher = publisher or SnsPublisher(settings)
+        self.online = online or make_online(settings)
         self.on_event = on_event or (lambda kind, detail: None)
         self.queue_name = settings.namespace
         broker.add_middleware(DeadLetters(self._record_dead_letter))
@@ -90,7 +93,7 @@ class Runtime:
 
     def context(self) -> Context:
         """A fresh handler context."""
-        return Context(self.settings, self.store, self.state)
+        return Context(self.settings, self.store, self.state, self.online)
 
     def dispatch(self, event: ObjectCreated) -> list[str]:
         """Send the event to every stage whose route matches its key; returns the stage names."""

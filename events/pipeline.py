@@ -50,6 +50,7 @@ class DataValidated(_Event):
     retrain: bool = True
     drift: dict[str, Any] | None = None
     replay_of: dict[str, Any] | None = None
+    kind: str = "data"  # or "labels": under validated-labels/, rows of (entity key, label time, target)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from typing import Any
 
 import polars as pl
 from sluice.core.context import Context
-from sluice.core.contract import Contract, Transform, load_contract
+from sluice.core.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform, load_contract
+from sluice.core.features import latest_vectors
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
@@ -46,10 +47,14 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
 
     frames = [pl.read_parquet(io.BytesIO(ctx.store.get(f"validated/{dataset}/{dv}/data.parquet")))
               for dv in data_versions]
-    frame = apply_transforms(pl.concat(frames, how="diagonal_relaxed"), contract.features)
+    frame = apply_transforms(pl.concat(frames, how="diagonal_relaxed"), contract)
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     ctx.store.put(f"{base}/features.parquet", buffer.getvalue())
+    if contract.entity is not None:
+        vectors = latest_vectors(frame, contract)
+        written = ctx.online.put_many(dataset, version, vectors, contract.entity.timestamp)
+        ctx.log.info("wrote online     %s: %d of %d entities updated", dataset, written, len(vectors))
     manifest = FeaturesMaterialized(
         dataset=dataset, feature_set_version=version, data_versions=data_versions,
         sources=[m.source for m in manifests], contract_version=contract.fingerprint(), definitions=definitions,
@@ -68,15 +73,47 @@ def feature_set_version(definitions: list[dict[str, Any]], data_versions: list[s
     return "fs-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def apply_transforms(frame: pl.DataFrame, transforms: list[Transform]) -> pl.DataFrame:
-    """Add the contract's declared features. Only the operations below exist: no code comes from the bucket."""
-    exprs = [_expression(t).alias(t.name) for t in transforms]
-    return frame.with_columns(exprs) if exprs else frame
+def apply_transforms(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
+    """Add the contract's declared features, in order. Only the operations below exist: no code comes from the bucket.
+
+    Per-entity operations see an entity's events sorted by event time: a window covers (t - days, t], so the
+    value at an event never includes later events, and a lag is the value `periods` events earlier.
+    """
+    if contract.entity is not None:
+        frame = frame.sort([contract.entity.key, contract.entity.timestamp])
+    for t in contract.features:
+        frame = frame.with_columns(_expression(t, contract, frame).alias(t.name))
+    return frame
 
 
-def _expression(t: Transform) -> pl.Expr:
-    a = pl.col(t.columns[0]).cast(pl.Float64)
+def _expression(t: Transform, contract: Contract, frame: pl.DataFrame) -> pl.Expr:
+    col = pl.col(t.columns[0])
+    a = col.cast(pl.Float64) if t.op in ROW_OPS or t.op in WINDOW_OPS else col
     b = pl.col(t.columns[-1]).cast(pl.Float64)
+    if t.op in ROW_OPS:
+        return _row_op(t, a, b)
+    if t.op in DATE_PARTS:
+        return {"year": col.dt.year(), "month": col.dt.month(), "day": col.dt.day(), "dayofweek": col.dt.weekday(),
+                "hour": col.dt.hour()}[t.op].cast(pl.Int32)
+    if t.op == "category_code":
+        spec = contract.columns[t.columns[0]]
+        codes = {c: i for i, c in enumerate(spec.categories or [])}
+        return col.replace_strict(codes, default=None, return_dtype=pl.Int32)
+    if t.op == "frequency":
+        return (pl.len().over(col) / pl.len()).cast(pl.Float64)
+    assert contract.entity is not None  # checked when the contract was parsed
+    key, ts = contract.entity.key, contract.entity.timestamp
+    if t.op == "lag":
+        return col.shift(t.periods or 1).over(key)
+    window = f"{t.days}d"
+    if t.op == "window_count":
+        return col.is_not_null().cast(pl.Float64).rolling_sum_by(ts, window_size=window).over(key)
+    rolling = {"window_sum": a.rolling_sum_by, "window_mean": a.rolling_mean_by, "window_min": a.rolling_min_by,
+               "window_max": a.rolling_max_by}[t.op]
+    return rolling(ts, window_size=window).over(key)
+
+
+def _row_op(t: Transform, a: pl.Expr, b: pl.Expr) -> pl.Expr:
     if t.op == "log1p":
         return a.log1p()
     if t.op == "abs":

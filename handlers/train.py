@@ -1,6 +1,10 @@
 """Stage 3: a feature set is trained on with FLAML AutoML (LightGBM) and tracked as a run.
 
-    features/<dataset>/<fsv>/manifest.json  ->  runs/<dataset>/<run id>/{model-*.txt, holdout-*.parquet, ..., run.json}
+    features/<dataset>/<fsv>/manifest.json          ->  runs/<dataset>/<run id>/{model-*.txt, ..., run.json}
+    validated-labels/<dataset>/<lv>/manifest.json   ->  (the same, for datasets whose labels arrive separately)
+
+With separate labels, the training set is the point-in-time join of every label so far with the latest
+feature set (core/features.py), so either a new feature set or new labels start a run.
 
 Artifacts are named by their sha256, so two concurrent deliveries never overwrite each other's files; the
 run document is a conditional write, so only one of them becomes the run.
@@ -19,11 +23,20 @@ from typing import Any
 import polars as pl
 from sluice.core import modeling
 from sluice.core.context import Context
-from sluice.core.contract import load_contract
+from sluice.core.contract import Contract, load_contract
 from sluice.core.drift import reference_profile
 from sluice.core.errors import Failure, ValidationFailed
+from sluice.core.features import (
+    label_versions,
+    latest_feature_set,
+    point_in_time_join,
+    read_labels,
+    read_parquet,
+    row_key_columns,
+    training_columns,
+)
 from sluice.core.runtime import dataset_of
-from sluice.events.pipeline import FeaturesMaterialized
+from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
 
 MIN_TRAIN_ROWS = 20
@@ -35,22 +48,29 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     t0 = time.perf_counter()
     dataset = dataset_of(event.key)
     contract = load_contract(ctx.store, dataset)
-    features = FeaturesMaterialized.from_dict(ctx.store.get_json(event.key))
+    inputs = _inputs(ctx, contract, event.key)
+    if inputs is None:
+        return []
+    features, labels = inputs
+    label_versions = [lv.data_version for lv in labels]
     run_id = "run-" + hashlib.sha256(json.dumps(
         {"fsv": features.feature_set_version, "training": contract.training.model_dump(mode="json"),
-         "target": contract.target, "task": contract.task, "metric": contract.metric}, sort_keys=True,
+         "target": contract.target, "task": contract.task, "metric": contract.metric,
+         **({"labels": label_versions} if contract.labels else {})}, sort_keys=True,
     ).encode()).hexdigest()[:12]
     base = f"runs/{dataset}/{run_id}"
     if ctx.store.exists(f"{base}/run.json"):
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
 
-    frame = pl.read_parquet(io.BytesIO(ctx.store.get(event.key.rsplit("/", 1)[0] + "/features.parquet")))
+    frame = read_parquet(ctx.store, f"features/{dataset}/{features.feature_set_version}/features.parquet")
+    if contract.labels is not None:
+        frame = point_in_time_join(read_labels(ctx.store, dataset, label_versions), frame, contract)
     frame = frame.filter(pl.col(contract.target).is_not_null())
     spec = contract.training
-    mask = modeling.holdout_mask(frame, spec.holdout_fraction, spec.seed)
+    mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
-    encoding = modeling.Encoding.fit(train_frame, contract)
+    encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
     if train_frame.height < MIN_TRAIN_ROWS or holdout.height == 0 or (encoding.classes and len(encoding.classes) < 2):
         raise ValidationFailed(
             f"dataset {dataset!r} has {frame.height} labelled rows ({train_frame.height} for training, "
@@ -97,6 +117,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "metric": contract.metric,
         "feature_set_version": features.feature_set_version,
         "data_versions": features.data_versions,
+        "label_versions": label_versions,
         "sources": features.sources,
         "contract_version": contract.fingerprint(),
         "params": contract.training.model_dump(mode="json"),
@@ -117,6 +138,26 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ctx.log.info("wrote train      %s: %s %s=%.4f (naive baseline %.4f), fit %.1fs",
                      run_id, trained.best_estimator, contract.metric, metric, baseline, t_fit - t_prep)
     return []
+
+
+def _inputs(ctx: Context, contract: Contract, key: str
+            ) -> tuple[FeaturesMaterialized, list[DataValidated]] | None:
+    """The feature set and label versions a run trains on, or None when one side has not arrived yet."""
+    dataset = contract.dataset
+    if key.startswith("features/"):
+        features: FeaturesMaterialized | None = FeaturesMaterialized.from_dict(ctx.store.get_json(key))
+    else:
+        features = latest_feature_set(ctx.store, dataset)
+    if features is None:
+        ctx.log.info("wait  train      %s: labels arrived, no feature set yet", dataset)
+        return None
+    if contract.labels is None:
+        return features, []
+    labels = label_versions(ctx.store, dataset)
+    if not labels:
+        ctx.log.info("wait  train      %s: feature set %s ready, no labels yet", dataset, features.feature_set_version)
+        return None
+    return features, labels
 
 
 def _version(package: str) -> str | None:

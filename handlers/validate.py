@@ -19,6 +19,7 @@ from sluice.core import drift, validation
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract
 from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed
+from sluice.core.features import label_contract
 from sluice.core.quarantine import REPLAY_KEY, REPLAY_OF
 from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of, object_id
@@ -28,18 +29,37 @@ from sluice.events.s3 import ObjectCreated
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Validate one dropped object: write the data version and split out invalid rows, or quarantine it whole."""
+    contract = load_contract(ctx.store, _dataset(event))
+    return validate_object(event, ctx, contract, "validated")
+
+
+def handle_labels(event: ObjectCreated, ctx: Context) -> list[Any]:
+    """Validate a label file (entity key, label time, target) of a dataset whose labels arrive separately."""
+    contract = load_contract(ctx.store, _dataset(event))
+    if contract.labels is None:
+        raise UnreadableFile(
+            f"{event.key}: dataset {contract.dataset!r} takes its target with the data, not as separate labels.",
+            hint=f"Drop the file under incoming/{contract.dataset}/, or add `entity` and `labels` to its contract.")
+    return validate_object(event, ctx, label_contract(contract), "validated-labels")
+
+
+def _dataset(event: ObjectCreated) -> str:
     parts = event.key.split("/")
     if len(parts) < 3 or not parts[1]:
         raise UnreadableFile(f"{event.key} is not under a dataset folder.",
-                             hint="Drop files at incoming/<dataset>/<file>, e.g. `sluice drop FILE --dataset NAME`.")
-    dataset = dataset_of(event.key)
-    contract = load_contract(ctx.store, dataset)
+                             hint=f"Drop files at {parts[0]}/<dataset>/<file>, e.g. `sluice drop FILE --dataset NAME`.")
+    return dataset_of(event.key)
+
+
+def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, prefix: str) -> list[Any]:
+    """Validate a dropped object against `contract`; the outcome goes under `prefix/<dataset>/<data version>/`."""
+    dataset = contract.dataset
     info = ctx.store.head(event.key)
     if info is None:
         raise UnreadableFile(f"{event.key} was deleted before it could be read.", hint="Drop it again.")
     ledger = {"key": event.key, "etag": event.etag, "version_id": event.version_id or info.version_id,
               "size": info.size}
-    if info.sha256 and _already_done(ctx, dataset, info.sha256, event, ledger):
+    if info.sha256 and _already_done(ctx, prefix, dataset, info.sha256, event, ledger):
         return []
 
     with tempfile.TemporaryDirectory(prefix="sluice-validate-") as tmp:
@@ -48,14 +68,15 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         if info.sha256 and data_version != info.sha256 and event.version_id in (None, info.version_id):
             raise TransientError(f"{event.key}: read bytes do not match the stored SHA-256; reading again")
         ledger.update(sha256=data_version, data_version=data_version, size=size)
-        if not info.sha256 and _already_done(ctx, dataset, data_version, event, ledger):
+        if not info.sha256 and _already_done(ctx, prefix, dataset, data_version, event, ledger):
             return []
         try:
             split = validation.validate_file(path, event.key, contract, Path(tmp))
             # One class is fine in a later drop (a quiet day) or a replay, not in the data a first model learns from.
             first = REPLAY_OF not in info.metadata and not any(
-                k.endswith("/manifest.json") for k in ctx.store.keys(f"validated/{dataset}/"))
-            _check_target(event.key, split, contract, require_classes=first)
+                k.endswith("/manifest.json") for k in ctx.store.keys(f"{prefix}/{dataset}/"))
+            if contract.labels is None:  # with separate labels, the data has no target to check
+                _check_target(event.key, split, contract, require_classes=first)
             if split.invalid_fraction > contract.max_invalid_fraction:
                 raise ValidationFailed(
                     f"{event.key}: {split.rows_invalid} of {split.rows_total} rows "
@@ -69,12 +90,13 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         except InputError as err:
             err.data_version = data_version
             raise
-        return _publish(ctx, event, info.metadata, contract, split, data_version, ledger)
+        return _publish(ctx, event, info.metadata, contract, split, data_version, ledger, prefix)
 
 
-def _already_done(ctx: Context, dataset: str, data_version: str, event: ObjectCreated, ledger: dict[str, Any]) -> bool:
+def _already_done(ctx: Context, prefix: str, dataset: str, data_version: str, event: ObjectCreated,
+                  ledger: dict[str, Any]) -> bool:
     """Same bytes as an earlier drop: record the arrival, run nothing downstream."""
-    if not ctx.store.exists(f"validated/{dataset}/{data_version}/manifest.json"):
+    if not ctx.store.exists(f"{prefix}/{dataset}/{data_version}/manifest.json"):
         return False
     ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
         **ledger, "sha256": data_version, "data_version": data_version, "outcome": "duplicate", "at": ctx.timestamp()})
@@ -83,16 +105,17 @@ def _already_done(ctx: Context, dataset: str, data_version: str, event: ObjectCr
 
 
 def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contract: Contract,
-             split: validation.Split, data_version: str, ledger: dict[str, Any]) -> list[Any]:
+             split: validation.Split, data_version: str, ledger: dict[str, Any], prefix: str) -> list[Any]:
     dataset = contract.dataset
-    base = f"validated/{dataset}/{data_version}"
+    kind = "labels" if prefix == "validated-labels" else "data"
+    base = f"{prefix}/{dataset}/{data_version}"
     assert split.valid_path is not None and split.sample is not None
     ctx.store.put_file(f"{base}/data.parquet", split.valid_path)
     ctx.store.put_json(f"{base}/profile.json", drift.data_profile(split.sample, split.rows_valid,
                                                                   dict(split.null_counts)))
     if split.rows_invalid:
         _quarantine_rows(ctx, event, contract, split, data_version)
-    summary = _drift(ctx, contract, split.sample)
+    summary = _drift(ctx, contract, split.sample) if kind == "data" else None
     retrain = _should_retrain(contract, summary)
     replay_of = None
     source = {"bucket": event.bucket, "key": event.key, "etag": event.etag, "version_id": ledger["version_id"],
@@ -104,12 +127,13 @@ def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contr
         dataset=dataset, data_version=data_version, contract_version=contract.fingerprint(), source=source,
         rows=split.rows_valid, rows_total=split.rows_total, rows_quarantined=split.rows_invalid,
         columns=split.columns, validated_at=ctx.timestamp(), retrain=retrain, drift=summary, replay_of=replay_of,
+        kind=kind,
     )
     # The manifest is written last and only once: its creation is what wakes feature materialization.
     ctx.store.put_json(f"{base}/manifest.json", manifest.to_dict(), if_absent=True)
     ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
-        **ledger, "outcome": "validated", "rows": split.rows_valid, "rows_quarantined": split.rows_invalid,
-        "drifted": bool(summary and summary["drifted"]), "at": ctx.timestamp()})
+        **ledger, "outcome": "validated", "kind": kind, "rows": split.rows_valid,
+        "rows_quarantined": split.rows_invalid, "drifted": bool(summary and summary["drifted"]), "at": ctx.timestamp()})
     ctx.log.info("wrote validate   %s -> data version %s (%d rows valid, %d quarantined%s)", event.key,
                  data_version[:12], split.rows_valid, split.rows_invalid,
                  "" if summary is None else f", drift share {summary['drifted_share']:.0%}")

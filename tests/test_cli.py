@@ -31,7 +31,7 @@ def run(*args: str) -> str:
 
 def test_up_twice_changes_nothing_the_second_time(env: Settings) -> None:
     first = run("up")
-    assert "created bucket" in first and "set 5 object-created notifications" in first
+    assert "created bucket" in first and "set 8 object-created notifications" in first
     assert run("up").strip().startswith("up to date")
 
 

@@ -1,0 +1,68 @@
+"""Newly arrived labels re-score the champion and the recent challengers: a backtest, kept in the registry.
+
+    validated-labels/<dataset>/<lv>/data.parquet  ->  registry/<model>/backtests/<lv>.json
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from sluice.core import modeling
+from sluice.core.context import Context
+from sluice.core.contract import load_contract
+from sluice.core.features import latest_feature_set, point_in_time_join, read_parquet
+from sluice.core.registry import ModelRegistry
+from sluice.core.runtime import dataset_of
+from sluice.events.s3 import ObjectCreated
+from sluice.handlers.benchmark import artifact, artifact_json
+
+RECENT = 3  # challengers re-scored besides the champion
+
+
+def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
+    """Score the champion and the last few other versions on the new labels, point-in-time joined."""
+    dataset = dataset_of(event.key)
+    label_version = event.key.split("/")[2]
+    contract = load_contract(ctx.store, dataset)
+    out = f"registry/{contract.model}/backtests/{label_version}.json"
+    if ctx.store.exists(out):
+        return []
+    registry = ModelRegistry(ctx.store, ctx.state)
+    versions = registry.versions(contract.model)
+    features = latest_feature_set(ctx.store, dataset)
+    if not versions or features is None:
+        ctx.log.info("skip  backtest   %s: no registered model yet", dataset)
+        return []
+    champion = registry.alias(contract.model)
+    champion_version = int(champion["version"]) if champion else None
+    chosen = [v for v in versions if v["version"] == champion_version]
+    chosen += [v for v in reversed(versions) if v["version"] != champion_version][:RECENT]
+    labels = read_parquet(ctx.store, event.key)
+    feature_rows = read_parquet(ctx.store, f"features/{dataset}/{features.feature_set_version}/features.parquet")
+    frame = point_in_time_join(labels, feature_rows, contract)
+    results = []
+    for version in chosen:
+        run = ctx.store.get_json(version["run_key"])
+        encoding = modeling.Encoding.from_dict(artifact_json(ctx.store, run, "encoding"))
+        missing = [c for c in encoding.columns if c not in frame.columns]
+        entry: dict[str, Any] = {"version": version["version"],
+                                 "role": "champion" if version["version"] == champion_version else "challenger"}
+        if missing:
+            entry["skipped"] = f"its features {missing[:5]} are not in feature set {features.feature_set_version}"
+        else:
+            y = encoding.labels(frame)
+            known = y >= 0
+            scored = frame.filter(pl.Series(known))
+            n_classes = len(encoding.classes) if encoding.classes else None
+            scores = modeling.predict(artifact(ctx.store, run, "model").decode(), encoding.features(scored))
+            entry.update(rows=int(known.sum()),
+                         metrics={contract.metric: modeling.score(contract.metric, y[known], scores, n_classes)})
+        results.append(entry)
+    ctx.store.put_json(out, {
+        "model": contract.model, "dataset": dataset, "label_version": label_version, "labels": labels.height,
+        "joined_rows": int(frame.height), "feature_set_version": features.feature_set_version,
+        "metric": contract.metric, "results": results, "at": ctx.timestamp()}, if_absent=True)
+    ctx.log.info("wrote backtest   %s on %d new labels: %s", contract.model, labels.height, ", ".join(
+        f"v{r['version']} {r['metrics'][contract.metric]:.4f}" for r in results if "metrics" in r))
+    return []
