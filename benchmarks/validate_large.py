@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
 from sluice.core.contract import ColumnSpec, Contract
 
 KEY = "incoming/bench/big.csv"

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from sluice.core.errors import ContractError
 
 DType = Literal["int", "float", "str", "bool", "date", "datetime"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
 from sluice.core.contract import DriftSpec
 
 BINS = 10

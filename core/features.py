@@ -13,6 +13,7 @@ from datetime import timedelta
 from typing import Any
 
 import polars as pl
+
 from sluice.core.contract import ColumnSpec, Contract
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.infra.store import S3Store

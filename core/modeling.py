@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import polars as pl
+
 from sluice.core.contract import Contract
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories

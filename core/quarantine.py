@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
+
 from sluice.core.contract import load_contract
 from sluice.core.errors import SluiceError
 from sluice.core.validation import REASONS, ROW

@@ -16,6 +16,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq import Broker
+
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
 from sluice.core.errors import InputError

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dramatiq import Broker, Worker
+
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
 from sluice.handlers import build_pipeline

@@ -29,6 +29,7 @@ import pandera.polars as pa
 import polars as pl
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
+
 from sluice.core.contract import ColumnSpec, Contract
 from sluice.core.errors import Failure, UnreadableFile, ValidationFailed
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
+
 from sluice.core import modeling
 from sluice.core.context import Context
 from sluice.core.contract import load_contract

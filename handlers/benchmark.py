@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+
 from sluice.core import modeling
 from sluice.core.context import Context
 from sluice.core.contract import load_contract

@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 import polars as pl
+
 from sluice.core.context import Context
 from sluice.core.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform, load_contract
 from sluice.core.features import latest_vectors

@@ -21,6 +21,7 @@ from importlib import metadata
 from typing import Any
 
 import polars as pl
+
 from sluice.core import modeling
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
 from sluice.core import drift, validation
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract

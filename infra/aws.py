@@ -7,6 +7,7 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+
 from sluice.core.settings import Settings
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)

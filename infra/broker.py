@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dramatiq import Broker
 from dramatiq.brokers.stub import StubBroker
+
 from sluice.core.settings import Settings
 from sluice.infra.state import MemoryState, RedisState, StateBackend
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
+
 from sluice.core.app import Route
 from sluice.core.settings import Settings
 from sluice.infra.aws import client

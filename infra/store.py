@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
+
 from sluice.core.settings import Settings
 from sluice.infra.aws import client
 

@@ -288,6 +288,34 @@ def data_list(dataset: str, as_json: bool) -> None:
 
 
 @main.group()
+def features() -> None:
+    """The feature store."""
+
+
+@features.command("get")
+@click.argument("dataset")
+@click.argument("entity")
+@click.option("--json", "as_json", is_flag=True)
+def features_get(dataset: str, entity: str, as_json: bool) -> None:
+    """The latest feature vector of ENTITY, from the online store (Redis at SLUICE_BROKER_URL)."""
+    from sluice.infra.online import make_online
+
+    settings = _settings()
+    if settings.broker_is_memory:
+        raise click.ClickException("the online store lives in Redis: set SLUICE_BROKER_URL to redis://…")
+    found = make_online(settings).get(dataset, entity)
+    if found is None:
+        raise click.ClickException(f"no online features for entity {entity!r} of dataset {dataset!r}; features "
+                                   "are published there when a dataset with an `entity` is materialized")
+    if as_json:
+        _echo_json(found)
+        return
+    click.echo(f"{dataset} {entity}: as of {found['event_time']}, feature set {found['feature_set']}")
+    for name, value in found["features"].items():
+        click.echo(f"  {name:<28} {value}")
+
+
+@main.group()
 def quarantine() -> None:
     """What validation split out, and replaying it."""
 

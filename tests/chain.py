@@ -7,6 +7,7 @@ from importlib import resources
 from typing import Any
 
 import polars as pl
+
 from sluice.core.contract import Contract, contract_key, infer_contract
 from sluice.core.registry import ModelRegistry
 from sluice.core.settings import Settings

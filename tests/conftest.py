@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
 from sluice.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+
 from sluice.core.app import Pipeline
 from sluice.core.errors import TransientError
 from sluice.core.runtime import Runtime
@@ -21,7 +22,6 @@ from sluice.core.settings import Settings
 from sluice.infra.aws import client
 from sluice.infra.broker import make_broker, make_state
 from sluice.infra.subscribe import TemporarySubscription
-
 from tests.chain import DATASET, ledger, prepare, sample_bytes, versions, wait_for
 from tests.conftest import unique_settings
 
@@ -137,6 +137,7 @@ def test_bad_input_is_quarantined_and_poison_is_dead_lettered(settings: Settings
 def test_transient_faults_are_retried_and_exhausted_ones_dead_lettered(settings: Settings) -> None:
     """A stage defined inline: it fails twice, then succeeds; another always fails."""
     from dramatiq import Worker
+
     from sluice.events.s3 import ObjectCreated
 
     prepare(settings)

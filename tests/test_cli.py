@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from sluice.core.settings import Settings
 
 from sluice.cli import main
+from sluice.core.settings import Settings
 from tests.chain import DATASET, sample_bytes
 
 

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from moto import mock_aws
+
 from sluice.core import drift, quarantine
 from sluice.core.contract import DriftSpec
 from sluice.core.runtime import Runtime
@@ -19,7 +20,6 @@ from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
 from sluice.handlers import build_pipeline
 from sluice.infra.state import MemoryState
-
 from tests.chain import DATASET, prepare, sample_bytes, sample_contract
 
 

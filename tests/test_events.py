@@ -7,6 +7,7 @@ import json
 import boto3
 import pytest
 from moto import mock_aws
+
 from sluice.events import ModelEvent, ObjectCreated, parse_s3_notification
 from sluice.events.s3 import NotificationDecodeError
 

@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from moto import mock_aws
+
 from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
@@ -16,7 +17,6 @@ from sluice.events.s3 import ObjectCreated
 from sluice.handlers import build_pipeline
 from sluice.infra.state import MemoryState
 from sluice.infra.store import S3Store
-
 from tests.chain import DATASET, prepare, sample_bytes, versions
 
 

@@ -15,6 +15,7 @@ import yaml
 from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, given, settings
 from moto import mock_aws
+
 from sluice.core.contract import ColumnSpec, Contract, ContractError, infer_contract, parse_contract
 from sluice.core.errors import UnreadableFile
 from sluice.core.runtime import Runtime
