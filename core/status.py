@@ -21,9 +21,9 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
     arrivals = []
     for entry in sorted(ledger, key=lambda e: e["at"]):
         dv = entry.get("data_version")
-        stage = entry["outcome"]
+        stage = "labels" if entry.get("kind") == "labels" else entry["outcome"]
         detail: dict[str, Any] = {}
-        if dv and entry["outcome"] in ("validated", "duplicate"):
+        if dv and entry["outcome"] in ("validated", "duplicate") and entry.get("kind") != "labels":
             fsvs = [f["feature_set_version"] for f in feature_sets if dv in f["data_versions"]]
             if fsvs:
                 stage, detail["feature_sets"] = "featurized", fsvs

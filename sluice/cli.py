@@ -89,10 +89,11 @@ def worker(threads: int | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dataset", required=True, help="Dataset name; its contract is contracts/NAME.yaml.")
 @click.option("--as", "name", default=None, help="Object name under incoming/NAME/ (default: the file's name).")
-def drop(file: Path, dataset: str, name: str | None) -> None:
+@click.option("--labels", is_flag=True, help="FILE holds labels (entity, label time, target): upload to labels/.")
+def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
     """Upload FILE (CSV, CSV.GZ or Parquet) to incoming/DATASET/, with its SHA-256 checksum."""
     settings = _settings()
-    key = f"incoming/{dataset}/{name or file.name}"
+    key = f"{'labels' if labels else 'incoming'}/{dataset}/{name or file.name}"
     sha = _store(settings).put_file(key, file)
     click.echo(f"dropped {file} -> s3://{settings.bucket}/{key} (sha256 {sha[:12]}…, the data version if it validates)")
 
@@ -167,7 +168,8 @@ def models_show(name: str, as_json: bool) -> None:
     from sluice.infra.broker import make_state
 
     settings = _settings()
-    registry = ModelRegistry(_store(settings), make_state(settings))
+    store = _store(settings)
+    registry = ModelRegistry(store, make_state(settings))
     versions = registry.versions(name)
     if not versions:
         raise click.ClickException(f"no model {name!r} in s3://{settings.bucket}/registry/ "
@@ -189,6 +191,11 @@ def models_show(name: str, as_json: bool) -> None:
             click.echo(f"      from {src['key']} (version {src.get('version_id')}, etag {src['etag']}, "
                        f"sha256 {src['sha256'][:16]}…{replay})")
         click.echo(f"      features {lin['feature_set_version']}, artifact {v['artifact']['uri']}")
+    for key in store.keys(f"registry/{name}/backtests/"):
+        b = store.get_json(key)
+        scores = ", ".join(f"v{r['version']} ({r['role']}) {r['metrics'][b['metric']]:.4f}"
+                           for r in b["results"] if "metrics" in r)
+        click.echo(f"  backtest on {b['labels']} labels arrived {b['at']}: {b['metric']} {scores}")
 
 
 @main.group()
