@@ -305,7 +305,7 @@ def measure(kind: str, csv: Path, scratch: Path) -> Run:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", kind, str(csv), "--workdir", str(scratch)]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    stop, peak = threading.Event(), {}
+    stop, peak = threading.Event(), dict[str, int]()
     watcher = threading.Thread(target=_watch, args=(proc.pid, stop, peak), daemon=True)
     watcher.start()
     assert proc.stdout is not None
