@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 Handler = Callable[["ObjectCreated", "Context"], list[Any]]
 
-KNOWN_OPTIONS = {"time_limit_s", "max_retries"}
+KNOWN_OPTIONS = {"time_limit_s", "max_retries", "time_limit_from_contract"}
 
 
 @dataclass(frozen=True)

@@ -47,13 +47,23 @@ class ColumnSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    """How FLAML searches: budget, estimators, seed and the holdout share."""
+    """How FLAML searches: budget, metric direction, estimators, seed, the holdout share, coalescing, warm start."""
 
     time_budget_s: float = Field(default=10.0, gt=0, le=24 * 3600)
-    estimators: list[Literal["lgbm"]] = Field(default_factory=lambda: ["lgbm"])  # type: ignore[arg-type]
+    estimators: list[Literal["lgbm", "xgboost", "rf", "extra_tree"]] = Field(
+        default_factory=lambda: ["lgbm"], min_length=1)  # type: ignore[arg-type]
     seed: int = 42
-    n_jobs: int = 1
+    n_jobs: int = Field(default=1, ge=-1)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    # Drops within this many seconds of each other make one training run on the snapshot, not one per file.
+    debounce_s: float = Field(default=30.0, ge=0, le=24 * 3600)
+    # Start the search from the champion's best configuration.
+    warm_start: bool = True
+
+    @property
+    def time_limit_s(self) -> int:
+        """The training actor's time limit: the budget, FLAML's final refit, and room to load and store."""
+        return int(self.time_budget_s * 3 + 120)
 
 
 class PromotionSpec(_Strict):
@@ -248,7 +258,8 @@ def parse_contract(text: str | bytes, source: str = "contract") -> Contract:
         raise ContractError(f"{source}: invalid contract:\n" + "\n".join(lines)) from exc
 
 
-def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s: float = 10.0) -> Contract:
+def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s: float = 10.0,
+                   debounce_s: float = 30.0) -> Contract:
     """A starting contract from a sample: types, nullability, observed ranges and categories, the task."""
     if target not in frame.columns:
         raise ContractError(f"target {target!r} is not a column of the sample; columns: {frame.columns}")
@@ -279,7 +290,7 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
                                      categories=[str(v) for v in y.cast(pl.Utf8).unique().sort().to_list()])
     return Contract(
         dataset=dataset, target=target, task=task, metric=DEFAULT_METRIC[task],  # type: ignore[arg-type]
-        columns=columns, training=TrainingSpec(time_budget_s=time_budget_s),
+        columns=columns, training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
     )
 
 

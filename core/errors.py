@@ -6,7 +6,8 @@
     │   ├── UnreadableFile    the bytes are not a table Sluice can read
     │   └── ValidationFailed  the table breaks the dataset's contract
     ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
-    └── TransientError        a fault worth retrying (the worker retries it with backoff)
+    ├── TransientError        a fault worth retrying (the worker retries it with backoff)
+    └── Defer                 not a fault: run the stage again after a delay (e.g. to coalesce drops)
 """
 
 from __future__ import annotations
@@ -88,3 +89,11 @@ class TransientError(SluiceError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Defer(SluiceError):
+    """Run this stage again after `delay_s`; the runtime turns it into a Dramatiq Retry, not logged as an error."""
+
+    def __init__(self, delay_s: float, why: str = ""):
+        super().__init__(why or f"deferred by {delay_s:.1f}s")
+        self.delay_s = delay_s

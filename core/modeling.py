@@ -8,12 +8,14 @@ booster predicts exactly what FLAML's estimator predicts.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
-import os
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,51 +118,107 @@ class Encoding:
         return cls(**doc)
 
 
+LGBM_TEXT = "lightgbm-text"
+FLAML_PICKLE = "flaml-pickle"
+TASK_METRICS = {"binary": ("roc_auc", "log_loss", "accuracy", "f1"), "multiclass": ("log_loss", "accuracy"),
+                "regression": ("rmse", "mae", "r2")}
+
+
+class TrainingCancelled(Exception):
+    """Raised inside a running fit when `sluice runs cancel` asked for it."""
+
+
 @dataclass
 class Trained:
-    """The outcome of one FLAML search."""
+    """The outcome of one FLAML search: the model artifact and what the search did."""
 
-    booster_text: str
+    model_bytes: bytes
+    model_format: str
     best_config: dict[str, Any]
     best_estimator: str
     best_loss: float
     fit_seconds: float
     trial_log: str
+    feature_importance: dict[str, float]
+    warm_start: dict[str, Any] | None = None
 
 
-def train(X: pd.DataFrame, y: np.ndarray, contract: Contract) -> Trained:
-    """FLAML AutoML over the contract's estimators and budget; returns the native LightGBM model."""
+@dataclass
+class Progress:
+    """Trials done and the best loss so far, read from FLAML's trial log while it searches."""
+
+    trials: int = 0
+    best_loss: float | None = None
+    elapsed_s: float = 0.0
+
+
+def train(
+    X: pd.DataFrame, y: np.ndarray, contract: Contract, *,
+    starting_points: dict[str, dict[str, Any]] | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> Trained:
+    """FLAML AutoML over the contract's estimators and budget.
+
+    The model artifact is LightGBM's text format when the best estimator is `lgbm` (loading it needs no pickle);
+    any other estimator is pickled, and only ever loaded after its sha256 was checked.
+    """
     from flaml.automl import AutoML
 
     spec = contract.training
     automl = AutoML()  # type: ignore[no-untyped-call]
     task = "regression" if contract.task == "regression" else "classification"
-    metric = {"roc_auc": "roc_auc", "log_loss": "log_loss", "accuracy": "accuracy", "f1": "f1",
-              "rmse": "rmse", "mae": "mae", "r2": "r2"}[contract.metric]
     with tempfile.TemporaryDirectory() as tmp:
-        log = os.path.join(tmp, "trials.jsonl")
+        log = Path(tmp) / "trials.jsonl"
+        watcher = _Watcher(log, on_progress, should_cancel)
         started = time.perf_counter()
-        automl.fit(
-            X_train=X, y_train=y, task=task, metric=metric, time_budget=spec.time_budget_s,
-            estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=spec.n_jobs, verbose=0,
-            log_file_name=log, log_type="all",
-        )
+        watcher.start()
+        try:
+            automl.fit(
+                X_train=X, y_train=y, task=task, metric=contract.metric, time_budget=spec.time_budget_s,
+                estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=spec.n_jobs, verbose=0,
+                log_file_name=str(log), log_type="all", starting_points=starting_points or {},
+            )
+        finally:
+            watcher.stop()
         fit_seconds = time.perf_counter() - started
-        trial_log = Path(log).read_text() if os.path.exists(log) else ""
-    estimator = automl.model.estimator
-    booster_text = estimator.booster_.model_to_string()
-    # The promise behind loading without pickle: the raw booster agrees with FLAML's own predictions.
+        trial_log = log.read_text() if log.exists() else ""
+    warm = None
+    if starting_points:
+        first = next((t for t in parse_trials(trial_log) if t["learner"] in starting_points), None)
+        wanted = starting_points.get(first["learner"]) if first else None
+        used = bool(first and wanted and all(_close(first["config"].get(k), v) for k, v in wanted.items()))
+        warm = {"starting_points": _jsonable(starting_points), "used": used}
+    model = automl.model
+    if automl.best_estimator == "lgbm":
+        data, fmt = model.estimator.booster_.model_to_string().encode(), LGBM_TEXT
+    else:
+        import pickle
+
+        data, fmt = pickle.dumps(model), FLAML_PICKLE
+    # The promise behind the stored artifact: it predicts exactly what FLAML's own model predicts.
     sample = X.head(min(len(X), 200))
-    ours = predict(booster_text, sample)
-    predict_fn = automl.predict_proba if task == "classification" else automl.predict
-    theirs = predict_fn(sample)  # type: ignore[no-untyped-call]
-    if contract.task == "binary":
-        theirs = np.asarray(theirs)[:, 1]
-    if not np.allclose(ours, np.asarray(theirs), atol=1e-6):
-        raise RuntimeError("the native LightGBM model disagrees with FLAML's predictions; the encoding drifted "
-                           "from FLAML's DataTransformer (is the installed FLAML newer than tested?)")
-    return Trained(booster_text, _jsonable(automl.best_config), automl.best_estimator,
-                   float(automl.best_loss), fit_seconds, trial_log)
+    ours = predict_model(fmt, data, sample, contract.task)
+    theirs = automl.predict_proba(sample) if task == "classification" else automl.predict(sample)  # type: ignore[no-untyped-call]
+    theirs = np.asarray(theirs)[:, 1] if contract.task == "binary" else np.asarray(theirs)
+    if not np.allclose(ours, theirs, atol=1e-6):
+        raise RuntimeError("the stored model disagrees with FLAML's predictions; the encoding drifted from FLAML's "
+                           "DataTransformer (is the installed FLAML newer than tested?)")
+    return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
+                   fit_seconds, trial_log, _importance(model, list(X.columns)), warm)
+
+
+def predict_model(fmt: str, data: bytes, X: pd.DataFrame, task: str) -> np.ndarray:
+    """Scores from a stored model: P(class 1), class probabilities, or values. Check its sha256 first."""
+    if fmt == LGBM_TEXT:
+        return predict(data.decode(), X)
+    import pickle
+
+    model = pickle.loads(data)
+    if task == "regression":
+        return np.asarray(model.predict(X))
+    proba = np.asarray(model.predict_proba(X))
+    return proba[:, 1] if task == "binary" else proba
 
 
 def predict(booster_text: str, X: pd.DataFrame) -> np.ndarray:
@@ -168,6 +226,84 @@ def predict(booster_text: str, X: pd.DataFrame) -> np.ndarray:
     import lightgbm as lgb
 
     return np.asarray(lgb.Booster(model_str=booster_text).predict(X))
+
+
+def parse_trials(trial_log: str) -> list[dict[str, Any]]:
+    """FLAML's trial log: every trial's learner, configuration, validation loss and wall-clock time."""
+    out = []
+    for line in trial_log.splitlines():
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line FLAML is still writing
+        if "config" not in doc:
+            continue
+        out.append({"record_id": doc.get("record_id"), "learner": doc.get("learner"), "config": doc["config"],
+                    "loss": doc.get("validation_loss"), "trial_time_s": doc.get("trial_time"),
+                    "wall_clock_s": doc.get("wall_clock_time")})
+    return out
+
+
+def holdout_metrics(task: str, y: np.ndarray, scores: np.ndarray, n_classes: int | None) -> dict[str, float]:
+    """Every standard metric of the task on the holdout."""
+    return {name: score(name, y, scores, n_classes) for name in TASK_METRICS[task]}
+
+
+class _Watcher:
+    """Tails FLAML's trial log during the fit: reports progress, and stops the fit on request."""
+
+    def __init__(self, log: Path, on_progress: Callable[[Progress], None] | None,
+                 should_cancel: Callable[[], bool] | None, every_s: float = 1.0):
+        self.log, self.on_progress, self.should_cancel, self.every_s = log, on_progress, should_cancel, every_s
+        self.target = threading.get_ident()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="sluice-fit-watcher", daemon=True)
+        self.started = time.perf_counter()
+
+    def start(self) -> None:
+        if self.on_progress or self.should_cancel:
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        last = -1
+        while not self.stopping.wait(self.every_s):
+            if self.should_cancel and self.should_cancel():
+                # The same mechanism as Dramatiq's time limits: an exception raised in the fitting thread.
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target),
+                                                           ctypes.py_object(TrainingCancelled))
+                return
+            if self.on_progress and self.log.exists():
+                trials = parse_trials(self.log.read_text(errors="ignore").rsplit("\n", 1)[0])
+                if len(trials) != last:
+                    last = len(trials)
+                    losses = [t["loss"] for t in trials if t["loss"] is not None]
+                    self.on_progress(Progress(len(trials), min(losses) if losses else None,
+                                              time.perf_counter() - self.started))
+
+
+def _importance(model: Any, columns: list[str]) -> dict[str, float]:
+    estimator = getattr(model, "estimator", model)
+    booster = getattr(estimator, "booster_", None)
+    if booster is not None:
+        values = booster.feature_importance(importance_type="gain")
+    elif hasattr(estimator, "feature_importances_"):
+        values = estimator.feature_importances_
+    else:
+        return {}
+    total = float(np.sum(values)) or 1.0
+    pairs = sorted(zip(columns, (float(v) / total for v in values), strict=False), key=lambda p: -p[1])
+    return dict(pairs)
+
+
+def _close(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    return bool(a == b)
 
 
 def score(metric: str, y: np.ndarray, pred: np.ndarray, n_classes: int | None) -> float:

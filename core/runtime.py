@@ -19,7 +19,7 @@ from dramatiq import Broker
 
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
-from sluice.core.errors import InputError
+from sluice.core.errors import Defer, InputError, SluiceError
 from sluice.core.middleware import DeadLetters
 from sluice.core.settings import Settings
 from sluice.core.validation import examples, summarize
@@ -102,9 +102,22 @@ class Runtime:
             return []
         names = []
         for route in self.pipeline.match(event.key):
-            self.actors[route.name].send(event.to_dict())
+            limit_s = self._contract_time_limit(event.key) if route.options.get("time_limit_from_contract") else None
+            if limit_s:
+                # A hung fit is killed by Dramatiq's TimeLimit and retried; the limit follows the contract's budget.
+                self.actors[route.name].send_with_options(args=(event.to_dict(),), time_limit=limit_s * 1000)
+            else:
+                self.actors[route.name].send(event.to_dict())
             names.append(route.name)
         return names
+
+    def _contract_time_limit(self, key: str) -> int | None:
+        from sluice.core.contract import load_contract
+
+        try:
+            return load_contract(self.store, dataset_of(key)).training.time_limit_s
+        except SluiceError:
+            return None  # the stage itself reports the missing or broken contract
 
     def execute(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Run stage `name` on one event, exactly once in effect."""
@@ -122,6 +135,9 @@ class Runtime:
         try:
             try:
                 effects = self.pipeline.handlers[name](event, ctx)
+            except Defer as later:
+                self.state.release(key)
+                raise dramatiq.Retry(delay=int(later.delay_s * 1000)) from None
             except InputError as err:
                 result = self.quarantine(ctx, name, event, err)
                 self.state.complete(key, result, COMPLETED_TTL_S)

@@ -16,9 +16,9 @@ def build_pipeline(training_time_limit_s: int = 3600) -> Pipeline:
     p.on_object_created("labels", prefix="labels/", time_limit_s=600)(validate.handle_labels)
     p.on_object_created("features", prefix="validated/", suffix="/manifest.json", time_limit_s=600)(materialize.handle)
     p.on_object_created("train", prefix="features/", suffix="/manifest.json",
-                        time_limit_s=training_time_limit_s)(train.handle)
+                        time_limit_s=training_time_limit_s, time_limit_from_contract=True)(train.handle)
     p.on_object_created("train-labels", prefix="validated-labels/", suffix="/manifest.json",
-                        time_limit_s=training_time_limit_s)(train.handle)
+                        time_limit_s=training_time_limit_s, time_limit_from_contract=True)(train.handle)
     p.on_object_created("backtest", prefix="validated-labels/", suffix="/data.parquet",
                         time_limit_s=600)(backtest.handle)
     p.on_object_created("benchmark", prefix="runs/", suffix="/run.json", time_limit_s=600)(benchmark.handle)

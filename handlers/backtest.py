@@ -56,7 +56,9 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             known = y >= 0
             scored = frame.filter(pl.Series(known))
             n_classes = len(encoding.classes) if encoding.classes else None
-            scores = modeling.predict(artifact(ctx.store, run, "model").decode(), encoding.features(scored))
+            fmt = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
+            scores = modeling.predict_model(fmt, artifact(ctx.store, run, "model"), encoding.features(scored),
+                                            run["task"])
             entry.update(rows=int(known.sum()),
                          metrics={contract.metric: modeling.score(contract.metric, y[known], scores, n_classes)})
         results.append(entry)

@@ -88,4 +88,5 @@ def artifact_json(store: S3Store, run: dict[str, Any], name: str) -> Any:
 
 def _scores(store: S3Store, run: dict[str, Any], holdout: pl.DataFrame) -> np.ndarray:
     encoding = modeling.Encoding.from_dict(artifact_json(store, run, "encoding"))
-    return modeling.predict(artifact(store, run, "model").decode(), encoding.features(holdout))
+    fmt = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
+    return modeling.predict_model(fmt, artifact(store, run, "model"), encoding.features(holdout), run["task"])

@@ -1,23 +1,28 @@
-"""Stage 3: a feature set is trained on with FLAML AutoML (LightGBM) and tracked as a run.
+"""Stage 3: continuous training. A feature set (or new labels) is trained on with FLAML and tracked as a run.
 
-    features/<dataset>/<fsv>/manifest.json          ->  runs/<dataset>/<run id>/{model-*.txt, ..., run.json}
+    features/<dataset>/<fsv>/manifest.json          ->  runs/<dataset>/<run id>/{model-*, ..., run.json}
     validated-labels/<dataset>/<lv>/manifest.json   ->  (the same, for datasets whose labels arrive separately)
 
-With separate labels, the training set is the point-in-time join of every label so far with the latest
-feature set (core/features.py), so either a new feature set or new labels start a run.
-
-Artifacts are named by their sha256, so two concurrent deliveries never overwrite each other's files; the
-run document is a conditional write, so only one of them becomes the run.
+- Coalescing: a run trains only on the dataset's latest inputs, and only once they have been quiet for the
+  contract's `debounce_s`; earlier triggers are superseded, so many drops in a burst make one run.
+- Deterministic holdout: a row's side depends only on its identity (core/features.row_key_columns).
+- Warm start: the search starts from the champion's best configuration; the run records whether FLAML used it.
+- Artifacts are named by their sha256, so concurrent deliveries never overwrite each other's files, and the run
+  document is a conditional write, so only one of them becomes the run.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import platform
+import subprocess
 import time
+from datetime import datetime
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -26,7 +31,7 @@ from sluice.core import modeling
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract
 from sluice.core.drift import reference_profile
-from sluice.core.errors import Failure, ValidationFailed
+from sluice.core.errors import Defer, Failure, ValidationFailed
 from sluice.core.features import (
     label_versions,
     latest_feature_set,
@@ -36,16 +41,18 @@ from sluice.core.features import (
     row_key_columns,
     training_columns,
 )
+from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
 
 MIN_TRAIN_ROWS = 20
-PACKAGES = ("flaml", "lightgbm", "polars", "pandera", "scikit-learn", "numpy", "pandas", "dramatiq", "boto3")
+PACKAGES = ("flaml", "lightgbm", "xgboost", "polars", "pandera", "scikit-learn", "numpy", "pandas", "dramatiq",
+            "boto3")
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
-    """Train on one feature set, once."""
+    """Train on the dataset's latest inputs, once, after the debounce window."""
     t0 = time.perf_counter()
     dataset = dataset_of(event.key)
     contract = load_contract(ctx.store, dataset)
@@ -53,22 +60,21 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if inputs is None:
         return []
     features, labels = inputs
-    label_versions = [lv.data_version for lv in labels]
+    if not _coalesce(ctx, contract, features, labels):
+        return []
+    label_ids = [lv.data_version for lv in labels]
+    spec = contract.training
     run_id = "run-" + hashlib.sha256(json.dumps(
-        {"fsv": features.feature_set_version, "training": contract.training.model_dump(mode="json"),
+        {"fsv": features.feature_set_version, "training": spec.model_dump(mode="json", exclude={"debounce_s"}),
          "target": contract.target, "task": contract.task, "metric": contract.metric,
-         **({"labels": label_versions} if contract.labels else {})}, sort_keys=True,
+         **({"labels": label_ids} if contract.labels else {})}, sort_keys=True,
     ).encode()).hexdigest()[:12]
     base = f"runs/{dataset}/{run_id}"
-    if ctx.store.exists(f"{base}/run.json"):
+    if ctx.store.exists(f"{base}/run.json") or ctx.store.exists(f"{base}/cancelled.json"):
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
 
-    frame = read_parquet(ctx.store, f"features/{dataset}/{features.feature_set_version}/features.parquet")
-    if contract.labels is not None:
-        frame = point_in_time_join(read_labels(ctx.store, dataset, label_versions), frame, contract)
-    frame = frame.filter(pl.col(contract.target).is_not_null())
-    spec = contract.training
+    frame = training_frame(ctx, contract, features, label_ids)
     mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
     encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
@@ -80,35 +86,51 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             hint=f"Drop more rows (at least {MIN_TRAIN_ROWS * 2}, with every class represented).",
             failures=[Failure(contract.target, "enough labelled rows to train", value=frame.height)],
         )
+    starting_points = _warm_start(ctx, contract)
     t_prep = time.perf_counter()
-    trained = modeling.train(encoding.features(train_frame), encoding.labels(train_frame), contract)
+
+    def progress(p: modeling.Progress) -> None:
+        ctx.store.put_json(f"{base}/progress.json", {"run_id": run_id, "status": "running", "trials": p.trials,
+                                                     "best_loss": p.best_loss, "elapsed_s": round(p.elapsed_s, 1),
+                                                     "budget_s": spec.time_budget_s, "at": ctx.timestamp()})
+        ctx.log.info("train %s: %d trials, best loss %s after %.0fs of %gs", run_id, p.trials,
+                     "-" if p.best_loss is None else f"{p.best_loss:.4f}", p.elapsed_s, spec.time_budget_s)
+
+    try:
+        trained = modeling.train(encoding.features(train_frame), encoding.labels(train_frame), contract,
+                                 starting_points=starting_points, on_progress=progress,
+                                 should_cancel=lambda: ctx.store.exists(f"{base}/cancel.json"))
+    except modeling.TrainingCancelled:
+        ctx.store.put_json(f"{base}/cancelled.json", {"run_id": run_id, "at": ctx.timestamp()}, if_absent=True)
+        ctx.log.warning("cancelled train %s on request", run_id)
+        return []
     t_fit = time.perf_counter()
 
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
-    holdout_scored = holdout.filter(pl.Series(known))
-    scores = modeling.predict(trained.booster_text, encoding.features(holdout_scored))
+    scores = modeling.predict_model(trained.model_format, trained.model_bytes,
+                                    encoding.features(holdout.filter(pl.Series(known))), contract.task)
     n_classes = len(encoding.classes) if encoding.classes else None
-    metric = modeling.score(contract.metric, y_holdout[known], scores, n_classes)
-    baseline = modeling.score(
-        contract.metric, y_holdout[known],
-        modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task, n_classes), n_classes)
+    metrics = modeling.holdout_metrics(contract.task, y_holdout[known], scores, n_classes)
+    baseline_scores = modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task,
+                                               n_classes)
+    baseline = modeling.holdout_metrics(contract.task, y_holdout[known], baseline_scores, n_classes)
+    trials = modeling.parse_trials(trained.trial_log)
 
-    artifacts = {}
     holdout_bytes = io.BytesIO()
     holdout.write_parquet(holdout_bytes)
-    for stem, ext, data in (
-        ("model", "txt", trained.booster_text.encode()),
+    extension = "txt" if trained.model_format == modeling.LGBM_TEXT else "pkl"
+    artifacts = _store_artifacts(ctx, base, [
+        ("model", extension, trained.model_bytes),
         ("holdout", "parquet", holdout_bytes.getvalue()),
         ("encoding", "json", json.dumps(encoding.to_dict(), sort_keys=True).encode()),
         ("trials", "jsonl", trained.trial_log.encode()),
         # What drift of later data is measured against, should this run become the champion.
         ("profile", "json", json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode()),
-    ):
-        sha = hashlib.sha256(data).hexdigest()
-        key = f"{base}/{stem}-{sha[:12]}.{ext}"
-        ctx.store.put(key, data)
-        artifacts[stem] = {"key": key, "sha256": sha, "bytes": len(data)}
+        ("loss_curve", "png", plot_loss_curve(trials, run_id)),
+        ("importance", "png", plot_importance(trained.feature_importance, run_id)),
+    ])
+    artifacts["model"]["format"] = trained.model_format
     t_done = time.perf_counter()
     run = {
         "run_id": run_id,
@@ -118,27 +140,43 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "metric": contract.metric,
         "feature_set_version": features.feature_set_version,
         "data_versions": features.data_versions,
-        "label_versions": label_versions,
+        "label_versions": label_ids,
         "sources": features.sources,
         "contract_version": contract.fingerprint(),
-        "params": contract.training.model_dump(mode="json"),
+        "params": spec.model_dump(mode="json"),
         "best_estimator": trained.best_estimator,
         "best_config": trained.best_config,
         "best_loss": trained.best_loss,
+        "trials": {"count": len(trials), "best_loss_curve": _best_so_far(trials)},
+        "warm_start": trained.warm_start,
+        "feature_importance": dict(list(trained.feature_importance.items())[:50]),
         "holdout": {"rows": holdout.height, "scored_rows": int(known.sum()), "train_rows": train_frame.height,
-                    "fraction": spec.holdout_fraction, "seed": spec.seed,
-                    "metrics": {contract.metric: metric}, "baseline": {contract.metric: baseline}},
+                    "fraction": spec.holdout_fraction, "seed": spec.seed, "metrics": metrics, "baseline": baseline},
         "artifacts": artifacts,
         "durations_s": {"prepare": round(t_prep - t0, 3), "fit": round(t_fit - t_prep, 3),
+                        "flaml_fit": round(trained.fit_seconds, 3),
                         "evaluate_and_store": round(t_done - t_fit, 3), "total": round(t_done - t0, 3)},
-        "environment": {"python": platform.python_version(),
-                        "packages": {p: _version(p) for p in PACKAGES}},
+        "environment": {"python": platform.python_version(), "platform": platform.platform(),
+                        "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
         "finished_at": ctx.timestamp(),
     }
     if ctx.store.put_json(f"{base}/run.json", run, if_absent=True):
-        ctx.log.info("wrote train      %s: %s %s=%.4f (naive baseline %.4f), fit %.1fs",
-                     run_id, trained.best_estimator, contract.metric, metric, baseline, t_fit - t_prep)
+        ctx.store.put_json(f"{base}/progress.json", {"run_id": run_id, "status": "finished", "trials": len(trials),
+                                                     "best_loss": trained.best_loss, "at": ctx.timestamp()})
+        ctx.log.info("wrote train      %s: %s %s=%.4f (naive baseline %.4f), %d trials, fit %.1fs%s",
+                     run_id, trained.best_estimator, contract.metric, metrics[contract.metric],
+                     baseline[contract.metric], len(trials), t_fit - t_prep,
+                     "" if not trained.warm_start else f", warm start used: {trained.warm_start['used']}")
     return []
+
+
+def training_frame(ctx: Context, contract: Contract, features: FeaturesMaterialized,
+                   label_ids: list[str]) -> pl.DataFrame:
+    """The labelled rows a run learns from: the feature set, or its point-in-time join with the labels."""
+    frame = read_parquet(ctx.store, f"features/{contract.dataset}/{features.feature_set_version}/features.parquet")
+    if contract.labels is not None:
+        frame = point_in_time_join(read_labels(ctx.store, contract.dataset, label_ids), frame, contract)
+    return frame.filter(pl.col(contract.target).is_not_null())
 
 
 def _inputs(ctx: Context, contract: Contract, key: str
@@ -159,6 +197,111 @@ def _inputs(ctx: Context, contract: Contract, key: str
         ctx.log.info("wait  train      %s: feature set %s ready, no labels yet", dataset, features.feature_set_version)
         return None
     return features, labels
+
+
+def _coalesce(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated]) -> bool:
+    """False for superseded inputs; raises Defer until the newest input has been quiet for `debounce_s`."""
+    latest = latest_feature_set(ctx.store, contract.dataset)
+    if latest is not None and latest.feature_set_version != features.feature_set_version:
+        ctx.log.info("skip  train      %s: feature set %s is superseded by %s", contract.dataset,
+                     features.feature_set_version, latest.feature_set_version)
+        return False
+    newest = max([features.materialized_at, *(lv.validated_at for lv in labels)])
+    quiet_s = (ctx.now() - datetime.fromisoformat(newest.replace("Z", "+00:00"))).total_seconds()
+    wait_s = contract.training.debounce_s - quiet_s
+    if wait_s > 0:
+        ctx.log.info("wait  train      %s: coalescing drops, training in %.1fs", contract.dataset, wait_s)
+        raise Defer(wait_s + 0.05, f"coalescing drops of {contract.dataset!r}")
+    return True
+
+
+def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] | None:
+    if not contract.training.warm_start:
+        return None
+    champion = ModelRegistry(ctx.store, ctx.state).champion(contract.model)
+    if champion is None:
+        return None
+    run = ctx.store.get_json(champion["run_key"])
+    if run.get("best_estimator") not in contract.training.estimators:
+        return None
+    return {run["best_estimator"]: run["best_config"]}
+
+
+def _store_artifacts(ctx: Context, base: str, items: list[tuple[str, str, bytes]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for stem, ext, data in items:
+        sha = hashlib.sha256(data).hexdigest()
+        key = f"{base}/{stem}-{sha[:12]}.{ext}"
+        ctx.store.put(key, data)
+        out[stem] = {"key": key, "sha256": sha, "bytes": len(data)}
+    return out
+
+
+def _best_so_far(trials: list[dict[str, Any]]) -> list[list[float]]:
+    curve, best = [], float("inf")
+    for t in trials:
+        if t["loss"] is not None and t["loss"] < best:
+            best = t["loss"]
+            curve.append([round(float(t["wall_clock_s"] or 0), 3), best])
+    return curve
+
+
+def plot_loss_curve(trials: list[dict[str, Any]], title: str) -> bytes:
+    """PNG: the best validation loss so far against wall-clock time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    curve = _best_so_far(trials)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    if curve:
+        xs, ys = zip(*curve, strict=True)
+        ax.step(xs, ys, where="post", marker="o", markersize=3)
+    ax.set(xlabel="wall-clock time (s)", ylabel="best validation loss", title=f"{title}: {len(trials)} trials")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def plot_importance(importance: dict[str, float], title: str, top: int = 20) -> bytes:
+    """PNG: the top features by share of total gain."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    items = list(importance.items())[:top][::-1]
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.28 * len(items) + 1)), dpi=100)
+    if items:
+        names, values = zip(*items, strict=True)
+        ax.barh(names, values)
+    ax.set(xlabel="share of total gain", title=f"{title}: feature importance")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib import pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+@functools.cache
+def code_version() -> dict[str, str | None]:
+    """The installed Sluice version and, from a git checkout, the commit."""
+    import sluice
+
+    commit = None
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+        commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"sluice": sluice.__version__, "git_commit": commit}
 
 
 def _version(package: str) -> str | None:

@@ -239,11 +239,13 @@ def contract() -> None:
 @click.option("--dataset", required=True)
 @click.option("--target", required=True, help="The column to predict.")
 @click.option("--budget", type=float, default=10.0, show_default=True, help="Training time budget, seconds.")
-def contract_infer(file: Path, dataset: str, target: str, budget: float) -> None:
+@click.option("--debounce", type=float, default=30.0, show_default=True,
+              help="Seconds of quiet after the last drop before training (drops in between make one run).")
+def contract_infer(file: Path, dataset: str, target: str, budget: float, debounce: float) -> None:
     """Write a contract inferred from a sample FILE to stdout; review it, then `sluice contract put`."""
     try:
         frame = read_sample(file.name, file.read_bytes())
-        click.echo(infer_contract(frame, dataset, target, budget).to_yaml(), nl=False)
+        click.echo(infer_contract(frame, dataset, target, budget, debounce).to_yaml(), nl=False)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -65,7 +65,7 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             sample = Path(tmp) / "breast_cancer.csv"
             sample.write_bytes(data)
-            contract = infer_contract(pl.read_csv(sample), DATASET, TARGET, time_budget_s=budget)
+            contract = infer_contract(pl.read_csv(sample), DATASET, TARGET, time_budget_s=budget, debounce_s=0)
         store.put(contract_key(DATASET), contract.to_yaml().encode())
         _say(f"== contract {contract_key(DATASET)}: {len(contract.columns)} columns, task {contract.task}, "
              f"metric {contract.metric}, budget {budget:g}s")

@@ -28,7 +28,7 @@ def sample_contract(budget_s: float = BUDGET_S) -> Contract:
     """The contract inferred from the bundled sample, with a short training budget."""
     import io
 
-    return infer_contract(pl.read_csv(io.BytesIO(sample_bytes())), DATASET, "diagnosis", budget_s)
+    return infer_contract(pl.read_csv(io.BytesIO(sample_bytes())), DATASET, "diagnosis", budget_s, debounce_s=0)
 
 
 def prepare(settings: Settings, contract: Contract | None = None) -> tuple[Resources, S3Store]:

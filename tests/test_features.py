@@ -37,7 +37,7 @@ columns:
   ts: {dtype: datetime}
   amount: {dtype: float}
   country: {dtype: str, categories: [fr, it, es]}
-training: {time_budget_s: 1}
+training: {time_budget_s: 1, debounce_s: 0}
 features:
   - {name: amount_sum_7d, op: window_sum, columns: [amount], days: 7}
   - {name: events_7d, op: window_count, columns: [amount], days: 7}
