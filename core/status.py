@@ -40,10 +40,14 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
         if key not in seen:
             arrivals.append({"key": key, "outcome": "pending", "stage": "arrived"})
     quarantine = [store.get_json(k) for k in store.keys(f"quarantine/{dataset}/") if k.endswith("/report.json")]
+    finished = {r["run_id"] for r in runs}
+    training = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/progress.json")
+                and k.split("/")[2] not in finished]
     return {
         "dataset": dataset,
         "arrivals": arrivals,
         "quarantine": quarantine,
+        "training": [t for t in training if t.get("status") == "running"],
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
     }

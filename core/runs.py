@@ -1,0 +1,142 @@
+"""Experiment tracking: finding, comparing and reproducing runs.
+
+A run lives in `runs/<dataset>/<run id>/` (`run.json` plus artifacts named by their sha256). Reproducing a run
+does not search again — a time budget is not deterministic (FLAML issue #151) — it replays the search's result:
+the best estimator with the best configuration from the trial log, a fixed number of iterations, fitted on the
+same training rows (rebuilt from the recorded data versions), then scored on the same holdout rows.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from sluice.core import modeling
+from sluice.core.contract import Contract, parse_contract
+from sluice.core.errors import SluiceError
+from sluice.core.features import row_key_columns, training_columns
+from sluice.infra.store import S3Store
+
+ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator", "rf": "RandomForestEstimator",
+              "extra_tree": "ExtraTreesEstimator"}
+TOLERANCE = 1e-9
+
+
+def list_runs(store: S3Store, dataset: str) -> list[dict[str, Any]]:
+    """Finished runs of a dataset, oldest first, plus runs still in progress (from their progress record)."""
+    runs, progress = {}, {}
+    for key in store.keys(f"runs/{dataset}/"):
+        run_id = key.split("/")[2]
+        if key.endswith("/run.json"):
+            runs[run_id] = store.get_json(key)
+        elif key.endswith("/progress.json"):
+            progress[run_id] = store.get_json(key)
+        elif key.endswith("/cancelled.json"):
+            progress[run_id] = {**store.get_json(key), "status": "cancelled"}
+    out = sorted(runs.values(), key=lambda r: r["finished_at"])
+    out += [{"run_id": rid, "dataset": dataset, **p} for rid, p in progress.items() if rid not in runs]
+    return out
+
+
+def find_run(store: S3Store, run_id: str) -> dict[str, Any]:
+    """A finished run by id (a unique prefix is enough)."""
+    matches = [k for k in store.keys("runs/") if k.endswith("/run.json") and k.split("/")[2].startswith(run_id)]
+    if len(matches) != 1:
+        raise SluiceError(f"{'no' if not matches else 'more than one'} finished run matches {run_id!r}; "
+                          "list them with `sluice runs list DATASET`")
+    doc: dict[str, Any] = store.get_json(matches[0])
+    return doc
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """What differs between two runs: metrics, configuration, inputs."""
+    metrics = sorted(set(a["holdout"]["metrics"]) | set(b["holdout"]["metrics"]))
+    config_keys = sorted(set(a["best_config"]) | set(b["best_config"]))
+    return {
+        "runs": [a["run_id"], b["run_id"]],
+        "metrics": {m: [a["holdout"]["metrics"].get(m), b["holdout"]["metrics"].get(m)] for m in metrics},
+        "holdout_rows": [a["holdout"]["rows"], b["holdout"]["rows"]],
+        "best_estimator": [a["best_estimator"], b["best_estimator"]],
+        "config": {k: [a["best_config"].get(k), b["best_config"].get(k)] for k in config_keys
+                   if a["best_config"].get(k) != b["best_config"].get(k)},
+        "data_versions": {"only_a": sorted(set(a["data_versions"]) - set(b["data_versions"])),
+                          "only_b": sorted(set(b["data_versions"]) - set(a["data_versions"])),
+                          "shared": len(set(a["data_versions"]) & set(b["data_versions"]))},
+        "label_versions": {"only_a": sorted(set(a.get("label_versions", [])) - set(b.get("label_versions", []))),
+                           "only_b": sorted(set(b.get("label_versions", [])) - set(a.get("label_versions", [])))},
+        "feature_set_version": [a["feature_set_version"], b["feature_set_version"]],
+        "trials": [a.get("trials", {}).get("count"), b.get("trials", {}).get("count")],
+        "fit_seconds": [a["durations_s"].get("fit"), b["durations_s"].get("fit")],
+    }
+
+
+def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
+    """Refit the run's best configuration on its recorded inputs; report whether the holdout metrics match."""
+    from flaml.automl import model as flaml_models
+
+    from sluice.handlers.benchmark import artifact, artifact_json
+
+    contract = _contract_of(store, run)
+    frame = _training_rows(store, contract, run)
+    spec = contract.training
+    mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
+    train_frame = frame.filter(pl.Series(~mask))
+    holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
+    encoding = modeling.Encoding.from_dict(artifact_json(store, run, "encoding"))
+    rebuilt = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
+    if rebuilt != encoding:
+        raise SluiceError(f"run {run['run_id']}: the recorded inputs no longer give the same training rows "
+                          "(the encoding differs); were data versions deleted?")
+    estimator_cls = getattr(flaml_models, ESTIMATORS[run["best_estimator"]])
+    task = "regression" if contract.task == "regression" else "classification"
+    estimator = estimator_cls(task=task, n_jobs=spec.n_jobs, **run["best_config"])
+    estimator.fit(encoding.features(train_frame), encoding.labels(train_frame))
+    y = encoding.labels(holdout)
+    known = y >= 0
+    X = encoding.features(holdout.filter(pl.Series(known)))
+    if contract.task == "regression":
+        scores = np.asarray(estimator.predict(X))
+    else:
+        proba = np.asarray(estimator.predict_proba(X))
+        scores = proba[:, 1] if contract.task == "binary" else proba
+    n_classes = len(encoding.classes) if encoding.classes else None
+    metrics = modeling.holdout_metrics(contract.task, y[known], scores, n_classes)
+    recorded = run["holdout"]["metrics"]
+    diffs = {m: abs(metrics[m] - recorded[m]) for m in metrics if m in recorded}
+    return {"run_id": run["run_id"], "recorded": recorded, "reproduced": metrics,
+            "max_abs_difference": max(diffs.values()) if diffs else None,
+            "match": bool(diffs) and all(d <= TOLERANCE for d in diffs.values()),
+            "train_rows": train_frame.height, "holdout_rows": holdout.height,
+            "estimator": run["best_estimator"], "config": run["best_config"]}
+
+
+def _contract_of(store: S3Store, run: dict[str, Any]) -> Contract:
+    """The contract version the run was trained under (kept under contract-versions/), else the current one."""
+    dataset = run["dataset"]
+    for key in store.keys(f"contract-versions/{dataset}/"):
+        contract = parse_contract(store.get(key), source=key)
+        if contract.fingerprint() == run["contract_version"]:
+            return contract
+    current = parse_contract(store.get(f"contracts/{dataset}.yaml"))
+    if current.fingerprint() != run["contract_version"]:
+        raise SluiceError(f"run {run['run_id']} was trained under contract {run['contract_version'][:12]}, which "
+                          "is no longer stored; upload it again with `sluice contract put` to reproduce the run")
+    return current
+
+
+def _training_rows(store: S3Store, contract: Contract, run: dict[str, Any]) -> pl.DataFrame:
+    from sluice.core.features import point_in_time_join, read_labels, read_parquet
+
+    frame = read_parquet(store, f"features/{run['dataset']}/{run['feature_set_version']}/features.parquet")
+    if contract.labels is not None:
+        frame = point_in_time_join(read_labels(store, run["dataset"], run["label_versions"]), frame, contract)
+    return frame.filter(pl.col(contract.target).is_not_null())
+
+
+def dumps(doc: Any) -> str:
+    """Pretty JSON for the CLI."""
+    return json.dumps(doc, indent=2, sort_keys=True, default=str)

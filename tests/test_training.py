@@ -1,0 +1,180 @@
+"""Continuous training: coalescing, deterministic holdout, warm start, tracking, reproduce, cancel, time limits."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import polars as pl
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from moto import mock_aws
+
+from sluice.core import modeling, runs
+from sluice.core.contract import Contract
+from sluice.core.errors import TransientError
+from sluice.core.runtime import Runtime
+from sluice.core.service import build_runtime, start
+from sluice.core.settings import Settings
+from sluice.events.s3 import ObjectCreated
+from sluice.handlers import build_pipeline
+from sluice.handlers.benchmark import artifact
+from sluice.infra.state import MemoryState
+from tests.chain import DATASET, prepare, sample_bytes, sample_contract, wait_for
+
+
+def parts(n: int) -> list[bytes]:
+    """The bundled sample split into n files of distinct rows, each with the header."""
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        frame.filter(pl.int_range(pl.len()) % n == i).write_csv(buf)
+        out.append(buf.getvalue())
+    return out
+
+
+def with_training(contract: Contract, **changes: Any) -> Contract:
+    return contract.model_copy(update={"training": contract.training.model_copy(update=changes)})
+
+
+@pytest.fixture
+def runtime() -> Iterator[Runtime]:
+    with mock_aws():
+        s = replace(Settings(), bucket="sluice-training", broker_url="memory://")
+        prepare(s)
+        yield Runtime(s, build_pipeline(), StubBroker(), MemoryState())
+
+
+def run_chain(rt: Runtime, key: str, data: bytes) -> dict[str, Any]:
+    """Drop and run every stage in order, as the bridge would; returns the new run."""
+    before = {k for k in rt.store.keys("") if k.endswith("run.json")}
+    rt.store.put(key, data)
+    stages = [("validate", lambda k: k == key), ("features", lambda k: k.startswith("validated/")
+              and k.endswith("manifest.json")), ("train", lambda k: k.startswith("features/")
+              and k.endswith("manifest.json")), ("benchmark", lambda k: k.endswith("run.json")),
+              ("register", lambda k: k.endswith(".candidate.json"))]
+    for stage, wanted in stages:
+        for k in sorted(rt.store.keys("")):
+            if wanted(k):
+                info = rt.store.head(k)
+                assert info is not None
+                rt.execute(stage, ObjectCreated(rt.settings.bucket, k, info.size, info.etag).to_dict())
+    [new] = [k for k in rt.store.keys("") if k.endswith("run.json") and k not in before]
+    run: dict[str, Any] = rt.store.get_json(new)
+    return run
+
+
+@pytest.mark.slow
+def test_a_run_is_tracked_reproducible_and_comparable(runtime: Runtime) -> None:
+    a, b = parts(2)
+    run1 = run_chain(runtime, f"incoming/{DATASET}/a.csv", a)
+    assert set(run1["holdout"]["metrics"]) == {"roc_auc", "log_loss", "accuracy", "f1"}
+    assert run1["trials"]["count"] >= 1 and run1["best_config"]
+    assert run1["artifacts"]["model"]["format"] == "lightgbm-text"
+    assert abs(sum(run1["feature_importance"].values()) - 1.0) < 1e-6
+    trials = modeling.parse_trials(artifact(runtime.store, run1, "trials").decode())
+    assert len(trials) == run1["trials"]["count"] and all("config" in t and "loss" in t for t in trials)
+    for plot in ("loss_curve", "importance"):
+        assert artifact(runtime.store, run1, plot).startswith(b"\x89PNG")
+    assert run1["environment"]["packages"]["flaml"] and run1["durations_s"]["flaml_fit"] > 0
+
+    result = runs.reproduce(runtime.store, run1)
+    assert result["match"], result
+
+    run2 = run_chain(runtime, f"incoming/{DATASET}/b.csv", b)
+    assert run2["warm_start"] is not None and run2["warm_start"]["used"] is True  # FLAML honoured the champion
+    diff = runs.compare(run1, run2)
+    assert diff["data_versions"]["shared"] == 1 and len(diff["data_versions"]["only_b"]) == 1
+    assert runs.reproduce(runtime.store, run2)["match"]
+    # Holdout rows never reach training, and a row held out once stays held out in every later snapshot.
+    h1 = pl.read_parquet(io.BytesIO(artifact(runtime.store, run1, "holdout")))
+    h2 = pl.read_parquet(io.BytesIO(artifact(runtime.store, run2, "holdout")))
+    assert h1.join(h2, on=h1.columns, how="anti").height == 0
+    assert run2["holdout"]["rows"] + run2["holdout"]["train_rows"] == 569
+
+
+def test_holdout_assignment_depends_only_on_the_row() -> None:
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    full = modeling.holdout_mask(frame, 0.2, 42)
+    shuffled = frame.with_row_index("i").sample(fraction=1.0, shuffle=True, seed=3)
+    again = modeling.holdout_mask(shuffled.drop("i"), 0.2, 42)
+    assert (full[shuffled["i"].to_numpy()] == again).all()
+    assert 0.12 < full.mean() < 0.28  # about the asked share
+    assert not (modeling.holdout_mask(frame, 0.2, 7) == full).all()  # the seed matters
+
+
+@pytest.mark.slow
+def test_another_estimator_is_pickled_and_checked_before_loading(runtime: Runtime) -> None:
+    contract = with_training(sample_contract(), estimators=["rf"])
+    runtime.store.put(f"contracts/{DATASET}.yaml", contract.to_yaml().encode())
+    run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert run["best_estimator"] == "rf" and run["artifacts"]["model"]["format"] == "flaml-pickle"
+    assert run["holdout"]["metrics"]["roc_auc"] > 0.9
+    runtime.store.put(run["artifacts"]["model"]["key"], b"tampered")
+    with pytest.raises(TransientError, match="sha256 mismatch"):
+        artifact(runtime.store, run, "model")
+
+
+@pytest.mark.slow
+def test_a_running_training_can_be_cancelled(runtime: Runtime) -> None:
+    runtime.store.put(f"contracts/{DATASET}.yaml",
+                      with_training(sample_contract(), time_budget_s=60).to_yaml().encode())
+    runtime.store.put(f"incoming/{DATASET}/a.csv", sample_bytes())
+    for stage, prefix in (("validate", "incoming/"), ("features", "validated/")):
+        [k] = [k for k in runtime.store.keys(prefix) if k.endswith((".csv", "manifest.json"))]
+        info = runtime.store.head(k)
+        assert info is not None
+        runtime.execute(stage, ObjectCreated(runtime.settings.bucket, k, info.size, info.etag).to_dict())
+    [fs] = [k for k in runtime.store.keys("features/") if k.endswith("manifest.json")]
+    info = runtime.store.head(fs)
+    assert info is not None
+    started = time.monotonic()
+    thread = threading.Thread(target=runtime.execute, args=(
+        "train", ObjectCreated(runtime.settings.bucket, fs, info.size, info.etag).to_dict()))
+    thread.start()
+    progress = wait_for(lambda: [k for k in runtime.store.keys("runs/") if k.endswith("progress.json")], 30,
+                        "training progress")
+    assert runs.list_runs(runtime.store, DATASET)[0]["status"] == "running"
+    runtime.store.put_json(progress[0].replace("progress.json", "cancel.json"), {"requested": True})
+    thread.join(timeout=30)
+    assert not thread.is_alive() and time.monotonic() - started < 40  # well before the 60 s budget
+    assert [k for k in runtime.store.keys("runs/") if k.endswith("cancelled.json")]
+    assert not [k for k in runtime.store.keys("runs/") if k.endswith("run.json")]
+
+
+def test_the_training_time_limit_follows_the_contract_budget(runtime: Runtime) -> None:
+    runtime.store.put(f"contracts/{DATASET}.yaml",
+                      with_training(sample_contract(), time_budget_s=100).to_yaml().encode())
+    runtime.dispatch(ObjectCreated(runtime.settings.bucket, f"features/{DATASET}/fs-x/manifest.json", etag="e"))
+    runtime.dispatch(ObjectCreated(runtime.settings.bucket, f"runs/{DATASET}/r/run.json", etag="e"))
+    from dramatiq import Message
+
+    decoded = [Message.decode(raw) for raw in runtime.broker.queues[runtime.queue_name].queue]
+    messages = {m.actor_name.rsplit(".", 1)[-1]: m for m in decoded}
+    assert messages["train"].options["time_limit"] == (100 * 3 + 120) * 1000
+    assert "time_limit" not in messages["benchmark"].options
+
+
+@pytest.mark.slow
+def test_three_quick_drops_make_one_run(moto_settings: Settings) -> None:
+    contract = with_training(sample_contract(), debounce_s=3.0)
+    prepare(moto_settings, contract)
+    service = start(moto_settings, runtime=build_runtime(moto_settings), bridge_wait_s=1)
+    store = service.runtime.store
+    try:
+        for i, data in enumerate(parts(3)):
+            store.put(f"incoming/{DATASET}/part-{i}.csv", data)
+            time.sleep(1.0)  # far enough apart that, without coalescing, the first drop trains on its own
+        wait_for(lambda: [k for k in store.keys("registry/") if "/versions/" in k], 60, "a registered version")
+        time.sleep(5)  # longer than the debounce: a second run would have started by now
+    finally:
+        service.stop()
+    run_docs = [store.get_json(k) for k in store.keys(f"runs/{DATASET}/") if k.endswith("run.json")]
+    assert len(run_docs) == 1
+    assert len(run_docs[0]["data_versions"]) == 3
+    assert len([k for k in store.keys(f"validated/{DATASET}/") if k.endswith("manifest.json")]) == 3
