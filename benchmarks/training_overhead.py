@@ -1,0 +1,88 @@
+"""Framework overhead of the training stage: the stage's wall time minus FLAML's own fit time.
+
+Runs Sluice's train stage (handlers/train.py through the runtime, against moto's server over HTTP, as in
+production against S3) on the bundled dataset and on a larger synthetic one, with a 10 s budget, and reads
+the stage's durations from the run record. The goal: overhead under 5 % of the stage.
+
+    .venv/bin/python benchmarks/training_overhead.py [--budget 10] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import sys
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--synthetic-rows", type=int, default=100_000)
+    args = parser.parse_args()
+
+    from dramatiq.brokers.stub import StubBroker
+    from moto.server import ThreadedMotoServer
+    from sklearn.datasets import make_classification
+
+    from sluice.core.contract import contract_key, infer_contract
+    from sluice.core.runtime import Runtime
+    from sluice.core.settings import Settings
+    from sluice.events.s3 import ObjectCreated
+    from sluice.handlers import build_pipeline
+    from sluice.infra.provision import provision
+    from sluice.infra.state import MemoryState
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    bundled = (Path(__file__).parents[1] / "sluice" / "data" / "breast_cancer.csv").read_bytes()
+    X, y = make_classification(n_samples=args.synthetic_rows, n_features=20, n_informative=8, random_state=0)
+    synthetic = pl.DataFrame(X, schema=[f"x{i}" for i in range(20)]).with_columns(
+        target=pl.Series(y).cast(pl.Utf8))
+    buf = io.BytesIO()
+    synthetic.write_csv(buf)
+    cases = {"breast_cancer (569 rows)": (bundled, "diagnosis"),
+             f"synthetic ({args.synthetic_rows:,} rows x 20)": (buf.getvalue(), "target")}
+
+    print(f"{'dataset':32} {'stage s':>8} {'FLAML fit s':>12} {'overhead s':>11} {'overhead %':>11}  (median of "
+          f"{args.repeats}, budget {args.budget:g}s)")
+    try:
+        for name, (data, target) in cases.items():
+            results = []
+            for _ in range(args.repeats):
+                settings = replace(Settings(), bucket=f"bench-{uuid.uuid4().hex[:8]}", broker_url="memory://",
+                                   endpoint_url=f"http://{host}:{port}")
+                provision(settings, build_pipeline().routes)
+                rt = Runtime(settings, build_pipeline(), StubBroker(), MemoryState())
+                contract = infer_contract(pl.read_csv(io.BytesIO(data)), "bench", target, args.budget, debounce_s=0)
+                rt.store.put(contract_key("bench"), contract.to_yaml().encode())
+                rt.store.put("incoming/bench/data.csv", data)
+                for stage, prefix in (("validate", "incoming/"), ("features", "validated/"), ("train", "features/")):
+                    [key] = [k for k in rt.store.keys(prefix) if k.endswith((".csv", "manifest.json"))]
+                    info = rt.store.head(key)
+                    assert info is not None
+                    rt.execute(stage, ObjectCreated(settings.bucket, key, info.size, info.etag).to_dict())
+                [run_key] = [k for k in rt.store.keys("runs/") if k.endswith("run.json")]
+                d = rt.store.get_json(run_key)["durations_s"]
+                results.append((d["total"], d["flaml_fit"]))
+            stage = statistics.median(r[0] for r in results)
+            fit = statistics.median(r[1] for r in results)
+            over = statistics.median(r[0] - r[1] for r in results)
+            print(f"{name:32} {stage:8.2f} {fit:12.2f} {over:11.2f} {100 * over / stage:10.1f}%")
+    finally:
+        server.stop()
+    print("goal: overhead under 5 % of the stage")
+    print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
+
+
+if __name__ == "__main__":
+    main()
