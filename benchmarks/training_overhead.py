@@ -40,6 +40,9 @@ def main() -> None:
     from sluice.infra.provision import provision
     from sluice.infra.state import MemoryState
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

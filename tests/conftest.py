@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,6 +59,24 @@ def unique_settings(endpoint: str | None, **overrides: object) -> Settings:
         namespace=f"sluice-test-{tag}", endpoint_url=endpoint, broker_url="memory://", min_backoff_ms=50,
         **overrides,  # type: ignore[arg-type]
     )
+
+
+@pytest.fixture
+def runtime() -> Iterator[Any]:
+    """A runtime on moto in-process (`mock_aws`), provisioned, with the sample contract: no broker, no threads."""
+    from dramatiq.brokers.stub import StubBroker
+    from moto import mock_aws
+
+    from sluice.core.runtime import Runtime
+    from sluice.handlers import build_pipeline
+    from sluice.infra.online import MemoryOnline
+    from sluice.infra.state import MemoryState
+    from tests.chain import prepare
+
+    with mock_aws():
+        s = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
+        prepare(s)
+        yield Runtime(s, build_pipeline(), StubBroker(), MemoryState(), online=MemoryOnline())
 
 
 @pytest.fixture

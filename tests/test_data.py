@@ -3,32 +3,16 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from dataclasses import replace
 
 import numpy as np
 import polars as pl
-import pytest
-from dramatiq.brokers.stub import StubBroker
-from moto import mock_aws
 
 from sluice.core import drift, quarantine
 from sluice.core.contract import DriftSpec
 from sluice.core.runtime import Runtime
-from sluice.core.settings import Settings
 from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
-from sluice.handlers import build_pipeline
-from sluice.infra.state import MemoryState
-from tests.chain import DATASET, prepare, sample_bytes, sample_contract
-
-
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
-    with mock_aws():
-        s = replace(Settings(), bucket="sluice-data", broker_url="memory://")
-        prepare(s)
-        yield Runtime(s, build_pipeline(), StubBroker(), MemoryState())
+from tests.chain import DATASET, sample_bytes, sample_contract
 
 
 def validate(rt: Runtime, key: str) -> None:

@@ -3,26 +3,19 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
-from dataclasses import replace
 from datetime import datetime, timedelta
 
 import numpy as np
 import polars as pl
 import pytest
-from dramatiq.brokers.stub import StubBroker
-from moto import mock_aws
 
 from sluice.core.contract import ContractError, parse_contract
 from sluice.core.features import FEATURE_TIME, point_in_time_join
 from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
-from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
-from sluice.handlers import build_pipeline
 from sluice.handlers.materialize import apply_transforms
 from sluice.infra.online import MemoryOnline, RedisOnline
-from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
 
 CONTRACT = """
@@ -128,13 +121,10 @@ def test_point_in_time_join_never_uses_the_future_and_honours_the_ttl() -> None:
 
 
 @pytest.fixture
-def runtime() -> Iterator[Runtime]:
-    with mock_aws():
-        s = replace(Settings(), bucket="sluice-features", broker_url="memory://")
-        provision(s, build_pipeline().routes)
-        rt = Runtime(s, build_pipeline(), StubBroker(), MemoryState(), online=MemoryOnline())
-        rt.store.put("contracts/tx.yaml", parse_contract(CONTRACT).to_yaml().encode())
-        yield rt
+def runtime(runtime: Runtime) -> Runtime:
+    """The shared unit runtime, with the transactions contract."""
+    runtime.store.put("contracts/tx.yaml", parse_contract(CONTRACT).to_yaml().encode())
+    return runtime
 
 
 def run_stage(rt: Runtime, stage: str, key: str) -> None:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import polars as pl
 import pytest
-from dramatiq.brokers.stub import StubBroker
-from moto import mock_aws
 
 from sluice.core import modeling, runs
 from sluice.core.contract import Contract
@@ -21,9 +17,7 @@ from sluice.core.runtime import Runtime
 from sluice.core.service import build_runtime, start
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
-from sluice.handlers import build_pipeline
 from sluice.handlers.benchmark import artifact
-from sluice.infra.state import MemoryState
 from tests.chain import DATASET, prepare, sample_bytes, sample_contract, wait_for
 
 
@@ -42,12 +36,6 @@ def with_training(contract: Contract, **changes: Any) -> Contract:
     return contract.model_copy(update={"training": contract.training.model_copy(update=changes)})
 
 
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
-    with mock_aws():
-        s = replace(Settings(), bucket="sluice-training", broker_url="memory://")
-        prepare(s)
-        yield Runtime(s, build_pipeline(), StubBroker(), MemoryState())
 
 
 def run_chain(rt: Runtime, key: str, data: bytes) -> dict[str, Any]:
