@@ -23,6 +23,10 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
         dv = entry.get("data_version")
         stage = "labels" if entry.get("kind") == "labels" else entry["outcome"]
         detail: dict[str, Any] = {}
+        if dv and entry["outcome"] == "validated" and entry.get("kind") != "labels":
+            manifest = store.get_json_or_none(f"validated/{dataset}/{dv}/manifest.json")
+            if manifest and manifest.get("drift"):
+                detail["drift"] = manifest["drift"]
         if dv and entry["outcome"] in ("validated", "duplicate") and entry.get("kind") != "labels":
             fsvs = [f["feature_set_version"] for f in feature_sets if dv in f["data_versions"]]
             if fsvs:

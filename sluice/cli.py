@@ -126,6 +126,10 @@ def status(as_json: bool) -> None:
             extra = f" data {dv}" if dv else ""
             if a.get("rows_quarantined"):
                 extra += f" ({a['rows_quarantined']} rows quarantined)"
+            if a.get("drift"):
+                d = a["drift"]
+                extra += (f" [drift: {len(d['drifted_columns'])} of {len(d['psi'])} columns over PSI "
+                          f"{d['psi_threshold']}{', DRIFTED' if d['drifted'] else ''}]")
             if a.get("versions"):
                 extra += f" -> v{','.join(map(str, a['versions']))}"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
