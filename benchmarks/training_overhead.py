@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--synthetic-rows", type=int, default=100_000)
     args = parser.parse_args()
 
+    import logging
+
     from dramatiq.brokers.stub import StubBroker
     from moto.server import ThreadedMotoServer
     from sklearn.datasets import make_classification
@@ -39,8 +41,6 @@ def main() -> None:
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.state import MemoryState
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
