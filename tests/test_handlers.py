@@ -110,7 +110,7 @@ def test_the_chain_stage_by_stage_and_each_stage_twice(runtime: Runtime) -> None
     assert v1["decision"] == "promote" and v1["version"] == 1
     registry = ModelRegistry(runtime.store, MemoryState())
     assert registry.alias(DATASET)["version"] == 1
-    assert [h["action"] for h in registry.history(DATASET)] == ["registered", "promoted"]
+    assert [h["action"] for h in registry.history(DATASET)] == ["registered", "challenger", "promoted"]
     assert v1["lineage"]["sources"][0]["key"] == f"incoming/{DATASET}/a.csv"
     assert v1["scores"]["candidate"] > v1["scores"]["baseline"]
 
