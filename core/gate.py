@@ -297,4 +297,5 @@ def inference_benchmark(booster_text: str, X: pd.DataFrame, *, single_rows: int 
     p50, p99 = np.percentile(latencies, [50, 99])
     return {"batch_rows": len(batch), "rows_per_s": round(len(batch) / best, 1), "p50_ms": round(float(p50), 4),
             "p99_ms": round(float(p99), 4), "single_row_samples": single_rows, "load_ms": round(load_ms, 3),
-            "size_bytes": len(booster_text.encode()), "machine": platform.machine(), "python": platform.python_version()}
+            "size_bytes": len(booster_text.encode()), "machine": platform.machine(),
+            "python": platform.python_version()}
