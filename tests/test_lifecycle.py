@@ -201,6 +201,11 @@ def test_two_drops_subscribers_rollback_and_the_champion_at_any_time(env: Runtim
         assert shown["champion"] == r["champion"] and shown["since"]["sequence"] == r["sequence"]
     assert "champion v2, since" in cli("models", "show", DATASET, "--at", changes[1]["at"])
 
+    shown = cli("models", "show", DATASET)
+    assert shown.startswith(f"model {DATASET}: champion v1\n")
+    assert " *v1  champion   gate promote" in shown and "  v2  archived   gate promote" in shown
+    assert f"improvement [{diff['low']:+.4f}, {diff['high']:+.4f}]" in shown and "rows/s, single row p50" in shown
+
     # The history, as a person reads it.
     text = cli("models", "history", DATASET)
     assert "rolled_back v1" in text and "by ana (rollback): south customers complain" in text
