@@ -66,10 +66,33 @@ class TrainingSpec(_Strict):
         return int(self.time_budget_s * 3 + 120)
 
 
+class GuardrailSpec(_Strict):
+    """A secondary metric that must not get worse than the reference by more than `max_regression`, or leave bounds."""
+
+    max_regression: float | None = Field(default=None, ge=0.0)
+    min: float | None = None
+    max: float | None = None
+
+
 class PromotionSpec(_Strict):
-    """How much better than the champion (or, for the first model, the naive baseline) a candidate must be."""
+    """The promotion gate: how a candidate must compare with the champion (first model: the naive baseline).
+
+    The candidate is promoted when the lower bound of the paired-bootstrap confidence interval of its improvement
+    exceeds `min_improvement`, and rejected when the upper bound does not, or when a slice, guardrail, size or
+    latency limit fails; otherwise (or below `min_holdout_rows`) the evidence is insufficient.
+    """
 
     min_improvement: float = Field(default=0.0, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
+    min_holdout_rows: int = Field(default=30, ge=1)
+    # Slices are contract columns: by value for text, booleans and small integers, by quartile otherwise.
+    slices: list[str] = Field(default_factory=list)
+    non_inferiority_margin: float = Field(default=0.02, ge=0.0)
+    min_slice_rows: int = Field(default=20, ge=1)
+    guardrails: dict[Metric, GuardrailSpec] = Field(default_factory=dict)
+    max_model_bytes: int | None = Field(default=None, gt=0)
+    max_p99_latency_ms: float | None = Field(default=None, gt=0)
 
 
 class DriftSpec(_Strict):
@@ -189,6 +212,13 @@ class Contract(_Strict):
         for t in self.features:
             _check_transform(t, self, names)
             names.add(t.name)
+        for c in self.promotion.slices:
+            if c not in self.columns or c == self.target:
+                raise ValueError(f"promotion slice {c!r} is not a feature column of the contract")
+        for g in self.promotion.guardrails:
+            if g not in TASK_METRICS[self.task]:
+                raise ValueError(f"guardrail metric {g!r} does not fit task {self.task!r}: "
+                                 f"use one of {sorted(TASK_METRICS[self.task])}")
         return self
 
     @property

@@ -6,6 +6,7 @@
     │   ├── UnreadableFile    the bytes are not a table Sluice can read
     │   └── ValidationFailed  the table breaks the dataset's contract
     ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
+    ├── RegistryError         a lifecycle command that the registry refuses (says which command would work)
     ├── TransientError        a fault worth retrying (the worker retries it with backoff)
     └── Defer                 not a fault: run the stage again after a delay (e.g. to coalesce drops)
 """
@@ -78,6 +79,10 @@ class ValidationFailed(InputError):
 
 class ContractError(SluiceError):
     """A contract document is malformed."""
+
+
+class RegistryError(SluiceError):
+    """A registry operation that is not allowed in the model's current state."""
 
 
 @dataclass

@@ -53,6 +53,9 @@ class Encoding:
     classes: list[str] | None
     categorical: dict[str, list[str]] = field(default_factory=dict)
     numeric: list[str] = field(default_factory=list)
+    # FLAML's DataTransformer fills missing numbers with the training median before fitting, so the model only
+    # ever saw medians there; filling them the same way here keeps the stored model's input identical.
+    medians: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, frame: pl.DataFrame, contract: Contract, exclude: list[str] | None = None) -> Encoding:
@@ -63,6 +66,7 @@ class Encoding:
             classes = sorted(str(v) for v in frame[contract.target].drop_nulls().unique().to_list())
         categorical: dict[str, list[str]] = {}
         numeric: list[str] = []
+        medians: dict[str, float] = {}
         for name in frame.columns:
             if name == contract.target or name in skip:
                 continue
@@ -76,7 +80,9 @@ class Encoding:
                 categorical[name] = [*sorted(str(v) for v in s.drop_nulls().unique().to_list()), NAN_CATEGORY]
             else:
                 numeric.append(name)
-        return cls(contract.target, contract.task, classes, categorical, numeric)
+                values = _as_float(s).drop_nulls().drop_nans()
+                medians[name] = float(np.median(values.to_numpy()))
+        return cls(contract.target, contract.task, classes, categorical, numeric, medians)
 
     @property
     def columns(self) -> list[str]:
@@ -92,12 +98,8 @@ class Encoding:
             values = [v if v in known else NAN_CATEGORY for v in values]
             out[name] = pd.Categorical(values, categories=cats)
         for name in self.numeric:
-            s = frame[name]
-            if s.dtype == pl.Date:
-                s = s.cast(pl.Int32)
-            elif isinstance(s.dtype, pl.Datetime):
-                s = s.dt.epoch("s")
-            out[name] = s.cast(pl.Float64).fill_null(float("nan")).to_numpy()
+            s = _as_float(frame[name])
+            out[name] = s.fill_nan(None).fill_null(self.medians.get(name, float("nan"))).to_numpy()
         return pd.DataFrame(out, columns=self.columns)
 
     def labels(self, frame: pl.DataFrame) -> np.ndarray:
@@ -126,6 +128,15 @@ TASK_METRICS = {"binary": ("roc_auc", "log_loss", "accuracy", "f1"), "multiclass
 
 class TrainingCancelled(Exception):
     """Raised inside a running fit when `sluice runs cancel` asked for it."""
+
+
+def _as_float(s: pl.Series) -> pl.Series:
+    """A numeric, date or datetime column as floats (days or seconds since the epoch for times)."""
+    if s.dtype == pl.Date:
+        s = s.cast(pl.Int32)
+    elif isinstance(s.dtype, pl.Datetime):
+        s = s.dt.epoch("s")
+    return s.cast(pl.Float64)
 
 
 @dataclass

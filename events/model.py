@@ -1,21 +1,36 @@
-"""Model lifecycle events, as CloudEvents 1.0 JSON on the SNS topic. Downstream systems subscribe to these."""
+"""Model lifecycle events, as CloudEvents 1.0 JSON on the SNS topic. Downstream systems subscribe to these.
+
+One JSON Schema per type lives in `events/schemas/<type>.json` (`schema(type)` loads it).
+
+    sluice.model.promoted     a version became champion (by the gate, or by hand)
+    sluice.model.rejected     the gate did not promote a version: `data.outcome` is reject or insufficient_evidence
+    sluice.model.rolled_back  the previous champion was restored; `data.version` is the restored one
+    sluice.model.archived     a version was retired by hand
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
 PROMOTED = "sluice.model.promoted"
 REJECTED = "sluice.model.rejected"
-MODEL_EVENT_TYPES = (PROMOTED, REJECTED)
-SCHEMA_VERSION = 1
+ROLLED_BACK = "sluice.model.rolled_back"
+ARCHIVED = "sluice.model.archived"
+MODEL_EVENT_TYPES = (PROMOTED, REJECTED, ROLLED_BACK, ARCHIVED)
+# Which event a registry history action is published as.
+EVENT_OF_ACTION = {"promoted": PROMOTED, "rejected": REJECTED, "challenger": REJECTED, "rolled_back": ROLLED_BACK,
+                   "archived": ARCHIVED}
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
 class ModelEvent:
-    """A registry decision. `id` is derived from (type, model, version), so a redelivery carries the same id."""
+    """A registry transition. `id` is derived from (type, model, version, history sequence), so a redelivery of
+    the same transition carries the same id, and a later transition of the same kind does not."""
 
     type: str
     model: str
@@ -24,11 +39,13 @@ class ModelEvent:
     time: str
     source: str
     data: dict[str, Any] = field(default_factory=dict)
+    sequence: int | None = None  # the registry history record this event announces
 
     @property
     def id(self) -> str:
         """Stable across redeliveries: consumers de-duplicate on it."""
-        return hashlib.sha256(f"{self.type}|{self.source}|{self.model}|{self.version}".encode()).hexdigest()[:32]
+        seq = "" if self.sequence is None else f"|{self.sequence}"
+        return hashlib.sha256(f"{self.type}|{self.source}|{self.model}|{self.version}{seq}".encode()).hexdigest()[:32]
 
     @property
     def subject(self) -> str:
@@ -37,6 +54,9 @@ class ModelEvent:
 
     def to_cloudevent(self) -> dict[str, Any]:
         """The CloudEvents 1.0 structured-mode JSON document."""
+        data: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "version": self.version, **self.data}
+        if self.sequence is not None:
+            data["sequence"] = self.sequence
         return {
             "specversion": "1.0",
             "id": self.id,
@@ -45,8 +65,9 @@ class ModelEvent:
             "time": self.time,
             "subject": self.subject,
             "datacontenttype": "application/json",
+            "dataschema": schema_uri(self.type),
             "sluiceschemaversion": SCHEMA_VERSION,
-            "data": {"model": self.model, "dataset": self.dataset, "version": self.version, **self.data},
+            "data": data,
         }
 
     def to_json(self) -> str:
@@ -60,8 +81,64 @@ class ModelEvent:
             raise ValueError(f"not a Sluice model event: type={doc.get('type')!r}")
         data = dict(doc["data"])
         model, dataset, version = data.pop("model"), data.pop("dataset"), int(data.pop("version"))
-        return cls(doc["type"], model, dataset, version, doc["time"], doc["source"], data)
+        sequence = data.pop("sequence", None)
+        return cls(doc["type"], model, dataset, version, doc["time"], doc["source"], data, sequence)
 
     def attributes(self) -> dict[str, str]:
         """SNS message attributes, so subscribers can filter without parsing the body."""
         return {"type": self.type, "model": self.model, "dataset": self.dataset}
+
+
+def for_transition(version: dict[str, Any], record: dict[str, Any], source: str) -> ModelEvent:
+    """The event announcing registry history `record`; `version` is the document of the version it is about."""
+    gate = version.get("gate") or {}
+    metric = gate.get("metric") or {}
+    scores = version.get("scores") or {}
+    return ModelEvent(
+        type=EVENT_OF_ACTION[record["action"]],
+        model=version["model"],
+        dataset=version["dataset"],
+        version=version["version"],
+        time=record["at"],
+        source=source,
+        sequence=record["sequence"],
+        data={
+            # The champion before this transition: what a deployer replaces (or, when rejected, keeps).
+            "previous_version": record["previous_champion"],
+            "champion": record["champion"],
+            "outcome": version["decision"],
+            "stage": next(c["to"] for c in record["changes"] if c["version"] == version["version"]),
+            "metric": {
+                "name": version["metric"],
+                "higher_is_better": metric.get("higher_is_better"),
+                "candidate": scores.get("candidate"),
+                "champion": scores.get("champion"),
+                "baseline": scores.get("baseline"),
+                "compared_with": gate.get("reference"),
+                "difference": metric.get("difference"),
+                "holdout_rows": metric.get("holdout_rows"),
+            },
+            "guardrails": gate.get("guardrails", []),
+            "slices": gate.get("slices", []),
+            "benchmark": version.get("benchmark"),
+            "reasons": version.get("reasons", []),
+            "transition": {k: record.get(k) for k in ("action", "cause", "by", "reason", "at")},
+            "artifact": version["artifact"],
+            "lineage": version["lineage"],
+            "card": version.get("card"),
+        },
+    )
+
+
+def schema_uri(event_type: str) -> str:
+    """The `dataschema` of an event type: its JSON Schema's `$id`."""
+    return f"urn:sluice:schema:{event_type}:{SCHEMA_VERSION}"
+
+
+def schema(event_type: str) -> dict[str, Any]:
+    """The JSON Schema of an event type, shipped as package data in `events/schemas/`."""
+    if event_type not in MODEL_EVENT_TYPES:
+        raise ValueError(f"no schema for {event_type!r}; known: {', '.join(MODEL_EVENT_TYPES)}")
+    doc: dict[str, Any] = json.loads(
+        resources.files("sluice.events").joinpath(f"schemas/{event_type}.json").read_text())
+    return doc

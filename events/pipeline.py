@@ -75,6 +75,7 @@ class CandidateBenchmarked(_Event):
     """A run was compared with the champion: `registry/<model>/candidates/<run id>.candidate.json`."""
 
     type: ClassVar[str] = "sluice.model.benchmarked"
+    schema_version: ClassVar[int] = 2
 
     run_id: str
     run_key: str
@@ -88,3 +89,7 @@ class CandidateBenchmarked(_Event):
     promote: bool
     reasons: list[str] = field(default_factory=list)
     benchmarked_at: str = ""
+    # Schema 2: the gate's outcome (promote, reject, insufficient_evidence), its evidence, the inference benchmark.
+    outcome: str = ""
+    gate: dict[str, Any] = field(default_factory=dict)
+    benchmark: dict[str, Any] = field(default_factory=dict)

@@ -1,9 +1,10 @@
-"""A downstream consumer of Sluice model events: deploy a model when it is promoted.
+"""A downstream consumer of Sluice model events: deploy a model when it is promoted or rolled back.
 
     AWS_ENDPOINT_URL=http://127.0.0.1:4566 python examples/consumer.py --model breast-cancer
 
 It subscribes its own durable queue to the topic with a filter policy, so it only receives promotions of
-its model, and de-duplicates on the CloudEvent `id` (delivery is at least once).
+its model, and de-duplicates on the CloudEvent `id` (delivery is at least once). Both event types mean "serve
+`data.version` now": a promotion names the new champion, a rollback the restored one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 from sluice.core.settings import Settings
 from sluice.infra.aws import client
 from sluice.infra.notify import unwrap_sns
-from sluice.infra.subscribe import subscribe_queue
+from sluice.infra.subscribe import filter_policy, subscribe_queue
 
 
 def main() -> None:
@@ -23,19 +24,25 @@ def main() -> None:
     parser.add_argument("--queue", default="deployer")
     args = parser.parse_args()
     settings = Settings.from_env()
-    url, _ = subscribe_queue(settings, args.queue, {"model": [args.model], "type": ["sluice.model.promoted"]})
+    policy = filter_policy(models=[args.model], types=["sluice.model.promoted", "sluice.model.rolled_back"])
+    url, _ = subscribe_queue(settings, args.queue, policy)
     sqs = client("sqs", settings)
     seen: set[str] = set()  # use a durable store in production
-    print(f"waiting for promotions of {args.model} on queue {args.queue}")
+    print(f"waiting for promotions and rollbacks of {args.model} on queue {args.queue}")
     while True:
         for message in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=10).get("Messages", []):
             event = unwrap_sns(message["Body"])
             if event["id"] not in seen:
                 seen.add(event["id"])
                 data = event["data"]
-                print(f"deploy {data['model']} v{data['version']} from {data['artifact']['uri']} "
-                      f"(sha256 {data['artifact']['sha256'][:12]}); replaces v{data['previous_version']}")
+                print(f"{event['type']}: deploy {data['model']} v{data['version']} from {data['artifact']['uri']} "
+                      f"(sha256 {data['artifact']['sha256'][:12]}); replaces {_v(data['previous_version'])} "
+                      f"({data['transition']['by']}: {data['transition']['reason']})")
             sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def _v(version: int | None) -> str:
+    return "nothing" if version is None else f"v{version}"
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Stage 4: the candidate is compared with the current champion (or the naive baseline) on the same holdout.
+"""Stage 4: the promotion gate. The candidate is compared with the current champion (or, for a model's first
+version, the naive baseline) on the same holdout rows, and its inference is benchmarked (core/gate.py).
 
     runs/<dataset>/<run id>/run.json  ->  registry/<model>/candidates/<run id>.candidate.json
 """
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import modeling
+from sluice.core import gate, modeling
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.errors import TransientError
@@ -23,7 +24,7 @@ from sluice.infra.store import S3Store
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
-    """Score candidate, champion and baseline on the candidate's holdout; write the decision."""
+    """Score candidate, champion and baseline on the candidate's holdout, benchmark inference; write the verdict."""
     run = ctx.store.get_json(event.key)
     contract = load_contract(ctx.store, run["dataset"])
     model = run["model"]
@@ -36,38 +37,41 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     known = y >= 0
     holdout, y = holdout.filter(pl.Series(known)), y[known]
     n_classes = len(encoding.classes) if encoding.classes else None
-    candidate = modeling.score(contract.metric, y, _scores(ctx.store, run, holdout), n_classes)
-    baseline = run["holdout"]["baseline"][contract.metric]
+    model_bytes = artifact(ctx.store, run, "model")
+    model_format = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
+    candidate_scores = modeling.predict_model(model_format, model_bytes, encoding.features(holdout), run["task"])
+    baseline_scores = _baseline(ctx.store, run, encoding, len(y))
 
-    registry = ModelRegistry(ctx.store, ctx.state)
-    champion = registry.champion(model)
-    margin = contract.promotion.min_improvement
-    hib = contract.higher_is_better
-    reasons: list[str] = []
-    champion_score = None
+    champion = ModelRegistry(ctx.store, ctx.state).champion(model)
     if champion is None:
-        promote = modeling.better(candidate, baseline, hib, margin)
-        reasons.append(f"first model: {contract.metric} {candidate:.4f} vs naive baseline {baseline:.4f} "
-                       f"(needs to be better by more than {margin}) on {len(y)} holdout rows")
+        reference_scores, reference_name = baseline_scores, "naive baseline"
     else:
-        champion_run = ctx.store.get_json(champion["run_key"])
-        champion_score = modeling.score(contract.metric, y, _scores(ctx.store, champion_run, holdout), n_classes)
-        promote = modeling.better(candidate, champion_score, hib, margin)
-        reasons.append(f"{contract.metric} {candidate:.4f} vs champion v{champion['version']} {champion_score:.4f} "
-                       f"(needs to be better by more than {margin}) on the same {len(y)} holdout rows")
-        if not modeling.better(candidate, baseline, hib, 0.0):
-            promote = False
-            reasons.append(f"does not beat the naive baseline ({baseline:.4f})")
-    reasons.insert(0, "promote" if promote else "reject")
+        reference_scores = _scores(ctx.store, ctx.store.get_json(champion["run_key"]), holdout)
+        reference_name = f"champion v{champion['version']}"
+    benchmark = gate.inference_benchmark(model_bytes, encoding.features(holdout), model_format=model_format,
+                                         task=run["task"])
+    verdict = gate.evaluate(contract, holdout, y, candidate_scores, reference_scores, baseline=baseline_scores,
+                            reference_name=reference_name, n_classes=n_classes, benchmark=benchmark)
+    metric = verdict.metric
     decision = CandidateBenchmarked(
         run_id=run["run_id"], run_key=event.key, dataset=run["dataset"], model=model, metric=contract.metric,
-        higher_is_better=hib, scores={"candidate": candidate, "champion": champion_score, "baseline": baseline},
-        compared_with=champion["version"] if champion else None, holdout_rows=len(y), promote=promote,
-        reasons=reasons, benchmarked_at=ctx.timestamp(),
+        higher_is_better=contract.higher_is_better,
+        scores={"candidate": metric["candidate"], "champion": metric["reference"] if champion else None,
+                "baseline": metric["baseline"]},
+        compared_with=champion["version"] if champion else None, holdout_rows=len(y),
+        promote=verdict.outcome == gate.PROMOTE, reasons=[verdict.outcome, *verdict.reasons],
+        benchmarked_at=ctx.timestamp(), outcome=verdict.outcome, gate=verdict.to_dict(), benchmark=benchmark,
     )
     ctx.store.put_json(out_key, decision.to_dict(), if_absent=True)
-    ctx.log.info("wrote benchmark  %s: %s", run["run_id"], "; ".join(reasons))
+    ctx.log.info("wrote benchmark  %s: %s; p99 %.2f ms, %.0f rows/s", run["run_id"], "; ".join(decision.reasons),
+                 benchmark["p99_ms"], benchmark["rows_per_s"])
     return []
+
+
+def _baseline(store: S3Store, run: dict[str, Any], encoding: modeling.Encoding, n: int) -> np.ndarray:
+    """The naive model's scores for `n` holdout rows: constant, as recorded by the run (training priors or mean)."""
+    row = np.asarray(run["holdout"]["baseline_row"], dtype=float)
+    return np.tile(row, (n, 1)) if row.ndim == 1 and row.size > 1 else np.full(n, float(row.reshape(-1)[0]))
 
 
 def artifact(store: S3Store, run: dict[str, Any], name: str) -> bytes:

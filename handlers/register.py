@@ -1,35 +1,29 @@
-"""Stage 5 and 6: the benchmarked candidate becomes a registry version; a promotion is published.
+"""Stage 5 and 6: the benchmarked candidate becomes a registry version with a model card; the decision is published.
 
-    registry/<model>/candidates/<run id>.candidate.json  ->  registry/<model>/versions/<n>.json,
-                                                            aliases/champion.json, history/; SNS event
+    registry/<model>/candidates/<run id>.candidate.json  ->  registry/<model>/versions/<n>.json and <n>.md,
+                                                            history/, aliases/; SNS event
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from sluice.core.card import render_card
 from sluice.core.context import Context
 from sluice.core.registry import ModelRegistry
-from sluice.events.model import PROMOTED, REJECTED, ModelEvent
+from sluice.events.model import for_transition
 from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
 
+REGISTERED_BY = "sluice/register"
+
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
-    """Register the candidate (once per run) and return the model event to publish."""
+    """Register the candidate (once per run), write its card, and return the model event to publish."""
     candidate = CandidateBenchmarked.from_dict(ctx.store.get_json(event.key))
     run = ctx.store.get_json(candidate.run_key)
     registry = ModelRegistry(ctx.store, ctx.state)
     model = candidate.model
-    promote = candidate.promote
-    reasons = list(candidate.reasons)
-    champion = registry.alias(model)
-    current = int(champion["version"]) if champion else None
-    if promote and current != candidate.compared_with:
-        # Another candidate was promoted while this one was benchmarked: the comparison is stale.
-        promote = False
-        reasons = ["reject", f"the champion changed (v{candidate.compared_with} -> v{current}) while this "
-                   "candidate was benchmarked; drop new data or retrain to compare against the new champion"]
     model_artifact = run["artifacts"]["model"]
     doc = {
         "run_id": run["run_id"],
@@ -37,30 +31,25 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "dataset": run["dataset"],
         "metric": candidate.metric,
         "scores": candidate.scores,
-        "reasons": reasons,
+        "reasons": list(candidate.reasons),
+        "gate": candidate.gate,
+        "benchmark": candidate.benchmark,
         "artifact": {"uri": ctx.store.uri(model_artifact["key"]), "sha256": model_artifact["sha256"],
-                     "format": "lightgbm-text"},
+                     "format": "lightgbm-text", "bytes": model_artifact.get("bytes")},
         "lineage": {"data_versions": run["data_versions"], "sources": run["sources"],
                     "feature_set_version": run["feature_set_version"], "run_id": run["run_id"],
                     "contract_version": run["contract_version"]},
+        "training": {"params": run["params"], "best_estimator": run["best_estimator"],
+                     "best_config": run["best_config"], "holdout": run["holdout"],
+                     "durations_s": run["durations_s"], "environment": run["environment"]},
     }
-    version, created = registry.register(model, doc, promote=promote, at=ctx.timestamp())
-    alias = registry.alias(model)
-    ctx.log.info("%s register   %s v%d (%s)", "wrote" if created else "same ", model, version["version"],
-                 version["decision"])
-    is_promoted = version["decision"] == "promote"
-    return [ModelEvent(
-        type=PROMOTED if is_promoted else REJECTED,
-        model=model,
-        dataset=run["dataset"],
-        version=version["version"],
-        time=version["registered_at"],
-        source=ctx.source,
-        data={
-            "previous_version": (alias or {}).get("previous") if is_promoted else current,
-            "metric": {"name": version["metric"], **version["scores"]},
-            "reasons": version["reasons"],
-            "artifact": version["artifact"],
-            "lineage": version["lineage"],
-        },
-    )]
+    outcome = candidate.outcome or ("promote" if candidate.promote else "reject")
+    reg = registry.register(model, doc, outcome=outcome, compared_with=candidate.compared_with,
+                            at=ctx.timestamp(), by=REGISTERED_BY)
+    version = reg.version
+    previous = registry.version(model, version["compared_with"]) if version.get("compared_with") else None
+    ctx.store.put(registry.card_key(model, version["version"]), render_card(version, previous).encode(),
+                  if_absent=True, content_type="text/markdown")
+    ctx.log.info("%s register   %s v%d (%s, %s)", "wrote" if reg.created else "same ", model, version["version"],
+                 version["decision"], reg.record["action"])
+    return [for_transition(version, reg.record, ctx.source)]

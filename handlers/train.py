@@ -25,6 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from sluice.core import modeling
@@ -151,7 +152,9 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "warm_start": trained.warm_start,
         "feature_importance": dict(list(trained.feature_importance.items())[:50]),
         "holdout": {"rows": holdout.height, "scored_rows": int(known.sum()), "train_rows": train_frame.height,
-                    "fraction": spec.holdout_fraction, "seed": spec.seed, "metrics": metrics, "baseline": baseline},
+                    "fraction": spec.holdout_fraction, "seed": spec.seed, "metrics": metrics, "baseline": baseline,
+                    # The naive model's (constant) prediction, so the gate can bootstrap against it.
+                    "baseline_row": np.asarray(baseline_scores[0] if len(baseline_scores) else []).tolist()},
         "artifacts": artifacts,
         "durations_s": {"prepare": round(t_prep - t0, 3), "fit": round(t_fit - t_prep, 3),
                         "flaml_fit": round(trained.fit_seconds, 3),

@@ -1,4 +1,4 @@
-"""Subscribing an SQS queue to the model-event topic."""
+"""Subscribing an SQS queue or an HTTP(S) endpoint to the model-event topic, with SNS filter policies."""
 
 from __future__ import annotations
 
@@ -30,6 +30,30 @@ def subscribe_queue(
     sub = sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn, Attributes=attributes,
                         ReturnSubscriptionArn=True)
     return url, sub["SubscriptionArn"]
+
+
+def filter_policy(*, models: tuple[str, ...] | list[str] = (), datasets: tuple[str, ...] | list[str] = (),
+                  types: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """An SNS filter policy on the message attributes every model event carries; {} matches everything."""
+    policy = {"model": list(models), "dataset": list(datasets), "type": list(types)}
+    return {k: v for k, v in policy.items() if v}
+
+
+def subscribe_http(settings: Settings, url: str, filter_policy: dict[str, Any] | None = None) -> str:
+    """Subscribe an HTTP(S) endpoint (raw CloudEvents as the POST body); returns the subscription ARN.
+
+    SNS first POSTs a SubscriptionConfirmation the endpoint must confirm (GET its SubscribeURL).
+    """
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{url!r}: an HTTP subscription needs an http:// or https:// URL")
+    sns = client("sns", settings)
+    topic_arn = sns.create_topic(Name=settings.topic)["TopicArn"]
+    attributes = {"RawMessageDelivery": "true"}
+    if filter_policy:
+        attributes["FilterPolicy"] = json.dumps(filter_policy)
+    sub = sns.subscribe(TopicArn=topic_arn, Protocol="https" if url.startswith("https://") else "http",
+                        Endpoint=url, Attributes=attributes, ReturnSubscriptionArn=True)
+    return str(sub["SubscriptionArn"])
 
 
 class TemporarySubscription:

@@ -93,7 +93,7 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
             # At least once: the same bytes again give the same data version and no new run.
             store.put(f"incoming/{DATASET}/breast_cancer_again.csv", data)
             dup = _wait_for_ledger(store, f"incoming/{DATASET}/breast_cancer_again.csv", 30)
-            versions = sum(1 for _ in store.keys(f"registry/{d['model']}/versions/"))
+            versions = sum(1 for k in store.keys(f"registry/{d['model']}/versions/") if k.endswith(".json"))
             _say(f"== dropped the same bytes again: outcome {dup}, registry still has {versions} version(s)")
 
         _say("\n== stage wall times (s):")

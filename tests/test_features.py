@@ -146,7 +146,7 @@ def csv(frame: pl.DataFrame) -> bytes:
 
 @pytest.mark.slow
 def test_features_and_labels_dropped_separately_train_on_the_point_in_time_join(runtime: Runtime) -> None:
-    raw = events()
+    raw = events(n_customers=120)
     runtime.store.put("incoming/tx/events.csv", csv(raw))
     run_stage(runtime, "validate", "incoming/tx/events.csv")
     run_stage(runtime, "features", only(runtime, "validated/tx/", "manifest.json"))
@@ -177,8 +177,9 @@ def test_features_and_labels_dropped_separately_train_on_the_point_in_time_join(
     more = labels_for(apply_transforms(raw, parse_contract(CONTRACT)), seed=7, per_customer=1)
     runtime.store.put("labels/tx/batch2.csv", csv(more))
     run_stage(runtime, "labels", "labels/tx/batch2.csv")
-    [lv_key] = [k for k in runtime.store.keys("validated-labels/tx/") if k.endswith("data.parquet")
-                and not runtime.store.exists(f"registry/tx/backtests/{k.split('/')[2]}.json")][-1:]
+    [batch2] = [e for k in runtime.store.keys("ledger/tx/") if (e := runtime.store.get_json(k))["key"].endswith(
+        "batch2.csv")]
+    lv_key = f"validated-labels/tx/{batch2['data_version']}/data.parquet"
     run_stage(runtime, "backtest", lv_key)
     backtest = runtime.store.get_json(f"registry/tx/backtests/{lv_key.split('/')[2]}.json")
     [champion] = backtest["results"]

@@ -15,7 +15,7 @@ from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
 from sluice.handlers import build_pipeline
-from sluice.infra.state import MemoryState
+from sluice.infra.state import MemoryState, RedisState, StateBackend
 from sluice.infra.store import S3Store
 from tests.chain import DATASET, prepare, sample_bytes, versions
 
@@ -110,20 +110,41 @@ def test_the_chain_stage_by_stage_and_each_stage_twice(runtime: Runtime) -> None
     assert v1["decision"] == "promote" and v1["version"] == 1
     registry = ModelRegistry(runtime.store, MemoryState())
     assert registry.alias(DATASET)["version"] == 1
-    assert [h["action"] for h in registry.history(DATASET)] == ["registered", "promoted"]
+    assert [h["action"] for h in registry.history(DATASET)] == ["registered", "challenger", "promoted"]
     assert v1["lineage"]["sources"][0]["key"] == f"incoming/{DATASET}/a.csv"
     assert v1["scores"]["candidate"] > v1["scores"]["baseline"]
 
 
-def test_twenty_concurrent_registrations_get_twenty_distinct_numbers(runtime: Runtime) -> None:
-    registry = ModelRegistry(runtime.store, runtime.state)
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def lock_state(request: pytest.FixtureRequest) -> Iterator[StateBackend]:
+    """The registry lock in-process, and on the real Redis (redis-py's Lock), as workers share it."""
+    if request.param == "memory":
+        yield MemoryState()
+        return
+    import uuid
+
+    import redis
+
+    url = request.getfixturevalue("redis_url")
+    namespace = f"sluice-test-{uuid.uuid4().hex[:8]}"
+    yield RedisState(url, namespace)
+    r = redis.Redis.from_url(url)
+    for key in r.scan_iter(f"{namespace}*"):
+        r.delete(key)
+
+
+def test_twenty_concurrent_registrations_get_twenty_distinct_numbers(runtime: Runtime,
+                                                                      lock_state: StateBackend) -> None:
+    # One registry per thread, like separate workers: nothing shared but the bucket and the lock backend.
     results: list[int] = []
     errors: list[BaseException] = []
 
     def register(i: int) -> None:
         try:
-            doc, _ = registry.register("m", {"run_id": f"run-{i}"}, promote=i % 2 == 0, at=f"2026-01-01T00:00:{i:02d}Z")
-            results.append(doc["version"])
+            registry = ModelRegistry(runtime.store, lock_state)
+            reg = registry.register("m", {"run_id": f"run-{i}"}, outcome="promote" if i % 2 == 0 else "reject",
+                                    compared_with=None, at=f"2026-01-01T00:00:{i:02d}Z")
+            results.append(reg.version["version"])
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -134,7 +155,18 @@ def test_twenty_concurrent_registrations_get_twenty_distinct_numbers(runtime: Ru
         t.join()
     assert not errors
     assert sorted(results) == list(range(1, 21))
+    registry = ModelRegistry(runtime.store, lock_state)
     assert sorted(v["run_id"] for v in registry.versions("m")) == sorted(f"run-{i}" for i in range(20))
-    # Registering a run again returns its version instead of a new one.
-    again, created_again = registry.register("m", {"run_id": "run-3"}, promote=False, at="t")
-    assert not created_again and len(registry.versions("m")) == 20 and again["run_id"] == "run-3"
+    # The history is one gap-free sequence; every version was registered once and decided once.
+    history = registry.history("m")
+    assert [r["sequence"] for r in history] == list(range(1, len(history) + 1))
+    assert sorted(r["version"] for r in history if r["action"] == "registered") == list(range(1, 21))
+    assert sorted(r["version"] for r in history if r["cause"] == "gate" and r["action"] != "promoted") == list(
+        range(1, 21))
+    snap = registry.snapshot("m")
+    assert list(snap.stages.values()).count("champion") == 1 and registry.alias("m")["version"] == snap.champion
+    # Registering a run again returns its version and writes nothing.
+    again = registry.register("m", {"run_id": "run-3"}, outcome="reject", compared_with=None,
+                              at="2026-01-01T00:01:00Z")
+    assert not again.created and len(registry.versions("m")) == 20 and again.version["run_id"] == "run-3"
+    assert len(registry.history("m")) == len(history)

@@ -166,3 +166,25 @@ def test_three_quick_drops_make_one_run(moto_settings: Settings) -> None:
     assert len(run_docs) == 1
     assert len(run_docs[0]["data_versions"]) == 3
     assert len([k for k in store.keys(f"validated/{DATASET}/") if k.endswith("manifest.json")]) == 3
+
+
+@pytest.mark.slow
+def test_missing_numbers_reach_the_stored_model_as_flaml_saw_them() -> None:
+    """FLAML imputes missing numbers with the training median before fitting; the stored model must agree."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.random(600)
+    frame = pl.DataFrame({"x": np.where(np.arange(600) % 3 == 0, np.nan, x), "noise": rng.random(600),
+                          "y": np.where(x > 0.3, "yes", "no")}).with_columns(pl.col("x").fill_nan(None))
+    contract = with_training(sample_contract(), time_budget_s=1).model_copy(update={"target": "y", "columns": {
+        "x": sample_contract().columns["mean_radius"].model_copy(update={"nullable": True, "min": None, "max": None}),
+        "noise": sample_contract().columns["mean_radius"].model_copy(update={"min": None, "max": None}),
+        "y": sample_contract().columns["diagnosis"].model_copy(update={"categories": ["no", "yes"]})}})
+    encoding = modeling.Encoding.fit(frame, contract)
+    assert encoding.medians["x"] == pytest.approx(float(np.median(x[np.arange(600) % 3 != 0])))
+    trained = modeling.train(encoding.features(frame), encoding.labels(frame), contract)  # checks agreement itself
+    scores = modeling.predict_model(trained.model_format, trained.model_bytes, encoding.features(frame), "binary")
+    filled = frame.with_columns(pl.col("x").fill_null(encoding.medians["x"]))
+    assert np.allclose(scores, modeling.predict_model(trained.model_format, trained.model_bytes,
+                                                      encoding.features(filled), "binary"))

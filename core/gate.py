@@ -1,0 +1,326 @@
+"""The promotion gate: a paired bootstrap on identical holdout rows, the contract's policy, an inference benchmark.
+
+Outcomes, each with its reasons:
+
+    reject                a hard limit failed (slice non-inferiority, guardrail, model size, p99 latency, not
+                          better than the naive baseline), or the whole confidence interval of the improvement
+                          lies at or below `min_improvement`: confidently not better by enough
+    promote               every limit holds and the interval lies entirely above `min_improvement`
+    insufficient_evidence the interval straddles `min_improvement`, or the holdout has fewer than
+                          `min_holdout_rows` rows: a larger holdout is needed to decide
+
+"Improvement" is always in the metric's good direction: candidate - reference for roc_auc, reference -
+candidate for log_loss. The reference is the champion, or the naive baseline for a model's first version.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from sluice.core import modeling
+from sluice.core.contract import HIGHER_IS_BETTER, Contract, PromotionSpec
+
+PROMOTE = "promote"
+REJECT = "reject"
+INSUFFICIENT = "insufficient_evidence"
+OUTCOMES = (PROMOTE, REJECT, INSUFFICIENT)
+# Bound the (resamples x rows) index matrix so a large holdout does not need gigabytes.
+_CELLS_PER_CHUNK = 2_000_000
+_DISCRETE_MAX_VALUES = 10
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A paired-bootstrap estimate of the improvement, with the candidate's and reference's own intervals."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+    resamples: int
+    candidate: tuple[float, float]
+    reference: tuple[float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return {"estimate": _num(self.estimate), "low": _num(self.low), "high": _num(self.high),
+                "confidence": self.confidence, "resamples": self.resamples,
+                "candidate_ci": [_num(v) for v in self.candidate], "reference_ci": [_num(v) for v in self.reference]}
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or math.isnan(v) else round(float(v), 6)
+
+
+def _proba(pred: np.ndarray) -> np.ndarray:
+    return pred if pred.ndim == 2 else np.column_stack([1 - pred, pred])
+
+
+def resampled_metric(metric: str, y: np.ndarray, pred: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The metric on each row of `idx` (resamples x rows of indices), vectorised; NaN where it is undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "roc_auc":
+            from scipy.stats import rankdata
+
+            s = pred if pred.ndim == 1 else pred[:, 1]
+            yy = (y[idx] == 1).astype(float)
+            ranks = rankdata(s[idx], axis=1)  # average ranks: ties count half, as in sklearn
+            pos = yy.sum(axis=1)
+            neg = idx.shape[1] - pos
+            auc = ((ranks * yy).sum(axis=1) - pos * (pos + 1) / 2) / (pos * neg)
+            return np.where((pos > 0) & (neg > 0), auc, np.nan)
+        if metric == "log_loss":
+            proba = np.clip(_proba(pred), 1e-15, 1)
+            proba = proba / proba.sum(axis=1, keepdims=True)
+            per_row = -np.log(proba[np.arange(len(y)), y.astype(int)])
+            return np.asarray(per_row[idx].mean(axis=1))
+        if metric in ("accuracy", "f1"):
+            predicted = _proba(pred).argmax(axis=1)
+            if metric == "accuracy":
+                return np.asarray((predicted == y)[idx].mean(axis=1))
+            tp = ((predicted == 1) & (y == 1))[idx].sum(axis=1)
+            wrong = ((predicted == 1) != (y == 1))[idx].sum(axis=1)
+            denominator = 2 * tp + wrong
+            return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+        err = (pred - y)[idx]
+        if metric == "rmse":
+            return np.asarray(np.sqrt((err**2).mean(axis=1)))
+        if metric == "mae":
+            return np.asarray(np.abs(err).mean(axis=1))
+        if metric == "r2":
+            yb = y[idx]
+            sst = ((yb - yb.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+            return np.where(sst > 0, 1 - (err**2).sum(axis=1) / sst, np.nan)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def paired_bootstrap(metric: str, higher_is_better: bool, y: np.ndarray, candidate: np.ndarray,
+                     reference: np.ndarray, *, resamples: int = 1000, confidence: float = 0.95,
+                     seed: int = 0) -> Interval:
+    """Percentile CI of the improvement, resampling the same row indices for both models (paired)."""
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    sign = 1.0 if higher_is_better else -1.0
+    cand_parts, ref_parts = [], []
+    chunk = max(1, _CELLS_PER_CHUNK // max(n, 1))
+    for start in range(0, resamples, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, resamples - start), n))
+        cand_parts.append(resampled_metric(metric, y, candidate, idx))
+        ref_parts.append(resampled_metric(metric, y, reference, idx))
+    cand, ref = np.concatenate(cand_parts), np.concatenate(ref_parts)
+    diff = sign * (cand - ref)
+    ok = ~np.isnan(diff)
+    everything = np.arange(n)[None, :]
+    estimate = float(sign * (resampled_metric(metric, y, candidate, everything)[0]
+                             - resampled_metric(metric, y, reference, everything)[0]))
+    if ok.sum() < resamples / 2:  # e.g. roc_auc on a holdout where most resamples hold one class
+        nan = float("nan")
+        return Interval(estimate, nan, nan, confidence, int(ok.sum()), (nan, nan), (nan, nan))
+    q = [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100]
+    low, high = np.percentile(diff[ok], q)
+    c_low, c_high = np.percentile(cand[ok], q)
+    r_low, r_high = np.percentile(ref[ok], q)
+    return Interval(estimate, float(low), float(high), confidence, int(ok.sum()),
+                    (float(c_low), float(c_high)), (float(r_low), float(r_high)))
+
+
+def improvement(a: float, b: float, higher_is_better: bool) -> float:
+    """How much better `a` is than `b`, in the metric's good direction."""
+    return a - b if higher_is_better else b - a
+
+
+def slices(frame: pl.DataFrame, columns: list[str]) -> list[tuple[str, str, np.ndarray]]:
+    """(column, label, row mask) per slice: by value for discrete columns, by holdout quartile otherwise."""
+    out: list[tuple[str, str, np.ndarray]] = []
+    for name in columns:
+        s = frame[name]
+        numeric = s.dtype.is_numeric() and s.dtype != pl.Boolean
+        if not numeric or s.n_unique() <= _DISCRETE_MAX_VALUES:
+            values = s.cast(pl.Utf8).fill_null("(null)").to_numpy()
+            for v in sorted(set(values.tolist())):
+                out.append((name, f"{name}={v}", values == v))
+            continue
+        x = s.cast(pl.Float64).to_numpy()
+        finite = x[~np.isnan(x)]
+        edges = np.unique(np.quantile(finite, [0.25, 0.5, 0.75])) if len(finite) else np.array([])
+        bins = np.where(np.isnan(x), -1, np.searchsorted(edges, x, side="right"))
+        bounds = [-math.inf, *edges.tolist(), math.inf]
+        for b in range(len(bounds) - 1):
+            out.append((name, f"{name} in [{bounds[b]:.4g}, {bounds[b + 1]:.4g})", bins == b))
+        if (bins == -1).any():
+            out.append((name, f"{name}=(null)", bins == -1))
+    return out
+
+
+@dataclass
+class GateResult:
+    """The gate's decision, its reasons and the evidence behind them."""
+
+    outcome: str
+    reasons: list[str]
+    reference: str  # "champion v3" or "naive baseline"
+    metric: dict[str, Any]
+    slices: list[dict[str, Any]] = field(default_factory=list)
+    guardrails: list[dict[str, Any]] = field(default_factory=list)
+    limits: list[dict[str, Any]] = field(default_factory=list)
+    policy: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return asdict(self)
+
+
+def evaluate(contract: Contract, holdout: pl.DataFrame, y: np.ndarray, candidate: np.ndarray,
+             reference: np.ndarray, *, baseline: np.ndarray, reference_name: str, n_classes: int | None,
+             benchmark: dict[str, Any]) -> GateResult:
+    """Apply the contract's promotion policy to candidate and reference scores on the same holdout rows."""
+    policy: PromotionSpec = contract.promotion
+    metric, hib, m = contract.metric, contract.higher_is_better, policy.min_improvement
+    first = reference_name == "naive baseline"
+    cand_score = modeling.score(metric, y, candidate, n_classes)
+    ref_score = modeling.score(metric, y, reference, n_classes)
+    base_score = modeling.score(metric, y, baseline, n_classes)
+    ci = paired_bootstrap(metric, hib, y, candidate, reference, resamples=policy.bootstrap_resamples,
+                          confidence=policy.confidence, seed=contract.training.seed)
+    pct = f"{policy.confidence:.0%}"
+    failures: list[str] = []
+
+    if not first and not modeling.better(cand_score, base_score, hib):
+        failures.append(f"{metric} {cand_score:.4f} does not beat the naive baseline ({base_score:.4f})")
+
+    slice_docs = []
+    for column, label, mask in slices(holdout, policy.slices):
+        rows = int(mask.sum())
+        doc: dict[str, Any] = {"column": column, "slice": label, "rows": rows}
+        if rows < policy.min_slice_rows:
+            doc["status"] = f"skipped: {rows} rows < min_slice_rows {policy.min_slice_rows}"
+        else:
+            c = modeling.score(metric, y[mask], candidate[mask], n_classes)
+            r = modeling.score(metric, y[mask], reference[mask], n_classes)
+            delta = improvement(c, r, hib)
+            doc.update(candidate=_num(c), reference=_num(r), improvement=_num(delta))
+            if math.isnan(delta):
+                doc["status"] = f"skipped: {metric} undefined on this slice (one class)"
+            elif delta < -policy.non_inferiority_margin:
+                doc["status"] = "inferior"
+                failures.append(f"slice {label} ({rows} rows): {metric} {c:.4f} vs {reference_name} {r:.4f}, "
+                                f"worse by more than the non-inferiority margin {policy.non_inferiority_margin}")
+            else:
+                doc["status"] = "ok"
+        slice_docs.append(doc)
+
+    guardrail_docs = []
+    for name, spec in policy.guardrails.items():
+        c = modeling.score(name, y, candidate, n_classes)
+        r = modeling.score(name, y, reference, n_classes)
+        delta = improvement(c, r, HIGHER_IS_BETTER[name])
+        problems = []
+        if spec.max_regression is not None and delta < -spec.max_regression:
+            problems.append(f"{name} {c:.4f} vs {reference_name} {r:.4f} regresses by more than {spec.max_regression}")
+        if spec.min is not None and not c >= spec.min:
+            problems.append(f"{name} {c:.4f} is below its minimum {spec.min}")
+        if spec.max is not None and not c <= spec.max:
+            problems.append(f"{name} {c:.4f} is above its maximum {spec.max}")
+        failures += [f"guardrail {p}" for p in problems]
+        guardrail_docs.append({"metric": name, "candidate": _num(c), "reference": _num(r),
+                               "improvement": _num(delta), "ok": not problems, **spec.model_dump(exclude_none=True)})
+
+    limit_docs = []
+    for what, value, limit, unit in (("model size", benchmark["size_bytes"], policy.max_model_bytes, "bytes"),
+                                     ("p99 single-row latency", benchmark["p99_ms"], policy.max_p99_latency_ms, "ms")):
+        if limit is None:
+            continue
+        ok = value <= limit
+        limit_docs.append({"limit": what, "value": value, "max": limit, "unit": unit, "ok": ok})
+        if not ok:
+            failures.append(f"{what} {value:g} {unit} exceeds the maximum {limit:g} {unit}")
+
+    n = len(y)
+    interval = f"{ci.estimate:+.4f} ({pct} CI [{ci.low:+.4f}, {ci.high:+.4f}], {ci.resamples} paired resamples)"
+    comparison = (f"{metric} {cand_score:.4f} vs {reference_name} {ref_score:.4f} on the same {n} holdout rows: "
+                  f"improvement {interval}")
+    if failures:
+        outcome, reasons = REJECT, [comparison, *failures]
+    elif n < policy.min_holdout_rows:
+        outcome, reasons = INSUFFICIENT, [comparison, f"the holdout has {n} rows, fewer than min_holdout_rows "
+                                                      f"{policy.min_holdout_rows}: too few to decide"]
+    elif math.isnan(ci.low):
+        outcome, reasons = INSUFFICIENT, [comparison, f"{metric} is undefined on most resamples of the {n} holdout "
+                                                      "rows (one class): too few to decide"]
+    elif ci.low > m:
+        outcome, reasons = PROMOTE, [comparison, f"the whole {pct} interval lies above min_improvement {m}"]
+    elif ci.high <= m:
+        outcome, reasons = REJECT, [comparison, f"the whole {pct} interval lies at or below min_improvement {m}: "
+                                                "not better by enough"]
+    else:
+        outcome, reasons = INSUFFICIENT, [comparison, f"the {pct} interval straddles min_improvement {m}: "
+                                                      f"{n} holdout rows are too few to tell"]
+    return GateResult(
+        outcome=outcome, reasons=reasons, reference=reference_name,
+        metric={"name": metric, "higher_is_better": hib, "candidate": _num(cand_score), "reference": _num(ref_score),
+                "baseline": _num(base_score), "difference": ci.to_dict(), "holdout_rows": n},
+        slices=slice_docs, guardrails=guardrail_docs, limits=limit_docs, policy=policy.model_dump(mode="json"),
+    )
+
+
+def inference_benchmark(model_bytes: bytes, X: pd.DataFrame, *, model_format: str = "lightgbm-text",
+                        task: str = "binary", single_rows: int = 200, min_batch_rows: int = 2000,
+                        repeats: int = 3) -> dict[str, Any]:
+    """Rows/s on a batch, p50/p99 of single-row predict (ms), load time and the model's size in bytes.
+
+    Callers check the artifact's sha256 before handing its bytes here (a non-LightGBM model is a pickle).
+    """
+    t0 = time.perf_counter()
+    booster = _loaded(model_bytes, model_format, task)
+    load_ms = (time.perf_counter() - t0) * 1000
+    batch = pd.concat([X] * max(1, math.ceil(min_batch_rows / max(len(X), 1))), ignore_index=True)
+    booster.predict(batch.head(10))  # warm up: first calls pay for lazy initialisation
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        booster.predict(batch)
+        best = min(best, time.perf_counter() - t)
+    # Rows are sliced before timing, so the latency is the model's, not pandas' indexing.
+    rows = [X.iloc[[i % len(X)]] for i in range(single_rows)]
+    for row in rows[:5]:
+        booster.predict(row)
+    latencies = []
+    for row in rows:
+        t = time.perf_counter()
+        booster.predict(row)
+        latencies.append((time.perf_counter() - t) * 1000)
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return {"batch_rows": len(batch), "rows_per_s": round(len(batch) / best, 1), "p50_ms": round(float(p50), 4),
+            "p99_ms": round(float(p99), 4), "single_row_samples": single_rows, "load_ms": round(load_ms, 3),
+            "size_bytes": len(model_bytes), "format": model_format, "machine": platform.machine(),
+            "python": platform.python_version()}
+
+
+class _Predictor:
+    """A loaded model with LightGBM's `predict(X)` shape, whatever its format."""
+
+    def __init__(self, model: Any, task: str):
+        self.model, self.task = model, task
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        if self.task == "regression":
+            return np.asarray(self.model.predict(X))
+        return np.asarray(self.model.predict_proba(X))
+
+
+def _loaded(model_bytes: bytes, model_format: str, task: str) -> Any:
+    if model_format == "lightgbm-text":
+        import lightgbm as lgb
+
+        return lgb.Booster(model_str=model_bytes.decode())
+    import pickle
+
+    return _Predictor(pickle.loads(model_bytes), task)

@@ -1,0 +1,188 @@
+"""The promotion gate on synthetic scores: bootstrap, the three outcomes, slices, guardrails, limits, benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sluice.core import gate, modeling
+from sluice.core.contract import ColumnSpec, Contract, PromotionSpec
+from sluice.core.errors import ContractError
+
+FAST = {"size_bytes": 1000, "p99_ms": 0.5}
+
+
+def contract(**promotion: Any) -> Contract:
+    return Contract(dataset="d", target="y", task="binary", metric="roc_auc",
+                    columns={"x": ColumnSpec(dtype="float"), "region": ColumnSpec(dtype="str"),
+                             "y": ColumnSpec(dtype="str", categories=["no", "yes"])},
+                    promotion=PromotionSpec(**promotion))
+
+
+def data(n: int, seed: int = 1) -> tuple[pl.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    region = np.where(np.arange(n) < n * 3 // 4, "north", "south")
+    return pl.DataFrame({"x": rng.random(n), "region": region}), y
+
+
+def noisy(y: np.ndarray, noise: float, seed: int) -> np.ndarray:
+    """Scores that rank the classes well when `noise` is small, at random when large."""
+    return np.asarray(y + np.random.default_rng(seed).normal(0, noise, len(y)))
+
+
+@pytest.mark.parametrize(("metric", "task"), [("roc_auc", "binary"), ("log_loss", "binary"), ("accuracy", "binary"),
+                                              ("f1", "binary"), ("log_loss", "multiclass"), ("accuracy", "multiclass"),
+                                              ("rmse", "regression"), ("mae", "regression"), ("r2", "regression")])
+def test_vectorised_metrics_agree_with_sklearn(metric: str, task: str) -> None:
+    rng = np.random.default_rng(3)
+    n = 150
+    if task == "regression":
+        y, pred = rng.normal(size=n), rng.normal(size=n)
+    elif task == "binary":
+        y, pred = rng.integers(0, 2, n), rng.random(n)
+        pred[::7] = 0.5  # ties, which roc_auc must count as halves
+    else:
+        y, pred = rng.integers(0, 3, n), rng.dirichlet([1, 1, 1], n)
+    ours = gate.resampled_metric(metric, y, pred, np.arange(n)[None, :])[0]
+    assert ours == pytest.approx(modeling.score(metric, y, pred, 3 if task == "multiclass" else None), abs=1e-9)
+
+
+def test_bootstrap_is_paired_seeded_and_directional() -> None:
+    _, y = data(300)
+    good, bad = noisy(y, 0.3, 1), noisy(y, 3.0, 2)
+    ci = gate.paired_bootstrap("roc_auc", True, y, good, bad, resamples=500, seed=7)
+    assert ci.low > 0 and ci.low < ci.estimate < ci.high and ci.resamples == 500
+    assert ci == gate.paired_bootstrap("roc_auc", True, y, good, bad, resamples=500, seed=7)
+    assert ci != gate.paired_bootstrap("roc_auc", True, y, good, bad, resamples=500, seed=8)
+    # Lower is better for log_loss: the better model still shows a positive improvement.
+    p_good, p_bad = 1 / (1 + np.exp(-4 * (good - 0.5))), 1 / (1 + np.exp(-(bad - 0.5)))
+    assert gate.paired_bootstrap("log_loss", False, y, p_good, p_bad, resamples=300).low > 0
+    same = gate.paired_bootstrap("roc_auc", True, y, good, good, resamples=300)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
+
+
+def test_pairing_narrows_the_interval() -> None:
+    """Scoring both models on the same resampled rows cancels the rows' shared difficulty."""
+    _, y = data(400)
+    reference = noisy(y, 1.0, 4)
+    candidate = reference + 0.15 * (2 * y - 1)  # the same model, nudged the right way on every row
+    paired = gate.paired_bootstrap("roc_auc", True, y, candidate, reference, resamples=400)
+    rng = np.random.default_rng(0)
+    unpaired = [gate.resampled_metric("roc_auc", y, candidate, rng.integers(0, 400, (1, 400)))[0]
+                - gate.resampled_metric("roc_auc", y, reference, rng.integers(0, 400, (1, 400)))[0]
+                for _ in range(400)]
+    assert paired.high - paired.low < (np.percentile(unpaired, 97.5) - np.percentile(unpaired, 2.5)) / 3
+    assert paired.low > 0
+
+
+def evaluate(frame: pl.DataFrame, y: np.ndarray, candidate: np.ndarray, reference: np.ndarray,
+             benchmark: dict[str, Any] = FAST, **policy: Any) -> gate.GateResult:
+    return gate.evaluate(contract(**policy), frame, y, candidate, reference, baseline=np.full(len(y), 0.5),
+                         reference_name="champion v1", n_classes=None, benchmark=benchmark)
+
+
+def test_promote_when_the_whole_interval_is_above_the_minimum_improvement() -> None:
+    frame, y = data(300)
+    result = evaluate(frame, y, noisy(y, 0.3, 1), noisy(y, 3.0, 2))
+    assert result.outcome == "promote"
+    assert "on the same 300 holdout rows" in result.reasons[0] and "lies above min_improvement" in result.reasons[1]
+    d = result.metric["difference"]
+    assert d["low"] > 0 and d["resamples"] == 1000 and d["confidence"] == 0.95
+    # A minimum improvement larger than anything plausible turns the same evidence into a rejection.
+    assert evaluate(frame, y, noisy(y, 0.3, 1), noisy(y, 3.0, 2), min_improvement=0.9).outcome == "reject"
+
+
+def test_reject_when_confidently_worse() -> None:
+    frame, y = data(300)
+    result = evaluate(frame, y, noisy(y, 3.0, 2), noisy(y, 0.3, 1))
+    assert result.outcome == "reject" and "at or below min_improvement" in result.reasons[-1]
+
+
+def test_insufficient_evidence_when_the_interval_straddles_or_the_holdout_is_small() -> None:
+    frame, y = data(300)
+    reference = noisy(y, 1.0, 5)
+    candidate = reference.copy()
+    candidate[:6] += 0.5 * (2 * y[:6] - 1)  # better on three rows or so, worse on three others
+    candidate[6:12] -= 0.5 * (2 * y[6:12] - 1)
+    result = evaluate(frame, y, candidate, reference)
+    assert result.outcome == "insufficient_evidence" and "straddles" in result.reasons[-1]
+    d = result.metric["difference"]
+    assert d["low"] < 0 < d["high"]
+
+    small, y_small = data(20)
+    result = evaluate(small, y_small, y_small.astype(float), 1.0 - y_small)  # perfect vs. perfectly wrong
+    assert result.outcome == "insufficient_evidence" and "fewer than min_holdout_rows 30" in result.reasons[-1]
+
+
+def test_a_slice_that_gets_worse_rejects_even_when_the_whole_improves() -> None:
+    frame, y = data(400)
+    south = (frame["region"] == "south").to_numpy()
+    reference = np.where(south, y, noisy(y, 2.0, 1))  # the champion is perfect on the south only
+    candidate = np.where(south, noisy(y, 1.0, 2), y)  # the candidate is perfect on the north, weaker south
+    result = evaluate(frame, y, candidate, reference, slices=["region"], non_inferiority_margin=0.02)
+    assert result.outcome == "reject"
+    by_slice = {s["slice"]: s for s in result.slices}
+    assert by_slice["region=north"]["status"] == "ok" and by_slice["region=south"]["status"] == "inferior"
+    assert any(r.startswith("slice region=south (100 rows)") for r in result.reasons)
+    # Numeric slices are holdout quartiles; slices below min_slice_rows are reported, not judged.
+    result = evaluate(frame, y, y.astype(float), reference, slices=["x"], min_slice_rows=150)
+    assert [s["rows"] for s in result.slices] == [100, 100, 100, 100]
+    assert all(s["status"].startswith("skipped: 100 rows") for s in result.slices)
+
+
+def test_guardrails_size_and_latency_limits_reject_with_their_reasons() -> None:
+    frame, y = data(300)
+    good, bad = noisy(y, 0.3, 1), noisy(y, 3.0, 2)
+    p = 1 / (1 + np.exp(-2 * (good - 0.5)))
+    result = evaluate(frame, y, p, bad, guardrails={"accuracy": {"min": 0.999}, "log_loss": {"max": 5.0}})
+    assert result.outcome == "reject"
+    assert [g["ok"] for g in result.guardrails] == [False, True]
+    assert any(r.startswith("guardrail accuracy") and "below its minimum 0.999" in r for r in result.reasons)
+
+    result = evaluate(frame, y, good, bad, benchmark={"size_bytes": 5000, "p99_ms": 12.5}, max_model_bytes=4096,
+                      max_p99_latency_ms=10)
+    assert result.outcome == "reject"
+    assert "model size 5000 bytes exceeds the maximum 4096 bytes" in result.reasons
+    assert "p99 single-row latency 12.5 ms exceeds the maximum 10 ms" in result.reasons
+    ok = evaluate(frame, y, good, bad, benchmark={"size_bytes": 4000, "p99_ms": 9.0}, max_model_bytes=4096,
+                  max_p99_latency_ms=10)
+    assert ok.outcome == "promote" and all(limit["ok"] for limit in ok.limits)
+
+
+def test_a_later_model_must_still_beat_the_naive_baseline() -> None:
+    frame, y = data(300)
+    constant = np.full(len(y), 0.5)
+    result = evaluate(frame, y, constant, 1.0 - noisy(y, 0.3, 1))  # champion ranks backwards
+    assert result.outcome == "reject" and any("does not beat the naive baseline" in r for r in result.reasons)
+
+
+def test_inference_benchmark_measures_a_real_booster() -> None:
+    import lightgbm as lgb
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    X = pd.DataFrame({"a": rng.random(300), "b": rng.random(300)})
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1},
+                        lgb.Dataset(X, (X["a"] > 0.5).astype(int)), num_boost_round=5)
+    text = booster.model_to_string()
+    b = gate.inference_benchmark(text.encode(), X, single_rows=50, min_batch_rows=1000)
+    assert b["size_bytes"] == len(text.encode()) and b["batch_rows"] == 1200 and b["single_row_samples"] == 50
+    assert 0 < b["p50_ms"] <= b["p99_ms"] and b["rows_per_s"] > 0
+
+
+def test_the_policy_is_checked_against_the_contract() -> None:
+    from sluice.core.contract import parse_contract
+
+    base = ("dataset: d\ntarget: y\ntask: binary\nmetric: roc_auc\n"
+            "columns: {x: {dtype: float}, y: {dtype: str}}\n")
+    with pytest.raises(ContractError, match="promotion slice 'nope' is not a feature column"):
+        parse_contract(base + "promotion: {slices: [nope]}\n")
+    with pytest.raises(ContractError, match="guardrail metric 'rmse' does not fit task 'binary'"):
+        parse_contract(base + "promotion: {guardrails: {rmse: {max: 1}}}\n")
+    parsed = parse_contract(base + "promotion: {slices: [x], guardrails: {log_loss: {max_regression: 0.01}}, "
+                                   "max_model_bytes: 1000000, max_p99_latency_ms: 20}\n")
+    assert parsed.promotion.guardrails["log_loss"].max_regression == 0.01
