@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
-from dramatiq.brokers.stub import StubBroker
-from moto import mock_aws
 
 from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
-from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
-from sluice.handlers import build_pipeline
 from sluice.infra.state import MemoryState, RedisState, StateBackend
 from sluice.infra.store import S3Store
-from tests.chain import DATASET, prepare, sample_bytes, versions
-
-
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
-    with mock_aws():
-        settings = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
-        prepare(settings)
-        yield Runtime(settings, build_pipeline(), StubBroker(), MemoryState())
+from tests.chain import DATASET, sample_bytes, versions
 
 
 def drop(rt: Runtime, key: str, data: bytes) -> ObjectCreated:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,31 +10,19 @@ import hypothesis.strategies as st
 import polars as pl
 import pytest
 import yaml
-from dramatiq.brokers.stub import StubBroker
 from hypothesis import HealthCheck, given, settings
-from moto import mock_aws
 
 from sluice.core.contract import ColumnSpec, Contract, ContractError, infer_contract, parse_contract
 from sluice.core.errors import UnreadableFile
 from sluice.core.runtime import Runtime
-from sluice.core.settings import Settings
 from sluice.core.validation import validate_file
 from sluice.events.s3 import ObjectCreated
-from sluice.handlers import build_pipeline
-from sluice.infra.provision import provision
-from sluice.infra.state import MemoryState
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())
 PEOPLE = parse_contract((CORPUS / "people.yaml").read_text())
 
 
-@pytest.fixture
-def runtime() -> Iterator[Runtime]:
-    with mock_aws():
-        s = replace(Settings(), bucket="sluice-corpus", broker_url="memory://")
-        provision(s, build_pipeline().routes)
-        yield Runtime(s, build_pipeline(), StubBroker(), MemoryState())
 
 
 def test_every_corpus_file_has_an_expectation() -> None:
