@@ -83,8 +83,20 @@ def apply_transforms(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
     if contract.entity is not None:
         frame = frame.sort([contract.entity.key, contract.entity.timestamp])
     for t in contract.features:
-        frame = frame.with_columns(_expression(t, contract, frame).alias(t.name))
+        if t.op == "frequency" and contract.entity is not None:
+            frame = _frequency_as_of(frame, t, contract.entity.timestamp)
+        else:
+            frame = frame.with_columns(_expression(t, contract, frame).alias(t.name))
     return frame
+
+
+def _frequency_as_of(frame: pl.DataFrame, t: Transform, ts: str) -> pl.DataFrame:
+    """A category's share among the events up to each event's time: over the whole snapshot it would leak the
+    future into every earlier row's feature."""
+    col = pl.col(t.columns[0])
+    ordered = frame.with_row_index("_sluice_pos").sort(ts, maintain_order=True)
+    share = (pl.int_range(pl.len()).over(col) + 1) / (pl.int_range(pl.len()) + 1)
+    return ordered.with_columns(share.cast(pl.Float64).alias(t.name)).sort("_sluice_pos").drop("_sluice_pos")
 
 
 def _expression(t: Transform, contract: Contract, frame: pl.DataFrame) -> pl.Expr:

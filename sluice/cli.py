@@ -270,7 +270,7 @@ def models_history(name: str, as_json: bool) -> None:
         _echo_json(records)
         return
     for r in records:
-        changes = ", ".join(f"v{c['version']} {c['from'] or '-'}->{c['to']}" for c in r["changes"])
+        changes = ", ".join(f"v{c['version']} {c['from'] or 'new'}->{c['to']}" for c in r["changes"])
         click.echo(f"{r['sequence']:>4}  {r['at']}  {r['action']:<11} v{r['version']:<4} {changes}")
         click.echo(f"      by {r['by']} ({r['cause']}): {r['reason']}; champion after: "
                    f"{'v' + str(r['champion']) if r['champion'] else '-'}")

@@ -80,6 +80,16 @@ def test_windows_and_lags_see_only_the_entitys_past() -> None:
     assert out["country_code"].to_list() == [0, 0, 0]
 
 
+def test_frequency_counts_only_events_up_to_each_row() -> None:
+    contract = parse_contract(CONTRACT.replace("  - {name: log_amount", "  - {name: country_freq, op: frequency, "
+                                               "columns: [country]}\n  - {name: log_amount"))
+    f = pl.DataFrame({"customer": ["a", "b", "a", "b"], "country": ["fr", "it", "it", "it"],
+                      "amount": [1.0, 1.0, 1.0, 1.0], "ts": [T0 + timedelta(days=d) for d in (0, 1, 2, 3)]})
+    out = apply_transforms(f, contract).sort("ts")
+    # day 0: fr 1/1; day 1: it 1/2; day 2: it 2/3; day 3: it 3/4 (never the share over all four days)
+    assert out["country_freq"].to_list() == pytest.approx([1.0, 0.5, 2 / 3, 0.75])
+
+
 @pytest.mark.parametrize(("feature", "needle"), [
     ("{name: s, op: window_sum, columns: [amount]}", "needs `days`"),
     ("{name: s, op: hour, columns: [amount]}", "needs a date or datetime column"),
