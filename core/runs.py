@@ -9,7 +9,6 @@ same training rows (rebuilt from the recorded data versions), then scored on the
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -135,8 +134,3 @@ def _training_rows(store: S3Store, contract: Contract, run: dict[str, Any]) -> p
     if contract.labels is not None:
         frame = point_in_time_join(read_labels(store, run["dataset"], run["label_versions"]), frame, contract)
     return frame.filter(pl.col(contract.target).is_not_null())
-
-
-def dumps(doc: Any) -> str:
-    """Pretty JSON for the CLI."""
-    return json.dumps(doc, indent=2, sort_keys=True, default=str)

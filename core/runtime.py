@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -256,8 +255,3 @@ class SqsBridge:
     def stop(self) -> None:
         """Ask the polling loop to finish."""
         self.stopping.set()
-
-
-def dumps(doc: Any) -> str:
-    """Compact JSON for logs."""
-    return json.dumps(doc, default=str, separators=(",", ":"))
