@@ -44,7 +44,37 @@ def setup_logging(verbose: bool = False) -> None:
     logging.getLogger("dramatiq.middleware.retries.Retries").setLevel(logging.WARNING)
 
 
-@click.group()
+class _Sluice(click.Group):
+    """Turns the failures a user can fix (no emulator, no credentials, no Redis) into one line saying how."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        import redis
+        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+        settings = Settings.from_env()
+        where = settings.endpoint_url or "AWS"
+        try:
+            return super().invoke(ctx)
+        except EndpointConnectionError as exc:
+            raise click.ClickException(
+                f"cannot reach S3/SQS/SNS at {where} ({exc}). Start the emulator (`make localstack-up`, or "
+                "`moto_server`) and point AWS_ENDPOINT_URL at it, or unset it to use AWS.") from exc
+        except NoCredentialsError as exc:
+            raise click.ClickException(
+                "no AWS credentials. For AWS, configure them as for the AWS CLI; for moto or LocalStack, set "
+                "AWS_ENDPOINT_URL (Sluice then uses test credentials).") from exc
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "NotFound", "404"):
+                raise click.ClickException(f"{code} at {where}: bucket {settings.bucket!r} or its queues are "
+                                           "missing; run `sluice up` first.") from exc
+            raise
+        except redis.exceptions.ConnectionError as exc:
+            raise click.ClickException(f"cannot reach Redis at {settings.broker_url} ({exc}); start it or set "
+                                       "SLUICE_BROKER_URL.") from exc
+
+
+@click.group(cls=_Sluice)
 @click.option("-v", "--verbose", is_flag=True, help="Also show library logs.")
 def main(verbose: bool) -> None:
     """Sluice: drop a file into the bucket, get a validated, trained, benchmarked and promoted model."""

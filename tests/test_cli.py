@@ -67,3 +67,13 @@ def test_models_show_names_the_known_models(env: Settings) -> None:
     run("up")
     result = CliRunner().invoke(main, ["models", "show", "nope"])
     assert result.exit_code == 1 and "no model 'nope'" in result.output
+
+
+def test_an_unreachable_emulator_or_missing_bucket_says_what_to_do(env: Settings,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    result = CliRunner().invoke(main, ["status"])  # nothing provisioned yet
+    assert result.exit_code == 1 and "run `sluice up` first" in result.output
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 1 and "cannot reach S3/SQS/SNS at http://127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output
