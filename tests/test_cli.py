@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -77,3 +78,48 @@ def test_an_unreachable_emulator_or_missing_bucket_says_what_to_do(env: Settings
     result = CliRunner().invoke(main, ["status"])
     assert result.exit_code == 1 and "cannot reach S3/SQS/SNS at http://127.0.0.1:9" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_data_quarantine_and_runs_commands_on_a_trained_model(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_training import parts, run_chain
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    a, b = parts(2)
+    first = run_chain(runtime, f"incoming/{DATASET}/a.csv", a)
+    second = run_chain(runtime, f"incoming/{DATASET}/b.csv", b)
+    runtime.store.put(f"incoming/{DATASET}/bad.csv", b"mean_radius;diagnosis\n1;benign\n")
+    info = runtime.store.head(f"incoming/{DATASET}/bad.csv")
+    from sluice.events.s3 import ObjectCreated
+
+    runtime.execute("validate", ObjectCreated(runtime.settings.bucket, f"incoming/{DATASET}/bad.csv", info.size,
+                                              info.etag).to_dict())
+
+    listing = run("data", "list", DATASET).strip().splitlines()
+    assert len(listing) == 2 and {line[:12] for line in listing} == {v[:12] for v in second["data_versions"]}
+    quarantined = run("quarantine", "list", DATASET)
+    assert "bad.csv" in quarantined and "unreadable" in quarantined
+    ident = json.loads(run("quarantine", "list", "--json"))[0]["id"][:10]
+    shown = run("quarantine", "show", DATASET, ident)
+    assert "separated by ';'" in shown and "what to do:" in shown
+    runs_out = run("runs", "list", DATASET)
+    assert first["run_id"] in runs_out and second["run_id"] in runs_out
+    assert "warm start used" in run("runs", "show", second["run_id"][:10])
+    compared = run("runs", "compare", first["run_id"], second["run_id"])
+    assert "roc_auc" in compared and "1 shared" in compared
+    assert "MATCH" in run("runs", "reproduce", second["run_id"])
+    status = json.loads(run("status", "--json"))
+    stages = {a["key"].rsplit("/", 1)[-1]: a["stage"] for a in status["datasets"][0]["arrivals"]}
+    assert stages["bad.csv"] == "quarantined" and stages["a.csv"] == "registered"
+
+
+def test_every_command_has_help() -> None:
+    def walk(group: Any, path: list[str]) -> None:
+        for name, command in group.commands.items():
+            result = CliRunner().invoke(main, [*path, name, "--help"])
+            assert result.exit_code == 0 and "Usage:" in result.output, (path, name, result.output)
+            if hasattr(command, "commands"):
+                walk(command, [*path, name])
+
+    walk(main, [])
