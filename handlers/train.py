@@ -61,7 +61,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if inputs is None:
         return []
     features, labels = inputs
-    if not _coalesce(ctx, contract, features, labels):
+    if not _coalesce(ctx, contract, features, labels, event.key):
         return []
     label_ids = [lv.data_version for lv in labels]
     spec = contract.training
@@ -202,13 +202,24 @@ def _inputs(ctx: Context, contract: Contract, key: str
     return features, labels
 
 
-def _coalesce(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated]) -> bool:
-    """False for superseded inputs; raises Defer until the newest input has been quiet for `debounce_s`."""
+def _coalesce(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
+              trigger: str) -> bool:
+    """False for a superseded trigger; raises Defer until the newest input has been quiet for `debounce_s`.
+
+    Only the newest trigger waits: an older one gives way, so a steady stream of drops never piles up retries.
+    """
     latest = latest_feature_set(ctx.store, contract.dataset)
     if latest is not None and latest.feature_set_version != features.feature_set_version:
         ctx.log.info("skip  train      %s: feature set %s is superseded by %s", contract.dataset,
                      features.feature_set_version, latest.feature_set_version)
         return False
+    if trigger.startswith("validated-labels/") and labels:
+        mine = trigger.split("/")[2]
+        newest_label = max(labels, key=lambda lv: (lv.validated_at, lv.data_version))
+        if newest_label.data_version != mine:
+            ctx.log.info("skip  train      %s: labels %s are superseded by %s", contract.dataset, mine[:12],
+                         newest_label.data_version[:12])
+            return False
     newest = max([features.materialized_at, *(lv.validated_at for lv in labels)])
     quiet_s = (ctx.now() - datetime.fromisoformat(newest.replace("Z", "+00:00"))).total_seconds()
     wait_s = contract.training.debounce_s - quiet_s

@@ -204,3 +204,21 @@ def test_online_store_never_goes_back_in_time(redis_url: str) -> None:
         got = store.get("d", "e1")
         assert got is not None and got["features"]["x"] == 2 and got["feature_set"] == "fs-2"
         assert store.get("d", "nobody") is None
+
+
+def test_an_older_label_trigger_gives_way_to_the_newest(runtime: Runtime) -> None:
+    raw = events(n_customers=60)
+    runtime.store.put("incoming/tx/events.csv", csv(raw))
+    run_stage(runtime, "validate", "incoming/tx/events.csv")
+    run_stage(runtime, "features", only(runtime, "validated/tx/", "manifest.json"))
+    for i, seed in enumerate((1, 2)):
+        runtime.store.put(f"labels/tx/batch{i}.csv", csv(labels_for(apply_transforms(raw, parse_contract(CONTRACT)),
+                                                                    seed=seed)))
+        run_stage(runtime, "labels", f"labels/tx/batch{i}.csv")
+    versions = {e["key"]: e["data_version"] for k in runtime.store.keys("ledger/tx/")
+                if (e := runtime.store.get_json(k))["key"].startswith("labels/")}
+    run_stage(runtime, "train-labels", f"validated-labels/tx/{versions['labels/tx/batch0.csv']}/manifest.json")
+    assert not [k for k in runtime.store.keys("runs/") if k.endswith("run.json")]  # superseded: no run
+    run_stage(runtime, "train-labels", f"validated-labels/tx/{versions['labels/tx/batch1.csv']}/manifest.json")
+    [run_key] = [k for k in runtime.store.keys("runs/") if k.endswith("run.json")]
+    assert sorted(runtime.store.get_json(run_key)["label_versions"]) == sorted(versions.values())
