@@ -213,10 +213,14 @@ def _coalesce(ctx: Context, contract: Contract, features: FeaturesMaterialized, 
         ctx.log.info("skip  train      %s: feature set %s is superseded by %s", contract.dataset,
                      features.feature_set_version, latest.feature_set_version)
         return False
-    if trigger.startswith("validated-labels/") and labels:
-        mine = trigger.split("/")[2]
+    if labels:
         newest_label = max(labels, key=lambda lv: (lv.validated_at, lv.data_version))
-        if newest_label.data_version != mine:
+        mine = trigger.split("/")[2] if trigger.startswith("validated-labels/") else None
+        if mine is None and newest_label.validated_at > features.materialized_at:
+            ctx.log.info("skip  train      %s: labels %s arrived after feature set %s; their trigger trains",
+                         contract.dataset, newest_label.data_version[:12], features.feature_set_version)
+            return False
+        if mine is not None and newest_label.data_version != mine:
             ctx.log.info("skip  train      %s: labels %s are superseded by %s", contract.dataset, mine[:12],
                          newest_label.data_version[:12])
             return False
