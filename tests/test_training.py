@@ -150,7 +150,7 @@ def test_the_training_time_limit_follows_the_contract_budget(runtime: Runtime) -
 
 @pytest.mark.slow
 def test_three_quick_drops_make_one_run(moto_settings: Settings) -> None:
-    contract = with_training(sample_contract(), debounce_s=3.0)
+    contract = with_training(sample_contract(), debounce_s=5.0)
     prepare(moto_settings, contract)
     service = start(moto_settings, runtime=build_runtime(moto_settings), bridge_wait_s=1)
     store = service.runtime.store
@@ -159,7 +159,7 @@ def test_three_quick_drops_make_one_run(moto_settings: Settings) -> None:
             store.put(f"incoming/{DATASET}/part-{i}.csv", data)
             time.sleep(1.0)  # far enough apart that, without coalescing, the first drop trains on its own
         wait_for(lambda: [k for k in store.keys("registry/") if "/versions/" in k], 60, "a registered version")
-        time.sleep(5)  # longer than the debounce: a second run would have started by now
+        time.sleep(6)  # longer than the debounce: a second run would have started by now
     finally:
         service.stop()
     run_docs = [store.get_json(k) for k in store.keys(f"runs/{DATASET}/") if k.endswith("run.json")]
