@@ -1,0 +1,52 @@
+"""`sluice contract`: inferring, checking and uploading dataset contracts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from sluice.commands.common import settings as _settings
+from sluice.commands.common import store as _store
+from sluice.core.contract import contract_key, infer_contract, parse_contract
+from sluice.core.errors import ContractError, SluiceError
+from sluice.core.validation import read_sample
+
+
+@click.group()
+def contract() -> None:
+    """Dataset contracts."""
+
+
+@contract.command("infer")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", required=True)
+@click.option("--target", required=True, help="The column to predict.")
+@click.option("--budget", type=float, default=10.0, show_default=True, help="Training time budget, seconds.")
+@click.option("--debounce", type=float, default=30.0, show_default=True,
+              help="Seconds of quiet after the last drop before training (drops in between make one run).")
+def contract_infer(file: Path, dataset: str, target: str, budget: float, debounce: float) -> None:
+    """Write a contract inferred from a sample FILE to stdout; review it, then `sluice contract put`."""
+    try:
+        frame = read_sample(file.name, file.read_bytes())
+        click.echo(infer_contract(frame, dataset, target, budget, debounce).to_yaml(), nl=False)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@contract.command("put")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def contract_put(file: Path) -> None:
+    """Check a contract and upload it to contracts/<dataset>.yaml."""
+    settings = _settings()
+    try:
+        parsed = parse_contract(file.read_text(), source=str(file))
+    except ContractError as exc:
+        raise click.ClickException(str(exc)) from exc
+    key = contract_key(parsed.dataset)
+    store = _store(settings)
+    text = parsed.to_yaml().encode()
+    # Every version is kept under its fingerprint; data versions record which one validated them.
+    store.put(f"contract-versions/{parsed.dataset}/{parsed.fingerprint()[:12]}.yaml", text)
+    store.put(key, text, content_type="application/yaml")
+    click.echo(f"contract for {parsed.dataset!r} -> s3://{settings.bucket}/{key} (version {parsed.fingerprint()[:12]})")

@@ -1,0 +1,147 @@
+"""`sluice runs`: the experiment log."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from sluice.commands.common import echo_json as _echo_json
+from sluice.commands.common import settings as _settings
+from sluice.commands.common import store as _store
+from sluice.core.errors import SluiceError
+
+
+@click.group()
+def runs() -> None:
+    """Training runs: the experiment log."""
+
+
+@runs.command("list")
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True)
+def runs_list(dataset: str, as_json: bool) -> None:
+    """Runs of DATASET, oldest first, and any still training."""
+    from sluice.core import runs as r
+
+    found = r.list_runs(_store(_settings()), dataset)
+    if as_json:
+        _echo_json(found)
+        return
+    if not found:
+        click.echo(f"no runs for dataset {dataset!r}")
+    for run in found:
+        if "holdout" not in run:
+            loss = run.get("best_loss")
+            click.echo(f"{run['run_id']}  {run.get('status', 'running'):<9} {run.get('trials', 0)} trials, best loss "
+                       f"{'-' if loss is None else f'{loss:.4f}'} ({run.get('at', '')})")
+            continue
+        m = run["metric"]
+        click.echo(f"{run['run_id']}  {run['finished_at']}  {run['best_estimator']:<10} {m}="
+                   f"{run['holdout']['metrics'][m]:.4f} (baseline {run['holdout']['baseline'][m]:.4f})  "
+                   f"{run.get('trials', {}).get('count', '?')} trials  features {run['feature_set_version']}  "
+                   f"{len(run['data_versions'])} data versions")
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def runs_show(run_id: str, as_json: bool) -> None:
+    """One run: parameters, best configuration, metrics, inputs, durations, environment, artifacts."""
+    from sluice.core import runs as r
+
+    try:
+        run = r.find_run(_store(_settings()), run_id)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _echo_json(run)
+        return
+    h = run["holdout"]
+    click.echo(f"run {run['run_id']} of {run['dataset']} ({run['task']}), finished {run['finished_at']}")
+    click.echo(f"  best {run['best_estimator']} {json.dumps(run['best_config'], sort_keys=True)}")
+    warm = run.get("warm_start")
+    click.echo(f"  {run.get('trials', {}).get('count', '?')} trials, budget {run['params']['time_budget_s']}s, "
+               f"warm start {'-' if not warm else ('used' if warm['used'] else 'requested, NOT used')}")
+    click.echo(f"  holdout {h['rows']} rows (train {h['train_rows']}): " + ", ".join(
+        f"{k}={v:.4f} (baseline {h['baseline'][k]:.4f})" for k, v in h["metrics"].items()))
+    top = list(run.get("feature_importance", {}).items())[:5]
+    click.echo("  top features: " + ", ".join(f"{k} {v:.1%}" for k, v in top))
+    click.echo(f"  inputs: features {run['feature_set_version']}, data versions "
+               + ", ".join(v[:12] for v in run["data_versions"]))
+    click.echo("  durations: " + ", ".join(f"{k} {v}s" for k, v in run["durations_s"].items()))
+    env = run["environment"]
+    click.echo(f"  environment: python {env['python']}, code {env.get('code', {})}, "
+               + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v))
+    for name, a in run["artifacts"].items():
+        click.echo(f"  artifact {name:<11} s3://{_settings().bucket}/{a['key']} sha256 {a['sha256'][:16]}…")
+
+
+@runs.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--json", "as_json", is_flag=True)
+def runs_compare(run_a: str, run_b: str, as_json: bool) -> None:
+    """Metrics, configuration and inputs of two runs side by side."""
+    from sluice.core import runs as r
+
+    store = _store(_settings())
+    try:
+        diff = r.compare(r.find_run(store, run_a), r.find_run(store, run_b))
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _echo_json(diff)
+        return
+    a, b = diff["runs"]
+    click.echo(f"{'':22} {a:>18} {b:>18}")
+    for m, (x, y) in diff["metrics"].items():
+        click.echo(f"{m:22} {x:18.4f} {y:18.4f}")
+    for name in ("holdout_rows", "best_estimator", "feature_set_version", "trials", "fit_seconds"):
+        x, y = diff[name]
+        click.echo(f"{name:22} {x!s:>18} {y!s:>18}")
+    for k, (x, y) in diff["config"].items():
+        click.echo(f"config.{k:15} {x!s:>18} {y!s:>18}")
+    dv = diff["data_versions"]
+    click.echo(f"data versions: {dv['shared']} shared, only in {a}: {[v[:12] for v in dv['only_a']]}, "
+               f"only in {b}: {[v[:12] for v in dv['only_b']]}")
+
+
+@runs.command("reproduce")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True)
+def runs_reproduce(run_id: str, as_json: bool) -> None:
+    """Refit RUN's best configuration on its recorded inputs and say whether the metrics match."""
+    from sluice.core import runs as r
+
+    store = _store(_settings())
+    try:
+        result = r.reproduce(store, r.find_run(store, run_id))
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        _echo_json(result)
+    else:
+        for m, v in result["reproduced"].items():
+            click.echo(f"{m:10} recorded {result['recorded'][m]:.6f}  reproduced {v:.6f}")
+        verdict = "MATCH" if result["match"] else "DIFFERENT"
+        click.echo(f"{verdict}: max |difference| {result['max_abs_difference']:.2e} on {result['holdout_rows']} "
+                   f"holdout rows ({result['estimator']} refitted on {result['train_rows']} rows)")
+    if not result["match"]:
+        sys.exit(1)
+
+
+@runs.command("cancel")
+@click.argument("dataset")
+def runs_cancel(dataset: str) -> None:
+    """Ask the running training of DATASET to stop (it is recorded as cancelled, not retried)."""
+    from sluice.core import runs as r
+
+    store = _store(_settings())
+    running = [run for run in r.list_runs(store, dataset) if run.get("status") == "running"]
+    for run in running:
+        store.put_json(f"runs/{dataset}/{run['run_id']}/cancel.json", {"requested": True})
+        click.echo(f"cancelling {run['run_id']} ({run.get('trials', 0)} trials so far)")
+    if not running:
+        click.echo(f"no training of {dataset!r} is running")
