@@ -92,6 +92,14 @@ def read_labels(store: S3Store, dataset: str, versions: list[str]) -> pl.DataFra
     return pl.concat(frames, how="diagonal_relaxed")
 
 
+def training_rows(store: S3Store, contract: Contract, feature_set_version: str, label_ids: list[str]) -> pl.DataFrame:
+    """The labelled rows a run learns from: the feature set, or its point-in-time join with the labels."""
+    frame = read_parquet(store, f"features/{contract.dataset}/{feature_set_version}/features.parquet")
+    if contract.labels is not None:
+        frame = point_in_time_join(read_labels(store, contract.dataset, label_ids), frame, contract)
+    return frame.filter(pl.col(contract.target).is_not_null())
+
+
 def latest_vectors(features: pl.DataFrame, contract: Contract) -> dict[str, dict[str, Any]]:
     """The newest feature row of every entity, JSON-safe, for the online store."""
     assert contract.entity is not None

@@ -279,7 +279,7 @@ def inference_benchmark(model_bytes: bytes, X: pd.DataFrame, *, model_format: st
     Callers check the artifact's sha256 before handing its bytes here (a non-LightGBM model is a pickle).
     """
     t0 = time.perf_counter()
-    booster = _loaded(model_bytes, model_format, task)
+    booster = modeling.Predictor(model_format, model_bytes, task)
     load_ms = (time.perf_counter() - t0) * 1000
     batch = pd.concat([X] * max(1, math.ceil(min_batch_rows / max(len(X), 1))), ignore_index=True)
     booster.predict(batch.head(10))  # warm up: first calls pay for lazy initialisation
@@ -303,24 +303,3 @@ def inference_benchmark(model_bytes: bytes, X: pd.DataFrame, *, model_format: st
             "size_bytes": len(model_bytes), "format": model_format, "machine": platform.machine(),
             "python": platform.python_version()}
 
-
-class _Predictor:
-    """A loaded model with LightGBM's `predict(X)` shape, whatever its format."""
-
-    def __init__(self, model: Any, task: str):
-        self.model, self.task = model, task
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        if self.task == "regression":
-            return np.asarray(self.model.predict(X))
-        return np.asarray(self.model.predict_proba(X))
-
-
-def _loaded(model_bytes: bytes, model_format: str, task: str) -> Any:
-    if model_format == "lightgbm-text":
-        import lightgbm as lgb
-
-        return lgb.Booster(model_str=model_bytes.decode())
-    import pickle
-
-    return _Predictor(pickle.loads(model_bytes), task)

@@ -219,24 +219,35 @@ def train(
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm)
 
 
+class Predictor:
+    """A stored model, loaded once: `predict(X)` gives P(class 1), class probabilities, or values."""
+
+    def __init__(self, fmt: str, data: bytes, task: str):
+        self.task = task
+        if fmt == LGBM_TEXT:
+            import lightgbm as lgb
+
+            self.booster: Any = lgb.Booster(model_str=data.decode())
+            self.model: Any = None
+        else:
+            import pickle
+
+            self.booster = None
+            self.model = pickle.loads(data)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """Scores for the rows of X."""
+        if self.booster is not None:
+            return np.asarray(self.booster.predict(X))
+        if self.task == "regression":
+            return np.asarray(self.model.predict(X))
+        proba = np.asarray(self.model.predict_proba(X))
+        return proba[:, 1] if self.task == "binary" else proba
+
+
 def predict_model(fmt: str, data: bytes, X: pd.DataFrame, task: str) -> np.ndarray:
-    """Scores from a stored model: P(class 1), class probabilities, or values. Check its sha256 first."""
-    if fmt == LGBM_TEXT:
-        return predict(data.decode(), X)
-    import pickle
-
-    model = pickle.loads(data)
-    if task == "regression":
-        return np.asarray(model.predict(X))
-    proba = np.asarray(model.predict_proba(X))
-    return proba[:, 1] if task == "binary" else proba
-
-
-def predict(booster_text: str, X: pd.DataFrame) -> np.ndarray:
-    """Scores from a native LightGBM model: P(class 1), class probabilities, or values."""
-    import lightgbm as lgb
-
-    return np.asarray(lgb.Booster(model_str=booster_text).predict(X))
+    """Scores from a stored model. Check its sha256 first (see core/runs.artifact)."""
+    return Predictor(fmt, data, task).predict(X)
 
 
 def parse_trials(trial_log: str) -> list[dict[str, Any]]:

@@ -8,7 +8,9 @@ same training rows (rebuilt from the recorded data versions), then scored on the
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -16,13 +18,34 @@ import polars as pl
 
 from sluice.core import modeling
 from sluice.core.contract import Contract, parse_contract
-from sluice.core.errors import SluiceError
-from sluice.core.features import row_key_columns, training_columns
+from sluice.core.errors import SluiceError, TransientError
+from sluice.core.features import row_key_columns, training_columns, training_rows
 from sluice.infra.store import S3Store
 
 ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator", "rf": "RandomForestEstimator",
               "extra_tree": "ExtraTreesEstimator"}
 TOLERANCE = 1e-9
+
+
+def artifact(store: S3Store, run: dict[str, Any], name: str) -> bytes:
+    """An artifact's bytes, checked against the sha256 the run recorded; a mismatch is never loaded."""
+    meta = run["artifacts"][name]
+    data: bytes = store.get(meta["key"])
+    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
+        raise TransientError(f"{meta['key']}: sha256 mismatch with run {run['run_id']}; refusing to load it")
+    return data
+
+
+def artifact_json(store: S3Store, run: dict[str, Any], name: str) -> Any:
+    """A JSON artifact, checked."""
+    return json.loads(artifact(store, run, name))
+
+
+def model_of(store: S3Store, run: dict[str, Any]) -> tuple[modeling.Encoding, modeling.Predictor]:
+    """A run's feature encoding and its model, loaded after their sha256 checks."""
+    encoding = modeling.Encoding.from_dict(artifact_json(store, run, "encoding"))
+    fmt = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
+    return encoding, modeling.Predictor(fmt, artifact(store, run, "model"), run["task"])
 
 
 def list_runs(store: S3Store, dataset: str) -> list[dict[str, Any]]:
@@ -77,10 +100,8 @@ def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
     """Refit the run's best configuration on its recorded inputs; report whether the holdout metrics match."""
     from flaml.automl import model as flaml_models
 
-    from sluice.handlers.benchmark import artifact, artifact_json
-
     contract = _contract_of(store, run)
-    frame = _training_rows(store, contract, run)
+    frame = training_rows(store, contract, run["feature_set_version"], run.get("label_versions", []))
     spec = contract.training
     mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame = frame.filter(pl.Series(~mask))
@@ -125,12 +146,3 @@ def _contract_of(store: S3Store, run: dict[str, Any]) -> Contract:
         raise SluiceError(f"run {run['run_id']} was trained under contract {run['contract_version'][:12]}, which "
                           "is no longer stored; upload it again with `sluice contract put` to reproduce the run")
     return current
-
-
-def _training_rows(store: S3Store, contract: Contract, run: dict[str, Any]) -> pl.DataFrame:
-    from sluice.core.features import point_in_time_join, read_labels, read_parquet
-
-    frame = read_parquet(store, f"features/{run['dataset']}/{run['feature_set_version']}/features.parquet")
-    if contract.labels is not None:
-        frame = point_in_time_join(read_labels(store, run["dataset"], run["label_versions"]), frame, contract)
-    return frame.filter(pl.col(contract.target).is_not_null())

@@ -14,9 +14,9 @@ from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.features import latest_feature_set, point_in_time_join, read_parquet
 from sluice.core.registry import ModelRegistry
+from sluice.core.runs import model_of
 from sluice.core.runtime import dataset_of
 from sluice.events.s3 import ObjectCreated
-from sluice.handlers.benchmark import artifact, artifact_json
 
 RECENT = 3  # challengers re-scored besides the champion
 
@@ -45,7 +45,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     results = []
     for version in chosen:
         run = ctx.store.get_json(version["run_key"])
-        encoding = modeling.Encoding.from_dict(artifact_json(ctx.store, run, "encoding"))
+        encoding, predictor = model_of(ctx.store, run)
         missing = [c for c in encoding.columns if c not in frame.columns]
         entry: dict[str, Any] = {"version": version["version"],
                                  "role": "champion" if version["version"] == champion_version else "challenger"}
@@ -56,9 +56,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             known = y >= 0
             scored = frame.filter(pl.Series(known))
             n_classes = len(encoding.classes) if encoding.classes else None
-            fmt = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
-            scores = modeling.predict_model(fmt, artifact(ctx.store, run, "model"), encoding.features(scored),
-                                            run["task"])
+            scores = predictor.predict(encoding.features(scored))
             entry.update(rows=int(known.sum()),
                          metrics={contract.metric: modeling.score(contract.metric, y[known], scores, n_classes)})
         results.append(entry)

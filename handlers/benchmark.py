@@ -6,7 +6,6 @@ version, the naive baseline) on the same holdout rows, and its inference is benc
 
 from __future__ import annotations
 
-import hashlib
 import io
 from typing import Any
 
@@ -16,8 +15,8 @@ import polars as pl
 from sluice.core import gate, modeling
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
-from sluice.core.errors import TransientError
 from sluice.core.registry import ModelRegistry
+from sluice.core.runs import artifact, artifact_json, model_of
 from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
 from sluice.infra.store import S3Store
@@ -74,23 +73,6 @@ def _baseline(store: S3Store, run: dict[str, Any], encoding: modeling.Encoding, 
     return np.tile(row, (n, 1)) if row.ndim == 1 and row.size > 1 else np.full(n, float(row.reshape(-1)[0]))
 
 
-def artifact(store: S3Store, run: dict[str, Any], name: str) -> bytes:
-    """An artifact's bytes, checked against the sha256 the run recorded."""
-    meta = run["artifacts"][name]
-    data = store.get(meta["key"])
-    if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        raise TransientError(f"{meta['key']}: sha256 mismatch with run {run['run_id']}; refusing to load it")
-    return data
-
-
-def artifact_json(store: S3Store, run: dict[str, Any], name: str) -> Any:
-    """A JSON artifact, checked."""
-    import json
-
-    return json.loads(artifact(store, run, name))
-
-
 def _scores(store: S3Store, run: dict[str, Any], holdout: pl.DataFrame) -> np.ndarray:
-    encoding = modeling.Encoding.from_dict(artifact_json(store, run, "encoding"))
-    fmt = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
-    return modeling.predict_model(fmt, artifact(store, run, "model"), encoding.features(holdout), run["task"])
+    encoding, predictor = model_of(store, run)
+    return predictor.predict(encoding.features(holdout))

@@ -19,7 +19,7 @@ import polars as pl
 
 from sluice.core.context import Context
 from sluice.core.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform, load_contract
-from sluice.core.features import latest_vectors
+from sluice.core.features import latest_vectors, read_parquet
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
@@ -46,8 +46,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ctx.log.info("same  features   %s: feature set %s exists", dataset, version)
         return []
 
-    frames = [pl.read_parquet(io.BytesIO(ctx.store.get(f"validated/{dataset}/{dv}/data.parquet")))
-              for dv in data_versions]
+    frames = [read_parquet(ctx.store, f"validated/{dataset}/{dv}/data.parquet") for dv in data_versions]
     frame = apply_transforms(pl.concat(frames, how="diagonal_relaxed"), contract)
     buffer = io.BytesIO()
     frame.write_parquet(buffer)

@@ -36,11 +36,9 @@ from sluice.core.errors import Defer, Failure, ValidationFailed
 from sluice.core.features import (
     label_versions,
     latest_feature_set,
-    point_in_time_join,
-    read_labels,
-    read_parquet,
     row_key_columns,
     training_columns,
+    training_rows,
 )
 from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of
@@ -75,7 +73,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
 
-    frame = training_frame(ctx, contract, features, label_ids)
+    frame = training_rows(ctx.store, contract, features.feature_set_version, label_ids)
     mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
     encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
@@ -171,15 +169,6 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                      baseline[contract.metric], len(trials), t_fit - t_prep,
                      "" if not trained.warm_start else f", warm start used: {trained.warm_start['used']}")
     return []
-
-
-def training_frame(ctx: Context, contract: Contract, features: FeaturesMaterialized,
-                   label_ids: list[str]) -> pl.DataFrame:
-    """The labelled rows a run learns from: the feature set, or its point-in-time join with the labels."""
-    frame = read_parquet(ctx.store, f"features/{contract.dataset}/{features.feature_set_version}/features.parquet")
-    if contract.labels is not None:
-        frame = point_in_time_join(read_labels(ctx.store, contract.dataset, label_ids), frame, contract)
-    return frame.filter(pl.col(contract.target).is_not_null())
 
 
 def _inputs(ctx: Context, contract: Contract, key: str

@@ -13,11 +13,11 @@ import pytest
 from sluice.core import modeling, runs
 from sluice.core.contract import Contract
 from sluice.core.errors import TransientError
+from sluice.core.runs import artifact
 from sluice.core.runtime import Runtime
 from sluice.core.service import build_runtime, start
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
-from sluice.handlers.benchmark import artifact
 from tests.chain import DATASET, prepare, sample_bytes, sample_contract, wait_for
 
 
