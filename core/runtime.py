@@ -10,7 +10,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
@@ -19,7 +22,9 @@ from dramatiq import Broker
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
 from sluice.core.errors import Defer, InputError, SluiceError
-from sluice.core.middleware import DeadLetters
+from sluice.core.leases import WORKER_ID, Heartbeat
+from sluice.core.middleware import DEFERRALS, DeadLetters, InFlight, attempts
+from sluice.core.outputs import RecordingStore
 from sluice.core.settings import Settings
 from sluice.core.validation import examples, summarize
 from sluice.events.model import ModelEvent
@@ -33,7 +38,27 @@ from sluice.infra.store import S3Store
 log = logging.getLogger("sluice")
 
 DEFAULT_TIME_LIMIT_S = 300
-COMPLETED_TTL_S = 7 * 24 * 3600
+# A completed record only absorbs duplicate deliveries (which arrive within minutes); the bucket is the truth.
+COMPLETED_TTL_S = 3600
+
+
+def route_time_limit_s(route: Route) -> int:
+    """A stage's time limit unless its message carries another (training: the contract's)."""
+    return int(route.options.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
+
+
+def claim_key(stage: str, event: ObjectCreated) -> str:
+    """The idempotency key of one stage run on one event."""
+    return f"{stage}#{event.idempotency_key}"
+
+
+# Stages that give an arrival (a dropped file) its outcome in the ledger.
+ARRIVAL_STAGES = ("validate", "labels")
+
+
+def published_key(model: str, event_id: str) -> str:
+    """Where the publication of one model event is recorded."""
+    return f"published/{model}/{event_id}.json"
 
 
 def dataset_of(key: str) -> str:
@@ -71,7 +96,11 @@ class Runtime:
         self.online = online or make_online(settings)
         self.on_event = on_event or (lambda kind, detail: None)
         self.queue_name = settings.namespace
+        self.inflight = InFlight()
+        broker.add_middleware(self.inflight)
         broker.add_middleware(DeadLetters(self._record_dead_letter))
+        self.heartbeat = Heartbeat(state, settings.lease_ttl_s)
+        self.routes = {route.name: route for route in pipeline.routes}
         self.actors = {route.name: self._declare(route) for route in pipeline.routes}
 
     def _declare(self, route: Route) -> dramatiq.Actor[Any, Any]:
@@ -79,16 +108,27 @@ class Runtime:
             self.execute(route.name, payload)
 
         run.__name__ = run.__qualname__ = route.name
-        limit_s = int(route.options.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
+        max_retries = int(route.options.get("max_retries", self.settings.max_retries))
+
+        def retry_when(retries: int, exc: BaseException) -> bool:
+            # A Retry is control flow (a deferral, or a duplicate waiting for a live holder), bounded by the
+            # debounce or the holder's time limit; only failures count against max_retries.
+            if isinstance(exc, dramatiq.Retry):
+                return True
+            message = self.inflight.current()
+            failed_before = retries - (attempts(message)[1] if message is not None else 0)
+            return failed_before < max_retries
+
         return dramatiq.actor(  # type: ignore[no-any-return,call-overload]
             run,
             actor_name=f"{self.settings.namespace}.{route.name}",
             queue_name=self.queue_name,
             broker=self.broker,
-            max_retries=int(route.options.get("max_retries", self.settings.max_retries)),
+            max_retries=max_retries,
+            retry_when=retry_when,
             min_backoff=self.settings.min_backoff_ms,
             max_backoff=60_000,
-            time_limit=limit_s * 1000,
+            time_limit=route_time_limit_s(route) * 1000,
         )
 
     def context(self) -> Context:
@@ -101,14 +141,20 @@ class Runtime:
             return []
         names = []
         for route in self.pipeline.match(event.key):
-            limit_s = self._contract_time_limit(event.key) if route.options.get("time_limit_from_contract") else None
-            if limit_s:
-                # A hung fit is killed by Dramatiq's TimeLimit and retried; the limit follows the contract's budget.
-                self.actors[route.name].send_with_options(args=(event.to_dict(),), time_limit=limit_s * 1000)
-            else:
-                self.actors[route.name].send(event.to_dict())
+            self.send(route.name, event)
             names.append(route.name)
         return names
+
+    def send(self, stage: str, event: ObjectCreated) -> None:
+        """Enqueue one stage for one event, with its time limit."""
+        route = self.routes[stage]
+        limit_s = self._contract_time_limit(event.key) if route.options.get("time_limit_from_contract") else None
+        if limit_s:
+            # A hung fit is killed by Dramatiq's TimeLimit and retried; the limit follows the contract's budget,
+            # and so does the claim's lease (see `execute`).
+            self.actors[stage].send_with_options(args=(event.to_dict(),), time_limit=limit_s * 1000)
+        else:
+            self.actors[stage].send(event.to_dict())
 
     def _contract_time_limit(self, key: str) -> int | None:
         from sluice.core.contract import load_contract
@@ -118,44 +164,98 @@ class Runtime:
         except SluiceError:
             return None  # the stage itself reports the missing or broken contract
 
+    def _time_limit_s(self, route: Route, message: Any) -> float:
+        """The one number: the message's time limit (what Dramatiq enforces) bounds how long its lease lives."""
+        if message is not None:
+            limit_ms = message.options.get("time_limit") or self.actors[route.name].options.get("time_limit")
+            if limit_ms:
+                return float(limit_ms) / 1000
+        return float(route_time_limit_s(route))
+
+    def _retry(self, message: Any, delay_s: float) -> dramatiq.Retry:
+        """A control-flow retry: counted as a deferral, not a failure (see `retry_when`)."""
+        if message is not None:
+            message.options[DEFERRALS] = int(message.options.get(DEFERRALS, 0)) + 1
+        return dramatiq.Retry(delay=max(1, int(delay_s * 1000)))
+
     def execute(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Run stage `name` on one event, exactly once in effect."""
+        """Run stage `name` on one event, exactly once in effect.
+
+        The claim is a lease owned by this execution and renewed while it runs. A duplicate whose holder is
+        alive is retried later; one whose holder died finds the lease lapsed and runs. A completed record only
+        short-cuts a duplicate while every output it names is still in the bucket.
+        """
         event = ObjectCreated.from_dict(payload)
-        key = f"{name}#{event.idempotency_key}"
-        route = next(r for r in self.pipeline.routes if r.name == name)
-        prior = self.state.claim(key, int(route.options.get("time_limit_s", DEFAULT_TIME_LIMIT_S)) + 30)
+        key = claim_key(name, event)
+        route = self.routes[name]
+        message = self.inflight.current()
+        owner = f"{WORKER_ID}:{message.message_id if message is not None else uuid.uuid4().hex[:12]}"
+        prior = self.state.claim(key, owner, self.settings.lease_ttl_s)
+        if prior is not None and prior.status == COMPLETED:
+            outputs = list((prior.result or {}).get("outputs", []))
+            missing = [k for k in outputs if not self.store.exists(k)]
+            if not missing:
+                log.info("skip %-10s %s (duplicate delivery, already done)", name, event.key)
+                self.on_event("duplicate", {"stage": name, "key": event.key})
+                return dict(prior.result or {})
+            log.warning("redo %-10s %s: %d of its outputs are missing from the bucket (e.g. %s)", name, event.key,
+                        len(missing), missing[0])
+            self.state.forget(key)
+            prior = self.state.claim(key, owner, self.settings.lease_ttl_s)
         if prior is not None:
-            what = "already done" if prior.status == COMPLETED else "in progress elsewhere"
-            log.info("skip %-10s %s (duplicate delivery, %s)", name, event.key, what)
-            self.on_event("duplicate", {"stage": name, "key": event.key})
-            return prior.result or {}
-        ctx = self.context()
-        self.on_event("start", {"stage": name, "key": event.key})
+            wait_s = (prior.ttl_ms or self.settings.lease_ttl_s * 1000) / 1000 + 1
+            log.info("busy %-10s %s: in progress in %s; trying again in %.0fs", name, event.key, prior.owner, wait_s)
+            self.on_event("busy", {"stage": name, "key": event.key, "owner": prior.owner})
+            raise self._retry(message, wait_s)
+        with self.heartbeat.hold(key, owner, self._time_limit_s(route, message) + self.settings.lease_ttl_s):
+            return self._run(route, event, key, owner, message)
+
+    def _run(self, route: Route, event: ObjectCreated, key: str, owner: str, message: Any) -> dict[str, Any]:
+        name = route.name
+        store = RecordingStore(self.store)
+        ctx = Context(self.settings, store, self.state, self.online)
+        self.on_event("start", {"stage": name, "key": event.key, "owner": owner})
         try:
             try:
                 effects = self.pipeline.handlers[name](event, ctx)
             except Defer as later:
-                self.state.release(key)
-                raise dramatiq.Retry(delay=int(later.delay_s * 1000)) from None
+                self.state.release(key, owner)
+                raise self._retry(message, later.delay_s) from None
             except InputError as err:
                 result = self.quarantine(ctx, name, event, err)
-                self.state.complete(key, result, COMPLETED_TTL_S)
+                # Released, not completed: the same bytes dropped again after a contract fix are validated again.
+                self.state.release(key, owner)
                 return result
             published = []
             for effect in effects:
                 if isinstance(effect, ModelEvent):
-                    self.publisher.publish(effect)
+                    self._publish_once(store, effect)
                     published.append(effect.id)
-                    self.on_event("published", effect.to_cloudevent())
-                    log.info("sent %-10s %s v%s -> topic %s", effect.type, effect.model, effect.version,
-                             self.settings.topic)
         except BaseException:
-            self.state.release(key)  # let the retry run
+            self.state.release(key, owner)  # let the retry run
             raise
-        result = {"outcome": "done", "published": published}
-        self.state.complete(key, result, COMPLETED_TTL_S)
+        result = {"outcome": "done", "published": published, "outputs": sorted(store.written)}
+        if not store.written:
+            self.state.release(key, owner)  # nothing to check a duplicate against: running it again is cheap
+        elif not self.state.complete(key, owner, result, COMPLETED_TTL_S):
+            log.warning("lease %s was lost while the stage ran; its outputs are in the bucket all the same", key)
         self.on_event("done", {"stage": name, "key": event.key})
         return result
+
+    def _publish_once(self, store: S3Store, effect: ModelEvent) -> None:
+        """Publish, then record the publication (`published/`): a re-run of the stage does not send it again.
+
+        A crash between the two sends it twice, with the same CloudEvent id: consumers de-duplicate on it.
+        """
+        marker = published_key(effect.model, effect.id)
+        if self.store.exists(marker):
+            log.info("same %-10s %s v%s already published (%s)", effect.type, effect.model, effect.version,
+                     effect.id[:12])
+            return
+        self.publisher.publish(effect)
+        store.put_json(marker, {"published_at": datetime.now(UTC).isoformat(), "event": effect.to_cloudevent()})
+        self.on_event("published", effect.to_cloudevent())
+        log.info("sent %-10s %s v%s -> topic %s", effect.type, effect.model, effect.version, self.settings.topic)
 
     def quarantine(self, ctx: Context, stage: str, event: ObjectCreated, err: InputError) -> dict[str, Any]:
         """Record bad input with an actionable report; it is never retried."""
@@ -195,8 +295,40 @@ class Runtime:
         return {"outcome": "quarantined", "report": f"{base}/report.json"}
 
     def _record_dead_letter(self, doc: dict[str, Any]) -> None:
-        self.store.put_json(f"deadletter/{doc['actor']}/{doc['message_id']}.json", doc)
+        key = f"deadletter/{doc['actor']}/{doc['message_id']}.json"
+        doc = {**doc, "dead_lettered_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
+        self.store.put_json(key, doc)
+        stage = str(doc["actor"]).removeprefix(f"{self.settings.namespace}.")
+        if stage in ARRIVAL_STAGES and doc.get("args") and isinstance(doc["args"][0], dict):
+            # The arrival's one terminal outcome: failed, with the dead letter that says why and how to re-drive.
+            event = ObjectCreated.from_dict(doc["args"][0])
+            last = (doc.get("traceback") or "").strip().splitlines()[-1:] or ["unknown error"]
+            self.store.put_json(f"ledger/{dataset_of(event.key)}/{object_id(event)}.json", {
+                "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "failed",
+                "stage": stage, "message": last[0], "dead_letter": key, "at": doc["dead_lettered_at"],
+                "what_to_do": f"fix the cause, then `sluice deadletter redrive {doc['message_id']}`",
+            })
         self.on_event("dead-letter", doc)
+
+
+BRIDGE_MAX_BACKOFF_S = 30.0
+
+
+def describe_outage(exc: BaseException, settings: Settings) -> str:
+    """One line saying what is unreachable or missing, and what to do about it."""
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    where = settings.endpoint_url or "AWS"
+    if isinstance(exc, EndpointConnectionError):
+        return f"cannot reach SQS at {where} ({exc})"
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if "NonExistentQueue" in code or code in ("NoSuchBucket", "QueueDoesNotExist"):
+            return f"{code}: queue {settings.events_queue!r} or bucket {settings.bucket!r} is missing; run `sluice up`"
+        return f"SQS/S3 error {code}: {exc}"
+    if type(exc).__module__.startswith("redis"):
+        return f"cannot reach Redis at {settings.broker_url} ({exc}); start it"
+    return f"{type(exc).__name__}: {exc}"
 
 
 class SqsBridge:
@@ -224,6 +356,8 @@ class SqsBridge:
                 events = parse_s3_notification(message["Body"])
             except NotificationDecodeError as exc:
                 # Poison: retrying cannot help. Keep it inspectable, then take it off the queue.
+                log.error("dead-lettered bridge message %s from %s: %s (kept in deadletter/bridge/)",
+                          message["MessageId"], self.runtime.settings.events_queue, exc)
                 self.runtime._record_dead_letter({
                     "message_id": message["MessageId"], "actor": "bridge", "queue": self.runtime.settings.events_queue,
                     "args": [exc.body[:10_000]], "retries": 0, "traceback": str(exc),
@@ -238,13 +372,24 @@ class SqsBridge:
         return dispatched
 
     def run(self) -> None:
-        """Poll until `stop()`."""
+        """Poll until `stop()`. An outage gets one line when it starts and one when it ends, with backoff between."""
+        outage_since: float | None = None
+        delay = 1.0
         while not self.stopping.is_set():
             try:
                 self.poll_once()
-            except Exception:  # a flaky endpoint must not kill the bridge; SQS keeps the messages
-                log.exception("bridge: polling %s failed; retrying", self.queue_url)
-                self.stopping.wait(1.0)
+            except Exception as exc:  # a flaky endpoint must not kill the bridge; SQS keeps the messages
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning("bridge: %s; retrying with backoff up to %.0fs (no more lines until it recovers)",
+                                describe_outage(exc, self.runtime.settings), BRIDGE_MAX_BACKOFF_S)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, BRIDGE_MAX_BACKOFF_S)
+                continue
+            if outage_since is not None:
+                log.warning("bridge: polling %s works again after %.0fs", self.runtime.settings.events_queue,
+                            time.monotonic() - outage_since)
+                outage_since, delay = None, 1.0
 
     def start(self) -> threading.Thread:
         """Run in a daemon thread."""

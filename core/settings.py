@@ -15,6 +15,10 @@ ENV_NAMESPACE = "SLUICE_NAMESPACE"
 ENV_MAX_RETRIES = "SLUICE_MAX_RETRIES"
 ENV_MIN_BACKOFF_MS = "SLUICE_MIN_BACKOFF_MS"
 ENV_WORKER_THREADS = "SLUICE_WORKER_THREADS"
+ENV_LEASE_TTL_S = "SLUICE_LEASE_TTL_S"
+ENV_RECONCILE_INTERVAL_S = "SLUICE_RECONCILE_INTERVAL_S"
+ENV_BROKER_HEARTBEAT_TIMEOUT_MS = "SLUICE_BROKER_HEARTBEAT_TIMEOUT_MS"
+ENV_BROKER_MAINTENANCE_CHANCE = "SLUICE_BROKER_MAINTENANCE_CHANCE"
 ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"  # the standard boto3 variable; unset means real AWS
 ENV_REGION = "AWS_DEFAULT_REGION"
 
@@ -34,6 +38,15 @@ class Settings:
     max_retries: int = 5
     min_backoff_ms: int = 1000
     worker_threads: int = 2
+    # A running stage's claim lives this long unless its worker's heartbeat renews it: a killed worker's
+    # claims lapse within it.
+    lease_ttl_s: float = 30.0
+    # How often each worker re-drives objects whose next step is missing (`sluice reconcile`); 0 turns it off.
+    reconcile_interval_s: float = 60.0
+    # Dramatiq's Redis broker: a worker silent this long is dead and its unacknowledged messages are
+    # redelivered, checked on about `maintenance_chance` of every million broker commands.
+    broker_heartbeat_timeout_ms: int = 60_000
+    broker_maintenance_chance: int = 1000
 
     @property
     def dead_letter_queue(self) -> str:
@@ -62,4 +75,9 @@ class Settings:
             max_retries=int(env.get(ENV_MAX_RETRIES, base.max_retries)),
             min_backoff_ms=int(env.get(ENV_MIN_BACKOFF_MS, base.min_backoff_ms)),
             worker_threads=int(env.get(ENV_WORKER_THREADS, base.worker_threads)),
+            lease_ttl_s=float(env.get(ENV_LEASE_TTL_S, base.lease_ttl_s)),
+            reconcile_interval_s=float(env.get(ENV_RECONCILE_INTERVAL_S, base.reconcile_interval_s)),
+            broker_heartbeat_timeout_ms=int(env.get(ENV_BROKER_HEARTBEAT_TIMEOUT_MS,
+                                                    base.broker_heartbeat_timeout_ms)),
+            broker_maintenance_chance=int(env.get(ENV_BROKER_MAINTENANCE_CHANCE, base.broker_maintenance_chance)),
         )

@@ -99,6 +99,9 @@ def _already_done(ctx: Context, prefix: str, dataset: str, data_version: str, ev
     """Same bytes as an earlier drop: record the arrival, run nothing downstream."""
     if not ctx.store.exists(f"{prefix}/{dataset}/{data_version}/manifest.json"):
         return False
+    mine = ctx.store.get_json_or_none(f"ledger/{dataset}/{object_id(event)}.json")
+    if mine and mine.get("outcome") == "validated" and mine.get("data_version") == data_version:
+        return True  # a redelivery of the drop that made this data version: its outcome stands
     ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
         **ledger, "sha256": data_version, "data_version": data_version, "outcome": "duplicate", "at": ctx.timestamp()})
     ctx.log.info("same  validate   %s is data version %s (already validated)", event.key, data_version[:12])

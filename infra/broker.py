@@ -19,7 +19,11 @@ def make_broker(settings: Settings) -> Broker:
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dramatiq.brokers.redis import RedisBroker
 
-        return RedisBroker(url=url, namespace=f"{settings.namespace}-dramatiq")  # type: ignore[no-untyped-call]
+        return RedisBroker(  # type: ignore[no-untyped-call]
+            url=url, namespace=f"{settings.namespace}-dramatiq",
+            heartbeat_timeout=settings.broker_heartbeat_timeout_ms,
+            maintenance_chance=settings.broker_maintenance_chance,
+        )
     raise ValueError(f"{url!r}: SLUICE_BROKER_URL must start with redis:// or memory://")
 
 

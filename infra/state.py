@@ -1,7 +1,14 @@
 """Idempotency records and locks: Redis for real deployments, an in-process twin for the demo and unit tests.
 
-Idempotency follows aws-powertools: the key is `handler#event key`, claimed with `SET NX EX`; a record is
-in progress (expires with the handler's time limit, so a crashed worker does not block forever) or completed.
+Idempotency follows aws-powertools, with one change: an in-progress record is a *lease*. It names its owner
+(a token unique to one execution), lives `ttl_s` seconds and is renewed by the owner's heartbeat while the stage
+runs, so the claim of a worker killed with `kill -9` lapses within one TTL and a redelivery runs the stage.
+Renewing, completing and releasing are compare-and-set on the owner (a Lua script, like redis-py's Lock), so an
+execution that lost its lease can never complete or delete someone else's.
+
+    (none) --claim--> in_progress(owner, renewed) --complete--> completed(result, short TTL)
+                            |  lapses when the owner dies            (a duplicate checks its outputs)
+                            +--release--> (none)
 """
 
 from __future__ import annotations
@@ -24,57 +31,122 @@ class IdempotencyRecord:
 
     status: str
     result: Any = None
+    owner: str | None = None
+    since: float | None = None  # epoch seconds the claim was taken
+    ttl_ms: int | None = None  # how long the record lives unless renewed
+
+    @staticmethod
+    def parse(raw: bytes | str, ttl_ms: int | None = None) -> IdempotencyRecord:
+        """The record from its stored JSON."""
+        doc = json.loads(raw)
+        return IdempotencyRecord(doc["status"], doc.get("result"), doc.get("owner"), doc.get("since"), ttl_ms)
 
 
 class StateBackend(Protocol):
-    """Idempotency records and named locks."""
+    """Idempotency leases and records, and named locks."""
 
-    def claim(self, key: str, ttl_s: int) -> IdempotencyRecord | None:
-        """Claim `key` as in progress; None when claimed, else the record another delivery holds."""
+    def claim(self, key: str, owner: str, ttl_s: float) -> IdempotencyRecord | None:
+        """Take `key` as an in-progress lease for `owner`; None when taken, else the record someone else holds."""
 
-    def complete(self, key: str, result: Any, ttl_s: int) -> None:
-        """Mark `key` completed with a JSON-safe result."""
+    def renew(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Extend `owner`'s lease; False when it is no longer theirs (lapsed, or taken over)."""
 
-    def release(self, key: str) -> None:
-        """Forget an in-progress claim so that a retry can run."""
+    def complete(self, key: str, owner: str, result: Any, ttl_s: float) -> bool:
+        """Turn `owner`'s lease into a completed record; False when the lease was no longer theirs."""
+
+    def release(self, key: str, owner: str) -> bool:
+        """Drop `owner`'s lease so that a retry can run; never someone else's."""
+
+    def record(self, key: str) -> IdempotencyRecord | None:
+        """The current record of `key`, if any (for status and reconcile)."""
+
+    def forget(self, key: str) -> None:
+        """Drop a completed record (its outputs are gone from the bucket); leases are left alone."""
 
     def lock(self, name: str, timeout_s: int) -> AbstractContextManager[None]:
         """A mutual-exclusion lock shared by every worker of the deployment."""
 
 
+def _doc(status: str, owner: str | None, result: Any = None) -> str:
+    return json.dumps({"status": status, "owner": owner, "since": time.time(), "result": result}, default=str)
+
+
+# KEYS[1] the record; ARGV[1] the owner. The owner is compared inside Redis, so check-and-act is atomic.
+_OWNED = """
+local raw = redis.call('get', KEYS[1])
+if not raw then return 0 end
+local doc = cjson.decode(raw)
+if doc['status'] ~= 'in_progress' or doc['owner'] ~= ARGV[1] then return 0 end
+"""
+_RENEW = _OWNED + "redis.call('pexpire', KEYS[1], ARGV[2]) return 1"
+_COMPLETE = _OWNED + "redis.call('set', KEYS[1], ARGV[3], 'PX', ARGV[2]) return 1"
+_RELEASE = _OWNED + "redis.call('del', KEYS[1]) return 1"
+_FORGET = """
+local raw = redis.call('get', KEYS[1])
+if raw and cjson.decode(raw)['status'] == 'completed' then redis.call('del', KEYS[1]) return 1 end
+return 0
+"""
+
+
 class RedisState:
-    """Idempotency and locks on Redis (redis-py's Lock: SET NX PX with a token, released by Lua)."""
+    """Idempotency leases and locks on Redis (SET NX PX with an owner, checked and changed by Lua)."""
 
     def __init__(self, url: str, namespace: str):
         import redis
 
         self.redis = redis.Redis.from_url(url)
         self.prefix = f"{namespace}:"
+        self._renew = self.redis.register_script(_RENEW)
+        self._complete = self.redis.register_script(_COMPLETE)
+        self._release = self.redis.register_script(_RELEASE)
+        self._forget = self.redis.register_script(_FORGET)
 
-    def claim(self, key: str, ttl_s: int) -> IdempotencyRecord | None:
-        """Claim with SET NX EX."""
-        k = self.prefix + "idem:" + key
-        if self.redis.set(k, json.dumps({"status": IN_PROGRESS}), nx=True, ex=ttl_s):
-            return None
-        raw = self.redis.get(k)
-        if raw is None:  # expired between SET and GET: claim again
-            return self.claim(key, ttl_s)
-        doc = json.loads(raw)
-        return IdempotencyRecord(doc["status"], doc.get("result"))
+    def _key(self, key: str) -> str:
+        return self.prefix + "idem:" + key
 
-    def complete(self, key: str, result: Any, ttl_s: int) -> None:
-        """Store the completed record."""
-        doc = json.dumps({"status": COMPLETED, "result": result}, default=str)
-        self.redis.set(self.prefix + "idem:" + key, doc, ex=ttl_s)
+    def claim(self, key: str, owner: str, ttl_s: float) -> IdempotencyRecord | None:
+        """SET NX PX; on a collision, the record that is there."""
+        k = self._key(key)
+        for _ in range(3):
+            if self.redis.set(k, _doc(IN_PROGRESS, owner), nx=True, px=_ms(ttl_s)):
+                return None
+            found = self.record(key)
+            if found is not None:
+                return found
+        raise RuntimeError(f"claim {key!r}: the record kept vanishing between SET and GET")
 
-    def release(self, key: str) -> None:
-        """Delete the claim."""
-        self.redis.delete(self.prefix + "idem:" + key)
+    def renew(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Compare-and-expire."""
+        return bool(self._renew(keys=[self._key(key)], args=[owner, _ms(ttl_s)]))
+
+    def complete(self, key: str, owner: str, result: Any, ttl_s: float) -> bool:
+        """Compare-and-set."""
+        return bool(self._complete(keys=[self._key(key)], args=[owner, _ms(ttl_s), _doc(COMPLETED, owner, result)]))
+
+    def release(self, key: str, owner: str) -> bool:
+        """Compare-and-delete."""
+        return bool(self._release(keys=[self._key(key)], args=[owner]))
+
+    def record(self, key: str) -> IdempotencyRecord | None:
+        """GET with the time it has left."""
+        pipe = self.redis.pipeline()
+        pipe.get(self._key(key))
+        pipe.pttl(self._key(key))
+        raw, ttl = pipe.execute()
+        return None if raw is None else IdempotencyRecord.parse(raw, ttl if ttl and ttl > 0 else None)
+
+    def forget(self, key: str) -> None:
+        """Delete a completed record (never a lease)."""
+        self._forget(keys=[self._key(key)])
 
     def lock(self, name: str, timeout_s: int) -> AbstractContextManager[None]:
         """redis-py's Lock; `timeout` bounds how long a dead holder blocks others."""
         lock = self.redis.lock(self.prefix + "lock:" + name, timeout=timeout_s, blocking_timeout=timeout_s)
         return _redis_lock(lock)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
 
 
 @contextmanager
@@ -90,32 +162,69 @@ def _redis_lock(lock: Any) -> Iterator[None]:
 
 
 class MemoryState:
-    """The in-process twin of RedisState, for a single-process worker (demo, unit tests)."""
+    """The in-process twin of RedisState, for a single-process worker (demo, unit tests): the same lease rules."""
 
     def __init__(self) -> None:
-        self._records: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._records: dict[str, tuple[float, str]] = {}  # key -> (monotonic expiry, stored JSON)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
 
-    def claim(self, key: str, ttl_s: int) -> IdempotencyRecord | None:
+    def _live(self, key: str) -> IdempotencyRecord | None:
+        found = self._records.get(key)
+        now = time.monotonic()
+        if found is None or found[0] <= now:
+            self._records.pop(key, None)
+            return None
+        return IdempotencyRecord.parse(found[1], int((found[0] - now) * 1000))
+
+    def _owned(self, key: str, owner: str) -> bool:
+        rec = self._live(key)
+        return rec is not None and rec.status == IN_PROGRESS and rec.owner == owner
+
+    def claim(self, key: str, owner: str, ttl_s: float) -> IdempotencyRecord | None:
         """Claim unless a live record exists."""
         with self._guard:
-            now = time.monotonic()
-            found = self._records.get(key)
-            if found and found[0] > now:
-                return IdempotencyRecord(found[1]["status"], found[1].get("result"))
-            self._records[key] = (now + ttl_s, {"status": IN_PROGRESS})
+            found = self._live(key)
+            if found is not None:
+                return found
+            self._records[key] = (time.monotonic() + ttl_s, _doc(IN_PROGRESS, owner))
             return None
 
-    def complete(self, key: str, result: Any, ttl_s: int) -> None:
-        """Store the completed record."""
+    def renew(self, key: str, owner: str, ttl_s: float) -> bool:
+        """Extend the lease if it is still `owner`'s."""
         with self._guard:
-            self._records[key] = (time.monotonic() + ttl_s, {"status": COMPLETED, "result": result})
+            if not self._owned(key, owner):
+                return False
+            self._records[key] = (time.monotonic() + ttl_s, self._records[key][1])
+            return True
 
-    def release(self, key: str) -> None:
-        """Drop the claim."""
+    def complete(self, key: str, owner: str, result: Any, ttl_s: float) -> bool:
+        """Store the completed record if the lease is still `owner`'s."""
         with self._guard:
-            self._records.pop(key, None)
+            if not self._owned(key, owner):
+                return False
+            self._records[key] = (time.monotonic() + ttl_s, _doc(COMPLETED, owner, result))
+            return True
+
+    def release(self, key: str, owner: str) -> bool:
+        """Drop the lease if it is `owner`'s."""
+        with self._guard:
+            if not self._owned(key, owner):
+                return False
+            del self._records[key]
+            return True
+
+    def record(self, key: str) -> IdempotencyRecord | None:
+        """The live record."""
+        with self._guard:
+            return self._live(key)
+
+    def forget(self, key: str) -> None:
+        """Drop a completed record."""
+        with self._guard:
+            rec = self._live(key)
+            if rec is not None and rec.status == COMPLETED:
+                del self._records[key]
 
     @contextmanager
     def lock(self, name: str, timeout_s: int) -> Iterator[None]:

@@ -171,5 +171,7 @@ def test_transient_faults_are_retried_and_exhausted_ones_dead_lettered(settings:
         runtime.broker.close()
     record = runtime.store.get_json(dead)
     assert attempts == {"flaky": 3, "broken": 3}
-    assert record["actor"].endswith(".broken") and record["retries"] == 3
+    # Three attempts: the first run and max_retries=2 retries (the record once said "after 3 retries").
+    assert record["actor"].endswith(".broken") and (record["attempts"], record["retries"]) == (3, 2)
+    assert record["max_retries"] == 2
     assert "still down" in record["traceback"]
