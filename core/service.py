@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,12 +24,61 @@ class Service:
     runtime: Runtime
     worker: Worker
     bridge: SqsBridge
+    reconciler: Reconciler | None = None
 
     def stop(self) -> None:
         """Stop polling, then let in-flight messages finish."""
         self.bridge.stop()
+        if self.reconciler is not None:
+            self.reconciler.stop()
         self.worker.stop()
         self.runtime.broker.close()
+
+
+class Reconciler:
+    """Runs `reconcile` every `interval_s` in a daemon thread; one pass per interval across all workers."""
+
+    def __init__(self, runtime: Runtime, interval_s: float, min_age_s: float | None = None):
+        self.runtime = runtime
+        self.interval_s = interval_s
+        # Younger objects are left to their own notification; at least a minute, or two intervals.
+        self.min_age_s = min_age_s if min_age_s is not None else max(60.0, 2 * interval_s)
+        self.stopping = threading.Event()
+        self._failing = False
+
+    def pass_once(self) -> int:
+        """One pass, unless another worker ran one within this interval; returns the gaps re-driven."""
+        from sluice.core.leases import WORKER_ID
+        from sluice.core.reconcile import reconcile
+
+        if self.runtime.state.claim("reconcile#pass", WORKER_ID, self.interval_s * 0.8) is not None:
+            return 0  # the lease lapses by itself: the next interval, whoever comes first runs it
+        return len(reconcile(self.runtime, min_age_s=self.min_age_s))
+
+    def run(self) -> None:
+        """Pass every interval until `stop()`."""
+        log = logging.getLogger("sluice")
+        while not self.stopping.wait(self.interval_s):
+            try:
+                n = self.pass_once()
+                if n:
+                    log.warning("reconcile: re-drove %d objects whose next step was missing", n)
+                self._failing = False
+            except Exception as exc:  # an outage: the bridge says so too; one line, then quiet
+                if not self._failing:
+                    log.warning("reconcile: pass failed (%s: %s); trying again every %.0fs", type(exc).__name__, exc,
+                                self.interval_s)
+                self._failing = True
+
+    def start(self) -> threading.Thread:
+        """Run in a daemon thread."""
+        thread = threading.Thread(target=self.run, name="sluice-reconcile", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        """Ask the loop to finish."""
+        self.stopping.set()
 
 
 def build_runtime(
@@ -51,6 +101,11 @@ def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: 
     worker.start()
     bridge = SqsBridge(runtime, wait_s=bridge_wait_s)
     bridge.start()
-    logging.getLogger("sluice").info("worker: %d threads on %s, bridge polling %s", settings.worker_threads,
-                                     settings.broker_url, settings.events_queue)
-    return Service(runtime, worker, bridge)
+    reconciler = None
+    if settings.reconcile_interval_s > 0:
+        reconciler = Reconciler(runtime, settings.reconcile_interval_s)
+        reconciler.start()
+    logging.getLogger("sluice").info("worker: %d threads on %s, bridge polling %s, reconcile every %s",
+                                     settings.worker_threads, settings.broker_url, settings.events_queue,
+                                     f"{settings.reconcile_interval_s:g}s" if reconciler else "(off)")
+    return Service(runtime, worker, bridge, reconciler)

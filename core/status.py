@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from sluice.core.registry import ModelRegistry
@@ -38,11 +39,7 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
             if its_versions:
                 stage, detail["versions"] = "registered", its_versions
         arrivals.append({**entry, "stage": stage, **detail})
-    # Objects the notification has not reached a worker for yet (or no worker is running).
-    seen = {a["key"] for a in arrivals}
-    for key in store.keys(f"incoming/{dataset}/"):
-        if key not in seen:
-            arrivals.append({"key": key, "outcome": "pending", "stage": "arrived"})
+    arrivals += pending_arrivals(store, state, dataset, {(a["key"], a.get("etag")) for a in arrivals})
     quarantine = [store.get_json(k) for k in store.keys(f"quarantine/{dataset}/") if k.endswith("/report.json")]
     finished = {r["run_id"] for r in runs}
     training = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/progress.json")
@@ -55,6 +52,35 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
     }
+
+
+def pending_arrivals(store: S3Store, state: StateBackend, dataset: str, done: set[tuple[str, Any]],
+                     now: datetime | None = None) -> list[dict[str, Any]]:
+    """Drops with no outcome yet: waiting for a worker, in progress (and where), or stuck past their time limit."""
+    from sluice.core.reconcile import event_for, listing
+    from sluice.core.runtime import claim_key, route_time_limit_s
+    from sluice.handlers import build_pipeline
+    from sluice.infra.state import IN_PROGRESS
+
+    now = now or datetime.now(UTC)
+    routes = {r.name: r for r in build_pipeline().routes}
+    out = []
+    for prefix, stage in (("incoming", "validate"), ("labels", "labels")):
+        for obj in listing(store, f"{prefix}/{dataset}/"):
+            if (obj.key, obj.etag) in done:
+                continue
+            record = state.record(claim_key(stage, event_for(store, obj)))
+            age = obj.age_s(now)
+            entry: dict[str, Any] = {"key": obj.key, "etag": obj.etag, "outcome": "pending", "age_s": round(age)}
+            if record is not None and record.status == IN_PROGRESS:
+                entry.update(stage="in progress", owner=record.owner)
+            elif age > route_time_limit_s(routes[stage]):
+                entry.update(stage="stuck", what_to_do="`sluice reconcile` re-drives it (a worker does so every "
+                                                       "minute); `sluice deadletter list` shows failures")
+            else:
+                entry.update(stage="waiting")
+            out.append(entry)
+    return out
 
 
 def data_versions(store: S3Store, dataset: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from sluice.commands import contracts, data, events, features, models, runs
+from sluice.commands import contracts, data, events, features, models, ops, runs
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -147,9 +147,13 @@ def status(as_json: bool) -> None:
                           f"{d['psi_threshold']}{', DRIFTED' if d['drifted'] else ''}]")
             if a.get("versions"):
                 extra += f" -> v{','.join(map(str, a['versions']))}"
+            if a.get("owner"):
+                extra += f" (by {a['owner']})"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
-            if a["outcome"] == "quarantined":
+            if a["outcome"] in ("quarantined", "failed"):
                 click.echo(f"              {a['message']}")
+            if a.get("what_to_do"):
+                click.echo(f"              {a['what_to_do']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
         for t in ds["training"]:
@@ -160,7 +164,7 @@ def status(as_json: bool) -> None:
                f"{report['sqs_dead_letters']} in SQS {settings.dead_letter_queue}")
     for d in report["dead_letters"]:
         last = (d.get("traceback") or "").strip().splitlines()[-1:] or [""]
-        click.echo(f"  {d['actor']} {d['message_id']} after {d['retries']} retries: {last[0]}")
+        click.echo(f"  {d['actor']} {d['message_id']} after {d.get('attempts', d['retries'])} attempts: {last[0]}")
 
 
 def _sqs_dlq_depth(settings: Settings) -> int | None:
@@ -188,7 +192,7 @@ def demo(budget: float, timeout: float) -> None:
 
 
 for _command in (models.models, events.events, events.subscribe, contracts.contract, data.data, data.quarantine,
-                 runs.runs, features.features):
+                 runs.runs, features.features, ops.reconcile, ops.deadletter):
     main.add_command(_command)
 
 

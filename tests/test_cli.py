@@ -47,12 +47,17 @@ def test_contract_infer_put_drop_and_status(env: Settings, tmp_path: Path) -> No
     assert f"contracts/{DATASET}.yaml" in run("contract", "put", str(contract_file))
     out = run("drop", str(sample), "--dataset", DATASET)
     assert f"s3://{env.bucket}/incoming/{DATASET}/cancer.csv" in out
-    # No worker runs here, so the drop is visible as arrived but not yet processed.
+    # No worker runs here, so the drop is waiting: no outcome, and no worker holds it.
     status = json.loads(run("status", "--json"))
     assert [d["dataset"] for d in status["datasets"]] == [DATASET]
     assert [(a["key"], a["stage"]) for a in status["datasets"][0]["arrivals"]] == [
-        (f"incoming/{DATASET}/cancer.csv", "arrived")]
+        (f"incoming/{DATASET}/cancer.csv", "waiting")]
     assert status["dead_letters"] == [] and status["sqs_dead_letters"] == 0
+    # Reconcile sees it as a gap once it is old enough (here: at once), and does nothing in a dry run.
+    gaps = json.loads(run("reconcile", "--dry-run", "--min-age", "0", "--json"))["gaps"]
+    assert [(g["stage"], g["key"]) for g in gaps] == [("validate", f"incoming/{DATASET}/cancer.csv")]
+    assert json.loads(run("reconcile", "--dry-run", "--json"))["gaps"] == []  # too young for the default
+    assert "0 dead-letter records, 0 in SQS" in run("deadletter", "list")
 
 
 def test_a_bad_contract_is_refused_with_the_field(env: Settings, tmp_path: Path) -> None:

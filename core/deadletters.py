@@ -1,0 +1,138 @@
+"""Dead letters, in both places they collect, and re-driving them into the chain.
+
+    deadletter/<actor>/<message id>.json  a stage message that exhausted its retries (core/middleware.py), or a
+                                          queue message the bridge could not parse (actor `bridge`)
+    SQS <events queue>-dlq                bucket notifications the bridge could not hand over (e.g. Redis was
+                                          down for longer than the queue's redrive policy)
+
+A re-driven record moves to `redriven/<actor>/<message id>.json`, so it leaves the list but not the history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sluice.core.settings import Settings
+from sluice.events.s3 import ObjectCreated
+from sluice.infra.aws import client
+from sluice.infra.store import S3Store
+
+if TYPE_CHECKING:
+    from sluice.core.runtime import Runtime
+
+log = logging.getLogger("sluice")
+
+PREFIX = "deadletter/"
+REDRIVEN = "redriven/"
+
+
+def records(store: S3Store) -> list[dict[str, Any]]:
+    """Every dead-letter record in the bucket, oldest first, each with its `key`."""
+    out = [{**store.get_json(k), "key": k} for k in store.keys(PREFIX) if k.endswith(".json")]
+    return sorted(out, key=lambda d: str(d.get("dead_lettered_at", "")))
+
+
+def find(store: S3Store, message_id: str) -> dict[str, Any] | None:
+    """The record of a message id (or a unique prefix of one)."""
+    hits = [r for r in records(store) if str(r["message_id"]).startswith(message_id)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _dlq_url(settings: Settings, sqs: Any) -> str | None:
+    from botocore.exceptions import ClientError
+
+    try:
+        return str(sqs.get_queue_url(QueueName=settings.dead_letter_queue)["QueueUrl"])
+    except ClientError:
+        return None
+
+
+def sqs_messages(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
+    """Peek at the SQS dead-letter queue (received with no visibility timeout, so nothing is taken)."""
+    sqs = client("sqs", settings)
+    url = _dlq_url(settings, sqs)
+    seen: dict[str, dict[str, Any]] = {}
+    if url is None:
+        return []
+    for _ in range(max(1, limit // 10)):
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0,
+                                  AttributeNames=["All"]).get("Messages", [])
+        fresh = [m for m in got if m["MessageId"] not in seen]
+        if not fresh:
+            break
+        for m in fresh:
+            seen[m["MessageId"]] = {"message_id": m["MessageId"], "body": m["Body"],
+                                    "receives": m.get("Attributes", {}).get("ApproximateReceiveCount")}
+    return list(seen.values())[:limit]
+
+
+@dataclass
+class Redrive:
+    """What a re-drive did."""
+
+    records: list[str] = field(default_factory=list)  # message ids sent back to their stage
+    skipped: list[str] = field(default_factory=list)  # records that cannot be re-driven (why, each)
+    sqs: int = 0  # SQS dead letters moved back to the events queue
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe."""
+        return {"records": self.records, "skipped": self.skipped, "sqs": self.sqs}
+
+
+def redrive(runtime: Runtime, message_ids: list[str] | None = None, *, sqs: bool = True) -> Redrive:
+    """Send dead-lettered stage messages back to their stage (all, or those named) and, with `sqs`, move the SQS
+    dead letters back to the events queue, where the bridge picks them up."""
+    store, done = runtime.store, Redrive()
+    chosen = records(store)
+    if message_ids:
+        chosen = [r for r in chosen if any(str(r["message_id"]).startswith(m) for m in message_ids)]
+    for rec in chosen:
+        stage = str(rec["actor"]).removeprefix(f"{runtime.settings.namespace}.")
+        payload = (rec.get("args") or [None])[0]
+        if stage not in runtime.actors or not isinstance(payload, dict):
+            done.skipped.append(f"{rec['message_id']}: a {rec['actor']} message cannot be re-driven (not an "
+                                "S3 event of a known stage); delete it once inspected")
+            continue
+        runtime.send(stage, ObjectCreated.from_dict(payload))
+        store.put_json(REDRIVEN + rec["key"].removeprefix(PREFIX),
+                       {**{k: v for k, v in rec.items() if k != "key"},
+                        "redriven_at": datetime.now(UTC).isoformat(timespec="milliseconds")})
+        store.delete(rec["key"])
+        done.records.append(str(rec["message_id"]))
+        log.info("redriven %s %s -> %s", rec["actor"], rec["message_id"], payload.get("key"))
+    if sqs and not message_ids:
+        done.sqs = _move_sqs_back(runtime.settings)
+    return done
+
+
+def _move_sqs_back(settings: Settings) -> int:
+    sqs = client("sqs", settings)
+    url = _dlq_url(settings, sqs)
+    if url is None:
+        return 0
+    target = sqs.get_queue_url(QueueName=settings.events_queue)["QueueUrl"]
+    moved = 0
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
+                                  WaitTimeSeconds=0).get("Messages", [])
+        if not got:
+            return moved
+        for m in got:
+            # Send first, then delete: a crash in between leaves a duplicate, which the claims absorb.
+            sqs.send_message(QueueUrl=target, MessageBody=m["Body"])
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+            moved += 1
+            log.info("redriven SQS dead letter %s -> %s", m["MessageId"], settings.events_queue)
+
+
+def describe(rec: dict[str, Any]) -> str:
+    """One line: which stage, which object, how many attempts, the last error."""
+    payload = (rec.get("args") or [None])[0]
+    what = payload.get("key") if isinstance(payload, dict) else json.dumps(payload)[:60]
+    last = (rec.get("traceback") or "").strip().splitlines()[-1:] or [""]
+    return (f"{rec['message_id']}  {rec['actor']}  {what}  after {rec.get('attempts', rec.get('retries'))} attempts"
+            f"  {rec.get('dead_lettered_at', '')}: {last[0]}")

@@ -1,0 +1,254 @@
+"""Reconcile: the bucket is the truth, so every object whose next step is missing is found and re-driven.
+
+A message can be lost in ways no retry sees: Redis restarted empty (a delayed train message vanished), the
+bucket notification went to the SQS dead-letter queue during a Redis outage, a worker died between writing an
+output and enqueueing nothing (S3 wakes the next stage, but that notification was lost with it). Each step of
+the chain leaves an object behind, so the gaps are found by listing the bucket:
+
+    incoming/<ds>/<file>          no ledger outcome for this write         -> validate
+    labels/<ds>/<file>            no ledger outcome for this write         -> labels
+    validated/<ds>/<dv>/manifest  no feature set covers dv (retrain: yes)  -> features
+    features/<ds>/<newest>        no run trained on it                     -> train (or train-labels)
+    runs/<ds>/<run>/run.json      no candidate                             -> benchmark
+    candidates/<run>              no version for the run                   -> register
+    versions/<n>                  its gate decision was never published    -> register
+
+Each gap is re-driven once per pass, as a synthetic ObjectCreated for the object that wakes the stage, through
+the runtime, so claims and idempotent handlers make a re-drive of something already under way harmless. An
+object younger than `min_age_s` (or the debounce) is left alone: its own notification is probably on its way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sluice.core.errors import SluiceError
+from sluice.events.s3 import ObjectCreated
+from sluice.infra.state import IN_PROGRESS, StateBackend
+from sluice.infra.store import S3Store
+
+if TYPE_CHECKING:
+    from sluice.core.runtime import Runtime
+
+log = logging.getLogger("sluice")
+
+DEFAULT_MIN_AGE_S = 60.0
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One object as a listing shows it."""
+
+    key: str
+    etag: str
+    size: int
+    modified: datetime
+
+    def age_s(self, now: datetime) -> float:
+        """Seconds since it was written."""
+        return (now - self.modified).total_seconds()
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stage that should have run on `key` and left no trace."""
+
+    stage: str
+    key: str
+    dataset: str
+    why: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-safe."""
+        return {"stage": self.stage, "key": self.key, "dataset": self.dataset, "why": self.why}
+
+
+def listing(store: S3Store, prefix: str) -> Iterator[Listed]:
+    """Every object under `prefix`, with its ETag and time (one LIST, no HEAD per object)."""
+    for page in store.s3.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            modified = obj["LastModified"]
+            yield Listed(obj["Key"], str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0)),
+                         modified if modified.tzinfo else modified.replace(tzinfo=UTC))
+
+
+def event_for(store: S3Store, obj: Listed) -> ObjectCreated:
+    """The ObjectCreated S3 would have sent for `obj` (same ETag, so the same idempotency key)."""
+    return ObjectCreated(store.bucket, obj.key, obj.size, obj.etag, None, "reconcile", obj.modified.isoformat())
+
+
+def datasets_in(store: S3Store) -> list[str]:
+    """Every dataset with a contract or anything dropped."""
+    names: set[str] = set()
+    for prefix in ("contracts/", "incoming/", "labels/", "ledger/", "validated/"):
+        for key in store.keys(prefix):
+            parts = key.split("/")
+            if len(parts) > 1 and parts[1]:
+                names.add(parts[1].removesuffix(".yaml") if prefix == "contracts/" else parts[1])
+    return sorted(names)
+
+
+def find_gaps(store: S3Store, state: StateBackend | None = None, dataset: str | None = None, *,
+              min_age_s: float = DEFAULT_MIN_AGE_S, now: datetime | None = None) -> list[Gap]:
+    """Every object whose next step is missing, oldest stage first."""
+    now = now or datetime.now(UTC)
+    gaps: list[Gap] = []
+    models: set[str] = set()
+    for ds in [dataset] if dataset else datasets_in(store):
+        quarantined = {r.get("source", {}).get("key") for k in store.keys(f"quarantine/{ds}/")
+                       if k.endswith("/report.json") and (r := store.get_json(k))}
+        gaps += _arrival_gaps(store, state, ds, min_age_s, now)
+        gaps += _feature_gaps(store, ds, quarantined, min_age_s, now)
+        gap, model = _training_gap(store, ds, quarantined, min_age_s, now)
+        gaps += gap
+        if model:
+            models.add(model)
+        for obj in listing(store, f"runs/{ds}/"):
+            if not obj.key.endswith("/run.json") or obj.age_s(now) < min_age_s or obj.key in quarantined:
+                continue
+            run = store.get_json(obj.key)
+            models.add(run["model"])
+            if not store.exists(f"registry/{run['model']}/candidates/{run['run_id']}.candidate.json"):
+                gaps.append(Gap("benchmark", obj.key, ds, f"run {run['run_id']} has no benchmark verdict"))
+    for model in sorted(models):
+        gaps += _registry_gaps(store, state, model, min_age_s, now)
+    if state is not None:  # something under way is not a gap (yet)
+        gaps = [g for g in gaps if not _in_progress(store, state, g)]
+    return gaps
+
+
+def _in_progress(store: S3Store, state: StateBackend, gap: Gap) -> bool:
+    from sluice.core.runtime import claim_key
+
+    info = store.head(gap.key)
+    if info is None:
+        return False
+    event = ObjectCreated(store.bucket, gap.key, info.size, info.etag)
+    record = state.record(claim_key(gap.stage, event))
+    return record is not None and record.status == IN_PROGRESS
+
+
+def _arrival_gaps(store: S3Store, state: StateBackend | None, ds: str, min_age_s: float,
+                  now: datetime) -> list[Gap]:
+    outcomes = {(e.get("key"), e.get("etag")) for k in store.keys(f"ledger/{ds}/") if (e := store.get_json(k))}
+    gaps = []
+    for prefix, stage in (("incoming", "validate"), ("labels", "labels")):
+        for obj in listing(store, f"{prefix}/{ds}/"):
+            if (obj.key, obj.etag) not in outcomes and obj.age_s(now) >= min_age_s:
+                gaps.append(Gap(stage, obj.key, ds, f"dropped {obj.age_s(now):.0f}s ago, no outcome in the ledger"))
+    return gaps
+
+
+def _feature_gaps(store: S3Store, ds: str, quarantined: set[Any], min_age_s: float, now: datetime) -> list[Gap]:
+    covered: set[str] = set()
+    for k in store.keys(f"features/{ds}/"):
+        if k.endswith("/manifest.json"):
+            covered.update(store.get_json(k).get("data_versions", []))
+    gaps = []
+    for obj in listing(store, f"validated/{ds}/"):
+        if not obj.key.endswith("/manifest.json") or obj.age_s(now) < min_age_s or obj.key in quarantined:
+            continue
+        manifest = store.get_json(obj.key)
+        if manifest.get("retrain", True) and manifest["data_version"] not in covered:
+            gaps.append(Gap("features", obj.key, ds, f"data version {manifest['data_version'][:12]} is in no "
+                                                    "feature set"))
+    return gaps
+
+
+def _training_gap(store: S3Store, ds: str, quarantined: set[Any], min_age_s: float,
+                  now: datetime) -> tuple[list[Gap], str | None]:
+    """The newest inputs of a dataset with no run: the coalesced training never came (e.g. Redis lost it)."""
+    from sluice.core.contract import load_contract
+    from sluice.core.features import label_versions, latest_feature_set
+
+    try:
+        contract = load_contract(store, ds)
+    except SluiceError:
+        return [], None
+    features = latest_feature_set(store, ds)
+    if features is None:
+        return [], contract.model
+    trigger = f"features/{ds}/{features.feature_set_version}/manifest.json"
+    stage, newest_at = "train", features.materialized_at
+    labels: list[str] = []
+    if contract.labels is not None:
+        versions = label_versions(store, ds)
+        if not versions:
+            return [], contract.model
+        newest = max(versions, key=lambda lv: (lv.validated_at, lv.data_version))
+        labels = [lv.data_version for lv in versions]
+        if newest.validated_at > features.materialized_at:  # then the labels' trigger trains (see train._coalesce)
+            trigger, stage, newest_at = f"validated-labels/{ds}/{newest.data_version}/manifest.json", "train-labels", \
+                newest.validated_at
+    quiet_s = (now - datetime.fromisoformat(newest_at.replace("Z", "+00:00"))).total_seconds()
+    if quiet_s < contract.training.debounce_s + min_age_s or trigger in quarantined:
+        return [], contract.model
+    for k in store.keys(f"runs/{ds}/"):
+        if k.endswith("/cancelled.json"):
+            return [], contract.model  # a cancelled run was asked for; retraining is the user's call
+        if k.endswith("/run.json"):
+            run = store.get_json(k)
+            if run["feature_set_version"] == features.feature_set_version and set(labels) <= set(
+                    run.get("label_versions") or []):
+                return [], contract.model
+    return [Gap(stage, trigger, ds, f"feature set {features.feature_set_version} has no run "
+                                    f"{quiet_s:.0f}s after its inputs settled")], contract.model
+
+
+def _registry_gaps(store: S3Store, state: StateBackend | None, model: str, min_age_s: float,
+                   now: datetime) -> list[Gap]:
+    from sluice.core.registry import ModelRegistry
+    from sluice.core.runtime import published_key
+    from sluice.events.model import for_transition
+    from sluice.infra.state import MemoryState
+
+    registry = ModelRegistry(store, state or MemoryState())
+    versions = {v["run_id"]: v for v in registry.versions(model)}
+    history = registry.history(model)
+    source = f"sluice://{store.bucket}"
+    gaps = []
+    for obj in listing(store, f"registry/{model}/candidates/"):
+        if not obj.key.endswith(".candidate.json") or obj.age_s(now) < min_age_s:
+            continue
+        run_id = obj.key.rsplit("/", 1)[-1].removesuffix(".candidate.json")
+        version = versions.get(run_id)
+        if version is None:
+            gaps.append(Gap("register", obj.key, _dataset(obj.key, store), f"candidate {run_id} has no version"))
+            continue
+        decisive = [r for r in history if r["version"] == version["version"] and r["cause"] == "gate"]
+        if not decisive:
+            gaps.append(Gap("register", obj.key, version["dataset"],
+                            f"v{version['version']} was registered but the gate's decision was not applied"))
+            continue
+        event = for_transition(version, decisive[-1], source)
+        if not store.exists(published_key(model, event.id)):
+            gaps.append(Gap("register", obj.key, version["dataset"],
+                            f"v{version['version']}'s {event.type} event was never published"))
+    return gaps
+
+
+def _dataset(key: str, store: S3Store) -> str:
+    try:
+        return str(store.get_json(key).get("dataset", "_unknown"))
+    except Exception:
+        return "_unknown"
+
+
+def reconcile(runtime: Runtime, dataset: str | None = None, *, dry_run: bool = False,
+              min_age_s: float = DEFAULT_MIN_AGE_S) -> list[Gap]:
+    """Find the gaps and (unless `dry_run`) re-drive each one once through the runtime."""
+    gaps = find_gaps(runtime.store, runtime.state, dataset, min_age_s=min_age_s)
+    for gap in gaps:
+        info = runtime.store.head(gap.key)
+        if info is None:
+            continue
+        if not dry_run:
+            event = ObjectCreated(runtime.store.bucket, gap.key, info.size, info.etag, info.version_id, "reconcile")
+            runtime.send(gap.stage, event)
+            runtime.on_event("redriven", gap.to_dict())
+        log.info("%s %-10s %s: %s", "gap " if dry_run else "redo", gap.stage, gap.key, gap.why)
+    return gaps

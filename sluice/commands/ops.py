@@ -1,0 +1,94 @@
+"""`sluice reconcile` and `sluice deadletter`: finding what fell through the cracks and sending it back in."""
+
+from __future__ import annotations
+
+import click
+
+from sluice.commands.common import echo_json as _echo_json
+from sluice.commands.common import settings as _settings
+from sluice.commands.common import store as _store
+
+
+@click.command()
+@click.option("--dataset", default=None, help="Only this dataset (default: every dataset).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be re-driven.")
+@click.option("--min-age", type=float, default=60.0, show_default=True,
+              help="Leave objects younger than this many seconds alone (their own notification may be on its way).")
+@click.option("--json", "as_json", is_flag=True)
+def reconcile(dataset: str | None, dry_run: bool, min_age: float, as_json: bool) -> None:
+    """Find every object whose next step is missing from the bucket and re-drive it once (idempotent)."""
+    from sluice.core.reconcile import find_gaps
+    from sluice.core.reconcile import reconcile as run
+    from sluice.core.service import build_runtime
+    from sluice.infra.broker import make_state
+
+    settings = _settings()
+    if dry_run:
+        gaps = find_gaps(_store(settings), make_state(settings), dataset, min_age_s=min_age)
+    else:
+        runtime = build_runtime(settings)
+        try:
+            gaps = run(runtime, dataset, min_age_s=min_age)
+        finally:
+            runtime.broker.close()
+    if as_json:
+        _echo_json({"dry_run": dry_run, "gaps": [g.to_dict() for g in gaps]})
+        return
+    for g in gaps:
+        click.echo(f"{'would re-drive' if dry_run else 're-driven'} {g.stage:<12} {g.key}  ({g.why})")
+    click.echo(f"{len(gaps)} gap{'s' if len(gaps) != 1 else ''}{' found' if dry_run else ' re-driven'}"
+               + ("" if gaps or dry_run else ": the chain is complete"))
+
+
+@click.group()
+def deadletter() -> None:
+    """Dead letters: stage messages that exhausted their retries, and the SQS dead-letter queue."""
+
+
+@deadletter.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def deadletter_list(as_json: bool) -> None:
+    """Every dead-letter record and every message in the SQS dead-letter queue."""
+    from sluice.core import deadletters
+
+    settings = _settings()
+    recs, sqs = deadletters.records(_store(settings)), deadletters.sqs_messages(settings)
+    if as_json:
+        _echo_json({"records": recs, "sqs": sqs})
+        return
+    for rec in recs:
+        click.echo(deadletters.describe(rec))
+    for m in sqs:
+        click.echo(f"{m['message_id']}  sqs:{settings.dead_letter_queue}  received {m['receives']} times")
+    click.echo(f"{len(recs)} dead-letter records, {len(sqs)} in SQS {settings.dead_letter_queue}"
+               + (". `sluice deadletter redrive` sends them back." if recs or sqs else ""))
+
+
+@deadletter.command("show")
+@click.argument("message_id")
+def deadletter_show(message_id: str) -> None:
+    """One record in full: the message, its attempts and the traceback."""
+    from sluice.core import deadletters
+
+    rec = deadletters.find(_store(_settings()), message_id)
+    if rec is None:
+        raise click.ClickException(f"no single dead letter matches {message_id!r}; see `sluice deadletter list`")
+    _echo_json(rec)
+
+
+@deadletter.command("redrive")
+@click.argument("message_ids", nargs=-1)
+@click.option("--no-sqs", is_flag=True, help="Leave the SQS dead-letter queue alone.")
+def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool) -> None:
+    """Send MESSAGE_IDS (default: every record, and the SQS dead letters) back into the chain."""
+    from sluice.core import deadletters
+    from sluice.core.service import build_runtime
+
+    runtime = build_runtime(_settings())
+    try:
+        done = deadletters.redrive(runtime, list(message_ids) or None, sqs=not no_sqs)
+    finally:
+        runtime.broker.close()
+    for why in done.skipped:
+        click.echo(f"skipped {why}")
+    click.echo(f"re-driven {len(done.records)} records and {done.sqs} SQS dead letters")
