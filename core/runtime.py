@@ -215,6 +215,9 @@ class Runtime:
         store = RecordingStore(self.store)
         ctx = Context(self.settings, store, self.state, self.online)
         self.on_event("start", {"stage": name, "key": event.key, "owner": owner})
+        if pause := self.settings.fault_delay_s(name):
+            log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
+            time.sleep(pause)
         try:
             try:
                 effects = self.pipeline.handlers[name](event, ctx)

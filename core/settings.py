@@ -19,6 +19,7 @@ ENV_LEASE_TTL_S = "SLUICE_LEASE_TTL_S"
 ENV_RECONCILE_INTERVAL_S = "SLUICE_RECONCILE_INTERVAL_S"
 ENV_BROKER_HEARTBEAT_TIMEOUT_MS = "SLUICE_BROKER_HEARTBEAT_TIMEOUT_MS"
 ENV_BROKER_MAINTENANCE_CHANCE = "SLUICE_BROKER_MAINTENANCE_CHANCE"
+ENV_FAULT_DELAY = "SLUICE_FAULT_DELAY"  # fault injection only: "stage=seconds,..."
 ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"  # the standard boto3 variable; unset means real AWS
 ENV_REGION = "AWS_DEFAULT_REGION"
 
@@ -47,6 +48,17 @@ class Settings:
     # redelivered, checked on about `maintenance_chance` of every million broker commands.
     broker_heartbeat_timeout_ms: int = 60_000
     broker_maintenance_chance: int = 1000
+    # Fault injection: "stage=seconds,..." holds each named stage that long after its claim, before its handler,
+    # so a test can kill the worker in the middle of any stage. Empty in every real deployment.
+    fault_delay: str = ""
+
+    def fault_delay_s(self, stage: str) -> float:
+        """The injected pause of `stage` (0 when none)."""
+        for item in filter(None, self.fault_delay.split(",")):
+            name, _, seconds = item.partition("=")
+            if name.strip() == stage:
+                return float(seconds)
+        return 0.0
 
     @property
     def dead_letter_queue(self) -> str:
@@ -80,4 +92,5 @@ class Settings:
             broker_heartbeat_timeout_ms=int(env.get(ENV_BROKER_HEARTBEAT_TIMEOUT_MS,
                                                     base.broker_heartbeat_timeout_ms)),
             broker_maintenance_chance=int(env.get(ENV_BROKER_MAINTENANCE_CHANCE, base.broker_maintenance_chance)),
+            fault_delay=env.get(ENV_FAULT_DELAY, base.fault_delay),
         )
