@@ -336,6 +336,13 @@ def _typed(raw: pl.Series, spec: ColumnSpec, is_text: bool, offset: int) -> tupl
             typed = s.str.to_date(strict=False)
         elif spec.dtype == "datetime":
             typed = s.str.to_datetime(strict=False, time_unit="us")
+        elif spec.dtype == "int":
+            # "3.0" is an integer written by a tool that went through floats (pandas does, for a column with nulls).
+            typed = s.cast(target, strict=False)
+            as_float = s.cast(pl.Float64, strict=False)
+            whole = as_float.is_not_null() & (as_float == as_float.floor()) & (as_float.abs() < 2.0**53)
+            typed = pl.select(pl.when(typed.is_null() & whole).then(as_float.cast(pl.Int64, strict=False))
+                              .otherwise(typed).alias(name)).to_series()
         else:
             typed = s.cast(target, strict=False)
     bad_mask = typed.is_null() & raw.is_not_null()
