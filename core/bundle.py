@@ -42,6 +42,7 @@ BUNDLE_SCHEMA_VERSION = 1
 ROW = "row"  # 1-based position of an input row in predictions
 PREDICTION = "prediction"
 UNSCORED = "unscored_reason"
+VERSION_RECORD = "version.json"  # beside a downloaded bundle: the registry's record of it
 
 
 def sha256(data: bytes) -> str:
@@ -385,11 +386,18 @@ def read_bundle(read: Callable[[str], bytes], manifest_key: str, *, expected_sha
 
 
 def read_local_bundle(path: str | Path, expected_sha256: str | None = None) -> Model:
-    """A bundle downloaded to a folder (`sluice models download`), or its manifest file."""
+    """A bundle downloaded to a folder (`sluice models download`), or its manifest file. The registry's record
+    saved beside it (`version.json`) says which version it is and which manifest sha256 to expect."""
     p = Path(path)
     manifest = p if p.is_file() else _single_manifest(p)
+    version = None
+    record = manifest.parent / VERSION_RECORD
+    if record.exists():
+        doc = json.loads(record.read_text())
+        version = doc.get("version")
+        expected_sha256 = expected_sha256 or doc.get("bundle", {}).get("sha256")
     return read_bundle(lambda key: (manifest.parent / Path(key).name).read_bytes(), manifest.name,
-                       expected_sha256=expected_sha256)
+                       expected_sha256=expected_sha256, version=version)
 
 
 def _single_manifest(folder: Path) -> Path:
