@@ -54,7 +54,7 @@ class ModelServer:
         if current is not None and current.version == fresh.version and current.bundle_sha256 == fresh.bundle_sha256:
             return False
         self.model = fresh  # one reference assignment: requests see the old model or the new, never a mix
-        self.swaps.append({"version": fresh.version, "at": time.time(), "why": why})
+        self.swaps.append({"version": fresh.version, "at": time.time(), "at_monotonic": time.monotonic(), "why": why})
         log.info("serving %s v%s (%s)", self.name, fresh.version, why)
         return True
 
