@@ -34,8 +34,9 @@ class ModelServer:
     """The serving state: which version answers, and the watcher that swaps it."""
 
     def __init__(self, name: str, alias: str = "champion", *, settings: Settings | None = None,
-                 store: Any = None, recheck_s: float = 30.0, watch: bool = True):
+                 store: Any = None, recheck_s: float = 30.0, watch: bool = True, bundle: str | None = None):
         self.name, self.alias = name, alias
+        self.bundle = bundle  # a downloaded bundle folder: serve it as is, without the bucket
         self.settings = settings or Settings.from_env()
         self.store = store
         self.recheck_s = recheck_s
@@ -49,7 +50,10 @@ class ModelServer:
     # -- model lifecycle -------------------------------------------------------------------------------------
     def refresh(self, why: str = "startup") -> bool:
         """Load the alias's current version if it is not the one serving; True when a swap happened."""
-        fresh = load_model(f"{self.name}@{self.alias}", settings=self.settings, store=self.store)
+        if self.bundle is not None:
+            fresh = load_model(self.bundle)
+        else:
+            fresh = load_model(f"{self.name}@{self.alias}", settings=self.settings, store=self.store)
         current = self.model
         if current is not None and current.version == fresh.version and current.bundle_sha256 == fresh.bundle_sha256:
             return False
@@ -60,7 +64,7 @@ class ModelServer:
 
     def start(self) -> None:
         """Subscribe to the model's events and start the watcher threads."""
-        if not self.watch:
+        if not self.watch or self.bundle is not None:
             return
         from sluice.infra.subscribe import TemporarySubscription, filter_policy
 
@@ -173,11 +177,12 @@ class ModelServer:
                                  Route("/ready", ready), Route("/model", info)])
 
 
-def serve(name: str, alias: str, host: str, port: int, settings: Settings | None = None) -> None:
+def serve(name: str, alias: str, host: str, port: int, settings: Settings | None = None,
+          bundle: str | None = None) -> None:
     """Run the service until interrupted."""
     import uvicorn
 
-    server = ModelServer(name, alias, settings=settings)
+    server = ModelServer(name, alias, settings=settings, bundle=bundle)
     server.refresh()
     server.start()
     try:

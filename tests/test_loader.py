@@ -31,7 +31,7 @@ def _reference(runtime: Runtime, run: dict[str, Any], contract: Contract, new: p
     assert [c for c in encoding.columns if c in encoding.categorical] == ["zone", "color", "brand"]
     shares = rows.group_by("brand").agg(pl.col("brand_share").last())
     featured = new.with_columns(signup_month=pl.col("signup").dt.month().cast(pl.Int32),
-                                log_amount=pl.col("amount").log1p()).join(shares, on="brand", how="left")
+                                log_amount=pl.col("amount").log1p()).join(shares, on="brand", how="left", nulls_equal=True)
     featured = featured.with_columns(pl.col("brand_share").fill_null(0.0))
     booster = lgb.Booster(model_str=runtime.store.get(run["artifacts"]["model"]["key"]).decode())
     return np.asarray(booster.predict(encoding.features(featured)))
@@ -258,3 +258,50 @@ def test_every_kind_of_input_becomes_the_same_frame(tmp_path: Path) -> None:
     assert bundle.as_frame([{"a": 1.0}, {"a": "2"}])["a"].to_list() == ["1.0", "2"]  # mixed: typed by the contract
     with pytest.raises(Exception, match="cannot score a int"):
         bundle.as_frame(3)
+
+
+# -- the single-row fast path gives what the general path gives ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def shop_model() -> bundle.Model:
+    from sluice.core.transforms import apply_transforms, frequency_tables
+
+    contract = mixed.contract()
+    train = apply_transforms(mixed.frame(600, 0), contract)
+    encoding = modeling.Encoding.fit(train, contract)
+    booster = _booster(train, encoding, contract)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding,
+                                          model_bytes=booster.model_to_string().encode(),
+                                          model_format=modeling.LGBM_TEXT,
+                                          frequencies=frequency_tables(train, contract), run_id="r")
+    return bundle.model_from_files(manifest, files)
+
+
+CELL = {
+    "zone": st.sampled_from([*mixed.ZONES, None, "mars", " west", ""]),
+    "color": st.sampled_from([*mixed.COLORS, None, 7]),
+    "brand": st.sampled_from(["b01", "b07", "b99", None, 3, 4.0, "b0 1"]),
+    "signup": st.sampled_from(["2024-03-05", "2025-02-28", None, "", "2024/03/05", "05.03.2024", "soon",
+                               date(2024, 7, 1)]),
+    "visits": st.one_of(st.integers(-2, 50), st.sampled_from(["3", "3.0", " 4 ", "3.5", "-1", "x", None, 2.0, 2.5])),
+    "amount": st.one_of(st.floats(-5, 1e4, allow_nan=False), st.sampled_from(["12.5", "1e3", "nan", "inf", None,
+                                                                              "", "-0.5", 7])),
+}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.fixed_dictionaries(CELL), min_size=1, max_size=4))
+def test_the_fast_path_scores_exactly_as_the_general_path(shop_model: bundle.Model, rows: list[dict[str, Any]]
+                                                          ) -> None:
+    general = shop_model._predict_frame(bundle.as_frame(rows))
+    fast = shop_model._predict_fast(rows)
+    if fast is None:
+        return  # the general path answers (and explains) what the fast path does not handle
+    assert general.unscored == [], "the fast path scored a row the general path refuses"
+    assert np.array_equal(fast.scores, general.scores)
+
+
+def test_the_fast_path_takes_well_formed_rows(shop_model: bundle.Model) -> None:
+    rows = json.loads(json.dumps(mixed.frame(20, 4).to_dicts(), default=str))
+    assert shop_model._predict_fast(rows) is not None
+    assert np.array_equal(shop_model.predict(rows).scores, shop_model._predict_frame(bundle.as_frame(rows)).scores)
