@@ -258,7 +258,7 @@ class Model:
             dtype = schema[name]
             if dtype in (pl.Categorical, pl.Enum, pl.Null) or (spec.dtype == "str" and dtype != pl.Utf8):
                 prepare.append(_as_text(pl.col(name), dtype).alias(name))
-                dtype = pl.Utf8
+                dtype = pl.Utf8()
             typed_e, failed_e, non_finite_e = typed_exprs(name, spec, is_text=dtype == pl.Utf8)
             typed.append(typed_e)
             flags.append((failed_e | non_finite_e).alias(f"_bad_type {name}"))
@@ -400,7 +400,7 @@ class _FastRows:
             raise _Bail
         if a is None or (op in ("add", "subtract", "multiply", "divide") and b is None):
             return None
-        x, y = float(a), float(b)
+        x, y = float(a), float(b if b is not None else a)  # b is only read by the binary operations
         if op == "log1p":
             if x <= -1:
                 raise _Bail

@@ -31,7 +31,8 @@ def _reference(runtime: Runtime, run: dict[str, Any], contract: Contract, new: p
     assert [c for c in encoding.columns if c in encoding.categorical] == ["zone", "color", "brand"]
     shares = rows.group_by("brand").agg(pl.col("brand_share").last())
     featured = new.with_columns(signup_month=pl.col("signup").dt.month().cast(pl.Int32),
-                                log_amount=pl.col("amount").log1p()).join(shares, on="brand", how="left", nulls_equal=True)
+                                log_amount=pl.col("amount").log1p())
+    featured = featured.join(shares, on="brand", how="left", nulls_equal=True)  # training counted missing brands
     featured = featured.with_columns(pl.col("brand_share").fill_null(0.0))
     booster = lgb.Booster(model_str=runtime.store.get(run["artifacts"]["model"]["key"]).decode())
     return np.asarray(booster.predict(encoding.features(featured)))
