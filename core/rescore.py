@@ -20,7 +20,7 @@ from sluice.core.errors import SluiceError
 from sluice.core.registry import ModelRegistry
 from sluice.core.runs import artifact
 
-TOLERANCE = 1e-9
+TOLERANCE = 1e-6  # the gate records scores rounded to 6 decimals
 
 
 def version_scores(registry: ModelRegistry, model: str, version: dict[str, Any]) -> dict[str, Any]:

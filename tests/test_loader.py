@@ -306,3 +306,40 @@ def test_the_fast_path_takes_well_formed_rows(shop_model: bundle.Model) -> None:
     rows = json.loads(json.dumps(mixed.frame(20, 4).to_dicts(), default=str))
     assert shop_model._predict_fast(rows) is not None
     assert np.array_equal(shop_model.predict(rows).scores, shop_model._predict_frame(bundle.as_frame(rows)).scores)
+
+
+@pytest.mark.slow
+def test_rescore_corrects_versions_scored_by_the_old_loader_in_the_history(runtime: Runtime) -> None:
+    from sluice.core.registry import ModelRegistry
+    from sluice.core.rescore import rescore
+
+    runtime.store.put(f"contracts/{mixed.DATASET}.yaml", mixed.contract(1).to_yaml().encode())
+    run = run_chain(runtime, f"incoming/{mixed.DATASET}/a.csv", mixed.csv_bytes(mixed.frame(400, 0)))
+    registry = ModelRegistry(runtime.store, runtime.state)
+    v1 = registry.version(mixed.DATASET, 1)
+    assert v1 is not None
+    # A version as the old train stage left it: no bundle, an encoding stored with sorted keys, and gate scores
+    # computed on alphabetically ordered columns (here: a wrong number, as that loader reported).
+    encoding = json.loads(runtime.store.get(run["artifacts"]["encoding"]["key"]))
+    legacy_encoding = json.dumps({**encoding, "categorical": dict(encoding["categorical"])}, sort_keys=True).encode()
+    key = f"runs/{mixed.DATASET}/run-legacy/encoding.json"
+    runtime.store.put(key, legacy_encoding)
+    legacy_run = {**run, "run_id": "run-legacy", "artifacts": {**run["artifacts"], "encoding": {
+        "key": key, "sha256": bundle.sha256(legacy_encoding)}}}
+    legacy_run.pop("bundle")
+    runtime.store.put_json(f"runs/{mixed.DATASET}/run-legacy/run.json", legacy_run)
+    legacy = {k: v for k, v in v1.items() if k != "bundle"}
+    legacy |= {"version": 2, "run_id": "run-legacy", "run_key": f"runs/{mixed.DATASET}/run-legacy/run.json",
+               "scores": {**v1["scores"], "candidate": 999.0}, "compared_with": 1}
+    runtime.store.put_json(f"registry/{mixed.DATASET}/versions/000002.json", legacy)
+
+    lines = list(rescore(registry, mixed.DATASET, by="test", at="2030-01-01T00:00:00Z"))
+    assert lines[0].startswith("v1: unchanged")
+    assert lines[1].startswith("v2: candidate 999.0000 -> ") and "champion" in lines[1]
+    [record] = [r for r in registry.history(mixed.DATASET) if r["action"] == "rescored"]
+    assert record["version"] == 2 and record["scores_before"]["candidate"] == 999.0
+    assert record["scores_after"]["candidate"] == pytest.approx(v1["scores"]["candidate"], abs=1e-6)
+    assert registry.version(mixed.DATASET, 2) == legacy  # the version document is never rewritten
+    again = list(rescore(registry, mixed.DATASET, by="test", at="2030-01-01T00:00:01Z"))
+    assert again[1].endswith("(already recorded)")
+    assert len([r for r in registry.history(mixed.DATASET) if r["action"] == "rescored"]) == 1
