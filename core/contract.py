@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sluice.core.errors import ContractError
 
@@ -50,7 +50,9 @@ class TrainingSpec(_Strict):
     """How FLAML searches: budget, metric direction, estimators, seed, the holdout share, coalescing, warm start."""
 
     time_budget_s: float = Field(default=10.0, gt=0, le=24 * 3600)
-    estimators: list[Literal["lgbm", "xgboost", "rf", "extra_tree"]] = Field(
+    # Only learners whose fitted model loads without running code (LightGBM text, XGBoost JSON); scikit-learn's
+    # forests would need pickle, and nothing from the bucket is ever unpickled.
+    estimators: list[Literal["lgbm", "xgboost", "xgb_limitdepth"]] = Field(
         default_factory=lambda: ["lgbm"], min_length=1)  # type: ignore[arg-type]
     seed: int = 42
     n_jobs: int = Field(default=1, ge=-1)
@@ -59,6 +61,15 @@ class TrainingSpec(_Strict):
     debounce_s: float = Field(default=30.0, ge=0, le=24 * 3600)
     # Start the search from the champion's best configuration.
     warm_start: bool = True
+
+    @field_validator("estimators", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        for name in value if isinstance(value, list) else []:
+            if name in ("rf", "extra_tree"):
+                raise ValueError(f"estimator {name!r} cannot be stored without pickle, which Sluice never loads; "
+                                 "use lgbm, xgboost or xgb_limitdepth")
+        return value
 
     @property
     def time_limit_s(self) -> int:

@@ -7,6 +7,8 @@
     │   └── ValidationFailed  the table breaks the dataset's contract
     ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
     ├── RegistryError         a lifecycle command that the registry refuses (says which command would work)
+    ├── IntegrityError        stored bytes are not what Sluice recorded (never retried, never loaded)
+    ├── ModelInputError       rows handed to a loaded model that it cannot score at all (names what is wrong)
     ├── TransientError        a fault worth retrying (the worker retries it with backoff)
     └── Defer                 not a fault: run the stage again after a delay (e.g. to coalesce drops)
 """
@@ -83,6 +85,15 @@ class ContractError(SluiceError):
 
 class RegistryError(SluiceError):
     """A registry operation that is not allowed in the model's current state."""
+
+
+class IntegrityError(SluiceError):
+    """Stored bytes do not match the sha256 Sluice recorded, or a stored document is not one Sluice wrote.
+    Retrying cannot help: an operator restores the object (or finds out who changed it)."""
+
+
+class ModelInputError(SluiceError):
+    """Input a loaded model cannot take at all (an unknown format, a file that is not a table)."""
 
 
 @dataclass

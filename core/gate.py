@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import polars as pl
 
 from sluice.core import modeling
@@ -271,35 +270,31 @@ def evaluate(contract: Contract, holdout: pl.DataFrame, y: np.ndarray, candidate
     )
 
 
-def inference_benchmark(model_bytes: bytes, X: pd.DataFrame, *, model_format: str = "lightgbm-text",
-                        task: str = "binary", single_rows: int = 200, min_batch_rows: int = 2000,
-                        repeats: int = 3) -> dict[str, Any]:
-    """Rows/s on a batch, p50/p99 of single-row predict (ms), load time and the model's size in bytes.
-
-    Callers check the artifact's sha256 before handing its bytes here (a non-LightGBM model is a pickle).
-    """
-    t0 = time.perf_counter()
-    booster = modeling.Predictor(model_format, model_bytes, task)
-    load_ms = (time.perf_counter() - t0) * 1000
-    batch = pd.concat([X] * max(1, math.ceil(min_batch_rows / max(len(X), 1))), ignore_index=True)
-    booster.predict(batch.head(10))  # warm up: first calls pay for lazy initialisation
+def inference_benchmark(model: Any, rows: pl.DataFrame, *, load_ms: float | None = None, single_rows: int = 200,
+                        min_batch_rows: int = 2000, repeats: int = 3) -> dict[str, Any]:
+    """Rows/s on a batch, p50/p99 of single-row predict (ms), and the model's size in bytes, measured on the path
+    users call: `Model.predict` (typing, rule checks, declared features, encoding, model) on `rows`."""
+    batch = pl.concat([rows] * max(1, math.ceil(min_batch_rows / max(rows.height, 1))))
+    model.predict(batch.head(10))  # warm up: first calls pay for lazy initialisation
     best = math.inf
     for _ in range(repeats):
         t = time.perf_counter()
-        booster.predict(batch)
+        model.predict(batch)
         best = min(best, time.perf_counter() - t)
-    # Rows are sliced before timing, so the latency is the model's, not pandas' indexing.
-    rows = [X.iloc[[i % len(X)]] for i in range(single_rows)]
-    for row in rows[:5]:
-        booster.predict(row)
+    # One row as a service receives it (a JSON object), sliced before timing, so the latency is the model's.
+    singles = [rows.slice(i % max(rows.height, 1), 1).to_dicts() for i in range(single_rows)]
+    for row in singles[:5]:
+        model.predict(row)
     latencies = []
-    for row in rows:
+    for row in singles:
         t = time.perf_counter()
-        booster.predict(row)
+        model.predict(row)
         latencies.append((time.perf_counter() - t) * 1000)
     p50, p99 = np.percentile(latencies, [50, 99])
-    return {"batch_rows": len(batch), "rows_per_s": round(len(batch) / best, 1), "p50_ms": round(float(p50), 4),
-            "p99_ms": round(float(p99), 4), "single_row_samples": single_rows, "load_ms": round(load_ms, 3),
-            "size_bytes": len(model_bytes), "format": model_format, "machine": platform.machine(),
+    return {"batch_rows": batch.height, "rows_per_s": round(batch.height / best, 1), "p50_ms": round(float(p50), 4),
+            "p99_ms": round(float(p99), 4), "single_row_samples": single_rows,
+            "load_ms": None if load_ms is None else round(load_ms, 3),
+            "size_bytes": int(model.manifest["files"]["model"]["bytes"]), "format": model.manifest["model_format"],
+            "path": "Model.predict", "machine": platform.machine(),
             "python": platform.python_version()}
 

@@ -1,9 +1,9 @@
 """Training and scoring: a deterministic holdout, an explicit feature encoding, FLAML search, native LightGBM.
 
-The model artifact is LightGBM's own text format, so loading it needs no pickle. For that to be safe the
-frame handed to FLAML is already encoded the way FLAML's DataTransformer would leave it (categoricals first,
-as pandas categories with a `__NAN__` slot, constant columns dropped), and training checks that the raw
-booster predicts exactly what FLAML's estimator predicts.
+The model artifact is the learner's own format (LightGBM text, XGBoost JSON), so loading it runs no code. For
+that to be safe the frame handed to FLAML is already encoded the way FLAML's DataTransformer would leave it
+(categoricals first, as pandas categories with a `__NAN__` slot, constant columns dropped), and training checks
+that the stored model, loaded back, predicts exactly what FLAML's estimator predicts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import pandas as pd
 import polars as pl
 
 from sluice.core.contract import Contract
+from sluice.core.errors import SluiceError
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories
 
@@ -46,7 +47,12 @@ def holdout_mask(frame: pl.DataFrame, fraction: float, seed: int) -> np.ndarray:
 
 @dataclass
 class Encoding:
-    """How a validated frame becomes model input. Stored beside the model, so scoring needs no training code."""
+    """How a validated frame becomes model input. Stored beside the model, so scoring needs no training code.
+
+    `order` is the column order the model was trained on. It is stored explicitly: a JSON object's key order is
+    not a contract (an earlier version wrote this document with sorted keys, and every stored model then received
+    its categorical columns in alphabetical order). Loaders still order columns by the model's own feature names.
+    """
 
     target: str
     task: str
@@ -56,6 +62,7 @@ class Encoding:
     # FLAML's DataTransformer fills missing numbers with the training median before fitting, so the model only
     # ever saw medians there; filling them the same way here keeps the stored model's input identical.
     medians: dict[str, float] = field(default_factory=dict)
+    order: list[str] = field(default_factory=list)
 
     @classmethod
     def fit(cls, frame: pl.DataFrame, contract: Contract, exclude: list[str] | None = None) -> Encoding:
@@ -82,25 +89,64 @@ class Encoding:
                 numeric.append(name)
                 values = _as_float(s).drop_nulls().drop_nans()
                 medians[name] = float(np.median(values.to_numpy()))
-        return cls(contract.target, contract.task, classes, categorical, numeric, medians)
+        # Categoricals first: the order FLAML's DataTransformer leaves them in.
+        return cls(contract.target, contract.task, classes, categorical, numeric, medians,
+                   [*categorical, *numeric])
 
     @property
     def columns(self) -> list[str]:
-        """Model input columns, in the order the booster expects."""
-        return [*self.categorical, *self.numeric]
+        """Model input columns, in the order the model was trained on."""
+        return list(self.order) or [*self.categorical, *self.numeric]
+
+    def with_order(self, names: list[str]) -> Encoding:
+        """The same encoding with the model's own column order; refuses names it does not know."""
+        if sorted(names) != sorted(self.columns):
+            raise ModelMismatch(f"the model's features {names} are not the encoding's columns {self.columns}")
+        return Encoding(self.target, self.task, self.classes, self.categorical, self.numeric, self.medians,
+                        list(names))
 
     def features(self, frame: pl.DataFrame) -> pd.DataFrame:
-        """Model input for `frame`; unseen categories map to the `__NAN__` slot."""
+        """Model input for FLAML, as pandas; unseen categories map to the `__NAN__` slot."""
         out: dict[str, Any] = {}
-        for name, cats in self.categorical.items():
-            values = frame[name].cast(pl.Utf8).to_list()
-            known = set(cats)
-            values = [v if v in known else NAN_CATEGORY for v in values]
-            out[name] = pd.Categorical(values, categories=cats)
-        for name in self.numeric:
-            s = _as_float(frame[name])
-            out[name] = s.fill_nan(None).fill_null(self.medians.get(name, float("nan"))).to_numpy()
+        for name in self.columns:
+            if name in self.categorical:
+                cats = self.categorical[name]
+                codes = self._codes(frame, name).to_numpy()
+                out[name] = pd.Categorical.from_codes(codes, categories=cats)
+            else:
+                out[name] = self._numbers(frame, name).to_numpy()
         return pd.DataFrame(out, columns=self.columns)
+
+    def matrix(self, frame: pl.DataFrame) -> np.ndarray:
+        """Model input as a float matrix in `columns` order: category codes (what LightGBM and FLAML's XGBoost
+        turn pandas categories into) and numbers with missing values filled as in training."""
+        if not self.columns:
+            return np.empty((frame.height, 0))
+        exprs = [self._code_expr(name).cast(pl.Float64) if name in self.categorical
+                 else self._number_expr(frame, name) for name in self.columns]
+        return frame.select(exprs).to_numpy().astype(np.float64, copy=False)
+
+    def _code_expr(self, name: str) -> pl.Expr:
+        cats = self.categorical[name]
+        index = {c: i for i, c in enumerate(cats)}
+        unknown = len(cats) - 1  # the `__NAN__` slot: missing and unseen categories
+        return (pl.col(name).cast(pl.Utf8).replace_strict(index, default=unknown, return_dtype=pl.Int32)
+                .fill_null(unknown).alias(name))
+
+    def _codes(self, frame: pl.DataFrame, name: str) -> pl.Series:
+        return frame.select(self._code_expr(name)).to_series()
+
+    def _number_expr(self, frame: pl.DataFrame, name: str) -> pl.Expr:
+        dtype = frame.schema[name]
+        col = pl.col(name)
+        if dtype == pl.Date:
+            col = col.cast(pl.Int32)
+        elif isinstance(dtype, pl.Datetime):
+            col = col.dt.epoch("s")
+        return col.cast(pl.Float64).fill_nan(None).fill_null(self.medians.get(name, float("nan"))).alias(name)
+
+    def _numbers(self, frame: pl.DataFrame, name: str) -> pl.Series:
+        return frame.select(self._number_expr(frame, name)).to_series()
 
     def labels(self, frame: pl.DataFrame) -> np.ndarray:
         """Targets: class indices for classification, floats for regression."""
@@ -111,17 +157,29 @@ class Encoding:
         return np.array([index.get(str(v), -1) for v in y.to_list()], dtype=np.int64)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe form."""
-        return asdict(self)
+        """JSON-safe form. Categorical columns are a list of [name, categories] pairs: their order is data."""
+        return {"target": self.target, "task": self.task, "classes": self.classes,
+                "categorical": [[name, cats] for name, cats in self.categorical.items()],
+                "numeric": self.numeric, "medians": self.medians, "order": self.columns}
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Encoding:
-        """Inverse of `to_dict`."""
-        return cls(**doc)
+        """Inverse of `to_dict`; also reads the older form (categoricals as an object, no `order`)."""
+        cats = doc.get("categorical") or {}
+        categorical = dict(cats.items()) if isinstance(cats, dict) else {str(n): list(c) for n, c in cats}
+        return cls(doc["target"], doc["task"], doc.get("classes"), categorical, list(doc.get("numeric", [])),
+                   dict(doc.get("medians", {})), list(doc.get("order", [])))
+
+
+class ModelMismatch(SluiceError):
+    """A stored model and its encoding disagree about the model's input columns."""
 
 
 LGBM_TEXT = "lightgbm-text"
-FLAML_PICKLE = "flaml-pickle"
+XGBOOST_JSON = "xgboost-json"
+# Learners whose fitted model has a format that loads without running code. Anything else is never stored.
+FORMAT_OF_LEARNER = {"lgbm": LGBM_TEXT, "xgboost": XGBOOST_JSON, "xgb_limitdepth": XGBOOST_JSON}
+EXTENSION = {LGBM_TEXT: "txt", XGBOOST_JSON: "json"}
 TASK_METRICS = {"binary": ("roc_auc", "log_loss", "accuracy", "f1"), "multiclass": ("log_loss", "accuracy"),
                 "regression": ("rmse", "mae", "r2")}
 
@@ -164,19 +222,21 @@ class Progress:
 
 
 def train(
-    X: pd.DataFrame, y: np.ndarray, contract: Contract, *,
+    frame: pl.DataFrame, encoding: Encoding, contract: Contract, *,
     starting_points: dict[str, dict[str, Any]] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> Trained:
-    """FLAML AutoML over the contract's estimators and budget.
+    """FLAML AutoML over the contract's estimators and budget, on the encoded rows of `frame`.
 
-    The model artifact is LightGBM's text format when the best estimator is `lgbm` (loading it needs no pickle);
-    any other estimator is pickled, and only ever loaded after its sha256 was checked.
+    The artifact is the best learner's own format (LightGBM text or XGBoost JSON): loading it runs no code.
+    Before it is returned, the stored form is loaded back through `Predictor` and must predict exactly what
+    FLAML's in-memory model predicts on training rows.
     """
     from flaml.automl import AutoML
 
     spec = contract.training
+    X, y = encoding.features(frame), encoding.labels(frame)
     automl = AutoML()  # type: ignore[no-untyped-call]
     task = "regression" if contract.task == "regression" else "classification"
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,16 +261,12 @@ def train(
         used = bool(first and wanted and all(_close(first["config"].get(k), v) for k, v in wanted.items()))
         warm = {"starting_points": _jsonable(starting_points), "used": used}
     model = automl.model
-    if automl.best_estimator == "lgbm":
-        data, fmt = model.estimator.booster_.model_to_string().encode(), LGBM_TEXT
-    else:
-        import pickle
-
-        data, fmt = pickle.dumps(model), FLAML_PICKLE
-    # The promise behind the stored artifact: it predicts exactly what FLAML's own model predicts.
-    sample = X.head(min(len(X), 200))
-    ours = predict_model(fmt, data, sample, contract.task)
-    theirs = automl.predict_proba(sample) if task == "classification" else automl.predict(sample)  # type: ignore[no-untyped-call]
+    data, fmt = export(automl.best_estimator, model)
+    # The promise behind the stored artifact: loaded back, it predicts exactly what FLAML's own model predicts.
+    sample = frame.head(min(frame.height, 200))
+    ours = Predictor(fmt, data, contract.task, encoding).score(sample)
+    X_sample = X.head(sample.height)
+    theirs = automl.predict_proba(X_sample) if task == "classification" else automl.predict(X_sample)  # type: ignore[no-untyped-call]
     theirs = np.asarray(theirs)[:, 1] if contract.task == "binary" else np.asarray(theirs)
     if not np.allclose(ours, theirs, atol=1e-6):
         raise RuntimeError("the stored model disagrees with FLAML's predictions; the encoding drifted from FLAML's "
@@ -219,35 +275,51 @@ def train(
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm)
 
 
-class Predictor:
-    """A stored model, loaded once: `predict(X)` gives P(class 1), class probabilities, or values."""
+def export(learner: str, model: Any) -> tuple[bytes, str]:
+    """A fitted FLAML estimator in a format that loads without running code."""
+    fmt = FORMAT_OF_LEARNER.get(learner)
+    if fmt == LGBM_TEXT:
+        return model.estimator.booster_.model_to_string().encode(), fmt
+    if fmt == XGBOOST_JSON:
+        return bytes(model.estimator.get_booster().save_raw(raw_format="json")), fmt
+    raise ModelMismatch(f"learner {learner!r} has no format that loads without running code; "
+                        f"use one of {sorted(FORMAT_OF_LEARNER)}")
 
-    def __init__(self, fmt: str, data: bytes, task: str):
-        self.task = task
+
+class Predictor:
+    """A stored model, loaded once, with its encoding: `score(frame)` gives P(class 1), class probabilities, or
+    values. Columns are handed to the model by name, in the order of the model's own feature names."""
+
+    def __init__(self, fmt: str, data: bytes, task: str, encoding: Encoding):
+        self.task, self.format = task, fmt
         if fmt == LGBM_TEXT:
             import lightgbm as lgb
 
             self.booster: Any = lgb.Booster(model_str=data.decode())
-            self.model: Any = None
+            names = list(self.booster.feature_name())
+        elif fmt == XGBOOST_JSON:
+            import xgboost as xgb
+
+            self.booster = xgb.Booster()
+            self.booster.load_model(bytearray(data))
+            names = list(self.booster.feature_names or [])
         else:
-            import pickle
+            raise ModelMismatch(f"model format {fmt!r} is not one Sluice loads (it loads {sorted(EXTENSION)}; "
+                                "pickled models are never loaded)")
+        self.encoding = encoding.with_order(names)
+        self.feature_names = names
 
-            self.booster = None
-            self.model = pickle.loads(data)
+    def score(self, frame: pl.DataFrame) -> np.ndarray:
+        """Scores for the rows of an encoded-ready frame (typed, with the contract's features)."""
+        return self.score_matrix(self.encoding.matrix(frame))
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Scores for the rows of X."""
-        if self.booster is not None:
-            return np.asarray(self.booster.predict(X))
-        if self.task == "regression":
-            return np.asarray(self.model.predict(X))
-        proba = np.asarray(self.model.predict_proba(X))
-        return proba[:, 1] if self.task == "binary" else proba
+    def score_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Scores for a float matrix whose columns are `feature_names`."""
+        if self.format == XGBOOST_JSON:
+            import xgboost as xgb
 
-
-def predict_model(fmt: str, data: bytes, X: pd.DataFrame, task: str) -> np.ndarray:
-    """Scores from a stored model. Check its sha256 first (see core/runs.artifact)."""
-    return Predictor(fmt, data, task).predict(X)
+            return np.asarray(self.booster.predict(xgb.DMatrix(X, feature_names=self.feature_names)))
+        return np.asarray(self.booster.predict(X))
 
 
 def parse_trials(trial_log: str) -> list[dict[str, Any]]:

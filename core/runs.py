@@ -18,12 +18,12 @@ import polars as pl
 
 from sluice.core import modeling
 from sluice.core.contract import Contract, parse_contract
-from sluice.core.errors import SluiceError, TransientError
+from sluice.core.errors import IntegrityError, SluiceError
 from sluice.core.features import row_key_columns, training_columns, training_rows
 from sluice.infra.store import S3Store
 
-ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator", "rf": "RandomForestEstimator",
-              "extra_tree": "ExtraTreesEstimator"}
+ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator",
+              "xgb_limitdepth": "XGBoostLimitDepthEstimator"}
 TOLERANCE = 1e-9
 
 
@@ -32,20 +32,14 @@ def artifact(store: S3Store, run: dict[str, Any], name: str) -> bytes:
     meta = run["artifacts"][name]
     data: bytes = store.get(meta["key"])
     if hashlib.sha256(data).hexdigest() != meta["sha256"]:
-        raise TransientError(f"{meta['key']}: sha256 mismatch with run {run['run_id']}; refusing to load it")
+        raise IntegrityError(f"{meta['key']}: sha256 mismatch with run {run['run_id']}; refusing to load it. "
+                             "Restore the object from the bucket's version history.")
     return data
 
 
 def artifact_json(store: S3Store, run: dict[str, Any], name: str) -> Any:
     """A JSON artifact, checked."""
     return json.loads(artifact(store, run, name))
-
-
-def model_of(store: S3Store, run: dict[str, Any]) -> tuple[modeling.Encoding, modeling.Predictor]:
-    """A run's feature encoding and its model, loaded after their sha256 checks."""
-    encoding = modeling.Encoding.from_dict(artifact_json(store, run, "encoding"))
-    fmt = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
-    return encoding, modeling.Predictor(fmt, artifact(store, run, "model"), run["task"])
 
 
 def list_runs(store: S3Store, dataset: str) -> list[dict[str, Any]]:
@@ -100,15 +94,18 @@ def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
     """Refit the run's best configuration on its recorded inputs; report whether the holdout metrics match."""
     from flaml.automl import model as flaml_models
 
-    contract = _contract_of(store, run)
+    contract = contract_of(store, run)
     frame = training_rows(store, contract, run["feature_set_version"], run.get("label_versions", []))
     spec = contract.training
     mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame = frame.filter(pl.Series(~mask))
     holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
-    encoding = modeling.Encoding.from_dict(artifact_json(store, run, "encoding"))
+    from sluice.core.bundle import load_run
+
+    # The stored model's own column order (older runs stored their encoding with sorted keys).
+    encoding = load_run(store, run).encoding
     rebuilt = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
-    if rebuilt != encoding:
+    if rebuilt.with_order(encoding.columns) != encoding:
         raise SluiceError(f"run {run['run_id']}: the recorded inputs no longer give the same training rows "
                           "(the encoding differs); were data versions deleted?")
     estimator_cls = getattr(flaml_models, ESTIMATORS[run["best_estimator"]])
@@ -134,7 +131,7 @@ def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
             "estimator": run["best_estimator"], "config": run["best_config"]}
 
 
-def _contract_of(store: S3Store, run: dict[str, Any]) -> Contract:
+def contract_of(store: S3Store, run: dict[str, Any]) -> Contract:
     """The contract version the run was trained under (kept under contract-versions/), else the current one."""
     dataset = run["dataset"]
     for key in store.keys(f"contract-versions/{dataset}/"):

@@ -124,6 +124,8 @@ def for_transition(version: dict[str, Any], record: dict[str, Any], source: str)
             "reasons": version.get("reasons", []),
             "transition": {k: record.get(k) for k in ("action", "cause", "by", "reason", "at")},
             "artifact": version["artifact"],
+            # Everything a subscriber needs to score: `sluice.load_model(event)` reads and verifies it.
+            "bundle": version.get("bundle"),
             "lineage": version["lineage"],
             "card": version.get("card"),
         },

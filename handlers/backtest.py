@@ -10,11 +10,11 @@ from typing import Any
 import polars as pl
 
 from sluice.core import modeling
+from sluice.core.bundle import load_version
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.features import latest_feature_set, point_in_time_join, read_parquet
 from sluice.core.registry import ModelRegistry
-from sluice.core.runs import model_of
 from sluice.core.runtime import dataset_of
 from sluice.events.s3 import ObjectCreated
 
@@ -44,8 +44,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     frame = point_in_time_join(labels, feature_rows, contract)
     results = []
     for version in chosen:
-        run = ctx.store.get_json(version["run_key"])
-        encoding, predictor = model_of(ctx.store, run)
+        loaded = load_version(ctx.store, version)
+        encoding = loaded.encoding
         missing = [c for c in encoding.columns if c not in frame.columns]
         entry: dict[str, Any] = {"version": version["version"],
                                  "role": "champion" if version["version"] == champion_version else "challenger"}
@@ -56,7 +56,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             known = y >= 0
             scored = frame.filter(pl.Series(known))
             n_classes = len(encoding.classes) if encoding.classes else None
-            scores = predictor.predict(encoding.features(scored))
+            scores = loaded.score_features(scored)
             entry.update(rows=int(known.sum()),
                          metrics={contract.metric: modeling.score(contract.metric, y[known], scores, n_classes)})
         results.append(entry)

@@ -7,19 +7,19 @@ version, the naive baseline) on the same holdout rows, and its inference is benc
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from sluice.core import gate, modeling
+from sluice.core import bundle, gate
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.registry import ModelRegistry
-from sluice.core.runs import artifact, artifact_json, model_of
+from sluice.core.runs import artifact
 from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
-from sluice.infra.store import S3Store
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
@@ -31,24 +31,26 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if ctx.store.exists(out_key):
         return []
     holdout = pl.read_parquet(io.BytesIO(artifact(ctx.store, run, "holdout")))
-    encoding = modeling.Encoding.from_dict(artifact_json(ctx.store, run, "encoding"))
+    # The candidate and the champion are loaded exactly as users load them (core/bundle.py), and checked against
+    # the run's and the registry's records of their bundles.
+    t0 = time.perf_counter()
+    candidate = bundle.load_run(ctx.store, run)
+    load_ms = (time.perf_counter() - t0) * 1000
+    encoding = candidate.encoding
     y = encoding.labels(holdout)
     known = y >= 0
     holdout, y = holdout.filter(pl.Series(known)), y[known]
     n_classes = len(encoding.classes) if encoding.classes else None
-    model_bytes = artifact(ctx.store, run, "model")
-    model_format = run["artifacts"]["model"].get("format", modeling.LGBM_TEXT)
-    candidate_scores = modeling.predict_model(model_format, model_bytes, encoding.features(holdout), run["task"])
-    baseline_scores = _baseline(ctx.store, run, encoding, len(y))
+    candidate_scores = candidate.score_features(holdout)
+    baseline_scores = _baseline(run, len(y))
 
     champion = ModelRegistry(ctx.store, ctx.state).champion(model)
     if champion is None:
         reference_scores, reference_name = baseline_scores, "naive baseline"
     else:
-        reference_scores = _scores(ctx.store, ctx.store.get_json(champion["run_key"]), holdout)
+        reference_scores = bundle.load_version(ctx.store, champion).score_features(holdout)
         reference_name = f"champion v{champion['version']}"
-    benchmark = gate.inference_benchmark(model_bytes, encoding.features(holdout), model_format=model_format,
-                                         task=run["task"])
+    benchmark = gate.inference_benchmark(candidate, holdout, load_ms=load_ms)
     verdict = gate.evaluate(contract, holdout, y, candidate_scores, reference_scores, baseline=baseline_scores,
                             reference_name=reference_name, n_classes=n_classes, benchmark=benchmark)
     metric = verdict.metric
@@ -67,12 +69,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     return []
 
 
-def _baseline(store: S3Store, run: dict[str, Any], encoding: modeling.Encoding, n: int) -> np.ndarray:
+def _baseline(run: dict[str, Any], n: int) -> np.ndarray:
     """The naive model's scores for `n` holdout rows: constant, as recorded by the run (training priors or mean)."""
     row = np.asarray(run["holdout"]["baseline_row"], dtype=float)
     return np.tile(row, (n, 1)) if row.ndim == 1 and row.size > 1 else np.full(n, float(row.reshape(-1)[0]))
-
-
-def _scores(store: S3Store, run: dict[str, Any], holdout: pl.DataFrame) -> np.ndarray:
-    encoding, predictor = model_of(store, run)
-    return predictor.predict(encoding.features(holdout))

@@ -18,9 +18,10 @@ from typing import Any
 import polars as pl
 
 from sluice.core.context import Context
-from sluice.core.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform, load_contract
+from sluice.core.contract import Contract, load_contract
 from sluice.core.features import latest_vectors, read_parquet
 from sluice.core.runtime import dataset_of
+from sluice.core.transforms import apply_transforms
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
 
@@ -71,73 +72,3 @@ def feature_set_version(definitions: list[dict[str, Any]], data_versions: list[s
     doc = {"definitions": definitions, "data_versions": data_versions, "target": contract.target,
            "columns": sorted(contract.columns)}
     return "fs-" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def apply_transforms(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
-    """Add the contract's declared features, in order. Only the operations below exist: no code comes from the bucket.
-
-    Per-entity operations see an entity's events sorted by event time: a window covers (t - days, t], so the
-    value at an event never includes later events, and a lag is the value `periods` events earlier.
-    """
-    if contract.entity is not None:
-        frame = frame.sort([contract.entity.key, contract.entity.timestamp])
-    for t in contract.features:
-        if t.op == "frequency" and contract.entity is not None:
-            frame = _frequency_as_of(frame, t, contract.entity.timestamp)
-        else:
-            frame = frame.with_columns(_expression(t, contract, frame).alias(t.name))
-    return frame
-
-
-def _frequency_as_of(frame: pl.DataFrame, t: Transform, ts: str) -> pl.DataFrame:
-    """A category's share among the events up to each event's time: over the whole snapshot it would leak the
-    future into every earlier row's feature."""
-    col = pl.col(t.columns[0])
-    ordered = frame.with_row_index("_sluice_pos").sort(ts, maintain_order=True)
-    share = (pl.int_range(pl.len()).over(col) + 1) / (pl.int_range(pl.len()) + 1)
-    return ordered.with_columns(share.cast(pl.Float64).alias(t.name)).sort("_sluice_pos").drop("_sluice_pos")
-
-
-def _expression(t: Transform, contract: Contract, frame: pl.DataFrame) -> pl.Expr:
-    col = pl.col(t.columns[0])
-    a = col.cast(pl.Float64) if t.op in ROW_OPS or t.op in WINDOW_OPS else col
-    b = pl.col(t.columns[-1]).cast(pl.Float64)
-    if t.op in ROW_OPS:
-        return _row_op(t, a, b)
-    if t.op in DATE_PARTS:
-        return {"year": col.dt.year(), "month": col.dt.month(), "day": col.dt.day(), "dayofweek": col.dt.weekday(),
-                "hour": col.dt.hour()}[t.op].cast(pl.Int32)
-    if t.op == "category_code":
-        spec = contract.columns[t.columns[0]]
-        codes = {c: i for i, c in enumerate(spec.categories or [])}
-        return col.replace_strict(codes, default=None, return_dtype=pl.Int32)
-    if t.op == "frequency":
-        return (pl.len().over(col) / pl.len()).cast(pl.Float64)
-    assert contract.entity is not None  # checked when the contract was parsed
-    key, ts = contract.entity.key, contract.entity.timestamp
-    if t.op == "lag":
-        return col.shift(t.periods or 1).over(key)
-    window = f"{t.days}d"
-    if t.op == "window_count":
-        return col.is_not_null().cast(pl.Float64).rolling_sum_by(ts, window_size=window).over(key)
-    rolling = {"window_sum": a.rolling_sum_by, "window_mean": a.rolling_mean_by, "window_min": a.rolling_min_by,
-               "window_max": a.rolling_max_by}[t.op]
-    return rolling(ts, window_size=window).over(key)
-
-
-def _row_op(t: Transform, a: pl.Expr, b: pl.Expr) -> pl.Expr:
-    if t.op == "log1p":
-        return a.log1p()
-    if t.op == "abs":
-        return a.abs()
-    if t.op == "square":
-        return a * a
-    if t.op == "clip":
-        return a.clip(t.lower, t.upper)
-    if t.op == "add":
-        return a + b
-    if t.op == "subtract":
-        return a - b
-    if t.op == "multiply":
-        return a * b
-    return pl.when(b != 0).then(a / b).otherwise(None)  # divide: a zero divisor gives null, not inf

@@ -35,7 +35,10 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "gate": candidate.gate,
         "benchmark": candidate.benchmark,
         "artifact": {"uri": ctx.store.uri(model_artifact["key"]), "sha256": model_artifact["sha256"],
-                     "format": "lightgbm-text", "bytes": model_artifact.get("bytes")},
+                     "format": model_artifact.get("format") or run.get("model_format", "lightgbm-text"),
+                     "bytes": model_artifact.get("bytes")},
+        # What `sluice.load_model` reads: the registry's record of the bundle is what it is checked against.
+        **({"bundle": run["bundle"]} if run.get("bundle") else {}),
         "lineage": {"data_versions": run["data_versions"], "sources": run["sources"],
                     "feature_set_version": run["feature_set_version"], "run_id": run["run_id"],
                     "contract_version": run["contract_version"]},

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import modeling
+from sluice.core import bundle, modeling
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract
 from sluice.core.drift import reference_profile
@@ -42,6 +42,7 @@ from sluice.core.features import (
 )
 from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of
+from sluice.core.transforms import frequency_tables
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
 
@@ -96,19 +97,22 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                      "-" if p.best_loss is None else f"{p.best_loss:.4f}", p.elapsed_s, spec.time_budget_s)
 
     try:
-        trained = modeling.train(encoding.features(train_frame), encoding.labels(train_frame), contract,
-                                 starting_points=starting_points, on_progress=progress,
-                                 should_cancel=lambda: ctx.store.exists(f"{base}/cancel.json"))
+        trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
+                                 on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}/cancel.json"))
     except modeling.TrainingCancelled:
         ctx.store.put_json(f"{base}/cancelled.json", {"run_id": run_id, "at": ctx.timestamp()}, if_absent=True)
         ctx.log.warning("cancelled train %s on request", run_id)
         return []
     t_fit = time.perf_counter()
 
+    # The bundle is what every loader reads; the holdout is scored through it, exactly as the gate and users will.
+    manifest_bytes, files = bundle.bundle_files(
+        contract=contract, encoding=encoding, model_bytes=trained.model_bytes, model_format=trained.model_format,
+        frequencies=frequency_tables(frame, contract), run_id=run_id)
+    loaded = bundle.model_from_files(manifest_bytes, files)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
-    scores = modeling.predict_model(trained.model_format, trained.model_bytes,
-                                    encoding.features(holdout.filter(pl.Series(known))), contract.task)
+    scores = loaded.score_features(holdout.filter(pl.Series(known)))
     n_classes = len(encoding.classes) if encoding.classes else None
     metrics = modeling.holdout_metrics(contract.task, y_holdout[known], scores, n_classes)
     baseline_scores = modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task,
@@ -116,20 +120,24 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     baseline = modeling.holdout_metrics(contract.task, y_holdout[known], baseline_scores, n_classes)
     trials = modeling.parse_trials(trained.trial_log)
 
+    for name, data in files.items():
+        ctx.store.put(f"{base}/bundle/{name}", data)
+    manifest_key = f"{base}/bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
+    ctx.store.put(manifest_key, manifest_bytes)
+    listing = json.loads(manifest_bytes)["files"]
     holdout_bytes = io.BytesIO()
     holdout.write_parquet(holdout_bytes)
-    extension = "txt" if trained.model_format == modeling.LGBM_TEXT else "pkl"
-    artifacts = _store_artifacts(ctx, base, [
-        ("model", extension, trained.model_bytes),
+    artifacts = {role: {"key": f"{base}/bundle/{listing[role]['path']}", "sha256": listing[role]["sha256"],
+                        "bytes": listing[role]["bytes"]} for role in ("model", "encoding")}
+    artifacts["model"]["format"] = trained.model_format
+    artifacts |= _store_artifacts(ctx, base, [
         ("holdout", "parquet", holdout_bytes.getvalue()),
-        ("encoding", "json", json.dumps(encoding.to_dict(), sort_keys=True).encode()),
         ("trials", "jsonl", trained.trial_log.encode()),
         # What drift of later data is measured against, should this run become the champion.
         ("profile", "json", json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode()),
         ("loss_curve", "png", plot_loss_curve(trials, run_id)),
         ("importance", "png", plot_importance(trained.feature_importance, run_id)),
     ])
-    artifacts["model"]["format"] = trained.model_format
     t_done = time.perf_counter()
     run = {
         "run_id": run_id,
@@ -154,6 +162,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                     # The naive model's (constant) prediction, so the gate can bootstrap against it.
                     "baseline_row": np.asarray(baseline_scores[0] if len(baseline_scores) else []).tolist()},
         "artifacts": artifacts,
+        "bundle": {"key": manifest_key, "sha256": bundle.sha256(manifest_bytes), "uri": ctx.store.uri(manifest_key)},
         "durations_s": {"prepare": round(t_prep - t0, 3), "fit": round(t_fit - t_prep, 3),
                         "flaml_fit": round(trained.fit_seconds, 3),
                         "evaluate_and_store": round(t_done - t_fit, 3), "total": round(t_done - t0, 3)},

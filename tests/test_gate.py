@@ -160,18 +160,24 @@ def test_a_later_model_must_still_beat_the_naive_baseline() -> None:
     assert result.outcome == "reject" and any("does not beat the naive baseline" in r for r in result.reasons)
 
 
-def test_inference_benchmark_measures_a_real_booster() -> None:
-    import lightgbm as lgb
-    import pandas as pd
+def test_inference_benchmark_measures_the_users_path() -> None:
+    from sluice.core import bundle
+    from sluice.core.contract import parse_contract
 
     rng = np.random.default_rng(0)
-    X = pd.DataFrame({"a": rng.random(300), "b": rng.random(300)})
-    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1},
-                        lgb.Dataset(X, (X["a"] > 0.5).astype(int)), num_boost_round=5)
-    text = booster.model_to_string()
-    b = gate.inference_benchmark(text.encode(), X, single_rows=50, min_batch_rows=1000)
-    assert b["size_bytes"] == len(text.encode()) and b["batch_rows"] == 1200 and b["single_row_samples"] == 50
-    assert 0 < b["p50_ms"] <= b["p99_ms"] and b["rows_per_s"] > 0
+    frame = pl.DataFrame({"a": rng.random(300), "b": rng.random(300)}).with_columns(
+        y=pl.when(pl.col("a") > 0.5).then(pl.lit("yes")).otherwise(pl.lit("no")))
+    contract = parse_contract("dataset: d\ntarget: y\ntask: binary\nmetric: roc_auc\n"
+                              "columns: {a: {dtype: float}, b: {dtype: float}, y: {dtype: str}}\n"
+                              "training: {time_budget_s: 0.5}\n")
+    encoding = modeling.Encoding.fit(frame, contract)
+    trained = modeling.train(frame, encoding, contract)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=trained.model_bytes,
+                                          model_format=trained.model_format, frequencies={}, run_id="r")
+    model = bundle.model_from_files(manifest, files)
+    b = gate.inference_benchmark(model, frame, single_rows=50, min_batch_rows=1000)
+    assert b["size_bytes"] == len(trained.model_bytes) and b["batch_rows"] == 1200 and b["single_row_samples"] == 50
+    assert 0 < b["p50_ms"] <= b["p99_ms"] and b["rows_per_s"] > 0 and b["path"] == "Model.predict"
 
 
 def test_the_policy_is_checked_against_the_contract() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from typing import Any
@@ -11,14 +12,15 @@ import polars as pl
 import pytest
 
 from sluice.core import modeling, runs
-from sluice.core.contract import Contract
-from sluice.core.errors import TransientError
+from sluice.core.bundle import load_run
+from sluice.core.contract import Contract, parse_contract
+from sluice.core.errors import ContractError, IntegrityError
 from sluice.core.runs import artifact
 from sluice.core.runtime import Runtime
 from sluice.core.service import build_runtime, start
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
-from tests.chain import DATASET, prepare, sample_bytes, sample_contract, wait_for
+from tests.chain import DATASET, prepare, run_chain, sample_bytes, sample_contract, wait_for
 
 
 def parts(n: int) -> list[bytes]:
@@ -36,25 +38,6 @@ def with_training(contract: Contract, **changes: Any) -> Contract:
     return contract.model_copy(update={"training": contract.training.model_copy(update=changes)})
 
 
-
-
-def run_chain(rt: Runtime, key: str, data: bytes) -> dict[str, Any]:
-    """Drop and run every stage in order, as the bridge would; returns the new run."""
-    before = {k for k in rt.store.keys("") if k.endswith("run.json")}
-    rt.store.put(key, data)
-    stages = [("validate", lambda k: k == key), ("features", lambda k: k.startswith("validated/")
-              and k.endswith("manifest.json")), ("train", lambda k: k.startswith("features/")
-              and k.endswith("manifest.json")), ("benchmark", lambda k: k.endswith("run.json")),
-              ("register", lambda k: k.endswith(".candidate.json"))]
-    for stage, wanted in stages:
-        for k in sorted(rt.store.keys("")):
-            if wanted(k):
-                info = rt.store.head(k)
-                assert info is not None
-                rt.execute(stage, ObjectCreated(rt.settings.bucket, k, info.size, info.etag).to_dict())
-    [new] = [k for k in rt.store.keys("") if k.endswith("run.json") and k not in before]
-    run: dict[str, Any] = rt.store.get_json(new)
-    return run
 
 
 @pytest.mark.slow
@@ -97,15 +80,21 @@ def test_holdout_assignment_depends_only_on_the_row() -> None:
 
 
 @pytest.mark.slow
-def test_another_estimator_is_pickled_and_checked_before_loading(runtime: Runtime) -> None:
-    contract = with_training(sample_contract(), estimators=["rf"])
+def test_xgboost_is_stored_as_json_and_checked_before_loading(runtime: Runtime) -> None:
+    contract = with_training(sample_contract(), estimators=["xgboost"])
     runtime.store.put(f"contracts/{DATASET}.yaml", contract.to_yaml().encode())
     run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
-    assert run["best_estimator"] == "rf" and run["artifacts"]["model"]["format"] == "flaml-pickle"
+    assert run["best_estimator"] == "xgboost" and run["artifacts"]["model"]["format"] == "xgboost-json"
+    assert json.loads(runtime.store.get(run["artifacts"]["model"]["key"]))["learner"]  # XGBoost's own JSON
     assert run["holdout"]["metrics"]["roc_auc"] > 0.9
     runtime.store.put(run["artifacts"]["model"]["key"], b"tampered")
-    with pytest.raises(TransientError, match="sha256 mismatch"):
-        artifact(runtime.store, run, "model")
+    with pytest.raises(IntegrityError, match="sha256"):
+        load_run(runtime.store, run)
+
+
+def test_learners_that_need_pickle_are_refused_by_the_contract() -> None:
+    with pytest.raises(ContractError, match="cannot be stored without pickle"):
+        parse_contract(sample_contract().to_yaml().replace("- lgbm", "- rf"))
 
 
 @pytest.mark.slow
@@ -183,8 +172,8 @@ def test_missing_numbers_reach_the_stored_model_as_flaml_saw_them() -> None:
         "y": sample_contract().columns["diagnosis"].model_copy(update={"categories": ["no", "yes"]})}})
     encoding = modeling.Encoding.fit(frame, contract)
     assert encoding.medians["x"] == pytest.approx(float(np.median(x[np.arange(600) % 3 != 0])))
-    trained = modeling.train(encoding.features(frame), encoding.labels(frame), contract)  # checks agreement itself
-    scores = modeling.predict_model(trained.model_format, trained.model_bytes, encoding.features(frame), "binary")
+    trained = modeling.train(frame, encoding, contract)  # checks agreement itself
+    predictor = modeling.Predictor(trained.model_format, trained.model_bytes, "binary", encoding)
+    scores = predictor.score(frame)
     filled = frame.with_columns(pl.col("x").fill_null(encoding.medians["x"]))
-    assert np.allclose(scores, modeling.predict_model(trained.model_format, trained.model_bytes,
-                                                      encoding.features(filled), "binary"))
+    assert np.allclose(scores, predictor.score(filled))
