@@ -192,7 +192,8 @@ class Runtime:
         owner = f"{WORKER_ID}:{message.message_id if message is not None else uuid.uuid4().hex[:12]}"
         prior = self.state.claim(key, owner, self.settings.lease_ttl_s)
         if prior is not None and prior.status == COMPLETED:
-            outputs = list((prior.result or {}).get("outputs", []))
+            # A record without the list (written before leases existed) cannot be checked: run again, safely.
+            outputs = (prior.result or {}).get("outputs", ["(not recorded)"])
             missing = [k for k in outputs if not self.store.exists(k)]
             if not missing:
                 log.info("skip %-10s %s (duplicate delivery, already done)", name, event.key)

@@ -48,10 +48,23 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
         "dataset": dataset,
         "arrivals": arrivals,
         "quarantine": quarantine,
-        "training": [t for t in training if t.get("status") == "running"],
+        "training": [_staleness(t) for t in training if t.get("status") == "running"],
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
     }
+
+
+def _staleness(progress: dict[str, Any]) -> dict[str, Any]:
+    """A fit that has not reported past its budget (and five minutes of grace) is no longer running: its worker
+    died; the run is trained again by the redelivered message or by reconcile."""
+    try:
+        at = datetime.fromisoformat(str(progress["at"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return progress
+    silent_s = (datetime.now(UTC) - at).total_seconds()
+    if silent_s > float(progress.get("budget_s") or 0) + 300:
+        return {**progress, "status": "interrupted", "silent_s": round(silent_s)}
+    return progress
 
 
 def pending_arrivals(store: S3Store, state: StateBackend, dataset: str, done: set[tuple[str, Any]],

@@ -177,7 +177,8 @@ def status(as_json: bool) -> None:
             click.echo("  (nothing dropped yet)")
         for t in ds["training"]:
             loss = t.get("best_loss")
-            click.echo(f"  training    {t['run_id']}: {t['trials']} trials, best loss "
+            click.echo(f"  {'interrupted' if t['status'] == 'interrupted' else 'training':<11} {t['run_id']}: "
+                       f"{t['trials']} trials, best loss "
                        f"{'-' if loss is None else f'{loss:.4f}'} after {t.get('elapsed_s', 0)}s of {t['budget_s']}s")
     click.echo(f"dead letters: {len(report['dead_letters'])} recorded, "
                f"{report['sqs_dead_letters']} in SQS {settings.dead_letter_queue}")
