@@ -116,6 +116,7 @@ def main() -> None:
     kill_at = sorted(rng.uniform(0.1, 0.9) * args.seconds for _ in range(args.kills))
     redis_at = args.seconds / 2
     dropped: dict[str, bytes] = {}
+    good: list[bytes] = []
     kills = 0
     t0 = time.monotonic()
     with TemporarySubscription(settings) as subscriber:
@@ -142,12 +143,13 @@ def main() -> None:
                 time.sleep(0.2)
             if i == args.drops // 2:
                 data = b"this is not, a table\x00\x01"
-            elif i % 5 == 4 and dropped:
-                data = rng.choice(list(dropped.values()))  # the same bytes as an earlier drop, under a new name
+            elif i % 5 == 4 and good:
+                data = rng.choice(good)  # the same bytes as an earlier drop, under a new name
             else:
                 buf = io.BytesIO()
                 sample.sample(fraction=0.8, seed=rng.randrange(1 << 30)).write_csv(buf)
                 data = buf.getvalue()
+                good.append(data)
             key = f"incoming/soak/drop-{i:03d}.csv"
             store.put(key, data)
             dropped[key] = data
