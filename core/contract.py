@@ -362,7 +362,14 @@ def load_contract(store: Any, dataset: str) -> Contract:
                   f"--target COLUMN > {dataset}.yaml`, review it, then `sluice contract put {dataset}.yaml`; "
                   "then drop the file again."),
         )
-    contract = parse_contract(store.get(key), source=f"s3://{store.bucket}/{key}")
+    try:
+        contract = parse_contract(store.get(key), source=f"s3://{store.bucket}/{key}")
+    except ContractError as exc:
+        from sluice.core.errors import ContractBroken
+
+        raise ContractBroken(f"the contract of dataset {dataset!r} is broken: {exc}",
+                             hint=f"Fix it (`sluice contract put {dataset}.yaml` checks it first), then drop the file "
+                                  "again or `sluice quarantine replay` it.") from exc
     if contract.dataset != dataset:
         raise ContractMissing(f"{key} describes dataset {contract.dataset!r}, not {dataset!r}.",
                               hint="Fix the `dataset:` field and `sluice contract put` it again.")

@@ -3,6 +3,7 @@
     SluiceError
     ├── InputError            bad input: quarantined with a report, never retried
     │   ├── ContractMissing   no contract for the dataset
+    │   ├── ContractBroken    the dataset's stored contract does not parse (fix it, then re-drop)
     │   ├── UnreadableFile    the bytes are not a table Sluice can read
     │   └── ValidationFailed  the table breaks the dataset's contract
     ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
@@ -65,6 +66,12 @@ class ContractMissing(InputError):
     """The dataset has no contract in the bucket."""
 
     reason = "no-contract"
+
+
+class ContractBroken(InputError):
+    """The dataset's contract in the bucket is malformed: every drop is quarantined until it is fixed."""
+
+    reason = "broken-contract"
 
 
 class UnreadableFile(InputError):
