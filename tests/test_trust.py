@@ -270,3 +270,36 @@ def test_an_edited_version_is_refused_and_reported(registry: ModelRegistry) -> N
     registry.store.put_json(key, {**version, "decision": "promote", "reasons": ["trust me"]})
     assert registry.verify("m", artifacts=False) == [
         f"{key}: v2 was edited after history record 4 registered it"]
+
+
+@pytest.mark.slow
+def test_models_verify_checks_artifacts_and_a_tampered_model_is_never_loaded(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core import bundle
+    from tests.test_training import run_chain
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    verified = CliRunner().invoke(main, ["models", "verify", DATASET])
+    assert verified.exit_code == 0 and "registry verified" in verified.output, verified.output
+
+    registry = ModelRegistry(runtime.store, MemoryState())
+    [version] = registry.versions(DATASET)
+    model_key = version["artifact"]["uri"].split("/", 3)[3]
+    original = runtime.store.get(model_key)
+    # Someone with the signing key swaps the model (and signs it): the registry's own sha256 gives it away.
+    runtime.store.put(model_key, original.replace(b"tree", b"TREE", 1))
+    problems = registry.verify(DATASET)
+    assert len(problems) == 1 and problems[0].startswith(f"v1: artifact {version['artifact']['uri']} has sha256")
+    with pytest.raises(IntegrityError):
+        bundle.load_version(runtime.store, version)
+    # Without the key, the swap does not even verify as a Sluice object.
+    runtime.store.s3.put_object(Bucket=runtime.store.bucket, Key=model_key, Body=original)
+    failed = CliRunner().invoke(main, ["models", "verify", DATASET, "--json"])
+    assert failed.exit_code == 1
+    report = json.loads(failed.output)
+    assert not report["ok"] and "not written by a Sluice stage" in report["problems"][0]
