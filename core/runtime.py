@@ -18,7 +18,7 @@ from dramatiq import Broker
 
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
-from sluice.core.errors import ContractError, Defer, InputError, IntegrityError, ModelInputError, SluiceError
+from sluice.core.errors import ContractError, Defer, InputError, IntegrityError, ModelInputError, SluiceError, clip
 from sluice.core.middleware import DeadLetters
 from sluice.core.provenance import is_signed
 from sluice.core.settings import Settings
@@ -189,7 +189,7 @@ class Runtime:
             "what_to_do": err.hint,
             "summary": [
                 {"column": f.column, "check": f.check, "rows": f.count, "example_row": f.row,
-                 "example_value": None if f.value is None else str(f.value)}
+                 "example_value": None if f.value is None else clip(f.value)}
                 for f in summarize(err.failures)
             ],
             "examples": examples(err.failures),

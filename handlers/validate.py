@@ -19,7 +19,7 @@ import polars as pl
 from sluice.core import drift, validation
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract
-from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed
+from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed, clip
 from sluice.core.features import label_contract
 from sluice.core.quarantine import REPLAY_KEY, REPLAY_OF
 from sluice.core.registry import ModelRegistry
@@ -62,6 +62,7 @@ def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, pref
               "size": info.size}
     if info.sha256 and _already_done(ctx, prefix, dataset, info.sha256, event, ledger):
         return []
+    validation.check_size(event.key, info.size, contract)  # before a byte is downloaded
 
     with tempfile.TemporaryDirectory(prefix="sluice-validate-") as tmp:
         path = Path(tmp) / "object"
@@ -217,5 +218,5 @@ def _counts(split: validation.Split) -> dict[str, int]:
 
 def _rules(split: validation.Split) -> list[dict[str, Any]]:
     return [{"column": f.column, "check": f.check, "rows": f.count, "example_row": f.row,
-             "example_value": None if f.value is None else str(f.value)} for f in split.summary()]
+             "example_value": None if f.value is None else clip(f.value)} for f in split.summary()]
 
