@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from sluice.commands import contracts, data, events, features, models, runs
+from sluice.commands.common import dataset_name
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -102,7 +103,8 @@ def worker(threads: int | None) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dataset", required=True, help="Dataset name; its contract is contracts/NAME.yaml.")
+@click.option("--dataset", required=True, callback=dataset_name,
+              help="Dataset name; its contract is contracts/NAME.yaml.")
 @click.option("--as", "name", default=None, help="Object name under incoming/NAME/ (default: the file's name).")
 @click.option("--labels", is_flag=True, help="FILE holds labels (entity, label time, target): upload to labels/.")
 def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:

@@ -303,3 +303,19 @@ def test_models_verify_checks_artifacts_and_a_tampered_model_is_never_loaded(
     assert failed.exit_code == 1
     report = json.loads(failed.output)
     assert not report["ok"] and "not written by a Sluice stage" in report["problems"][0]
+
+
+@pytest.mark.parametrize("command", [["drop", "{file}", "--dataset", "{name}"],
+                                     ["contract", "infer", "{file}", "--dataset", "{name}", "--target", "diagnosis"]])
+def test_drop_and_infer_check_the_dataset_name_with_a_message(command: list[str], tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    sample = tmp_path / "cancer.csv"
+    sample.write_bytes(sample_bytes())
+    for name in ("Bad Name", "../registry/m", "x" * 100):
+        args = [a.format(file=sample, name=name) for a in command]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
+        assert "a dataset name is lowercase letters, digits" in result.output, result.output
