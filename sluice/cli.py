@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from sluice.commands import contracts, data, events, features, models, runs
+from sluice.commands import contracts, data, events, features, models, runs, trust
 from sluice.commands.common import dataset_name
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
@@ -190,7 +190,7 @@ def demo(budget: float, timeout: float) -> None:
 
 
 for _command in (models.models, events.events, events.subscribe, contracts.contract, data.data, data.quarantine,
-                 runs.runs, features.features):
+                 runs.runs, features.features, trust.iam, trust.refused):
     main.add_command(_command)
 
 

@@ -319,3 +319,31 @@ def test_drop_and_infer_check_the_dataset_name_with_a_message(command: list[str]
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
         assert "a dataset name is lowercase letters, digits" in result.output, result.output
+
+
+def test_a_refusal_is_re_driven_once_the_object_is_restored(runtime: Runtime) -> None:
+    from sluice.core.refusals import find, redrive
+
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    runtime.execute("validate", dropped.to_dict())
+    [manifest] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json")]
+    data_key = manifest.replace("manifest.json", "data.parquet")
+    s3, bucket = runtime.store.s3, runtime.store.bucket
+    saved = s3.get_object(Bucket=bucket, Key=data_key)
+    original, metadata = saved["Body"].read(), saved["Metadata"]
+    s3.put_object(Bucket=bucket, Key=data_key, Body=_flipped_sample())  # label-flipped rows, swapped in
+    info = runtime.store.head(manifest)
+    assert info is not None
+    event = ObjectCreated(bucket, manifest, info.size, info.etag)
+    assert runtime.execute("features", event.to_dict())["outcome"] == "refused"
+    assert not list(runtime.store.keys("features/"))
+
+    s3.put_object(Bucket=bucket, Key=data_key, Body=original, Metadata=metadata)  # restored from version history
+    [record] = refusals(runtime)
+    assert "data.parquet: not written by a Sluice stage" in record["message"]
+    key, found = find(runtime.store, record["id"][:8])
+    redrive(runtime, key, found, by="ops", at="2026-03-01T12:00:00Z")
+    assert runtime.broker.queues[runtime.queue_name].qsize() == 1
+    assert runtime.execute("features", event.to_dict())["outcome"] == "done"
+    assert any(k.endswith("manifest.json") for k in runtime.store.keys("features/"))
+    assert refusals(runtime)[0]["redriven"] == [{"by": "ops", "at": "2026-03-01T12:00:00Z"}]
