@@ -36,6 +36,8 @@ class _Sluice(click.Group):
         import redis
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+        from sluice.core.errors import IntegrityError
+
         settings = Settings.from_env()
         where = settings.endpoint_url or "AWS"
         try:
@@ -54,6 +56,8 @@ class _Sluice(click.Group):
                 raise click.ClickException(f"{code} at {where}: bucket {settings.bucket!r} or its queues are "
                                            "missing; run `sluice up` first.") from exc
             raise
+        except IntegrityError as exc:  # a document no stage wrote, or changed bytes: say which, never a traceback
+            raise click.ClickException(str(exc)) from exc
         except redis.exceptions.ConnectionError as exc:
             raise click.ClickException(f"cannot reach Redis at {settings.broker_url} ({exc}); start it or set "
                                        "SLUICE_BROKER_URL.") from exc

@@ -347,3 +347,17 @@ def test_a_refusal_is_re_driven_once_the_object_is_restored(runtime: Runtime) ->
     assert runtime.execute("features", event.to_dict())["outcome"] == "done"
     assert any(k.endswith("manifest.json") for k in runtime.store.keys("features/"))
     assert refusals(runtime)[0]["redriven"] == [{"by": "ops", "at": "2026-03-01T12:00:00Z"}]
+
+
+def test_the_cli_names_a_forged_document_instead_of_a_traceback(registry: ModelRegistry,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    raw_put(registry, H.format(9), {**raw_get(registry, H.format(8)), "sequence": 9, "by": "mallory"})
+    result = CliRunner().invoke(main, ["models", "history", "m"])
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert f"{H.format(9)}: not written by a Sluice stage" in result.output
