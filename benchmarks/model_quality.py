@@ -64,8 +64,8 @@ def main() -> None:
         rows.append((name, "default LightGBM", base_s, base_metric, len(yh)))
         for budget in args.budgets:
             spec = contract.training.model_copy(update={"time_budget_s": budget})
-            trained = modeling.train(X, y, contract.model_copy(update={"training": spec}))
-            scores = modeling.predict_model(trained.model_format, trained.model_bytes, Xh, contract.task)
+            trained = modeling.train(train, enc, contract.model_copy(update={"training": spec}))
+            scores = modeling.Predictor(trained.model_format, trained.model_bytes, contract.task, enc).score(hold)
             metric = modeling.score(contract.metric, yh, scores, n_classes)
             rows.append((name, f"Sluice/FLAML {budget:g}s", trained.fit_seconds, metric, len(yh)))
             print(f"  {name}: {budget:g}s -> {metric:.4f} (default LightGBM {base_metric:.4f})", flush=True)

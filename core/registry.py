@@ -50,6 +50,7 @@ ALLOWED = {
 # Gate outcomes, as recorded in a version's `decision` (see core/gate.py).
 PROMOTE, REJECT, INSUFFICIENT = "promote", "reject", "insufficient_evidence"
 AUTOMATIC = "sluice"
+RESCORED = "rescored"  # a history action that changes no stage: corrected gate scores of a version
 
 
 def parse_time(text: str) -> datetime:
@@ -367,6 +368,19 @@ class ModelRegistry:
         except Exception as exc:  # a missing object (NoSuchKey) is a finding, not a crash
             return [f"{where}: its artifact cannot be read ({exc})"]
         return []
+
+    def record_rescore(self, model: str, number: int, *, scores_before: dict[str, Any],
+                       scores_after: dict[str, Any], by: str, at: str, reason: str) -> dict[str, Any] | None:
+        """Record corrected gate scores of a version as a `rescored` history record (the version document is
+        immutable and keeps its original scores). None when the latest correction already says the same."""
+        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
+            snap = self.snapshot(model)
+            self._existing(model, number)
+            earlier = [r for r in snap.records if r["action"] == RESCORED and r["version"] == number]
+            if earlier and earlier[-1].get("scores_after") == scores_after:
+                return None
+            return self._append(model, snap, RESCORED, number, {}, cause="rescore", by=by, reason=reason, at=at,
+                                scores_before=scores_before, scores_after=scores_after)
 
     def _existing(self, model: str, number: int) -> dict[str, Any]:
         version = self.version(model, number)

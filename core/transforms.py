@@ -10,6 +10,8 @@ import polars as pl
 
 from sluice.core.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform
 
+NULL_KEY = "\x00null"  # the share of missing values in a frequency table (a JSON key cannot be null)
+
 
 def apply_transforms(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
     """Add the contract's declared features, in order. Only the operations below exist: no code comes from the bucket.
@@ -88,7 +90,7 @@ def frequency_tables(frame: pl.DataFrame, contract: Contract) -> dict[str, dict[
     for t in contract.features:
         if t.op == "frequency" and t.name in frame.columns:
             latest = frame.group_by(t.columns[0], maintain_order=True).agg(pl.col(t.name).last())
-            out[t.name] = {str(k): float(v) for k, v in latest.iter_rows() if k is not None and v is not None}
+            out[t.name] = {NULL_KEY if k is None else str(k): float(v) for k, v in latest.iter_rows() if v is not None}
     return out
 
 
@@ -98,6 +100,7 @@ def transforms_for_scoring(frame: pl.DataFrame, contract: Contract,
     in training, `frequency` from the training table. A per-entity feature (window, lag) needs the entity's history,
     so it must come with the rows; returns the frame and, per missing feature, why it cannot be computed."""
     missing: dict[str, str] = {}
+    plan = frame.lazy()  # one collect for every feature: scoring a single row must stay cheap
     for t in contract.features:
         if t.per_entity:
             if t.name not in frame.columns:
@@ -106,8 +109,9 @@ def transforms_for_scoring(frame: pl.DataFrame, contract: Contract,
             continue
         if t.op == "frequency":
             table = frequencies.get(t.name, {})
-            expr: Any = pl.col(t.columns[0]).cast(pl.Utf8).replace_strict(table, default=0.0, return_dtype=pl.Float64)
-            frame = frame.with_columns(expr.alias(t.name))
+            expr: Any = (pl.col(t.columns[0]).cast(pl.Utf8).fill_null(NULL_KEY)
+                         .replace_strict(table, default=0.0, return_dtype=pl.Float64))
+            plan = plan.with_columns(expr.alias(t.name))
         else:
-            frame = frame.with_columns(_expression(t, contract, frame).alias(t.name))
-    return frame, missing
+            plan = plan.with_columns(_expression(t, contract, frame).alias(t.name))
+    return plan.collect(), missing

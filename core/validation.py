@@ -433,14 +433,17 @@ def _type_batch(
     return pl.DataFrame(columns), failures
 
 
-def _typed(raw: pl.Series, spec: ColumnSpec, is_text: bool, offset: int) -> tuple[pl.Series, list[Failure]]:
-    """Cast a column to its contract type; every cell that does not cast is a failure with its row."""
+def typed_exprs(name: str, spec: ColumnSpec, is_text: bool) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    """How column `name` becomes its contract type, as polars expressions: (typed value, cell did not cast,
+    value is not finite). One definition of typing, used by validation and by the model loader alike."""
     target = POLARS_TYPES[spec.dtype]
-    name = raw.name
+    raw = pl.col(name)
     if not is_text:
         typed = raw.cast(target, strict=False)
+        blank = pl.lit(False)
     else:
         s = raw.str.strip_chars()
+        blank = s.str.len_bytes() == 0  # a blank cell is a null, not a type error
         if spec.dtype == "str":
             typed = raw
         elif spec.dtype == "bool":
@@ -452,24 +455,32 @@ def _typed(raw: pl.Series, spec: ColumnSpec, is_text: bool, offset: int) -> tupl
             typed = s.str.to_datetime(strict=False, time_unit="us")
         elif spec.dtype == "int":
             # "3.0" is an integer written by a tool that went through floats (pandas does, for a column with nulls).
-            typed = s.cast(target, strict=False)
             as_float = s.cast(pl.Float64, strict=False)
             whole = as_float.is_not_null() & (as_float == as_float.floor()) & (as_float.abs() < 2.0**53)
-            typed = pl.select(pl.when(typed.is_null() & whole).then(as_float.cast(pl.Int64, strict=False))
-                              .otherwise(typed).alias(name)).to_series()
+            direct = s.cast(target, strict=False)
+            typed = pl.when(direct.is_null() & whole).then(as_float.cast(pl.Int64, strict=False)).otherwise(direct)
         else:
             typed = s.cast(target, strict=False)
-    bad_mask = typed.is_null() & raw.is_not_null()
-    if is_text and spec.dtype != "str" and bad_mask.any():
-        bad_mask = bad_mask & (s.str.len_bytes() > 0)  # a blank cell is a null, not a type error
-    failures = [Failure(name, f"dtype {spec.dtype}", row=offset + i + 1, value=raw[i])
-                for i in bad_mask.arg_true().to_list()]
+    failed = typed.is_null() & raw.is_not_null()
+    if is_text and spec.dtype != "str":
+        failed = failed & ~blank.fill_null(False)
+    non_finite = (typed.is_nan() | typed.is_infinite()).fill_null(False) if spec.dtype == "float" else pl.lit(False)
     if spec.dtype == "float":
-        non_finite = (typed.is_nan() | typed.is_infinite()).fill_null(False)
-        failures += [Failure(name, "finite number", row=offset + i + 1, value=str(typed[i]))
-                     for i in non_finite.arg_true().to_list()]
-        typed = pl.select(pl.when(non_finite).then(None).otherwise(typed).alias(name)).to_series()
-    return typed.alias(name), failures
+        typed = pl.when(non_finite).then(None).otherwise(typed)
+    return typed.alias(name), failed, non_finite
+
+
+def _typed(raw: pl.Series, spec: ColumnSpec, is_text: bool, offset: int) -> tuple[pl.Series, list[Failure]]:
+    """Cast a column to its contract type; every cell that does not cast is a failure with its row."""
+    name = raw.name
+    typed_e, failed_e, non_finite_e = typed_exprs(name, spec, is_text)
+    out = raw.to_frame().select(typed_e, failed_e.alias("_failed"), non_finite_e.alias("_non_finite"))
+    failures = [Failure(name, f"dtype {spec.dtype}", row=offset + i + 1, value=raw[i])
+                for i in out["_failed"].arg_true().to_list()]
+    if spec.dtype == "float":
+        failures += [Failure(name, "finite number", row=offset + i + 1, value=str(raw[i]))
+                     for i in out["_non_finite"].arg_true().to_list()]
+    return out[name], failures
 
 
 def _check_batch(schema: pa.DataFrameSchema, typed: pl.DataFrame, offset: int, already: list[Failure]) -> list[Failure]:

@@ -59,9 +59,10 @@ def subscribe_http(settings: Settings, url: str, filter_policy: dict[str, Any] |
 class TemporarySubscription:
     """A fresh queue subscribed to the topic for as long as the `with` block runs."""
 
-    def __init__(self, settings: Settings, filter_policy: dict[str, Any] | None = None):
+    def __init__(self, settings: Settings, filter_policy: dict[str, Any] | None = None,
+                 queue_name: str | None = None):
         self.settings = settings
-        self.queue_name = f"sluice-tail-{uuid.uuid4().hex[:8]}"
+        self.queue_name = queue_name or f"sluice-tail-{uuid.uuid4().hex[:8]}"
         self.filter_policy = filter_policy
         self.sqs = client("sqs", settings)
 

@@ -1,3 +1,24 @@
-"""Sluice: a file dropped into a bucket becomes a validated, trained, benchmarked and promoted model."""
+"""Sluice: a file dropped into a bucket becomes a validated, trained, benchmarked and promoted model.
+
+    import sluice
+    model = sluice.load_model("cancer@champion")      # or "cancer:3", a promotion CloudEvent, a bundle folder
+    result = model.predict("new_rows.csv")            # a polars/pandas frame, a list of dicts, CSV or Parquet
+    result.to_polars()                                # row, prediction, probability_<class>, unscored_reason
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load_model"]
+
+if TYPE_CHECKING:
+    from sluice.core.bundle import Model
+
+
+def load_model(ref: Any, **kwargs: Any) -> Model:
+    """A registered model, verified and ready to score: see `sluice.core.bundle.load_model`."""
+    from sluice.core.bundle import load_model as _load
+
+    return _load(ref, **kwargs)

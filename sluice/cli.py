@@ -106,6 +106,25 @@ def worker(threads: int | None) -> None:
 
 
 @main.command()
+@click.argument("name")
+@click.option("--alias", default="champion", show_default=True, type=click.Choice(["champion", "challenger"]))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--bundle", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Serve a bundle downloaded with `sluice models download` (no bucket, no swapping).")
+def serve(name: str, alias: str, host: str, port: int, bundle: str | None) -> None:
+    """Serve model NAME over HTTP (POST /predict), swapping to each new champion as it is announced."""
+    from sluice.core.errors import SluiceError
+    from sluice.serve import serve as run
+
+    click.echo(f"sluice serve: {name}@{alias} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
+    try:
+        run(name, alias, host, port, _settings(), bundle=bundle)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dataset", required=True, callback=dataset_name,
               help="Dataset name; its contract is contracts/NAME.yaml.")

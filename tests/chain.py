@@ -10,7 +10,9 @@ import polars as pl
 
 from sluice.core.contract import Contract, contract_key, infer_contract
 from sluice.core.registry import ModelRegistry
+from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
+from sluice.events.s3 import ObjectCreated
 from sluice.handlers import build_pipeline
 from sluice.infra.provision import Resources, provision
 from sluice.infra.store import S3Store
@@ -64,3 +66,22 @@ def versions(store: S3Store) -> list[dict[str, Any]]:
     from sluice.infra.state import MemoryState
 
     return ModelRegistry(store, MemoryState()).versions(DATASET)
+
+
+def run_chain(rt: Runtime, key: str, data: bytes) -> dict[str, Any]:
+    """Drop and run every stage in order, as the bridge would; returns the new run."""
+    before = {k for k in rt.store.keys("") if k.endswith("run.json")}
+    rt.store.put(key, data)
+    stages = [("validate", lambda k: k == key), ("features", lambda k: k.startswith("validated/")
+              and k.endswith("manifest.json")), ("train", lambda k: k.startswith("features/")
+              and k.endswith("manifest.json")), ("benchmark", lambda k: k.endswith("run.json")),
+              ("register", lambda k: k.endswith(".candidate.json"))]
+    for stage, wanted in stages:
+        for k in sorted(rt.store.keys("")):
+            if wanted(k):
+                info = rt.store.head(k)
+                assert info is not None
+                rt.execute(stage, ObjectCreated(rt.settings.bucket, k, info.size, info.etag).to_dict())
+    [new] = [k for k in rt.store.keys("") if k.endswith("run.json") and k not in before]
+    run: dict[str, Any] = rt.store.get_json(new)
+    return run

@@ -20,7 +20,7 @@ from sluice.core.runtime import Runtime
 from sluice.core.service import build_runtime, start
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
-from tests.chain import DATASET, prepare, sample_bytes, sample_contract, wait_for
+from tests.chain import DATASET, prepare, run_chain, sample_bytes, sample_contract, wait_for
 
 
 def parts(n: int) -> list[bytes]:
@@ -38,25 +38,6 @@ def with_training(contract: Contract, **changes: Any) -> Contract:
     return contract.model_copy(update={"training": contract.training.model_copy(update=changes)})
 
 
-
-
-def run_chain(rt: Runtime, key: str, data: bytes) -> dict[str, Any]:
-    """Drop and run every stage in order, as the bridge would; returns the new run."""
-    before = {k for k in rt.store.keys("") if k.endswith("run.json")}
-    rt.store.put(key, data)
-    stages = [("validate", lambda k: k == key), ("features", lambda k: k.startswith("validated/")
-              and k.endswith("manifest.json")), ("train", lambda k: k.startswith("features/")
-              and k.endswith("manifest.json")), ("benchmark", lambda k: k.endswith("run.json")),
-              ("register", lambda k: k.endswith(".candidate.json"))]
-    for stage, wanted in stages:
-        for k in sorted(rt.store.keys("")):
-            if wanted(k):
-                info = rt.store.head(k)
-                assert info is not None
-                rt.execute(stage, ObjectCreated(rt.settings.bucket, k, info.size, info.etag).to_dict())
-    [new] = [k for k in rt.store.keys("") if k.endswith("run.json") and k not in before]
-    run: dict[str, Any] = rt.store.get_json(new)
-    return run
 
 
 @pytest.mark.slow

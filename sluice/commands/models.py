@@ -229,3 +229,108 @@ def models_card(name: str, version: int) -> None:
     except ClientError:  # registered before cards existed, or the register stage has not written it yet
         previous = registry.version(name, doc["compared_with"]) if doc.get("compared_with") else None
         click.echo(render_card(doc, previous), nl=False)
+
+
+def _load(ref: str, settings: Settings) -> Any:
+    from sluice.core.bundle import load_model
+
+    try:
+        return load_model(ref, settings=settings)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@models.command("predict")
+@click.argument("ref", metavar="NAME[@ALIAS|:VERSION]")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", "out", default=None, type=click.Path(dir_okay=False),
+              help="Write to this .csv or .parquet (default: CSV on stdout).")
+def models_predict(ref: str, file: str, out: str | None) -> None:
+    """Score the rows of FILE (CSV or Parquet) with a registered model: the same rows, with their predictions.
+
+    Rows the model cannot score (a column missing, a value the contract refuses) keep an empty prediction and
+    say why in `unscored_reason`; a summary goes to stderr.
+    """
+    import polars as pl
+
+    from sluice.core.bundle import as_frame
+
+    settings = _settings()
+    model = _load(ref, settings)
+    try:
+        rows = as_frame(file)
+        result = model.predict(rows)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    scored = result.to_polars().drop("row")
+    table = pl.concat([rows, scored.select([c for c in scored.columns if c not in rows.columns])],
+                      how="horizontal")
+    if out is None:
+        click.echo(table.write_csv(), nl=False)
+    elif out.endswith(".parquet"):
+        table.write_parquet(out)
+    else:
+        table.write_csv(out)
+    click.echo(f"{model.name} v{model.version} (model sha256 {model.model_sha256[:12]}…): scored "
+               f"{len(result.scored)} of {result.rows} rows" + (f" -> {out}" if out else ""), err=True)
+    if result.unscored:
+        from collections import Counter
+
+        reasons = Counter(u["reason"] for u in result.unscored)
+        click.echo(f"{result.rows - len(result.scored)} rows not scored:", err=True)
+        for reason, n in reasons.most_common(10):
+            click.echo(f"  {n:6d} x {reason}", err=True)
+
+
+@models.command("download")
+@click.argument("ref", metavar="NAME[@ALIAS|:VERSION]")
+@click.argument("folder", type=click.Path(file_okay=False))
+def models_download(ref: str, folder: str) -> None:
+    """Copy a version's verified bundle to FOLDER; `sluice.load_model(FOLDER)` then needs no bucket."""
+    from pathlib import Path
+
+    settings = _settings()
+    model = _load(ref, settings)
+    registry = _registry(settings)
+    version = registry.version(model.name, model.version)
+    if not version or not version.get("bundle"):
+        raise click.ClickException(f"{model.name} v{model.version} was registered before bundles existed; "
+                                   "it can be loaded by name, not downloaded")
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    key = version["bundle"]["key"]
+    prefix = key.rsplit("/", 1)[0]
+    store = _store(settings)
+    manifest = store.get(key)
+    (target / key.rsplit("/", 1)[1]).write_bytes(manifest)
+    import json as _json
+
+    for meta in _json.loads(manifest)["files"].values():
+        (target / meta["path"]).write_bytes(store.get(f"{prefix}/{meta['path']}"))
+    from sluice.core.bundle import VERSION_RECORD
+
+    (target / VERSION_RECORD).write_text(_json.dumps({"model": model.name, "version": model.version,
+                                                      "bundle": version["bundle"]}, indent=1))
+    click.echo(f"{model.name} v{model.version}: bundle {version['bundle']['sha256'][:12]}… -> {target} "
+               f"(check it with sluice.load_model({str(target)!r}))")
+
+
+@models.command("rescore")
+@click.argument("name")
+@click.option("--dry-run", is_flag=True, help="Show the corrections without recording them.")
+@click.option("--by", default=None, help="Who (default: user@host).")
+def models_rescore(name: str, dry_run: bool, by: str | None) -> None:
+    """Re-compute every version's gate scores with the current loader and record corrections in the history.
+
+    Versions are never rewritten: a correction is a `rescored` history record beside the original decision.
+    """
+    from datetime import UTC, datetime
+
+    from sluice.core.rescore import rescore
+
+    settings = _settings()
+    registry = _registry(settings)
+    _known(registry, name, settings)
+    at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    for line in rescore(registry, name, by=by or _who(), at=at, dry_run=dry_run):
+        click.echo(line)

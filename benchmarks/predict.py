@@ -1,0 +1,178 @@
+"""Scoring speed through the public loader, side by side with raw LightGBM, and `sluice serve` under load.
+
+    .venv/bin/python benchmarks/predict.py [--rows 100000] [--rate 500] [--seconds 10]
+
+Trains one model on mixed-type data (three categorical columns, a date, nulls, declared features), stores it as a
+bundle, loads it with `sluice.load_model`, then prints, in one run:
+- batch rows/s: `Model.predict(frame)` against `Booster.predict` on the already-encoded numpy matrix (goal >= 0.8x);
+- single-row latency p50/p99: `Model.predict({...})` against `Booster.predict` on one numpy row;
+- `sluice serve` (uvicorn, one worker process) at a fixed request rate from a separate load process: achieved
+  rate, p50/p99 latency, errors (goal: p99 < 10 ms at 500 requests/s).
+The machine's load average is printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def build_bundle(folder: Path) -> None:
+    from sluice.core import bundle, modeling
+    from sluice.core.transforms import apply_transforms, frequency_tables
+    from tests import mixed
+
+    contract = mixed.contract(5)
+    train = apply_transforms(mixed.frame(20_000, 0), contract)
+    encoding = modeling.Encoding.fit(train, contract)
+    trained = modeling.train(train, encoding, contract)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=trained.model_bytes,
+                                          model_format=trained.model_format,
+                                          frequencies=frequency_tables(train, contract), run_id="bench")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"manifest-{bundle.sha256(manifest)[:12]}.json").write_bytes(manifest)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+
+
+def best_of(fn, repeats: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def latencies(fn, n: int = 500) -> tuple[float, float]:
+    for _ in range(20):
+        fn()
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t) * 1000)
+    p50, p99 = np.percentile(out, [50, 99])
+    return float(p50), float(p99)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load(port: int, rate: float, seconds: float, body: bytes, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    """Open-loop load: one request every 1/rate s, whatever the answers do; latency from the scheduled send."""
+    import httpx
+
+    async def run() -> None:
+        results: list[tuple[float, int]] = []
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            async def one(scheduled: float) -> None:
+                try:
+                    r = await client.post("/predict", content=body, headers={"content-type": "application/json"})
+                    results.append(((time.perf_counter() - scheduled) * 1000, r.status_code))
+                except httpx.HTTPError:
+                    results.append(((time.perf_counter() - scheduled) * 1000, 0))
+
+            start = time.perf_counter()
+            tasks = []
+            i = 0
+            while (now := time.perf_counter()) - start < seconds:
+                scheduled = start + i / rate
+                if scheduled > now:
+                    await asyncio.sleep(scheduled - now)
+                tasks.append(asyncio.create_task(one(scheduled)))
+                i += 1
+            await asyncio.gather(*tasks)
+            out.put((results, time.perf_counter() - start))
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, default=500)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+
+    import sluice
+    from tests import mixed
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "bundle"
+        build_bundle(folder)
+        model = sluice.load_model(str(folder))
+        frame = mixed.frame(args.rows, 1, unseen=True)
+        from sluice.core.transforms import transforms_for_scoring
+
+        featured, _ = transforms_for_scoring(frame, model.contract, model.frequencies)
+        X = np.ascontiguousarray(model.encoding.matrix(featured))
+        booster = model.predictor.booster
+        assert np.array_equal(model.predict(frame).scores, booster.predict(X))
+        raw_s = best_of(lambda: booster.predict(X))
+        ours_s = best_of(lambda: model.predict(frame))
+        print(f"load average {os.getloadavg()[0]:.2f} (2-core machine)")
+        print(f"batch of {args.rows:,} rows (best of 5):")
+        print(f"  raw Booster.predict(numpy)   {args.rows / raw_s:>12,.0f} rows/s")
+        print(f"  sluice Model.predict(frame)  {args.rows / ours_s:>12,.0f} rows/s   ratio {raw_s / ours_s:.2f} "
+              "(goal >= 0.80)")
+        row = json.loads(json.dumps(frame.head(1).to_dicts(), default=str))
+        x1 = X[:1]
+        p50, p99 = latencies(lambda: booster.predict(x1))
+        print(f"single row (500 calls): raw Booster.predict p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+        p50, p99 = latencies(lambda: model.predict(row))
+        print(f"                        Model.predict(dict) p50 {p50:.3f} ms  p99 {p99:.3f} ms")
+
+        port = free_port()
+        server = subprocess.Popen([sys.executable, "-m", "sluice.cli", "serve", "bench", "--bundle", str(folder),
+                                   "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            body = json.dumps({"rows": row}).encode()
+            out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+            proc = mp.Process(target=load, args=(port, args.rate, args.seconds, body, out))
+            proc.start()
+            results, elapsed = out.get()
+            proc.join()
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+        lat = sorted(ms for ms, _ in results)
+        errors = sum(1 for _, code in results if code != 200)
+        p50, p99 = np.percentile(lat, [50, 99])
+        print(f"sluice serve, one process, open loop at {args.rate:.0f} req/s for {args.seconds:.0f} s "
+              f"(load generator in a second process on the same 2 cores):")
+        print(f"  achieved {len(results) / elapsed:,.0f} req/s, p50 {p50:.2f} ms, p99 {p99:.2f} ms, "
+              f"mean {statistics.fmean(lat):.2f} ms, errors {errors}  (goal: p99 < 10 ms at 500 req/s)")
+        print(f"load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Downstream systems: a subscriber loads the model from the promotion event alone; `sluice serve` swaps versions
+under a stream of requests without a failed or mixed answer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from sluice.core.bundle import load_model
+from sluice.core.registry import ModelRegistry
+from sluice.core.runtime import Runtime
+from sluice.events.model import PROMOTED
+from sluice.infra.subscribe import TemporarySubscription, filter_policy
+from tests import mixed
+from tests.chain import run_chain
+
+
+@pytest.mark.slow
+def test_a_subscriber_loads_the_promoted_model_from_the_event_alone_and_scores_new_rows(runtime: Runtime) -> None:
+    runtime.store.put(f"contracts/{mixed.DATASET}.yaml", mixed.contract(1).to_yaml().encode())
+    policy = filter_policy(models=[mixed.DATASET], types=[PROMOTED])
+    with TemporarySubscription(runtime.settings, policy) as subscriber:
+        run_chain(runtime, f"incoming/{mixed.DATASET}/a.csv", mixed.csv_bytes(mixed.frame(400, 0)))
+        [event] = subscriber.receive(wait_s=1)
+    assert event["type"] == PROMOTED and event["data"]["bundle"]["uri"].startswith("s3://")
+    # The consumer knows nothing but the event (and credentials for the bucket).
+    model = load_model(event, settings=runtime.settings)
+    new = mixed.frame(50, 9, unseen=True)
+    result = model.predict(new.to_dicts())
+    assert result.version == event["data"]["version"] and len(result.scored) == 50
+    champion = load_model(f"{mixed.DATASET}@champion", settings=runtime.settings, store=runtime.store)
+    assert np.array_equal(result.scores, champion.predict(new).scores)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_serve_swaps_versions_under_a_stream_of_requests_without_errors(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.serve import ModelServer
+
+    runtime.store.put(f"contracts/{mixed.DATASET}.yaml", mixed.contract(1).to_yaml().encode())
+    run_chain(runtime, f"incoming/{mixed.DATASET}/a.csv", mixed.csv_bytes(mixed.frame(400, 0)))
+    run_chain(runtime, f"incoming/{mixed.DATASET}/b.csv", mixed.csv_bytes(mixed.frame(400, 1)))
+    registry = ModelRegistry(runtime.store, runtime.state)
+    assert registry.version_numbers(mixed.DATASET) == [1, 2]
+    rows = json.loads(json.dumps(mixed.frame(5, 3).to_dicts(), default=str))  # what a client sends: dates as text
+    expected = {v: load_model(f"{mixed.DATASET}:{v}", settings=runtime.settings, store=runtime.store)
+                .predict(rows).scores.tolist() for v in (1, 2)}
+    assert expected[1] != expected[2]
+
+    server = ModelServer(mixed.DATASET, settings=runtime.settings, store=runtime.store, recheck_s=120)
+    server.refresh()
+    server.start()
+    port = _free_port()
+    http = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=http.run, daemon=True).start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while not http.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(f"{base}/ready").json()["ready"] is True
+
+    answers: list[tuple[float, float, int, Any]] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                r = client.post("/predict", json={"rows": rows})
+                answers.append((t0, time.monotonic(), r.status_code, r.json()))
+
+    streams = [threading.Thread(target=stream) for _ in range(2)]
+    for t in streams:
+        t.start()
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    cli = CliRunner()
+    try:
+        # Two transitions by hand, each announced on the topic as the CLI does.
+        for _ in range(2):
+            snap = registry.snapshot(mixed.DATASET)
+            before = snap.champion
+            if len(snap.champions) > 1:
+                args = ["models", "rollback", mixed.DATASET, "--reason", "test"]
+            else:
+                other = 2 if before == 1 else 1
+                args = ["models", "promote", mixed.DATASET, str(other), "--reason", "test", "--force"]
+            got = cli.invoke(main, args)
+            assert got.exit_code == 0, got.output
+            now = registry.snapshot(mixed.DATASET).champion
+            assert now != before
+            deadline = time.monotonic() + 15
+            while (server.model is None or server.model.version != now) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert server.model is not None and server.model.version == now, "serve did not follow the champion"
+            time.sleep(0.5)  # requests answered by the new version
+    finally:
+        stop.set()
+        for t in streams:
+            t.join()
+        http.should_exit = True
+        server.stop()
+
+    assert len(answers) > 20 and len(server.swaps) == 3
+    assert [a for a in answers if a[2] != 200] == []
+    swaps = [(s["at_monotonic"], s["version"]) for s in server.swaps]
+
+    def serving(t: float) -> int:
+        return [v for at, v in swaps if at <= t][-1]
+
+    for t0, t1, _, body in answers:
+        version = body["version"]
+        assert [p["prediction"] for p in body["predictions"]] == expected[version], "a mixed answer"
+        assert version in (serving(t0), serving(t1)), "answered by a version that was not serving"
+    assert {body["version"] for *_, body in answers} == {1, 2}
+
+
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
+    from starlette.testclient import TestClient
+
+    from sluice.core import bundle, modeling
+    from sluice.core.transforms import apply_transforms, frequency_tables
+    from sluice.serve import MAX_ROWS, ModelServer
+
+    contract = mixed.contract(0.5)
+    train = apply_transforms(mixed.frame(300, 0), contract)
+    encoding = modeling.Encoding.fit(train, contract)
+    trained = modeling.train(train, encoding, contract)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=trained.model_bytes,
+                                          model_format=trained.model_format,
+                                          frequencies=frequency_tables(train, contract), run_id="r")
+    server = ModelServer(mixed.DATASET, watch=False)
+    client = TestClient(server.app())
+    assert client.get("/ready").status_code == 503  # nothing loaded yet
+    server.model = bundle.model_from_files(manifest, files)
+    assert client.get("/health").json() == {"status": "ok"}
+    row = json.loads(json.dumps(mixed.frame(1, 5).to_dicts()[0], default=str))
+
+    ok = client.post("/predict", json={"rows": [row, {**row, "zone": "mars"}]})
+    assert ok.status_code == 200 and ok.json()["scored"] == 1
+    assert "not one of the contract's categories" in ok.json()["predictions"][1]["unscored"]
+    assert client.post("/predict", json=row).status_code == 200  # one bare object is one row
+    cases = {
+        b"{not json": (400, "not JSON"),
+        b"[]": (400, "non-empty list of row objects"),
+        b'{"rows": [1, 2]}': (400, "non-empty list of row objects"),
+        json.dumps({"rows": [{"zone": "west"}]}).encode(): (422, "no row could be scored"),
+        json.dumps({"rows": [row] * (MAX_ROWS + 1)}).encode(): (413, "the limit is"),
+    }
+    for body, (status, text) in cases.items():
+        r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status and text in r.text, (body[:40], r.status_code, r.text[:200])
+    info = client.get("/model").json()
+    assert info["model"] == mixed.DATASET and info["signature"]["feature_order"] == server.model.encoding.columns
