@@ -98,7 +98,8 @@ def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, pref
 def _already_done(ctx: Context, prefix: str, dataset: str, data_version: str, event: ObjectCreated,
                   ledger: dict[str, Any]) -> bool:
     """Same bytes as an earlier drop: record the arrival, run nothing downstream."""
-    if not ctx.store.exists(f"{prefix}/{dataset}/{data_version}/manifest.json"):
+    # Read, not just seen: a manifest no stage wrote must not pass a new drop off as a duplicate.
+    if ctx.store.get_json_or_none(f"{prefix}/{dataset}/{data_version}/manifest.json") is None:
         return False
     ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
         **ledger, "sha256": data_version, "data_version": data_version, "outcome": "duplicate", "at": ctx.timestamp()})

@@ -41,9 +41,26 @@ def refusals(rt: Runtime) -> list[dict[str, Any]]:
     return [json.loads(rt.store.get(k)) for k in rt.store.keys("refused/")]
 
 
-def test_a_planted_run_is_refused_and_never_benchmarked(runtime: Runtime) -> None:
+class _Payload:
+    """Unpickling this creates the marker file: the code execution a planted pickle would get."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (self.marker, "w")
+
+
+def test_a_planted_run_is_refused_and_never_benchmarked(runtime: Runtime, tmp_path: Any) -> None:
+    import hashlib
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(str(marker)))
+    plant(runtime, "runs/cancer/run-evil/model.pkl", payload)
     run = {"run_id": "run-evil", "dataset": DATASET, "model": DATASET, "model_format": "flaml-pickle",
-           "artifacts": {"model": {"key": "runs/cancer/run-evil/model.pkl", "sha256": "0" * 64, "format": "pickle"},
+           "artifacts": {"model": {"key": "runs/cancer/run-evil/model.pkl",
+                                   "sha256": hashlib.sha256(payload).hexdigest(), "format": "flaml-pickle"},
                          "holdout": {"key": "runs/cancer/run-evil/holdout.parquet", "sha256": "0" * 64}}}
     event = plant(runtime, "runs/cancer/run-evil/run.json", run)
     result = runtime.execute("benchmark", event.to_dict())
@@ -52,6 +69,7 @@ def test_a_planted_run_is_refused_and_never_benchmarked(runtime: Runtime) -> Non
     assert record["stage"] == "benchmark" and record["event"]["key"] == event.key
     assert "not written by a Sluice stage (it has no signature)" in record["message"]
     assert not list(runtime.store.keys("registry/"))
+    assert not marker.exists()
     # A second delivery is a duplicate of the refusal, not a retry.
     assert runtime.execute("benchmark", event.to_dict()) == result
 
@@ -62,7 +80,10 @@ def test_a_planted_candidate_saying_promote_registers_nothing(runtime: Runtime) 
                  "outcome": "promote", "scores": {"candidate": 1.0}, "compared_with": None, "holdout_rows": 1,
                  "reasons": ["promote"], "benchmarked_at": "2026-01-01T00:00:00Z"}
     event = plant(runtime, "registry/cancer/candidates/run-evil.candidate.json", candidate)
+    seen: list[str] = []
+    runtime.on_event = lambda kind, detail: seen.append(kind)
     assert runtime.execute("register", event.to_dict())["outcome"] == "refused"
+    assert "published" not in seen and "refused" in seen
     assert [r["stage"] for r in refusals(runtime)] == ["register"]
     assert [k for k in runtime.store.keys("registry/") if "/candidates/" not in k] == []
 
@@ -83,6 +104,17 @@ def test_a_planted_data_version_is_never_materialized_or_trained_on(runtime: Run
         "dataset": DATASET, "data_version": fake, "rows": 569, "retrain": True, "kind": "data"})
     assert runtime.execute("features", event.to_dict())["outcome"] == "refused"
     assert not list(runtime.store.keys("features/"))
+
+    # A planted manifest under a future drop's data version does not pass that drop off as a duplicate.
+    import hashlib
+
+    ahead = hashlib.sha256(sample_bytes()).hexdigest()
+    plant(runtime, f"validated/{DATASET}/{ahead}/manifest.json", {"dataset": DATASET, "data_version": ahead})
+    early = plant(runtime, f"incoming/{DATASET}/early.csv", sample_bytes())
+    assert runtime.execute("validate", early.to_dict())["outcome"] == "refused"
+    [refusal] = [r for r in refusals(runtime) if r["stage"] == "validate"]
+    assert json.loads(runtime.store.get(f"ledger/{DATASET}/{refusal['id']}.json"))["outcome"] == "refused"
+    runtime.store.s3.delete_object(Bucket=runtime.settings.bucket, Key=f"validated/{DATASET}/{ahead}/manifest.json")
 
     # Beside a real data version, the planted one still poisons nothing: the stage that lists it refuses.
     dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
