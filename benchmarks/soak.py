@@ -80,7 +80,7 @@ def main() -> None:
     tag = uuid.uuid4().hex[:8]
     settings = replace(Settings(), bucket=f"soak-{tag}", events_queue=f"soak-events-{tag}", topic=f"soak-{tag}",
                        namespace=f"soak-{tag}", endpoint_url=f"http://{host}:{port}",
-                       broker_url=f"redis://127.0.0.1:{redis_port}/0")
+                       broker_url=f"redis://127.0.0.1:{redis_port}/0", signing_key=uuid.uuid4().hex * 2)
     redis_proc: list[subprocess.Popen[bytes]] = []
 
     def start_redis() -> None:
@@ -92,6 +92,7 @@ def main() -> None:
            "AWS_ENDPOINT_URL": settings.endpoint_url or "", "SLUICE_BUCKET": settings.bucket,
            "SLUICE_EVENTS_QUEUE": settings.events_queue, "SLUICE_TOPIC": settings.topic,
            "SLUICE_NAMESPACE": settings.namespace, "SLUICE_BROKER_URL": settings.broker_url,
+           "SLUICE_SIGNING_KEY": settings.signing_key or "",
            "SLUICE_MIN_BACKOFF_MS": "500", "SLUICE_LEASE_TTL_S": "5", "SLUICE_BROKER_HEARTBEAT_TIMEOUT_MS": "5000",
            "SLUICE_BROKER_MAINTENANCE_CHANCE": "1000000", "SLUICE_RECONCILE_INTERVAL_S": "10"}
     workers: list[subprocess.Popen[bytes]] = []

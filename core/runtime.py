@@ -21,10 +21,11 @@ from dramatiq import Broker
 
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
-from sluice.core.errors import Defer, InputError, SluiceError
+from sluice.core.errors import ContractError, Defer, InputError, IntegrityError, ModelInputError, SluiceError, clip
 from sluice.core.leases import WORKER_ID, Heartbeat
 from sluice.core.middleware import DEFERRALS, DeadLetters, InFlight, attempts
 from sluice.core.outputs import RecordingStore
+from sluice.core.provenance import is_signed
 from sluice.core.settings import Settings
 from sluice.core.validation import examples, summarize
 from sluice.events.model import ModelEvent
@@ -59,6 +60,8 @@ ARRIVAL_STAGES = ("validate", "labels")
 def published_key(model: str, event_id: str) -> str:
     """Where the publication of one model event is recorded."""
     return f"published/{model}/{event_id}.json"
+# Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
+PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError)
 
 
 def dataset_of(key: str) -> str:
@@ -115,6 +118,8 @@ class Runtime:
             # debounce or the holder's time limit; only failures count against max_retries.
             if isinstance(exc, dramatiq.Retry):
                 return True
+            if isinstance(exc, PERMANENT):
+                return False
             message = self.inflight.current()
             failed_before = retries - (attempts(message)[1] if message is not None else 0)
             return failed_before < max_retries
@@ -221,7 +226,15 @@ class Runtime:
             time.sleep(pause)
         try:
             try:
+                if is_signed(event.key):
+                    # Woken by a document: act only on one a Sluice stage wrote (core/provenance.py).
+                    self.store.verify(event.key, event.version_id)
                 effects = self.pipeline.handlers[name](event, ctx)
+            except IntegrityError as err:
+                result = self.refuse(ctx, name, event, err)
+                # Completed, naming the refusal record: `sluice refused redrive` forgets it to run the stage again.
+                self.state.complete(key, owner, {**result, "outputs": sorted(store.written)}, COMPLETED_TTL_S)
+                return result
             except Defer as later:
                 self.state.release(key, owner)
                 raise self._retry(message, later.delay_s) from None
@@ -277,7 +290,7 @@ class Runtime:
             "what_to_do": err.hint,
             "summary": [
                 {"column": f.column, "check": f.check, "rows": f.count, "example_row": f.row,
-                 "example_value": None if f.value is None else str(f.value)}
+                 "example_value": None if f.value is None else clip(f.value)}
                 for f in summarize(err.failures)
             ],
             "examples": examples(err.failures),
@@ -297,6 +310,28 @@ class Runtime:
         log.warning("quarantined %s: %s", event.key, err)
         self.on_event("quarantined", report)
         return {"outcome": "quarantined", "report": f"{base}/report.json"}
+
+    def refuse(self, ctx: Context, stage: str, event: ObjectCreated, err: IntegrityError) -> dict[str, Any]:
+        """Record that a stage would not act on something no stage wrote (or bytes that changed); never retried.
+
+        An operator who restored the object re-drives the event with `sluice refused redrive`."""
+        dataset = dataset_of(event.key)
+        oid = object_id(event)
+        record = {
+            "stage": stage, "dataset": dataset, "id": oid, "outcome": "refused", "reason": "integrity",
+            "message": str(err), "event": event.to_dict(), "at": ctx.timestamp(),
+            "what_to_do": "Find out who wrote the object (bucket version history, CloudTrail). Restore it or delete "
+                          f"it; to run the stage again, `sluice refused redrive {oid}`.",
+        }
+        key = f"refused/{dataset}/{oid}.json"
+        ctx.store.put_json(key, record)
+        if not is_signed(event.key):  # an arrival (a drop): its one outcome
+            ctx.store.put_json(f"ledger/{dataset}/{oid}.json", {
+                "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "refused",
+                "reason": "integrity", "message": str(err), "refusal": key, "at": ctx.timestamp()})
+        log.error("refused %-10s %s: %s", stage, event.key, err)
+        self.on_event("refused", record)
+        return {"outcome": "refused", "record": key}
 
     def _record_dead_letter(self, doc: dict[str, Any]) -> None:
         key = f"deadletter/{doc['actor']}/{doc['message_id']}.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 # Environment variable names: the only place they are spelled.
 ENV_BUCKET = "SLUICE_BUCKET"
@@ -22,6 +22,9 @@ ENV_BROKER_MAINTENANCE_CHANCE = "SLUICE_BROKER_MAINTENANCE_CHANCE"
 ENV_FAULT_DELAY = "SLUICE_FAULT_DELAY"  # fault injection only: "stage=seconds,..."
 ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"  # the standard boto3 variable; unset means real AWS
 ENV_REGION = "AWS_DEFAULT_REGION"
+# The key that signs every document a stage acts on (core/provenance.py). Workers (and operators running lifecycle
+# commands) hold it; producers do not. In production, set it from Secrets Manager or SSM (see README).
+ENV_SIGNING_KEY = "SLUICE_SIGNING_KEY"
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class Settings:
             if name.strip() == stage:
                 return float(seconds)
         return 0.0
+    # Hex or text, at least 32 bytes. None: a key that lives only in this process (demo, in-process tests).
+    signing_key: str | None = field(default=None, repr=False)
 
     @property
     def dead_letter_queue(self) -> str:
@@ -93,4 +98,5 @@ class Settings:
                                                     base.broker_heartbeat_timeout_ms)),
             broker_maintenance_chance=int(env.get(ENV_BROKER_MAINTENANCE_CHANCE, base.broker_maintenance_chance)),
             fault_delay=env.get(ENV_FAULT_DELAY, base.fault_delay),
+            signing_key=env.get(ENV_SIGNING_KEY) or None,
         )

@@ -38,6 +38,7 @@ logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request log
 CONVERGE_S = 60
 LEASE_TTL_S = 3
 VISIBILITY_S = 5
+SIGNING_KEY = "fa17" * 16
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
@@ -100,6 +101,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "SLUICE_BUCKET": settings.bucket, "SLUICE_EVENTS_QUEUE": settings.events_queue,
         "SLUICE_TOPIC": settings.topic, "SLUICE_NAMESPACE": settings.namespace,
         "SLUICE_BROKER_URL": settings.broker_url, "SLUICE_MIN_BACKOFF_MS": "200",
+        "SLUICE_SIGNING_KEY": settings.signing_key or "",
         "SLUICE_LEASE_TTL_S": str(LEASE_TTL_S), "SLUICE_BROKER_HEARTBEAT_TIMEOUT_MS": "3000",
         "SLUICE_BROKER_MAINTENANCE_CHANCE": "1000000", "SLUICE_RECONCILE_INTERVAL_S": "0",
         **extra,
@@ -142,7 +144,8 @@ def cli(settings: Settings, *args: str) -> str:
 
 @pytest.fixture
 def deployment(moto_endpoint: str, redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Settings, Workers]]:
-    settings = replace(unique_settings(moto_endpoint), broker_url=redis_server.url)
+    # Worker processes and this one share a signing key, as a deployment's workers do (core/provenance.py).
+    settings = replace(unique_settings(moto_endpoint), broker_url=redis_server.url, signing_key=SIGNING_KEY)
     prepare(settings, sample_contract(budget_s=2.0))
     # A killed worker's bridge may leave a long poll open that takes a notification with it: SQS hands it out
     # again after the visibility timeout (60 s as provisioned; 5 s here, so the bound below stays short).
