@@ -20,6 +20,7 @@ from sluice.core.settings import Settings
 
 ROLES = ("producer", "contract-owner", "worker", "model-reader", "operator")
 RECORDS = ("quarantine/", "refused/", "deadletter/")  # the worker's reports about input it did not take
+PUBLISHED = ("published/",)  # the worker's record of each model event it sent (core/runtime.py)
 CONTRACTS = ("contracts/", "contract-versions/")
 READ = ["s3:GetObject", "s3:GetObjectVersion"]
 
@@ -47,7 +48,8 @@ def policies(settings: Settings, routes: list[Route]) -> dict[str, dict[str, Any
         "worker": [
             lst,
             _statement("ReadAll", READ, [f"{bucket}/*"]),
-            _statement("WriteOutputs", ["s3:PutObject"], _objects(settings, (*SIGNED_PREFIXES, *RECORDS))),
+            _statement("WriteOutputs", ["s3:PutObject"],
+                       _objects(settings, (*SIGNED_PREFIXES, *RECORDS, *PUBLISHED))),
             # Alias objects are removed when a role empties (no challenger): nothing else is ever deleted.
             _statement("DropAliases", ["s3:DeleteObject"], [f"{bucket}/registry/*/aliases/*"]),
             _statement("Queue", ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueUrl",
@@ -67,6 +69,10 @@ def policies(settings: Settings, routes: list[Route]) -> dict[str, dict[str, Any
             _statement("DropAliases", ["s3:DeleteObject"], [f"{bucket}/registry/*/aliases/*"]),
             _statement("Publish", ["sns:Publish", "sns:CreateTopic"], [topic]),
             _statement("QueueDepth", ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"], [queue, dlq]),
+            # `sluice deadletter redrive`: records move to redriven/, SQS dead letters back to the events queue.
+            _statement("RedriveRecords", ["s3:PutObject"], _objects(settings, ("redriven/",))),
+            _statement("ClearRedriven", ["s3:DeleteObject"], _objects(settings, ("deadletter/",))),
+            _statement("RedriveQueue", ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:SendMessage"], [queue, dlq]),
         ],
     }
     return {role: {"Version": "2012-10-17", "Statement": statements} for role, statements in docs.items()}
