@@ -231,9 +231,9 @@ class Runtime:
                     self.store.verify(event.key, event.version_id)
                 effects = self.pipeline.handlers[name](event, ctx)
             except IntegrityError as err:
-                result = self.refuse(ctx, name, event, err)
+                result = {**self.refuse(ctx, name, event, err), "outputs": sorted(store.written)}
                 # Completed, naming the refusal record: `sluice refused redrive` forgets it to run the stage again.
-                self.state.complete(key, owner, {**result, "outputs": sorted(store.written)}, COMPLETED_TTL_S)
+                self.state.complete(key, owner, result, COMPLETED_TTL_S)
                 return result
             except Defer as later:
                 self.state.release(key, owner)
