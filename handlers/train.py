@@ -222,13 +222,38 @@ def _coalesce(ctx: Context, contract: Contract, features: FeaturesMaterialized, 
             ctx.log.info("skip  train      %s: labels %s are superseded by %s", contract.dataset, mine[:12],
                          newest_label.data_version[:12])
             return False
+    pending = _pending_drops(ctx, contract, features)
+    if not pending:
+        ctx.log.info("now   train      %s: no other drop is pending, nothing to coalesce", contract.dataset)
+        return True
     newest = max([features.materialized_at, *(lv.validated_at for lv in labels)])
     quiet_s = (ctx.now() - datetime.fromisoformat(newest.replace("Z", "+00:00"))).total_seconds()
     wait_s = contract.training.debounce_s - quiet_s
     if wait_s > 0:
-        ctx.log.info("wait  train      %s: coalescing drops, training in %.1fs", contract.dataset, wait_s)
+        ctx.log.info("wait  train      %s: coalescing drops (%d pending), training in %.1fs", contract.dataset,
+                     len(pending), wait_s)
         raise Defer(wait_s + 0.05, f"coalescing drops of {contract.dataset!r}")
     return True
+
+
+def _pending_drops(ctx: Context, contract: Contract, features: FeaturesMaterialized) -> list[str]:
+    """Drops of the dataset still on their way to a newer feature set: not validated yet, or validated and not in
+    `features`. When there are none, waiting for the debounce only delays the run: there is nothing to coalesce."""
+    from sluice.core.runtime import object_id
+    from sluice.events.s3 import ObjectCreated
+
+    dataset, bucket = contract.dataset, ctx.store.bucket
+    done = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in ctx.store.keys(f"ledger/{dataset}/")}
+    pending = []
+    for prefix in (f"incoming/{dataset}/", *((f"labels/{dataset}/",) if contract.labels else ())):
+        for key, etag in ctx.store.etags(prefix):
+            if object_id(ObjectCreated(bucket, key, etag=etag)) not in done:
+                pending.append(key)
+    included = set(features.data_versions)
+    for key in ctx.store.keys(f"validated/{dataset}/"):
+        if key.endswith("/manifest.json") and key.split("/")[2] not in included:
+            pending.append(key)
+    return pending
 
 
 def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] | None:

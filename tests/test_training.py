@@ -137,16 +137,29 @@ def test_the_training_time_limit_follows_the_contract_budget(runtime: Runtime) -
     assert "time_limit" not in messages["benchmark"].options
 
 
+def test_the_first_drop_trains_without_waiting_for_the_debounce(runtime: Runtime) -> None:
+    contract = with_training(sample_contract(), debounce_s=3600.0)
+    runtime.store.put(f"contracts/{DATASET}.yaml", contract.to_yaml().encode())
+    a, b = parts(2)
+    # Nothing else is pending, so there is nothing to coalesce: an hour's debounce does not hold it back.
+    assert run_chain(runtime, f"incoming/{DATASET}/a.csv", a)["data_versions"]
+    # A drop while another is still on its way (here: not validated yet) waits for the debounce.
+    runtime.store.put(f"incoming/{DATASET}/c.csv", parts(3)[0])
+    from dramatiq.errors import Retry
+
+    with pytest.raises(Retry):
+        run_chain(runtime, f"incoming/{DATASET}/b.csv", b)
+
+
 @pytest.mark.slow
-def test_three_quick_drops_make_one_run(moto_settings: Settings) -> None:
+def test_a_burst_of_drops_makes_one_run(moto_settings: Settings) -> None:
     contract = with_training(sample_contract(), debounce_s=5.0)
     prepare(moto_settings, contract)
     service = start(moto_settings, runtime=build_runtime(moto_settings), bridge_wait_s=1)
     store = service.runtime.store
     try:
         for i, data in enumerate(parts(3)):
-            store.put(f"incoming/{DATASET}/part-{i}.csv", data)
-            time.sleep(1.0)  # far enough apart that, without coalescing, the first drop trains on its own
+            store.put(f"incoming/{DATASET}/part-{i}.csv", data)  # a burst: each drop finds the others pending
         wait_for(lambda: [k for k in store.keys("registry/") if "/versions/" in k], 60, "a registered version")
         time.sleep(6)  # longer than the debounce: a second run would have started by now
     finally:
