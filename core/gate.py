@@ -281,8 +281,8 @@ def inference_benchmark(model: Any, rows: pl.DataFrame, *, load_ms: float | None
         t = time.perf_counter()
         model.predict(batch)
         best = min(best, time.perf_counter() - t)
-    # Rows are sliced before timing, so the latency is the model's, not the frame's indexing.
-    singles = [rows.slice(i % max(rows.height, 1), 1) for i in range(single_rows)]
+    # One row as a service receives it (a JSON object), sliced before timing, so the latency is the model's.
+    singles = [rows.slice(i % max(rows.height, 1), 1).to_dicts() for i in range(single_rows)]
     for row in singles[:5]:
         model.predict(row)
     latencies = []

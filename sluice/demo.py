@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -89,6 +90,17 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
             m = d["metric"]
             _say(f"\n== {event['type']}: model {d['model']} v{d['version']}, holdout {m['name']} "
                  f"{m['candidate']:.4f} vs naive baseline {m['baseline']:.4f}")
+
+            # What a downstream system does with the event: one line to a verified model, then score rows.
+            from sluice.core.bundle import load_model
+
+            model = load_model(event, settings=settings)
+            rows = pl.read_csv(io.BytesIO(data)).drop(TARGET).head(3)
+            result = model.predict(rows.to_dicts())
+            _say(f"== sluice.load_model(event) -> {model!r}")
+            for rec in result.to_dicts():
+                probs = ", ".join(f"{k} {v:.3f}" for k, v in rec["probabilities"].items())
+                _say(f"   row {rec['row']}: {rec['prediction']} ({probs})")
 
             # At least once: the same bytes again give the same data version and no new run.
             store.put(f"incoming/{DATASET}/breast_cancer_again.csv", data)

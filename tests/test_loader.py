@@ -343,3 +343,22 @@ def test_rescore_corrects_versions_scored_by_the_old_loader_in_the_history(runti
     again = list(rescore(registry, mixed.DATASET, by="test", at="2030-01-01T00:00:01Z"))
     assert again[1].endswith("(already recorded)")
     assert len([r for r in registry.history(mixed.DATASET) if r["action"] == "rescored"]) == 1
+
+
+def test_the_package_never_unpickles() -> None:
+    """No module Sluice ships imports a deserializer that runs code (pickle and its relatives)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    banned = {"pickle", "cPickle", "dill", "cloudpickle", "joblib", "shelve", "marshal"}
+    offenders = []
+    for folder in ("core", "events", "handlers", "infra", "sluice"):
+        for path in (root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                offenders += [f"{path.relative_to(root)}: imports {n}" for n in names if n.split(".")[0] in banned]
+                if isinstance(node, ast.Attribute) and node.attr in ("loads", "load") and isinstance(
+                        node.value, ast.Name) and node.value.id in banned:
+                    offenders.append(f"{path.relative_to(root)}: calls {node.value.id}.{node.attr}")
+    assert offenders == []

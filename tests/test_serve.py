@@ -130,3 +130,42 @@ def test_serve_swaps_versions_under_a_stream_of_requests_without_errors(
         assert [p["prediction"] for p in body["predictions"]] == expected[version], "a mixed answer"
         assert version in (serving(t0), serving(t1)), "answered by a version that was not serving"
     assert {body["version"] for *_, body in answers} == {1, 2}
+
+
+def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
+    from starlette.testclient import TestClient
+
+    from sluice.core import bundle, modeling
+    from sluice.core.transforms import apply_transforms, frequency_tables
+    from sluice.serve import MAX_ROWS, ModelServer
+
+    contract = mixed.contract(0.5)
+    train = apply_transforms(mixed.frame(300, 0), contract)
+    encoding = modeling.Encoding.fit(train, contract)
+    trained = modeling.train(train, encoding, contract)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=trained.model_bytes,
+                                          model_format=trained.model_format,
+                                          frequencies=frequency_tables(train, contract), run_id="r")
+    server = ModelServer(mixed.DATASET, watch=False)
+    client = TestClient(server.app())
+    assert client.get("/ready").status_code == 503  # nothing loaded yet
+    server.model = bundle.model_from_files(manifest, files)
+    assert client.get("/health").json() == {"status": "ok"}
+    row = json.loads(json.dumps(mixed.frame(1, 5).to_dicts()[0], default=str))
+
+    ok = client.post("/predict", json={"rows": [row, {**row, "zone": "mars"}]})
+    assert ok.status_code == 200 and ok.json()["scored"] == 1
+    assert "not one of the contract's categories" in ok.json()["predictions"][1]["unscored"]
+    assert client.post("/predict", json=row).status_code == 200  # one bare object is one row
+    cases = {
+        b"{not json": (400, "not JSON"),
+        b"[]": (400, "non-empty list of row objects"),
+        b'{"rows": [1, 2]}': (400, "non-empty list of row objects"),
+        json.dumps({"rows": [{"zone": "west"}]}).encode(): (422, "no row could be scored"),
+        json.dumps({"rows": [row] * (MAX_ROWS + 1)}).encode(): (413, "the limit is"),
+    }
+    for body, (status, text) in cases.items():
+        r = client.post("/predict", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status and text in r.text, (body[:40], r.status_code, r.text[:200])
+    info = client.get("/model").json()
+    assert info["model"] == mixed.DATASET and info["signature"]["feature_order"] == server.model.encoding.columns
