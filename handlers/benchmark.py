@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import bundle, gate
+from sluice.core import bundle, gate, leakage
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.registry import ModelRegistry
@@ -52,7 +52,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         reference_name = f"champion v{champion['version']}"
     benchmark = gate.inference_benchmark(candidate, holdout, load_ms=load_ms)
     verdict = gate.evaluate(contract, holdout, y, candidate_scores, reference_scores, baseline=baseline_scores,
-                            reference_name=reference_name, n_classes=n_classes, benchmark=benchmark)
+                            reference_name=reference_name, n_classes=n_classes, benchmark=benchmark,
+                            refusals=leakage.reasons(run.get("leakage")))
     metric = verdict.metric
     decision = CandidateBenchmarked(
         run_id=run["run_id"], run_key=event.key, dataset=run["dataset"], model=model, metric=contract.metric,

@@ -42,6 +42,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "lineage": {"data_versions": run["data_versions"], "sources": run["sources"],
                     "feature_set_version": run["feature_set_version"], "run_id": run["run_id"],
                     "contract_version": run["contract_version"]},
+        # Columns that gave the target away (core/leakage.py), and what the contract's policy did about them.
+        **({"leakage": run["leakage"]} if run.get("leakage") else {}),
         "training": {"params": run["params"], "best_estimator": run["best_estimator"],
                      "best_config": run["best_config"], "holdout": run["holdout"],
                      "durations_s": run["durations_s"], "environment": run["environment"]},

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import bundle, modeling
+from sluice.core import bundle, leakage, modeling
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract
 from sluice.core.drift import reference_profile
@@ -86,6 +86,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             hint=f"Drop more rows (at least {MIN_TRAIN_ROWS * 2}, with every class represented).",
             failures=[Failure(contract.target, "enough labelled rows to train", value=frame.height)],
         )
+    leaks, encoding = _check_leakage(ctx, contract, train_frame, encoding)
     starting_points = _warm_start(ctx, contract)
     t_prep = time.perf_counter()
 
@@ -156,6 +157,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "best_loss": trained.best_loss,
         "trials": {"count": len(trials), "best_loss_curve": _best_so_far(trials)},
         "warm_start": trained.warm_start,
+        "leakage": leaks,
         "feature_importance": dict(list(trained.feature_importance.items())[:50]),
         "holdout": {"rows": holdout.height, "scored_rows": int(known.sum()), "train_rows": train_frame.height,
                     "fraction": spec.holdout_fraction, "seed": spec.seed, "metrics": metrics, "baseline": baseline,
@@ -254,6 +256,20 @@ def _pending_drops(ctx: Context, contract: Contract, features: FeaturesMateriali
         if key.endswith("/manifest.json") and key.split("/")[2] not in included:
             pending.append(key)
     return pending
+
+
+def _check_leakage(ctx: Context, contract: Contract, train_frame: pl.DataFrame, encoding: modeling.Encoding
+                   ) -> tuple[dict[str, Any], modeling.Encoding]:
+    """Columns that give the target away (core/leakage.py), and the encoding to train with: without them when the
+    contract says `exclude`. `refuse` is applied by the gate, `warn` only records."""
+    policy = contract.training.leakage
+    findings = leakage.check(train_frame, encoding, seed=contract.training.seed)
+    for f in findings:
+        ctx.log.warning("leak  train      %s: %s (training.leakage: %s)", contract.dataset, f.message, policy)
+    if findings and policy == "exclude":
+        encoding = modeling.Encoding.fit(train_frame, contract,
+                                         exclude=[*training_columns(contract), *(f.column for f in findings)])
+    return leakage.summary(findings, policy), encoding
 
 
 def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] | None:
