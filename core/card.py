@@ -57,6 +57,9 @@ def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None)
                 f"seed {params.get('seed')}, n_jobs {params.get('n_jobs')}; best estimator "
                 f"`{training.get('best_estimator')}`, fit {(training.get('durations_s') or {}).get('fit')} s",
                 f"- Best configuration: `{json.dumps(training.get('best_config'), sort_keys=True)}`",
+                *([f"- Shipped model: the same configuration refitted on all {training['refit']['rows']} labelled rows "
+                   "(training + holdout); the metrics below are of the model fitted on the training rows alone, "
+                   "scored on holdout rows it never saw"] if training.get("refit") else []),
                 f"- Environment: Python {(training.get('environment') or {}).get('python')}, "
                 + ", ".join(f"{k} {v}" for k, v in sorted(((training.get('environment') or {})
                                                          .get('packages') or {}).items()))]

@@ -66,6 +66,9 @@ class TrainingSpec(_Strict):
     # the label, a target that is a function of one column) does: refuse promotion, drop the column and train
     # without it, or only warn. Every finding is named in the run, the card, the event and `sluice status`.
     leakage: Literal["refuse", "exclude", "warn"] = "refuse"
+    # Fit the chosen configuration again on train + holdout once the search is evaluated, and ship that model
+    # (the gate still judges the holdout-evaluated one). False ships the evaluated model itself.
+    refit: bool = True
 
     @field_validator("estimators", mode="before")
     @classmethod

@@ -210,6 +210,8 @@ class Trained:
     trial_log: str
     feature_importance: dict[str, float]
     warm_start: dict[str, Any] | None = None
+    # The fitted learner (LightGBM's or XGBoost's scikit-learn model), for `refit`; never stored.
+    estimator: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -272,7 +274,59 @@ def train(
         raise RuntimeError("the stored model disagrees with FLAML's predictions; the encoding drifted from FLAML's "
                            "DataTransformer (is the installed FLAML newer than tested?)")
     return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
-                   fit_seconds, trial_log, _importance(model, list(X.columns)), warm)
+                   fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
+                   estimator=getattr(model, "estimator", None))
+
+
+@dataclass
+class Refit:
+    """The chosen configuration fitted again on more rows (train + holdout): the model that ships."""
+
+    model_bytes: bytes
+    model_format: str
+    rows: int
+    fit_seconds: float
+
+
+def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: Contract) -> Refit:
+    """The search's best learner and hyperparameters, fitted on every row of `frame`, in a storable format.
+
+    Same learner, same configuration, same encoding: only the rows differ. Like `train`, the stored form is loaded
+    back and must predict what the fitted learner predicts."""
+    from sklearn.base import clone
+
+    if trained.estimator is None:
+        raise ModelMismatch("nothing to refit: the search returned no fitted learner")
+    X, y = encoding.features(frame), encoding.labels(frame)
+    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
+    X, y = X[known], y[known]
+    estimator = clone(trained.estimator)
+    # FLAML may stop boosting early to keep its budget: refit with the rounds that were evaluated, not the asked.
+    booster = getattr(trained.estimator, "booster_", None)
+    if booster is not None:
+        estimator.set_params(n_estimators=booster.current_iteration())
+    elif hasattr(trained.estimator, "get_booster"):
+        estimator.set_params(n_estimators=trained.estimator.get_booster().num_boosted_rounds())
+    started = time.perf_counter()
+    estimator.fit(X, y)
+    seconds = time.perf_counter() - started
+    data, fmt = export(trained.best_estimator, _Fitted(estimator))
+    sample = frame.filter(pl.Series(known)).head(200)
+    ours = Predictor(fmt, data, contract.task, encoding).score(sample)
+    X_sample = X.head(sample.height)
+    theirs = np.asarray(estimator.predict(X_sample) if contract.task == "regression"
+                        else estimator.predict_proba(X_sample))
+    theirs = theirs[:, 1] if contract.task == "binary" else theirs
+    if not np.allclose(ours, theirs, atol=1e-6):
+        raise RuntimeError("the stored refit model disagrees with the fitted learner's predictions")
+    return Refit(data, fmt, int(known.sum()), seconds)
+
+
+@dataclass
+class _Fitted:
+    """What `export` reads: FLAML's estimator wrapper exposes the learner's model as `.estimator`."""
+
+    estimator: Any
 
 
 def export(learner: str, model: Any) -> tuple[bytes, str]:

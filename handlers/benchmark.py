@@ -48,7 +48,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if champion is None:
         reference_scores, reference_name = baseline_scores, "naive baseline"
     else:
-        reference_scores = bundle.load_version(ctx.store, champion).score_features(holdout)
+        reference_scores = bundle.load_version(ctx.store, champion, evaluated=True).score_features(holdout)
         reference_name = f"champion v{champion['version']}"
     benchmark = gate.inference_benchmark(candidate, holdout, load_ms=load_ms)
     verdict = gate.evaluate(contract, holdout, y, candidate_scores, reference_scores, baseline=baseline_scores,

@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -190,3 +191,24 @@ def test_missing_numbers_reach_the_stored_model_as_flaml_saw_them() -> None:
     scores = predictor.score(frame)
     filled = frame.with_columns(pl.col("x").fill_null(encoding.medians["x"]))
     assert np.allclose(scores, predictor.score(filled))
+
+
+@pytest.mark.slow
+def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> None:
+    from sluice.core import bundle
+    from sluice.core.registry import ModelRegistry
+    from sluice.infra.state import MemoryState
+
+    run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert run["refit"]["rows"] == run["holdout"]["rows"] + run["holdout"]["train_rows"] == 569
+    [version] = ModelRegistry(runtime.store, MemoryState()).versions(DATASET)
+    assert version["bundle"] == run["refit"]["bundle"] and version["evaluated_bundle"] == run["bundle"]
+    assert version["artifact"]["sha256"] == run["refit"]["model"]["sha256"] != run["artifacts"]["model"]["sha256"]
+    holdout = pl.read_parquet(io.BytesIO(artifact(runtime.store, run, "holdout")))
+    y = bundle.load_run(runtime.store, run).encoding.labels(holdout)
+    shipped = bundle.load_version(runtime.store, version).score_features(holdout)
+    judged = bundle.load_version(runtime.store, version, evaluated=True).score_features(holdout)
+    # The gate's score is the evaluated model's on rows it never saw; the shipped refit has seen them.
+    assert version["scores"]["candidate"] == pytest.approx(modeling.score("roc_auc", y, judged, None), abs=1e-6)
+    assert not np.allclose(shipped, judged)
+    assert (modeling.score("log_loss", y, shipped, None) < modeling.score("log_loss", y, judged, None))
