@@ -250,7 +250,8 @@ def train(
             automl.fit(
                 X_train=X, y_train=y, task=task, metric=contract.metric, time_budget=spec.time_budget_s,
                 estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=spec.n_jobs, verbose=0,
-                log_file_name=str(log), log_type="all", starting_points=starting_points or {},
+                log_file_name=str(log), log_type="all",
+                starting_points=search_starts(starting_points, list(spec.estimators)),
             )
         finally:
             watcher.stop()
@@ -327,6 +328,27 @@ class _Fitted:
     """What `export` reads: FLAML's estimator wrapper exposes the learner's model as `.estimator`."""
 
     estimator: Any
+
+
+# LightGBM's own defaults, in FLAML's search space (its regularisation floor is 1/1024, not 0). FLAML starts from
+# a deliberately tiny, cheap configuration and climbs; on small data and short budgets it can end below what the
+# library's defaults give for free (measured: benchmarks/model_quality.py). Evaluating the defaults as well means
+# the search never returns something its own cross-validation scores below the plain default.
+LIBRARY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lgbm": {"n_estimators": 100, "num_leaves": 31, "min_child_samples": 20, "learning_rate": 0.1,
+             "log_max_bin": 8, "colsample_bytree": 1.0, "reg_alpha": 1 / 1024, "reg_lambda": 1 / 1024},
+}
+
+
+def search_starts(warm: dict[str, dict[str, Any]] | None, estimators: list[str]) -> dict[str, Any]:
+    """FLAML's `starting_points`: the champion's configuration first (warm start), then the library defaults."""
+    out: dict[str, Any] = {}
+    for name in estimators:
+        points = [*([warm[name]] if warm and name in warm else []),
+                  *([LIBRARY_DEFAULTS[name]] if name in LIBRARY_DEFAULTS else [])]
+        if points:
+            out[name] = points
+    return out
 
 
 def export(learner: str, model: Any) -> tuple[bytes, str]:
