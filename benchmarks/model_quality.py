@@ -85,7 +85,7 @@ def plain_pandas(frame: pl.DataFrame, target: str) -> pd.DataFrame:
     """Features as a data scientist hands them to FLAML or LightGBM: text as categories, dates as datetimes."""
     pdf = frame.drop(target).to_pandas()
     for name in pdf.columns:
-        if pdf[name].dtype == object or str(pdf[name].dtype).startswith("string"):
+        if frame.schema[name] == pl.Utf8:
             pdf[name] = pdf[name].astype("category")
         elif str(pdf[name].dtype).startswith("datetime") or frame.schema[name] == pl.Date:
             pdf[name] = pd.to_datetime(pdf[name])
@@ -218,6 +218,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
+    import logging
+
     from moto.server import ThreadedMotoServer
 
     from sluice.core.service import start
@@ -225,8 +227,6 @@ def main() -> None:
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.store import S3Store
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

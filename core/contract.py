@@ -385,9 +385,18 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     notes["training"] = ("FLAML's search budget in seconds; debounce_s: drops within this many seconds of each "
                          "other train once. leakage: refuse (no promotion), exclude (train without the column) or "
                          "warn, when one column alone predicts the target.")
+    # A date reaches the model as a day number: a trend, but no season or weekday. Their parts are declared
+    # features, as a data scientist would add them (plain FLAML expands dates the same way).
+    features = [Transform(name=f"{name}_{part}", op=part, columns=[name])  # type: ignore[arg-type]
+                for name, spec in columns.items() if name != target and spec.dtype in ("date", "datetime")
+                for part in ("month", "day", "dayofweek", *(("hour",) if spec.dtype == "datetime" else ()))
+                if f"{name}_{part}" not in columns]
+    if features:
+        notes["features"] = ("Date parts (month, day of month, weekday, and hour for datetimes) as features: the "
+                             "date itself only gives the model a trend. Remove any that should not matter.")
     return Contract(
         dataset=dataset, target=target, task=task, metric=DEFAULT_METRIC[task],  # type: ignore[arg-type]
-        columns=columns, max_invalid_fraction=INFERRED_MAX_INVALID_FRACTION,
+        columns=columns, max_invalid_fraction=INFERRED_MAX_INVALID_FRACTION, features=features,
         training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
     ).with_notes(notes)
 

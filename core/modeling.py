@@ -228,8 +228,10 @@ def train(
     starting_points: dict[str, dict[str, Any]] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    time_budget_s: float | None = None,
 ) -> Trained:
-    """FLAML AutoML over the contract's estimators and budget, on the encoded rows of `frame`.
+    """FLAML AutoML over the contract's estimators and budget (or `time_budget_s`: what is left of it), on the
+    encoded rows of `frame`.
 
     The artifact is the best learner's own format (LightGBM text or XGBoost JSON): loading it runs no code.
     Before it is returned, the stored form is loaded back through `Predictor` and must predict exactly what
@@ -248,7 +250,8 @@ def train(
         watcher.start()
         try:
             automl.fit(
-                X_train=X, y_train=y, task=task, metric=contract.metric, time_budget=spec.time_budget_s,
+                X_train=X, y_train=y, task=task, metric=contract.metric,
+                time_budget=time_budget_s or spec.time_budget_s,
                 estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=spec.n_jobs, verbose=0,
                 log_file_name=str(log), log_type="all",
                 starting_points=search_starts(starting_points, list(spec.estimators)),

@@ -40,3 +40,12 @@ def test_the_tolerance_and_limits_come_with_their_reasons() -> None:
     assert "# Up to 1% of a file's rows may break a rule" in text and "Set 0 to stop" in text
     assert "observed 1 to 3" in text and "Tighten them to the observed range" in text
     assert parse_contract(text) == contract
+
+
+def test_dates_get_their_parts_as_features() -> None:
+    from datetime import date
+
+    frame = pl.DataFrame({"d": [date(2024, 1, i) for i in range(1, 11)], "y": [float(i) for i in range(10)]})
+    contract = infer_contract(frame, "demo", "y")
+    assert [(t.name, t.op) for t in contract.features] == [("d_month", "month"), ("d_day", "day"),
+                                                          ("d_dayofweek", "dayofweek")]
