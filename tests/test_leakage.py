@@ -69,6 +69,10 @@ def test_a_planted_leak_under_each_policy(runtime: Runtime, policy: str) -> None
     assert run["leakage"]["findings"][0]["kind"] == "determines_target"
     trained_on = bundle.load_run(runtime.store, run).encoding.columns
     assert ("referral_ward" in trained_on) == (policy != "exclude")
+    if policy == "exclude":
+        from sluice.core import runs
+
+        assert runs.reproduce(runtime.store, run)["match"]  # the run is reproducible without the column too
 
     registry = ModelRegistry(runtime.store, MemoryState())
     [version] = registry.versions(DATASET)
