@@ -110,7 +110,9 @@ def test_two_drops_subscribers_rollback_and_the_champion_at_any_time(env: Runtim
     north, south = region_rows("north", 300, 1), region_rows("south", 300, 2)
     contract = infer_contract(pl.concat([north, south]), DATASET, "label", BUDGET_S, debounce_s=0)
     contract = contract.model_copy(update={"promotion": PromotionSpec(
-        slices=["region"], non_inferiority_margin=0.05, max_model_bytes=5_000_000)})
+        slices=["region"], non_inferiority_margin=0.05, max_model_bytes=5_000_000),
+        # The label is a threshold of one measure by construction: the leakage check is right to flag it.
+        "training": contract.training.model_copy(update={"leakage": "warn"})})
     rt.store.put(contract_key(DATASET), contract.to_yaml().encode())
 
     mine, _ = subscribe_queue(settings, "mine", filter_policy(models=[DATASET]))
