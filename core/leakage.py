@@ -24,7 +24,7 @@ import polars as pl
 
 from sluice.core.modeling import Encoding
 
-THRESHOLD = 0.98  # balanced accuracy or R² of one column alone, out of fold
+THRESHOLD = 0.98  # balanced accuracy or R² of one column alone, on rows the tree was not fitted on
 DETERMINES = 0.999
 MAX_ROWS = 10_000  # a sample is enough to see a near-perfect column; keeps the check to a second or two
 MIN_ROWS = 30
@@ -105,8 +105,8 @@ def _column(name: str, x: np.ndarray, y: np.ndarray, encoding: Encoding, raw: pl
                    "contract, or set training.leakage: warn if it is known at prediction time.")
     else:
         kind = "predicts_target"
-        message = (f"column {name!r} alone predicts the target almost perfectly ({measure} {score:.3f} out of "
-                   "fold): check that it is known at prediction time. Drop it, or set training.leakage: warn if "
+        message = (f"column {name!r} alone predicts the target almost perfectly ({measure} {score:.3f} on held-out "
+                   "rows): check that it is known at prediction time. Drop it, or set training.leakage: warn if "
                    "it is legitimate.")
     return Finding(name, kind, measure, round(score, 6), message)
 
