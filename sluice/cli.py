@@ -174,6 +174,8 @@ def status(as_json: bool) -> None:
                 extra += f" -> v{','.join(map(str, a['versions']))}"
             if a.get("owner"):
                 extra += f" (by {a['owner']})"
+            for leak in a.get("leakage", []):
+                extra += f" [LEAK? {', '.join(leak['columns'])}: {leak['action']}]"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
             if a["outcome"] in ("quarantined", "failed"):
                 click.echo(f"              {a['message']}")

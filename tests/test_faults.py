@@ -238,25 +238,22 @@ def test_a_worker_killed_in_each_stage_is_taken_over_by_the_next(deployment: tup
             assert f"fault injection: holding {stage}" in logs
 
 
-def test_redis_and_worker_lost_during_the_debounce_then_reconcile_restores_the_chain(
+def test_redis_and_worker_lost_while_train_waits_then_reconcile_restores_the_chain(
         deployment: tuple[Settings, Workers], redis_server: RedisServer) -> None:
     settings, workers = deployment
     store = S3Store(settings)
-    debounce_s = 4.0
-    store.put(contract_key(DATASET), sample_contract(budget_s=2.0).model_copy(update={"training": sample_contract(
-        budget_s=2.0).training.model_copy(update={"debounce_s": debounce_s})}).to_yaml().encode())
-    first = workers.start()
+    # The train message is held by the worker (as during a debounce, or before a fit): the machine goes down,
+    # Redis comes back empty, a new worker starts. No queue holds the message any more.
+    first = workers.start(SLUICE_FAULT_DELAY="train=60")
     key = f"incoming/{DATASET}/cancer.csv"
     with TemporarySubscription(settings) as subscriber:
         store.put(key, sample_bytes())
-        wait_for(lambda: "coalescing drops" in workers.logs(), 60, "the train stage to wait for the debounce")
-        # The train message now waits for the debounce, in Redis and in the worker's memory (Dramatiq prefetches
-        # delayed messages): the machine goes down, Redis comes back empty, a new worker starts.
+        wait_for(lambda: "fault injection: holding train" in workers.logs(), 60, "the train stage to be held")
         first.send_signal(signal.SIGKILL)
         redis_server.kill()
         redis_server.start()
         workers.start()
-        time.sleep(debounce_s + 6)
+        time.sleep(2 * LEASE_TTL_S + 4)
         assert not runs(store), "the delayed train message should have been lost with Redis"
         assert "train" in cli(settings, "reconcile", "--dry-run", "--min-age", "0")
         out = cli(settings, "reconcile", "--min-age", "0")
