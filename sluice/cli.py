@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from sluice.commands import contracts, data, events, features, models, runs
+from sluice.commands import contracts, data, events, features, models, runs, trust
+from sluice.commands.common import dataset_name
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -34,6 +35,10 @@ class _Sluice(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as exc:
+            from sluice.core.errors import IntegrityError
+
+            if isinstance(exc, IntegrityError):  # a document no stage wrote, or changed bytes: say which
+                raise click.ClickException(str(exc)) from exc
             # botocore and redis are imported only when one of their errors is in hand: `sluice X --help` and
             # the commands that never touch them start without paying for them.
             if not any(c.__module__.partition(".")[0] in ("botocore", "redis") for c in type(exc).__mro__):
@@ -130,7 +135,8 @@ def serve(name: str, alias: str, host: str, port: int, bundle: str | None) -> No
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dataset", required=True, help="Dataset name; its contract is contracts/NAME.yaml.")
+@click.option("--dataset", required=True, callback=dataset_name,
+              help="Dataset name; its contract is contracts/NAME.yaml.")
 @click.option("--as", "name", default=None, help="Object name under incoming/NAME/ (default: the file's name).")
 @click.option("--labels", is_flag=True, help="FILE holds labels (entity, label time, target): upload to labels/.")
 def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
@@ -216,7 +222,7 @@ def demo(budget: float, timeout: float) -> None:
 
 
 for _command in (models.models, events.events, events.subscribe, contracts.contract, data.data, data.quarantine,
-                 runs.runs, features.features):
+                 runs.runs, features.features, trust.iam, trust.refused):
     main.add_command(_command)
 
 
