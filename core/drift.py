@@ -31,16 +31,13 @@ def reference_profile(frame: pl.DataFrame, exclude: tuple[str, ...] = ()) -> dic
             continue
         s = frame[name]
         if s.dtype.is_numeric() and s.dtype != pl.Boolean:
-            # One float copy of the column serves the quantiles and the bin counts (nulls and NaN are its NaN).
-            values = s.cast(pl.Float64).to_numpy()
-            missing = np.isnan(values)
-            present = values[~missing]
-            if len(present) == 0:
+            values = s.drop_nulls().drop_nans() if s.dtype.is_float() else s.drop_nulls()
+            if values.len() == 0:
                 continue
-            qs = np.quantile(present, np.linspace(0, 1, BINS + 1)[1:-1])
+            qs = np.quantile(values.cast(pl.Float64).to_numpy(), np.linspace(0, 1, BINS + 1)[1:-1])
             edges = sorted(set(float(q) for q in qs))
             columns[name] = {"kind": "numeric", "edges": edges,
-                             "fractions": _fractions(present, int(missing.sum()), edges)}
+                             "fractions": _numeric_fractions(s, edges)}
         else:
             counts = s.cast(pl.Utf8).fill_null(NULL).value_counts(sort=True)
             top = counts.head(TOP_CATEGORIES)
@@ -117,16 +114,13 @@ def _numeric_fractions(s: pl.Series, edges: list[float]) -> list[float]:
     """Shares of rows per bin (-inf, e0], (e0, e1], ..., (e_last, inf), plus one bin for nulls and NaN."""
     values = s.cast(pl.Float64).to_numpy()
     missing = np.isnan(values)
-    return _fractions(values[~missing], int(missing.sum()), edges)
-
-
-def _fractions(present: np.ndarray, missing: int, edges: list[float]) -> list[float]:
-    total = len(present) + missing
+    present = values[~missing]
+    total = len(values)
     if total == 0:
         return [0.0] * (len(edges) + 2)
     idx = np.searchsorted(np.asarray(edges), present, side="left")
     counts = np.bincount(idx, minlength=len(edges) + 1).astype(float)
-    return [*(counts / total).tolist(), float(missing) / total]
+    return [*(counts / total).tolist(), float(missing.sum()) / total]
 
 
 def _psi(ref: list[float], new: list[float]) -> float:
