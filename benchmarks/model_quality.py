@@ -1,77 +1,302 @@
-"""Model quality of Sluice's training stage at 10, 30 and 60 s budgets, against a default LightGBM.
+"""Model quality: what Sluice promotes against plain FLAML, a default LightGBM and AutoGluon, at equal budget.
 
-Three datasets that ship with scikit-learn (no download): breast cancer (binary, ROC AUC), digits
-(multiclass, log loss) and diabetes (regression, RMSE). Each uses Sluice's deterministic holdout (20 %, seed
-42) and Sluice's training path (core/modeling.train: FLAML AutoML, the contract's metric, lgbm). The baseline,
-in the same run on the same rows, is `lightgbm.LGBMClassifier()` / `LGBMRegressor()` with default settings.
+Six public datasets that need no download (benchmarks/quality_data.py: scikit-learn's breast cancer, wine,
+digits and diabetes, and two generated ones with categorical columns, dates and missing values). Each is split
+once: 20 % test rows that never reach the bucket, 80 % development rows. The development rows are dropped as a
+CSV into the whole chain (embedded moto server and Dramatiq's in-memory broker, as `sluice demo` runs), with the
+contract `sluice contract infer` writes for that CSV and the budget given here. The champion is then loaded with
+`sluice.load_model` and scores the test rows. In the same run, on the same development rows and test rows:
 
-    .venv/bin/python benchmarks/model_quality.py [--budgets 10 30 60]
+- plain `flaml.AutoML` with the same budget, metric and seed, everything else its defaults
+- `lightgbm.LGBMClassifier()` / `LGBMRegressor()` with default settings
+- AutoGluon (`TabularPredictor`, medium quality, same time limit), when a Python with `autogluon.tabular` is given
+  with --autogluon-python (it runs in its own virtualenv: its pins conflict with Sluice's)
+
+Sluice's columns: `sluice` is the shipped model (the refit on train + holdout), `sluice-eval` the same
+configuration fitted on the training rows alone (what the gate judged), to show what the refit adds.
+
+    .venv/bin/python benchmarks/model_quality.py [--budget 30] [--datasets wine churn] \
+        [--autogluon-python /path/to/venv/bin/python] [--estimators lgbm xgboost]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import polars as pl
-from sklearn import datasets
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.quality_data import Dataset, all_datasets
 from sluice.core import modeling
-from sluice.core.contract import infer_contract
+from sluice.core.contract import HIGHER_IS_BETTER, contract_key, infer_contract, parse_contract
+from sluice.core.validation import read_sample
 
-SETS = {
-    "breast_cancer (binary, roc_auc ↑)": (datasets.load_breast_cancer, "binary"),
-    "digits (multiclass, log_loss ↓)": (datasets.load_digits, "multiclass"),
-    "diabetes (regression, rmse ↓)": (datasets.load_diabetes, "regression"),
-}
+TEST_FRACTION = 0.2
+AUTOGLUON_SCRIPT = """
+import json, sys, time
+import pandas as pd
+from autogluon.tabular import TabularPredictor
+folder, label, problem, metric, budget = sys.argv[1:6]
+train, test = pd.read_parquet(folder + "/dev.parquet"), pd.read_parquet(folder + "/test.parquet")
+t = time.perf_counter()
+p = TabularPredictor(label=label, problem_type=problem, eval_metric=metric, path=folder + "/ag", verbosity=0)
+p.fit(train, time_limit=float(budget), presets="medium_quality")
+fit_s = time.perf_counter() - t
+X = test.drop(columns=[label])
+if problem == "regression":
+    out = {"values": p.predict(X).tolist()}
+else:
+    proba = p.predict_proba(X)
+    out = {"classes": [str(c) for c in proba.columns], "proba": proba.to_numpy().tolist()}
+out["fit_s"] = fit_s
+json.dump(out, open(folder + "/pred.json", "w"))
+"""
+AG_METRIC = {"roc_auc": "roc_auc", "log_loss": "log_loss", "rmse": "root_mean_squared_error"}
+AG_PROBLEM = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}
 
 
-def frame_of(loader: object, task: str) -> pl.DataFrame:
-    bunch = loader(as_frame=True)  # type: ignore[operator]
-    frame = pl.from_pandas(bunch.frame.rename(columns=lambda c: str(c).replace(" ", "_")))
-    if task != "regression":
-        frame = frame.with_columns(pl.col("target").cast(pl.Utf8))
-    return frame
+def split(frame: pl.DataFrame, seed: int = 2026) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Development and test rows: a seeded shuffle, the last 20 % held out for the test."""
+    order = np.random.default_rng(seed).permutation(frame.height)
+    n_test = round(frame.height * TEST_FRACTION)
+    return frame[np.sort(order[n_test:])], frame[np.sort(order[:n_test])]
+
+
+def csv_bytes(frame: pl.DataFrame) -> bytes:
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    return buffer.getvalue()
+
+
+def plain_pandas(frame: pl.DataFrame, target: str) -> pd.DataFrame:
+    """Features as a data scientist hands them to FLAML or LightGBM: text as categories, dates as datetimes."""
+    pdf = frame.drop(target).to_pandas()
+    for name in pdf.columns:
+        if frame.schema[name] == pl.Utf8:
+            pdf[name] = pdf[name].astype("category")
+        elif str(pdf[name].dtype).startswith("datetime") or frame.schema[name] == pl.Date:
+            pdf[name] = pd.to_datetime(pdf[name])
+    return pdf
+
+
+def numeric_dates(pdf: pd.DataFrame) -> pd.DataFrame:
+    """LightGBM takes no datetimes: days since the epoch."""
+    out = pdf.copy()
+    for name in out.columns:
+        if str(out[name].dtype).startswith("datetime"):
+            out[name] = (out[name] - pd.Timestamp("1970-01-01")).dt.days
+    return out
+
+
+def labels(frame: pl.DataFrame, target: str, classes: list[str] | None) -> np.ndarray:
+    if classes is None:
+        return frame[target].cast(pl.Float64).to_numpy()
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[str(v)] for v in frame[target].to_list()])
+
+
+def run_chain(data: Dataset, dev: pl.DataFrame, settings: Any, store: Any, budget: float,
+              estimators: list[str] | None, timeout: float) -> dict[str, Any]:
+    """Drop the development CSV into the running chain; wait for the registered version."""
+    from sluice.core.registry import ModelRegistry
+    from sluice.infra.state import MemoryState
+
+    name = data.name.split()[0].replace("_", "-")
+    raw = csv_bytes(dev)
+    contract = infer_contract(read_sample("dev.csv", raw), name, data.target, time_budget_s=budget)
+    contract = parse_contract(contract.to_yaml())  # exactly what `contract infer` + `contract put` would upload
+    if estimators:
+        contract = contract.model_copy(update={"training": contract.training.model_copy(
+            update={"estimators": estimators})})
+    store.put(contract_key(name), contract.to_yaml().encode())
+    t0 = time.perf_counter()
+    store.put(f"incoming/{name}/dev.csv", raw)
+    registry = ModelRegistry(store, MemoryState())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        versions = registry.versions(name)
+        # The version document is written before the champion alias: wait for both.
+        if versions and (versions[0]["decision"] != "promote" or registry.alias(name) is not None):
+            break
+        time.sleep(0.5)
+    else:
+        raise RuntimeError(f"{name}: no registered version within {timeout:.0f}s; see `sluice status`")
+    drop_to_version = time.perf_counter() - t0
+    [version] = versions
+    run = store.get_json(version["run_key"])
+    return {"name": name, "contract": contract, "version": version, "run": run, "drop_to_version_s": drop_to_version}
+
+
+def sluice_scores(chain: dict[str, Any], test: pl.DataFrame, target: str, store: Any, settings: Any
+                  ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
+    """The shipped model through the public loader, and the holdout-evaluated one, on the test rows."""
+    import sluice
+    from sluice.core.bundle import load_version
+
+    version = chain["version"]
+    ref = f"{chain['name']}@champion" if version["decision"] == "promote" else f"{chain['name']}:{version['version']}"
+    model = sluice.load_model(ref, settings=settings, store=store)
+    result = model.predict(test.drop(target))
+    assert result.unscored == [], result.unscored[:3]
+    evaluated = load_version(store, version, evaluated=True).predict(test.drop(target))
+    return result.scores, evaluated.scores, model.classes
+
+
+def flaml_scores(dev: pl.DataFrame, test: pl.DataFrame, data: Dataset, metric: str, budget: float,
+                 classes: list[str] | None) -> tuple[np.ndarray, float]:
+    from flaml.automl import AutoML
+
+    automl = AutoML()
+    X, y = plain_pandas(dev, data.target), labels(dev, data.target, classes)
+    t = time.perf_counter()
+    automl.fit(X_train=X, y_train=y, task="regression" if data.task == "regression" else "classification",
+               metric=metric, time_budget=budget, seed=42, verbose=0)
+    fit_s = time.perf_counter() - t
+    print(f"  plain FLAML on {data.name}: best {automl.best_estimator} {automl.best_config}", flush=True)
+    Xt = plain_pandas(test, data.target)
+    scores = automl.predict(Xt) if data.task == "regression" else automl.predict_proba(Xt)
+    return _binary(np.asarray(scores), data.task), fit_s
+
+
+def lgbm_scores(dev: pl.DataFrame, test: pl.DataFrame, data: Dataset,
+                classes: list[str] | None) -> tuple[np.ndarray, float]:
+    import lightgbm as lgb
+
+    X = numeric_dates(plain_pandas(dev, data.target))
+    Xt = numeric_dates(plain_pandas(test, data.target))
+    for name in X.columns:  # the test rows' categories in the training rows' order
+        if isinstance(X[name].dtype, pd.CategoricalDtype):
+            Xt[name] = pd.Categorical(Xt[name].astype(object), categories=X[name].cat.categories)
+    y = labels(dev, data.target, classes)
+    model = lgb.LGBMRegressor(verbose=-1) if data.task == "regression" else lgb.LGBMClassifier(verbose=-1)
+    t = time.perf_counter()
+    model.fit(X, y)
+    fit_s = time.perf_counter() - t
+    scores = model.predict(Xt) if data.task == "regression" else model.predict_proba(Xt)
+    return _binary(np.asarray(scores), data.task), fit_s
+
+
+def autogluon_scores(python: str, dev: pl.DataFrame, test: pl.DataFrame, data: Dataset, metric: str,
+                     budget: float, classes: list[str] | None) -> tuple[np.ndarray, float]:
+    with tempfile.TemporaryDirectory() as folder:
+        dev.to_pandas().to_parquet(f"{folder}/dev.parquet")
+        test.to_pandas().to_parquet(f"{folder}/test.parquet")
+        subprocess.run([python, "-c", AUTOGLUON_SCRIPT, folder, data.target, AG_PROBLEM[data.task],
+                        AG_METRIC[metric], str(budget)], check=True, timeout=budget * 4 + 300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True)
+        out = json.loads(Path(f"{folder}/pred.json").read_text())
+    if classes is None:
+        return np.asarray(out["values"]), out["fit_s"]
+    proba = np.asarray(out["proba"])
+    order = [out["classes"].index(c) for c in classes]
+    return _binary(proba[:, order], data.task), out["fit_s"]
+
+
+def _binary(scores: np.ndarray, task: str) -> np.ndarray:
+    return scores[:, 1] if task == "binary" and scores.ndim == 2 else scores
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budgets", type=float, nargs="+", default=[10, 30, 60])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds, the same for every AutoML")
+    parser.add_argument("--datasets", nargs="*", help="names (first word) to run; default all six")
+    parser.add_argument("--autogluon-python", help="a Python with autogluon.tabular installed")
+    parser.add_argument("--estimators", nargs="*", help="override the contract's estimators (to measure)")
+    parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
-    import lightgbm as lgb
 
-    rows = []
-    for name, (loader, task) in SETS.items():
-        frame = frame_of(loader, task)
-        contract = infer_contract(frame, "bench", "target", debounce_s=0)
-        if contract.task != task:
-            contract = contract.model_copy(update={"task": task})
-        mask = modeling.holdout_mask(frame, 0.2, 42)
-        train, hold = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
-        enc = modeling.Encoding.fit(train, contract)
-        X, y, Xh, yh = enc.features(train), enc.labels(train), enc.features(hold), enc.labels(hold)
-        n_classes = len(enc.classes) if enc.classes else None
-        t = time.perf_counter()
-        base = (lgb.LGBMRegressor(verbose=-1) if task == "regression" else lgb.LGBMClassifier(verbose=-1)).fit(X, y)
-        base_s = time.perf_counter() - t
-        base_scores = base.predict(Xh) if task == "regression" else base.predict_proba(Xh)
-        if task == "binary":
-            base_scores = base_scores[:, 1]
-        base_metric = modeling.score(contract.metric, yh, np.asarray(base_scores), n_classes)
-        rows.append((name, "default LightGBM", base_s, base_metric, len(yh)))
-        for budget in args.budgets:
-            spec = contract.training.model_copy(update={"time_budget_s": budget})
-            trained = modeling.train(train, enc, contract.model_copy(update={"training": spec}))
-            scores = modeling.Predictor(trained.model_format, trained.model_bytes, contract.task, enc).score(hold)
-            metric = modeling.score(contract.metric, yh, scores, n_classes)
-            rows.append((name, f"Sluice/FLAML {budget:g}s", trained.fit_seconds, metric, len(yh)))
-            print(f"  {name}: {budget:g}s -> {metric:.4f} (default LightGBM {base_metric:.4f})", flush=True)
-    print(f"\n{'dataset':38} {'model':20} {'fit s':>7} {'holdout':>9} {'rows':>5}")
-    for name, model, seconds, metric, n in rows:
-        print(f"{name:38} {model:20} {seconds:7.1f} {metric:9.4f} {n:5}")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    from sluice.core.service import start
+    from sluice.core.settings import ENV_ENDPOINT_URL, Settings
+    from sluice.handlers import build_pipeline
+    from sluice.infra.provision import provision
+    from sluice.infra.store import S3Store
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    os.environ[ENV_ENDPOINT_URL] = f"http://{host}:{port}"
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
+    settings = replace(Settings.from_env(), broker_url="memory://", bucket="sluice-quality", min_backoff_ms=200)
+    provision(settings, build_pipeline().routes)
+    service = start(settings)
+    store = S3Store(settings)
+    load0 = os.getloadavg()
+    rows: list[dict[str, Any]] = []
+    try:
+        for data in all_datasets():
+            if args.datasets and data.name.split()[0] not in args.datasets:
+                continue
+            dev, test = split(data.frame)
+            chain = run_chain(data, dev, settings, store, args.budget, args.estimators, args.timeout)
+            contract, run = chain["contract"], chain["run"]
+            metric = contract.metric
+            shipped, evaluated, classes = sluice_scores(chain, test, data.target, store, settings)
+            y = labels(test, data.target, classes)
+            k = len(classes) if classes else None
+            row: dict[str, Any] = {
+                "dataset": data.name, "task": data.task, "metric": metric, "rows": f"{dev.height}+{test.height}",
+                "decision": chain["version"]["decision"], "estimator": run["best_estimator"],
+                "train_stage_s": run["durations_s"]["total"], "drop_to_version_s": chain["drop_to_version_s"],
+                "durations": run["durations_s"], "refit_s": (run.get("refit") or {}).get("fit_s"),
+                "leaks": run.get("leakage", {}).get("columns", []),
+                "sluice": modeling.score(metric, y, shipped, k), "sluice-eval": modeling.score(metric, y, evaluated, k),
+            }
+            f_scores, row["flaml_s"] = flaml_scores(dev, test, data, metric, args.budget, classes)
+            row["flaml"] = modeling.score(metric, y, f_scores, k)
+            l_scores, row["lgbm_s"] = lgbm_scores(dev, test, data, classes)
+            row["lgbm"] = modeling.score(metric, y, l_scores, k)
+            if args.autogluon_python:
+                try:
+                    a_scores, row["autogluon_s"] = autogluon_scores(args.autogluon_python, dev, test, data, metric,
+                                                                    args.budget, classes)
+                    row["autogluon"] = modeling.score(metric, y, a_scores, k)
+                except (subprocess.SubprocessError, OSError) as exc:
+                    print(f"  AutoGluon failed on {data.name}: {exc.__class__.__name__}", flush=True)
+                    row["autogluon"] = float("nan")
+            rows.append(row)
+            print(json.dumps(row, default=str), flush=True)
+    finally:
+        service.stop()
+        server.stop()
+    report(rows, args, load0)
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace, load0: tuple[float, float, float]) -> None:
+    columns = ["sluice", "sluice-eval", "flaml", "lgbm", *(["autogluon"] if args.autogluon_python else [])]
+    print(f"\nbudget {args.budget:g}s; test scores on rows never dropped (↑ higher is better, ↓ lower)")
+    head = f"{'dataset':20} {'metric':10} {'rows':>11} " + " ".join(f"{c:>11}" for c in columns)
+    print(head + f" {'best est.':>10} {'decision':>9} {'train s':>8} {'beats both':>10}")
+    wins = 0
+    for r in rows:
+        hib = HIGHER_IS_BETTER[r["metric"]]
+        best_other = max(r["flaml"], r["lgbm"]) if hib else min(r["flaml"], r["lgbm"])
+        ok = r["sluice"] >= best_other if hib else r["sluice"] <= best_other
+        wins += ok
+        arrow = "↑" if hib else "↓"
+        print(f"{r['dataset'][:20]:20} {r['metric'] + ' ' + arrow:10} {r['rows']:>11} "
+              + " ".join(f"{r[c]:11.4f}" for c in columns)
+              + f" {r['estimator']:>10} {r['decision'][:9]:>9} {r['train_stage_s']:8.1f} {'yes' if ok else 'NO':>10}")
+    print(f"\nSluice at least as good as the better of plain FLAML and default LightGBM on {wins} of {len(rows)}.")
+    print(f"load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
 
 

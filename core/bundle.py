@@ -625,9 +625,12 @@ def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
     return ref, "champion", None
 
 
-def load_version(store: Any, version: dict[str, Any]) -> Model:
-    """A registered version's model, checked against the registry's own record of it."""
-    bundle = version.get("bundle")
+def load_version(store: Any, version: dict[str, Any], *, evaluated: bool = False) -> Model:
+    """A registered version's model, checked against the registry's own record of it.
+
+    `evaluated`: the model the gate judged on the holdout, not the refit on train + holdout that ships; a gate
+    that scores the version on holdout rows must use it, since the refit has seen those rows."""
+    bundle = (version.get("evaluated_bundle") if evaluated else None) or version.get("bundle")
     if bundle:
         return read_bundle(store.get, bundle["key"], expected_sha256=bundle["sha256"], version=version["version"])
     return _legacy_version(store, version)

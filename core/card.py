@@ -14,6 +14,16 @@ def _ci(pair: list[Any] | None) -> str:
     return "n/a" if not pair or None in pair else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
 
 
+def _leakage(leakage: dict[str, Any] | None) -> list[str]:
+    if not leakage or not leakage.get("findings"):
+        return ["No column alone predicts the target almost perfectly (checked out of fold before training)."]
+    out = [f"**Possible leak** in {', '.join(f'`{c}`' for c in leakage['columns'])}: "
+           f"policy `{leakage['policy']}`, {leakage['action']}.", ""]
+    out += [f"- `{f['column']}` ({f['kind']}, {f['measure']} {f['score']:.3f}): {f['message']}"
+            for f in leakage["findings"]]
+    return out
+
+
 def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None) -> str:
     """The card of `version`; `previous` is the champion it was compared with, if any."""
     model, n = version["model"], version["version"]
@@ -47,11 +57,15 @@ def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None)
                 f"seed {params.get('seed')}, n_jobs {params.get('n_jobs')}; best estimator "
                 f"`{training.get('best_estimator')}`, fit {(training.get('durations_s') or {}).get('fit')} s",
                 f"- Best configuration: `{json.dumps(training.get('best_config'), sort_keys=True)}`",
+                *([f"- Shipped model: the same configuration refitted on all {training['refit']['rows']} labelled rows "
+                   "(training + holdout); the metrics below are of the model fitted on the training rows alone, "
+                   "scored on holdout rows it never saw"] if training.get("refit") else []),
                 f"- Environment: Python {(training.get('environment') or {}).get('python')}, "
                 + ", ".join(f"{k} {v}" for k, v in sorted(((training.get('environment') or {})
                                                          .get('packages') or {}).items()))]
     else:
         out.append("- (not recorded)")
+    out += ["", "## Leakage checks", "", *_leakage(version.get("leakage"))]
     out += ["", f"## Metrics (holdout, {conf} paired-bootstrap intervals)", ""]
     if metric:
         out += ["| | " + metric["name"] + f" | {conf} CI |", "|---|---|---|",

@@ -7,12 +7,13 @@ A contract lives in the bucket at `contracts/<dataset>.yaml`. It is parsed with 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from typing import Any, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from sluice.core.errors import ContractError
 
@@ -73,6 +74,13 @@ class TrainingSpec(_Strict):
     debounce_s: float = Field(default=30.0, ge=0, le=24 * 3600)
     # Start the search from the champion's best configuration.
     warm_start: bool = True
+    # What a suspected leak (a column that alone predicts the target almost perfectly, an identifier that encodes
+    # the label, a target that is a function of one column) does: refuse promotion, drop the column and train
+    # without it, or only warn. Every finding is named in the run, the card, the event and `sluice status`.
+    leakage: Literal["refuse", "exclude", "warn"] = "refuse"
+    # Fit the chosen configuration again on train + holdout once the search is evaluated, and ship that model
+    # (the gate still judges the holdout-evaluated one). False ships the evaluated model itself.
+    refit: bool = True
 
     @field_validator("estimators", mode="before")
     @classmethod
@@ -211,6 +219,9 @@ class Contract(_Strict):
     labels: LabelsSpec | None = None
     features: list[Transform] = Field(default_factory=list)
     limits: LimitsSpec = Field(default_factory=LimitsSpec)
+    # Comments for `to_yaml`, by dotted field path (`max_invalid_fraction`, `columns.<name>`): what an inferred
+    # value means and how to tighten it. Not part of the contract or its fingerprint.
+    _notes: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:
@@ -261,8 +272,33 @@ class Contract(_Strict):
         return HIGHER_IS_BETTER[self.metric]
 
     def to_yaml(self) -> str:
-        """The contract as YAML, in field order."""
-        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False)
+        """The contract as YAML, in field order, with the notes of `contract infer` as comments."""
+        doc = self.model_dump(mode="json", exclude_none=True)
+        if not self._notes:
+            return yaml.safe_dump(doc, sort_keys=False)
+        lines = [*_comment(self._notes.get(""), 0)]
+        for key, value in doc.items():
+            lines += _comment(self._notes.get(key), 0)
+            if key != "columns":
+                lines += yaml.safe_dump({key: value}, sort_keys=False).splitlines()
+                continue
+            lines.append("columns:")
+            for name, spec in value.items():
+                lines += _comment(self._notes.get(f"columns.{name}"), 2)
+                lines += ["  " + line for line in yaml.safe_dump({name: spec}, sort_keys=False).splitlines()]
+        return "\n".join(lines) + "\n"
+
+    def __eq__(self, other: object) -> bool:
+        """Contracts are equal by content; comments are not part of it."""
+        return isinstance(other, Contract) and self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def with_notes(self, notes: dict[str, str]) -> Contract:
+        """The same contract, with comments for `to_yaml`."""
+        copy = self.model_copy()
+        copy._notes = dict(notes)
+        return copy
 
     def fingerprint(self) -> str:
         """sha256 of the canonical contract: the contract version recorded with every data version."""
@@ -312,23 +348,24 @@ def parse_contract(text: str | bytes, source: str = "contract") -> Contract:
         raise ContractError(f"{source}: invalid contract:\n" + "\n".join(lines)) from exc
 
 
+# `contract infer` sees one sample; the next file of the same source has other extremes, other categories and
+# the odd missing value. Inferred limits are therefore wide (the observed range widened by its span on each side,
+# never across zero), features may be missing, and a small share of bad rows is quarantined rather than stopping
+# the file. Every such choice is written next to the value, with how to tighten it.
+INFERRED_MAX_INVALID_FRACTION = 0.01
+WIDEN_BY_SPAN = 1.0
+
+
 def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s: float = 10.0,
                    debounce_s: float = 30.0) -> Contract:
-    """A starting contract from a sample: types, nullability, observed ranges and categories, the task."""
+    """A starting contract from a sample: types, widened ranges, the task, and comments on how to tighten it."""
     if target not in frame.columns:
         raise ContractError(f"target {target!r} is not a column of the sample; columns: {frame.columns}")
     columns: dict[str, ColumnSpec] = {}
+    notes: dict[str, str] = {}
     for name in frame.columns:
-        s = frame[name]
-        dtype = _dtype_of(s.dtype)
-        spec: dict[str, Any] = {"dtype": dtype, "nullable": bool(s.null_count())}
-        if dtype in ("int", "float") and s.drop_nulls().len():
-            spec["min"], spec["max"] = float(s.min()), float(s.max())  # type: ignore[arg-type]
-        if dtype == "str":
-            values = s.drop_nulls().unique().sort().to_list()
-            if len(values) <= MAX_CATEGORIES:
-                spec["categories"] = [str(v) for v in values]
-        columns[name] = ColumnSpec(**spec)
+        spec, note = _infer_column(frame[name], is_target=name == target)
+        columns[name], notes[f"columns.{name}"] = spec, note
     y = frame[target].drop_nulls()
     distinct = y.n_unique()
     task: Task
@@ -338,14 +375,91 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         task = "multiclass"
     else:
         task = "regression"
-    if task != "regression" and columns[target].dtype in ("int", "float"):
+    if task != "regression":
         # Labels are classes, not a range: pin them so an unseen class is caught at validation.
-        columns[target] = ColumnSpec(dtype="str", nullable=False,
-                                     categories=[str(v) for v in y.cast(pl.Utf8).unique().sort().to_list()])
+        classes = [str(v) for v in y.cast(pl.Utf8).unique().sort().to_list()]
+        columns[target] = ColumnSpec(dtype="str", nullable=False, categories=classes)
+        notes[f"columns.{target}"] = (f"target: the {len(classes)} classes of the sample; a row with another class "
+                                      "is quarantined. Add a class here before data with it arrives.")
+    notes[""] = (f"Inferred by `sluice contract infer` from {frame.height} rows. Review it, then "
+                 "`sluice contract put`. Limits are deliberately loose so the next file of the same source passes; "
+                 "the comments say how to tighten each one.")
+    notes["columns"] = (
+        "Each column's comment says what the sample held. Numeric min/max are the observed range widened by its "
+        "span on each side (never across zero), so the next file of the same source passes; a row outside is "
+        "quarantined. Tighten them to the observed range to be strict. Features are nullable (the model handles "
+        "missing values): set `nullable: false` to require a value. Text features accept any value (an unseen one "
+        "scores as missing): add `categories: [...]` to quarantine rows with other values.")
+    notes["task"] = f"{task}: from the target's {distinct} distinct values and type."
+    notes["max_invalid_fraction"] = (
+        f"Up to {INFERRED_MAX_INVALID_FRACTION:.0%} of a file's rows may break a rule: they are quarantined with a "
+        "report (file, row, column, rule) and the rest goes on; above it the whole file stops. One bad row in a "
+        "large export should not hold back the rest. Set 0 to stop any file with a bad row.")
+    notes["training"] = ("FLAML's search budget in seconds; debounce_s: drops within this many seconds of each "
+                         "other train once. leakage: refuse (no promotion), exclude (train without the column) or "
+                         "warn, when one column alone predicts the target.")
+    # A date reaches the model as a day number: a trend, but no season or weekday. Their parts are declared
+    # features, as a data scientist would add them (plain FLAML expands dates the same way).
+    features = [Transform(name=f"{name}_{part}", op=part, columns=[name])  # type: ignore[arg-type]
+                for name, spec in columns.items() if name != target and spec.dtype in ("date", "datetime")
+                for part in ("month", "day", "dayofweek", *(("hour",) if spec.dtype == "datetime" else ()))
+                if f"{name}_{part}" not in columns]
+    if features:
+        notes["features"] = ("Date parts (month, day of month, weekday, and hour for datetimes) as features: the "
+                             "date itself only gives the model a trend. Remove any that should not matter.")
     return Contract(
         dataset=dataset, target=target, task=task, metric=DEFAULT_METRIC[task],  # type: ignore[arg-type]
-        columns=columns, training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
-    )
+        columns=columns, max_invalid_fraction=INFERRED_MAX_INVALID_FRACTION, features=features,
+        training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
+    ).with_notes(notes)
+
+
+def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
+    """One column's spec and the comment that explains it."""
+    dtype = _dtype_of(s.dtype)
+    nulls = s.null_count()
+    values = s.drop_nulls()
+    # A feature may be missing in the next file even if the sample had none; the model handles missing values.
+    # A target must be there to learn from, so it is nullable only when the sample already had gaps.
+    nullable = bool(nulls) or not is_target
+    parts = [f"{nulls} missing of {s.len()}"]
+    spec: dict[str, Any] = {"dtype": dtype, "nullable": nullable}
+    if dtype in ("int", "float") and values.len():
+        lo, hi = float(values.min()), float(values.max())  # type: ignore[arg-type]
+        if lo == hi:
+            # A constant says nothing about the range of the next file; only its sign is kept.
+            wide_lo, wide_hi = (0.0 if lo >= 0 else None), (0.0 if hi < 0 else None)
+        else:
+            wide_lo, wide_hi = lo - WIDEN_BY_SPAN * (hi - lo), hi + WIDEN_BY_SPAN * (hi - lo)
+            if lo >= 0:
+                wide_lo = max(wide_lo, 0.0)  # a count or amount does not turn negative in the next file
+            if hi <= 0:
+                wide_hi = min(wide_hi, 0.0)
+        if dtype == "int":
+            wide_lo = None if wide_lo is None else float(math.floor(wide_lo))
+            wide_hi = None if wide_hi is None else float(math.ceil(wide_hi))
+        spec["min"] = None if wide_lo is None else _round(wide_lo)
+        spec["max"] = None if wide_hi is None else _round(wide_hi)
+        parts.append(f"observed {lo:g} to {hi:g}")
+    if dtype == "str" and not is_target:
+        seen = values.unique().sort().to_list()
+        shown = ", ".join(str(v) for v in seen[:8]) + (", ..." if len(seen) > 8 else "")
+        parts.append(f"{len(seen)} distinct: {shown}")
+    return ColumnSpec(**spec), "; ".join(parts)
+
+
+def _round(v: float) -> float:
+    """A limit that reads well in YAML: 6 significant digits, rounded outwards by the caller's widening."""
+    return float(f"{v:.6g}")
+
+
+def _comment(text: str | None, indent: int) -> list[str]:
+    """YAML comment lines of at most ~110 characters."""
+    if not text:
+        return []
+    import textwrap
+
+    return [" " * indent + "# " + line for line in textwrap.wrap(text, 110 - indent)]
 
 
 def _dtype_of(dtype: pl.DataType) -> DType:

@@ -197,8 +197,10 @@ class GateResult:
 
 def evaluate(contract: Contract, holdout: pl.DataFrame, y: np.ndarray, candidate: np.ndarray,
              reference: np.ndarray, *, baseline: np.ndarray, reference_name: str, n_classes: int | None,
-             benchmark: dict[str, Any]) -> GateResult:
-    """Apply the contract's promotion policy to candidate and reference scores on the same holdout rows."""
+             benchmark: dict[str, Any], refusals: list[str] | None = None) -> GateResult:
+    """Apply the contract's promotion policy to candidate and reference scores on the same holdout rows.
+
+    `refusals` are reasons found before the gate (a leak under `training.leakage: refuse`): each one rejects."""
     policy: PromotionSpec = contract.promotion
     metric, hib, m = contract.metric, contract.higher_is_better, policy.min_improvement
     first = reference_name == "naive baseline"
@@ -208,7 +210,7 @@ def evaluate(contract: Contract, holdout: pl.DataFrame, y: np.ndarray, candidate
     ci = paired_bootstrap(metric, hib, y, candidate, reference, resamples=policy.bootstrap_resamples,
                           confidence=policy.confidence, seed=contract.training.seed)
     pct = f"{policy.confidence:.0%}"
-    failures: list[str] = []
+    failures: list[str] = list(refusals or [])
 
     if not first and not modeling.better(cand_score, base_score, hib):
         failures.append(f"{metric} {cand_score:.4f} does not beat the naive baseline ({base_score:.4f})")

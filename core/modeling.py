@@ -229,6 +229,8 @@ class Trained:
     trial_log: str
     feature_importance: dict[str, float]
     warm_start: dict[str, Any] | None = None
+    # The fitted learner (LightGBM's or XGBoost's scikit-learn model), for `refit`; never stored.
+    estimator: Any = field(default=None, repr=False)
 
 
 @dataclass
@@ -245,8 +247,10 @@ def train(
     starting_points: dict[str, dict[str, Any]] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
+    time_budget_s: float | None = None,
 ) -> Trained:
-    """FLAML AutoML over the contract's estimators and budget, on the encoded rows of `frame`.
+    """FLAML AutoML over the contract's estimators and budget (or `time_budget_s`: what is left of it), on the
+    encoded rows of `frame`.
 
     The artifact is the best learner's own format (LightGBM text or XGBoost JSON): loading it runs no code.
     Before it is returned, the stored form is loaded back through `Predictor` and must predict exactly what
@@ -265,9 +269,11 @@ def train(
         watcher.start()
         try:
             automl.fit(
-                X_train=X, y_train=y, task=task, metric=contract.metric, time_budget=spec.time_budget_s,
+                X_train=X, y_train=y, task=task, metric=contract.metric,
+                time_budget=time_budget_s or spec.time_budget_s,
                 estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=spec.n_jobs, verbose=0,
-                log_file_name=str(log), log_type="all", starting_points=starting_points or {},
+                log_file_name=str(log), log_type="all",
+                starting_points=search_starts(starting_points, list(spec.estimators)),
             )
         finally:
             watcher.stop()
@@ -295,7 +301,87 @@ def train(
         raise RuntimeError("the stored model disagrees with FLAML's predictions; the encoding drifted from FLAML's "
                            "DataTransformer (is the installed FLAML newer than tested?)")
     return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
-                   fit_seconds, trial_log, _importance(model, list(X.columns)), warm)
+                   fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
+                   estimator=getattr(model, "estimator", None))
+
+
+@dataclass
+class Refit:
+    """The chosen configuration fitted again on more rows (train + holdout): the model that ships."""
+
+    model_bytes: bytes
+    model_format: str
+    rows: int
+    fit_seconds: float
+
+
+def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: Contract) -> Refit:
+    """The search's best learner and hyperparameters, fitted on every row of `frame`, in a storable format.
+
+    Same learner, same configuration, same encoding: only the rows differ. Like `train`, the stored form is loaded
+    back and must predict what the fitted learner predicts."""
+    from sklearn.base import clone
+
+    if trained.estimator is None:
+        raise ModelMismatch("nothing to refit: the search returned no fitted learner")
+    X, y = encoding.features(frame), encoding.labels(frame)
+    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
+    X, y = X[known], y[known]
+    estimator = clone(trained.estimator)
+    # FLAML may stop boosting early to keep its budget: refit with the rounds that were evaluated, not the asked.
+    booster = getattr(trained.estimator, "booster_", None)
+    if booster is not None:
+        estimator.set_params(n_estimators=booster.current_iteration())
+    elif hasattr(trained.estimator, "get_booster"):
+        estimator.set_params(n_estimators=trained.estimator.get_booster().num_boosted_rounds())
+    started = time.perf_counter()
+    estimator.fit(X, y)
+    seconds = time.perf_counter() - started
+    data, fmt = export(trained.best_estimator, _Fitted(estimator))
+    sample = frame.filter(pl.Series(known)).head(200)
+    ours = Predictor(fmt, data, contract.task, encoding).score(sample)
+    X_sample = X.head(sample.height)
+    theirs = np.asarray(estimator.predict(X_sample) if contract.task == "regression"
+                        else estimator.predict_proba(X_sample))
+    theirs = theirs[:, 1] if contract.task == "binary" else theirs
+    if not np.allclose(ours, theirs, atol=1e-6):
+        raise RuntimeError("the stored refit model disagrees with the fitted learner's predictions")
+    return Refit(data, fmt, int(known.sum()), seconds)
+
+
+@dataclass
+class _Fitted:
+    """What `export` reads: FLAML's estimator wrapper exposes the learner's model as `.estimator`."""
+
+    estimator: Any
+
+
+# LightGBM's own defaults, in FLAML's search space (its regularisation floor is 1/1024, not 0). FLAML starts from
+# a deliberately tiny, cheap configuration and climbs; on small data and short budgets it can end below what the
+# library's defaults give for free (measured: benchmarks/model_quality.py). Evaluating the defaults as well means
+# the search never returns something its own cross-validation scores below the plain default.
+LIBRARY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lgbm": {"n_estimators": 100, "num_leaves": 31, "min_child_samples": 20, "learning_rate": 0.1,
+             "log_max_bin": 8, "colsample_bytree": 1.0, "reg_alpha": 1 / 1024, "reg_lambda": 1 / 1024},
+}
+# FLAML's own first point (4 trees of 4 leaves): given starting points replace it, yet it is what guarantees a
+# model within a budget of a second or two, so it stays ahead of the defaults.
+LOW_COST_START: dict[str, dict[str, Any]] = {
+    "lgbm": {"n_estimators": 4, "num_leaves": 4, "min_child_samples": 20, "learning_rate": 0.1,
+             "log_max_bin": 8, "colsample_bytree": 1.0, "reg_alpha": 1 / 1024, "reg_lambda": 1.0},
+}
+
+
+def search_starts(warm: dict[str, dict[str, Any]] | None, estimators: list[str]) -> dict[str, Any]:
+    """FLAML's `starting_points`: the champion's configuration first (warm start), FLAML's cheap first point,
+    then the library defaults."""
+    out: dict[str, Any] = {}
+    for name in estimators:
+        points = [*([warm[name]] if warm and name in warm else []),
+                  *([LOW_COST_START[name], LIBRARY_DEFAULTS[name]] if name in LIBRARY_DEFAULTS else [])]
+        if points:
+            out[name] = points
+    return out
 
 
 def export(learner: str, model: Any) -> tuple[bytes, str]:

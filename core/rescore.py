@@ -29,7 +29,7 @@ def version_scores(registry: ModelRegistry, model: str, version: dict[str, Any])
     store = registry.store
     run = store.get_json(version["run_key"])
     holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
-    candidate = load_version(store, version)
+    candidate = load_version(store, version, evaluated=True)
     y = candidate.encoding.labels(holdout)
     known = y >= 0
     holdout, y = holdout.filter(pl.Series(known)), y[known]
@@ -43,8 +43,8 @@ def version_scores(registry: ModelRegistry, model: str, version: dict[str, Any])
     if compared:
         reference = registry.version(model, int(compared))
         if reference is not None:
-            after["champion"] = modeling.score(metric, y, load_version(store, reference).score_features(holdout),
-                                               n_classes)
+            judged = load_version(store, reference, evaluated=True)
+            after["champion"] = modeling.score(metric, y, judged.score_features(holdout), n_classes)
     return after
 
 

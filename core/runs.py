@@ -104,7 +104,9 @@ def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
 
     # The stored model's own column order (older runs stored their encoding with sorted keys).
     encoding = load_run(store, run).encoding
-    rebuilt = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
+    leaks = run.get("leakage") or {}
+    excluded = leaks.get("columns", []) if leaks.get("policy") == "exclude" else []  # left out as leaks
+    rebuilt = modeling.Encoding.fit(train_frame, contract, exclude=[*training_columns(contract), *excluded])
     if rebuilt.with_order(encoding.columns) != encoding:
         raise SluiceError(f"run {run['run_id']}: the recorded inputs no longer give the same training rows "
                           "(the encoding differs); were data versions deleted?")

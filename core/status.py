@@ -34,6 +34,10 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
             its_runs = [r["run_id"] for r in runs if r["feature_set_version"] in fsvs]
             if its_runs:
                 stage, detail["runs"] = "trained", its_runs
+            leaks = [{"run_id": r["run_id"], **{k: r["leakage"][k] for k in ("policy", "action", "columns")}}
+                     for r in runs if r["run_id"] in its_runs and (r.get("leakage") or {}).get("findings")]
+            if leaks:
+                detail["leakage"] = leaks
             its_versions = [v["version"] for v in versions if v["run_id"] in its_runs]
             if its_versions:
                 stage, detail["versions"] = "registered", its_versions

@@ -574,4 +574,4 @@ def read_sample(key: str, data: bytes) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(data))
     if name.endswith(".gz"):
         data = gzip.decompress(data)
-    return pl.read_csv(io.BytesIO(data), infer_schema_length=None)
+    return pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)

@@ -127,6 +127,8 @@ def for_transition(version: dict[str, Any], record: dict[str, Any], source: str)
             "bundle": version.get("bundle"),
             "lineage": version["lineage"],
             "card": version.get("card"),
+            # Columns that alone predict the target, named, with the policy's action (core/leakage.py).
+            **({"leakage": version["leakage"]} if version.get("leakage") else {}),
         },
     )
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import bundle, gate
+from sluice.core import bundle, gate, leakage
 from sluice.core.context import Context
 from sluice.core.contract import load_contract
 from sluice.core.registry import ModelRegistry
@@ -48,11 +48,19 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if champion is None:
         reference_scores, reference_name = baseline_scores, "naive baseline"
     else:
-        reference_scores = bundle.load_version(ctx.store, champion).score_features(holdout)
+        reference_scores = bundle.load_version(ctx.store, champion, evaluated=True).score_features(holdout)
         reference_name = f"champion v{champion['version']}"
-    benchmark = gate.inference_benchmark(candidate, holdout, load_ms=load_ms)
+    # Size and latency are the shipped model's (the refit on train + holdout, when the run has one); the metric
+    # is the evaluated model's, on rows it never saw.
+    refit = run.get("refit")
+    if refit:
+        t0 = time.perf_counter()
+        shipped = bundle.read_bundle(ctx.store.get, refit["bundle"]["key"], expected_sha256=refit["bundle"]["sha256"])
+        load_ms = (time.perf_counter() - t0) * 1000
+    benchmark = gate.inference_benchmark(shipped if refit else candidate, holdout, load_ms=load_ms)
     verdict = gate.evaluate(contract, holdout, y, candidate_scores, reference_scores, baseline=baseline_scores,
-                            reference_name=reference_name, n_classes=n_classes, benchmark=benchmark)
+                            reference_name=reference_name, n_classes=n_classes, benchmark=benchmark,
+                            refusals=leakage.reasons(run.get("leakage")))
     metric = verdict.metric
     decision = CandidateBenchmarked(
         run_id=run["run_id"], run_key=event.key, dataset=run["dataset"], model=model, metric=contract.metric,

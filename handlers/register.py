@@ -24,7 +24,10 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     run = ctx.store.get_json(candidate.run_key)
     registry = ModelRegistry(ctx.store, ctx.state)
     model = candidate.model
-    model_artifact = run["artifacts"]["model"]
+    # A refitted run ships its refit (trained on train + holdout); the gate judged the holdout-evaluated bundle,
+    # which is kept beside it so a later gate scores this version on rows it never saw.
+    refit = run.get("refit")
+    model_artifact = refit["model"] if refit else run["artifacts"]["model"]
     doc = {
         "run_id": run["run_id"],
         "run_key": candidate.run_key,
@@ -38,13 +41,18 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                      "format": model_artifact.get("format") or run.get("model_format", "lightgbm-text"),
                      "bytes": model_artifact.get("bytes")},
         # What `sluice.load_model` reads: the registry's record of the bundle is what it is checked against.
-        **({"bundle": run["bundle"]} if run.get("bundle") else {}),
+        **({"bundle": refit["bundle"] if refit else run["bundle"]} if run.get("bundle") else {}),
+        **({"evaluated_bundle": run["bundle"]} if refit else {}),
         "lineage": {"data_versions": run["data_versions"], "sources": run["sources"],
                     "feature_set_version": run["feature_set_version"], "run_id": run["run_id"],
                     "contract_version": run["contract_version"]},
+        # Columns that gave the target away (core/leakage.py), and what the contract's policy did about them.
+        **({"leakage": run["leakage"]} if run.get("leakage") else {}),
         "training": {"params": run["params"], "best_estimator": run["best_estimator"],
                      "best_config": run["best_config"], "holdout": run["holdout"],
-                     "durations_s": run["durations_s"], "environment": run["environment"]},
+                     "durations_s": run["durations_s"],
+                     **({"refit": {k: refit[k] for k in ("rows", "fit_s")}} if refit else {}),
+                     "environment": run["environment"]},
     }
     outcome = candidate.outcome or ("promote" if candidate.promote else "reject")
     reg = registry.register(model, doc, outcome=outcome, compared_with=candidate.compared_with,

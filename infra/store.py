@@ -180,6 +180,13 @@ class S3Store:
             for obj in page.get("Contents", []):
                 yield obj["Key"]
 
+    def etags(self, prefix: str) -> Iterator[tuple[str, str]]:
+        """(key, ETag) of every object under a prefix, from the listing alone (no request per object)."""
+        paginator = self.s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"], str(obj.get("ETag", "")).strip('"')
+
     def delete(self, key: str) -> None:
         """Delete a key (only used to tidy up superseded pointers, never data)."""
         self.s3.delete_object(Bucket=self.bucket, Key=key)

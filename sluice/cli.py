@@ -181,6 +181,8 @@ def status(as_json: bool) -> None:
                           f"{d['psi_threshold']}{', DRIFTED' if d['drifted'] else ''}]")
             if a.get("versions"):
                 extra += f" -> v{','.join(map(str, a['versions']))}"
+            for leak in a.get("leakage", []):
+                extra += f" [LEAK? {', '.join(leak['columns'])}: {leak['action']}]"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
             if a["outcome"] == "quarantined":
                 click.echo(f"              {a['message']}")

@@ -34,7 +34,8 @@ def _reference(runtime: Runtime, run: dict[str, Any], contract: Contract, new: p
                                 log_amount=pl.col("amount").log1p())
     featured = featured.join(shares, on="brand", how="left", nulls_equal=True)  # training counted missing brands
     featured = featured.with_columns(pl.col("brand_share").fill_null(0.0))
-    booster = lgb.Booster(model_str=runtime.store.get(run["artifacts"]["model"]["key"]).decode())
+    # The model a version ships: the refit on train + holdout (same encoding, fitted on the training rows).
+    booster = lgb.Booster(model_str=runtime.store.get(shipped(run)["model"]["key"]).decode())
     return np.asarray(booster.predict(encoding.features(featured)))
 
 
@@ -77,7 +78,7 @@ def test_a_stored_model_scores_mixed_data_exactly_as_in_memory_through_every_loa
     for name, result in paths.items():
         assert result.unscored == [], name
         assert np.array_equal(result.scores, expected), f"{name}: differs from the in-memory model"
-        assert result.version == 1 and result.model_sha256 == run["artifacts"]["model"]["sha256"], name
+        assert result.version == 1 and result.model_sha256 == shipped(run)["model"]["sha256"], name
 
     out = tmp_path / "scored.parquet"
     got = cli.invoke(main, ["models", "predict", f"{mixed.DATASET}@champion", str(csv), "-o", str(out)])
@@ -141,8 +142,13 @@ def test_a_tampered_bundle_is_refused_and_never_loaded(runtime: Runtime) -> None
 
 
 def run_bundle_sha(runtime: Runtime, version: dict[str, Any]) -> str:
-    """The bundle sha256 the run recorded."""
-    return str(runtime.store.get_json(version["run_key"])["bundle"]["sha256"])
+    """The sha256 of the bundle the run recorded for shipping."""
+    return str(shipped(runtime.store.get_json(version["run_key"]))["bundle"]["sha256"])
+
+
+def shipped(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's record of the model a version ships: its refit, or (refit off) the evaluated model."""
+    return run.get("refit") or {"model": run["artifacts"]["model"], "bundle": run["bundle"]}
 
 
 def test_models_stored_with_sorted_keys_are_scored_in_their_own_column_order() -> None:

@@ -181,16 +181,29 @@ def test_the_training_time_limit_follows_the_contract_budget(runtime: Runtime) -
     assert "time_limit" not in messages["benchmark"].options
 
 
+def test_the_first_drop_trains_without_waiting_for_the_debounce(runtime: Runtime) -> None:
+    contract = with_training(sample_contract(), debounce_s=3600.0)
+    runtime.store.put(f"contracts/{DATASET}.yaml", contract.to_yaml().encode())
+    a, b = parts(2)
+    # Nothing else is pending, so there is nothing to coalesce: an hour's debounce does not hold it back.
+    assert run_chain(runtime, f"incoming/{DATASET}/a.csv", a)["data_versions"]
+    # A drop while another is still on its way (here: not validated yet) waits for the debounce.
+    runtime.store.put(f"incoming/{DATASET}/c.csv", parts(3)[0])
+    from dramatiq.errors import Retry
+
+    with pytest.raises(Retry):
+        run_chain(runtime, f"incoming/{DATASET}/b.csv", b)
+
+
 @pytest.mark.slow
-def test_three_quick_drops_make_one_run(moto_settings: Settings) -> None:
+def test_a_burst_of_drops_makes_one_run(moto_settings: Settings) -> None:
     contract = with_training(sample_contract(), debounce_s=5.0)
     prepare(moto_settings, contract)
     service = start(moto_settings, runtime=build_runtime(moto_settings), bridge_wait_s=1)
     store = service.runtime.store
     try:
         for i, data in enumerate(parts(3)):
-            store.put(f"incoming/{DATASET}/part-{i}.csv", data)
-            time.sleep(1.0)  # far enough apart that, without coalescing, the first drop trains on its own
+            store.put(f"incoming/{DATASET}/part-{i}.csv", data)  # a burst: each drop finds the others pending
         wait_for(lambda: [k for k in store.keys("registry/") if "/versions/" in k], 60, "a registered version")
         time.sleep(6)  # longer than the debounce: a second run would have started by now
     finally:
@@ -221,3 +234,24 @@ def test_missing_numbers_reach_the_stored_model_as_flaml_saw_them() -> None:
     scores = predictor.score(frame)
     filled = frame.with_columns(pl.col("x").fill_null(encoding.medians["x"]))
     assert np.allclose(scores, predictor.score(filled))
+
+
+@pytest.mark.slow
+def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> None:
+    from sluice.core import bundle
+    from sluice.core.registry import ModelRegistry
+    from sluice.infra.state import MemoryState
+
+    run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert run["refit"]["rows"] == run["holdout"]["rows"] + run["holdout"]["train_rows"] == 569
+    [version] = ModelRegistry(runtime.store, MemoryState()).versions(DATASET)
+    assert version["bundle"] == run["refit"]["bundle"] and version["evaluated_bundle"] == run["bundle"]
+    assert version["artifact"]["sha256"] == run["refit"]["model"]["sha256"] != run["artifacts"]["model"]["sha256"]
+    holdout = pl.read_parquet(io.BytesIO(artifact(runtime.store, run, "holdout")))
+    y = bundle.load_run(runtime.store, run).encoding.labels(holdout)
+    shipped = bundle.load_version(runtime.store, version).score_features(holdout)
+    judged = bundle.load_version(runtime.store, version, evaluated=True).score_features(holdout)
+    # The gate's score is the evaluated model's on rows it never saw; the shipped refit has seen them.
+    assert version["scores"]["candidate"] == pytest.approx(modeling.score("roc_auc", y, judged, None), abs=1e-6)
+    assert not np.allclose(shipped, judged)
+    assert (modeling.score("log_loss", y, shipped, None) < modeling.score("log_loss", y, judged, None))

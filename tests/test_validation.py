@@ -124,8 +124,9 @@ def test_infer_contract_from_a_sample() -> None:
     frame = pl.DataFrame({"x": [1.0, 2.5, 3.0, None], "c": ["a", "b", "a", "b"], "y": [0, 1, 0, 1]})
     contract = infer_contract(frame, "demo", "y")
     assert contract.task == "binary" and contract.metric == "roc_auc"
-    assert contract.columns["x"] == ColumnSpec(dtype="float", nullable=True, min=1.0, max=3.0)
-    assert contract.columns["c"].categories == ["a", "b"]
+    # The observed range 1..3, widened by its span and kept non-negative; text features take any value.
+    assert contract.columns["x"] == ColumnSpec(dtype="float", nullable=True, min=0.0, max=5.0)
+    assert contract.columns["c"] == ColumnSpec(dtype="str", nullable=True)
     assert contract.columns["y"].categories == ["0", "1"]
     assert parse_contract(contract.to_yaml()) == contract
     regression = infer_contract(pl.DataFrame({"x": list(range(50)), "y": [i * 0.5 for i in range(50)]}), "r", "y")

@@ -1,0 +1,138 @@
+"""Leakage checks, run on the training rows before the search: columns that give the answer away.
+
+A model that learns from a leak looks perfect on the holdout (the leak is there too) and fails in production,
+where the column is not known at prediction time. Three signs, each measured on one column alone with a small
+decision tree, on a third of the rows it was not fitted on (a column only counts when it predicts unseen rows):
+
+    identifier        a near-unique integer column (a row id, an order number) that predicts the target: the rows
+                      were numbered in an order that follows the label
+    determines_target the target is a function of the column: every value of it has one class, or a tree on it
+                      explains the regression target to R² >= 0.999
+    predicts_target   the column alone predicts the target almost perfectly (balanced accuracy or R² >= 0.98)
+
+The contract's `training.leakage` says what happens: `refuse` (the default) trains but the gate never promotes,
+`exclude` trains without the flagged columns, `warn` only records the findings. Every finding names its column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from sluice.core.modeling import Encoding
+
+THRESHOLD = 0.98  # balanced accuracy or R² of one column alone, on rows the tree was not fitted on
+DETERMINES = 0.999
+MAX_ROWS = 10_000  # a sample is enough to see a near-perfect column; keeps the check to a second or two
+MIN_ROWS = 30
+FOLDS = 3  # the share held out of the tree's fit is 1 / FOLDS
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One column that gives the target away."""
+
+    column: str
+    kind: str  # identifier, determines_target, predicts_target
+    measure: str  # balanced_accuracy or r2
+    score: float
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form."""
+        return asdict(self)
+
+
+def check(frame: pl.DataFrame, encoding: Encoding, *, seed: int = 42) -> list[Finding]:
+    """Columns of `frame` (training rows) that alone predict the target almost perfectly, worst first."""
+    y_all = encoding.labels(frame)
+    keep = y_all >= 0 if encoding.classes is not None else ~np.isnan(y_all)
+    rows = frame.filter(pl.Series(keep))
+    y = y_all[keep]
+    if len(y) < MIN_ROWS or not encoding.columns:
+        return []
+    if len(y) > MAX_ROWS:
+        pick = np.random.default_rng(seed).choice(len(y), MAX_ROWS, replace=False)
+        rows, y = rows[np.sort(pick)], y[np.sort(pick)]
+    if encoding.classes is not None and np.bincount(y).max() == len(y):
+        return []  # one class: nothing to predict
+    X = encoding.matrix(rows)
+    findings = []
+    for i, name in enumerate(encoding.columns):
+        finding = _column(name, X[:, i], y, encoding, rows[name], seed)
+        if finding is not None:
+            findings.append(finding)
+    return sorted(findings, key=lambda f: -f.score)
+
+
+def _column(name: str, x: np.ndarray, y: np.ndarray, encoding: Encoding, raw: pl.Series,
+            seed: int) -> Finding | None:
+    from sklearn.model_selection import train_test_split
+    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
+
+    X = x.reshape(-1, 1)
+    classify = encoding.classes is not None
+    # One split, fitted on two thirds and scored on the rest: a near-perfect column is near-perfect on any split,
+    # and one fit per column keeps the check well under a second for most tables.
+    stratify = y if classify and np.bincount(y)[np.bincount(y) > 0].min() >= 2 else None
+    X_fit, X_out, y_fit, y_out = train_test_split(X, y, test_size=1 / FOLDS, random_state=seed, stratify=stratify)
+    tree: Any = (DecisionTreeClassifier if classify else DecisionTreeRegressor)(min_samples_leaf=2,
+                                                                               random_state=seed)
+    predicted = tree.fit(X_fit, y_fit).predict(X_out)
+    if classify:
+        from sklearn.metrics import balanced_accuracy_score
+
+        measure, score = "balanced_accuracy", float(balanced_accuracy_score(y_out, predicted))
+    else:
+        from sklearn.metrics import r2_score
+
+        measure, score = "r2", float(r2_score(y_out, predicted))
+    if not score >= THRESHOLD:
+        return None
+    distinct = raw.drop_nulls().n_unique()
+    if raw.dtype.is_integer() and distinct >= 0.95 * raw.len():
+        kind = "identifier"
+        message = (f"column {name!r} is unique per row, like an identifier, yet alone predicts the target "
+                   f"({measure} {score:.3f} on held-out rows): the rows were numbered in an order that follows the "
+                   "label. Drop it from the data or the contract.")
+    elif _determines(x, y, classify, score):
+        kind = "determines_target"
+        message = (f"the target is a function of column {name!r} ({measure} {score:.3f} on held-out rows from it "
+                   "alone): is it derived from the label, or recorded after it? Drop it from the data or the "
+                   "contract, or set training.leakage: warn if it is known at prediction time.")
+    else:
+        kind = "predicts_target"
+        message = (f"column {name!r} alone predicts the target almost perfectly ({measure} {score:.3f} on held-out "
+                   "rows): check that it is known at prediction time. Drop it, or set training.leakage: warn if "
+                   "it is legitimate.")
+    return Finding(name, kind, measure, round(score, 6), message)
+
+
+def _determines(x: np.ndarray, y: np.ndarray, classify: bool, score: float) -> bool:
+    """Every repeated value of `x` has one class (classification), or R² from `x` alone is ~1 (regression)."""
+    if not classify:
+        return score >= DETERMINES
+    frame = pl.DataFrame({"x": x, "y": y})
+    groups = frame.group_by("x").agg(pl.col("y").n_unique().alias("classes"), pl.len().alias("n"))
+    repeated = groups.filter(pl.col("n") > 1)
+    # Most rows must share their value with others, or a near-unique column would pass by having few repeats.
+    return int(repeated["n"].sum()) >= 0.5 * len(y) and int(repeated["classes"].max()) == 1  # type: ignore[arg-type]
+
+
+def summary(findings: list[Finding], policy: str) -> dict[str, Any]:
+    """What the run records: the policy, what it did, and every finding."""
+    action = {"refuse": "promotion refused", "exclude": "columns excluded from training",
+              "warn": "trained with the columns; promotion allowed"}[policy] if findings else "none"
+    return {"policy": policy, "action": action, "columns": [f.column for f in findings],
+            "findings": [f.to_dict() for f in findings]}
+
+
+def reasons(leakage: dict[str, Any] | None) -> list[str]:
+    """The gate's reasons to refuse promotion, from a run's leakage record (none unless the policy refuses)."""
+    if not leakage or leakage.get("policy") != "refuse" or not leakage.get("findings"):
+        return []
+    return [f"leakage: {f['message']} (training.leakage: refuse; set exclude to train without it)"
+            for f in leakage["findings"]]

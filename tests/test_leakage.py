@@ -1,0 +1,89 @@
+"""Leakage checks before promotion: a planted leak is flagged, named, and handled as the contract says."""
+
+from __future__ import annotations
+
+import io
+
+import jsonschema
+import numpy as np
+import polars as pl
+import pytest
+
+from sluice.core import bundle, leakage, modeling
+from sluice.core.contract import contract_key, infer_contract
+from sluice.core.registry import ModelRegistry
+from sluice.core.runtime import Runtime
+from sluice.core.status import dataset_status
+from sluice.events.model import for_transition, schema
+from sluice.infra.state import MemoryState
+from tests.chain import BUDGET_S, DATASET, run_chain, sample_bytes
+
+
+def leaky_sample() -> pl.DataFrame:
+    """The bundled sample with a column recorded after the diagnosis: it decides the target by itself."""
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    return frame.with_columns(
+        pl.when(pl.col("diagnosis") == "malignant").then(pl.lit("oncology")).otherwise(pl.lit("routine"))
+        .alias("referral_ward"))
+
+
+def findings_of(frame: pl.DataFrame, target: str) -> list[leakage.Finding]:
+    contract = infer_contract(frame, "leak", target)
+    return leakage.check(frame, modeling.Encoding.fit(frame, contract))
+
+
+def test_each_kind_of_leak_is_found_and_an_honest_dataset_passes() -> None:
+    rng = np.random.default_rng(0)
+    n = 600
+    x = rng.normal(size=n)
+    y = np.where(x + rng.normal(scale=0.8, size=n) > 0, "yes", "no")
+    honest = pl.DataFrame({"x": x, "noise": rng.normal(size=n), "y": y})
+    assert findings_of(honest, "y") == []
+    # A row id that follows the label (the export was sorted by it).
+    ordered = honest.sort("y").with_row_index("order_id").with_columns(pl.col("order_id").cast(pl.Int64))
+    [finding] = findings_of(ordered, "y")
+    assert (finding.column, finding.kind) == ("order_id", "identifier") and "'order_id'" in finding.message
+    # A code that maps each value to one class.
+    coded = honest.with_columns(pl.when(pl.col("y") == "yes").then(pl.lit("A")).otherwise(pl.lit("B")).alias("code"))
+    assert [(f.column, f.kind) for f in findings_of(coded, "y")] == [("code", "determines_target")]
+    # A regression target that is a function of a column; a merely useful column is not flagged.
+    z = rng.uniform(0, 10, n)
+    regression = pl.DataFrame({"z": z, "useful": z + rng.normal(scale=3, size=n), "t": np.sqrt(z) * 3 + 1})
+    assert [(f.column, f.kind) for f in findings_of(regression, "t")] == [("z", "determines_target")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["refuse", "exclude", "warn"])
+def test_a_planted_leak_under_each_policy(runtime: Runtime, policy: str) -> None:
+    frame = leaky_sample()
+    contract = infer_contract(frame, DATASET, "diagnosis", BUDGET_S, debounce_s=0)
+    assert contract.training.leakage == "refuse"  # the default never silently promotes a leaky model
+    if policy != "refuse":
+        contract = contract.model_copy(update={"training": contract.training.model_copy(update={"leakage": policy})})
+    runtime.store.put(contract_key(DATASET), contract.to_yaml().encode())
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    run = run_chain(runtime, f"incoming/{DATASET}/leaky.csv", buffer.getvalue())
+
+    assert run["leakage"]["columns"] == ["referral_ward"] and run["leakage"]["policy"] == policy
+    assert run["leakage"]["findings"][0]["kind"] == "determines_target"
+    trained_on = bundle.load_run(runtime.store, run).encoding.columns
+    assert ("referral_ward" in trained_on) == (policy != "exclude")
+    if policy == "exclude":
+        from sluice.core import runs
+
+        assert runs.reproduce(runtime.store, run)["match"]  # the run is reproducible without the column too
+
+    registry = ModelRegistry(runtime.store, MemoryState())
+    [version] = registry.versions(DATASET)
+    expected = {"refuse": "reject", "exclude": "promote", "warn": "promote"}[policy]
+    assert version["decision"] == expected, version["reasons"]
+    if policy == "refuse":
+        assert any("leakage" in r and "'referral_ward'" in r for r in version["reasons"])
+    card = runtime.store.get(registry.card_key(DATASET, 1)).decode()
+    assert "Possible leak** in `referral_ward`" in card and f"policy `{policy}`" in card
+    event = for_transition(version, registry.history(DATASET)[-1], "sluice://test").to_cloudevent()
+    jsonschema.validate(event, schema(event["type"]))
+    assert event["data"]["leakage"]["columns"] == ["referral_ward"]
+    [arrival] = dataset_status(runtime.store, MemoryState(), DATASET)["arrivals"]
+    assert arrival["leakage"][0]["columns"] == ["referral_ward"]

@@ -1,0 +1,51 @@
+"""Contracts inferred by `sluice contract infer` accept the next file of the same source."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from benchmarks.quality_data import all_datasets, halves
+from sluice.core.contract import infer_contract, parse_contract
+from sluice.core.validation import read_sample, validate_file
+
+DATASETS = all_datasets()
+
+
+@pytest.mark.parametrize("data", DATASETS, ids=[d.name.split()[0] for d in DATASETS])
+def test_a_contract_inferred_from_the_first_half_accepts_the_second(data: object, tmp_path: Path) -> None:
+    first, second = halves(data.frame)  # type: ignore[attr-defined]
+    buffer = io.BytesIO()
+    first.write_csv(buffer)
+    # As `sluice contract infer FILE` does: the sample read from its CSV, the YAML written and read back.
+    sample = read_sample("first.csv", buffer.getvalue())
+    contract = parse_contract(infer_contract(sample, "bench", data.target).to_yaml())  # type: ignore[attr-defined]
+    assert contract.task == data.task  # type: ignore[attr-defined]
+    path = tmp_path / "second.csv"
+    second.write_csv(path)
+    split = validate_file(path, "incoming/bench/second.csv", contract, tmp_path)
+    assert split.rows_total == second.height
+    assert split.rows_invalid == 0, split.summary()
+
+
+def test_the_tolerance_and_limits_come_with_their_reasons() -> None:
+    frame = pl.DataFrame({"x": [1.0, 2.5, 3.0, None], "n": [3, 4, 5, 6], "c": ["a", "b", "a", "b"],
+                          "y": [0, 1, 0, 1]})
+    contract = infer_contract(frame, "demo", "y")
+    assert 0 < contract.max_invalid_fraction <= 0.05
+    text = contract.to_yaml()
+    assert "# Up to 1% of a file's rows may break a rule" in text and "Set 0 to stop" in text
+    assert "observed 1 to 3" in text and "Tighten them to the observed range" in text
+    assert parse_contract(text) == contract
+
+
+def test_dates_get_their_parts_as_features() -> None:
+    from datetime import date
+
+    frame = pl.DataFrame({"d": [date(2024, 1, i) for i in range(1, 11)], "y": [float(i) for i in range(10)]})
+    contract = infer_contract(frame, "demo", "y")
+    assert [(t.name, t.op) for t in contract.features] == [("d_month", "month"), ("d_day", "day"),
+                                                          ("d_dayofweek", "dayofweek")]
