@@ -97,7 +97,8 @@ def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: 
           on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Service:
     """Start the Dramatiq worker threads and the bridge; returns once both run."""
     runtime = runtime or build_runtime(settings, on_event=on_event)
-    worker = Worker(runtime.broker, worker_threads=settings.worker_threads, worker_timeout=100)
+    worker = Worker(runtime.broker, worker_threads=settings.worker_threads,
+                    worker_timeout=settings.poll_interval_ms)
     worker.start()
     bridge = SqsBridge(runtime, wait_s=bridge_wait_s)
     bridge.start()
@@ -105,7 +106,8 @@ def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: 
     if settings.reconcile_interval_s > 0:
         reconciler = Reconciler(runtime, settings.reconcile_interval_s)
         reconciler.start()
-    logging.getLogger("sluice").info("worker: %d threads on %s, bridge polling %s, reconcile every %s",
-                                     settings.worker_threads, settings.broker_url, settings.events_queue,
-                                     f"{settings.reconcile_interval_s:g}s" if reconciler else "(off)")
+    logging.getLogger("sluice").info(
+        "worker: %d threads on %s (polled every %d ms when idle), bridge polling %s, reconcile every %s",
+        settings.worker_threads, settings.broker_url, settings.poll_interval_ms, settings.events_queue,
+        f"{settings.reconcile_interval_s:g}s" if reconciler else "(off)")
     return Service(runtime, worker, bridge, reconciler)

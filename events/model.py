@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 PROMOTED = "sluice.model.promoted"
@@ -141,6 +140,8 @@ def schema_uri(event_type: str) -> str:
 
 def schema(event_type: str) -> dict[str, Any]:
     """The JSON Schema of an event type, shipped as package data in `events/schemas/`."""
+    from importlib import resources  # here, not at the top: it costs the CLI's start 40 ms (tempfile, shutil)
+
     if event_type not in MODEL_EVENT_TYPES:
         raise ValueError(f"no schema for {event_type!r}; known: {', '.join(MODEL_EVENT_TYPES)}")
     doc: dict[str, Any] = json.loads(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -18,11 +17,11 @@ from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
 from sluice.core.settings import Settings
 
-log = logging.getLogger("sluice")
-
 
 def setup_logging(verbose: bool = False) -> None:
     """Concise lines for people; third-party chatter only with -v."""
+    import logging  # here: nothing else `sluice --help` loads needs it
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
     for noisy in ("botocore", "boto3", "urllib3", "werkzeug", "dramatiq", "flaml", "pika"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
@@ -33,34 +32,44 @@ class _Sluice(click.Group):
     """Turns the failures a user can fix (no emulator, no credentials, no Redis) into one line saying how."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        import redis
-        from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-
-        from sluice.core.errors import IntegrityError
-
-        settings = Settings.from_env()
-        where = settings.endpoint_url or "AWS"
         try:
             return super().invoke(ctx)
-        except EndpointConnectionError as exc:
-            raise click.ClickException(
-                f"cannot reach S3/SQS/SNS at {where} ({exc}). Start the emulator (`make localstack-up`, or "
-                "`moto_server`) and point AWS_ENDPOINT_URL at it, or unset it to use AWS.") from exc
-        except NoCredentialsError as exc:
-            raise click.ClickException(
-                "no AWS credentials. For AWS, configure them as for the AWS CLI; for moto or LocalStack, set "
-                "AWS_ENDPOINT_URL (Sluice then uses test credentials).") from exc
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in ("NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "NotFound", "404"):
-                raise click.ClickException(f"{code} at {where}: bucket {settings.bucket!r} or its queues are "
-                                           "missing; run `sluice up` first.") from exc
-            raise
-        except IntegrityError as exc:  # a document no stage wrote, or changed bytes: say which, never a traceback
-            raise click.ClickException(str(exc)) from exc
-        except redis.exceptions.ConnectionError as exc:
-            raise click.ClickException(f"cannot reach Redis at {settings.broker_url} ({exc}); start it or set "
-                                       "SLUICE_BROKER_URL.") from exc
+        except Exception as exc:
+            from sluice.core.errors import IntegrityError
+
+            if isinstance(exc, IntegrityError):  # a document no stage wrote, or changed bytes: say which
+                raise click.ClickException(str(exc)) from exc
+            # botocore and redis are imported only when one of their errors is in hand: `sluice X --help` and
+            # the commands that never touch them start without paying for them.
+            if not any(c.__module__.partition(".")[0] in ("botocore", "redis") for c in type(exc).__mro__):
+                raise
+            hint = _how_to_fix(exc)
+            if hint is None:
+                raise
+            raise click.ClickException(hint) from exc
+
+
+def _how_to_fix(exc: Exception) -> str | None:
+    """One line saying how to fix a missing emulator, credentials, bucket or Redis; None for anything else."""
+    import redis
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    settings = Settings.from_env()
+    where = settings.endpoint_url or "AWS"
+    if isinstance(exc, EndpointConnectionError):
+        return (f"cannot reach S3/SQS/SNS at {where} ({exc}). Start the emulator (`make localstack-up`, or "
+                "`moto_server`) and point AWS_ENDPOINT_URL at it, or unset it to use AWS.")
+    if isinstance(exc, NoCredentialsError):
+        return ("no AWS credentials. For AWS, configure them as for the AWS CLI; for moto or LocalStack, set "
+                "AWS_ENDPOINT_URL (Sluice then uses test credentials).")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "NotFound", "404"):
+            return f"{code} at {where}: bucket {settings.bucket!r} or its queues are missing; run `sluice up` first."
+        return None
+    if isinstance(exc, redis.exceptions.ConnectionError):
+        return f"cannot reach Redis at {settings.broker_url} ({exc}); start it or set SLUICE_BROKER_URL."
+    return None
 
 
 @click.group(cls=_Sluice)

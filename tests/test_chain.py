@@ -175,3 +175,17 @@ def test_transient_faults_are_retried_and_exhausted_ones_dead_lettered(settings:
     assert record["actor"].endswith(".broken") and (record["attempts"], record["retries"]) == (3, 2)
     assert record["max_retries"] == 2
     assert "still down" in record["traceback"]
+
+
+def test_the_worker_polls_redis_at_the_configured_interval(moto_settings: Settings, redis_url: str) -> None:
+    """SLUICE_POLL_INTERVAL_MS reaches the Dramatiq worker and each of its consumers (the latency/idle-CPU knob)."""
+    assert Settings.from_env({"SLUICE_POLL_INTERVAL_MS": "7"}).poll_interval_ms == 7
+    assert Settings.from_env({}).poll_interval_ms == Settings().poll_interval_ms == 50
+    settings = replace(moto_settings, broker_url=redis_url, poll_interval_ms=7)
+    prepare(settings)
+    svc = start(settings, bridge_wait_s=1)
+    try:
+        assert svc.worker.worker_timeout == 7
+        assert svc.worker.consumers and {c.worker_timeout for c in svc.worker.consumers.values()} == {7}
+    finally:
+        svc.stop()

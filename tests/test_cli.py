@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,21 @@ def test_every_command_has_help() -> None:
                 walk(command, [*path, name])
 
     walk(main, [])
+
+
+HEAVY = {"polars", "pandas", "pandera", "pyarrow", "numpy", "flaml", "lightgbm", "sklearn", "scipy", "boto3",
+         "botocore", "dramatiq", "redis"}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["models", "--help"], ["contract", "infer", "--help"]])
+def test_the_command_starts_without_the_heavy_libraries(args: list[str]) -> None:
+    """`sluice --help` (and a group's) imports none of the data, ML, AWS or queue libraries: each costs the start
+    tenths of a second, and every command imports what it needs when it runs. Read from `-X importtime`, which
+    lists every module a fresh interpreter imports, so this counts imports rather than timing them."""
+    code = f"import sys; from sluice.cli import main; sys.argv = ['sluice', *{args!r}]; main()"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0 and "Usage:" in done.stdout, done.stderr[-2000:]
+    imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert {"click", "sluice.cli", "sluice.commands.models"} <= imported  # the listing is read correctly
+    assert not sorted({name.partition(".")[0] for name in imported} & HEAVY)

@@ -65,6 +65,49 @@ def test_bootstrap_is_paired_seeded_and_directional() -> None:
     assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)
 
 
+def rankdata_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The gate's AUC before it sorted once: rank every resample (the reference the fast path must equal)."""
+    from scipy.stats import rankdata
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        yy = (y[idx] == 1).astype(float)
+        ranks = rankdata(s[idx], axis=1)
+        pos = yy.sum(axis=1)
+        neg = idx.shape[1] - pos
+        auc = ((ranks * yy).sum(axis=1) - pos * (pos + 1) / 2) / (pos * neg)
+        return np.where((pos > 0) & (neg > 0), auc, np.nan)
+
+
+@pytest.mark.parametrize("case", ["separable", "ties", "coarse", "rare_positives", "nan_score", "tiny"])
+def test_sorting_once_gives_the_same_intervals_as_ranking_every_resample(
+        case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(11)
+    n = 5 if case == "tiny" else 600
+    y = (rng.random(n) < (0.03 if case == "rare_positives" else 0.4)).astype(int)
+    candidate, reference = noisy(y, 0.8, 1), noisy(y, 1.5, 2)
+    if case == "ties":
+        candidate[::3], reference[::4] = 0.5, 0.25
+    if case == "coarse":  # few distinct scores, as from a shallow tree: nearly every row ties
+        candidate, reference = np.round(candidate, 1), np.round(reference)
+    if case == "nan_score":
+        candidate[17] = np.nan
+    idx = rng.integers(0, n, (300, n))
+    fast, slow = gate.resampled_auc(y, candidate, idx), rankdata_auc(y, candidate, idx)
+    assert np.array_equal(fast, slow, equal_nan=True)
+    if case in ("nan_score", "tiny"):  # the undefined resamples are exercised, not just the easy ones
+        assert np.isnan(fast).any()
+
+    def fields(ci: gate.Interval) -> np.ndarray:
+        return np.array([ci.estimate, ci.low, ci.high, *ci.candidate, *ci.reference, ci.resamples])
+
+    for seed in (0, 2024):
+        new = gate.paired_bootstrap("roc_auc", True, y, candidate, reference, resamples=300, seed=seed)
+        with monkeypatch.context() as m:
+            m.setattr(gate, "resampled_auc", rankdata_auc)
+            today = gate.paired_bootstrap("roc_auc", True, y, candidate, reference, resamples=300, seed=seed)
+        assert np.array_equal(fields(new), fields(today), equal_nan=True)  # bit for bit, not approximately
+
+
 def test_pairing_narrows_the_interval() -> None:
     """Scoring both models on the same resampled rows cancels the rows' shared difficulty."""
     _, y = data(400)

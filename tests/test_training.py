@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -78,6 +79,48 @@ def test_holdout_assignment_depends_only_on_the_row() -> None:
     assert (full[shuffled["i"].to_numpy()] == again).all()
     assert 0.12 < full.mean() < 0.28  # about the asked share
     assert not (modeling.holdout_mask(frame, 0.2, 7) == full).all()  # the seed matters
+
+
+def per_row_holdout_mask(frame: pl.DataFrame, fraction: float, seed: int) -> np.ndarray:
+    """The split as it was first written, one row at a time in Python: the reference the faster one must equal."""
+    cols = sorted(frame.columns)
+    keys = frame.select(
+        pl.concat_str([pl.col(c).cast(pl.Utf8).fill_null("\x00") for c in cols], separator="\x1f").alias("k")
+    )["k"].to_list()
+    salt = f"{seed}\x1e".encode()
+    threshold = int(fraction * 2**64)
+    return np.fromiter(
+        (int.from_bytes(hashlib.sha256(salt + k.encode()).digest()[:8], "big") < threshold for k in keys),
+        dtype=bool, count=len(keys),
+    )
+
+
+def test_the_holdout_split_is_the_one_every_earlier_run_used() -> None:
+    """Stored runs are reproduced by recomputing their split, so a faster split must put every row where the
+    first one did: text, nulls, non-ASCII, the separator inside a value, dates, NaN, booleans, every fraction."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    frame = pl.DataFrame({
+        "x": rng.normal(size=n), "k": rng.integers(-5, 5, n), "s": rng.choice(["a", "ü", "a\x1fb", ""], n),
+        "d": pl.date_range(pl.date(2020, 1, 1), pl.date(2020, 1, 1) + pl.duration(days=n - 1), eager=True),
+        "nan": np.where(rng.random(n) < 0.1, np.nan, 1.5), "b": rng.random(n) < 0.5,
+    }).with_columns(pl.when(pl.col("k") == 0).then(None).otherwise(pl.col("s")).alias("s"))
+    for fraction, seed in ((0.2, 42), (0.5, 0), (0.01, 7), (1.0, 1), (0.0, 1)):
+        ours, reference = modeling.holdout_mask(frame, fraction, seed), per_row_holdout_mask(frame, fraction, seed)
+        assert ours.dtype == bool and np.array_equal(ours, reference), (fraction, seed)
+    assert 0.15 < modeling.holdout_mask(frame, 0.2, 42).mean() < 0.25
+
+
+def test_labels_name_classes_as_before() -> None:
+    """Labels are mapped per distinct value, named by Python's str(): True, 1.0, 1e-05 stay what they were."""
+    cases = [(["no", "yes"], ["no", "yes", None, "maybe", "yes"], [0, 1, -1, -1, 1]),
+             (["False", "True"], [True, None, False], [1, -1, 0]),
+             (["0.0", "1e-05", "None"], [0.0, 1e-05, None, float("nan"), 2.0], [0, 1, 2, -1, -1]),
+             (["1", "2", "3"], [1, 2, None, 3, 7], [0, 1, -1, 2, -1])]
+    for classes, values, expected in cases:
+        encoding = modeling.Encoding("y", "binary", classes)
+        labels = encoding.labels(pl.DataFrame({"y": values}))
+        assert labels.dtype == np.int64 and labels.tolist() == expected, (classes, values)
 
 
 @pytest.mark.slow

@@ -9,9 +9,9 @@ import click
 from sluice.commands.common import dataset_name
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
-from sluice.core.contract import contract_key, infer_contract, parse_contract
 from sluice.core.errors import ContractError, SluiceError
-from sluice.core.validation import read_sample
+
+# polars and pandera (core.contract, core.validation) are imported inside the commands: `sluice --help` stays fast.
 
 
 @click.group()
@@ -28,6 +28,9 @@ def contract() -> None:
               help="Seconds of quiet after the last drop before training (drops in between make one run).")
 def contract_infer(file: Path, dataset: str, target: str, budget: float, debounce: float) -> None:
     """Write a contract inferred from a sample FILE to stdout; review it, then `sluice contract put`."""
+    from sluice.core.contract import infer_contract
+    from sluice.core.validation import read_sample
+
     try:
         frame = read_sample(file.name, file.read_bytes())
         click.echo(infer_contract(frame, dataset, target, budget, debounce).to_yaml(), nl=False)
@@ -39,6 +42,8 @@ def contract_infer(file: Path, dataset: str, target: str, budget: float, debounc
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def contract_put(file: Path) -> None:
     """Check a contract and upload it to contracts/<dataset>.yaml."""
+    from sluice.core.contract import contract_key, parse_contract
+
     settings = _settings()
     try:
         parsed = parse_contract(file.read_text(), source=str(file))
