@@ -120,6 +120,17 @@ def serve(name: str, alias: str, host: str, port: int, bundle: str | None) -> No
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+def ui(host: str, port: int) -> None:
+    """A read-only web dashboard: drops, quarantine, runs, the registry, lineage and drift."""
+    from sluice.ui import run_ui
+
+    click.echo(f"sluice ui: http://{host}:{port} (read-only; bucket {_settings().bucket}). Ctrl-C to stop.")
+    run_ui(host, port, _settings())
+
+
+@main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dataset", required=True, help="Dataset name; its contract is contracts/NAME.yaml.")
 @click.option("--as", "name", default=None, help="Object name under incoming/NAME/ (default: the file's name).")
