@@ -154,7 +154,7 @@ class Runtime:
             raise
         result = {"outcome": "done", "published": published}
         self.state.complete(key, result, COMPLETED_TTL_S)
-        self.on_event("done", {"stage": name, "key": event.key})
+        self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
 
     def quarantine(self, ctx: Context, stage: str, event: ObjectCreated, err: InputError) -> dict[str, Any]:

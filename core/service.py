@@ -9,6 +9,7 @@ from typing import Any
 
 from dramatiq import Broker, Worker
 
+from sluice.core.metrics import Metrics
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
 from sluice.handlers import build_pipeline
@@ -23,12 +24,17 @@ class Service:
     runtime: Runtime
     worker: Worker
     bridge: SqsBridge
+    metrics: Metrics | None = None
+    metrics_server: Any = None
 
     def stop(self) -> None:
         """Stop polling, then let in-flight messages finish."""
         self.bridge.stop()
         self.worker.stop()
         self.runtime.broker.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
 def build_runtime(
@@ -44,13 +50,24 @@ def build_runtime(
 
 
 def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: int = 1,
-          on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Service:
-    """Start the Dramatiq worker threads and the bridge; returns once both run."""
+          on_event: Callable[[str, dict[str, Any]], None] | None = None,
+          metrics_port: int | None = None) -> Service:
+    """Start the Dramatiq worker threads and the bridge; returns once both run.
+
+    With `metrics_port` (0 picks a free port), the worker's Prometheus metrics are served at /metrics.
+    """
     runtime = runtime or build_runtime(settings, on_event=on_event)
+    metrics, metrics_server = None, None
+    if metrics_port is not None:
+        metrics = Metrics(settings, runtime.store)
+        runtime.on_event = metrics.chain(runtime.on_event)
+        runtime.broker.add_middleware(metrics.middleware())
+        metrics.watch_queues()
+        metrics_server = metrics.serve(metrics_port)
     worker = Worker(runtime.broker, worker_threads=settings.worker_threads, worker_timeout=100)
     worker.start()
     bridge = SqsBridge(runtime, wait_s=bridge_wait_s)
     bridge.start()
     logging.getLogger("sluice").info("worker: %d threads on %s, bridge polling %s", settings.worker_threads,
                                      settings.broker_url, settings.events_queue)
-    return Service(runtime, worker, bridge)
+    return Service(runtime, worker, bridge, metrics, metrics_server)

@@ -81,7 +81,9 @@ def up() -> None:
 
 @main.command()
 @click.option("--threads", type=int, default=None, help="Worker threads (default SLUICE_WORKER_THREADS or 2).")
-def worker(threads: int | None) -> None:
+@click.option("--metrics-port", type=int, default=None, envvar="SLUICE_METRICS_PORT",
+              help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (env SLUICE_METRICS_PORT).")
+def worker(threads: int | None, metrics_port: int | None) -> None:
     """Run the handlers as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
     from dataclasses import replace
 
@@ -90,11 +92,13 @@ def worker(threads: int | None) -> None:
     settings = _settings()
     if threads:
         settings = replace(settings, worker_threads=threads)
-    service = start(settings, bridge_wait_s=10)
+    service = start(settings, bridge_wait_s=10, metrics_port=metrics_port)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     click.echo(f"sluice worker: broker {settings.broker_url}, bucket {settings.bucket}. Ctrl-C to stop.")
+    if service.metrics_server is not None:
+        click.echo(f"metrics: http://0.0.0.0:{service.metrics_server.server_port}/metrics")
     done.wait()
     click.echo("stopping: finishing in-flight messages")
     service.stop()
