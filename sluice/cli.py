@@ -59,6 +59,7 @@ class _Sluice(click.Group):
 
 
 @click.group(cls=_Sluice)
+@click.version_option(package_name="sluice", prog_name="sluice")
 @click.option("-v", "--verbose", is_flag=True, help="Also show library logs.")
 def main(verbose: bool) -> None:
     """Sluice: drop a file into the bucket, get a validated, trained, benchmarked and promoted model."""
@@ -170,6 +171,7 @@ def status(as_json: bool) -> None:
         m = ds["model"]
         click.echo(f"dataset {ds['dataset']}: model {m['name']}, {m['versions']} versions, champion "
                    f"{'v' + str(m['champion']) if m['champion'] else '-'}")
+        said: dict[str, str] = {}  # a quarantine message (with the file name taken out) -> the first file it was for
         for a in ds["arrivals"]:
             dv = (a.get("data_version") or "")[:12]
             extra = f" data {dv}" if dv else ""
@@ -183,7 +185,12 @@ def status(as_json: bool) -> None:
                 extra += f" -> v{','.join(map(str, a['versions']))}"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
             if a["outcome"] == "quarantined":
-                click.echo(f"              {a['message']}")
+                gist = a["message"].replace(a["key"], "<file>")
+                if gist in said:
+                    click.echo(f"              the same problem as {said[gist]}")
+                else:
+                    said[gist] = a["key"]
+                    click.echo(f"              {a['message']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
         for t in ds["training"]:
