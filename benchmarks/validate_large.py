@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core.contract import ColumnSpec, Contract
+from sluice.core.contract import ColumnSpec, Contract, LimitsSpec
 
 KEY = "incoming/bench/big.csv"
 SEED = 20240601
@@ -72,6 +72,8 @@ def bench_contract() -> Contract:
     """The contract of the generated CSV: types, nullability, ranges, categories."""
     return Contract(
         dataset="bench", target="churned", task="binary", metric="roc_auc", max_invalid_fraction=0.01,
+        # Bigger than the default limits (2 GiB, 10 M rows), as a contract for a big dataset would say.
+        limits=LimitsSpec(max_file_bytes=64 << 30, max_rows=1_000_000_000),
         columns={
             "customer_id": ColumnSpec(dtype="int", min=1),
             "age": ColumnSpec(dtype="int", min=18, max=100),

@@ -46,6 +46,18 @@ class ColumnSpec(_Strict):
     categories: list[str] | None = None
 
 
+class LimitsSpec(_Strict):
+    """What one dropped file may cost a worker. Each is checked before (or while) the file is read; a file over a
+    limit is quarantined with the limit it broke, and the contract can raise it."""
+
+    max_file_bytes: int = Field(default=2 << 30, gt=0)  # after decompression
+    max_compression_ratio: float = Field(default=100.0, gt=1)  # checked once 64 MiB are decompressed
+    max_rows: int = Field(default=10_000_000, gt=0)
+    max_columns: int = Field(default=1_000, gt=0)
+    max_cell_bytes: int = Field(default=64 << 10, gt=0)
+    max_header_field_bytes: int = Field(default=1 << 10, gt=0)
+
+
 class TrainingSpec(_Strict):
     """How FLAML searches: budget, metric direction, estimators, seed, the holdout share, coalescing, warm start."""
 
@@ -198,6 +210,7 @@ class Contract(_Strict):
     entity: EntitySpec | None = None
     labels: LabelsSpec | None = None
     features: list[Transform] = Field(default_factory=list)
+    limits: LimitsSpec = Field(default_factory=LimitsSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Contract:
@@ -362,7 +375,14 @@ def load_contract(store: Any, dataset: str) -> Contract:
                   f"--target COLUMN > {dataset}.yaml`, review it, then `sluice contract put {dataset}.yaml`; "
                   "then drop the file again."),
         )
-    contract = parse_contract(store.get(key), source=f"s3://{store.bucket}/{key}")
+    try:
+        contract = parse_contract(store.get(key), source=f"s3://{store.bucket}/{key}")
+    except ContractError as exc:
+        from sluice.core.errors import ContractBroken
+
+        raise ContractBroken(f"the contract of dataset {dataset!r} is broken: {exc}",
+                             hint=f"Fix it (`sluice contract put {dataset}.yaml` checks it first), then drop the file "
+                                  "again or `sluice quarantine replay` it.") from exc
     if contract.dataset != dataset:
         raise ContractMissing(f"{key} describes dataset {contract.dataset!r}, not {dataset!r}.",
                               hint="Fix the `dataset:` field and `sluice contract put` it again.")

@@ -3,8 +3,10 @@
     SluiceError
     ├── InputError            bad input: quarantined with a report, never retried
     │   ├── ContractMissing   no contract for the dataset
+    │   ├── ContractBroken    the dataset's stored contract does not parse (fix it, then re-drop)
     │   ├── UnreadableFile    the bytes are not a table Sluice can read
-    │   └── ValidationFailed  the table breaks the dataset's contract
+    │   ├── ValidationFailed  the table breaks the dataset's contract
+    │   └── LimitExceeded     the file would cost more than the contract's `limits` allow (checked before the work)
     ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
     ├── RegistryError         a lifecycle command that the registry refuses (says which command would work)
     ├── IntegrityError        stored bytes are not what Sluice recorded (never retried, never loaded)
@@ -15,8 +17,22 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
+
+CLIP_BYTES = 200
+
+
+def clip(value: Any, limit: int = CLIP_BYTES) -> str:
+    """`value` as text, short enough for a message, report, ledger entry or log line: a long value becomes its
+    first bytes plus its length and sha256, so it can still be found."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    raw = text.encode("utf-8", "replace")
+    head = raw[: limit // 2].decode("utf-8", "ignore")
+    return f"{head}… ({len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
 
 
 class SluiceError(Exception):
@@ -37,7 +53,7 @@ class Failure:
         """One line a person can act on."""
         where = f"column {self.column!r}" if self.column else "the file"
         row = f", row {self.row}" if self.row is not None else ""
-        value = f": got {self.value!r}" if self.value is not None else ""
+        value = f": got {clip(repr(self.value))}" if self.value is not None else ""
         more = f" ({self.count} rows)" if self.count > 1 else ""
         return f"{where}{row} breaks {self.check}{value}{more}"
 
@@ -67,6 +83,12 @@ class ContractMissing(InputError):
     reason = "no-contract"
 
 
+class ContractBroken(InputError):
+    """The dataset's contract in the bucket is malformed: every drop is quarantined until it is fixed."""
+
+    reason = "broken-contract"
+
+
 class UnreadableFile(InputError):
     """The object is not a CSV or Parquet table Sluice can read."""
 
@@ -77,6 +99,12 @@ class ValidationFailed(InputError):
     """The table does not satisfy the dataset's contract."""
 
     reason = "contract-violation"
+
+
+class LimitExceeded(InputError):
+    """The file is over one of the contract's limits (size, compression ratio, rows, columns, cell or header bytes)."""
+
+    reason = "limit-exceeded"
 
 
 class ContractError(SluiceError):

@@ -11,17 +11,23 @@ Lifecycle of a version: candidate -> challenger -> champion -> archived, or reje
 history record saying what changed, what caused it, who made it and why, and what the aliases were after it;
 the history is the truth, the alias objects are a cache of its last record.
 
+The history is tamper-evident: each record carries `prev`, the sha256 of the record before it (a hash chain), and a
+`registered` record carries the sha256 of the version document it registered; every object here is signed by the
+stage that wrote it (core/provenance.py). `verify` checks all of it, and the artifacts against the versions.
+
 Every write runs under a per-model lock, each version document and history record is created with a
 conditional write (If-None-Match), so concurrent writers can neither lose nor reuse a number.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sluice.core.errors import RegistryError, TransientError
+from sluice.core.errors import IntegrityError, RegistryError, SluiceError, TransientError
 from sluice.infra.state import StateBackend
 from sluice.infra.store import S3Store
 
@@ -54,6 +60,28 @@ def parse_time(text: str) -> datetime:
     except ValueError as exc:
         raise RegistryError(f"{text!r} is not an ISO 8601 time; use e.g. 2026-01-31T12:00:00Z") from exc
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def digest(doc: dict[str, Any]) -> str:
+    """The sha256 of a document's canonical JSON: what the next history record commits to."""
+    normal = json.loads(json.dumps(doc, default=str))  # as stored: what a reader of the bucket hashes
+    return hashlib.sha256(json.dumps(normal, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def chain_problems(records: list[dict[str, Any]]) -> list[str]:
+    """Where a history (sorted by sequence) is not one unbroken chain: gaps, and records not following the last."""
+    problems = []
+    for i, record in enumerate(records):
+        sequence = int(record["sequence"])
+        if sequence != i + 1:
+            after = "first" if i == 0 else f"after record {records[i - 1]['sequence']}"
+            problems.append(f"history record {i + 1} is missing (deleted?): record {sequence} comes {after}")
+            break
+        expected = digest(records[i - 1]) if i else None
+        if "prev" in record and record["prev"] != expected:
+            problems.append(f"history record {sequence} does not follow record {sequence - 1}: one of them was "
+                            "edited, or it was forged")
+    return problems
 
 
 @dataclass
@@ -151,7 +179,12 @@ class ModelRegistry:
     def history(self, model: str) -> list[dict[str, Any]]:
         """Every recorded transition, oldest first."""
         docs = [d for k in self.store.keys(f"{self.base(model)}/history/") if (d := self._immutable(k)) is not None]
-        return sorted(docs, key=lambda d: int(d["sequence"]))
+        docs.sort(key=lambda d: int(d["sequence"]))
+        problems = chain_problems(docs)
+        if problems:
+            raise IntegrityError(f"the registry history of {model} is broken: {'; '.join(problems)}. Nothing acts on "
+                                 f"it until it is restored; `sluice models verify {model}` lists every problem.")
+        return docs
 
     def snapshot(self, model: str) -> Snapshot:
         """The current state, folded from the history."""
@@ -200,7 +233,7 @@ class ModelRegistry:
             number = existing["version"]
             if snap.stages.get(number) is None:
                 self._append(model, snap, "registered", number, {number: CANDIDATE}, cause="benchmark", by=by,
-                             reason=f"run {doc['run_id']} registered", at=at)
+                             reason=f"run {doc['run_id']} registered", at=at, document=digest(existing))
             if snap.stages[number] == CANDIDATE:
                 gate = {"cause": "gate", "by": by, "reasons": existing.get("reasons", []), "at": at}
                 if existing["decision"] == REJECT:
@@ -272,6 +305,70 @@ class ModelRegistry:
             self._sync_aliases(model, snap)
             return version, record
 
+    def verify(self, model: str, *, artifacts: bool = True) -> list[str]:
+        """Every way the stored registry of `model` differs from what Sluice wrote: unsigned or edited documents,
+        a broken or shortened history, aliases that disagree with it, versions edited since they were registered,
+        artifacts that are not the bytes the versions recorded. Empty when it all holds."""
+        base = self.base(model)
+        problems: list[str] = []
+
+        def read(key: str) -> dict[str, Any]:
+            why = self.store.signature_problem(key)
+            if why is not None:
+                problems.append(f"{key}: not written by a Sluice stage ({why})")
+            doc: dict[str, Any] = self.store.get_json_unverified(key)
+            return doc
+
+        records = sorted((read(k) for k in self.store.keys(f"{base}/history/") if k.endswith(".json")),
+                         key=lambda d: int(d["sequence"]))
+        problems += chain_problems(records)
+        snap = Snapshot()
+        for record in records:
+            snap.apply(record)
+        registered = {r["version"]: r for r in records if r["action"] == "registered"}
+        versions = {}
+        for key in self.store.keys(f"{base}/versions/"):
+            if key.endswith(".json"):
+                versions[key] = read(key)
+        for key, version in versions.items():
+            number = version.get("version")
+            registration = registered.get(number)
+            if registration is None:
+                problems.append(f"{key}: v{number} has no `registered` record in the history")
+            elif "document" in registration and registration["document"] != digest(version):
+                problems.append(f"{key}: v{number} was edited after history record {registration['sequence']} "
+                                "registered it")
+            if artifacts:
+                problems += self._artifact_problems(version)
+        for number in set(registered) - {v.get("version") for v in versions.values()}:
+            problems.append(f"v{number} is in the history but its version document is gone")
+        for name, wanted in ((CHAMPION, snap.champion), (CHALLENGER, snap.challenger)):
+            key = f"{base}/aliases/{name}.json"
+            alias = read(key) if self.store.exists(key) else None
+            actual = None if alias is None else alias.get("version")
+            if actual != wanted:
+                problems.append(f"{key}: says {'v' + str(actual) if actual else 'none'}, the history says "
+                                f"{'v' + str(wanted) if wanted else 'none'}")
+        return problems
+
+    def _artifact_problems(self, version: dict[str, Any]) -> list[str]:
+        from sluice.core.bundle import load_version
+
+        where = f"v{version.get('version')}"
+        try:
+            uri = version["artifact"]["uri"]
+            actual = hashlib.sha256(self.store.get(uri.split("/", 3)[3])).hexdigest()
+            if actual != version["artifact"]["sha256"]:
+                return [f"{where}: artifact {uri} has sha256 {actual[:12]}…, the version recorded "
+                        f"{version['artifact']['sha256'][:12]}…"]
+            if version.get("bundle"):
+                load_version(self.store, version)  # the manifest against the version, every file against it
+        except (SluiceError, KeyError) as exc:
+            return [f"{where}: {exc}"]
+        except Exception as exc:  # a missing object (NoSuchKey) is a finding, not a crash
+            return [f"{where}: its artifact cannot be read ({exc})"]
+        return []
+
     def record_rescore(self, model: str, number: int, *, scores_before: dict[str, Any],
                        scores_after: dict[str, Any], by: str, at: str, reason: str) -> dict[str, Any] | None:
         """Record corrected gate scores of a version as a `rescored` history record (the version document is
@@ -321,6 +418,7 @@ class ModelRegistry:
             "changes": [{"version": v, "from": snap.stages.get(v), "to": to} for v, to in changes.items()],
             "cause": cause, "by": by, "reason": reason, "at": at,
             "previous_champion": snap.champion, "champion": snap.champion, "challenger": snap.challenger, **extra,
+            "prev": digest(snap.records[-1]) if snap.records else None,
         }
         key = f"{self.base(model)}/history/{record['sequence']:08d}.json"
         if not self.store.put_json(key, record, if_absent=True):

@@ -18,8 +18,9 @@ from dramatiq import Broker
 
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
-from sluice.core.errors import Defer, InputError, SluiceError
+from sluice.core.errors import ContractError, Defer, InputError, IntegrityError, ModelInputError, SluiceError, clip
 from sluice.core.middleware import DeadLetters
+from sluice.core.provenance import is_signed
 from sluice.core.settings import Settings
 from sluice.core.validation import examples, summarize
 from sluice.events.model import ModelEvent
@@ -34,6 +35,8 @@ log = logging.getLogger("sluice")
 
 DEFAULT_TIME_LIMIT_S = 300
 COMPLETED_TTL_S = 7 * 24 * 3600
+# Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
+PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError)
 
 
 def dataset_of(key: str) -> str:
@@ -80,12 +83,18 @@ class Runtime:
 
         run.__name__ = run.__qualname__ = route.name
         limit_s = int(route.options.get("time_limit_s", DEFAULT_TIME_LIMIT_S))
+        max_retries = int(route.options.get("max_retries", self.settings.max_retries))
+
+        def retry_when(retries: int, exc: BaseException) -> bool:
+            return retries < max_retries and not isinstance(exc, PERMANENT)
+
         return dramatiq.actor(  # type: ignore[no-any-return,call-overload]
             run,
             actor_name=f"{self.settings.namespace}.{route.name}",
             queue_name=self.queue_name,
             broker=self.broker,
-            max_retries=int(route.options.get("max_retries", self.settings.max_retries)),
+            max_retries=max_retries,
+            retry_when=retry_when,
             min_backoff=self.settings.min_backoff_ms,
             max_backoff=60_000,
             time_limit=limit_s * 1000,
@@ -133,7 +142,14 @@ class Runtime:
         self.on_event("start", {"stage": name, "key": event.key})
         try:
             try:
+                if is_signed(event.key):
+                    # Woken by a document: act only on one a Sluice stage wrote (core/provenance.py).
+                    self.store.verify(event.key, event.version_id)
                 effects = self.pipeline.handlers[name](event, ctx)
+            except IntegrityError as err:
+                result = self.refuse(ctx, name, event, err)
+                self.state.complete(key, result, COMPLETED_TTL_S)
+                return result
             except Defer as later:
                 self.state.release(key)
                 raise dramatiq.Retry(delay=int(later.delay_s * 1000)) from None
@@ -173,7 +189,7 @@ class Runtime:
             "what_to_do": err.hint,
             "summary": [
                 {"column": f.column, "check": f.check, "rows": f.count, "example_row": f.row,
-                 "example_value": None if f.value is None else str(f.value)}
+                 "example_value": None if f.value is None else clip(f.value)}
                 for f in summarize(err.failures)
             ],
             "examples": examples(err.failures),
@@ -193,6 +209,28 @@ class Runtime:
         log.warning("quarantined %s: %s", event.key, err)
         self.on_event("quarantined", report)
         return {"outcome": "quarantined", "report": f"{base}/report.json"}
+
+    def refuse(self, ctx: Context, stage: str, event: ObjectCreated, err: IntegrityError) -> dict[str, Any]:
+        """Record that a stage would not act on something no stage wrote (or bytes that changed); never retried.
+
+        An operator who restored the object re-drives the event with `sluice refused redrive`."""
+        dataset = dataset_of(event.key)
+        oid = object_id(event)
+        record = {
+            "stage": stage, "dataset": dataset, "id": oid, "outcome": "refused", "reason": "integrity",
+            "message": str(err), "event": event.to_dict(), "at": ctx.timestamp(),
+            "what_to_do": "Find out who wrote the object (bucket version history, CloudTrail). Restore it or delete "
+                          f"it; to run the stage again, `sluice refused redrive {oid}`.",
+        }
+        key = f"refused/{dataset}/{oid}.json"
+        ctx.store.put_json(key, record)
+        if not is_signed(event.key):  # an arrival (a drop): its one outcome
+            ctx.store.put_json(f"ledger/{dataset}/{oid}.json", {
+                "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "refused",
+                "reason": "integrity", "message": str(err), "refusal": key, "at": ctx.timestamp()})
+        log.error("refused %-10s %s: %s", stage, event.key, err)
+        self.on_event("refused", record)
+        return {"outcome": "refused", "record": key}
 
     def _record_dead_letter(self, doc: dict[str, Any]) -> None:
         self.store.put_json(f"deadletter/{doc['actor']}/{doc['message_id']}.json", doc)

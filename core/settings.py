@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 # Environment variable names: the only place they are spelled.
 ENV_BUCKET = "SLUICE_BUCKET"
@@ -17,6 +17,9 @@ ENV_MIN_BACKOFF_MS = "SLUICE_MIN_BACKOFF_MS"
 ENV_WORKER_THREADS = "SLUICE_WORKER_THREADS"
 ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"  # the standard boto3 variable; unset means real AWS
 ENV_REGION = "AWS_DEFAULT_REGION"
+# The key that signs every document a stage acts on (core/provenance.py). Workers (and operators running lifecycle
+# commands) hold it; producers do not. In production, set it from Secrets Manager or SSM (see README).
+ENV_SIGNING_KEY = "SLUICE_SIGNING_KEY"
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class Settings:
     max_retries: int = 5
     min_backoff_ms: int = 1000
     worker_threads: int = 2
+    # Hex or text, at least 32 bytes. None: a key that lives only in this process (demo, in-process tests).
+    signing_key: str | None = field(default=None, repr=False)
 
     @property
     def dead_letter_queue(self) -> str:
@@ -62,4 +67,5 @@ class Settings:
             max_retries=int(env.get(ENV_MAX_RETRIES, base.max_retries)),
             min_backoff_ms=int(env.get(ENV_MIN_BACKOFF_MS, base.min_backoff_ms)),
             worker_threads=int(env.get(ENV_WORKER_THREADS, base.worker_threads)),
+            signing_key=env.get(ENV_SIGNING_KEY) or None,
         )

@@ -18,7 +18,6 @@ import codecs
 import csv
 import gzip
 import io
-import shutil
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
 from sluice.core.contract import ColumnSpec, Contract
-from sluice.core.errors import Failure, UnreadableFile, ValidationFailed
+from sluice.core.errors import Failure, LimitExceeded, UnreadableFile, ValidationFailed, clip
 
 POLARS_TYPES: dict[str, pl.DataType] = {
     "int": pl.Int64(), "float": pl.Float64(), "str": pl.Utf8(), "bool": pl.Boolean(),
@@ -39,6 +38,9 @@ POLARS_TYPES: dict[str, pl.DataType] = {
 }
 SUPPORTED = (".csv", ".csv.gz", ".parquet")
 BATCH_ROWS = 250_000  # per-batch fixed costs (pandera, Parquet row groups) amortised; ~0.8 GB peak on wide files
+CELLS_PER_BATCH = 4_000_000  # a wide file gets fewer rows per batch, so a batch's memory does not grow with width
+RATIO_FLOOR = 64 << 20  # the compression ratio is judged once this much is decompressed: small files may be sparse
+RAISE_LIMIT = "If the file is what you meant to send, raise `limits.{name}` in contracts/{dataset}.yaml."
 EXAMPLES_PER_RULE = 5
 SAMPLE_ROWS = 20_000
 ROW = "_sluice_row"  # 1-based data row number in the dropped file
@@ -83,14 +85,10 @@ class Split:
 def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, batch_rows: int = BATCH_ROWS) -> Split:
     """Validate the file at `path` (named `key` in the bucket); raises for file-level problems."""
     name = key.lower()
+    check_size(key, path.stat().st_size, contract)
     if name.endswith(".csv.gz"):
         plain = workdir / "decompressed.csv"
-        try:
-            with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
-                shutil.copyfileobj(src, dst, 4 << 20)
-        except (OSError, EOFError) as exc:
-            raise UnreadableFile(f"{key} is not valid gzip ({exc}).",
-                                 hint="Compress it again and drop it again.") from exc
+        _gunzip(path, plain, key, contract)
         return validate_file(plain, key.removesuffix(".gz"), contract, workdir, batch_rows=batch_rows)
     if name.endswith(".parquet"):
         frame, is_text = _scan_parquet(path, key, contract), False
@@ -102,29 +100,72 @@ def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, ba
     return _split(frame, key, contract, workdir, is_text, batch_rows)
 
 
+def over_limit(key: str, what: str, contract: Contract, name: str, **details: Any) -> LimitExceeded:
+    """The error for a file over `limits.<name>`, saying which limit and how to raise it."""
+    limit = getattr(contract.limits, name)
+    return LimitExceeded(f"{key}: {what}, over the limit of {limit:,} (limits.{name}); it was not read further.",
+                         hint=RAISE_LIMIT.format(name=name, dataset=contract.dataset) + " Otherwise split or fix the "
+                         "file and drop it again.", details={"limit": {"name": name, "value": limit, **details}})
+
+
+def check_size(key: str, size: int, contract: Contract) -> None:
+    """Refuse an object bigger than `limits.max_file_bytes` before it is downloaded."""
+    if size > contract.limits.max_file_bytes:
+        raise over_limit(key, f"the object is {size:,} bytes", contract, "max_file_bytes", actual=size)
+
+
+def _gunzip(path: Path, plain: Path, key: str, contract: Contract) -> None:
+    """Decompress, stopping as soon as the output passes the size or compression-ratio limit (a gzip bomb)."""
+    limits, compressed, written = contract.limits, max(path.stat().st_size, 1), 0
+    try:
+        with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
+            while chunk := src.read(4 << 20):
+                written += len(chunk)
+                if written > limits.max_file_bytes:
+                    raise over_limit(key, f"it decompresses to more than {written:,} bytes", contract,
+                                     "max_file_bytes", actual_at_least=written)
+                if written > RATIO_FLOOR and written > limits.max_compression_ratio * compressed:
+                    raise over_limit(key, f"{compressed:,} bytes decompress to more than {written:,} (a ratio of "
+                                          f"{written / compressed:,.0f})", contract, "max_compression_ratio",
+                                     actual_at_least=round(written / compressed, 1))
+                dst.write(chunk)
+    except (OSError, EOFError) as exc:
+        raise UnreadableFile(f"{key} is not valid gzip ({exc}).",
+                             hint="Compress it again and drop it again.") from exc
+    except LimitExceeded:
+        plain.unlink(missing_ok=True)
+        raise
+
+
 # -- file level -------------------------------------------------------------------------------------------------
 
 
 def _scan_csv(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
-    _check_text(path, key)
-    header = _header(path, key)
+    _check_text(path, key, contract)
+    header = _header(path, key, contract)
     if len(header) == 1 and len(contract.columns) > 1 and any(d in header[0] for d in ";\t|"):
         sep = next(d for d in ";\t|" if d in header[0])
         raise UnreadableFile(f"{key} has a single column {header[0][:60]!r}: it is separated by {sep!r}, not a comma.",
                              hint="Export the file comma-separated and drop it again.")
     duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
     if duplicates:
-        raise UnreadableFile(f"{key} has duplicate column names: {duplicates}.",
+        raise UnreadableFile(f"{key} has duplicate column names: {[clip(d, 60) for d in duplicates[:20]]}.",
                              hint="Rename the columns so each name appears once, then drop the file again.")
     _check_columns(key, header, contract)
     _check_ragged(path, key, len(header))
     return pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
 
 
-def _check_text(path: Path, key: str) -> None:
-    """UTF-8 (a BOM is fine), not binary, not empty: one streaming pass, naming the line and byte of a fault."""
+def _check_text(path: Path, key: str, contract: Contract) -> None:
+    """UTF-8 (a BOM is fine), not binary, not empty, within the limits on header, line length and rows: one
+    streaming pass, naming the line and byte of a fault, stopping at the first."""
+    import numpy as np
+
+    limits = contract.limits
+    header_cap = limits.max_columns * (limits.max_header_field_bytes + 3) + 2
+    max_line: int | None = None  # known once the header is: its width times the longest cell allowed
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset = lines = 0
+    offset = lines = line_start = 0
     with open(path, "rb") as f:
         first = True
         while chunk := f.read(4 << 20):
@@ -142,18 +183,57 @@ def _check_text(path: Path, key: str) -> None:
                 raise UnreadableFile(
                     f"{key} is not UTF-8: line {line}, byte offset {bad} (byte 0x{chunk[exc.start]:02x}).",
                     hint="Save it as UTF-8 and drop it again.") from exc
+            ends = offset + np.flatnonzero(np.frombuffer(chunk, dtype=np.uint8) == 10)
+            if ends.size:
+                lengths = ends - np.concatenate(([line_start], ends[:-1] + 1))
+                if lines == 0:
+                    if lengths[0] > header_cap:
+                        raise over_limit(key, f"the header line is {int(lengths[0]):,} bytes", contract,
+                                         "max_header_field_bytes")
+                    width = chunk[: int(ends[0] - offset)].count(b",") + 1
+                    max_line = width * (limits.max_cell_bytes + 3) + 2
+                    lengths = lengths[1:]
+                long = np.flatnonzero(lengths > (max_line or header_cap))
+                if long.size:
+                    n = int(long[0])
+                    raise over_limit(key, f"line {lines + n + (1 if lines else 2)} is {int(lengths[n]):,} bytes, "
+                                          "more than its columns can hold", contract, "max_cell_bytes")
+                line_start = int(ends[-1]) + 1
             offset += len(chunk)
-            lines += chunk.count(b"\n")
+            lines += int(ends.size)
+            if offset - line_start > (max_line or header_cap):
+                what = "the header line" if lines == 0 else f"line {lines + 1}"
+                raise over_limit(key, f"{what} is longer than {offset - line_start:,} bytes", contract,
+                                 "max_header_field_bytes" if lines == 0 else "max_cell_bytes")
+            if lines - 1 > limits.max_rows:
+                raise over_limit(key, f"it has more than {lines - 1:,} rows", contract, "max_rows",
+                                 actual_at_least=lines - 1)
         if first:
             raise UnreadableFile(f"{key} is empty.", hint="Drop a file with a header line and at least one row.")
 
 
-def _header(path: Path, key: str) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        header = next(csv.reader(f), [])
+def _header(path: Path, key: str, contract: Contract) -> list[str]:
+    limits = contract.limits
+    with open(path, "rb") as f:  # _check_text bounded the header line
+        line = f.readline(limits.max_columns * (limits.max_header_field_bytes + 3) + 2)
+    try:
+        header = next(csv.reader([line.decode("utf-8-sig", "replace").rstrip("\r\n")]), [])
+    except csv.Error as exc:
+        raise over_limit(key, f"the header cannot be read ({exc})", contract, "max_header_field_bytes") from exc
     if not header:
         raise UnreadableFile(f"{key} has no header line.", hint="Add a header line naming the columns.")
+    _check_names(key, header, contract)
     return header
+
+
+def _check_names(key: str, names: list[str], contract: Contract) -> None:
+    """The columns' count and the length of their names, within the limits."""
+    if len(names) > contract.limits.max_columns:
+        raise over_limit(key, f"it has {len(names):,} columns", contract, "max_columns", actual=len(names))
+    long = next((n for n in names if len(n.encode()) > contract.limits.max_header_field_bytes), None)
+    if long is not None:
+        raise over_limit(key, f"column name {clip(long, 60)!r} is {len(long.encode()):,} bytes", contract,
+                         "max_header_field_bytes")
 
 
 def _check_ragged(path: Path, key: str, width: int) -> None:
@@ -173,18 +253,20 @@ def _check_ragged(path: Path, key: str, width: int) -> None:
 def _check_columns(key: str, names: list[str], contract: Contract) -> None:
     missing = [c for c in contract.columns if c not in names]
     if contract.target in missing:
-        raise ValidationFailed(f"{key} has no target column {contract.target!r}; found {names[:20]}.",
+        raise ValidationFailed(f"{key} has no target column {contract.target!r}; "
+                               f"found {[clip(n, 60) for n in names[:20]]}.",
                                hint="Add the target column (or fix its name) and drop the file again.",
                                failures=[Failure(contract.target, "required column")])
     if missing:
         raise ValidationFailed(
-            f"{key} is missing required columns {missing}; found {names[:20]}.",
+            f"{key} is missing required columns {missing}; found {[clip(n, 60) for n in names[:20]]}.",
             hint=f"Add the columns, or if they are gone for good, remove them from contracts/{contract.dataset}.yaml.",
             failures=[Failure(c, "required column") for c in missing])
     extra = [c for c in names if c not in contract.columns]
     if extra and contract.extra_columns == "reject":
         raise ValidationFailed(
-            f"{key} has columns the contract does not name: {extra[:20]} (extra_columns: reject).",
+            f"{key} has columns the contract does not name: {[clip(n, 60) for n in extra[:20]]} "
+            "(extra_columns: reject).",
             hint=f"Remove them, or set `extra_columns: drop` or `allow` in contracts/{contract.dataset}.yaml.",
             failures=[Failure(c, "no unexpected columns (extra_columns: reject)") for c in extra])
 
@@ -196,6 +278,7 @@ def _scan_parquet(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
     except Exception as exc:  # polars raises several kinds for a broken file
         raise UnreadableFile(f"{key} is not a readable Parquet file ({type(exc).__name__}: {_first_line(exc)}).",
                              hint="Re-export it as Parquet or CSV and drop it again.") from exc
+    _check_parquet_limits(path, key, contract, list(schema.names()))
     _check_columns(key, list(schema.names()), contract)
     wrong = []
     for name, spec in contract.columns.items():
@@ -214,6 +297,35 @@ def _scan_parquet(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
     if pq.ParquetFile(path).metadata.num_rows == 0:
         raise UnreadableFile(f"{key} has a schema but no rows.", hint="Drop a file with at least one row.")
     return lf
+
+
+def _check_parquet_limits(path: Path, key: str, contract: Contract, names: list[str]) -> None:
+    """Rows, columns and decompressed size from the footer, before any row is read."""
+    _check_names(key, names, contract)
+    meta = pq.ParquetFile(path).metadata
+    if meta.num_rows > contract.limits.max_rows:
+        raise over_limit(key, f"it has {meta.num_rows:,} rows", contract, "max_rows", actual=meta.num_rows)
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if size > contract.limits.max_file_bytes:
+        raise over_limit(key, f"its rows decompress to {size:,} bytes", contract, "max_file_bytes", actual=size)
+    ratio = size / max(path.stat().st_size, 1)
+    if size > RATIO_FLOOR and ratio > contract.limits.max_compression_ratio:
+        raise over_limit(key, f"its rows decompress to {size:,} bytes, a ratio of {ratio:,.0f}", contract,
+                         "max_compression_ratio", actual=round(ratio, 1))
+
+
+def _check_cells(raw: pl.DataFrame, key: str, contract: Contract, offset: int) -> None:
+    """A backstop for cells the line check cannot see (quoted newlines, Parquet): no cell over max_cell_bytes."""
+    text = [c for c, t in raw.schema.items() if t == pl.Utf8]
+    if not text:
+        return
+    longest = raw.select(pl.col(text).str.len_bytes().max())
+    for column in text:
+        size = longest[column][0]
+        if size is not None and size > contract.limits.max_cell_bytes:
+            row = int(raw[column].str.len_bytes().arg_max() or 0) + offset + 1
+            raise over_limit(key, f"row {row}, column {clip(column, 60)!r} holds a cell of {size:,} bytes", contract,
+                             "max_cell_bytes", actual=size, row=row, column=clip(column, 60))
 
 
 # -- row level --------------------------------------------------------------------------------------------------
@@ -246,8 +358,10 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
     invalid_writer: pq.ParquetWriter | None = None
     offset = 0
     sampler = _Sampler(SAMPLE_ROWS, seed=0)
+    batch_rows = min(batch_rows, max(1_000, CELLS_PER_BATCH // max(len(frame.collect_schema()), 1)))
     try:
         for raw in _batches(frame, batch_rows):
+            _check_cells(raw, key, contract, offset)
             if contract.extra_columns == "drop":
                 raw = raw.select([c for c in raw.columns if c in contract.columns])
             typed, failures = _type_batch(raw, contract, is_text, offset)
@@ -393,7 +507,7 @@ def _reasons(failures: list[Failure]) -> dict[int, str]:
     out: dict[int, list[str]] = {}
     for f in failures:
         if f.row is not None:
-            out.setdefault(f.row, []).append(f"{f.column}: {f.check} (got {f.value!r})")
+            out.setdefault(f.row, []).append(f"{f.column}: {f.check} (got {clip(repr(f.value))})")
     return {row: "; ".join(items) for row, items in out.items()}
 
 
@@ -440,12 +554,12 @@ def examples(failures: list[Failure]) -> list[dict[str, Any]]:
         if per_rule[k] < EXAMPLES_PER_RULE:
             per_rule[k] += 1
             out.append({"column": f.column, "check": f.check, "row": f.row,
-                        "value": None if f.value is None else str(f.value)})
+                        "value": None if f.value is None else clip(f.value)})
     return out
 
 
 def _jsonable(value: Any) -> Any:
-    return value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+    return value if value is None or isinstance(value, (int, float, bool)) else clip(value)
 
 
 def _first_line(exc: BaseException) -> str:

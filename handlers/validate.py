@@ -19,7 +19,7 @@ import polars as pl
 from sluice.core import drift, validation
 from sluice.core.context import Context
 from sluice.core.contract import Contract, load_contract
-from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed
+from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed, clip
 from sluice.core.features import label_contract
 from sluice.core.quarantine import REPLAY_KEY, REPLAY_OF
 from sluice.core.registry import ModelRegistry
@@ -62,6 +62,7 @@ def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, pref
               "size": info.size}
     if info.sha256 and _already_done(ctx, prefix, dataset, info.sha256, event, ledger):
         return []
+    validation.check_size(event.key, info.size, contract)  # before a byte is downloaded
 
     with tempfile.TemporaryDirectory(prefix="sluice-validate-") as tmp:
         path = Path(tmp) / "object"
@@ -97,7 +98,8 @@ def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, pref
 def _already_done(ctx: Context, prefix: str, dataset: str, data_version: str, event: ObjectCreated,
                   ledger: dict[str, Any]) -> bool:
     """Same bytes as an earlier drop: record the arrival, run nothing downstream."""
-    if not ctx.store.exists(f"{prefix}/{dataset}/{data_version}/manifest.json"):
+    # Read, not just seen: a manifest no stage wrote must not pass a new drop off as a duplicate.
+    if ctx.store.get_json_or_none(f"{prefix}/{dataset}/{data_version}/manifest.json") is None:
         return False
     ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
         **ledger, "sha256": data_version, "data_version": data_version, "outcome": "duplicate", "at": ctx.timestamp()})
@@ -217,5 +219,5 @@ def _counts(split: validation.Split) -> dict[str, int]:
 
 def _rules(split: validation.Split) -> list[dict[str, Any]]:
     return [{"column": f.column, "check": f.check, "rows": f.count, "example_row": f.row,
-             "example_value": None if f.value is None else str(f.value)} for f in split.summary()]
+             "example_value": None if f.value is None else clip(f.value)} for f in split.summary()]
 

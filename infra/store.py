@@ -12,6 +12,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sluice.core.provenance import Signer, is_signed
 from sluice.core.settings import Settings
 from sluice.infra.aws import client
 
@@ -29,21 +30,40 @@ class ObjectInfo:
 
 
 class S3Store:
-    """One bucket, through boto3."""
+    """One bucket, through boto3. Writes under the signed prefixes are signed and reads there are verified
+    (core/provenance.py): a document that no stage wrote raises IntegrityError instead of being acted on."""
 
-    def __init__(self, settings: Settings, s3: Any | None = None):
+    def __init__(self, settings: Settings, s3: Any | None = None, signer: Signer | None = None):
         self.bucket = settings.bucket
         self.s3 = s3 or client("s3", settings)
+        self.signer = signer or Signer.from_setting(settings.signing_key)
 
     def uri(self, key: str) -> str:
         """The s3:// URI of a key."""
         return f"s3://{self.bucket}/{key}"
 
     def get(self, key: str, version_id: str | None = None) -> bytes:
-        """The object's bytes (of one version, when given)."""
+        """The object's bytes (of one version, when given); under a signed prefix, only if a stage wrote them."""
         extra = {"VersionId": version_id} if version_id else {}
-        body: bytes = self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"].read()
+        response = self.s3.get_object(Bucket=self.bucket, Key=key, **extra)
+        body: bytes = response["Body"].read()
+        if is_signed(key):
+            self.signer.check(key, hashlib.sha256(body).hexdigest(), dict(response.get("Metadata") or {}))
         return body
+
+    def verify(self, key: str, version_id: str | None = None) -> None:
+        """Raise IntegrityError unless the object (a signed prefix's) was written by a Sluice stage."""
+        self.get(key, version_id)
+
+    def signature_problem(self, key: str) -> str | None:
+        """Why the object at `key` fails its signature check, or None (for reports that go on past a failure)."""
+        response = self.s3.get_object(Bucket=self.bucket, Key=key)
+        digest = hashlib.sha256(response["Body"].read()).hexdigest()
+        return self.signer.problem(key, digest, dict(response.get("Metadata") or {}))
+
+    def get_json_unverified(self, key: str) -> Any:
+        """A document as stored, signed or not: only for reports about tampering (`sluice models verify`)."""
+        return json.loads(self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
     def get_json(self, key: str) -> Any:
         """The object, parsed as JSON."""
@@ -77,13 +97,20 @@ class S3Store:
     def download(self, key: str, path: Path, version_id: str | None = None) -> tuple[str, int]:
         """Stream an object to `path`, hashing on the way: one read gives the file and its sha256."""
         extra = {"VersionId": version_id} if version_id else {}
-        body = self.s3.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+        response = self.s3.get_object(Bucket=self.bucket, Key=key, **extra)
+        body = response["Body"]
         digest, size = hashlib.sha256(), 0
         with open(path, "wb") as f:
             for chunk in body.iter_chunks(4 << 20):
                 digest.update(chunk)
                 size += len(chunk)
                 f.write(chunk)
+        if is_signed(key):
+            try:
+                self.signer.check(key, digest.hexdigest(), dict(response.get("Metadata") or {}))
+            except Exception:
+                path.unlink(missing_ok=True)
+                raise
         return digest.hexdigest(), size
 
     def put_file(self, key: str, path: Path, metadata: dict[str, str] | None = None) -> str:
@@ -95,15 +122,19 @@ class S3Store:
         with open(path, "rb") as f:
             while chunk := f.read(4 << 20):
                 digest.update(chunk)
+        metadata = {**(metadata or {}), **self.signer.metadata(key, sha256_hex=digest.hexdigest())}
         with open(path, "rb") as f:
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=f, Metadata=metadata or {}, ChecksumAlgorithm="SHA256",
+            self.s3.put_object(Bucket=self.bucket, Key=key, Body=f, Metadata=metadata, ChecksumAlgorithm="SHA256",
                                ChecksumSHA256=base64.b64encode(digest.digest()).decode())
         return digest.hexdigest()
 
     def copy(
         self, source: str, key: str, version_id: str | None = None, metadata: dict[str, str] | None = None
     ) -> None:
-        """Server-side copy within the bucket."""
+        """Server-side copy within the bucket (into a signed prefix: read, checked, and written signed)."""
+        if is_signed(key):
+            self.put(key, self.get(source, version_id), metadata=metadata)
+            return
         src: dict[str, str] = {"Bucket": self.bucket, "Key": source}
         if version_id:
             src["VersionId"] = version_id
@@ -118,6 +149,7 @@ class S3Store:
             metadata: dict[str, str] | None = None) -> bool:
         """Write an object. With `if_absent`, a conditional write: False when the key already existed."""
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data}
+        metadata = {**(metadata or {}), **self.signer.metadata(key, data)}
         if metadata:
             kwargs["Metadata"] = metadata
         # Both: AWS infers the algorithm from the value, moto only records a checksum when the algorithm is named.

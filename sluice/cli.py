@@ -11,7 +11,8 @@ from typing import Any
 
 import click
 
-from sluice.commands import contracts, data, events, features, models, runs
+from sluice.commands import contracts, data, events, features, models, runs, trust
+from sluice.commands.common import dataset_name
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -35,6 +36,8 @@ class _Sluice(click.Group):
         import redis
         from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
+        from sluice.core.errors import IntegrityError
+
         settings = Settings.from_env()
         where = settings.endpoint_url or "AWS"
         try:
@@ -53,6 +56,8 @@ class _Sluice(click.Group):
                 raise click.ClickException(f"{code} at {where}: bucket {settings.bucket!r} or its queues are "
                                            "missing; run `sluice up` first.") from exc
             raise
+        except IntegrityError as exc:  # a document no stage wrote, or changed bytes: say which, never a traceback
+            raise click.ClickException(str(exc)) from exc
         except redis.exceptions.ConnectionError as exc:
             raise click.ClickException(f"cannot reach Redis at {settings.broker_url} ({exc}); start it or set "
                                        "SLUICE_BROKER_URL.") from exc
@@ -137,7 +142,8 @@ def ui(host: str, port: int) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dataset", required=True, help="Dataset name; its contract is contracts/NAME.yaml.")
+@click.option("--dataset", required=True, callback=dataset_name,
+              help="Dataset name; its contract is contracts/NAME.yaml.")
 @click.option("--as", "name", default=None, help="Object name under incoming/NAME/ (default: the file's name).")
 @click.option("--labels", is_flag=True, help="FILE holds labels (entity, label time, target): upload to labels/.")
 def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
@@ -229,7 +235,7 @@ def demo(budget: float, timeout: float) -> None:
 
 
 for _command in (models.models, events.events, events.subscribe, contracts.contract, data.data, data.quarantine,
-                 runs.runs, features.features):
+                 runs.runs, features.features, trust.iam, trust.refused):
     main.add_command(_command)
 
 

@@ -59,7 +59,7 @@ class ModelServer:
             return False
         self.model = fresh  # one reference assignment: requests see the old model or the new, never a mix
         self.swaps.append({"version": fresh.version, "at": time.time(), "at_monotonic": time.monotonic(), "why": why})
-        log.info("serving %s v%s (%s)", self.name, fresh.version, why)
+        log.info("serving %s v%s (%s)", fresh.name, fresh.version, why)
         return True
 
     def start(self) -> None:

@@ -177,7 +177,7 @@ def test_features_and_labels_dropped_separately_train_on_the_point_in_time_join(
     assert run["label_versions"] and run["feature_set_version"] in fs_key
     assert run["holdout"]["rows"] + run["holdout"]["train_rows"] == labels.height
     encoding = runtime.store.get_json(run["artifacts"]["encoding"]["key"])
-    inputs = [*encoding["categorical"], *encoding["numeric"]]
+    inputs = encoding["order"]
     assert "amount_sum_7d" in inputs and not {"customer", "ts", "label_time", FEATURE_TIME} & set(inputs)
     run_stage(runtime, "benchmark", only(runtime, "runs/tx/", "run.json"))
     run_stage(runtime, "register", only(runtime, "registry/tx/candidates/", ".candidate.json"))

@@ -22,6 +22,16 @@ def store(s: Settings) -> Any:
     return S3Store(s)
 
 
+def dataset_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: a dataset name that `contract put` would accept, or a one-line error saying the rule."""
+    from sluice.core.contract import NAME
+
+    if value is not None and not NAME.match(value):
+        raise click.BadParameter(f"{value[:80]!r}: a dataset name is lowercase letters, digits, '-' and '_', "
+                                 "starting with a letter or digit, at most 63 characters (as in contracts/NAME.yaml)")
+    return value
+
+
 def echo_json(doc: Any) -> None:
     """Pretty, sorted JSON on stdout."""
     click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from sluice.commands.common import dataset_name
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
 from sluice.core.contract import contract_key, infer_contract, parse_contract
@@ -20,7 +21,7 @@ def contract() -> None:
 
 @contract.command("infer")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dataset", required=True)
+@click.option("--dataset", required=True, callback=dataset_name)
 @click.option("--target", required=True, help="The column to predict.")
 @click.option("--budget", type=float, default=10.0, show_default=True, help="Training time budget, seconds.")
 @click.option("--debounce", type=float, default=30.0, show_default=True,

@@ -126,6 +126,30 @@ def models_history(name: str, as_json: bool) -> None:
                    f"{'v' + str(r['champion']) if r['champion'] else '-'}")
 
 
+@models.command("verify")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-artifacts", is_flag=True, help="Skip re-hashing the artifacts (documents and history only).")
+def models_verify(name: str, as_json: bool, no_artifacts: bool) -> None:
+    """Check model NAME's registry: signatures, the history's hash chain, aliases against the history, versions
+    against their registration, artifacts against the versions. Exits 1 when anything does not hold."""
+    settings = _settings()
+    registry = _registry(settings)
+    _known(registry, name, settings)
+    problems = registry.verify(name, artifacts=not no_artifacts)
+    if as_json:
+        _echo_json({"model": name, "ok": not problems, "problems": problems})
+    elif problems:
+        click.echo(f"{name}: {len(problems)} problem(s); act on nothing of it until it is restored:")
+        for p in problems:
+            click.echo(f"  - {p}")
+    else:
+        click.echo(f"{name}: registry verified (signatures, history chain, aliases, versions"
+                   f"{'' if no_artifacts else ', artifacts'})")
+    if problems:
+        raise SystemExit(1)
+
+
 def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
     """Run a registry operation, then publish its event."""
     from botocore.exceptions import BotoCoreError, ClientError

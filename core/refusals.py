@@ -1,0 +1,40 @@
+"""Refusals: events a stage would not act on (an IntegrityError), recorded under `refused/<dataset>/<id>.json`.
+
+A refusal is never retried on its own. Once an operator has restored what was changed (or found the document
+was the stage's own after all), `redrive` forgets the stage's completed claim and sends the event again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sluice.core.errors import SluiceError
+from sluice.events.s3 import ObjectCreated
+
+if TYPE_CHECKING:
+    from sluice.core.runtime import Runtime
+    from sluice.infra.store import S3Store
+
+
+def refusals(store: S3Store) -> list[tuple[str, dict[str, Any]]]:
+    """(key, record) of every refusal, oldest first."""
+    out = [(k, store.get_json(k)) for k in store.keys("refused/") if k.endswith(".json")]
+    return sorted(out, key=lambda kv: str(kv[1].get("at")))
+
+
+def find(store: S3Store, ident: str) -> tuple[str, dict[str, Any]]:
+    """The refusal whose id starts with `ident`."""
+    matches = [(k, r) for k, r in refusals(store) if str(r.get("id", "")).startswith(ident)]
+    if len(matches) != 1:
+        raise SluiceError(f"{'no' if not matches else 'more than one'} refusal matches {ident!r}; list them with "
+                          "`sluice refused list`")
+    return matches[0]
+
+
+def redrive(runtime: Runtime, key: str, record: dict[str, Any], *, by: str, at: str) -> ObjectCreated:
+    """Send a refused event to its stage again, and note on the record who did and when."""
+    event = ObjectCreated.from_dict(record["event"])
+    runtime.state.release(f"{record['stage']}#{event.idempotency_key}")
+    runtime.actors[record["stage"]].send(event.to_dict())
+    runtime.store.put_json(key, {**record, "redriven": [*record.get("redriven", []), {"by": by, "at": at}]})
+    return event

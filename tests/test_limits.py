@@ -1,0 +1,110 @@
+"""Bounded work for any input: bombs end quarantined with the limit they broke, and the worker goes on.
+
+Small bombs, default limits (moto in-process). `benchmarks/bombs.py` runs big ones and prints the peak RSS.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+import polars as pl
+
+from sluice.core.runtime import Runtime
+from sluice.events.s3 import ObjectCreated
+from tests.chain import DATASET, sample_bytes
+
+
+def drop(rt: Runtime, name: str, data: bytes) -> dict[str, object]:
+    key = f"incoming/{DATASET}/{name}"
+    rt.store.put(key, data)
+    info = rt.store.head(key)
+    assert info is not None
+    return rt.execute("validate", ObjectCreated(rt.settings.bucket, key, info.size, info.etag).to_dict())
+
+
+def header_and_row() -> tuple[bytes, bytes]:
+    lines = sample_bytes().split(b"\n")
+    return lines[0], lines[1]
+
+
+def gzip_bomb(decompressed_mb: int) -> bytes:
+    header, row = header_and_row()
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6) as gz:
+        gz.write(header + b"\n")
+        block = (row + b"\n") * ((1 << 20) // (len(row) + 1))
+        for _ in range(decompressed_mb):
+            gz.write(block)
+    return buffer.getvalue()
+
+
+def assert_quarantined_for(rt: Runtime, result: dict[str, object], limit: str) -> dict[str, object]:
+    assert result["outcome"] == "quarantined", result
+    raw = rt.store.get(str(result["report"]))
+    report: dict[str, object] = json.loads(raw)
+    assert report["reason"] == "limit-exceeded", report
+    assert f"limits.{limit}" in str(report["message"]) and f"limits.{limit}" in str(report["what_to_do"])
+    assert len(raw) < 20_000  # nothing of the bomb is copied into the report
+    [entry] = [json.loads(rt.store.get(k)) for k in rt.store.keys(f"ledger/{DATASET}/")
+               if json.loads(rt.store.get(k))["report"] == result["report"]]
+    assert entry["outcome"] == "quarantined" and len(json.dumps(entry)) < 5_000
+    return report
+
+
+def test_bombs_are_quarantined_with_the_limit_and_the_worker_goes_on(runtime: Runtime) -> None:
+    header, row = header_and_row()
+    # A gzip bomb: ~100 MB of rows in well under 1 MB; stopped by the ratio once 64 MiB are out.
+    bomb = gzip_bomb(100)
+    assert len(bomb) < 1 << 20
+    report = assert_quarantined_for(runtime, drop(runtime, "bomb.csv.gz", bomb), "max_compression_ratio")
+    assert report["limit"] == {"name": "max_compression_ratio", "value": 100.0,
+                               "actual_at_least": report["limit"]["actual_at_least"]}  # type: ignore[index]
+
+    wide = ",".join(f"c{i}" for i in range(5_000)).encode() + b"\n" + b",".join([b"1"] * 5_000) + b"\n"
+    assert_quarantined_for(runtime, drop(runtime, "wide.csv", wide), "max_columns")
+
+    cell = b"9" * (5 << 20)
+    long_cell = header + b"\n" + row + b"\n" + cell + row[row.index(b","):] + b"\n"
+    report = assert_quarantined_for(runtime, drop(runtime, "long-cell.csv", long_cell), "max_cell_bytes")
+    assert "line 3 is" in str(report["message"])
+
+    long_header = b"x" * (5 << 20) + b"," + header + b"\n" + row + b"\n"
+    assert_quarantined_for(runtime, drop(runtime, "long-header.csv", long_header), "max_header_field_bytes")
+
+    # A long cell the line and field-count checks cannot see: a quoted field of lines that look like rows.
+    width = header.count(b",")
+    quoted = b'"' + (b"," * width + b"\n") * 20_000 + b'"'
+    lines = header + b"\n" + row + b"\n" + row[: row.rindex(b",") + 1] + quoted + b"\n"
+    report = assert_quarantined_for(runtime, drop(runtime, "quoted.csv", lines), "max_cell_bytes")
+    assert "column 'diagnosis'" in str(report["message"])
+
+    # Parquet: a long string cell, seen in the batch before any rule runs.
+    frame = pl.read_csv(io.BytesIO(sample_bytes())).head(3)
+    frame = frame.with_columns(pl.Series("diagnosis", ["benign", "malignant", "z" * 300_000]))
+    buffer = io.BytesIO()
+    frame.write_parquet(buffer)
+    assert_quarantined_for(runtime, drop(runtime, "long.parquet", buffer.getvalue()), "max_cell_bytes")
+
+    # The same worker validates the next good file.
+    assert drop(runtime, "good.csv", sample_bytes())["outcome"] == "done"
+
+
+def test_a_contract_raises_a_limit_and_long_values_are_clipped_in_reports(runtime: Runtime) -> None:
+    from sluice.core.contract import contract_key, parse_contract
+
+    contract = parse_contract(runtime.store.get(contract_key(DATASET)))
+    _, row = header_and_row()
+    bad_value = "q" * 50_000
+    data = sample_bytes().rstrip(b"\n") + b"\n" + bad_value.encode() + row[row.index(b","):] + b"\n"
+    assert drop(runtime, "a.csv", data)["outcome"] == "quarantined"  # 50 KB cell: under 64 KiB, a type error
+    [key] = [k for k in runtime.store.keys("quarantine/") if k.endswith("report.json")]
+    report = json.loads(runtime.store.get(key))
+    assert report["reason"] == "contract-violation" and len(json.dumps(report)) < 20_000
+    assert "(50000 bytes, sha256 " in json.dumps(report)
+
+    tighter = contract.model_copy(update={"limits": contract.limits.model_copy(update={"max_cell_bytes": 1_000})})
+    runtime.store.put(contract_key(DATASET), tighter.to_yaml().encode())
+    result = drop(runtime, "b.csv", data.replace(b"q", b"r"))
+    assert_quarantined_for(runtime, result, "max_cell_bytes")

@@ -1,0 +1,395 @@
+"""Trust boundaries, as an attacker with write access to parts of the bucket would try them (moto in-process).
+
+An attacker holds bucket credentials, not the workers' signing key: planted or edited documents are written with
+plain boto3. Each attack must end refused, with a record of the refusal, and nothing acted on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import polars as pl
+import pytest
+from moto import mock_aws
+
+from sluice.core.errors import IntegrityError, ModelInputError
+from sluice.core.provenance import Signer
+from sluice.core.registry import ModelRegistry
+from sluice.core.runtime import Runtime
+from sluice.core.settings import Settings
+from sluice.events.s3 import ObjectCreated
+from sluice.infra.provision import provision
+from sluice.infra.state import MemoryState
+from sluice.infra.store import S3Store
+from tests.chain import DATASET, sample_bytes
+
+
+def plant(rt: Runtime, key: str, data: bytes | dict[str, Any]) -> ObjectCreated:
+    """Write as an attacker does (boto3, no signing key) and return the event the write causes."""
+    body = json.dumps(data).encode() if isinstance(data, dict) else data
+    rt.store.s3.put_object(Bucket=rt.settings.bucket, Key=key, Body=body)
+    info = rt.store.head(key)
+    assert info is not None
+    return ObjectCreated(rt.settings.bucket, key, info.size, info.etag, info.version_id)
+
+
+def refusals(rt: Runtime) -> list[dict[str, Any]]:
+    return [json.loads(rt.store.get(k)) for k in rt.store.keys("refused/")]
+
+
+class _Payload:
+    """Unpickling this creates the marker file: the code execution a planted pickle would get."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return open, (self.marker, "w")
+
+
+def test_a_planted_run_is_refused_and_never_benchmarked(runtime: Runtime, tmp_path: Any) -> None:
+    import hashlib
+    import pickle
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps(_Payload(str(marker)))
+    plant(runtime, "runs/cancer/run-evil/model.pkl", payload)
+    run = {"run_id": "run-evil", "dataset": DATASET, "model": DATASET, "model_format": "flaml-pickle",
+           "artifacts": {"model": {"key": "runs/cancer/run-evil/model.pkl",
+                                   "sha256": hashlib.sha256(payload).hexdigest(), "format": "flaml-pickle"},
+                         "holdout": {"key": "runs/cancer/run-evil/holdout.parquet", "sha256": "0" * 64}}}
+    event = plant(runtime, "runs/cancer/run-evil/run.json", run)
+    result = runtime.execute("benchmark", event.to_dict())
+    assert result["outcome"] == "refused"
+    [record] = refusals(runtime)
+    assert record["stage"] == "benchmark" and record["event"]["key"] == event.key
+    assert "not written by a Sluice stage (it has no signature)" in record["message"]
+    assert not list(runtime.store.keys("registry/"))
+    assert not marker.exists()
+    # A second delivery is a duplicate of the refusal, not a retry.
+    assert runtime.execute("benchmark", event.to_dict()) == result
+
+
+def test_a_planted_candidate_saying_promote_registers_nothing(runtime: Runtime) -> None:
+    candidate = {"run_id": "run-evil", "run_key": "runs/cancer/run-evil/run.json", "dataset": DATASET,
+                 "model": DATASET, "metric": "roc_auc", "higher_is_better": True, "promote": True,
+                 "outcome": "promote", "scores": {"candidate": 1.0}, "compared_with": None, "holdout_rows": 1,
+                 "reasons": ["promote"], "benchmarked_at": "2026-01-01T00:00:00Z"}
+    event = plant(runtime, "registry/cancer/candidates/run-evil.candidate.json", candidate)
+    seen: list[str] = []
+    runtime.on_event = lambda kind, detail: seen.append(kind)
+    assert runtime.execute("register", event.to_dict())["outcome"] == "refused"
+    assert "published" not in seen and "refused" in seen
+    assert [r["stage"] for r in refusals(runtime)] == ["register"]
+    assert [k for k in runtime.store.keys("registry/") if "/candidates/" not in k] == []
+
+
+def _flipped_sample() -> bytes:
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    flipped = frame.with_columns(pl.when(pl.col("diagnosis") == "malignant").then(pl.lit("benign"))
+                                 .otherwise(pl.lit("malignant")).alias("diagnosis"))
+    buffer = io.BytesIO()
+    flipped.write_parquet(buffer)
+    return buffer.getvalue()
+
+
+def test_a_planted_data_version_is_never_materialized_or_trained_on(runtime: Runtime) -> None:
+    fake = "f" * 64
+    plant(runtime, f"validated/{DATASET}/{fake}/data.parquet", _flipped_sample())
+    event = plant(runtime, f"validated/{DATASET}/{fake}/manifest.json", {
+        "dataset": DATASET, "data_version": fake, "rows": 569, "retrain": True, "kind": "data"})
+    assert runtime.execute("features", event.to_dict())["outcome"] == "refused"
+    assert not list(runtime.store.keys("features/"))
+
+    # A planted manifest under a future drop's data version does not pass that drop off as a duplicate.
+    import hashlib
+
+    ahead = hashlib.sha256(sample_bytes()).hexdigest()
+    plant(runtime, f"validated/{DATASET}/{ahead}/manifest.json", {"dataset": DATASET, "data_version": ahead})
+    early = plant(runtime, f"incoming/{DATASET}/early.csv", sample_bytes())
+    assert runtime.execute("validate", early.to_dict())["outcome"] == "refused"
+    [refusal] = [r for r in refusals(runtime) if r["stage"] == "validate"]
+    assert json.loads(runtime.store.get(f"ledger/{DATASET}/{refusal['id']}.json"))["outcome"] == "refused"
+    runtime.store.s3.delete_object(Bucket=runtime.settings.bucket, Key=f"validated/{DATASET}/{ahead}/manifest.json")
+
+    # Beside a real data version, the planted one still poisons nothing: the stage that lists it refuses.
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert runtime.execute("validate", dropped.to_dict())["outcome"] == "done"
+    [real] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json") and fake not in k]
+    info = runtime.store.head(real)
+    assert info is not None
+    result = runtime.execute("features", ObjectCreated(runtime.settings.bucket, real, info.size, info.etag).to_dict())
+    assert result["outcome"] == "refused"
+    assert "manifest.json: not written by a Sluice stage" in refusals(runtime)[-1]["message"]
+    assert not list(runtime.store.keys("features/"))
+
+
+def test_signed_documents_do_not_verify_under_another_key_or_with_other_bytes(runtime: Runtime) -> None:
+    store = runtime.store
+    store.put_json("runs/cancer/run-a/run.json", {"run_id": "run-a"})
+    assert store.get_json("runs/cancer/run-a/run.json") == {"run_id": "run-a"}
+    # A server-side copy keeps the signature metadata, but the signature names the key it was written at.
+    store.s3.copy_object(Bucket=store.bucket, Key="runs/cancer/run-b/run.json",
+                         CopySource={"Bucket": store.bucket, "Key": "runs/cancer/run-a/run.json"})
+    with pytest.raises(IntegrityError, match="signature does not match"):
+        store.get_json("runs/cancer/run-b/run.json")
+    # Other bytes under the original metadata.
+    meta = store.s3.head_object(Bucket=store.bucket, Key="runs/cancer/run-a/run.json")["Metadata"]
+    store.s3.put_object(Bucket=store.bucket, Key="runs/cancer/run-a/run.json", Body=b'{"run_id": "evil"}',
+                        Metadata=meta)
+    with pytest.raises(IntegrityError):
+        store.get_json("runs/cancer/run-a/run.json")
+    # Another key signs differently: a store with the wrong key refuses what the workers wrote.
+    store.put_json("runs/cancer/run-c/run.json", {"run_id": "run-c"})
+    outsider = S3Store(runtime.settings, s3=store.s3, signer=Signer(b"k" * 32))
+    with pytest.raises(IntegrityError):
+        outsider.get_json("runs/cancer/run-c/run.json")
+    # Outside the signed prefixes (a producer's drop), nothing is required.
+    store.s3.put_object(Bucket=store.bucket, Key="incoming/cancer/x.csv", Body=b"a\n1\n")
+    assert store.get("incoming/cancer/x.csv") == b"a\n1\n"
+
+
+def test_a_stored_contract_that_does_not_parse_quarantines_the_drop(runtime: Runtime) -> None:
+    runtime.store.put("contracts/cancer.yaml", b"dataset: cancer\ncolumns: [unclosed\n")
+    event = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    result = runtime.execute("validate", event.to_dict())
+    assert result["outcome"] == "quarantined"
+    report = runtime.store.get_json(result["report"])
+    assert report["reason"] == "broken-contract" and "not valid YAML" in report["message"]
+    assert "sluice contract put" in report["what_to_do"]
+
+
+def test_permanent_errors_are_not_retried_and_transient_ones_are() -> None:
+    from dramatiq import Worker
+    from dramatiq.brokers.stub import StubBroker
+
+    from sluice.core.app import Pipeline
+    from sluice.core.errors import TransientError
+
+    calls: dict[str, int] = {"permanent": 0, "transient": 0}
+
+    def permanent(event: ObjectCreated, ctx: Any) -> list[Any]:
+        calls["permanent"] += 1
+        raise ModelInputError("cannot score this at all")
+
+    def transient(event: ObjectCreated, ctx: Any) -> list[Any]:
+        calls["transient"] += 1
+        raise TransientError("flaky")
+
+    pipeline = Pipeline()
+    pipeline.on_object_created("permanent", prefix="incoming/p/")(permanent)
+    pipeline.on_object_created("transient", prefix="incoming/t/")(transient)
+    with mock_aws():
+        settings = replace(Settings(), bucket="sluice-retry", broker_url="memory://", max_retries=2,
+                           min_backoff_ms=10)
+        provision(settings, [])
+        broker = StubBroker()
+        broker.emit_after("process_boot")
+        rt = Runtime(settings, pipeline, broker, MemoryState())
+        for key in ("incoming/p/a.csv", "incoming/t/a.csv"):
+            rt.dispatch(ObjectCreated(settings.bucket, key, 1, "etag"))
+        worker = Worker(broker, worker_timeout=50)
+        worker.start()
+        try:
+            broker.join(settings.namespace, fail_fast=False)
+            worker.join()
+        finally:
+            worker.stop()
+        dead = sorted(json.loads(rt.store.get(k))["actor"] for k in rt.store.keys("deadletter/"))
+    assert calls == {"permanent": 1, "transient": 3}  # the first attempt and two retries
+    assert dead == [f"{settings.namespace}.permanent", f"{settings.namespace}.transient"]
+
+
+# -- the registry: tamper-evident history ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def registry() -> Iterator[ModelRegistry]:
+    with mock_aws():
+        settings = replace(Settings(), bucket="sluice-trust-registry", broker_url="memory://")
+        provision(settings, [])
+        reg = ModelRegistry(S3Store(settings), MemoryState())
+        reg.register("m", {"run_id": "r1"}, outcome="promote", compared_with=None, at="2026-03-01T10:00:01Z")
+        reg.register("m", {"run_id": "r2"}, outcome="promote", compared_with=1, at="2026-03-01T10:00:02Z")
+        reg.register("m", {"run_id": "r3"}, outcome="reject", compared_with=2, at="2026-03-01T10:00:03Z")
+        yield reg
+
+
+def fresh(reg: ModelRegistry) -> ModelRegistry:
+    """A reader with no cache, as a new worker or CLI process is."""
+    return ModelRegistry(reg.store, reg.state)
+
+
+def raw_put(reg: ModelRegistry, key: str, doc: dict[str, Any]) -> None:
+    reg.store.s3.put_object(Bucket=reg.store.bucket, Key=key, Body=json.dumps(doc).encode())
+
+
+def raw_get(reg: ModelRegistry, key: str) -> dict[str, Any]:
+    doc: dict[str, Any] = reg.store.get_json_unverified(key)
+    return doc
+
+
+H = "registry/m/history/{:08d}.json"
+
+
+def test_an_untouched_registry_verifies(registry: ModelRegistry) -> None:
+    assert registry.verify("m", artifacts=False) == []
+    records = registry.history("m")
+    assert records[0]["prev"] is None and all(r["prev"] for r in records[1:])
+
+
+def test_a_forged_history_record_is_refused_and_reported(registry: ModelRegistry) -> None:
+    last = registry.history("m")[-1]
+    forged = {**last, "sequence": last["sequence"] + 1, "action": "promoted", "version": 3, "champion": 3,
+              "changes": [{"version": 3, "from": "rejected", "to": "champion"}], "by": "mallory"}
+    raw_put(registry, H.format(forged["sequence"]), forged)
+    problems = registry.verify("m", artifacts=False)
+    assert any(H.format(forged["sequence"]) in p and "not written by a Sluice stage" in p for p in problems)
+    assert any("aliases/champion.json: says v2, the history says v3" in p for p in problems)
+    with pytest.raises(IntegrityError):
+        fresh(registry).snapshot("m")
+    with pytest.raises(IntegrityError):  # nothing is registered on top of a forged history
+        fresh(registry).register("m", {"run_id": "r4"}, outcome="promote", compared_with=2, at="2026-03-01T11:00:00Z")
+
+
+def test_an_edited_history_record_breaks_the_chain_even_when_re_signed(registry: ModelRegistry) -> None:
+    record = raw_get(registry, H.format(2))
+    # Someone holding the key rewrites who made a transition: the signature holds, the chain does not.
+    registry.store.put_json(H.format(2), {**record, "by": "somebody else"})
+    problems = registry.verify("m", artifacts=False)
+    assert problems == ["history record 3 does not follow record 2: one of them was edited, or it was forged"]
+    with pytest.raises(IntegrityError, match="history of m is broken"):
+        fresh(registry).history("m")
+
+
+def test_a_deleted_history_record_is_detected(registry: ModelRegistry) -> None:
+    s3, bucket = registry.store.s3, registry.store.bucket
+    saved = s3.get_object(Bucket=bucket, Key=H.format(2))
+    registry.store.delete(H.format(2))
+    assert registry.verify("m", artifacts=False)[0].startswith("history record 2 is missing")
+    s3.put_object(Bucket=bucket, Key=H.format(2), Body=saved["Body"].read(), Metadata=saved["Metadata"])
+    assert registry.verify("m", artifacts=False) == []
+    # Deleting the newest records shortens the chain without breaking it; the versions and aliases give it away.
+    for n in range(8, 3, -1):
+        registry.store.delete(H.format(n))
+    problems = registry.verify("m", artifacts=False)
+    assert "registry/m/versions/000002.json: v2 has no `registered` record in the history" in problems
+    assert "registry/m/aliases/champion.json: says v2, the history says v1" in problems
+
+
+def test_an_edited_alias_is_refused_and_reported(registry: ModelRegistry) -> None:
+    raw_put(registry, "registry/m/aliases/champion.json", {"version": 3, "since": "2026-03-01T10:00:03Z"})
+    with pytest.raises(IntegrityError, match=r"aliases/champion\.json: not written by a Sluice stage"):
+        fresh(registry).champion("m")
+    problems = registry.verify("m", artifacts=False)
+    assert "registry/m/aliases/champion.json: says v3, the history says v2" in problems
+    # Re-signed by someone with the key: still not what the history says.
+    registry.store.put_json("registry/m/aliases/champion.json", {"version": 3})
+    assert registry.verify("m", artifacts=False) == ["registry/m/aliases/champion.json: says v3, the history says v2"]
+
+
+def test_an_edited_version_is_refused_and_reported(registry: ModelRegistry) -> None:
+    key = "registry/m/versions/000002.json"
+    version = raw_get(registry, key)
+    raw_put(registry, key, {**version, "artifact": {"uri": "s3://elsewhere/model.txt", "sha256": "0" * 64}})
+    with pytest.raises(IntegrityError):
+        fresh(registry).version("m", 2)
+    assert any(p.startswith(f"{key}: not written by a Sluice stage") for p in registry.verify("m", artifacts=False))
+    registry.store.put_json(key, {**version, "decision": "promote", "reasons": ["trust me"]})
+    assert registry.verify("m", artifacts=False) == [
+        f"{key}: v2 was edited after history record 4 registered it"]
+
+
+@pytest.mark.slow
+def test_models_verify_checks_artifacts_and_a_tampered_model_is_never_loaded(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core import bundle
+    from tests.test_training import run_chain
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    verified = CliRunner().invoke(main, ["models", "verify", DATASET])
+    assert verified.exit_code == 0 and "registry verified" in verified.output, verified.output
+
+    registry = ModelRegistry(runtime.store, MemoryState())
+    [version] = registry.versions(DATASET)
+    model_key = version["artifact"]["uri"].split("/", 3)[3]
+    original = runtime.store.get(model_key)
+    # Someone with the signing key swaps the model (and signs it): the registry's own sha256 gives it away.
+    runtime.store.put(model_key, original.replace(b"tree", b"TREE", 1))
+    problems = registry.verify(DATASET)
+    assert len(problems) == 1 and problems[0].startswith(f"v1: artifact {version['artifact']['uri']} has sha256")
+    with pytest.raises(IntegrityError):
+        bundle.load_version(runtime.store, version)
+    # Without the key, the swap does not even verify as a Sluice object.
+    runtime.store.s3.put_object(Bucket=runtime.store.bucket, Key=model_key, Body=original)
+    failed = CliRunner().invoke(main, ["models", "verify", DATASET, "--json"])
+    assert failed.exit_code == 1
+    report = json.loads(failed.output)
+    assert not report["ok"] and "not written by a Sluice stage" in report["problems"][0]
+
+
+@pytest.mark.parametrize("command", [["drop", "{file}", "--dataset", "{name}"],
+                                     ["contract", "infer", "{file}", "--dataset", "{name}", "--target", "diagnosis"]])
+def test_drop_and_infer_check_the_dataset_name_with_a_message(command: list[str], tmp_path: Any) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    sample = tmp_path / "cancer.csv"
+    sample.write_bytes(sample_bytes())
+    for name in ("Bad Name", "../registry/m", "x" * 100):
+        args = [a.format(file=sample, name=name) for a in command]
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
+        assert "a dataset name is lowercase letters, digits" in result.output, result.output
+
+
+def test_a_refusal_is_re_driven_once_the_object_is_restored(runtime: Runtime) -> None:
+    from sluice.core.refusals import find, redrive
+
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    runtime.execute("validate", dropped.to_dict())
+    [manifest] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json")]
+    data_key = manifest.replace("manifest.json", "data.parquet")
+    s3, bucket = runtime.store.s3, runtime.store.bucket
+    saved = s3.get_object(Bucket=bucket, Key=data_key)
+    original, metadata = saved["Body"].read(), saved["Metadata"]
+    s3.put_object(Bucket=bucket, Key=data_key, Body=_flipped_sample())  # label-flipped rows, swapped in
+    info = runtime.store.head(manifest)
+    assert info is not None
+    event = ObjectCreated(bucket, manifest, info.size, info.etag)
+    assert runtime.execute("features", event.to_dict())["outcome"] == "refused"
+    assert not list(runtime.store.keys("features/"))
+
+    s3.put_object(Bucket=bucket, Key=data_key, Body=original, Metadata=metadata)  # restored from version history
+    [record] = refusals(runtime)
+    assert "data.parquet: not written by a Sluice stage" in record["message"]
+    key, found = find(runtime.store, record["id"][:8])
+    redrive(runtime, key, found, by="ops", at="2026-03-01T12:00:00Z")
+    assert runtime.broker.queues[runtime.queue_name].qsize() == 1
+    assert runtime.execute("features", event.to_dict())["outcome"] == "done"
+    assert any(k.endswith("manifest.json") for k in runtime.store.keys("features/"))
+    assert refusals(runtime)[0]["redriven"] == [{"by": "ops", "at": "2026-03-01T12:00:00Z"}]
+
+
+def test_the_cli_names_a_forged_document_instead_of_a_traceback(registry: ModelRegistry,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    raw_put(registry, H.format(9), {**raw_get(registry, H.format(8)), "sequence": 9, "by": "mallory"})
+    result = CliRunner().invoke(main, ["models", "history", "m"])
+    assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert f"{H.format(9)}: not written by a Sluice stage" in result.output
