@@ -199,6 +199,11 @@ def status(as_json: bool) -> None:
                     click.echo(f"              {a['message']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
+        if ds.get("waiting"):
+            w = ds["waiting"]
+            click.echo(f"  waiting     training of {w['feature_set_version']} starts in {w['starts_in_s']:.0f}s "
+                       "(coalescing drops)" if w["starts_in_s"] else
+                       f"  waiting     training of {w['feature_set_version']} is due; waiting for a worker")
         for t in ds["training"]:
             loss = t.get("best_loss")
             click.echo(f"  training    {t['run_id']}: {t['trials']} trials, best loss "

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from importlib.metadata import version
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -64,3 +65,19 @@ def test_events_tail_removes_its_queue_and_subscription_on_sigterm(moto_settings
     assert "removed the queue and its subscription" in err and "Traceback" not in err
     assert _queues(moto_settings) == queues
     assert _subscriptions(moto_settings) == subs
+
+
+def test_status_says_when_training_starts_during_the_debounce(runtime: Any) -> None:
+    from datetime import UTC, datetime
+
+    from sluice.core.status import waiting
+    from tests.chain import DATASET, sample_contract
+
+    contract = sample_contract()
+    contract = contract.model_copy(update={"training": contract.training.model_copy(update={"debounce_s": 30.0})})
+    runtime.store.put(f"contracts/{DATASET}.yaml", contract.to_yaml().encode())
+    fs = [{"feature_set_version": "fs-1", "materialized_at": "2026-01-01T00:00:00Z", "data_versions": ["x"]}]
+    at = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
+    assert waiting(runtime.store, DATASET, fs, [], now=at)["starts_in_s"] == 20.0
+    assert waiting(runtime.store, DATASET, fs, [], now=datetime(2026, 1, 2, tzinfo=UTC))["starts_in_s"] == 0.0
+    assert waiting(runtime.store, DATASET, fs, [{"feature_set_version": "fs-1"}], now=at) is None
