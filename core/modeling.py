@@ -25,7 +25,7 @@ import pandas as pd
 import polars as pl
 
 from sluice.core.contract import Contract
-from sluice.core.errors import SluiceError
+from sluice.core.errors import SluiceError, TransientError
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories
 
@@ -260,6 +260,10 @@ def train(
         wanted = starting_points.get(first["learner"]) if first else None
         used = bool(first and wanted and all(_close(first["config"].get(k), v) for k, v in wanted.items()))
         warm = {"starting_points": _jsonable(starting_points), "used": used}
+    if automl.best_estimator is None:
+        # Nothing finished within the budget: an overloaded worker, or a budget too small for the data.
+        raise TransientError(f"FLAML finished no trial within the {spec.time_budget_s:g}s budget (the worker may be "
+                             "overloaded); retrying. If it keeps happening, raise training.time_budget_s.")
     model = automl.model
     data, fmt = export(automl.best_estimator, model)
     # The promise behind the stored artifact: loaded back, it predicts exactly what FLAML's own model predicts.
