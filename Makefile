@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck localstack-venv localstack-up localstack-down bench clean
+.PHONY: install browser demo test lint typecheck localstack-venv localstack-up localstack-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,15 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/sluice demo
+
+# Headless Chromium and its chromedriver for the dashboard's browser tests (Debian/Ubuntu packages; idempotent).
+# Without apt-get or root it says so and the browser tests skip (they fail instead when CI is set).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  command -v apt-get >/dev/null && { $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }; } \
+	  || echo "make browser: could not install chromium and chromium-driver; the browser tests will skip"; }
 
 localstack-venv:
 	$(PYTHON) localstack/localstack_host.py venv
@@ -37,7 +46,7 @@ typecheck: $(STAMP)
 	ln -s ../../sluice/commands .typecheck/sluice/commands
 	cd .typecheck && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p sluice
 
-test: $(STAMP) localstack-venv lint typecheck
+test: $(STAMP) browser localstack-venv lint typecheck
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -256,7 +256,7 @@ class Runtime:
             self.state.release(key, owner)  # nothing to check a duplicate against: running it again is cheap
         elif not self.state.complete(key, owner, result, COMPLETED_TTL_S):
             log.warning("lease %s was lost while the stage ran; its outputs are in the bucket all the same", key)
-        self.on_event("done", {"stage": name, "key": event.key})
+        self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
 
     def _publish_once(self, store: S3Store, effect: ModelEvent) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from dramatiq import Broker, Worker
 
+from sluice.core.metrics import Metrics
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
 from sluice.handlers import build_pipeline
@@ -25,6 +26,8 @@ class Service:
     worker: Worker
     bridge: SqsBridge
     reconciler: Reconciler | None = None
+    metrics: Metrics | None = None
+    metrics_server: Any = None
 
     def stop(self) -> None:
         """Stop polling, then let in-flight messages finish."""
@@ -33,6 +36,9 @@ class Service:
             self.reconciler.stop()
         self.worker.stop()
         self.runtime.broker.close()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
 
 
 class Reconciler:
@@ -94,9 +100,20 @@ def build_runtime(
 
 
 def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: int = 1,
-          on_event: Callable[[str, dict[str, Any]], None] | None = None) -> Service:
-    """Start the Dramatiq worker threads and the bridge; returns once both run."""
+          on_event: Callable[[str, dict[str, Any]], None] | None = None,
+          metrics_port: int | None = None) -> Service:
+    """Start the Dramatiq worker threads and the bridge; returns once both run.
+
+    With `metrics_port` (0 picks a free port), the worker's Prometheus metrics are served at /metrics.
+    """
     runtime = runtime or build_runtime(settings, on_event=on_event)
+    metrics, metrics_server = None, None
+    if metrics_port is not None:
+        metrics = Metrics(settings, runtime.store)
+        runtime.on_event = metrics.chain(runtime.on_event)
+        runtime.broker.add_middleware(metrics.middleware())
+        metrics.watch_queues()
+        metrics_server = metrics.serve(metrics_port)
     worker = Worker(runtime.broker, worker_threads=settings.worker_threads,
                     worker_timeout=settings.poll_interval_ms)
     worker.start()
@@ -110,4 +127,4 @@ def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: 
         "worker: %d threads on %s (polled every %d ms when idle), bridge polling %s, reconcile every %s",
         settings.worker_threads, settings.broker_url, settings.poll_interval_ms, settings.events_queue,
         f"{settings.reconcile_interval_s:g}s" if reconciler else "(off)")
-    return Service(runtime, worker, bridge, reconciler)
+    return Service(runtime, worker, bridge, reconciler, metrics, metrics_server)

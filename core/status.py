@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sluice.core.errors import SluiceError
 from sluice.core.registry import ModelRegistry
 from sluice.infra.state import StateBackend
 from sluice.infra.store import S3Store
@@ -48,11 +49,14 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
     finished = {r["run_id"] for r in runs}
     training = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/progress.json")
                 and k.split("/")[2] not in finished]
+    running = [_staleness(t) for t in training if t.get("status") == "running"]
     return {
         "dataset": dataset,
         "arrivals": arrivals,
         "quarantine": quarantine,
-        "training": [_staleness(t) for t in training if t.get("status") == "running"],
+        "training": running,
+        "waiting": None if any(t.get("status") == "running" for t in running)
+        else waiting(store, dataset, feature_sets, runs),
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
     }
@@ -98,6 +102,26 @@ def pending_arrivals(store: S3Store, state: StateBackend, dataset: str, done: se
                 entry.update(stage="waiting")
             out.append(entry)
     return out
+
+
+def waiting(store: S3Store, dataset: str, feature_sets: list[dict[str, Any]], runs: list[dict[str, Any]],
+            now: datetime | None = None) -> dict[str, Any] | None:
+    """When the newest feature set has no run yet: when the debounce lets its training start (0: due now)."""
+    from sluice.core.contract import load_contract
+
+    if not feature_sets:
+        return None
+    newest = max(feature_sets, key=lambda f: (f["materialized_at"], len(f["data_versions"])))
+    if any(r["feature_set_version"] == newest["feature_set_version"] for r in runs):
+        return None
+    try:
+        debounce_s = load_contract(store, dataset).training.debounce_s
+    except SluiceError:
+        return None
+    starts = datetime.fromisoformat(newest["materialized_at"].replace("Z", "+00:00")) + timedelta(seconds=debounce_s)
+    left = (starts - (now or datetime.now(UTC))).total_seconds()
+    return {"feature_set_version": newest["feature_set_version"], "starts_at": starts.isoformat(),
+            "starts_in_s": round(max(0.0, left), 1)}
 
 
 def data_versions(store: S3Store, dataset: str) -> list[dict[str, Any]]:

@@ -73,6 +73,7 @@ def _how_to_fix(exc: Exception) -> str | None:
 
 
 @click.group(cls=_Sluice)
+@click.version_option(package_name="sluice", prog_name="sluice")
 @click.option("-v", "--verbose", is_flag=True, help="Also show library logs.")
 def main(verbose: bool) -> None:
     """Sluice: drop a file into the bucket, get a validated, trained, benchmarked and promoted model."""
@@ -95,7 +96,9 @@ def up() -> None:
 
 @main.command()
 @click.option("--threads", type=int, default=None, help="Worker threads (default SLUICE_WORKER_THREADS or 2).")
-def worker(threads: int | None) -> None:
+@click.option("--metrics-port", type=int, default=None, envvar="SLUICE_METRICS_PORT",
+              help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (env SLUICE_METRICS_PORT).")
+def worker(threads: int | None, metrics_port: int | None) -> None:
     """Run the handlers as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
     from dataclasses import replace
 
@@ -104,11 +107,13 @@ def worker(threads: int | None) -> None:
     settings = _settings()
     if threads:
         settings = replace(settings, worker_threads=threads)
-    service = start(settings, bridge_wait_s=10)
+    service = start(settings, bridge_wait_s=10, metrics_port=metrics_port)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     click.echo(f"sluice worker: broker {settings.broker_url}, bucket {settings.bucket}. Ctrl-C to stop.")
+    if service.metrics_server is not None:
+        click.echo(f"metrics: http://0.0.0.0:{service.metrics_server.server_port}/metrics")
     done.wait()
     click.echo("stopping: finishing in-flight messages")
     service.stop()
@@ -131,6 +136,17 @@ def serve(name: str, alias: str, host: str, port: int, bundle: str | None) -> No
         run(name, alias, host, port, _settings(), bundle=bundle)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8090, show_default=True, type=int)
+def ui(host: str, port: int) -> None:
+    """A read-only web dashboard: drops, quarantine, runs, the registry, lineage and drift."""
+    from sluice.ui import run_ui
+
+    click.echo(f"sluice ui: http://{host}:{port} (read-only; bucket {_settings().bucket}). Ctrl-C to stop.")
+    run_ui(host, port, _settings())
 
 
 @main.command()
@@ -170,6 +186,7 @@ def status(as_json: bool) -> None:
         m = ds["model"]
         click.echo(f"dataset {ds['dataset']}: model {m['name']}, {m['versions']} versions, champion "
                    f"{'v' + str(m['champion']) if m['champion'] else '-'}")
+        said: dict[str, str] = {}  # a quarantine message (with the file name taken out) -> the first file it was for
         for a in ds["arrivals"]:
             dv = (a.get("data_version") or "")[:12]
             extra = f" data {dv}" if dv else ""
@@ -187,11 +204,21 @@ def status(as_json: bool) -> None:
                 extra += f" [LEAK? {', '.join(leak['columns'])}: {leak['action']}]"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
             if a["outcome"] in ("quarantined", "failed"):
-                click.echo(f"              {a['message']}")
+                gist = a["message"].replace(a["key"], "<file>")
+                if gist in said:
+                    click.echo(f"              the same problem as {said[gist]}")
+                else:
+                    said[gist] = a["key"]
+                    click.echo(f"              {a['message']}")
             if a.get("what_to_do"):
                 click.echo(f"              {a['what_to_do']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
+        if ds.get("waiting"):
+            w = ds["waiting"]
+            click.echo(f"  waiting     training of {w['feature_set_version']} starts in {w['starts_in_s']:.0f}s "
+                       "(coalescing drops)" if w["starts_in_s"] else
+                       f"  waiting     training of {w['feature_set_version']} is due; waiting for a worker")
         for t in ds["training"]:
             loss = t.get("best_loss")
             click.echo(f"  {'interrupted' if t['status'] == 'interrupted' else 'training':<11} {t['run_id']}: "

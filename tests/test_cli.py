@@ -88,7 +88,8 @@ def test_an_unreachable_emulator_or_missing_bucket_says_what_to_do(env: Settings
 
 
 @pytest.mark.slow
-def test_data_quarantine_and_runs_commands_on_a_trained_model(runtime: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_data_quarantine_and_runs_commands_on_a_trained_model(runtime: Any, monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
     from tests.test_training import parts, run_chain
 
     monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
@@ -102,6 +103,10 @@ def test_data_quarantine_and_runs_commands_on_a_trained_model(runtime: Any, monk
 
     runtime.execute("validate", ObjectCreated(runtime.settings.bucket, f"incoming/{DATASET}/bad.csv", info.size,
                                               info.etag).to_dict())
+    runtime.store.put(f"incoming/{DATASET}/bad2.csv", b"mean_radius;diagnosis\n2;benign\n")
+    info2 = runtime.store.head(f"incoming/{DATASET}/bad2.csv")
+    runtime.execute("validate", ObjectCreated(runtime.settings.bucket, f"incoming/{DATASET}/bad2.csv", info2.size,
+                                              info2.etag).to_dict())
 
     listing = run("data", "list", DATASET).strip().splitlines()
     assert len(listing) == 2 and {line[:12] for line in listing} == {v[:12] for v in second["data_versions"]}
@@ -112,10 +117,24 @@ def test_data_quarantine_and_runs_commands_on_a_trained_model(runtime: Any, monk
     assert "separated by ';'" in shown and "what to do:" in shown
     runs_out = run("runs", "list", DATASET)
     assert first["run_id"] in runs_out and second["run_id"] in runs_out
-    assert "warm start used" in run("runs", "show", second["run_id"][:10])
+    shown = run("runs", "show", second["run_id"][:10])
+    assert "warm start used" in shown
+    top = [item.split()[0] for item in shown.split("top features: ")[1].splitlines()[0].split(", ")]
+    gain = second["feature_importance"]
+    assert top == sorted(gain, key=lambda f: (-gain[f], f))[:5]  # the most important first, not alphabetical
+    listed = run("runs", "artifacts", second["run_id"], "--download", str(tmp_path / "art"))
+    import hashlib
+
+    for name, meta in second["artifacts"].items():
+        assert name in listed
+        written = tmp_path / "art" / meta["key"].rsplit("/", 1)[-1]
+        assert hashlib.sha256(written.read_bytes()).hexdigest() == meta["sha256"]
     compared = run("runs", "compare", first["run_id"], second["run_id"])
     assert "roc_auc" in compared and "1 shared" in compared
     assert "MATCH" in run("runs", "reproduce", second["run_id"])
+    text = run("status")
+    assert text.count("separated by ';'") == 1  # the second file with the same problem is not told again
+    assert "the same problem as incoming/cancer/bad" in text
     status = json.loads(run("status", "--json"))
     stages = {a["key"].rsplit("/", 1)[-1]: a["stage"] for a in status["datasets"][0]["arrivals"]}
     assert stages["bad.csv"] == "quarantined" and stages["a.csv"] == "registered"

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
+from typing import Any
 
 import click
 
@@ -54,17 +57,33 @@ def events_tail(as_json: bool, timeout: float, count: int) -> None:
     settings = _settings()
     seen = 0
     deadline = time.monotonic() + timeout if timeout else None
-    with TemporarySubscription(settings) as sub:
-        click.echo(f"listening on {settings.topic} via queue {sub.queue_name}", err=True)
-        while deadline is None or time.monotonic() < deadline:
-            for doc in sub.receive(wait_s=2):
-                if as_json:
-                    click.echo(json.dumps(doc, sort_keys=True))
-                else:
-                    d = doc["data"]
-                    click.echo(f"{doc['time']} {doc['type']} {d['model']} v{d['version']} "
-                               f"{d['metric']['name']}={d['metric']['candidate']:.4f} gate {d.get('outcome')} "
-                               f"champion v{d.get('champion') or '-'} id={doc['id']}")
-                seen += 1
-                if count and seen >= count:
-                    return
+    stop = threading.Event()
+    # SIGTERM (and Ctrl-C) end the loop between two receives, so the `with` removes the queue and subscription.
+    main = threading.current_thread() is threading.main_thread()  # only the main thread may set handlers
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT) if main}
+    try:
+        with TemporarySubscription(settings) as sub:
+            click.echo(f"listening on {settings.topic} via queue {sub.queue_name}", err=True)
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                for doc in sub.receive(wait_s=2):
+                    click.echo(json.dumps(doc, sort_keys=True) if as_json else describe(doc))
+                    seen += 1
+                    if count and seen >= count:
+                        return
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if stop.is_set():
+            click.echo("stopped; removed the queue and its subscription", err=True)
+
+
+def describe(doc: dict[str, Any]) -> str:
+    """One line per event: what happened, the gate's metric, and what caused it."""
+    d = doc["data"]
+    metric = d.get("metric") or {}
+    score = metric.get("candidate")
+    t = d.get("transition") or {}
+    cause = f" cause {t.get('cause')} by {t.get('by')}: {t.get('reason')}" if t else ""
+    return (f"{doc['time']} {doc['type']} {d['model']} v{d['version']} "
+            f"{metric.get('name')}={'-' if score is None else f'{score:.4f}'} gate {d.get('outcome')} "
+            f"champion v{d.get('champion') or '-'}{cause} id={doc['id']}")

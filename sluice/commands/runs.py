@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -66,7 +67,8 @@ def runs_show(run_id: str, as_json: bool) -> None:
                f"warm start {'-' if not warm else ('used' if warm['used'] else 'requested, NOT used')}")
     click.echo(f"  holdout {h['rows']} rows (train {h['train_rows']}): " + ", ".join(
         f"{k}={v:.4f} (baseline {h['baseline'][k]:.4f})" for k, v in h["metrics"].items()))
-    top = list(run.get("feature_importance", {}).items())[:5]
+    importance = run.get("feature_importance", {})
+    top = sorted(importance.items(), key=lambda kv: (-kv[1], kv[0]))[:5]  # by gain, not by name
     click.echo("  top features: " + ", ".join(f"{k} {v:.1%}" for k, v in top))
     click.echo(f"  inputs: features {run['feature_set_version']}, data versions "
                + ", ".join(v[:12] for v in run["data_versions"]))
@@ -76,6 +78,29 @@ def runs_show(run_id: str, as_json: bool) -> None:
                + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v))
     for name, a in run["artifacts"].items():
         click.echo(f"  artifact {name:<11} s3://{_settings().bucket}/{a['key']} sha256 {a['sha256'][:16]}…")
+
+
+@runs.command("artifacts")
+@click.argument("run_id")
+@click.option("--download", "into", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Write every artifact into this folder, each checked against its recorded sha256.")
+def runs_artifacts(run_id: str, into: Path | None) -> None:
+    """RUN's artifacts (model, plots, trials, holdout, profile), and downloading them."""
+    from sluice.core import runs as r
+
+    store = _store(_settings())
+    try:
+        run = r.find_run(store, run_id)
+        for name, meta in sorted(run["artifacts"].items()):
+            line = f"{name:<11} {meta.get('bytes', '?'):>9} bytes  sha256 {meta['sha256'][:16]}…  {meta['key']}"
+            if into is not None:
+                into.mkdir(parents=True, exist_ok=True)
+                target = into / meta["key"].rsplit("/", 1)[-1]
+                target.write_bytes(r.artifact(store, run, name))
+                line += f"  -> {target}"
+            click.echo(line)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 @runs.command("compare")

@@ -1,0 +1,240 @@
+"""`sluice ui`: a read-only web dashboard over the bucket, on Starlette and uvicorn, with server-rendered pages.
+
+It reads what the CLI reads (core/status.py, core/runs.py, core/registry.py, core/quarantine.py) and writes
+nothing: every route is a GET. Pages:
+
+    /                                  datasets, models, dead letters
+    /datasets/{dataset}                the ledger (every drop and its outcome), data versions with drift, quarantine
+    /datasets/{dataset}/data/{dv}      one data version: its source, rows, and drift per column (PSI)
+    /datasets/{dataset}/quarantine/{id}  one quarantine report with its example rows
+    /runs/{dataset}                    runs with metrics; pick two to compare
+    /runs/{dataset}/{run}              one run: metrics, configuration, top features, its plots
+    /compare?a=RUN&b=RUN               two runs side by side
+    /models/{model}?at=TIME            versions, stages, gate intervals, the history timeline, the champion at TIME
+    /models/{model}/{version}          one version: the gate's verdict and its lineage as a graph
+    /artifact/{run}/{name}             a run's PNG plot, checked against the sha256 the run recorded
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from sluice.core.errors import SluiceError
+from sluice.core.settings import Settings
+
+log = logging.getLogger("sluice.ui")
+PLOTS = ("loss_curve", "importance")  # the only artifacts served: images the run rendered itself
+TOP_FEATURES = 10
+EXAMPLE_ROWS = 20
+
+
+def top_features(importance: dict[str, float], n: int = TOP_FEATURES) -> list[tuple[str, float]]:
+    """The `n` most important features, most important first."""
+    return sorted(importance.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def lineage_graph(version: dict[str, Any]) -> dict[str, Any]:
+    """Nodes in columns (model version <- run <- feature set <- data versions <- source objects) and their edges."""
+    lin = version["lineage"]
+    columns: list[list[dict[str, str]]] = [
+        [{"id": "version", "label": f"{version['model']} v{version['version']}",
+          "detail": f"model sha256 {version['artifact']['sha256'][:16]}"}],
+        [{"id": "run", "label": lin["run_id"], "detail": f"contract {lin['contract_version'][:12]}"}],
+        [{"id": "features", "label": lin["feature_set_version"], "detail": "feature set"}],
+        [{"id": f"dv:{dv}", "label": f"data {dv[:12]}", "detail": "validated data version"}
+         for dv in lin["data_versions"]],
+        [{"id": f"src:{s['sha256']}", "label": s["key"], "detail": f"sha256 {s['sha256']}"}
+         for s in lin["sources"]],
+    ]
+    edges = [("version", "run"), ("run", "features")]
+    edges += [("features", f"dv:{dv}") for dv in lin["data_versions"]]
+    edges += [(f"dv:{s['sha256']}", f"src:{s['sha256']}") for s in lin["sources"]
+              if s["sha256"] in lin["data_versions"]]
+    width, row_h, col_w, box_w, box_h = 1180, 64, 235, 215, 46
+    height = max(len(c) for c in columns) * row_h + 20
+    where: dict[str, tuple[float, float]] = {}
+    nodes = []
+    for i, column in enumerate(columns):
+        top = (height - len(column) * row_h) / 2
+        for j, node in enumerate(column):
+            x, y = 10 + i * col_w, top + j * row_h + 8
+            where[node["id"]] = (x, y)
+            nodes.append({**node, "x": x, "y": y})
+    mid = box_h / 2
+    lines = [{"x1": where[a][0] + box_w, "y1": where[a][1] + mid, "x2": where[b][0], "y2": where[b][1] + mid}
+             for a, b in edges if a in where and b in where]
+    return {"width": width, "height": height, "nodes": nodes, "edges": lines, "box_w": box_w, "box_h": box_h}
+
+
+class Dashboard:
+    """The dashboard's reads and its Starlette application."""
+
+    def __init__(self, settings: Settings, store: Any = None, state: Any = None):
+        from jinja2 import Environment, PackageLoader, select_autoescape
+
+        from sluice.core.registry import ModelRegistry
+        from sluice.infra.broker import make_state
+        from sluice.infra.store import S3Store
+
+        self.settings = settings
+        self.store = store if store is not None else S3Store(settings)
+        self.registry = ModelRegistry(self.store, state if state is not None else make_state(settings))
+        self.templates = Environment(loader=PackageLoader("sluice", "templates"), autoescape=select_autoescape())
+        self.templates.filters["pct"] = lambda v: "-" if v is None else f"{v:.1%}"
+        self.templates.filters["num"] = lambda v, d=4: "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float)
+                                                                                else str(v))
+
+    def render(self, template: str, **context: Any) -> str:
+        """One page."""
+        return self.templates.get_template(template).render(bucket=self.settings.bucket, **context)
+
+    # -- pages -----------------------------------------------------------------------------------------------
+    def home(self) -> str:
+        """Datasets, models and dead letters."""
+        from sluice.core.status import dataset_status, datasets, dead_letters
+
+        overview = [dataset_status(self.store, self.registry.state, d) for d in datasets(self.store)]
+        return self.render("home.html", datasets=overview, models=self.registry.models(),
+                           dead_letters=dead_letters(self.store))
+
+    def dataset(self, name: str) -> str:
+        """The ledger, the data versions with their drift, the quarantine."""
+        from sluice.core import quarantine
+        from sluice.core.status import data_versions, dataset_status
+
+        status = dataset_status(self.store, self.registry.state, name)
+        status["arrivals"].sort(key=lambda a: a.get("at") or "", reverse=True)
+        return self.render("dataset.html", ds=status, versions=data_versions(self.store, name),
+                           quarantine=quarantine.entries(self.store, name))
+
+    def data_version(self, dataset: str, dv: str) -> str:
+        """One data version and its drift per column."""
+        from sluice.core.status import data_versions
+
+        matches = [v for v in data_versions(self.store, dataset) if v["data_version"].startswith(dv)]
+        if len(matches) != 1:
+            raise SluiceError(f"{'no' if not matches else 'more than one'} data version of {dataset} matches {dv!r}")
+        version = matches[0]
+        drift = version.get("drift")
+        psi = sorted((drift or {}).get("psi", {}).items(), key=lambda kv: -kv[1])
+        scale = max([drift["psi_threshold"] * 2 if drift else 0.0] + [v for _, v in psi] + [1e-9])
+        return self.render("data_version.html", dataset=dataset, v=version, drift=drift, psi=psi, scale=scale)
+
+    def quarantine_entry(self, dataset: str, ident: str) -> str:
+        """One quarantine report with example rows."""
+        from sluice.core import quarantine
+
+        entry = quarantine.find(self.store, dataset, ident)
+        frame = quarantine.rows(self.store, entry)
+        rows = frame.head(EXAMPLE_ROWS).to_dicts() if frame is not None else []
+        return self.render("quarantine.html", dataset=dataset, e=entry, r=entry.report, rows=rows,
+                           columns=list(rows[0]) if rows else [], total=frame.height if frame is not None else 0)
+
+    def runs(self, dataset: str) -> str:
+        """Runs with their metrics."""
+        from sluice.core.runs import list_runs
+
+        found = list_runs(self.store, dataset)
+        return self.render("runs.html", dataset=dataset, runs=[r for r in found if "holdout" in r],
+                           running=[r for r in found if "holdout" not in r])
+
+    def run(self, run_id: str) -> str:
+        """One run."""
+        from sluice.core.runs import find_run
+
+        run = find_run(self.store, run_id)
+        return self.render("run.html", run=run, top=top_features(run.get("feature_importance", {})),
+                           plots=[p for p in PLOTS if p in run["artifacts"]])
+
+    def compare(self, a: str, b: str) -> str:
+        """Two runs side by side."""
+        from sluice.core.runs import compare, find_run
+
+        ra, rb = find_run(self.store, a), find_run(self.store, b)
+        return self.render("compare.html", diff=compare(ra, rb), a=ra, b=rb,
+                           plots=[p for p in PLOTS if p in ra["artifacts"] and p in rb["artifacts"]])
+
+    def model(self, name: str, at: str | None) -> str:
+        """Versions with stages and gate intervals, the history, and the champion at a time."""
+        from sluice.core.registry import parse_time
+
+        versions = self.registry.versions(name)
+        if not versions:
+            raise SluiceError(f"no model {name!r}; models: {', '.join(self.registry.models()) or 'none'}")
+        snap = self.registry.snapshot(name)
+        answer: dict[str, Any] | None = None
+        if at:
+            when = parse_time(at)
+            number, cause = self.registry.champion_at(name, when)
+            answer = {"at": when.isoformat(), "champion": number, "cause": cause}
+        return self.render("model.html", name=name, versions=list(reversed(versions)), snap=snap,
+                           history=list(reversed(snap.records)), at=at or "", answer=answer,
+                           now=datetime.now(UTC).isoformat(timespec="seconds"))
+
+    def version(self, name: str, number: int) -> str:
+        """One version: the gate's verdict and the lineage graph."""
+        version = self.registry.version(name, number)
+        if version is None:
+            raise SluiceError(f"{name} has no version {number}")
+        snap = self.registry.snapshot(name)
+        return self.render("version.html", v=version, stage=snap.stages.get(number, "-"),
+                           graph=lineage_graph(version), history=[r for r in snap.records if r["version"] == number])
+
+    def plot(self, run_id: str, name: str) -> bytes:
+        """A run's PNG plot, checked against its recorded sha256."""
+        from sluice.core.runs import artifact, find_run
+
+        if name not in PLOTS:
+            raise SluiceError(f"{name!r} is not a plot; plots: {', '.join(PLOTS)}")
+        run = find_run(self.store, run_id)
+        if name not in run["artifacts"]:
+            raise SluiceError(f"run {run_id} has no {name} plot")
+        return artifact(self.store, run, name)
+
+    # -- HTTP ------------------------------------------------------------------------------------------------
+    def app(self) -> Any:
+        """The Starlette application: GET routes only."""
+        from starlette.applications import Starlette
+        from starlette.concurrency import run_in_threadpool
+        from starlette.requests import Request
+        from starlette.responses import HTMLResponse, Response
+        from starlette.routing import Route
+
+        def page(read: Any) -> Any:
+            async def endpoint(request: Request) -> Response:
+                try:
+                    body = await run_in_threadpool(read, request)
+                except SluiceError as exc:  # a wrong id in the address: say so, with a way back
+                    return HTMLResponse(self.render("error.html", message=str(exc)), 404)
+                if isinstance(body, bytes):
+                    return Response(body, media_type="image/png", headers={"Cache-Control": "max-age=86400"})
+                return HTMLResponse(body)
+            return endpoint
+
+        def p(request: Request, name: str) -> Any:
+            return request.path_params[name]
+
+        routes = [
+            Route("/", page(lambda r: self.home())),
+            Route("/datasets/{dataset}", page(lambda r: self.dataset(p(r, "dataset")))),
+            Route("/datasets/{dataset}/data/{dv}", page(lambda r: self.data_version(p(r, "dataset"), p(r, "dv")))),
+            Route("/datasets/{dataset}/quarantine/{ident}",
+                  page(lambda r: self.quarantine_entry(p(r, "dataset"), p(r, "ident")))),
+            Route("/runs/{dataset}", page(lambda r: self.runs(p(r, "dataset")))),
+            Route("/runs/{dataset}/{run}", page(lambda r: self.run(p(r, "run")))),
+            Route("/compare", page(lambda r: self.compare(r.query_params.get("a", ""), r.query_params.get("b", "")))),
+            Route("/models/{model}", page(lambda r: self.model(p(r, "model"), r.query_params.get("at")))),
+            Route("/models/{model}/{version:int}", page(lambda r: self.version(p(r, "model"), p(r, "version")))),
+            Route("/artifact/{run}/{name}", page(lambda r: self.plot(p(r, "run"), p(r, "name")))),
+        ]
+        return Starlette(routes=routes)
+
+
+def run_ui(host: str, port: int, settings: Settings | None = None) -> None:
+    """Serve the dashboard until interrupted."""
+    import uvicorn
+
+    uvicorn.run(Dashboard(settings or Settings.from_env()).app(), host=host, port=port, log_level="warning",
+                access_log=False)

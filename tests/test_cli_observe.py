@@ -1,0 +1,83 @@
+"""The CLI fixes of issue 13: --version, `events tail` ending cleanly on SIGTERM and showing each event's cause."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from importlib.metadata import version
+from typing import Any
+
+from click.testing import CliRunner
+
+from sluice.cli import main
+from sluice.commands.events import describe
+from sluice.core.settings import Settings
+from sluice.events.model import for_transition
+from sluice.infra.aws import client
+from tests.chain import prepare
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"sluice, version {version('sluice')}"
+
+
+def test_events_tail_shows_the_cause_of_each_event() -> None:
+    version_doc = {"model": "m", "dataset": "d", "version": 2, "decision": "promote", "metric": "roc_auc",
+                   "scores": {"candidate": 0.91}, "artifact": {}, "lineage": {}}
+    record = {"action": "promoted", "at": "2026-01-01T00:00:00Z", "sequence": 3, "previous_champion": 1,
+              "champion": 2, "changes": [{"version": 2, "from": "challenger", "to": "champion"}], "cause": "manual",
+              "by": "ana", "reason": "the new features are live"}
+    line = describe(for_transition(version_doc, record, "sluice://b").to_cloudevent())
+    assert "v2 roc_auc=0.9100 gate promote champion v2 cause manual by ana: the new features are live" in line
+
+
+def _queues(settings: Settings) -> set[str]:
+    return set(client("sqs", settings).list_queues().get("QueueUrls", []))
+
+
+def _subscriptions(settings: Settings) -> set[str]:
+    subs = client("sns", settings).list_subscriptions()["Subscriptions"]
+    return {s["SubscriptionArn"] for s in subs if s["TopicArn"].endswith(f":{settings.topic}")}
+
+
+def test_events_tail_removes_its_queue_and_subscription_on_sigterm(moto_settings: Settings) -> None:
+    prepare(moto_settings)
+    queues, subs = _queues(moto_settings), _subscriptions(moto_settings)
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_settings.endpoint_url or "", "SLUICE_BUCKET": moto_settings.bucket,
+           "SLUICE_EVENTS_QUEUE": moto_settings.events_queue, "SLUICE_TOPIC": moto_settings.topic,
+           "SLUICE_BROKER_URL": "memory://"}
+    tail = subprocess.Popen([sys.executable, "-m", "sluice.cli", "events", "tail"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert tail.stderr is not None
+        listening = tail.stderr.readline()
+        assert "listening on" in listening, listening
+        assert len(_queues(moto_settings) - queues) == 1 and len(_subscriptions(moto_settings) - subs) == 1
+        tail.send_signal(signal.SIGTERM)
+        _out, err = tail.communicate(timeout=30)
+    finally:
+        if tail.poll() is None:
+            tail.kill()
+    assert tail.returncode == 0, err
+    assert "removed the queue and its subscription" in err and "Traceback" not in err
+    assert _queues(moto_settings) == queues
+    assert _subscriptions(moto_settings) == subs
+
+
+def test_status_says_when_training_starts_during_the_debounce(runtime: Any) -> None:
+    from datetime import UTC, datetime
+
+    from sluice.core.status import waiting
+    from tests.chain import DATASET, sample_contract
+
+    contract = sample_contract()
+    contract = contract.model_copy(update={"training": contract.training.model_copy(update={"debounce_s": 30.0})})
+    runtime.store.put(f"contracts/{DATASET}.yaml", contract.to_yaml().encode())
+    fs = [{"feature_set_version": "fs-1", "materialized_at": "2026-01-01T00:00:00Z", "data_versions": ["x"]}]
+    at = datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)
+    assert waiting(runtime.store, DATASET, fs, [], now=at)["starts_in_s"] == 20.0
+    assert waiting(runtime.store, DATASET, fs, [], now=datetime(2026, 1, 2, tzinfo=UTC))["starts_in_s"] == 0.0
+    assert waiting(runtime.store, DATASET, fs, [{"feature_set_version": "fs-1"}], now=at) is None
