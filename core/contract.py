@@ -57,6 +57,9 @@ class LimitsSpec(_Strict):
     max_columns: int = Field(default=1_000, gt=0)
     max_cell_bytes: int = Field(default=64 << 10, gt=0)
     max_header_field_bytes: int = Field(default=1 << 10, gt=0)
+    # Rows a training run learns from: the snapshot grows with every drop, and FLAML and LightGBM hold several
+    # copies of what they train on. Above it, a seeded random sample of this size is trained on (and recorded).
+    max_training_rows: int = Field(default=1_000_000, gt=0)
 
 
 class TrainingSpec(_Strict):

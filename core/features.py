@@ -9,6 +9,7 @@ include the outcome being predicted.
 from __future__ import annotations
 
 import io
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -97,7 +98,15 @@ def training_rows(store: S3Store, contract: Contract, feature_set_version: str, 
     frame = read_parquet(store, f"features/{contract.dataset}/{feature_set_version}/features.parquet")
     if contract.labels is not None:
         frame = point_in_time_join(read_labels(store, contract.dataset, label_ids), frame, contract)
-    return frame.filter(pl.col(contract.target).is_not_null())
+    frame = frame.filter(pl.col(contract.target).is_not_null())
+    limit = contract.limits.max_training_rows
+    if frame.height > limit:
+        # A seeded sample: the same snapshot always gives the same training rows (`runs reproduce` relies on it).
+        logging.getLogger("sluice").warning(
+            "train %s: %d labelled rows, over limits.max_training_rows %d; training on a seeded sample of %d",
+            contract.dataset, frame.height, limit, limit)
+        frame = frame.sample(n=limit, seed=contract.training.seed)
+    return frame
 
 
 def latest_vectors(features: pl.DataFrame, contract: Contract) -> dict[str, dict[str, Any]]:

@@ -165,6 +165,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "warm_start": trained.warm_start,
         "leakage": leaks,
         "feature_importance": dict(list(trained.feature_importance.items())[:50]),
+        "training_rows_limit": contract.limits.max_training_rows,
         "holdout": {"rows": holdout.height, "scored_rows": int(known.sum()), "train_rows": train_frame.height,
                     "fraction": spec.holdout_fraction, "seed": spec.seed, "metrics": metrics, "baseline": baseline,
                     # The naive model's (constant) prediction, so the gate can bootstrap against it.

@@ -10,6 +10,7 @@ import io
 import json
 
 import polars as pl
+import pytest
 
 from sluice.core.runtime import Runtime
 from sluice.events.s3 import ObjectCreated
@@ -108,3 +109,17 @@ def test_a_contract_raises_a_limit_and_long_values_are_clipped_in_reports(runtim
     runtime.store.put(contract_key(DATASET), tighter.to_yaml().encode())
     result = drop(runtime, "b.csv", data.replace(b"q", b"r"))
     assert_quarantined_for(runtime, result, "max_cell_bytes")
+
+
+@pytest.mark.slow
+def test_training_learns_from_a_seeded_sample_above_the_training_row_limit(runtime: Runtime) -> None:
+    from sluice.core import runs
+    from tests.chain import run_chain, sample_contract
+
+    contract = sample_contract()
+    capped = contract.model_copy(update={"limits": contract.limits.model_copy(update={"max_training_rows": 150})})
+    runtime.store.put(f"contracts/{DATASET}.yaml", capped.to_yaml().encode())
+    run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())  # 569 labelled rows
+    assert run["training_rows_limit"] == 150
+    assert run["holdout"]["rows"] + run["holdout"]["train_rows"] == 150
+    assert runs.reproduce(runtime.store, run)["match"]  # the same sample again
