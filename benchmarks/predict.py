@@ -33,17 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_bundle(folder: Path) -> None:
-    from sluice.core import bundle, modeling
-    from sluice.core.transforms import apply_transforms, frequency_tables
+    from sluice.core import bundle
     from tests import mixed
 
-    contract = mixed.contract(5)
-    train = apply_transforms(mixed.frame(20_000, 0), contract)
-    encoding = modeling.Encoding.fit(train, contract)
-    trained = modeling.train(train, encoding, contract)
-    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=trained.model_bytes,
-                                          model_format=trained.model_format,
-                                          frequencies=frequency_tables(train, contract), run_id="bench")
+    manifest, files = mixed.trained_bundle(20_000, 5)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"manifest-{bundle.sha256(manifest)[:12]}.json").write_bytes(manifest)
     for name, data in files.items():

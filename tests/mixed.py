@@ -73,3 +73,17 @@ def csv_bytes(df: pl.DataFrame, *, ints_as_floats: bool = False) -> bytes:
     buf = io.BytesIO()
     df.write_csv(buf, float_precision=None)
     return buf.getvalue()
+
+
+def trained_bundle(rows: int, budget_s: float) -> tuple[bytes, dict[str, bytes]]:
+    """A model trained in-process on `rows` shop rows with FLAML, as a bundle: (manifest, {file: bytes})."""
+    from sluice.core import bundle, modeling
+    from sluice.core.transforms import apply_transforms, frequency_tables
+
+    shop = contract(budget_s)
+    train = apply_transforms(frame(rows, 0), shop)
+    encoding = modeling.Encoding.fit(train, shop)
+    trained = modeling.train(train, encoding, shop)
+    return bundle.bundle_files(contract=shop, encoding=encoding, model_bytes=trained.model_bytes,
+                               model_format=trained.model_format, frequencies=frequency_tables(train, shop),
+                               run_id="in-process")

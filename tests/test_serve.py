@@ -135,17 +135,10 @@ def test_serve_swaps_versions_under_a_stream_of_requests_without_errors(
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
     from starlette.testclient import TestClient
 
-    from sluice.core import bundle, modeling
-    from sluice.core.transforms import apply_transforms, frequency_tables
+    from sluice.core import bundle
     from sluice.serve import MAX_ROWS, ModelServer
 
-    contract = mixed.contract(0.5)
-    train = apply_transforms(mixed.frame(300, 0), contract)
-    encoding = modeling.Encoding.fit(train, contract)
-    trained = modeling.train(train, encoding, contract)
-    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=trained.model_bytes,
-                                          model_format=trained.model_format,
-                                          frequencies=frequency_tables(train, contract), run_id="r")
+    manifest, files = mixed.trained_bundle(300, 0.5)
     server = ModelServer(mixed.DATASET, watch=False)
     client = TestClient(server.app())
     assert client.get("/ready").status_code == 503  # nothing loaded yet
