@@ -109,7 +109,7 @@ def labels(frame: pl.DataFrame, target: str, classes: list[str] | None) -> np.nd
 
 
 def run_chain(data: Dataset, dev: pl.DataFrame, settings: Any, store: Any, budget: float,
-              estimators: list[str] | None, timeout: float) -> dict[str, Any]:
+              estimators: list[str] | None, timeout: float, n_jobs: int | None = None) -> dict[str, Any]:
     """Drop the development CSV into the running chain; wait for the registered version."""
     from sluice.core.registry import ModelRegistry
     from sluice.infra.state import MemoryState
@@ -118,9 +118,11 @@ def run_chain(data: Dataset, dev: pl.DataFrame, settings: Any, store: Any, budge
     raw = csv_bytes(dev)
     contract = infer_contract(read_sample("dev.csv", raw), name, data.target, time_budget_s=budget)
     contract = parse_contract(contract.to_yaml())  # exactly what `contract infer` + `contract put` would upload
-    if estimators:
-        contract = contract.model_copy(update={"training": contract.training.model_copy(
-            update={"estimators": estimators})})
+    overrides: dict[str, Any] = {"estimators": estimators} if estimators else {}
+    if n_jobs is not None:
+        overrides["n_jobs"] = n_jobs
+    if overrides:
+        contract = contract.model_copy(update={"training": contract.training.model_copy(update=overrides)})
     store.put(contract_key(name), contract.to_yaml().encode())
     t0 = time.perf_counter()
     store.put(f"incoming/{name}/dev.csv", raw)
@@ -215,6 +217,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", help="names (first word) to run; default all six")
     parser.add_argument("--autogluon-python", help="a Python with autogluon.tabular installed")
     parser.add_argument("--estimators", nargs="*", help="override the contract's estimators (to measure)")
+    parser.add_argument("--n-jobs", type=int, help="override the contract's training.n_jobs (to measure)")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
@@ -246,7 +249,7 @@ def main() -> None:
             if args.datasets and data.name.split()[0] not in args.datasets:
                 continue
             dev, test = split(data.frame)
-            chain = run_chain(data, dev, settings, store, args.budget, args.estimators, args.timeout)
+            chain = run_chain(data, dev, settings, store, args.budget, args.estimators, args.timeout, args.n_jobs)
             contract, run = chain["contract"], chain["run"]
             metric = contract.metric
             shipped, evaluated, classes = sluice_scores(chain, test, data.target, store, settings)

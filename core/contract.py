@@ -68,10 +68,11 @@ class TrainingSpec(_Strict):
     time_budget_s: float = Field(default=10.0, gt=0, le=24 * 3600)
     # Only learners whose fitted model loads without running code (LightGBM text, XGBoost JSON); scikit-learn's
     # forests would need pickle, and nothing from the bucket is ever unpickled.
-    estimators: list[Literal["lgbm", "xgboost", "xgb_limitdepth"]] = Field(
+    estimators: list[Literal["lgbm", "xgboost", "xgb_limitdepth", "linear"]] = Field(
         default_factory=lambda: ["lgbm"], min_length=1)  # type: ignore[arg-type]
     seed: int = 42
-    n_jobs: int = Field(default=1, ge=-1)
+    # Threads per fit; -1: every core of the worker (measured in benchmarks/model_quality.py).
+    n_jobs: int = Field(default=-1, ge=-1)
     holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     # Drops within this many seconds of each other make one training run on the snapshot, not one per file.
     debounce_s: float = Field(default=30.0, ge=0, le=24 * 3600)
