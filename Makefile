@@ -42,7 +42,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	rm -rf .typecheck && mkdir -p .typecheck/sluice
 	for f in sluice/*.py; do ln -s ../../$$f .typecheck/$$f; done
-	for d in core events handlers infra; do ln -s ../../$$d .typecheck/sluice/$$d; done
+	for d in core ml events handlers infra; do ln -s ../../$$d .typecheck/sluice/$$d; done
 	ln -s ../../sluice/commands .typecheck/sluice/commands
 	cd .typecheck && ../$(VENV)/bin/mypy --config-file ../pyproject.toml -p sluice
 

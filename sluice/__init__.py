@@ -14,11 +14,11 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "load_model"]
 
 if TYPE_CHECKING:
-    from sluice.core.bundle import Model
+    from sluice.ml.bundle import Model
 
 
 def load_model(ref: Any, **kwargs: Any) -> Model:
-    """A registered model, verified and ready to score: see `sluice.core.bundle.load_model`."""
-    from sluice.core.bundle import load_model as _load
+    """A registered model, verified and ready to score: see `sluice.ml.bundle.load_model`."""
+    from sluice.ml.bundle import load_model as _load
 
     return _load(ref, **kwargs)

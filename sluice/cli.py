@@ -167,8 +167,8 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Per dataset: what arrived, where it is in the chain, the quarantine; and the dead letters."""
-    from sluice.core.status import dataset_status, datasets, dead_letters
     from sluice.infra.broker import make_state
+    from sluice.ml.status import dataset_status, datasets, dead_letters
 
     settings = _settings()
     store = _store(settings)

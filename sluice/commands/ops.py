@@ -17,10 +17,10 @@ from sluice.commands.common import store as _store
 @click.option("--json", "as_json", is_flag=True)
 def reconcile(dataset: str | None, dry_run: bool, min_age: float, as_json: bool) -> None:
     """Find every object whose next step is missing from the bucket and re-drive it once (idempotent)."""
-    from sluice.core.reconcile import find_gaps
-    from sluice.core.reconcile import reconcile as run
     from sluice.core.service import build_runtime
     from sluice.infra.broker import make_state
+    from sluice.ml.reconcile import find_gaps
+    from sluice.ml.reconcile import reconcile as run
 
     settings = _settings()
     if dry_run:
