@@ -222,11 +222,11 @@ def main() -> None:
 
     from moto.server import ThreadedMotoServer
 
-    from sluice.core.service import start
     from sluice.core.settings import ENV_ENDPOINT_URL, Settings
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.store import S3Store
+    from sluice.service import start
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

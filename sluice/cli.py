@@ -102,7 +102,7 @@ def worker(threads: int | None, metrics_port: int | None) -> None:
     """Run the handlers as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
     from dataclasses import replace
 
-    from sluice.core.service import start
+    from sluice.service import start
 
     settings = _settings()
     if threads:

@@ -30,10 +30,10 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
     """Run the demo; returns the process exit code (0 only when a promotion event was received)."""
     from moto.server import ThreadedMotoServer
 
-    from sluice.core.service import start
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.subscribe import TemporarySubscription
+    from sluice.service import start
 
     t_start = time.perf_counter()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -15,13 +15,13 @@ import pytest
 
 from sluice.core.errors import ContractError, IntegrityError
 from sluice.core.runtime import Runtime
-from sluice.core.service import build_runtime, start
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
 from sluice.ml import modeling, runs
 from sluice.ml.bundle import load_run
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.runs import artifact
+from sluice.service import build_runtime, start
 from tests.chain import DATASET, prepare, run_chain, sample_bytes, sample_contract, wait_for
 
 

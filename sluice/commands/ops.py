@@ -17,10 +17,10 @@ from sluice.commands.common import store as _store
 @click.option("--json", "as_json", is_flag=True)
 def reconcile(dataset: str | None, dry_run: bool, min_age: float, as_json: bool) -> None:
     """Find every object whose next step is missing from the bucket and re-drive it once (idempotent)."""
-    from sluice.core.service import build_runtime
     from sluice.infra.broker import make_state
     from sluice.ml.reconcile import find_gaps
     from sluice.ml.reconcile import reconcile as run
+    from sluice.service import build_runtime
 
     settings = _settings()
     if dry_run:
@@ -82,7 +82,7 @@ def deadletter_show(message_id: str) -> None:
 def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool) -> None:
     """Send MESSAGE_IDS (default: every record, and the SQS dead letters) back into the chain."""
     from sluice.core import deadletters
-    from sluice.core.service import build_runtime
+    from sluice.service import build_runtime
 
     runtime = build_runtime(_settings())
     try:
