@@ -40,9 +40,9 @@ def child() -> None:
     """The worker process: the service as `sluice worker` starts it, reporting each stage start on stdout."""
     import logging
 
-    from sluice.core.service import build_runtime, start
     from sluice.core.settings import Settings
     from sluice.handlers import build_pipeline
+    from sluice.service import build_runtime, start
 
     logging.basicConfig(level=logging.ERROR)  # the quarantine warnings would drown the figures
     settings = Settings.from_env()

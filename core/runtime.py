@@ -36,7 +36,6 @@ from sluice.core.middleware import DEFERRALS, DeadLetters, InFlight, attempts
 from sluice.core.outputs import RecordingStore
 from sluice.core.provenance import is_signed
 from sluice.core.settings import Settings
-from sluice.core.validation import examples, summarize
 from sluice.events.model import ModelEvent
 from sluice.events.s3 import NotificationDecodeError, ObjectCreated, parse_s3_notification
 from sluice.infra.aws import client
@@ -44,6 +43,7 @@ from sluice.infra.notify import SnsPublisher
 from sluice.infra.online import OnlineStore, make_online
 from sluice.infra.state import COMPLETED, StateBackend
 from sluice.infra.store import S3Store
+from sluice.ml.validation import examples, summarize
 
 log = logging.getLogger("sluice")
 
@@ -186,7 +186,7 @@ class Runtime:
             self.actors[stage].send(event.to_dict())
 
     def _contract_time_limit(self, key: str) -> int | None:
-        from sluice.core.contract import load_contract
+        from sluice.ml.contract import load_contract
 
         try:
             return load_contract(self.store, dataset_of(key)).training.time_limit_s

@@ -27,17 +27,17 @@ __all__ = ["App", "Blueprint", "NewObject", "__version__", "builtin", "load_mode
 
 if TYPE_CHECKING:
     from sluice.core.app import App, Blueprint, NewObject
-    from sluice.core.bundle import Model
+    from sluice.ml.bundle import Model
 
     builtin: Blueprint
 
 
 def load_model(ref: Any, **kwargs: Any) -> Model:
-    """A registered model, verified and ready to score: see `sluice.core.bundle.load_model`.
+    """A registered model, verified and ready to score: see `sluice.ml.bundle.load_model`.
 
     A model whose contract names custom feature functions or a custom learner needs the app that registers them:
     `load_model(ref, app=app)`."""
-    from sluice.core.bundle import load_model as _load
+    from sluice.ml.bundle import load_model as _load
 
     return _load(ref, **kwargs)
 

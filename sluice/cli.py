@@ -104,7 +104,7 @@ def worker(threads: int | None, metrics_port: int | None, app_spec: str | None) 
     """Run the app's stages as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
     from dataclasses import replace
 
-    from sluice.core.service import start
+    from sluice.service import start
 
     settings = _settings()
     if threads:
@@ -171,8 +171,8 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Per dataset: what arrived, where it is in the chain, the quarantine; and the dead letters."""
-    from sluice.core.status import dataset_status, datasets, dead_letters
     from sluice.infra.broker import make_state
+    from sluice.ml.status import dataset_status, datasets, dead_letters
 
     settings = _settings()
     store = _store(settings)

@@ -93,12 +93,13 @@ def test_the_app_is_found_from_the_flag_the_environment_or_pyproject(
     assert load_app(None, tmp_path).name == "other"
     assert load_app("shopapp:app", tmp_path).name == "shop"
     for spec, message in [("shopapp", "not of the form module:attribute"), ("nosuch:app", "no module 'nosuch'"),
-                          ("shopapp:missing", "has no attribute 'missing'"), ("shopapp:not_an_app", "not a sluice.App")]:
+                          ("shopapp:missing", "has no attribute 'missing'"),
+                          ("shopapp:not_an_app", "not a sluice.App")]:
         with pytest.raises(AppError, match=message):
             load_app(spec, tmp_path)
     monkeypatch.delenv("SLUICE_APP")
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "shop"\n')
-    assert [r.name for r in load_app(None, tmp_path).routes][0] == "validate"  # the built-in chain
+    assert load_app(None, tmp_path).routes[0].name == "validate"  # the built-in chain
 
 
 def test_importing_sluice_stays_light() -> None:

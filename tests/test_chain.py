@@ -17,12 +17,12 @@ import pytest
 from sluice.core.app import Pipeline
 from sluice.core.errors import TransientError
 from sluice.core.runtime import Runtime
-from sluice.core.service import Service, build_runtime, start
 from sluice.core.settings import Settings
 from sluice.handlers import build_pipeline
 from sluice.infra.aws import client
 from sluice.infra.broker import make_broker, make_state
 from sluice.infra.subscribe import TemporarySubscription
+from sluice.service import Service, build_runtime, start
 from tests.chain import DATASET, ledger, prepare, sample_bytes, versions, wait_for
 from tests.conftest import unique_settings
 

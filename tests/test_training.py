@@ -13,16 +13,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sluice.core import modeling, runs
-from sluice.core.bundle import load_run
-from sluice.core.contract import Contract, parse_contract
 from sluice.core.errors import ContractError, IntegrityError
-from sluice.core.runs import artifact
 from sluice.core.runtime import Runtime
-from sluice.core.service import build_runtime, start
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
 from sluice.handlers import build_pipeline
+from sluice.ml import modeling, runs
+from sluice.ml.bundle import load_run
+from sluice.ml.contract import Contract, parse_contract
+from sluice.ml.runs import artifact
+from sluice.service import build_runtime, start
 from tests.chain import DATASET, prepare, run_chain, sample_bytes, sample_contract, wait_for
 
 
@@ -239,9 +239,9 @@ def test_missing_numbers_reach_the_stored_model_as_flaml_saw_them() -> None:
 
 @pytest.mark.slow
 def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> None:
-    from sluice.core import bundle
-    from sluice.core.registry import ModelRegistry
     from sluice.infra.state import MemoryState
+    from sluice.ml import bundle
+    from sluice.ml.registry import ModelRegistry
 
     run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
     assert run["refit"]["rows"] == run["holdout"]["rows"] + run["holdout"]["train_rows"] == 569

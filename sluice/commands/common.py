@@ -24,7 +24,7 @@ def store(s: Settings) -> Any:
 
 def dataset_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A click callback: a dataset name that `contract put` would accept, or a one-line error saying the rule."""
-    from sluice.core.contract import NAME
+    from sluice.ml.contract import NAME
 
     if value is not None and not NAME.match(value):
         raise click.BadParameter(f"{value[:80]!r}: a dataset name is lowercase letters, digits, '-' and '_', "

@@ -19,10 +19,10 @@ from sluice.commands.common import store as _store
 @app_option
 def reconcile(dataset: str | None, dry_run: bool, min_age: float, as_json: bool, app_spec: str | None) -> None:
     """Find every object whose next step is missing from the bucket and re-drive it once (idempotent)."""
-    from sluice.core.reconcile import find_gaps
-    from sluice.core.reconcile import reconcile as run
-    from sluice.core.service import build_runtime
     from sluice.infra.broker import make_state
+    from sluice.ml.reconcile import find_gaps
+    from sluice.ml.reconcile import reconcile as run
+    from sluice.service import build_runtime
 
     settings = _settings()
     if dry_run:
@@ -85,7 +85,7 @@ def deadletter_show(message_id: str) -> None:
 def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool, app_spec: str | None) -> None:
     """Send MESSAGE_IDS (default: every record, and the SQS dead letters) back into the chain."""
     from sluice.core import deadletters
-    from sluice.core.service import build_runtime
+    from sluice.service import build_runtime
 
     runtime = build_runtime(_settings(), load_app(app_spec))
     try:

@@ -58,7 +58,7 @@ class Reconciler:
     def pass_once(self) -> int:
         """One pass, unless another worker ran one within this interval; returns the gaps re-driven."""
         from sluice.core.leases import WORKER_ID
-        from sluice.core.reconcile import reconcile
+        from sluice.ml.reconcile import reconcile
 
         if self.runtime.state.claim("reconcile#pass", WORKER_ID, self.interval_s * 0.8) is not None:
             return 0  # the lease lapses by itself: the next interval, whoever comes first runs it

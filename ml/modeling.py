@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from sluice.core.contract import Contract
 from sluice.core.errors import SluiceError, TransientError
+from sluice.ml.contract import Contract
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories
 
