@@ -17,6 +17,7 @@ from sluice.core.errors import ContractError, IntegrityError
 from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
+from sluice.handlers import build_pipeline
 from sluice.ml import modeling, runs
 from sluice.ml.bundle import load_run
 from sluice.ml.contract import Contract, parse_contract
@@ -199,7 +200,7 @@ def test_the_first_drop_trains_without_waiting_for_the_debounce(runtime: Runtime
 def test_a_burst_of_drops_makes_one_run(moto_settings: Settings) -> None:
     contract = with_training(sample_contract(), debounce_s=5.0)
     prepare(moto_settings, contract)
-    service = start(moto_settings, runtime=build_runtime(moto_settings), bridge_wait_s=1)
+    service = start(moto_settings, runtime=build_runtime(moto_settings, build_pipeline()), bridge_wait_s=1)
     store = service.runtime.store
     try:
         for i, data in enumerate(parts(3)):
