@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from sluice.core.contract import Contract, infer_contract
+from sluice.ml.contract import Contract, infer_contract
 
 
 def sample() -> bytes:
@@ -77,7 +77,7 @@ def make(kind: str, workdir: Path, scale: float) -> Path:
 
 def child(kind: str, path: Path) -> None:
     from sluice.core.errors import InputError, clip
-    from sluice.core.validation import validate_file
+    from sluice.ml.validation import validate_file
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sluice-bomb-") as tmp:

@@ -1,7 +1,7 @@
 """The scenario of Feast issue #3003: 17k labelled entity rows, as-of joined against 1,000 features in Parquet.
 
 Feast reported ~30 minutes and ~50 GB for it. This measures Sluice's point-in-time join (the one training
-uses: core/features.py, polars join_asof, strictly-before, with a TTL) against pandas `merge_asof` doing the
+uses: ml/features.py, polars join_asof, strictly-before, with a TTL) against pandas `merge_asof` doing the
 same join, each in its own subprocess so peak RSS is its own, on the same files in the same run.
 
     .venv/bin/python benchmarks/feast_3003_asof.py [--labels 17000] [--features 1000] [--rows-per-entity 20]
@@ -59,8 +59,8 @@ def run_sluice(features: Path, labels: Path) -> dict[str, float]:
     """Sluice's training-time join."""
     import polars as pl
 
-    from sluice.core.contract import parse_contract
-    from sluice.core.features import point_in_time_join
+    from sluice.ml.contract import parse_contract
+    from sluice.ml.features import point_in_time_join
 
     contract = parse_contract("""
 dataset: feast

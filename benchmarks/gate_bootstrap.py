@@ -42,7 +42,7 @@ def rankdata_auc(y: np.ndarray, s: np.ndarray, idx: np.ndarray) -> np.ndarray:
 def run(auc: Callable[..., np.ndarray], y: np.ndarray, candidate: np.ndarray, reference: np.ndarray,
         resamples: int) -> tuple[float, Any]:
     """Seconds for the gate's bootstrap with `auc` as its AUC, and the interval it gave."""
-    from sluice.core import gate
+    from sluice.ml import gate
 
     fast = gate.resampled_auc
     gate.resampled_auc = auc  # type: ignore[assignment]
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    from sluice.core import gate
+    from sluice.ml import gate
 
     fast = gate.resampled_auc
     print(f"paired bootstrap, roc_auc, {args.resamples} resamples, median of {args.repeats} (alternating)")

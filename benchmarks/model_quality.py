@@ -40,9 +40,9 @@ import polars as pl
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.quality_data import Dataset, all_datasets
-from sluice.core import modeling
-from sluice.core.contract import HIGHER_IS_BETTER, contract_key, infer_contract, parse_contract
-from sluice.core.validation import read_sample
+from sluice.ml import modeling
+from sluice.ml.contract import HIGHER_IS_BETTER, contract_key, infer_contract, parse_contract
+from sluice.ml.validation import read_sample
 
 TEST_FRACTION = 0.2
 SPLIT_SEED = 2026
@@ -114,8 +114,8 @@ def run_chain(data: Dataset, dev: pl.DataFrame, settings: Any, store: Any, budge
               ) -> dict[str, Any]:
     """Drop the development CSV into the running chain (as its own dataset: `suffix` tells repeats apart, so no
     repeat trains on another's test rows); wait for the registered version."""
-    from sluice.core.registry import ModelRegistry
     from sluice.infra.state import MemoryState
+    from sluice.ml.registry import ModelRegistry
 
     name = data.name.split()[0].replace("_", "-") + suffix
     raw = csv_bytes(dev)
@@ -149,7 +149,7 @@ def sluice_scores(chain: dict[str, Any], test: pl.DataFrame, target: str, store:
                   ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """The shipped model through the public loader, and the holdout-evaluated one, on the test rows."""
     import sluice
-    from sluice.core.bundle import load_version
+    from sluice.ml.bundle import load_version
 
     version = chain["version"]
     ref = f"{chain['name']}@champion" if version["decision"] == "promote" else f"{chain['name']}:{version['version']}"
@@ -231,11 +231,11 @@ def main() -> None:
 
     from moto.server import ThreadedMotoServer
 
-    from sluice.core.service import start
     from sluice.core.settings import ENV_ENDPOINT_URL, Settings
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.store import S3Store
+    from sluice.service import start
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

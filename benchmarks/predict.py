@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def build_bundle(folder: Path) -> None:
-    from sluice.core import bundle
+    from sluice.ml import bundle
     from tests import mixed
 
     manifest, files = mixed.trained_bundle(20_000, 5)
@@ -133,7 +133,7 @@ def main() -> None:
         build_bundle(folder)
         model = sluice.load_model(str(folder))
         frame = mixed.frame(args.rows, 1, unseen=True)
-        from sluice.core.transforms import transforms_for_scoring
+        from sluice.ml.transforms import transforms_for_scoring
 
         featured, _ = transforms_for_scoring(frame, model.contract, model.frequencies)
         X = np.ascontiguousarray(model.encoding.matrix(featured))

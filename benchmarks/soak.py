@@ -58,9 +58,6 @@ def main() -> None:
 
     from moto.server import ThreadedMotoServer
 
-    from sluice.core.contract import contract_key, infer_contract
-    from sluice.core.reconcile import find_gaps
-    from sluice.core.registry import ModelRegistry
     from sluice.core.settings import Settings
     from sluice.handlers import build_pipeline
     from sluice.infra.aws import client
@@ -68,6 +65,9 @@ def main() -> None:
     from sluice.infra.state import MemoryState
     from sluice.infra.store import S3Store
     from sluice.infra.subscribe import TemporarySubscription
+    from sluice.ml.contract import contract_key, infer_contract
+    from sluice.ml.reconcile import find_gaps
+    from sluice.ml.registry import ModelRegistry
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     tmp = Path(tempfile.mkdtemp(prefix="sluice-soak-"))

@@ -41,13 +41,13 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
     from sklearn.datasets import make_classification
 
-    from sluice.core.contract import contract_key, infer_contract
     from sluice.core.runtime import Runtime
     from sluice.core.settings import Settings
     from sluice.events.s3 import ObjectCreated
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.state import MemoryState
+    from sluice.ml.contract import contract_key, infer_contract
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)

@@ -4,7 +4,7 @@
 
 On synthetic rows (`--rows` x 20 numeric features and a class target, as benchmarks/training_overhead.py), times
 the parts of the stage that are Sluice's: the holdout split, the encoding, the labels, the drift profile and
-the two plots. The ref's `core/modeling.py` and `core/drift.py` are read with `git show` and run beside this
+the two plots. The ref's `ml/modeling.py` and `ml/drift.py` are read with `git show` and run beside this
 checkout's, alternating; their outputs are checked to be identical. Prints medians, ratios and the load average.
 """
 
@@ -53,12 +53,12 @@ def main() -> None:
     import polars as pl
     from sklearn.datasets import make_classification
 
-    from sluice.core import drift, modeling
-    from sluice.core.contract import infer_contract
     from sluice.handlers.train import plot_importance, plot_loss_curve
+    from sluice.ml import drift, modeling
+    from sluice.ml.contract import infer_contract
 
-    old_modeling = module_at(args.against, "core/modeling.py", "old_modeling")
-    old_drift = module_at(args.against, "core/drift.py", "old_drift")
+    old_modeling = module_at(args.against, "ml/modeling.py", "old_modeling")
+    old_drift = module_at(args.against, "ml/drift.py", "old_drift")
     X, y = make_classification(n_samples=args.rows, n_features=20, n_informative=8, random_state=0)
     frame = pl.DataFrame(X, schema=[f"x{i}" for i in range(20)]).with_columns(target=pl.Series(y).cast(pl.Utf8))
     contract = infer_contract(frame, "bench", "target", 10.0, debounce_s=0)

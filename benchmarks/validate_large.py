@@ -2,7 +2,7 @@
 
 What it measures (figures are printed, never asserted):
 
-1. Full file: `sluice.core.validation.validate_file` on a generated CSV of `--size-gb` (default 2 GB; 12 columns of
+1. Full file: `sluice.ml.validation.validate_file` on a generated CSV of `--size-gb` (default 2 GB; 12 columns of
    ints, floats, nullable columns, a 5-category string, a date, a datetime and a yes/no target, with ~0.1% of rows
    holding an invalid cell: out-of-range ints, unknown categories, text in a float column). Reported: file size,
    rows, valid and quarantined rows, wall time, throughput, and the peak RSS of the process that ran it, against the
@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core.contract import ColumnSpec, Contract, LimitsSpec
+from sluice.ml.contract import ColumnSpec, Contract, LimitsSpec
 
 KEY = "incoming/bench/big.csv"
 SEED = 20240601
@@ -186,7 +186,7 @@ def make_slice(source: Path, path: Path, slice_bytes: int) -> dict[str, Any]:
 
 def run_sluice(csv: Path, scratch: Path) -> dict[str, Any]:
     """Sluice's validate_file on `csv`, its outputs in a temporary folder under `scratch`."""
-    from sluice.core.validation import validate_file
+    from sluice.ml.validation import validate_file
 
     contract = bench_contract()
     with tempfile.TemporaryDirectory(dir=scratch, prefix="sluice-out-") as out:

@@ -1,1 +1,1 @@
-"""The framework: handler registration, dispatch, settings, errors, idempotency, contracts and the registry."""
+"""The framework: handler registration, dispatch, settings, errors, idempotency, leases and dead letters."""

@@ -127,7 +127,7 @@ def for_transition(version: dict[str, Any], record: dict[str, Any], source: str)
             "bundle": version.get("bundle"),
             "lineage": version["lineage"],
             "card": version.get("card"),
-            # Columns that alone predict the target, named, with the policy's action (core/leakage.py).
+            # Columns that alone predict the target, named, with the policy's action (ml/leakage.py).
             **({"leakage": version["leakage"]} if version.get("leakage") else {}),
         },
     )

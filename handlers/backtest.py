@@ -9,14 +9,14 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core import modeling
-from sluice.core.bundle import load_version
 from sluice.core.context import Context
-from sluice.core.contract import load_contract
-from sluice.core.features import latest_feature_set, point_in_time_join, read_parquet
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of
 from sluice.events.s3 import ObjectCreated
+from sluice.ml import modeling
+from sluice.ml.bundle import load_version
+from sluice.ml.contract import load_contract
+from sluice.ml.features import latest_feature_set, point_in_time_join, read_parquet
+from sluice.ml.registry import ModelRegistry
 
 RECENT = 3  # challengers re-scored besides the champion
 

@@ -1,5 +1,5 @@
 """Stage 4: the promotion gate. The candidate is compared with the current champion (or, for a model's first
-version, the naive baseline) on the same holdout rows, and its inference is benchmarked (core/gate.py).
+version, the naive baseline) on the same holdout rows, and its inference is benchmarked (ml/gate.py).
 
     runs/<dataset>/<run id>/run.json  ->  registry/<model>/candidates/<run id>.candidate.json
 """
@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import bundle, gate, leakage
 from sluice.core.context import Context
-from sluice.core.contract import load_contract
-from sluice.core.registry import ModelRegistry
-from sluice.core.runs import artifact
 from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
+from sluice.ml import bundle, gate, leakage
+from sluice.ml.contract import load_contract
+from sluice.ml.registry import ModelRegistry
+from sluice.ml.runs import artifact
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
@@ -31,7 +31,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if ctx.store.exists(out_key):
         return []
     holdout = pl.read_parquet(io.BytesIO(artifact(ctx.store, run, "holdout")))
-    # The candidate and the champion are loaded exactly as users load them (core/bundle.py), and checked against
+    # The candidate and the champion are loaded exactly as users load them (ml/bundle.py), and checked against
     # the run's and the registry's records of their bundles.
     t0 = time.perf_counter()
     candidate = bundle.load_run(ctx.store, run)

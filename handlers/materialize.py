@@ -18,12 +18,12 @@ from typing import Any
 import polars as pl
 
 from sluice.core.context import Context
-from sluice.core.contract import Contract, load_contract
-from sluice.core.features import latest_vectors, read_parquet
 from sluice.core.runtime import dataset_of
-from sluice.core.transforms import apply_transforms
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.s3 import ObjectCreated
+from sluice.ml.contract import Contract, load_contract
+from sluice.ml.features import latest_vectors, read_parquet
+from sluice.ml.transforms import apply_transforms
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sluice.core.card import render_card
 from sluice.core.context import Context
-from sluice.core.registry import ModelRegistry
 from sluice.events.model import for_transition
 from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
+from sluice.ml.card import render_card
+from sluice.ml.registry import ModelRegistry
 
 REGISTERED_BY = "sluice/register"
 
@@ -46,7 +46,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "lineage": {"data_versions": run["data_versions"], "sources": run["sources"],
                     "feature_set_version": run["feature_set_version"], "run_id": run["run_id"],
                     "contract_version": run["contract_version"]},
-        # Columns that gave the target away (core/leakage.py), and what the contract's policy did about them.
+        # Columns that gave the target away (ml/leakage.py), and what the contract's policy did about them.
         **({"leakage": run["leakage"]} if run.get("leakage") else {}),
         "training": {"params": run["params"], "best_estimator": run["best_estimator"],
                      "best_config": run["best_config"], "holdout": run["holdout"],

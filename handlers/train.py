@@ -5,7 +5,7 @@
 
 - Coalescing: a run trains only on the dataset's latest inputs, and only once they have been quiet for the
   contract's `debounce_s`; earlier triggers are superseded, so many drops in a burst make one run.
-- Deterministic holdout: a row's side depends only on its identity (core/features.row_key_columns).
+- Deterministic holdout: a row's side depends only on its identity (ml/features.row_key_columns).
 - Warm start: the search starts from the champion's best configuration; the run records whether FLAML used it.
 - Artifacts are named by their sha256, so concurrent deliveries never overwrite each other's files, and the run
   document is a conditional write, so only one of them becomes the run.
@@ -28,23 +28,23 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import bundle, leakage, modeling
 from sluice.core.context import Context
-from sluice.core.contract import Contract, load_contract
-from sluice.core.drift import reference_profile
 from sluice.core.errors import Defer, Failure, ValidationFailed
-from sluice.core.features import (
+from sluice.core.runtime import dataset_of
+from sluice.events.pipeline import DataValidated, FeaturesMaterialized
+from sluice.events.s3 import ObjectCreated
+from sluice.ml import bundle, leakage, modeling
+from sluice.ml.contract import Contract, load_contract
+from sluice.ml.drift import reference_profile
+from sluice.ml.features import (
     label_versions,
     latest_feature_set,
     row_key_columns,
     training_columns,
     training_rows,
 )
-from sluice.core.registry import ModelRegistry
-from sluice.core.runtime import dataset_of
-from sluice.core.transforms import frequency_tables
-from sluice.events.pipeline import DataValidated, FeaturesMaterialized
-from sluice.events.s3 import ObjectCreated
+from sluice.ml.registry import ModelRegistry
+from sluice.ml.transforms import frequency_tables
 
 MIN_TRAIN_ROWS = 20
 PACKAGES = ("flaml", "lightgbm", "xgboost", "polars", "pandera", "scikit-learn", "numpy", "pandas", "dramatiq",
@@ -302,7 +302,7 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
 
 def _check_leakage(ctx: Context, contract: Contract, train_frame: pl.DataFrame, encoding: modeling.Encoding
                    ) -> tuple[dict[str, Any], modeling.Encoding]:
-    """Columns that give the target away (core/leakage.py), and the encoding to train with: without them when the
+    """Columns that give the target away (ml/leakage.py), and the encoding to train with: without them when the
     contract says `exclude`. `refuse` is applied by the gate, `warn` only records."""
     policy = contract.training.leakage
     findings = leakage.check(train_frame, encoding, seed=contract.training.seed)

@@ -16,16 +16,16 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core import drift, validation
 from sluice.core.context import Context
-from sluice.core.contract import Contract, load_contract
 from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed, clip
-from sluice.core.features import label_contract
-from sluice.core.quarantine import REPLAY_KEY, REPLAY_OF
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import dataset_of, object_id
 from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
+from sluice.ml import drift, validation
+from sluice.ml.contract import Contract, load_contract
+from sluice.ml.features import label_contract
+from sluice.ml.quarantine import REPLAY_KEY, REPLAY_OF
+from sluice.ml.registry import ModelRegistry
 
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:

@@ -14,9 +14,9 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.contract import contract_key, infer_contract
 from sluice.core.settings import ENV_ENDPOINT_URL, Settings
 from sluice.infra.store import S3Store
+from sluice.ml.contract import contract_key, infer_contract
 
 DATASET = "breast-cancer"
 TARGET = "diagnosis"
@@ -30,10 +30,10 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
     """Run the demo; returns the process exit code (0 only when a promotion event was received)."""
     from moto.server import ThreadedMotoServer
 
-    from sluice.core.service import start
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.subscribe import TemporarySubscription
+    from sluice.service import start
 
     t_start = time.perf_counter()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -57,10 +57,11 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
 
     service = None
     try:
-        resources_ = provision(settings, build_pipeline().routes)
+        app = build_pipeline()
+        resources_ = provision(settings, app.routes)
         for change in resources_.changes:
             _say(f"   + {change}")
-        service = start(settings, on_event=on_event)
+        service = start(settings, app=app, on_event=on_event)
         store = S3Store(settings)
         data = resources.files("sluice").joinpath("data/breast_cancer.csv").read_bytes()
         with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +93,7 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
                  f"{m['candidate']:.4f} vs naive baseline {m['baseline']:.4f}")
 
             # What a downstream system does with the event: one line to a verified model, then score rows.
-            from sluice.core.bundle import load_model
+            from sluice.ml.bundle import load_model
 
             model = load_model(event, settings=settings)
             rows = pl.read_csv(io.BytesIO(data)).drop(TARGET).head(3)

@@ -20,10 +20,10 @@ import time
 import uuid
 from typing import Any
 
-from sluice.core.bundle import Model, load_model
 from sluice.core.errors import SluiceError
 from sluice.core.settings import Settings
 from sluice.events.model import PROMOTED, ROLLED_BACK
+from sluice.ml.bundle import Model, load_model
 
 log = logging.getLogger("sluice.serve")
 MAX_ROWS = 10_000

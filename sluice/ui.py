@@ -1,6 +1,6 @@
 """`sluice ui`: a read-only web dashboard over the bucket, on Starlette and uvicorn, with server-rendered pages.
 
-It reads what the CLI reads (core/status.py, core/runs.py, core/registry.py, core/quarantine.py) and writes
+It reads what the CLI reads (ml/status.py, ml/runs.py, ml/registry.py, ml/quarantine.py) and writes
 nothing: every route is a GET. Pages:
 
     /                                  datasets, models, dead letters
@@ -74,9 +74,9 @@ class Dashboard:
     def __init__(self, settings: Settings, store: Any = None, state: Any = None):
         from jinja2 import Environment, PackageLoader, select_autoescape
 
-        from sluice.core.registry import ModelRegistry
         from sluice.infra.broker import make_state
         from sluice.infra.store import S3Store
+        from sluice.ml.registry import ModelRegistry
 
         self.settings = settings
         self.store = store if store is not None else S3Store(settings)
@@ -93,7 +93,7 @@ class Dashboard:
     # -- pages -----------------------------------------------------------------------------------------------
     def home(self) -> str:
         """Datasets, models and dead letters."""
-        from sluice.core.status import dataset_status, datasets, dead_letters
+        from sluice.ml.status import dataset_status, datasets, dead_letters
 
         overview = [dataset_status(self.store, self.registry.state, d) for d in datasets(self.store)]
         return self.render("home.html", datasets=overview, models=self.registry.models(),
@@ -101,8 +101,8 @@ class Dashboard:
 
     def dataset(self, name: str) -> str:
         """The ledger, the data versions with their drift, the quarantine."""
-        from sluice.core import quarantine
-        from sluice.core.status import data_versions, dataset_status
+        from sluice.ml import quarantine
+        from sluice.ml.status import data_versions, dataset_status
 
         status = dataset_status(self.store, self.registry.state, name)
         status["arrivals"].sort(key=lambda a: a.get("at") or "", reverse=True)
@@ -111,7 +111,7 @@ class Dashboard:
 
     def data_version(self, dataset: str, dv: str) -> str:
         """One data version and its drift per column."""
-        from sluice.core.status import data_versions
+        from sluice.ml.status import data_versions
 
         matches = [v for v in data_versions(self.store, dataset) if v["data_version"].startswith(dv)]
         if len(matches) != 1:
@@ -124,7 +124,7 @@ class Dashboard:
 
     def quarantine_entry(self, dataset: str, ident: str) -> str:
         """One quarantine report with example rows."""
-        from sluice.core import quarantine
+        from sluice.ml import quarantine
 
         entry = quarantine.find(self.store, dataset, ident)
         frame = quarantine.rows(self.store, entry)
@@ -134,7 +134,7 @@ class Dashboard:
 
     def runs(self, dataset: str) -> str:
         """Runs with their metrics."""
-        from sluice.core.runs import list_runs
+        from sluice.ml.runs import list_runs
 
         found = list_runs(self.store, dataset)
         return self.render("runs.html", dataset=dataset, runs=[r for r in found if "holdout" in r],
@@ -142,7 +142,7 @@ class Dashboard:
 
     def run(self, run_id: str) -> str:
         """One run."""
-        from sluice.core.runs import find_run
+        from sluice.ml.runs import find_run
 
         run = find_run(self.store, run_id)
         return self.render("run.html", run=run, top=top_features(run.get("feature_importance", {})),
@@ -150,7 +150,7 @@ class Dashboard:
 
     def compare(self, a: str, b: str) -> str:
         """Two runs side by side."""
-        from sluice.core.runs import compare, find_run
+        from sluice.ml.runs import compare, find_run
 
         ra, rb = find_run(self.store, a), find_run(self.store, b)
         return self.render("compare.html", diff=compare(ra, rb), a=ra, b=rb,
@@ -158,7 +158,7 @@ class Dashboard:
 
     def model(self, name: str, at: str | None) -> str:
         """Versions with stages and gate intervals, the history, and the champion at a time."""
-        from sluice.core.registry import parse_time
+        from sluice.ml.registry import parse_time
 
         versions = self.registry.versions(name)
         if not versions:
@@ -184,7 +184,7 @@ class Dashboard:
 
     def plot(self, run_id: str, name: str) -> bytes:
         """A run's PNG plot, checked against its recorded sha256."""
-        from sluice.core.runs import artifact, find_run
+        from sluice.ml.runs import artifact, find_run
 
         if name not in PLOTS:
             raise SluiceError(f"{name!r} is not a plot; plots: {', '.join(PLOTS)}")

@@ -8,14 +8,14 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.contract import Contract, contract_key, infer_contract
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
 from sluice.handlers import build_pipeline
 from sluice.infra.provision import Resources, provision
 from sluice.infra.store import S3Store
+from sluice.ml.contract import Contract, contract_key, infer_contract
+from sluice.ml.registry import ModelRegistry
 
 DATASET = "cancer"
 BUDGET_S = 1.0

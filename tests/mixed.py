@@ -9,7 +9,7 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 
-from sluice.core.contract import Contract, parse_contract
+from sluice.ml.contract import Contract, parse_contract
 
 DATASET = "shop"
 ZONES = ["west", "north", "east", "south", "central"]
@@ -77,8 +77,8 @@ def csv_bytes(df: pl.DataFrame, *, ints_as_floats: bool = False) -> bytes:
 
 def trained_bundle(rows: int, budget_s: float) -> tuple[bytes, dict[str, bytes]]:
     """A model trained in-process on `rows` shop rows with FLAML, as a bundle: (manifest, {file: bytes})."""
-    from sluice.core import bundle, modeling
-    from sluice.core.transforms import apply_transforms, frequency_tables
+    from sluice.ml import bundle, modeling
+    from sluice.ml.transforms import apply_transforms, frequency_tables
 
     shop = contract(budget_s)
     train = apply_transforms(frame(rows, 0), shop)

@@ -17,11 +17,12 @@ import pytest
 from sluice.core.app import Pipeline
 from sluice.core.errors import TransientError
 from sluice.core.runtime import Runtime
-from sluice.core.service import Service, build_runtime, start
 from sluice.core.settings import Settings
+from sluice.handlers import build_pipeline
 from sluice.infra.aws import client
 from sluice.infra.broker import make_broker, make_state
 from sluice.infra.subscribe import TemporarySubscription
+from sluice.service import Service, build_runtime, start
 from tests.chain import DATASET, ledger, prepare, sample_bytes, versions, wait_for
 from tests.conftest import unique_settings
 
@@ -70,7 +71,7 @@ class Events:
 def service(settings: Settings) -> Iterator[tuple[Service, Events]]:
     events = Events()
     prepare(settings)
-    svc = start(settings, runtime=build_runtime(settings, on_event=events), bridge_wait_s=1)
+    svc = start(settings, runtime=build_runtime(settings, build_pipeline(), on_event=events), bridge_wait_s=1)
     yield svc, events
     svc.stop()
 

@@ -70,7 +70,7 @@ def test_events_tail_removes_its_queue_and_subscription_on_sigterm(moto_settings
 def test_status_says_when_training_starts_during_the_debounce(runtime: Any) -> None:
     from datetime import UTC, datetime
 
-    from sluice.core.status import waiting
+    from sluice.ml.status import waiting
     from tests.chain import DATASET, sample_contract
 
     contract = sample_contract()

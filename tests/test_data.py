@@ -7,11 +7,11 @@ import io
 import numpy as np
 import polars as pl
 
-from sluice.core import drift, quarantine
-from sluice.core.contract import DriftSpec
 from sluice.core.runtime import Runtime
 from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
+from sluice.ml import drift, quarantine
+from sluice.ml.contract import DriftSpec
 from tests.chain import DATASET, sample_bytes, sample_contract
 
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import pytest
 
-from sluice.core.contract import contract_key
 from sluice.core.settings import Settings
 from sluice.infra.aws import client
 from sluice.infra.store import S3Store
 from sluice.infra.subscribe import TemporarySubscription
+from sluice.ml.contract import contract_key
 from tests.chain import DATASET, ledger, prepare, sample_bytes, sample_contract, versions, wait_for
 from tests.conftest import missing, unique_settings
 

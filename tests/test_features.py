@@ -9,14 +9,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sluice.core.contract import ContractError, parse_contract
-from sluice.core.features import FEATURE_TIME, point_in_time_join
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
 from sluice.events.s3 import ObjectCreated
 from sluice.handlers.materialize import apply_transforms
 from sluice.infra.online import MemoryOnline, RedisOnline
 from sluice.infra.state import MemoryState
+from sluice.ml.contract import ContractError, parse_contract
+from sluice.ml.features import FEATURE_TIME, point_in_time_join
+from sluice.ml.registry import ModelRegistry
 
 CONTRACT = """
 dataset: tx

@@ -8,9 +8,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sluice.core import gate, modeling
-from sluice.core.contract import ColumnSpec, Contract, PromotionSpec
 from sluice.core.errors import ContractError
+from sluice.ml import gate, modeling
+from sluice.ml.contract import ColumnSpec, Contract, PromotionSpec
 
 FAST = {"size_bytes": 1000, "p99_ms": 0.5}
 
@@ -204,8 +204,8 @@ def test_a_later_model_must_still_beat_the_naive_baseline() -> None:
 
 
 def test_inference_benchmark_measures_the_users_path() -> None:
-    from sluice.core import bundle
-    from sluice.core.contract import parse_contract
+    from sluice.ml import bundle
+    from sluice.ml.contract import parse_contract
 
     rng = np.random.default_rng(0)
     frame = pl.DataFrame({"a": rng.random(300), "b": rng.random(300)}).with_columns(
@@ -224,7 +224,7 @@ def test_inference_benchmark_measures_the_users_path() -> None:
 
 
 def test_the_policy_is_checked_against_the_contract() -> None:
-    from sluice.core.contract import parse_contract
+    from sluice.ml.contract import parse_contract
 
     base = ("dataset: d\ntarget: y\ntask: binary\nmetric: roc_auc\n"
             "columns: {x: {dtype: float}, y: {dtype: str}}\n")

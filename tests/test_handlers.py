@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
 from sluice.events.s3 import ObjectCreated
 from sluice.infra.state import MemoryState, RedisState, StateBackend
 from sluice.infra.store import S3Store
+from sluice.ml.registry import ModelRegistry
 from tests.chain import DATASET, sample_bytes, versions
 
 

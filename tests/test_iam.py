@@ -87,10 +87,10 @@ def test_each_role_can_do_its_job_and_no_more(enforcing: tuple[Settings, dict[st
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from dramatiq.brokers.stub import StubBroker
 
-    from sluice.core.registry import ModelRegistry
     from sluice.core.runtime import Runtime
     from sluice.infra.online import MemoryOnline
     from sluice.infra.state import MemoryState
+    from sluice.ml.registry import ModelRegistry
 
     settings, keys = enforcing
     bucket = settings.bucket

@@ -9,13 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sluice.core import bundle, leakage, modeling
-from sluice.core.contract import contract_key, infer_contract
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
-from sluice.core.status import dataset_status
 from sluice.events.model import for_transition, schema
 from sluice.infra.state import MemoryState
+from sluice.ml import bundle, leakage, modeling
+from sluice.ml.contract import contract_key, infer_contract
+from sluice.ml.registry import ModelRegistry
+from sluice.ml.status import dataset_status
 from tests.chain import BUDGET_S, DATASET, run_chain, sample_bytes
 
 
@@ -70,7 +70,7 @@ def test_a_planted_leak_under_each_policy(runtime: Runtime, policy: str) -> None
     trained_on = bundle.load_run(runtime.store, run).encoding.columns
     assert ("referral_ward" in trained_on) == (policy != "exclude")
     if policy == "exclude":
-        from sluice.core import runs
+        from sluice.ml import runs
 
         assert runs.reproduce(runtime.store, run)["match"]  # the run is reproducible without the column too
 

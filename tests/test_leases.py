@@ -14,10 +14,10 @@ from typing import Any
 import dramatiq
 import pytest
 
-from sluice.core.contract import contract_key
 from sluice.core.runtime import Runtime, claim_key
 from sluice.events.s3 import ObjectCreated
 from sluice.infra.state import COMPLETED, IN_PROGRESS, MemoryState, RedisState, StateBackend
+from sluice.ml.contract import contract_key
 from tests.chain import DATASET, sample_bytes, sample_contract
 
 

@@ -21,8 +21,6 @@ from dramatiq.brokers.stub import StubBroker
 from moto import mock_aws
 
 from sluice.cli import main
-from sluice.core.contract import PromotionSpec, contract_key, infer_contract
-from sluice.core.registry import ModelRegistry, parse_time
 from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.events.model import ModelEvent, schema
@@ -33,6 +31,8 @@ from sluice.infra.notify import SnsPublisher
 from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
 from sluice.infra.subscribe import filter_policy, subscribe_queue
+from sluice.ml.contract import PromotionSpec, contract_key, infer_contract
+from sluice.ml.registry import ModelRegistry, parse_time
 from tests.chain import BUDGET_S
 
 DATASET = "synth"

@@ -93,7 +93,7 @@ def test_bombs_are_quarantined_with_the_limit_and_the_worker_goes_on(runtime: Ru
 
 
 def test_a_contract_raises_a_limit_and_long_values_are_clipped_in_reports(runtime: Runtime) -> None:
-    from sluice.core.contract import contract_key, parse_contract
+    from sluice.ml.contract import contract_key, parse_contract
 
     contract = parse_contract(runtime.store.get(contract_key(DATASET)))
     _, row = header_and_row()
@@ -113,7 +113,7 @@ def test_a_contract_raises_a_limit_and_long_values_are_clipped_in_reports(runtim
 
 @pytest.mark.slow
 def test_training_learns_from_a_seeded_sample_above_the_training_row_limit(runtime: Runtime) -> None:
-    from sluice.core import runs
+    from sluice.ml import runs
     from tests.chain import run_chain, sample_contract
 
     contract = sample_contract()

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sluice.core import bundle, linear, modeling
-from sluice.core.contract import Contract, parse_contract
-from sluice.core.transforms import apply_transforms, frequency_tables, transforms_for_scoring
+from sluice.ml import bundle, linear, modeling
+from sluice.ml.contract import Contract, parse_contract
+from sluice.ml.transforms import apply_transforms, frequency_tables, transforms_for_scoring
 from tests import mixed
 
 BANDS = ["mid", "cheap", "dear"]  # not alphabetical

@@ -14,10 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sluice.core import bundle, modeling, runs
-from sluice.core.contract import ColumnSpec, Contract
-from sluice.core.features import row_key_columns, training_rows
 from sluice.core.runtime import Runtime
+from sluice.ml import bundle, modeling, runs
+from sluice.ml.contract import ColumnSpec, Contract
+from sluice.ml.features import row_key_columns, training_rows
 from tests import mixed
 from tests.chain import run_chain
 
@@ -121,7 +121,7 @@ def test_rows_a_model_cannot_score_are_reported_not_scored(runtime: Runtime) -> 
 @pytest.mark.slow
 def test_a_tampered_bundle_is_refused_and_never_loaded(runtime: Runtime) -> None:
     from sluice.core.errors import IntegrityError
-    from sluice.core.registry import ModelRegistry
+    from sluice.ml.registry import ModelRegistry
 
     runtime.store.put(f"contracts/{mixed.DATASET}.yaml", mixed.contract(1).to_yaml().encode())
     run_chain(runtime, f"incoming/{mixed.DATASET}/a.csv", mixed.csv_bytes(mixed.frame(400, 0)))
@@ -271,7 +271,7 @@ def test_every_kind_of_input_becomes_the_same_frame(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def shop_model() -> bundle.Model:
-    from sluice.core.transforms import apply_transforms, frequency_tables
+    from sluice.ml.transforms import apply_transforms, frequency_tables
 
     contract = mixed.contract()
     train = apply_transforms(mixed.frame(600, 0), contract)
@@ -316,8 +316,8 @@ def test_the_fast_path_takes_well_formed_rows(shop_model: bundle.Model) -> None:
 
 @pytest.mark.slow
 def test_rescore_corrects_versions_scored_by_the_old_loader_in_the_history(runtime: Runtime) -> None:
-    from sluice.core.registry import ModelRegistry
-    from sluice.core.rescore import rescore
+    from sluice.ml.registry import ModelRegistry
+    from sluice.ml.rescore import rescore
 
     runtime.store.put(f"contracts/{mixed.DATASET}.yaml", mixed.contract(1).to_yaml().encode())
     run = run_chain(runtime, f"incoming/{mixed.DATASET}/a.csv", mixed.csv_bytes(mixed.frame(400, 0)))

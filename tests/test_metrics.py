@@ -10,8 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sluice.core.service import Service, start
 from sluice.core.settings import Settings
+from sluice.service import Service, start
 from tests.chain import DATASET, prepare, sample_bytes, versions, wait_for
 from tests.conftest import unique_settings
 

@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from benchmarks.quality_data import all_datasets, halves
-from sluice.core.contract import infer_contract, parse_contract
-from sluice.core.validation import read_sample, validate_file
+from sluice.ml.contract import infer_contract, parse_contract
+from sluice.ml.validation import read_sample, validate_file
 
 DATASETS = all_datasets()
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from sluice.core.reconcile import find_gaps, reconcile
 from sluice.core.runtime import Runtime
 from sluice.events.s3 import ObjectCreated
+from sluice.ml.reconcile import find_gaps, reconcile
 from tests.chain import DATASET, sample_bytes
 
 

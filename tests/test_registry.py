@@ -10,11 +10,11 @@ import pytest
 from moto import mock_aws
 
 from sluice.core.errors import RegistryError
-from sluice.core.registry import ModelRegistry, parse_time
 from sluice.core.settings import Settings
 from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
 from sluice.infra.store import S3Store
+from sluice.ml.registry import ModelRegistry, parse_time
 
 
 @pytest.fixture

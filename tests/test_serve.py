@@ -13,11 +13,11 @@ import httpx
 import numpy as np
 import pytest
 
-from sluice.core.bundle import load_model
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
 from sluice.events.model import PROMOTED
 from sluice.infra.subscribe import TemporarySubscription, filter_policy
+from sluice.ml.bundle import load_model
+from sluice.ml.registry import ModelRegistry
 from tests import mixed
 from tests.chain import run_chain
 
@@ -135,7 +135,7 @@ def test_serve_swaps_versions_under_a_stream_of_requests_without_errors(
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
     from starlette.testclient import TestClient
 
-    from sluice.core import bundle
+    from sluice.ml import bundle
     from sluice.serve import MAX_ROWS, ModelServer
 
     manifest, files = mixed.trained_bundle(300, 0.5)

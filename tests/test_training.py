@@ -13,15 +13,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sluice.core import modeling, runs
-from sluice.core.bundle import load_run
-from sluice.core.contract import Contract, parse_contract
 from sluice.core.errors import ContractError, IntegrityError
-from sluice.core.runs import artifact
 from sluice.core.runtime import Runtime
-from sluice.core.service import build_runtime, start
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
+from sluice.handlers import build_pipeline
+from sluice.ml import modeling, runs
+from sluice.ml.bundle import load_run
+from sluice.ml.contract import Contract, parse_contract
+from sluice.ml.runs import artifact
+from sluice.service import build_runtime, start
 from tests.chain import DATASET, prepare, run_chain, sample_bytes, sample_contract, wait_for
 
 
@@ -199,7 +200,7 @@ def test_the_first_drop_trains_without_waiting_for_the_debounce(runtime: Runtime
 def test_a_burst_of_drops_makes_one_run(moto_settings: Settings) -> None:
     contract = with_training(sample_contract(), debounce_s=5.0)
     prepare(moto_settings, contract)
-    service = start(moto_settings, runtime=build_runtime(moto_settings), bridge_wait_s=1)
+    service = start(moto_settings, runtime=build_runtime(moto_settings, build_pipeline()), bridge_wait_s=1)
     store = service.runtime.store
     try:
         for i, data in enumerate(parts(3)):
@@ -238,9 +239,9 @@ def test_missing_numbers_reach_the_stored_model_as_flaml_saw_them() -> None:
 
 @pytest.mark.slow
 def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> None:
-    from sluice.core import bundle
-    from sluice.core.registry import ModelRegistry
     from sluice.infra.state import MemoryState
+    from sluice.ml import bundle
+    from sluice.ml.registry import ModelRegistry
 
     run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
     assert run["refit"]["rows"] == run["holdout"]["rows"] + run["holdout"]["train_rows"] == 569

@@ -18,13 +18,13 @@ from moto import mock_aws
 
 from sluice.core.errors import IntegrityError, ModelInputError
 from sluice.core.provenance import Signer
-from sluice.core.registry import ModelRegistry
 from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
 from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
 from sluice.infra.store import S3Store
+from sluice.ml.registry import ModelRegistry
 from tests.chain import DATASET, sample_bytes
 
 
@@ -310,7 +310,7 @@ def test_models_verify_checks_artifacts_and_a_tampered_model_is_never_loaded(
     from click.testing import CliRunner
 
     from sluice.cli import main
-    from sluice.core import bundle
+    from sluice.ml import bundle
     from tests.test_training import run_chain
 
     monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from sluice.core.registry import ModelRegistry
 from sluice.core.settings import Settings
+from sluice.ml.registry import ModelRegistry
 from tests.chain import DATASET
 from tests.conftest import ROOT, missing
 from tests.populate import BAD_KEY
@@ -150,7 +150,7 @@ def test_drops_quarantine_and_drift_pages(browser: Any, dashboard: dict[str, Any
     _shot(browser, "dataset")
 
     # The rows split out of b.csv, with the offending value on the page.
-    from sluice.core import quarantine
+    from sluice.ml import quarantine
 
     [rows_entry] = [e for e in quarantine.entries(store, DATASET) if e.scope == "rows"]
     browser.find_element("css selector", f"#quarantine a[href$='/{rows_entry.id[:16]}']").click()

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 
-from sluice.core.contract import ColumnSpec, Contract, ContractError, infer_contract, parse_contract
 from sluice.core.errors import UnreadableFile
 from sluice.core.runtime import Runtime
-from sluice.core.validation import validate_file
 from sluice.events.s3 import ObjectCreated
+from sluice.ml.contract import ColumnSpec, Contract, ContractError, infer_contract, parse_contract
+from sluice.ml.validation import validate_file
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())

@@ -11,7 +11,7 @@ from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
 from sluice.core.errors import ContractError, SluiceError
 
-# polars and pandera (core.contract, core.validation) are imported inside the commands: `sluice --help` stays fast.
+# polars and pandera (ml.contract, ml.validation) are imported inside the commands: `sluice --help` stays fast.
 
 
 @click.group()
@@ -28,8 +28,8 @@ def contract() -> None:
               help="Seconds of quiet after the last drop before training (drops in between make one run).")
 def contract_infer(file: Path, dataset: str, target: str, budget: float, debounce: float) -> None:
     """Write a contract inferred from a sample FILE to stdout; review it, then `sluice contract put`."""
-    from sluice.core.contract import infer_contract
-    from sluice.core.validation import read_sample
+    from sluice.ml.contract import infer_contract
+    from sluice.ml.validation import read_sample
 
     try:
         frame = read_sample(file.name, file.read_bytes())
@@ -42,7 +42,7 @@ def contract_infer(file: Path, dataset: str, target: str, budget: float, debounc
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def contract_put(file: Path) -> None:
     """Check a contract and upload it to contracts/<dataset>.yaml."""
-    from sluice.core.contract import contract_key, parse_contract
+    from sluice.ml.contract import contract_key, parse_contract
 
     settings = _settings()
     try:

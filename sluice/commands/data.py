@@ -20,7 +20,7 @@ def data() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def data_list(dataset: str, as_json: bool) -> None:
     """The dataset's snapshot: its data versions, oldest first, with rows, source, contract and drift."""
-    from sluice.core.status import data_versions
+    from sluice.ml.status import data_versions
 
     versions = data_versions(_store(_settings()), dataset)
     if as_json:
@@ -48,7 +48,7 @@ def quarantine() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def quarantine_list(dataset: str | None, as_json: bool) -> None:
     """Quarantined files and rows, oldest first."""
-    from sluice.core import quarantine as q
+    from sluice.ml import quarantine as q
 
     found = q.entries(_store(_settings()), dataset)
     if as_json:
@@ -75,8 +75,8 @@ def quarantine_show(dataset: str, ident: str, as_json: bool, n_rows: int) -> Non
     """One entry: why, what to do, the top failures and example rows."""
     import polars as pl
 
-    from sluice.core import quarantine as q
-    from sluice.core.validation import REASONS, ROW
+    from sluice.ml import quarantine as q
+    from sluice.ml.validation import REASONS, ROW
 
     store = _store(_settings())
     try:
@@ -111,7 +111,7 @@ def quarantine_replay(dataset: str, data_version: str | None) -> None:
     """Validate quarantined data again under the current contract (after a contract fix)."""
     from datetime import UTC, datetime
 
-    from sluice.core import quarantine as q
+    from sluice.ml import quarantine as q
 
     try:
         keys = q.replay(_store(_settings()), dataset, data_version, datetime.now(UTC).isoformat())

@@ -19,8 +19,8 @@ def models() -> None:
 
 
 def _registry(settings: Settings) -> Any:
-    from sluice.core.registry import ModelRegistry
     from sluice.infra.broker import make_state
+    from sluice.ml.registry import ModelRegistry
 
     return ModelRegistry(_store(settings), make_state(settings))
 
@@ -54,7 +54,7 @@ def _ci(diff: dict[str, Any] | None) -> str:
 @click.option("--json", "as_json", is_flag=True)
 def models_show(name: str, at: str | None, as_json: bool) -> None:
     """Versions with their stage, the champion and challenger, gate decisions and lineage of model NAME."""
-    from sluice.core.registry import CHALLENGER, parse_time
+    from sluice.ml.registry import CHALLENGER, parse_time
 
     settings = _settings()
     registry = _registry(settings)
@@ -215,7 +215,7 @@ def models_card(name: str, version: int) -> None:
     """Print the model card of VERSION of NAME (markdown)."""
     from botocore.exceptions import ClientError
 
-    from sluice.core.card import render_card
+    from sluice.ml.card import render_card
 
     settings = _settings()
     registry = _registry(settings)
@@ -232,7 +232,7 @@ def models_card(name: str, version: int) -> None:
 
 
 def _load(ref: str, settings: Settings) -> Any:
-    from sluice.core.bundle import load_model
+    from sluice.ml.bundle import load_model
 
     try:
         return load_model(ref, settings=settings)
@@ -253,7 +253,7 @@ def models_predict(ref: str, file: str, out: str | None) -> None:
     """
     import polars as pl
 
-    from sluice.core.bundle import as_frame
+    from sluice.ml.bundle import as_frame
 
     settings = _settings()
     model = _load(ref, settings)
@@ -307,7 +307,7 @@ def models_download(ref: str, folder: str) -> None:
 
     for meta in _json.loads(manifest)["files"].values():
         (target / meta["path"]).write_bytes(store.get(f"{prefix}/{meta['path']}"))
-    from sluice.core.bundle import VERSION_RECORD
+    from sluice.ml.bundle import VERSION_RECORD
 
     (target / VERSION_RECORD).write_text(_json.dumps({"model": model.name, "version": model.version,
                                                       "bundle": version["bundle"]}, indent=1))
@@ -326,7 +326,7 @@ def models_rescore(name: str, dry_run: bool, by: str | None) -> None:
     """
     from datetime import UTC, datetime
 
-    from sluice.core.rescore import rescore
+    from sluice.ml.rescore import rescore
 
     settings = _settings()
     registry = _registry(settings)

@@ -24,7 +24,7 @@ def runs() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_list(dataset: str, as_json: bool) -> None:
     """Runs of DATASET, oldest first, and any still training."""
-    from sluice.core import runs as r
+    from sluice.ml import runs as r
 
     found = r.list_runs(_store(_settings()), dataset)
     if as_json:
@@ -50,7 +50,7 @@ def runs_list(dataset: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: str, as_json: bool) -> None:
     """One run: parameters, best configuration, metrics, inputs, durations, environment, artifacts."""
-    from sluice.core import runs as r
+    from sluice.ml import runs as r
 
     try:
         run = r.find_run(_store(_settings()), run_id)
@@ -86,7 +86,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
               help="Write every artifact into this folder, each checked against its recorded sha256.")
 def runs_artifacts(run_id: str, into: Path | None) -> None:
     """RUN's artifacts (model, plots, trials, holdout, profile), and downloading them."""
-    from sluice.core import runs as r
+    from sluice.ml import runs as r
 
     store = _store(_settings())
     try:
@@ -109,7 +109,7 @@ def runs_artifacts(run_id: str, into: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_compare(run_a: str, run_b: str, as_json: bool) -> None:
     """Metrics, configuration and inputs of two runs side by side."""
-    from sluice.core import runs as r
+    from sluice.ml import runs as r
 
     store = _store(_settings())
     try:
@@ -138,7 +138,7 @@ def runs_compare(run_a: str, run_b: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_reproduce(run_id: str, as_json: bool) -> None:
     """Refit RUN's best configuration on its recorded inputs and say whether the metrics match."""
-    from sluice.core import runs as r
+    from sluice.ml import runs as r
 
     store = _store(_settings())
     try:
@@ -161,7 +161,7 @@ def runs_reproduce(run_id: str, as_json: bool) -> None:
 @click.argument("dataset")
 def runs_cancel(dataset: str) -> None:
     """Ask the running training of DATASET to stop (it is recorded as cancelled, not retried)."""
-    from sluice.core import runs as r
+    from sluice.ml import runs as r
 
     store = _store(_settings())
     running = [run for run in r.list_runs(store, dataset) if run.get("status") == "running"]

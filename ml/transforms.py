@@ -8,7 +8,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform
+from sluice.ml.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform
 
 NULL_KEY = "\x00null"  # the share of missing values in a frequency table (a JSON key cannot be null)
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.contract import ColumnSpec, Contract
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.infra.store import S3Store
+from sluice.ml.contract import ColumnSpec, Contract
 
 FEATURE_TIME = "_feature_time"  # the event time of the feature row a label was joined to
 

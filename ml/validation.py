@@ -29,8 +29,8 @@ import polars as pl
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
-from sluice.core.contract import ColumnSpec, Contract
 from sluice.core.errors import Failure, LimitExceeded, UnreadableFile, ValidationFailed, clip
+from sluice.ml.contract import ColumnSpec, Contract
 
 POLARS_TYPES: dict[str, pl.DataType] = {
     "int": pl.Int64(), "float": pl.Float64(), "str": pl.Utf8(), "bool": pl.Boolean(),

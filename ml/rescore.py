@@ -14,11 +14,11 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core import modeling
-from sluice.core.bundle import load_version
 from sluice.core.errors import SluiceError
-from sluice.core.registry import ModelRegistry
-from sluice.core.runs import artifact
+from sluice.ml import modeling
+from sluice.ml.bundle import load_version
+from sluice.ml.registry import ModelRegistry
+from sluice.ml.runs import artifact
 
 TOLERANCE = 1e-6  # the gate records scores rounded to 6 decimals
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core.modeling import Encoding
+from sluice.ml.modeling import Encoding
 
 THRESHOLD = 0.98  # balanced accuracy or R² of one column alone, on rows the tree was not fitted on
 DETERMINES = 0.999

@@ -1,4 +1,7 @@
-"""Assembling a running Sluice: runtime, Dramatiq worker and the SQS bridge, for the CLI, the demo and tests."""
+"""Assembling a running Sluice: runtime, Dramatiq worker and the SQS bridge, for the CLI, the demo and tests.
+
+The app to run is passed in (`sluice worker --app module:app` loads it): the framework knows no pipeline of its own.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,10 @@ from typing import Any
 
 from dramatiq import Broker, Worker
 
+from sluice.core.app import App
 from sluice.core.metrics import Metrics
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
-from sluice.handlers import build_pipeline
 from sluice.infra.broker import make_broker, make_state
 from sluice.infra.state import StateBackend
 
@@ -55,7 +58,7 @@ class Reconciler:
     def pass_once(self) -> int:
         """One pass, unless another worker ran one within this interval; returns the gaps re-driven."""
         from sluice.core.leases import WORKER_ID
-        from sluice.core.reconcile import reconcile
+        from sluice.ml.reconcile import reconcile
 
         if self.runtime.state.claim("reconcile#pass", WORKER_ID, self.interval_s * 0.8) is not None:
             return 0  # the lease lapses by itself: the next interval, whoever comes first runs it
@@ -89,24 +92,28 @@ class Reconciler:
 
 def build_runtime(
     settings: Settings,
+    app: App,
     *,
     broker: Broker | None = None,
     state: StateBackend | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Runtime:
-    """The pipeline's stages declared as actors on the configured broker."""
-    return Runtime(settings, build_pipeline(), broker or make_broker(settings), state or make_state(settings),
+    """The app's stages declared as actors on the configured broker."""
+    return Runtime(settings, app, broker or make_broker(settings), state or make_state(settings),
                    on_event=on_event)
 
 
-def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: int = 1,
+def start(settings: Settings, *, app: App | None = None, runtime: Runtime | None = None, bridge_wait_s: int = 1,
           on_event: Callable[[str, dict[str, Any]], None] | None = None,
           metrics_port: int | None = None) -> Service:
     """Start the Dramatiq worker threads and the bridge; returns once both run.
 
     With `metrics_port` (0 picks a free port), the worker's Prometheus metrics are served at /metrics.
     """
-    runtime = runtime or build_runtime(settings, on_event=on_event)
+    if runtime is None:
+        if app is None:
+            raise TypeError("start() needs the app to run (or a runtime built from one)")
+        runtime = build_runtime(settings, app, on_event=on_event)
     metrics, metrics_server = None, None
     if metrics_port is not None:
         metrics = Metrics(settings, runtime.store)

@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from sluice.core import linear
-from sluice.core.contract import Contract
 from sluice.core.errors import SluiceError, TransientError
-from sluice.core.linear import LINEAR_JSON
+from sluice.ml import linear
+from sluice.ml.contract import Contract
+from sluice.ml.linear import LINEAR_JSON
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import modeling
-from sluice.core.contract import Contract, parse_contract
 from sluice.core.errors import IntegrityError, SluiceError
-from sluice.core.features import row_key_columns, training_columns, training_rows
 from sluice.infra.store import S3Store
+from sluice.ml import modeling
+from sluice.ml.contract import Contract, parse_contract
+from sluice.ml.features import row_key_columns, training_columns, training_rows
 
 ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator",
               "xgb_limitdepth": "XGBoostLimitDepthEstimator"}
@@ -100,7 +100,7 @@ def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
     mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame = frame.filter(pl.Series(~mask))
     holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
-    from sluice.core.bundle import load_run
+    from sluice.ml.bundle import load_run
 
     # The stored model's own column order (older runs stored their encoding with sorted keys).
     encoding = load_run(store, run).encoding

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import modeling
-from sluice.core.contract import HIGHER_IS_BETTER, Contract, PromotionSpec
+from sluice.ml import modeling
+from sluice.ml.contract import HIGHER_IS_BETTER, Contract, PromotionSpec
 
 PROMOTE = "promote"
 REJECT = "reject"

@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core.contract import Contract, parse_contract
 from sluice.core.errors import IntegrityError, ModelInputError
-from sluice.core.modeling import EXTENSION, Encoding, Predictor
-from sluice.core.transforms import NULL_KEY, transforms_for_scoring
-from sluice.core.validation import POLARS_TYPES, typed_exprs
+from sluice.ml.contract import Contract, parse_contract
+from sluice.ml.modeling import EXTENSION, Encoding, Predictor
+from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
+from sluice.ml.validation import POLARS_TYPES, typed_exprs
 
 BUNDLE_FORMAT = "sluice-model-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -652,7 +652,7 @@ def _legacy_version(store: Any, version: dict[str, Any]) -> Model:
 
 
 def _legacy_run(store: Any, run: dict[str, Any], *, expected_model_sha: str, version: int | None) -> Model:
-    from sluice.core.runs import contract_of
+    from sluice.ml.runs import contract_of
 
     arts = run["artifacts"]
     fmt = arts["model"].get("format", "lightgbm-text")
@@ -687,10 +687,10 @@ def load_model(ref: Any, *, settings: Any = None, store: Any = None) -> Model:
     Every file is checked against its sha256 before it is used; a registered version's bundle is checked against
     the registry's record. Nothing executable is loaded.
     """
-    from sluice.core.registry import ModelRegistry
     from sluice.core.settings import Settings
     from sluice.infra.state import MemoryState
     from sluice.infra.store import S3Store
+    from sluice.ml.registry import ModelRegistry
 
     if isinstance(ref, (bytes, str)) and str(ref[:1] if isinstance(ref, str) else ref[:1].decode()) == "{":
         ref = json.loads(ref)

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sluice.core.errors import SluiceError
-from sluice.core.registry import ModelRegistry
 from sluice.infra.state import StateBackend
 from sluice.infra.store import S3Store
+from sluice.ml.registry import ModelRegistry
 
 
 def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[str, Any]:
@@ -78,10 +78,10 @@ def _staleness(progress: dict[str, Any]) -> dict[str, Any]:
 def pending_arrivals(store: S3Store, state: StateBackend, dataset: str, done: set[tuple[str, Any]],
                      now: datetime | None = None) -> list[dict[str, Any]]:
     """Drops with no outcome yet: waiting for a worker, in progress (and where), or stuck past their time limit."""
-    from sluice.core.reconcile import event_for, listing
     from sluice.core.runtime import claim_key, route_time_limit_s
     from sluice.handlers import build_pipeline
     from sluice.infra.state import IN_PROGRESS
+    from sluice.ml.reconcile import event_for, listing
 
     now = now or datetime.now(UTC)
     routes = {r.name: r for r in build_pipeline().routes}
@@ -107,7 +107,7 @@ def pending_arrivals(store: S3Store, state: StateBackend, dataset: str, done: se
 def waiting(store: S3Store, dataset: str, feature_sets: list[dict[str, Any]], runs: list[dict[str, Any]],
             now: datetime | None = None) -> dict[str, Any] | None:
     """When the newest feature set has no run yet: when the debounce lets its training start (0: due now)."""
-    from sluice.core.contract import load_contract
+    from sluice.ml.contract import load_contract
 
     if not feature_sets:
         return None

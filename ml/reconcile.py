@@ -162,8 +162,8 @@ def _feature_gaps(store: S3Store, ds: str, quarantined: set[Any], min_age_s: flo
 def _training_gap(store: S3Store, ds: str, quarantined: set[Any], min_age_s: float,
                   now: datetime) -> tuple[list[Gap], str | None]:
     """The newest inputs of a dataset with no run: the coalesced training never came (e.g. Redis lost it)."""
-    from sluice.core.contract import load_contract
-    from sluice.core.features import label_versions, latest_feature_set
+    from sluice.ml.contract import load_contract
+    from sluice.ml.features import label_versions, latest_feature_set
 
     try:
         contract = load_contract(store, ds)
@@ -201,10 +201,10 @@ def _training_gap(store: S3Store, ds: str, quarantined: set[Any], min_age_s: flo
 
 def _registry_gaps(store: S3Store, state: StateBackend | None, model: str, min_age_s: float,
                    now: datetime) -> list[Gap]:
-    from sluice.core.registry import ModelRegistry
     from sluice.core.runtime import published_key
     from sluice.events.model import for_transition
     from sluice.infra.state import MemoryState
+    from sluice.ml.registry import ModelRegistry
 
     registry = ModelRegistry(store, state or MemoryState())
     versions = {v["run_id"]: v for v in registry.versions(model)}

@@ -47,7 +47,7 @@ ALLOWED = {
     (REJECTED, CHAMPION),  # only with --force
     (REJECTED, ARCHIVED),
 }
-# Gate outcomes, as recorded in a version's `decision` (see core/gate.py).
+# Gate outcomes, as recorded in a version's `decision` (see ml/gate.py).
 PROMOTE, REJECT, INSUFFICIENT = "promote", "reject", "insufficient_evidence"
 AUTOMATIC = "sluice"
 RESCORED = "rescored"  # a history action that changes no stage: corrected gate scores of a version
@@ -352,7 +352,7 @@ class ModelRegistry:
         return problems
 
     def _artifact_problems(self, version: dict[str, Any]) -> list[str]:
-        from sluice.core.bundle import load_version
+        from sluice.ml.bundle import load_version
 
         where = f"v{version.get('version')}"
         try:

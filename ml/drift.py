@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core.contract import DriftSpec
+from sluice.ml.contract import DriftSpec
 
 BINS = 10
 TOP_CATEGORIES = 50

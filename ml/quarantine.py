@@ -18,10 +18,10 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core.contract import load_contract
 from sluice.core.errors import SluiceError
-from sluice.core.validation import REASONS, ROW
 from sluice.infra.store import S3Store
+from sluice.ml.contract import load_contract
+from sluice.ml.validation import REASONS, ROW
 
 REPLAY_OF = "sluice-replay-of"
 REPLAY_KEY = "sluice-replay-key"
