@@ -74,12 +74,12 @@ def make_app() -> App:
     def ratio(a: pl.Expr, b: pl.Expr) -> pl.Expr:
         return pl.when(b != 0).then(a / b).otherwise(None)
 
-    app.learner("linear", linear_learner(), save=save_linear, load=load_linear)
+    app.learner("logreg", linear_learner(), save=save_linear, load=load_linear)
     return app
 
 
 def extended_contract(base: Contract | None = None, *, check: str = "at_most", feature: str = "ratio",
-                      learner: str = "linear") -> Contract:
+                      learner: str = "logreg") -> Contract:
     base = base or sample_contract()
     columns = dict(base.columns)
     columns["mean_radius"] = columns["mean_radius"].model_copy(update={"checks": [{check: {"limit": 30}}]})
@@ -129,7 +129,7 @@ def test_a_check_a_feature_function_and_a_learner_of_the_app_work_through_the_wh
     expected = features["mean_area"] / features["mean_radius"]
     assert np.allclose(features["area_per_radius"].to_numpy(), expected.to_numpy())
     # train: the app's learner won (it was the only one), stored as its own JSON, never pickle
-    assert run["best_estimator"] == "linear"
+    assert run["best_estimator"] == "logreg"
     assert "area_per_radius" in json.loads(rt.store.get(run["artifacts"]["encoding"]["key"]))["order"]
     [version] = versions(rt.store)
     from sluice.infra.state import MemoryState
@@ -138,7 +138,7 @@ def test_a_check_a_feature_function_and_a_learner_of_the_app_work_through_the_wh
     alias = ModelRegistry(rt.store, MemoryState()).alias(DATASET)  # promoted over the naive baseline
     assert alias is not None and alias["version"] == version["version"] == 1
     model_key = run["artifacts"]["model"]["key"]
-    assert run["artifacts"]["model"]["format"] == "custom:linear"
+    assert run["artifacts"]["model"]["format"] == "custom:logreg"
     assert json.loads(rt.store.get(model_key))["coef"]  # JSON coefficients
 
     # predict: load_model with the app scores, through the same feature function
@@ -182,7 +182,8 @@ def run_chain_validate_only(rt: Any, key: str, data: bytes) -> dict[str, Any]:
     ({"feature": "nope"}, r"feature 'area_per_radius': feature function 'nope' is not registered in this app "
                           r"\(registered: ratio\)\. Register it in your app with `@app.feature\('nope'\)`"),
     ({"learner": "svm"}, r"training.estimators: learner 'svm' is not registered in this app \(registered: lgbm, "
-                         r"xgboost, xgb_limitdepth, linear\)\. Register it in your app with `app.learner\('svm'\)`"),
+                         r"xgboost, xgb_limitdepth, linear, logreg\)\. Register it in your app with "
+                         r"`app.learner\('svm'\)`"),
 ])
 def test_a_contract_naming_what_the_app_lacks_is_quarantined_saying_what_is_registered(
         app_runtime: Any, names: dict[str, str], message: str) -> None:
@@ -201,12 +202,12 @@ def test_a_contract_naming_what_the_app_lacks_is_quarantined_saying_what_is_regi
 
 def test_misregistrations_fail_at_registration_with_their_message() -> None:
     app = App()
-    with pytest.raises(AppError, match=r"learner 'linear': Sluice never stores or loads pickle.*save=.*load="):
-        app.learner("linear", linear_learner())
+    with pytest.raises(AppError, match=r"learner 'logreg': Sluice never stores or loads pickle.*save=.*load="):
+        app.learner("logreg", linear_learner())
     with pytest.raises(AppError, match="learner 'lgbm' is registered twice"):
         app.learner("lgbm", linear_learner(), save=save_linear, load=load_linear)
     with pytest.raises(AppError, match="pass the estimator class"):
-        app.learner("linear", linear_learner()(), save=save_linear, load=load_linear)  # type: ignore[arg-type]
+        app.learner("logreg", linear_learner()(), save=save_linear, load=load_linear)  # type: ignore[arg-type]
     app.check("even")(lambda col: col % 2 == 0)
     with pytest.raises(AppError, match="check 'even' is registered twice"):
         app.check("even")(lambda col: col % 2 == 1)
