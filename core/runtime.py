@@ -25,15 +25,11 @@ from sluice.core.errors import ContractError, Defer, InputError, IntegrityError,
 from sluice.core.leases import WORKER_ID, Heartbeat
 from sluice.core.middleware import DEFERRALS, DeadLetters, InFlight, attempts
 from sluice.core.outputs import RecordingStore
+from sluice.core.ports import COMPLETED, ObjectStore, OnlineStore, Publisher, StateBackend
 from sluice.core.provenance import is_signed
 from sluice.core.settings import Settings
 from sluice.events.model import ModelEvent
 from sluice.events.s3 import NotificationDecodeError, ObjectCreated, parse_s3_notification
-from sluice.infra.aws import client
-from sluice.infra.notify import SnsPublisher
-from sluice.infra.online import OnlineStore, make_online
-from sluice.infra.state import COMPLETED, StateBackend
-from sluice.infra.store import S3Store
 from sluice.ml.validation import examples, summarize
 
 log = logging.getLogger("sluice")
@@ -85,18 +81,18 @@ class Runtime:
         broker: Broker,
         state: StateBackend,
         *,
-        store: S3Store | None = None,
-        publisher: SnsPublisher | None = None,
-        online: OnlineStore | None = None,
+        store: ObjectStore,
+        publisher: Publisher,
+        online: OnlineStore,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ):
         self.settings = settings
         self.pipeline = pipeline
         self.broker = broker
         self.state = state
-        self.store = store or S3Store(settings)
-        self.publisher = publisher or SnsPublisher(settings)
-        self.online = online or make_online(settings)
+        self.store = store
+        self.publisher = publisher
+        self.online = online
         self.on_event = on_event or (lambda kind, detail: None)
         self.queue_name = settings.namespace
         self.inflight = InFlight()
@@ -259,7 +255,7 @@ class Runtime:
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
 
-    def _publish_once(self, store: S3Store, effect: ModelEvent) -> None:
+    def _publish_once(self, store: ObjectStore, effect: ModelEvent) -> None:
         """Publish, then record the publication (`published/`): a re-run of the stage does not send it again.
 
         A crash between the two sends it twice, with the same CloudEvent id: consumers de-duplicate on it.
@@ -377,9 +373,9 @@ class SqsBridge:
     it again (at least once), and a message that keeps failing moves to the SQS dead-letter queue.
     """
 
-    def __init__(self, runtime: Runtime, *, wait_s: int = 1):
+    def __init__(self, runtime: Runtime, sqs: Any, *, wait_s: int = 1):
         self.runtime = runtime
-        self.sqs = client("sqs", runtime.settings)
+        self.sqs = sqs  # a boto3 SQS client (sluice/service.py makes it from the settings)
         self.queue_url = self.sqs.get_queue_url(QueueName=runtime.settings.events_queue)["QueueUrl"]
         self.wait_s = wait_s
         self.stopping = threading.Event()

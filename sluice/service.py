@@ -10,12 +10,17 @@ from typing import Any
 
 from dramatiq import Broker, Worker
 
+from sluice.core.app import Pipeline
 from sluice.core.metrics import Metrics
+from sluice.core.ports import ObjectStore, OnlineStore, Publisher, StateBackend
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
 from sluice.handlers import build_pipeline
+from sluice.infra.aws import client
 from sluice.infra.broker import make_broker, make_state
-from sluice.infra.state import StateBackend
+from sluice.infra.notify import SnsPublisher
+from sluice.infra.online import make_online
+from sluice.infra.store import S3Store
 
 
 @dataclass
@@ -90,12 +95,19 @@ class Reconciler:
 def build_runtime(
     settings: Settings,
     *,
+    pipeline: Pipeline | None = None,
     broker: Broker | None = None,
     state: StateBackend | None = None,
+    store: ObjectStore | None = None,
+    publisher: Publisher | None = None,
+    online: OnlineStore | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Runtime:
-    """The pipeline's stages declared as actors on the configured broker."""
-    return Runtime(settings, build_pipeline(), broker or make_broker(settings), state or make_state(settings),
+    """The pipeline's stages declared as actors on the configured broker: the one place where the ports
+    (core/ports.py) get the implementations the settings name (infra/), unless given."""
+    return Runtime(settings, pipeline or build_pipeline(), broker or make_broker(settings),
+                   state or make_state(settings), store=store or S3Store(settings),
+                   publisher=publisher or SnsPublisher(settings), online=online or make_online(settings),
                    on_event=on_event)
 
 
@@ -112,12 +124,12 @@ def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: 
         metrics = Metrics(settings, runtime.store)
         runtime.on_event = metrics.chain(runtime.on_event)
         runtime.broker.add_middleware(metrics.middleware())
-        metrics.watch_queues()
+        metrics.watch_queues(client("sqs", settings))
         metrics_server = metrics.serve(metrics_port)
     worker = Worker(runtime.broker, worker_threads=settings.worker_threads,
                     worker_timeout=settings.poll_interval_ms)
     worker.start()
-    bridge = SqsBridge(runtime, wait_s=bridge_wait_s)
+    bridge = SqsBridge(runtime, client("sqs", settings), wait_s=bridge_wait_s)
     bridge.start()
     reconciler = None
     if settings.reconcile_interval_s > 0:

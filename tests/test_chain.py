@@ -16,10 +16,8 @@ import pytest
 
 from sluice.core.app import Pipeline
 from sluice.core.errors import TransientError
-from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.infra.aws import client
-from sluice.infra.broker import make_broker, make_state
 from sluice.infra.subscribe import TemporarySubscription
 from sluice.service import Service, build_runtime, start
 from tests.chain import DATASET, ledger, prepare, sample_bytes, versions, wait_for
@@ -158,7 +156,7 @@ def test_transient_faults_are_retried_and_exhausted_ones_dead_lettered(settings:
         attempts["broken"] += 1
         raise TransientError("still down")
 
-    runtime = Runtime(settings, pipeline, make_broker(settings), make_state(settings))
+    runtime = build_runtime(settings, pipeline=pipeline)
     worker = Worker(runtime.broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
