@@ -21,7 +21,16 @@ from dramatiq import Broker
 
 from sluice.core.app import Pipeline, Route
 from sluice.core.context import Context
-from sluice.core.errors import ContractError, Defer, InputError, IntegrityError, ModelInputError, SluiceError, clip
+from sluice.core.errors import (
+    ContractError,
+    Defer,
+    InputError,
+    IntegrityError,
+    ModelInputError,
+    clip,
+    examples,
+    summarize,
+)
 from sluice.core.leases import WORKER_ID, Heartbeat
 from sluice.core.middleware import DEFERRALS, DeadLetters, InFlight, attempts
 from sluice.core.outputs import RecordingStore
@@ -30,7 +39,6 @@ from sluice.core.provenance import is_signed
 from sluice.core.settings import Settings
 from sluice.events.model import ModelEvent
 from sluice.events.s3 import NotificationDecodeError, ObjectCreated, parse_s3_notification
-from sluice.ml.validation import examples, summarize
 
 log = logging.getLogger("sluice")
 
@@ -85,7 +93,10 @@ class Runtime:
         publisher: Publisher,
         online: OnlineStore,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        contract_time_limit: Callable[[ObjectStore, str], int | None] | None = None,
     ):
+        """`contract_time_limit(store, key)`: the time limit of a `time_limit_from_contract` stage on `key`
+        (ml/contract.py's `training_time_limit_s`), or None for the route's own."""
         self.settings = settings
         self.pipeline = pipeline
         self.broker = broker
@@ -94,6 +105,7 @@ class Runtime:
         self.publisher = publisher
         self.online = online
         self.on_event = on_event or (lambda kind, detail: None)
+        self.contract_time_limit = contract_time_limit
         self.queue_name = settings.namespace
         self.inflight = InFlight()
         broker.add_middleware(self.inflight)
@@ -158,12 +170,7 @@ class Runtime:
             self.actors[stage].send(event.to_dict())
 
     def _contract_time_limit(self, key: str) -> int | None:
-        from sluice.ml.contract import load_contract
-
-        try:
-            return load_contract(self.store, dataset_of(key)).training.time_limit_s
-        except SluiceError:
-            return None  # the stage itself reports the missing or broken contract
+        return self.contract_time_limit(self.store, key) if self.contract_time_limit is not None else None
 
     def _time_limit_s(self, route: Route, message: Any) -> float:
         """The one number: the message's time limit (what Dramatiq enforces) bounds how long its lease lives."""

@@ -21,6 +21,7 @@ from sluice.infra.broker import make_broker, make_state
 from sluice.infra.notify import SnsPublisher
 from sluice.infra.online import make_online
 from sluice.infra.store import S3Store
+from sluice.ml.contract import training_time_limit_s
 
 
 @dataclass
@@ -108,7 +109,7 @@ def build_runtime(
     return Runtime(settings, pipeline or build_pipeline(), broker or make_broker(settings),
                    state or make_state(settings), store=store or S3Store(settings),
                    publisher=publisher or SnsPublisher(settings), online=online or make_online(settings),
-                   on_event=on_event)
+                   on_event=on_event, contract_time_limit=training_time_limit_s)
 
 
 def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: int = 1,
