@@ -41,6 +41,7 @@ def child() -> None:
     import logging
 
     from sluice.core.settings import Settings
+    from sluice.handlers import build_pipeline
     from sluice.service import build_runtime, start
 
     logging.basicConfig(level=logging.ERROR)  # the quarantine warnings would drown the figures
@@ -53,7 +54,7 @@ def child() -> None:
                 print(json.dumps({"t": time.time(), "kind": kind, "stage": detail.get("stage"),
                                   "key": detail.get("key", (detail.get("source") or {}).get("key"))}), flush=True)
 
-    service = start(settings, runtime=build_runtime(settings, on_event=on_event), bridge_wait_s=10)
+    service = start(settings, runtime=build_runtime(settings, build_pipeline(), on_event=on_event), bridge_wait_s=10)
     print(json.dumps({"kind": "ready"}), flush=True)
     sys.stdin.read()  # until the parent closes our stdin
     service.stop()

@@ -45,6 +45,7 @@ from sluice.ml.contract import HIGHER_IS_BETTER, contract_key, infer_contract, p
 from sluice.ml.validation import read_sample
 
 TEST_FRACTION = 0.2
+SPLIT_SEED = 2026
 AUTOGLUON_SCRIPT = """
 import json, sys, time
 import pandas as pd
@@ -68,7 +69,7 @@ AG_METRIC = {"roc_auc": "roc_auc", "log_loss": "log_loss", "rmse": "root_mean_sq
 AG_PROBLEM = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}
 
 
-def split(frame: pl.DataFrame, seed: int = 2026) -> tuple[pl.DataFrame, pl.DataFrame]:
+def split(frame: pl.DataFrame, seed: int = SPLIT_SEED) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Development and test rows: a seeded shuffle, the last 20 % held out for the test."""
     order = np.random.default_rng(seed).permutation(frame.height)
     n_test = round(frame.height * TEST_FRACTION)
@@ -109,18 +110,22 @@ def labels(frame: pl.DataFrame, target: str, classes: list[str] | None) -> np.nd
 
 
 def run_chain(data: Dataset, dev: pl.DataFrame, settings: Any, store: Any, budget: float,
-              estimators: list[str] | None, timeout: float) -> dict[str, Any]:
-    """Drop the development CSV into the running chain; wait for the registered version."""
+              estimators: list[str] | None, timeout: float, n_jobs: int | None = None, suffix: str = ""
+              ) -> dict[str, Any]:
+    """Drop the development CSV into the running chain (as its own dataset: `suffix` tells repeats apart, so no
+    repeat trains on another's test rows); wait for the registered version."""
     from sluice.infra.state import MemoryState
     from sluice.ml.registry import ModelRegistry
 
-    name = data.name.split()[0].replace("_", "-")
+    name = data.name.split()[0].replace("_", "-") + suffix
     raw = csv_bytes(dev)
     contract = infer_contract(read_sample("dev.csv", raw), name, data.target, time_budget_s=budget)
     contract = parse_contract(contract.to_yaml())  # exactly what `contract infer` + `contract put` would upload
-    if estimators:
-        contract = contract.model_copy(update={"training": contract.training.model_copy(
-            update={"estimators": estimators})})
+    overrides: dict[str, Any] = {"estimators": estimators} if estimators else {}
+    if n_jobs is not None:
+        overrides["n_jobs"] = n_jobs
+    if overrides:
+        contract = contract.model_copy(update={"training": contract.training.model_copy(update=overrides)})
     store.put(contract_key(name), contract.to_yaml().encode())
     t0 = time.perf_counter()
     store.put(f"incoming/{name}/dev.csv", raw)
@@ -215,6 +220,10 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*", help="names (first word) to run; default all six")
     parser.add_argument("--autogluon-python", help="a Python with autogluon.tabular installed")
     parser.add_argument("--estimators", nargs="*", help="override the contract's estimators (to measure)")
+    parser.add_argument("--n-jobs", type=int, help="override the contract's training.n_jobs (to measure)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="seeded test splits per dataset; the table shows each system's mean (small test sets "
+                             "swing from split to split)")
     parser.add_argument("--timeout", type=float, default=600.0)
     args = parser.parse_args()
 
@@ -245,60 +254,83 @@ def main() -> None:
         for data in all_datasets():
             if args.datasets and data.name.split()[0] not in args.datasets:
                 continue
-            dev, test = split(data.frame)
-            chain = run_chain(data, dev, settings, store, args.budget, args.estimators, args.timeout)
-            contract, run = chain["contract"], chain["run"]
-            metric = contract.metric
-            shipped, evaluated, classes = sluice_scores(chain, test, data.target, store, settings)
-            y = labels(test, data.target, classes)
-            k = len(classes) if classes else None
-            row: dict[str, Any] = {
-                "dataset": data.name, "task": data.task, "metric": metric, "rows": f"{dev.height}+{test.height}",
-                "decision": chain["version"]["decision"], "estimator": run["best_estimator"],
-                "train_stage_s": run["durations_s"]["total"], "drop_to_version_s": chain["drop_to_version_s"],
-                "durations": run["durations_s"], "refit_s": (run.get("refit") or {}).get("fit_s"),
-                "leaks": run.get("leakage", {}).get("columns", []),
-                "sluice": modeling.score(metric, y, shipped, k), "sluice-eval": modeling.score(metric, y, evaluated, k),
-            }
-            f_scores, row["flaml_s"] = flaml_scores(dev, test, data, metric, args.budget, classes)
-            row["flaml"] = modeling.score(metric, y, f_scores, k)
-            l_scores, row["lgbm_s"] = lgbm_scores(dev, test, data, classes)
-            row["lgbm"] = modeling.score(metric, y, l_scores, k)
-            if args.autogluon_python:
-                try:
-                    a_scores, row["autogluon_s"] = autogluon_scores(args.autogluon_python, dev, test, data, metric,
-                                                                    args.budget, classes)
-                    row["autogluon"] = modeling.score(metric, y, a_scores, k)
-                except (subprocess.SubprocessError, OSError) as exc:
-                    print(f"  AutoGluon failed on {data.name}: {exc.__class__.__name__}", flush=True)
-                    row["autogluon"] = float("nan")
-            rows.append(row)
-            print(json.dumps(row, default=str), flush=True)
+            for repeat in range(args.repeats):
+                dev, test = split(data.frame, seed=SPLIT_SEED + repeat)
+                row = measure(data, dev, test, repeat, args, settings, store)
+                rows.append(row)
+                print(json.dumps(row, default=str), flush=True)
     finally:
         service.stop()
         server.stop()
     report(rows, args, load0)
 
 
+def measure(data: Dataset, dev: pl.DataFrame, test: pl.DataFrame, repeat: int, args: argparse.Namespace,
+            settings: Any, store: Any) -> dict[str, Any]:
+    """One dataset, one split: the chain's champion, plain FLAML, default LightGBM (and AutoGluon) on the test rows."""
+    chain = run_chain(data, dev, settings, store, args.budget, args.estimators, args.timeout, args.n_jobs,
+                      suffix=f"-r{repeat}" if repeat else "")
+    contract, run = chain["contract"], chain["run"]
+    metric = contract.metric
+    shipped, evaluated, classes = sluice_scores(chain, test, data.target, store, settings)
+    y = labels(test, data.target, classes)
+    k = len(classes) if classes else None
+    row: dict[str, Any] = {
+        "dataset": data.name, "repeat": repeat, "task": data.task, "metric": metric,
+        "rows": f"{dev.height}+{test.height}", "decision": chain["version"]["decision"],
+        "estimator": run["best_estimator"], "config": run["best_config"], "trials": run["trials"]["count"],
+        "n_jobs": contract.training.n_jobs, "estimators": contract.training.estimators,
+        "train_stage_s": run["durations_s"]["total"], "drop_to_version_s": chain["drop_to_version_s"],
+        "durations": run["durations_s"], "refit_s": (run.get("refit") or {}).get("fit_s"),
+        "leaks": run.get("leakage", {}).get("columns", []),
+        "sluice": modeling.score(metric, y, shipped, k), "sluice-eval": modeling.score(metric, y, evaluated, k),
+    }
+    f_scores, row["flaml_s"] = flaml_scores(dev, test, data, metric, args.budget, classes)
+    row["flaml"] = modeling.score(metric, y, f_scores, k)
+    l_scores, row["lgbm_s"] = lgbm_scores(dev, test, data, classes)
+    row["lgbm"] = modeling.score(metric, y, l_scores, k)
+    if args.autogluon_python:
+        try:
+            a_scores, row["autogluon_s"] = autogluon_scores(args.autogluon_python, dev, test, data, metric,
+                                                            args.budget, classes)
+            row["autogluon"] = modeling.score(metric, y, a_scores, k)
+        except (subprocess.SubprocessError, OSError) as exc:
+            print(f"  AutoGluon failed on {data.name}: {exc.__class__.__name__}", flush=True)
+            row["autogluon"] = float("nan")
+    return row
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, load0: tuple[float, float, float]) -> None:
+    """One line per dataset: each system's test score (the mean over the repeats' splits), and whether Sluice is at
+    least as good as the better of plain FLAML and default LightGBM on that mean (and on how many single splits)."""
     columns = ["sluice", "sluice-eval", "flaml", "lgbm", *(["autogluon"] if args.autogluon_python else [])]
-    print(f"\nbudget {args.budget:g}s; test scores on rows never dropped (↑ higher is better, ↓ lower)")
+    print(f"\nbudget {args.budget:g}s; test scores on rows never dropped (↑ higher is better, ↓ lower)"
+          + (f"; each the mean over {args.repeats} seeded test splits" if args.repeats > 1 else ""))
     head = f"{'dataset':20} {'metric':10} {'rows':>11} " + " ".join(f"{c:>11}" for c in columns)
-    print(head + f" {'best est.':>10} {'decision':>9} {'train s':>8} {'beats both':>10}")
+    print(head + f" {'best est.':>14} {'train s':>8} {'beats both':>10}")
     wins = 0
-    for r in rows:
-        hib = HIGHER_IS_BETTER[r["metric"]]
-        best_other = max(r["flaml"], r["lgbm"]) if hib else min(r["flaml"], r["lgbm"])
-        ok = r["sluice"] >= best_other if hib else r["sluice"] <= best_other
+    names = list(dict.fromkeys(r["dataset"] for r in rows))
+    for name in names:
+        group = [r for r in rows if r["dataset"] == name]
+        first = group[0]
+        hib = HIGHER_IS_BETTER[first["metric"]]
+        mean = {c: float(np.mean([r[c] for r in group])) for c in columns}
+        ok = _at_least(mean["sluice"], mean["flaml"], mean["lgbm"], hib)
+        single = sum(_at_least(r["sluice"], r["flaml"], r["lgbm"], hib) for r in group)
         wins += ok
         arrow = "↑" if hib else "↓"
-        print(f"{r['dataset'][:20]:20} {r['metric'] + ' ' + arrow:10} {r['rows']:>11} "
-              + " ".join(f"{r[c]:11.4f}" for c in columns)
-              + f" {r['estimator']:>10} {r['decision'][:9]:>9} {r['train_stage_s']:8.1f} {'yes' if ok else 'NO':>10}")
-    print(f"\nSluice at least as good as the better of plain FLAML and default LightGBM on {wins} of {len(rows)}.")
+        learners = ",".join(sorted({r["estimator"] for r in group}))
+        verdict = ("yes" if ok else "NO") + (f" {single}/{len(group)}" if len(group) > 1 else "")
+        print(f"{name[:20]:20} {first['metric'] + ' ' + arrow:10} {first['rows']:>11} "
+              + " ".join(f"{mean[c]:11.4f}" for c in columns)
+              + f" {learners[:14]:>14} {max(r['train_stage_s'] for r in group):8.1f} {verdict:>10}")
+    print(f"\nSluice at least as good as the better of plain FLAML and default LightGBM on {wins} of {len(names)}.")
     print(f"load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores)")
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
 
+
+def _at_least(ours: float, flaml: float, lgbm: float, higher_is_better: bool) -> bool:
+    return ours >= max(flaml, lgbm) if higher_is_better else ours <= min(flaml, lgbm)
 
 if __name__ == "__main__":
     main()

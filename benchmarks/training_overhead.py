@@ -67,7 +67,7 @@ def main() -> None:
         settings = replace(Settings(), bucket=f"bench-{uuid.uuid4().hex[:8]}", broker_url="memory://",
                            endpoint_url=f"http://{host}:{port}")
         provision(settings, build_pipeline().routes)
-        rt = build_runtime(settings, pipeline=build_pipeline(), broker=StubBroker(), state=MemoryState())
+        rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState())
         contract = infer_contract(pl.read_csv(io.BytesIO(data)), "bench", target, budget, debounce_s=0)
         rt.store.put(contract_key("bench"), contract.to_yaml().encode())
         rt.store.put("incoming/bench/data.csv", data)

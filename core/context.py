@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sluice.core.app import Extensions
 from sluice.core.memory import MemoryOnline
 from sluice.core.ports import ObjectStore, OnlineStore, StateBackend
 from sluice.core.settings import Settings
@@ -27,6 +28,8 @@ class Context:
     online: OnlineStore = field(default_factory=MemoryOnline)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice"))
     now: Callable[[], datetime] = utcnow
+    # The app's checks, feature functions and learners: what the contract may name beyond the built-ins.
+    extensions: Extensions = field(default_factory=Extensions)
 
     @property
     def source(self) -> str:

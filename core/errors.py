@@ -6,8 +6,10 @@
     │   ├── ContractBroken    the dataset's stored contract does not parse (fix it, then re-drop)
     │   ├── UnreadableFile    the bytes are not a table Sluice can read
     │   ├── ValidationFailed  the table breaks the dataset's contract
-    │   └── LimitExceeded     the file would cost more than the contract's `limits` allow (checked before the work)
+    │   ├── LimitExceeded     the file would cost more than the contract's `limits` allow (checked before the work)
+    │   └── UnknownExtension  the contract names a check, feature function or learner the running app lacks
     ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
+    ├── AppError              an app's registration or a handler's result is wrong (a programming error: fix the app)
     ├── RegistryError         a lifecycle command that the registry refuses (says which command would work)
     ├── IntegrityError        stored bytes are not what Sluice recorded (never retried, never loaded)
     ├── ModelInputError       rows handed to a loaded model that it cannot score at all (names what is wrong)
@@ -108,8 +110,20 @@ class LimitExceeded(InputError):
     reason = "limit-exceeded"
 
 
+class UnknownExtension(InputError):
+    """The contract names a check, feature function or learner that the running app does not register: the drop is
+    quarantined with what is registered and how to register it, and can be replayed once the app has it."""
+
+    reason = "unknown-extension"
+
+
 class ContractError(SluiceError):
     """A contract document is malformed."""
+
+
+class AppError(SluiceError):
+    """A mistake in the user's app: a registration (unknown option, clash, overlap, a learner without a non-pickle
+    format) or what a handler returned. Raised at registration where possible; never retried."""
 
 
 class RegistryError(SluiceError):

@@ -19,9 +19,10 @@ from typing import Any
 import dramatiq
 from dramatiq import Broker
 
-from sluice.core.app import Pipeline, Route
+from sluice.core.app import NewObject, Pipeline, Route
 from sluice.core.context import Context
 from sluice.core.errors import (
+    AppError,
     ContractError,
     Defer,
     InputError,
@@ -65,7 +66,22 @@ def published_key(model: str, event_id: str) -> str:
     """Where the publication of one model event is recorded."""
     return f"published/{model}/{event_id}.json"
 # Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
-PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError)
+PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError)
+
+
+def handler_effects(stage: str, result: Any) -> list[ModelEvent | NewObject]:
+    """What a handler returned, as effects: None, one model event or new object, or a list of them. Anything else
+    is a mistake in the handler, said before any effect runs (never silently dropped)."""
+    if result is None:
+        return []
+    items = list(result) if isinstance(result, list | tuple) else [result]
+    for item in items:
+        if not isinstance(item, ModelEvent | NewObject):
+            raise AppError(
+                f"stage {stage!r} returned a {type(item).__module__}.{type(item).__qualname__}; a handler returns "
+                "None, or a list of model events (sluice.events.model.ModelEvent, published on the topic) and new "
+                "objects (sluice.NewObject(key, body), written to the bucket). Return [] when there is nothing to do.")
+    return items
 
 
 def dataset_of(key: str) -> str:
@@ -146,7 +162,7 @@ class Runtime:
 
     def context(self) -> Context:
         """A fresh handler context."""
-        return Context(self.settings, self.store, self.state, self.online)
+        return Context(self.settings, self.store, self.state, self.online, extensions=self.pipeline.extensions)
 
     def dispatch(self, event: ObjectCreated) -> list[str]:
         """Send the event to every stage whose route matches its key; returns the stage names."""
@@ -222,7 +238,7 @@ class Runtime:
     def _run(self, route: Route, event: ObjectCreated, key: str, owner: str, message: Any) -> dict[str, Any]:
         name = route.name
         store = RecordingStore(self.store)
-        ctx = Context(self.settings, store, self.state, self.online)
+        ctx = Context(self.settings, store, self.state, self.online, extensions=self.pipeline.extensions)
         self.on_event("start", {"stage": name, "key": event.key, "owner": owner})
         if pause := self.settings.fault_delay_s(name):
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
@@ -232,7 +248,7 @@ class Runtime:
                 if is_signed(event.key):
                     # Woken by a document: act only on one a Sluice stage wrote (core/provenance.py).
                     self.store.verify(event.key, event.version_id)
-                effects = self.pipeline.handlers[name](event, ctx)
+                effects = handler_effects(name, self.pipeline.handlers[name](event, ctx))
             except IntegrityError as err:
                 result = {**self.refuse(ctx, name, event, err), "outputs": sorted(store.written)}
                 # Completed, naming the refusal record: `sluice refused redrive` forgets it to run the stage again.
@@ -248,7 +264,9 @@ class Runtime:
                 return result
             published = []
             for effect in effects:
-                if isinstance(effect, ModelEvent):
+                if isinstance(effect, NewObject):
+                    self._write(store, name, effect)
+                else:
                     self._publish_once(store, effect)
                     published.append(effect.id)
         except BaseException:
@@ -261,6 +279,19 @@ class Runtime:
             log.warning("lease %s was lost while the stage ran; its outputs are in the bucket all the same", key)
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
+
+    def _write(self, store: ObjectStore, stage: str, effect: NewObject) -> None:
+        """A handler's new object, written through the stage's recording store (signed where stages sign)."""
+        body = effect.body
+        if isinstance(body, dict | list):
+            store.put_json(effect.key, body)
+        else:
+            data = body.encode() if isinstance(body, str) else body
+            if effect.content_type:
+                store.put(effect.key, data, content_type=effect.content_type)
+            else:
+                store.put(effect.key, data)
+        log.info("wrote %-10s %s", stage, effect.key)
 
     def _publish_once(self, store: ObjectStore, effect: ModelEvent) -> None:
         """Publish, then record the publication (`published/`): a re-run of the stage does not send it again.

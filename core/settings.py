@@ -21,6 +21,8 @@ ENV_BROKER_HEARTBEAT_TIMEOUT_MS = "SLUICE_BROKER_HEARTBEAT_TIMEOUT_MS"
 ENV_BROKER_MAINTENANCE_CHANCE = "SLUICE_BROKER_MAINTENANCE_CHANCE"
 ENV_FAULT_DELAY = "SLUICE_FAULT_DELAY"  # fault injection only: "stage=seconds,..."
 ENV_POLL_INTERVAL_MS = "SLUICE_POLL_INTERVAL_MS"
+# Which app a worker runs (`module:attribute`); `--app` wins over it, and it over `[tool.sluice] app` in pyproject.toml.
+ENV_APP = "SLUICE_APP"
 ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"  # the standard boto3 variable; unset means real AWS
 ENV_REGION = "AWS_DEFAULT_REGION"
 # The key that signs every document a stage acts on (core/provenance.py). Workers (and operators running lifecycle

@@ -12,6 +12,7 @@ import ctypes
 import hashlib
 import json
 import math
+import os
 import tempfile
 import threading
 import time
@@ -25,7 +26,9 @@ import pandas as pd
 import polars as pl
 
 from sluice.core.errors import SluiceError, TransientError
+from sluice.ml import linear
 from sluice.ml.contract import Contract
+from sluice.ml.linear import LINEAR_JSON
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories
 
@@ -197,8 +200,11 @@ class ModelMismatch(SluiceError):
 LGBM_TEXT = "lightgbm-text"
 XGBOOST_JSON = "xgboost-json"
 # Learners whose fitted model has a format that loads without running code. Anything else is never stored.
-FORMAT_OF_LEARNER = {"lgbm": LGBM_TEXT, "xgboost": XGBOOST_JSON, "xgb_limitdepth": XGBOOST_JSON}
-EXTENSION = {LGBM_TEXT: "txt", XGBOOST_JSON: "json"}
+FORMAT_OF_LEARNER = {"lgbm": LGBM_TEXT, "xgboost": XGBOOST_JSON, "xgb_limitdepth": XGBOOST_JSON,
+                     "linear": LINEAR_JSON}
+EXTENSION = {LGBM_TEXT: "txt", XGBOOST_JSON: "json", LINEAR_JSON: "json"}
+# Sluice's own learners, added to FLAML's by name (`AutoML.add_learner`).
+CUSTOM_LEARNERS: dict[str, Callable[[], type]] = {"linear": linear.flaml_learner}
 TASK_METRICS = {"binary": ("roc_auc", "log_loss", "accuracy", "f1"), "multiclass": ("log_loss", "accuracy"),
                 "regression": ("rmse", "mae", "r2")}
 
@@ -261,6 +267,9 @@ def train(
     spec = contract.training
     X, y = encoding.features(frame), encoding.labels(frame)
     automl = AutoML()  # type: ignore[no-untyped-call]
+    for name in spec.estimators:
+        if name in CUSTOM_LEARNERS:
+            automl.add_learner(name, CUSTOM_LEARNERS[name]())  # type: ignore[no-untyped-call]
     task = "regression" if contract.task == "regression" else "classification"
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trials.jsonl"
@@ -271,7 +280,7 @@ def train(
             automl.fit(
                 X_train=X, y_train=y, task=task, metric=contract.metric,
                 time_budget=time_budget_s or spec.time_budget_s,
-                estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=spec.n_jobs, verbose=0,
+                estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=worker_jobs(spec.n_jobs), verbose=0,
                 log_file_name=str(log), log_type="all",
                 starting_points=search_starts(starting_points, list(spec.estimators)),
             )
@@ -372,6 +381,11 @@ LOW_COST_START: dict[str, dict[str, Any]] = {
 }
 
 
+def worker_jobs(n_jobs: int) -> int:
+    """Threads a fit uses: `training.n_jobs`, where -1 (the default) means every core this worker has."""
+    return (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
+
+
 def search_starts(warm: dict[str, dict[str, Any]] | None, estimators: list[str]) -> dict[str, Any]:
     """FLAML's `starting_points`: the champion's configuration first (warm start), FLAML's cheap first point,
     then the library defaults."""
@@ -391,6 +405,8 @@ def export(learner: str, model: Any) -> tuple[bytes, str]:
         return model.estimator.booster_.model_to_string().encode(), fmt
     if fmt == XGBOOST_JSON:
         return bytes(model.estimator.get_booster().save_raw(raw_format="json")), fmt
+    if fmt == LINEAR_JSON:
+        return bytes(model.estimator.to_json()), fmt
     raise ModelMismatch(f"learner {learner!r} has no format that loads without running code; "
                         f"use one of {sorted(FORMAT_OF_LEARNER)}")
 
@@ -412,6 +428,9 @@ class Predictor:
             self.booster = xgb.Booster()
             self.booster.load_model(bytearray(data))
             names = list(self.booster.feature_names or [])
+        elif fmt == LINEAR_JSON:
+            self.booster = linear.LinearModel.from_json(data)
+            names = list(self.booster.features_)
         else:
             raise ModelMismatch(f"model format {fmt!r} is not one Sluice loads (it loads {sorted(EXTENSION)}; "
                                 "pickled models are never loaded)")
@@ -428,6 +447,8 @@ class Predictor:
             import xgboost as xgb
 
             return np.asarray(self.booster.predict(xgb.DMatrix(X, feature_names=self.feature_names)))
+        if self.format == LINEAR_JSON:
+            return np.asarray(self.booster.scores(X))
         return np.asarray(self.booster.predict(X))
 
 

@@ -110,9 +110,11 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     if rebuilt.with_order(encoding.columns) != encoding:
         raise SluiceError(f"run {run['run_id']}: the recorded inputs no longer give the same training rows "
                           "(the encoding differs); were data versions deleted?")
-    estimator_cls = getattr(flaml_models, ESTIMATORS[run["best_estimator"]])
+    learner = run["best_estimator"]
+    estimator_cls = (modeling.CUSTOM_LEARNERS[learner]() if learner in modeling.CUSTOM_LEARNERS
+                     else getattr(flaml_models, ESTIMATORS[learner]))
     task = "regression" if contract.task == "regression" else "classification"
-    estimator = estimator_cls(task=task, n_jobs=spec.n_jobs, **run["best_config"])
+    estimator = estimator_cls(task=task, n_jobs=modeling.worker_jobs(spec.n_jobs), **run["best_config"])
     estimator.fit(encoding.features(train_frame), encoding.labels(train_frame))
     y = encoding.labels(holdout)
     known = y >= 0

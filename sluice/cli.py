@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from sluice.commands import contracts, data, events, features, models, ops, runs, trust
-from sluice.commands.common import dataset_name
+from sluice.commands.common import app_option, dataset_name, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -81,13 +81,14 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-def up() -> None:
-    """Provision the bucket, queues, topic and notifications (idempotent)."""
-    from sluice.handlers import build_pipeline
+@app_option
+def up(app_spec: str | None) -> None:
+    """Provision the bucket, queues, topic and one notification per stage of the app (idempotent)."""
     from sluice.infra.provision import provision
 
     settings = _settings()
-    res = provision(settings, build_pipeline().routes)
+    app = load_app(app_spec)
+    res = provision(settings, app.routes)
     for change in res.changes:
         click.echo(f"  + {change}")
     click.echo(f"{'provisioned' if res.changes else 'up to date'}: bucket {res.bucket}, queue "
@@ -98,8 +99,9 @@ def up() -> None:
 @click.option("--threads", type=int, default=None, help="Worker threads (default SLUICE_WORKER_THREADS or 2).")
 @click.option("--metrics-port", type=int, default=None, envvar="SLUICE_METRICS_PORT",
               help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (env SLUICE_METRICS_PORT).")
-def worker(threads: int | None, metrics_port: int | None) -> None:
-    """Run the handlers as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
+@app_option
+def worker(threads: int | None, metrics_port: int | None, app_spec: str | None) -> None:
+    """Run the app's stages as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
     from dataclasses import replace
 
     from sluice.service import start
@@ -107,11 +109,13 @@ def worker(threads: int | None, metrics_port: int | None) -> None:
     settings = _settings()
     if threads:
         settings = replace(settings, worker_threads=threads)
-    service = start(settings, bridge_wait_s=10, metrics_port=metrics_port)
+    app = load_app(app_spec)
+    service = start(settings, app=app, bridge_wait_s=10, metrics_port=metrics_port)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    click.echo(f"sluice worker: broker {settings.broker_url}, bucket {settings.bucket}. Ctrl-C to stop.")
+    click.echo(f"sluice worker: app {app.name} ({', '.join(r.name for r in app.routes)}), broker "
+               f"{settings.broker_url}, bucket {settings.bucket}. Ctrl-C to stop.")
     if service.metrics_server is not None:
         click.echo(f"metrics: http://0.0.0.0:{service.metrics_server.server_port}/metrics")
     done.wait()

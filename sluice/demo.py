@@ -57,10 +57,11 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
 
     service = None
     try:
-        resources_ = provision(settings, build_pipeline().routes)
+        app = build_pipeline()
+        resources_ = provision(settings, app.routes)
         for change in resources_.changes:
             _say(f"   + {change}")
-        service = start(settings, on_event=on_event)
+        service = start(settings, app=app, on_event=on_event)
         store = S3Store(settings)
         data = resources.files("sluice").joinpath("data/breast_cancer.csv").read_bytes()
         with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,7 @@
-"""Assembling a running Sluice: runtime, Dramatiq worker and the SQS bridge, for the CLI, the demo and tests."""
+"""Assembling a running Sluice: runtime, Dramatiq worker and the SQS bridge, for the CLI, the demo and tests.
+
+The app to run is passed in (`sluice worker --app module:app` loads it): the framework knows no pipeline of its own.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,11 @@ from typing import Any
 
 from dramatiq import Broker, Worker
 
-from sluice.core.app import Pipeline
+from sluice.core.app import App
 from sluice.core.metrics import Metrics
 from sluice.core.ports import ObjectStore, OnlineStore, Publisher, StateBackend
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
-from sluice.handlers import build_pipeline
 from sluice.infra.aws import client
 from sluice.infra.broker import make_broker, make_state
 from sluice.infra.notify import SnsPublisher
@@ -95,8 +97,8 @@ class Reconciler:
 
 def build_runtime(
     settings: Settings,
+    app: App,
     *,
-    pipeline: Pipeline | None = None,
     broker: Broker | None = None,
     state: StateBackend | None = None,
     store: ObjectStore | None = None,
@@ -104,22 +106,25 @@ def build_runtime(
     online: OnlineStore | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Runtime:
-    """The pipeline's stages declared as actors on the configured broker: the one place where the ports
+    """The app's stages declared as actors on the configured broker: the one place where the ports
     (core/ports.py) get the implementations the settings name (infra/), unless given."""
-    return Runtime(settings, pipeline or build_pipeline(), broker or make_broker(settings),
-                   state or make_state(settings), store=store or S3Store(settings),
-                   publisher=publisher or SnsPublisher(settings), online=online or make_online(settings),
-                   on_event=on_event, contract_time_limit=training_time_limit_s)
+    return Runtime(settings, app, broker or make_broker(settings), state or make_state(settings),
+                   store=store or S3Store(settings), publisher=publisher or SnsPublisher(settings),
+                   online=online or make_online(settings), on_event=on_event,
+                   contract_time_limit=training_time_limit_s)
 
 
-def start(settings: Settings, *, runtime: Runtime | None = None, bridge_wait_s: int = 1,
+def start(settings: Settings, *, app: App | None = None, runtime: Runtime | None = None, bridge_wait_s: int = 1,
           on_event: Callable[[str, dict[str, Any]], None] | None = None,
           metrics_port: int | None = None) -> Service:
     """Start the Dramatiq worker threads and the bridge; returns once both run.
 
     With `metrics_port` (0 picks a free port), the worker's Prometheus metrics are served at /metrics.
     """
-    runtime = runtime or build_runtime(settings, on_event=on_event)
+    if runtime is None:
+        if app is None:
+            raise TypeError("start() needs the app to run (or a runtime built from one)")
+        runtime = build_runtime(settings, app, on_event=on_event)
     metrics, metrics_server = None, None
     if metrics_port is not None:
         metrics = Metrics(settings, runtime.store)

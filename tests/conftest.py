@@ -76,7 +76,7 @@ def runtime() -> Iterator[Any]:
     with mock_aws():
         s = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
         prepare(s)
-        yield build_runtime(s, pipeline=build_pipeline(), broker=StubBroker(), state=MemoryState(),
+        yield build_runtime(s, build_pipeline(), broker=StubBroker(), state=MemoryState(),
                             online=MemoryOnline())
 
 

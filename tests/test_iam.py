@@ -117,7 +117,7 @@ def test_each_role_can_do_its_job_and_no_more(enforcing: tuple[Settings, dict[st
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", worker_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", worker_secret)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # its credentials are cached from the first client
-    rt = build_runtime(settings, pipeline=build_pipeline(), broker=StubBroker(), state=MemoryState(),
+    rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState(),
                        online=MemoryOnline())
     published: list[str] = []
     rt.on_event = lambda kind, detail: published.append(kind)

@@ -67,7 +67,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
         monkeypatch.setenv(name, value)
     with mock_aws():
         provision(settings, build_pipeline().routes)
-        yield build_runtime(settings, pipeline=build_pipeline(), broker=StubBroker(), state=MemoryState())
+        yield build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState())
 
 
 def run_chain(rt: Runtime, key: str, data: bytes) -> list[str]:

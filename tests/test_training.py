@@ -17,6 +17,7 @@ from sluice.core.errors import ContractError, IntegrityError
 from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
+from sluice.handlers import build_pipeline
 from sluice.ml import modeling, runs
 from sluice.ml.bundle import load_run
 from sluice.ml.contract import Contract, parse_contract
@@ -48,7 +49,7 @@ def test_a_run_is_tracked_reproducible_and_comparable(runtime: Runtime) -> None:
     run1 = run_chain(runtime, f"incoming/{DATASET}/a.csv", a)
     assert set(run1["holdout"]["metrics"]) == {"roc_auc", "log_loss", "accuracy", "f1"}
     assert run1["trials"]["count"] >= 1 and run1["best_config"]
-    assert run1["artifacts"]["model"]["format"] == "lightgbm-text"
+    assert run1["artifacts"]["model"]["format"] == modeling.FORMAT_OF_LEARNER[run1["best_estimator"]]
     assert abs(sum(run1["feature_importance"].values()) - 1.0) < 1e-6
     trials = modeling.parse_trials(artifact(runtime.store, run1, "trials").decode())
     assert len(trials) == run1["trials"]["count"] and all("config" in t and "loss" in t for t in trials)
@@ -199,7 +200,7 @@ def test_the_first_drop_trains_without_waiting_for_the_debounce(runtime: Runtime
 def test_a_burst_of_drops_makes_one_run(moto_settings: Settings) -> None:
     contract = with_training(sample_contract(), debounce_s=5.0)
     prepare(moto_settings, contract)
-    service = start(moto_settings, runtime=build_runtime(moto_settings), bridge_wait_s=1)
+    service = start(moto_settings, runtime=build_runtime(moto_settings, build_pipeline()), bridge_wait_s=1)
     store = service.runtime.store
     try:
         for i, data in enumerate(parts(3)):

@@ -82,7 +82,7 @@ def dashboard() -> Iterator[dict[str, Any]]:
             settings = replace(Settings(), bucket="sluice-ui", broker_url="memory://")
             prepare(settings)
             state = MemoryState()
-            rt = build_runtime(settings, pipeline=build_pipeline(), broker=StubBroker(), state=state,
+            rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=state,
                                online=MemoryOnline())
             made = populate(rt)
             with socket.socket() as sock:

@@ -35,3 +35,21 @@ def dataset_name(ctx: click.Context, param: click.Parameter, value: str | None) 
 def echo_json(doc: Any) -> None:
     """Pretty, sorted JSON on stdout."""
     click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))
+
+
+# Every command that wires stages (up, worker, reconcile, redrives, iam) runs the same app.
+app_option = click.option(
+    "--app", "app_spec", default=None, metavar="MODULE:APP",
+    help="The app to run, e.g. app:app (default: SLUICE_APP, then [tool.sluice] app in pyproject.toml, then the "
+         "built-in chain).")
+
+
+def load_app(spec: str | None) -> Any:
+    """The app named by --app, SLUICE_APP or pyproject.toml (the built-in chain otherwise); errors as one line."""
+    from sluice.core.errors import AppError
+    from sluice.project import load_app as _load
+
+    try:
+        return _load(spec)
+    except AppError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sluice.commands.common import app_option, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -15,7 +16,8 @@ from sluice.commands.common import store as _store
 @click.option("--min-age", type=float, default=60.0, show_default=True,
               help="Leave objects younger than this many seconds alone (their own notification may be on its way).")
 @click.option("--json", "as_json", is_flag=True)
-def reconcile(dataset: str | None, dry_run: bool, min_age: float, as_json: bool) -> None:
+@app_option
+def reconcile(dataset: str | None, dry_run: bool, min_age: float, as_json: bool, app_spec: str | None) -> None:
     """Find every object whose next step is missing from the bucket and re-drive it once (idempotent)."""
     from sluice.infra.broker import make_state
     from sluice.ml.reconcile import find_gaps
@@ -26,7 +28,7 @@ def reconcile(dataset: str | None, dry_run: bool, min_age: float, as_json: bool)
     if dry_run:
         gaps = find_gaps(_store(settings), make_state(settings), dataset, min_age_s=min_age)
     else:
-        runtime = build_runtime(settings)
+        runtime = build_runtime(settings, load_app(app_spec))
         try:
             gaps = run(runtime, dataset, min_age_s=min_age)
         finally:
@@ -80,7 +82,8 @@ def deadletter_show(message_id: str) -> None:
 @deadletter.command("redrive")
 @click.argument("message_ids", nargs=-1)
 @click.option("--no-sqs", is_flag=True, help="Leave the SQS dead-letter queue alone.")
-def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool) -> None:
+@app_option
+def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool, app_spec: str | None) -> None:
     """Send MESSAGE_IDS (default: every record, and the SQS dead letters) back into the chain."""
     from functools import partial
 
@@ -88,7 +91,7 @@ def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool) -> None:
     from sluice.infra import queues
     from sluice.service import build_runtime
 
-    runtime = build_runtime(_settings())
+    runtime = build_runtime(_settings(), load_app(app_spec))
     try:
         move_sqs = None if no_sqs else partial(queues.move_dead_letters_back, runtime.settings)
         done = deadletters.redrive(runtime, list(message_ids) or None, move_sqs=move_sqs)

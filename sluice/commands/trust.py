@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from sluice.commands.common import app_option, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -13,12 +14,12 @@ from sluice.core.errors import SluiceError
 @click.command()
 @click.option("--role", type=click.Choice(["producer", "contract-owner", "worker", "model-reader", "operator"]),
               default=None, help="Print one role's policy (default: all, keyed by role).")
-def iam(role: str | None) -> None:
+@app_option
+def iam(role: str | None, app_spec: str | None) -> None:
     """IAM policies for the roles of this deployment, generated from its routes and bucket layout."""
     from sluice.core.iam import policies
-    from sluice.handlers import build_pipeline
 
-    docs = policies(_settings(), build_pipeline().routes)
+    docs = policies(_settings(), load_app(app_spec).routes)
     _echo_json(docs[role] if role else docs)
 
 
@@ -44,7 +45,8 @@ def refused_list(as_json: bool) -> None:
 
 @refused.command("redrive")
 @click.argument("ident")
-def refused_redrive(ident: str) -> None:
+@app_option
+def refused_redrive(ident: str, app_spec: str | None) -> None:
     """Send refusal IDENT's event to its stage again, once what it concerns is restored."""
     from datetime import UTC, datetime
 
@@ -58,6 +60,6 @@ def refused_redrive(ident: str) -> None:
         key, record = find(store, ident)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
-    runtime = build_runtime(settings, store=store)
+    runtime = build_runtime(settings, load_app(app_spec), store=store)
     event = redrive(runtime, key, record, by=_who(), at=datetime.now(UTC).isoformat(timespec="seconds"))
     click.echo(f"re-sent {event.key} to stage {record['stage']}")
