@@ -35,6 +35,7 @@ import numpy as np
 import polars as pl
 
 from sluice.core.errors import IntegrityError, ModelInputError
+from sluice.core.ports import ObjectStore
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
@@ -680,16 +681,16 @@ def model_from_files(manifest_bytes: bytes, files: Mapping[str, bytes], *, versi
     return Model(manifest, by_role, bundle_sha256=sha256(manifest_bytes), version=version)
 
 
-def load_model(ref: Any, *, settings: Any = None, store: Any = None) -> Model:
+def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = None,
+               open_bucket: Callable[[str], ObjectStore] | None = None) -> Model:
     """The one loader. `ref` is "NAME@champion", "NAME@challenger", "NAME:3", a promotion CloudEvent (dict or
     JSON), an s3:// URI of a bundle manifest, or a local folder with a downloaded bundle.
 
     Every file is checked against its sha256 before it is used; a registered version's bundle is checked against
     the registry's record. Nothing executable is loaded.
     """
+    from sluice.core.memory import MemoryState
     from sluice.core.settings import Settings
-    from sluice.infra.state import MemoryState
-    from sluice.infra.store import S3Store
     from sluice.ml.registry import ModelRegistry
 
     if isinstance(ref, (bytes, str)) and str(ref[:1] if isinstance(ref, str) else ref[:1].decode()) == "{":
@@ -709,12 +710,10 @@ def load_model(ref: Any, *, settings: Any = None, store: Any = None) -> Model:
         return read_local_bundle(ref, expected)
     if isinstance(ref, str) and ref.startswith("s3://"):
         bucket, _, key = ref[5:].partition("/")
-        from dataclasses import replace
-
-        s3 = store if store is not None and store.bucket == bucket else S3Store(replace(settings, bucket=bucket))
+        s3 = store if store is not None and store.bucket == bucket else _open(open_bucket, bucket)
         model = read_bundle(s3.get, key, expected_sha256=expected, version=version)
         return model
-    store = store or S3Store(settings)
+    store = store or _open(open_bucket, settings.bucket)
     name, alias, number = parse_ref(str(ref))
     registry = ModelRegistry(store, MemoryState())
     if alias is not None:
@@ -729,3 +728,9 @@ def load_model(ref: Any, *, settings: Any = None, store: Any = None) -> Model:
     if found is None:
         raise ModelInputError(f"{name} has no version {number}")
     return load_version(store, found)
+
+
+def _open(open_bucket: Callable[[str], ObjectStore] | None, bucket: str) -> ObjectStore:
+    if open_bucket is None:
+        raise ModelInputError(f"no store for bucket {bucket!r}: load models with `sluice.load_model`, which opens it")
+    return open_bucket(bucket)

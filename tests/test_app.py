@@ -115,10 +115,10 @@ def shop_runtime() -> Iterator[Any]:
     from dramatiq.brokers.stub import StubBroker
     from moto import mock_aws
 
-    from sluice.core.runtime import Runtime
     from sluice.infra.online import MemoryOnline
     from sluice.infra.provision import provision
     from sluice.infra.state import MemoryState
+    from sluice.service import build_runtime
 
     app = App("shop").include(sluice.builtin)
 
@@ -135,7 +135,7 @@ def shop_runtime() -> Iterator[Any]:
     with mock_aws():
         s = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
         provision(s, app.routes)
-        yield Runtime(s, app, StubBroker(), MemoryState(), online=MemoryOnline())
+        yield build_runtime(s, app, broker=StubBroker(), state=MemoryState(), online=MemoryOnline())
 
 
 def _run(rt: Any, stage: str, key: str) -> dict[str, Any]:
