@@ -392,8 +392,6 @@ def _png(fig: Any) -> bytes:
 @functools.cache
 def code_version() -> dict[str, str | None]:
     """The installed Sluice version and, from a git checkout, the commit."""
-    import sluice
-
     commit = None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -401,7 +399,7 @@ def code_version() -> dict[str, str | None]:
         commit = out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"sluice": sluice.__version__, "git_commit": commit}
+    return {"sluice": _version("sluice"), "git_commit": commit}
 
 
 def _version(package: str) -> str | None:

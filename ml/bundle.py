@@ -36,6 +36,7 @@ import polars as pl
 
 from sluice.core.app import Extensions
 from sluice.core.errors import AppError, IntegrityError, ModelInputError
+from sluice.core.ports import ObjectStore
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
@@ -696,7 +697,8 @@ def model_from_files(manifest_bytes: bytes, files: Mapping[str, bytes], *, versi
     return Model(manifest, by_role, bundle_sha256=sha256(manifest_bytes), version=version, extensions=extensions)
 
 
-def load_model(ref: Any, *, settings: Any = None, store: Any = None, app: Any = None) -> Model:
+def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = None,
+               open_bucket: Callable[[str], ObjectStore] | None = None, app: Any = None) -> Model:
     """The one loader. `ref` is "NAME@champion", "NAME@challenger", "NAME:3", a promotion CloudEvent (dict or
     JSON), an s3:// URI of a bundle manifest, or a local folder with a downloaded bundle.
 
@@ -705,9 +707,8 @@ def load_model(ref: Any, *, settings: Any = None, store: Any = None, app: Any = 
     functions or learner needs that app (`app=`): its code is the user's, never the bundle's.
     """
     extensions = app.extensions if app is not None else None
+    from sluice.core.memory import MemoryState
     from sluice.core.settings import Settings
-    from sluice.infra.state import MemoryState
-    from sluice.infra.store import S3Store
     from sluice.ml.registry import ModelRegistry
 
     if isinstance(ref, (bytes, str)) and str(ref[:1] if isinstance(ref, str) else ref[:1].decode()) == "{":
@@ -727,12 +728,10 @@ def load_model(ref: Any, *, settings: Any = None, store: Any = None, app: Any = 
         return read_local_bundle(ref, expected, extensions)
     if isinstance(ref, str) and ref.startswith("s3://"):
         bucket, _, key = ref[5:].partition("/")
-        from dataclasses import replace
-
-        s3 = store if store is not None and store.bucket == bucket else S3Store(replace(settings, bucket=bucket))
+        s3 = store if store is not None and store.bucket == bucket else _open(open_bucket, bucket)
         model = read_bundle(s3.get, key, expected_sha256=expected, version=version, extensions=extensions)
         return model
-    store = store or S3Store(settings)
+    store = store or _open(open_bucket, settings.bucket)
     name, alias, number = parse_ref(str(ref))
     registry = ModelRegistry(store, MemoryState())
     if alias is not None:
@@ -747,3 +746,9 @@ def load_model(ref: Any, *, settings: Any = None, store: Any = None, app: Any = 
     if found is None:
         raise ModelInputError(f"{name} has no version {number}")
     return load_version(store, found, extensions=extensions)
+
+
+def _open(open_bucket: Callable[[str], ObjectStore] | None, bucket: str) -> ObjectStore:
+    if open_bucket is None:
+        raise ModelInputError(f"no store for bucket {bucket!r}: load models with `sluice.load_model`, which opens it")
+    return open_bucket(bucket)

@@ -15,7 +15,8 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from sluice.core.errors import ContractError
+from sluice.core.errors import ContractError, SluiceError
+from sluice.core.ports import ObjectStore
 
 DType = Literal["int", "float", "str", "bool", "date", "datetime"]
 Task = Literal["binary", "multiclass", "regression"]
@@ -545,3 +546,15 @@ def load_contract(store: Any, dataset: str, extensions: Any = None) -> Contract:
                                + " ".join(missing),
                                hint="Then replay the quarantined file (`sluice quarantine replay`) or drop it again.")
     return contract
+
+
+def training_time_limit_s(store: ObjectStore, key: str) -> int | None:
+    """The training time limit of the contract of `key`'s dataset (`<prefix>/<dataset>/...`), or None when the
+    contract is missing or broken (the stage itself reports that)."""
+    parts = key.split("/")
+    if len(parts) < 3:
+        return None
+    try:
+        return load_contract(store, parts[1]).training.time_limit_s
+    except SluiceError:
+        return None

@@ -30,7 +30,16 @@ import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
 from sluice.core.app import Extensions
-from sluice.core.errors import Failure, LimitExceeded, UnreadableFile, ValidationFailed, clip
+from sluice.core.errors import (
+    EXAMPLES_PER_RULE,
+    Failure,
+    LimitExceeded,
+    UnreadableFile,
+    ValidationFailed,
+    clip,
+)
+from sluice.core.errors import examples as examples  # re-exported: the quarantine report's examples
+from sluice.core.errors import summarize as summarize
 from sluice.ml.contract import ColumnSpec, Contract
 
 POLARS_TYPES: dict[str, pl.DataType] = {
@@ -42,7 +51,6 @@ BATCH_ROWS = 250_000  # per-batch fixed costs (pandera, Parquet row groups) amor
 CELLS_PER_BATCH = 4_000_000  # a wide file gets fewer rows per batch, so a batch's memory does not grow with width
 RATIO_FLOOR = 64 << 20  # the compression ratio is judged once this much is decompressed: small files may be sparse
 RAISE_LIMIT = "If the file is what you meant to send, raise `limits.{name}` in contracts/{dataset}.yaml."
-EXAMPLES_PER_RULE = 5
 SAMPLE_ROWS = 20_000
 ROW = "_sluice_row"  # 1-based data row number in the dropped file
 REASONS = "_sluice_reasons"
@@ -552,28 +560,6 @@ class _Sampler:
 
     def frame(self) -> pl.DataFrame | None:
         return None if self.kept is None else self.kept.drop("_u")
-
-
-def summarize(failures: list[Failure]) -> list[Failure]:
-    """One failure per (column, rule): the first example, with how many times the rule broke."""
-    split = Split()
-    for f in failures:
-        split.rule_counts[(f.column, f.check)] += 1
-    split.examples = failures
-    return split.summary()
-
-
-def examples(failures: list[Failure]) -> list[dict[str, Any]]:
-    """Up to a few example failures per rule, JSON-safe, for the quarantine report."""
-    per_rule: Counter[tuple[str | None, str]] = Counter()
-    out: list[dict[str, Any]] = []
-    for f in failures:
-        k = (f.column, f.check)
-        if per_rule[k] < EXAMPLES_PER_RULE:
-            per_rule[k] += 1
-            out.append({"column": f.column, "check": f.check, "row": f.row,
-                        "value": None if f.value is None else clip(f.value)})
-    return out
 
 
 def _jsonable(value: Any) -> Any:

@@ -172,6 +172,7 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Per dataset: what arrived, where it is in the chain, the quarantine; and the dead letters."""
+    from sluice.handlers import build_pipeline
     from sluice.infra.broker import make_state
     from sluice.ml.status import dataset_status, datasets, dead_letters
 
@@ -180,7 +181,7 @@ def status(as_json: bool) -> None:
     state = make_state(settings)
     report: dict[str, Any] = {
         "bucket": settings.bucket,
-        "datasets": [dataset_status(store, state, d) for d in datasets(store)],
+        "datasets": [dataset_status(store, state, d, pipeline=build_pipeline()) for d in datasets(store)],
         "dead_letters": dead_letters(store),
         "sqs_dead_letters": _sqs_dlq_depth(settings),
     }

@@ -45,9 +45,11 @@ def local_runtime(app: App, *, bucket: str = "sluice-test", **settings: Any) -> 
     from dramatiq.brokers.stub import StubBroker
     from moto import mock_aws
 
-    from sluice.infra.online import MemoryOnline
+    from sluice.core.memory import MemoryOnline, MemoryState
+    from sluice.infra.notify import SnsPublisher
     from sluice.infra.provision import provision
-    from sluice.infra.state import MemoryState
+    from sluice.infra.store import S3Store
+    from sluice.ml.contract import training_time_limit_s
 
     for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
                         ("AWS_DEFAULT_REGION", "us-east-1")):
@@ -55,4 +57,5 @@ def local_runtime(app: App, *, bucket: str = "sluice-test", **settings: Any) -> 
     with mock_aws():
         s = replace(Settings(), bucket=bucket, broker_url="memory://", endpoint_url=None, **settings)
         provision(s, app.routes)
-        yield LocalRuntime(s, app, StubBroker(), MemoryState(), online=MemoryOnline())
+        yield LocalRuntime(s, app, StubBroker(), MemoryState(), store=S3Store(s), publisher=SnsPublisher(s),
+                           online=MemoryOnline(), contract_time_limit=training_time_limit_s)

@@ -7,7 +7,6 @@ import io
 import json
 import pickle
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,6 @@ import pytest
 import sluice
 from sluice import App
 from sluice.core.errors import AppError
-from sluice.core.settings import Settings
 from sluice.ml.contract import Contract, Transform, contract_key
 from tests.chain import DATASET, ledger, run_chain, sample_bytes, sample_contract, versions
 
@@ -94,19 +92,10 @@ def extended_contract(base: Contract | None = None, *, check: str = "at_most", f
 @pytest.fixture
 def app_runtime() -> Iterator[Any]:
     """The runtime of an app with its own check, feature function and learner, on moto in-process."""
-    from dramatiq.brokers.stub import StubBroker
-    from moto import mock_aws
+    from sluice.testing import local_runtime
 
-    from sluice.core.runtime import Runtime
-    from sluice.infra.online import MemoryOnline
-    from sluice.infra.provision import provision
-    from sluice.infra.state import MemoryState
-
-    app = make_app()
-    with mock_aws():
-        s = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
-        provision(s, app.routes)
-        yield Runtime(s, app, StubBroker(), MemoryState(), online=MemoryOnline())
+    with local_runtime(make_app(), bucket="sluice-unit") as rt:
+        yield rt
 
 
 def _put_contract(rt: Any, contract: Contract) -> None:
@@ -132,7 +121,7 @@ def test_a_check_a_feature_function_and_a_learner_of_the_app_work_through_the_wh
     assert run["best_estimator"] == "logreg"
     assert "area_per_radius" in json.loads(rt.store.get(run["artifacts"]["encoding"]["key"]))["order"]
     [version] = versions(rt.store)
-    from sluice.infra.state import MemoryState
+    from sluice.core.memory import MemoryState
     from sluice.ml.registry import ModelRegistry
 
     alias = ModelRegistry(rt.store, MemoryState()).alias(DATASET)  # promoted over the naive baseline
@@ -167,12 +156,8 @@ def test_a_check_a_feature_function_and_a_learner_of_the_app_work_through_the_wh
 
 
 def run_chain_validate_only(rt: Any, key: str, data: bytes) -> dict[str, Any]:
-    from sluice.events.s3 import ObjectCreated
-
     rt.store.put(key, data)
-    info = rt.store.head(key)
-    result: dict[str, Any] = rt.execute("validate", ObjectCreated(rt.settings.bucket, key, info.size,
-                                                                   info.etag).to_dict())
+    result: dict[str, Any] = rt.run("validate", key)
     return result
 
 
