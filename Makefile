@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install browser demo test lint typecheck localstack-venv localstack-up localstack-down bench clean
+.PHONY: install browser demo test lint typecheck layers localstack-venv localstack-up localstack-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy -p sluice
 
-test: $(STAMP) browser localstack-venv lint typecheck
+# The import-layer contract in pyproject.toml ([tool.importlinter]).
+layers: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+test: $(STAMP) browser localstack-venv lint typecheck layers
 	$(PY) -m pytest
 
 bench: $(STAMP)

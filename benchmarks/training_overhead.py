@@ -41,13 +41,13 @@ def main() -> None:
     from moto.server import ThreadedMotoServer
     from sklearn.datasets import make_classification
 
-    from sluice.core.runtime import Runtime
     from sluice.core.settings import Settings
     from sluice.events.s3 import ObjectCreated
     from sluice.handlers import build_pipeline
     from sluice.infra.provision import provision
     from sluice.infra.state import MemoryState
     from sluice.ml.contract import contract_key, infer_contract
+    from sluice.service import build_runtime
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
@@ -67,7 +67,7 @@ def main() -> None:
         settings = replace(Settings(), bucket=f"bench-{uuid.uuid4().hex[:8]}", broker_url="memory://",
                            endpoint_url=f"http://{host}:{port}")
         provision(settings, build_pipeline().routes)
-        rt = Runtime(settings, build_pipeline(), StubBroker(), MemoryState())
+        rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState())
         contract = infer_contract(pl.read_csv(io.BytesIO(data)), "bench", target, budget, debounce_s=0)
         rt.store.put(contract_key("bench"), contract.to_yaml().encode())
         rt.store.put("incoming/bench/data.csv", data)

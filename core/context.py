@@ -8,10 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sluice.core.app import Extensions
+from sluice.core.memory import MemoryOnline
+from sluice.core.ports import ObjectStore, OnlineStore, StateBackend
 from sluice.core.settings import Settings
-from sluice.infra.online import MemoryOnline, OnlineStore
-from sluice.infra.state import StateBackend
-from sluice.infra.store import S3Store
 
 
 def utcnow() -> datetime:
@@ -24,7 +23,7 @@ class Context:
     """Per-invocation handles. Handlers are stateless: everything durable goes through `store`."""
 
     settings: Settings
-    store: S3Store
+    store: ObjectStore
     state: StateBackend
     online: OnlineStore = field(default_factory=MemoryOnline)
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("sluice"))

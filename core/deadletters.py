@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sluice.core.settings import Settings
+from sluice.core.ports import ObjectStore
 from sluice.events.s3 import ObjectCreated
-from sluice.infra.aws import client
-from sluice.infra.store import S3Store
 
 if TYPE_CHECKING:
     from sluice.core.runtime import Runtime
@@ -30,44 +29,16 @@ PREFIX = "deadletter/"
 REDRIVEN = "redriven/"
 
 
-def records(store: S3Store) -> list[dict[str, Any]]:
+def records(store: ObjectStore) -> list[dict[str, Any]]:
     """Every dead-letter record in the bucket, oldest first, each with its `key`."""
     out = [{**store.get_json(k), "key": k} for k in store.keys(PREFIX) if k.endswith(".json")]
     return sorted(out, key=lambda d: str(d.get("dead_lettered_at", "")))
 
 
-def find(store: S3Store, message_id: str) -> dict[str, Any] | None:
+def find(store: ObjectStore, message_id: str) -> dict[str, Any] | None:
     """The record of a message id (or a unique prefix of one)."""
     hits = [r for r in records(store) if str(r["message_id"]).startswith(message_id)]
     return hits[0] if len(hits) == 1 else None
-
-
-def _dlq_url(settings: Settings, sqs: Any) -> str | None:
-    from botocore.exceptions import ClientError
-
-    try:
-        return str(sqs.get_queue_url(QueueName=settings.dead_letter_queue)["QueueUrl"])
-    except ClientError:
-        return None
-
-
-def sqs_messages(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
-    """Peek at the SQS dead-letter queue (received with no visibility timeout, so nothing is taken)."""
-    sqs = client("sqs", settings)
-    url = _dlq_url(settings, sqs)
-    seen: dict[str, dict[str, Any]] = {}
-    if url is None:
-        return []
-    for _ in range(max(1, limit // 10)):
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0, WaitTimeSeconds=0,
-                                  AttributeNames=["All"]).get("Messages", [])
-        fresh = [m for m in got if m["MessageId"] not in seen]
-        if not fresh:
-            break
-        for m in fresh:
-            seen[m["MessageId"]] = {"message_id": m["MessageId"], "body": m["Body"],
-                                    "receives": m.get("Attributes", {}).get("ApproximateReceiveCount")}
-    return list(seen.values())[:limit]
 
 
 @dataclass
@@ -83,9 +54,11 @@ class Redrive:
         return {"records": self.records, "skipped": self.skipped, "sqs": self.sqs}
 
 
-def redrive(runtime: Runtime, message_ids: list[str] | None = None, *, sqs: bool = True) -> Redrive:
+def redrive(runtime: Runtime, message_ids: list[str] | None = None, *,
+            move_sqs: Callable[[], int] | None = None) -> Redrive:
     """Send dead-lettered stage messages back to their stage (all, or those named) and, with `sqs`, move the SQS
-    dead letters back to the events queue, where the bridge picks them up."""
+    dead letters back to the events queue, where the bridge picks them up (`move_sqs`: infra/queues.py's
+    `move_dead_letters_back`, given by the caller)."""
     store, done = runtime.store, Redrive()
     chosen = records(store)
     if message_ids:
@@ -104,29 +77,9 @@ def redrive(runtime: Runtime, message_ids: list[str] | None = None, *, sqs: bool
         store.delete(rec["key"])
         done.records.append(str(rec["message_id"]))
         log.info("redriven %s %s -> %s", rec["actor"], rec["message_id"], payload.get("key"))
-    if sqs and not message_ids:
-        done.sqs = _move_sqs_back(runtime.settings)
+    if move_sqs is not None and not message_ids:
+        done.sqs = move_sqs()
     return done
-
-
-def _move_sqs_back(settings: Settings) -> int:
-    sqs = client("sqs", settings)
-    url = _dlq_url(settings, sqs)
-    if url is None:
-        return 0
-    target = sqs.get_queue_url(QueueName=settings.events_queue)["QueueUrl"]
-    moved = 0
-    while True:
-        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=60,
-                                  WaitTimeSeconds=0).get("Messages", [])
-        if not got:
-            return moved
-        for m in got:
-            # Send first, then delete: a crash in between leaves a duplicate, which the claims absorb.
-            sqs.send_message(QueueUrl=target, MessageBody=m["Body"])
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-            moved += 1
-            log.info("redriven SQS dead letter %s -> %s", m["MessageId"], settings.events_queue)
 
 
 def describe(rec: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,3 +156,30 @@ class Defer(SluiceError):
     def __init__(self, delay_s: float, why: str = ""):
         super().__init__(why or f"deferred by {delay_s:.1f}s")
         self.delay_s = delay_s
+
+
+# Example failures kept per (column, rule) in a quarantine report.
+EXAMPLES_PER_RULE = 5
+
+
+def summarize(failures: list[Failure]) -> list[Failure]:
+    """One failure per (column, rule), most frequent first: the first example, with how many times it broke."""
+    counts = Counter((f.column, f.check) for f in failures)
+    first: dict[tuple[str | None, str], Failure] = {}
+    for f in failures:
+        first.setdefault((f.column, f.check), f)
+    return [Failure(column, check, first[(column, check)].row, first[(column, check)].value, count=n)
+            for (column, check), n in counts.most_common()]
+
+
+def examples(failures: list[Failure]) -> list[dict[str, Any]]:
+    """Up to a few example failures per rule, JSON-safe, for the quarantine report."""
+    per_rule: Counter[tuple[str | None, str]] = Counter()
+    out: list[dict[str, Any]] = []
+    for f in failures:
+        k = (f.column, f.check)
+        if per_rule[k] < EXAMPLES_PER_RULE:
+            per_rule[k] += 1
+            out.append({"column": f.column, "check": f.check, "row": f.row,
+                        "value": None if f.value is None else clip(f.value)})
+    return out

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from sluice.infra.state import StateBackend
+from sluice.core.ports import StateBackend
 
 log = logging.getLogger("sluice")
 

@@ -127,9 +127,10 @@ class Metrics:
         return StageMetrics(self)
 
     # -- exposing --------------------------------------------------------------------------------------------
-    def watch_queues(self) -> None:
-        """Report the depth of the bucket-events queue and its dead-letter queue at each scrape."""
-        self.registry.register(QueueDepth(self.settings))
+    def watch_queues(self, sqs: Any) -> None:
+        """Report the depth of the bucket-events queue and its dead-letter queue (via the boto3 SQS client
+        `sqs`) at each scrape."""
+        self.registry.register(QueueDepth(self.settings, sqs))
 
     def exposition(self) -> bytes:
         """The text format, as served at /metrics."""
@@ -181,15 +182,14 @@ class StageMetrics(Middleware):
 class QueueDepth(Collector):
     """`sluice_queue_messages{queue=...}`: SQS's approximate depth of the events queue and its dead letters."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, sqs: Any):
         self.settings = settings
+        self.sqs = sqs
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Read both depths now; a queue that cannot be read is left out rather than reported as zero."""
-        from sluice.infra.aws import client
-
         family = GaugeMetricFamily("sluice_queue_messages", "Messages waiting in SQS", labels=["queue"])
-        sqs = client("sqs", self.settings)
+        sqs = self.sqs
         for name in (self.settings.events_queue, self.settings.dead_letter_queue):
             try:
                 url = sqs.get_queue_url(QueueName=name)["QueueUrl"]

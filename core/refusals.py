@@ -12,17 +12,17 @@ from sluice.core.errors import SluiceError
 from sluice.events.s3 import ObjectCreated
 
 if TYPE_CHECKING:
+    from sluice.core.ports import ObjectStore
     from sluice.core.runtime import Runtime
-    from sluice.infra.store import S3Store
 
 
-def refusals(store: S3Store) -> list[tuple[str, dict[str, Any]]]:
+def refusals(store: ObjectStore) -> list[tuple[str, dict[str, Any]]]:
     """(key, record) of every refusal, oldest first."""
     out = [(k, store.get_json(k)) for k in store.keys("refused/") if k.endswith(".json")]
     return sorted(out, key=lambda kv: str(kv[1].get("at")))
 
 
-def find(store: S3Store, ident: str) -> tuple[str, dict[str, Any]]:
+def find(store: ObjectStore, ident: str) -> tuple[str, dict[str, Any]]:
     """The refusal whose id starts with `ident`."""
     matches = [(k, r) for k, r in refusals(store) if str(r.get("id", "")).startswith(ident)]
     if len(matches) != 1:

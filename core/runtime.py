@@ -28,22 +28,18 @@ from sluice.core.errors import (
     InputError,
     IntegrityError,
     ModelInputError,
-    SluiceError,
     clip,
+    examples,
+    summarize,
 )
 from sluice.core.leases import WORKER_ID, Heartbeat
 from sluice.core.middleware import DEFERRALS, DeadLetters, InFlight, attempts
 from sluice.core.outputs import RecordingStore
+from sluice.core.ports import COMPLETED, ObjectStore, OnlineStore, Publisher, StateBackend
 from sluice.core.provenance import is_signed
 from sluice.core.settings import Settings
 from sluice.events.model import ModelEvent
 from sluice.events.s3 import NotificationDecodeError, ObjectCreated, parse_s3_notification
-from sluice.infra.aws import client
-from sluice.infra.notify import SnsPublisher
-from sluice.infra.online import OnlineStore, make_online
-from sluice.infra.state import COMPLETED, StateBackend
-from sluice.infra.store import S3Store
-from sluice.ml.validation import examples, summarize
 
 log = logging.getLogger("sluice")
 
@@ -109,19 +105,23 @@ class Runtime:
         broker: Broker,
         state: StateBackend,
         *,
-        store: S3Store | None = None,
-        publisher: SnsPublisher | None = None,
-        online: OnlineStore | None = None,
+        store: ObjectStore,
+        publisher: Publisher,
+        online: OnlineStore,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        contract_time_limit: Callable[[ObjectStore, str], int | None] | None = None,
     ):
+        """`contract_time_limit(store, key)`: the time limit of a `time_limit_from_contract` stage on `key`
+        (ml/contract.py's `training_time_limit_s`), or None for the route's own."""
         self.settings = settings
         self.pipeline = pipeline
         self.broker = broker
         self.state = state
-        self.store = store or S3Store(settings)
-        self.publisher = publisher or SnsPublisher(settings)
-        self.online = online or make_online(settings)
+        self.store = store
+        self.publisher = publisher
+        self.online = online
         self.on_event = on_event or (lambda kind, detail: None)
+        self.contract_time_limit = contract_time_limit
         self.queue_name = settings.namespace
         self.inflight = InFlight()
         broker.add_middleware(self.inflight)
@@ -186,12 +186,7 @@ class Runtime:
             self.actors[stage].send(event.to_dict())
 
     def _contract_time_limit(self, key: str) -> int | None:
-        from sluice.ml.contract import load_contract
-
-        try:
-            return load_contract(self.store, dataset_of(key)).training.time_limit_s
-        except SluiceError:
-            return None  # the stage itself reports the missing or broken contract
+        return self.contract_time_limit(self.store, key) if self.contract_time_limit is not None else None
 
     def _time_limit_s(self, route: Route, message: Any) -> float:
         """The one number: the message's time limit (what Dramatiq enforces) bounds how long its lease lives."""
@@ -285,7 +280,7 @@ class Runtime:
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
 
-    def _write(self, store: S3Store, stage: str, effect: NewObject) -> None:
+    def _write(self, store: ObjectStore, stage: str, effect: NewObject) -> None:
         """A handler's new object, written through the stage's recording store (signed where stages sign)."""
         body = effect.body
         if isinstance(body, dict | list):
@@ -298,7 +293,7 @@ class Runtime:
                 store.put(effect.key, data)
         log.info("wrote %-10s %s", stage, effect.key)
 
-    def _publish_once(self, store: S3Store, effect: ModelEvent) -> None:
+    def _publish_once(self, store: ObjectStore, effect: ModelEvent) -> None:
         """Publish, then record the publication (`published/`): a re-run of the stage does not send it again.
 
         A crash between the two sends it twice, with the same CloudEvent id: consumers de-duplicate on it.
@@ -416,9 +411,9 @@ class SqsBridge:
     it again (at least once), and a message that keeps failing moves to the SQS dead-letter queue.
     """
 
-    def __init__(self, runtime: Runtime, *, wait_s: int = 1):
+    def __init__(self, runtime: Runtime, sqs: Any, *, wait_s: int = 1):
         self.runtime = runtime
-        self.sqs = client("sqs", runtime.settings)
+        self.sqs = sqs  # a boto3 SQS client (sluice/service.py makes it from the settings)
         self.queue_url = self.sqs.get_queue_url(QueueName=runtime.settings.events_queue)["QueueUrl"]
         self.wait_s = wait_s
         self.stopping = threading.Event()

@@ -7,11 +7,11 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote_plus
 
-from sluice.core.errors import SluiceError
 
+class NotificationDecodeError(ValueError):
+    """The queue message is not an S3 notification. The raw body is kept for the dead-letter record.
 
-class NotificationDecodeError(SluiceError):
-    """The queue message is not an S3 notification. The raw body is kept for the dead-letter record."""
+    (A ValueError, not a SluiceError: events/ is the bottom layer and imports nothing of Sluice's.)"""
 
     def __init__(self, message: str, body: str):
         super().__init__(message)

@@ -55,7 +55,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Train on the dataset's latest inputs, once, after the debounce window."""
     t0 = time.perf_counter()
     dataset = dataset_of(event.key)
-    contract = load_contract(ctx.store, dataset)
+    contract = load_contract(ctx.store, dataset, ctx.extensions)
     inputs = _inputs(ctx, contract, event.key)
     if inputs is None:
         return []
@@ -102,7 +102,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     try:
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
                                  time_budget_s=_search_budget(spec.time_budget_s, leak_s),
-                                 on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}/cancel.json"))
+                                 on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}/cancel.json"),
+                                 extensions=ctx.extensions)
     except modeling.TrainingCancelled:
         ctx.store.put_json(f"{base}/cancelled.json", {"run_id": run_id, "at": ctx.timestamp()}, if_absent=True)
         ctx.log.warning("cancelled train %s on request", run_id)
@@ -113,7 +114,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=trained.model_bytes, model_format=trained.model_format,
         frequencies=frequency_tables(frame, contract), run_id=run_id)
-    loaded = bundle.model_from_files(manifest_bytes, files)
+    loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
     scores = loaded.score_features(holdout.filter(pl.Series(known)))
@@ -284,11 +285,11 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     Same learner, hyperparameters and encoding: only the rows differ."""
     if not contract.training.refit:
         return None
-    done = modeling.refit(trained, frame, encoding, contract)
+    done = modeling.refit(trained, frame, encoding, contract, ctx.extensions)
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
         frequencies=frequency_tables(frame, contract), run_id=run_id)
-    bundle.model_from_files(manifest_bytes, files)  # the shipped bundle must load
+    bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     for name, data in files.items():
         ctx.store.put(f"{base}/refit/{name}", data)
     key = f"{base}/refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
@@ -391,8 +392,6 @@ def _png(fig: Any) -> bytes:
 @functools.cache
 def code_version() -> dict[str, str | None]:
     """The installed Sluice version and, from a git checkout, the commit."""
-    import sluice
-
     commit = None
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -400,7 +399,7 @@ def code_version() -> dict[str, str | None]:
         commit = out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         pass
-    return {"sluice": sluice.__version__, "git_commit": commit}
+    return {"sluice": _version("sluice"), "git_commit": commit}
 
 
 def _version(package: str) -> str | None:

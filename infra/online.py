@@ -7,10 +7,13 @@ cannot roll an entity back): the compare-and-set runs in Redis as one Lua script
 from __future__ import annotations
 
 import json
-import threading
-from typing import Any, Protocol
+from typing import Any
 
+from sluice.core.memory import MemoryOnline
+from sluice.core.ports import OnlineStore
 from sluice.core.settings import Settings
+
+__all__ = ["MemoryOnline", "OnlineStore", "RedisOnline", "make_online"]
 
 # KEYS[1] = entity hash; ARGV = event time, feature set, vector JSON
 _SET_IF_NEWER = """
@@ -19,16 +22,6 @@ if current and current > ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'event_time', ARGV[1], 'feature_set', ARGV[2], 'vector', ARGV[3])
 return 1
 """
-
-
-class OnlineStore(Protocol):
-    """Latest vectors by (dataset, entity)."""
-
-    def put_many(self, dataset: str, feature_set: str, vectors: dict[str, dict[str, Any]], time_field: str) -> int:
-        """Write vectors that are newer than what is stored; returns how many were written."""
-
-    def get(self, dataset: str, entity: str) -> dict[str, Any] | None:
-        """The entity's vector with its event time and feature set, or None."""
 
 
 class RedisOnline:
@@ -61,33 +54,6 @@ class RedisOnline:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
-
-
-class MemoryOnline:
-    """The in-process twin, for the demo and unit tests."""
-
-    def __init__(self) -> None:
-        self.rows: dict[tuple[str, str], dict[str, Any]] = {}
-        self.lock = threading.Lock()
-
-    def put_many(self, dataset: str, feature_set: str, vectors: dict[str, dict[str, Any]], time_field: str) -> int:
-        """Same rule as the Lua script."""
-        written = 0
-        with self.lock:
-            for entity, vector in vectors.items():
-                current = self.rows.get((dataset, entity))
-                if current and current["event_time"] > str(vector[time_field]):
-                    continue
-                self.rows[(dataset, entity)] = {"entity": entity, "event_time": str(vector[time_field]),
-                                                "feature_set": feature_set, "features": dict(vector)}
-                written += 1
-        return written
-
-    def get(self, dataset: str, entity: str) -> dict[str, Any] | None:
-        """The stored vector."""
-        with self.lock:
-            found = self.rows.get((dataset, entity))
-            return dict(found) if found else None
 
 
 def make_online(settings: Settings) -> OnlineStore:

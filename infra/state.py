@@ -13,62 +13,15 @@ execution that lost its lease can never complete or delete someone else's.
 
 from __future__ import annotations
 
-import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-IN_PROGRESS = "in_progress"
-COMPLETED = "completed"
+from sluice.core.memory import MemoryState
+from sluice.core.ports import COMPLETED, IN_PROGRESS, IdempotencyRecord, StateBackend
+from sluice.core.ports import state_doc as _doc
 
-
-@dataclass(frozen=True)
-class IdempotencyRecord:
-    """What an earlier delivery of the same event left behind."""
-
-    status: str
-    result: Any = None
-    owner: str | None = None
-    since: float | None = None  # epoch seconds the claim was taken
-    ttl_ms: int | None = None  # how long the record lives unless renewed
-
-    @staticmethod
-    def parse(raw: bytes | str, ttl_ms: int | None = None) -> IdempotencyRecord:
-        """The record from its stored JSON."""
-        doc = json.loads(raw)
-        return IdempotencyRecord(doc["status"], doc.get("result"), doc.get("owner"), doc.get("since"), ttl_ms)
-
-
-class StateBackend(Protocol):
-    """Idempotency leases and records, and named locks."""
-
-    def claim(self, key: str, owner: str, ttl_s: float) -> IdempotencyRecord | None:
-        """Take `key` as an in-progress lease for `owner`; None when taken, else the record someone else holds."""
-
-    def renew(self, key: str, owner: str, ttl_s: float) -> bool:
-        """Extend `owner`'s lease; False when it is no longer theirs (lapsed, or taken over)."""
-
-    def complete(self, key: str, owner: str, result: Any, ttl_s: float) -> bool:
-        """Turn `owner`'s lease into a completed record; False when the lease was no longer theirs."""
-
-    def release(self, key: str, owner: str) -> bool:
-        """Drop `owner`'s lease so that a retry can run; never someone else's."""
-
-    def record(self, key: str) -> IdempotencyRecord | None:
-        """The current record of `key`, if any (for status and reconcile)."""
-
-    def forget(self, key: str) -> None:
-        """Drop a completed record (its outputs are gone from the bucket); leases are left alone."""
-
-    def lock(self, name: str, timeout_s: int) -> AbstractContextManager[None]:
-        """A mutual-exclusion lock shared by every worker of the deployment."""
-
-
-def _doc(status: str, owner: str | None, result: Any = None) -> str:
-    return json.dumps({"status": status, "owner": owner, "since": time.time(), "result": result}, default=str)
+__all__ = ["COMPLETED", "IN_PROGRESS", "IdempotencyRecord", "MemoryState", "RedisState", "StateBackend"]
 
 
 # KEYS[1] the record; ARGV[1] the owner. The owner is compared inside Redis, so check-and-act is atomic.
@@ -159,83 +112,3 @@ def _redis_lock(lock: Any) -> Iterator[None]:
         yield
     finally:
         lock.release()
-
-
-class MemoryState:
-    """The in-process twin of RedisState, for a single-process worker (demo, unit tests): the same lease rules."""
-
-    def __init__(self) -> None:
-        self._records: dict[str, tuple[float, str]] = {}  # key -> (monotonic expiry, stored JSON)
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-
-    def _live(self, key: str) -> IdempotencyRecord | None:
-        found = self._records.get(key)
-        now = time.monotonic()
-        if found is None or found[0] <= now:
-            self._records.pop(key, None)
-            return None
-        return IdempotencyRecord.parse(found[1], int((found[0] - now) * 1000))
-
-    def _owned(self, key: str, owner: str) -> bool:
-        rec = self._live(key)
-        return rec is not None and rec.status == IN_PROGRESS and rec.owner == owner
-
-    def claim(self, key: str, owner: str, ttl_s: float) -> IdempotencyRecord | None:
-        """Claim unless a live record exists."""
-        with self._guard:
-            found = self._live(key)
-            if found is not None:
-                return found
-            self._records[key] = (time.monotonic() + ttl_s, _doc(IN_PROGRESS, owner))
-            return None
-
-    def renew(self, key: str, owner: str, ttl_s: float) -> bool:
-        """Extend the lease if it is still `owner`'s."""
-        with self._guard:
-            if not self._owned(key, owner):
-                return False
-            self._records[key] = (time.monotonic() + ttl_s, self._records[key][1])
-            return True
-
-    def complete(self, key: str, owner: str, result: Any, ttl_s: float) -> bool:
-        """Store the completed record if the lease is still `owner`'s."""
-        with self._guard:
-            if not self._owned(key, owner):
-                return False
-            self._records[key] = (time.monotonic() + ttl_s, _doc(COMPLETED, owner, result))
-            return True
-
-    def release(self, key: str, owner: str) -> bool:
-        """Drop the lease if it is `owner`'s."""
-        with self._guard:
-            if not self._owned(key, owner):
-                return False
-            del self._records[key]
-            return True
-
-    def record(self, key: str) -> IdempotencyRecord | None:
-        """The live record."""
-        with self._guard:
-            return self._live(key)
-
-    def forget(self, key: str) -> None:
-        """Drop a completed record."""
-        with self._guard:
-            rec = self._live(key)
-            if rec is not None and rec.status == COMPLETED:
-                del self._records[key]
-
-    @contextmanager
-    def lock(self, name: str, timeout_s: int) -> Iterator[None]:
-        """A process-local lock per name."""
-        from sluice.core.errors import TransientError
-
-        with self._guard:
-            lock = self._locks.setdefault(name, threading.Lock())
-        if not lock.acquire(timeout=timeout_s):
-            raise TransientError(f"could not take lock {name!r} within {timeout_s}s")
-        try:
-            yield
-        finally:
-            lock.release()

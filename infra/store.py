@@ -6,27 +6,18 @@ import base64
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from sluice.core.ports import Listed, ObjectInfo
 from sluice.core.provenance import Signer, is_signed
 from sluice.core.settings import Settings
+
+__all__ = ["Listed", "ObjectInfo", "S3Store"]
 from sluice.infra.aws import client
-
-
-@dataclass(frozen=True)
-class ObjectInfo:
-    """What S3 says about an object without reading it."""
-
-    key: str
-    size: int
-    etag: str
-    version_id: str | None
-    sha256: str | None  # hex, when the object was uploaded with a full-object SHA-256 checksum
-    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class S3Store:
@@ -186,6 +177,14 @@ class S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 yield obj["Key"], str(obj.get("ETag", "")).strip('"')
+
+    def listing(self, prefix: str) -> Iterator[Listed]:
+        """Every object under `prefix`, with its ETag, size and time (one LIST, no HEAD per object)."""
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                modified = obj["LastModified"]
+                yield Listed(obj["Key"], str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0)),
+                             modified if modified.tzinfo else modified.replace(tzinfo=UTC))
 
     def delete(self, key: str) -> None:
         """Delete a key (only used to tidy up superseded pointers, never data)."""

@@ -15,8 +15,8 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core.ports import ObjectStore
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
-from sluice.infra.store import S3Store
 from sluice.ml.contract import ColumnSpec, Contract
 
 FEATURE_TIME = "_feature_time"  # the event time of the feature row a label was joined to
@@ -68,32 +68,33 @@ def row_key_columns(contract: Contract, frame: pl.DataFrame) -> list[str]:
     return raw or frame.columns
 
 
-def latest_feature_set(store: S3Store, dataset: str) -> FeaturesMaterialized | None:
+def latest_feature_set(store: ObjectStore, dataset: str) -> FeaturesMaterialized | None:
     """The most recently materialized feature set of the dataset."""
     docs = [FeaturesMaterialized.from_dict(store.get_json(k))
             for k in store.keys(f"features/{dataset}/") if k.endswith("/manifest.json")]
     return max(docs, key=lambda d: (d.materialized_at, len(d.data_versions)), default=None)
 
 
-def label_versions(store: S3Store, dataset: str) -> list[DataValidated]:
+def label_versions(store: ObjectStore, dataset: str) -> list[DataValidated]:
     """Every validated label file of the dataset, by data version."""
     docs = [DataValidated.from_dict(store.get_json(k))
             for k in store.keys(f"validated-labels/{dataset}/") if k.endswith("/manifest.json")]
     return sorted(docs, key=lambda d: d.data_version)
 
 
-def read_parquet(store: S3Store, key: str) -> pl.DataFrame:
+def read_parquet(store: ObjectStore, key: str) -> pl.DataFrame:
     """A Parquet object as a frame."""
     return pl.read_parquet(io.BytesIO(store.get(key)))
 
 
-def read_labels(store: S3Store, dataset: str, versions: list[str]) -> pl.DataFrame:
+def read_labels(store: ObjectStore, dataset: str, versions: list[str]) -> pl.DataFrame:
     """The rows of the given label versions."""
     frames = [read_parquet(store, f"validated-labels/{dataset}/{v}/data.parquet") for v in versions]
     return pl.concat(frames, how="diagonal_relaxed")
 
 
-def training_rows(store: S3Store, contract: Contract, feature_set_version: str, label_ids: list[str]) -> pl.DataFrame:
+def training_rows(store: ObjectStore, contract: Contract, feature_set_version: str,
+                  label_ids: list[str]) -> pl.DataFrame:
     """The labelled rows a run learns from: the feature set, or its point-in-time join with the labels."""
     frame = read_parquet(store, f"features/{contract.dataset}/{feature_set_version}/features.parquet")
     if contract.labels is not None:

@@ -19,7 +19,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core.errors import SluiceError
-from sluice.infra.store import S3Store
+from sluice.core.ports import ObjectStore
 from sluice.ml.contract import load_contract
 from sluice.ml.validation import REASONS, ROW
 
@@ -42,7 +42,7 @@ class Entry:
         return str(self.report.get("scope", "file"))
 
 
-def entries(store: S3Store, dataset: str | None = None) -> list[Entry]:
+def entries(store: ObjectStore, dataset: str | None = None) -> list[Entry]:
     """Every quarantine entry, oldest first."""
     out = []
     for key in store.keys(f"quarantine/{dataset}/" if dataset else "quarantine/"):
@@ -53,7 +53,7 @@ def entries(store: S3Store, dataset: str | None = None) -> list[Entry]:
     return sorted(out, key=lambda e: e.report.get("quarantined_at", ""))
 
 
-def find(store: S3Store, dataset: str, ident: str) -> Entry:
+def find(store: ObjectStore, dataset: str, ident: str) -> Entry:
     """The entry whose id starts with `ident` (a data version prefix is enough)."""
     matches = [e for e in entries(store, dataset) if e.id.startswith(ident)]
     if len(matches) != 1:
@@ -63,13 +63,13 @@ def find(store: S3Store, dataset: str, ident: str) -> Entry:
     return matches[0]
 
 
-def rows(store: S3Store, entry: Entry) -> pl.DataFrame | None:
+def rows(store: ObjectStore, entry: Entry) -> pl.DataFrame | None:
     """The quarantined rows with their reasons (row-scoped entries only)."""
     key = entry.report.get("rows_file")
     return pl.read_parquet(io.BytesIO(store.get(key))) if key else None
 
 
-def replay(store: S3Store, dataset: str, ident: str | None, at: str) -> list[str]:
+def replay(store: ObjectStore, dataset: str, ident: str | None, at: str) -> list[str]:
     """Drop quarantined data again for validation under the current contract; returns the new incoming keys."""
     contract = load_contract(store, dataset)
     version = contract.fingerprint()[:12]

@@ -27,9 +27,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sluice.core.errors import SluiceError
+from sluice.core.ports import IN_PROGRESS, Listed, ObjectStore, StateBackend
 from sluice.events.s3 import ObjectCreated
-from sluice.infra.state import IN_PROGRESS, StateBackend
-from sluice.infra.store import S3Store
 
 if TYPE_CHECKING:
     from sluice.core.runtime import Runtime
@@ -37,20 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice")
 
 DEFAULT_MIN_AGE_S = 60.0
-
-
-@dataclass(frozen=True)
-class Listed:
-    """One object as a listing shows it."""
-
-    key: str
-    etag: str
-    size: int
-    modified: datetime
-
-    def age_s(self, now: datetime) -> float:
-        """Seconds since it was written."""
-        return (now - self.modified).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -67,21 +52,17 @@ class Gap:
         return {"stage": self.stage, "key": self.key, "dataset": self.dataset, "why": self.why}
 
 
-def listing(store: S3Store, prefix: str) -> Iterator[Listed]:
+def listing(store: ObjectStore, prefix: str) -> Iterator[Listed]:
     """Every object under `prefix`, with its ETag and time (one LIST, no HEAD per object)."""
-    for page in store.s3.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            modified = obj["LastModified"]
-            yield Listed(obj["Key"], str(obj.get("ETag", "")).strip('"'), int(obj.get("Size", 0)),
-                         modified if modified.tzinfo else modified.replace(tzinfo=UTC))
+    return store.listing(prefix)
 
 
-def event_for(store: S3Store, obj: Listed) -> ObjectCreated:
+def event_for(store: ObjectStore, obj: Listed) -> ObjectCreated:
     """The ObjectCreated S3 would have sent for `obj` (same ETag, so the same idempotency key)."""
     return ObjectCreated(store.bucket, obj.key, obj.size, obj.etag, None, "reconcile", obj.modified.isoformat())
 
 
-def datasets_in(store: S3Store) -> list[str]:
+def datasets_in(store: ObjectStore) -> list[str]:
     """Every dataset with a contract or anything dropped."""
     names: set[str] = set()
     for prefix in ("contracts/", "incoming/", "labels/", "ledger/", "validated/"):
@@ -92,7 +73,7 @@ def datasets_in(store: S3Store) -> list[str]:
     return sorted(names)
 
 
-def find_gaps(store: S3Store, state: StateBackend | None = None, dataset: str | None = None, *,
+def find_gaps(store: ObjectStore, state: StateBackend | None = None, dataset: str | None = None, *,
               min_age_s: float = DEFAULT_MIN_AGE_S, now: datetime | None = None) -> list[Gap]:
     """Every object whose next step is missing, oldest stage first."""
     now = now or datetime.now(UTC)
@@ -121,7 +102,7 @@ def find_gaps(store: S3Store, state: StateBackend | None = None, dataset: str | 
     return gaps
 
 
-def _in_progress(store: S3Store, state: StateBackend, gap: Gap) -> bool:
+def _in_progress(store: ObjectStore, state: StateBackend, gap: Gap) -> bool:
     from sluice.core.runtime import claim_key
 
     info = store.head(gap.key)
@@ -132,7 +113,7 @@ def _in_progress(store: S3Store, state: StateBackend, gap: Gap) -> bool:
     return record is not None and record.status == IN_PROGRESS
 
 
-def _arrival_gaps(store: S3Store, state: StateBackend | None, ds: str, min_age_s: float,
+def _arrival_gaps(store: ObjectStore, state: StateBackend | None, ds: str, min_age_s: float,
                   now: datetime) -> list[Gap]:
     outcomes = {(e.get("key"), e.get("etag")) for k in store.keys(f"ledger/{ds}/") if (e := store.get_json(k))}
     gaps = []
@@ -143,7 +124,7 @@ def _arrival_gaps(store: S3Store, state: StateBackend | None, ds: str, min_age_s
     return gaps
 
 
-def _feature_gaps(store: S3Store, ds: str, quarantined: set[Any], min_age_s: float, now: datetime) -> list[Gap]:
+def _feature_gaps(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s: float, now: datetime) -> list[Gap]:
     covered: set[str] = set()
     for k in store.keys(f"features/{ds}/"):
         if k.endswith("/manifest.json"):
@@ -159,7 +140,7 @@ def _feature_gaps(store: S3Store, ds: str, quarantined: set[Any], min_age_s: flo
     return gaps
 
 
-def _training_gap(store: S3Store, ds: str, quarantined: set[Any], min_age_s: float,
+def _training_gap(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s: float,
                   now: datetime) -> tuple[list[Gap], str | None]:
     """The newest inputs of a dataset with no run: the coalesced training never came (e.g. Redis lost it)."""
     from sluice.ml.contract import load_contract
@@ -199,11 +180,11 @@ def _training_gap(store: S3Store, ds: str, quarantined: set[Any], min_age_s: flo
                                     f"{quiet_s:.0f}s after its inputs settled")], contract.model
 
 
-def _registry_gaps(store: S3Store, state: StateBackend | None, model: str, min_age_s: float,
+def _registry_gaps(store: ObjectStore, state: StateBackend | None, model: str, min_age_s: float,
                    now: datetime) -> list[Gap]:
+    from sluice.core.memory import MemoryState
     from sluice.core.runtime import published_key
     from sluice.events.model import for_transition
-    from sluice.infra.state import MemoryState
     from sluice.ml.registry import ModelRegistry
 
     registry = ModelRegistry(store, state or MemoryState())
@@ -231,7 +212,7 @@ def _registry_gaps(store: S3Store, state: StateBackend | None, model: str, min_a
     return gaps
 
 
-def _dataset(key: str, store: S3Store) -> str:
+def _dataset(key: str, store: ObjectStore) -> str:
     try:
         return str(store.get_json(key).get("dataset", "_unknown"))
     except Exception:

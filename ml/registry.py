@@ -28,8 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sluice.core.errors import IntegrityError, RegistryError, SluiceError, TransientError
-from sluice.infra.state import StateBackend
-from sluice.infra.store import S3Store
+from sluice.core.ports import ObjectStore, StateBackend
 
 LOCK_TIMEOUT_S = 60
 CHAMPION = "champion"
@@ -130,7 +129,7 @@ class Registration:
 class ModelRegistry:
     """Versions, aliases and history of models."""
 
-    def __init__(self, store: S3Store, state: StateBackend):
+    def __init__(self, store: ObjectStore, state: StateBackend):
         self.store = store
         self.state = state
         # Version documents and history records are immutable, so caching them by key is always correct.

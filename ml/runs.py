@@ -17,7 +17,7 @@ import numpy as np
 import polars as pl
 
 from sluice.core.errors import IntegrityError, SluiceError
-from sluice.infra.store import S3Store
+from sluice.core.ports import ObjectStore
 from sluice.ml import modeling
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.features import row_key_columns, training_columns, training_rows
@@ -27,7 +27,7 @@ ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator",
 TOLERANCE = 1e-9
 
 
-def artifact(store: S3Store, run: dict[str, Any], name: str) -> bytes:
+def artifact(store: ObjectStore, run: dict[str, Any], name: str) -> bytes:
     """An artifact's bytes, checked against the sha256 the run recorded; a mismatch is never loaded."""
     meta = run["artifacts"][name]
     data: bytes = store.get(meta["key"])
@@ -37,12 +37,12 @@ def artifact(store: S3Store, run: dict[str, Any], name: str) -> bytes:
     return data
 
 
-def artifact_json(store: S3Store, run: dict[str, Any], name: str) -> Any:
+def artifact_json(store: ObjectStore, run: dict[str, Any], name: str) -> Any:
     """A JSON artifact, checked."""
     return json.loads(artifact(store, run, name))
 
 
-def list_runs(store: S3Store, dataset: str) -> list[dict[str, Any]]:
+def list_runs(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
     """Finished runs of a dataset, oldest first, plus runs still in progress (from their progress record)."""
     runs, progress = {}, {}
     for key in store.keys(f"runs/{dataset}/"):
@@ -58,7 +58,7 @@ def list_runs(store: S3Store, dataset: str) -> list[dict[str, Any]]:
     return out
 
 
-def find_run(store: S3Store, run_id: str) -> dict[str, Any]:
+def find_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
     """A finished run by id (a unique prefix is enough)."""
     matches = [k for k in store.keys("runs/") if k.endswith("/run.json") and k.split("/")[2].startswith(run_id)]
     if len(matches) != 1:
@@ -90,7 +90,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
+def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     """Refit the run's best configuration on its recorded inputs; report whether the holdout metrics match."""
     from flaml.automl import model as flaml_models
 
@@ -135,7 +135,7 @@ def reproduce(store: S3Store, run: dict[str, Any]) -> dict[str, Any]:
             "estimator": run["best_estimator"], "config": run["best_config"]}
 
 
-def contract_of(store: S3Store, run: dict[str, Any]) -> Contract:
+def contract_of(store: ObjectStore, run: dict[str, Any]) -> Contract:
     """The contract version the run was trained under (kept under contract-versions/), else the current one."""
     dataset = run["dataset"]
     for key in store.keys(f"contract-versions/{dataset}/"):

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sluice.core.app import Pipeline
 from sluice.core.errors import SluiceError
-from sluice.infra.state import StateBackend
-from sluice.infra.store import S3Store
+from sluice.core.ports import ObjectStore, StateBackend
 from sluice.ml.registry import ModelRegistry
 
 
-def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[str, Any]:
-    """Arrivals with their furthest stage, the quarantine, and the dataset's model."""
+def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pipeline: Pipeline) -> dict[str, Any]:
+    """Arrivals with their furthest stage, the quarantine, and the dataset's model (`pipeline`: the running
+    stages, whose time limits say when an arrival is stuck)."""
     ledger = [store.get_json(k) for k in store.keys(f"ledger/{dataset}/")]
     feature_sets = [store.get_json(k) for k in store.keys(f"features/{dataset}/") if k.endswith("/manifest.json")]
     runs = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/run.json")]
@@ -44,7 +45,8 @@ def dataset_status(store: S3Store, state: StateBackend, dataset: str) -> dict[st
             if its_versions:
                 stage, detail["versions"] = "registered", its_versions
         arrivals.append({**entry, "stage": stage, **detail})
-    arrivals += pending_arrivals(store, state, dataset, {(a["key"], a.get("etag")) for a in arrivals})
+    arrivals += pending_arrivals(store, state, dataset, {(a["key"], a.get("etag")) for a in arrivals},
+                                 pipeline=pipeline)
     quarantine = [store.get_json(k) for k in store.keys(f"quarantine/{dataset}/") if k.endswith("/report.json")]
     finished = {r["run_id"] for r in runs}
     training = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/progress.json")
@@ -75,16 +77,15 @@ def _staleness(progress: dict[str, Any]) -> dict[str, Any]:
     return progress
 
 
-def pending_arrivals(store: S3Store, state: StateBackend, dataset: str, done: set[tuple[str, Any]],
-                     now: datetime | None = None) -> list[dict[str, Any]]:
+def pending_arrivals(store: ObjectStore, state: StateBackend, dataset: str, done: set[tuple[str, Any]],
+                     now: datetime | None = None, *, pipeline: Pipeline) -> list[dict[str, Any]]:
     """Drops with no outcome yet: waiting for a worker, in progress (and where), or stuck past their time limit."""
+    from sluice.core.ports import IN_PROGRESS
     from sluice.core.runtime import claim_key, route_time_limit_s
-    from sluice.handlers import build_pipeline
-    from sluice.infra.state import IN_PROGRESS
     from sluice.ml.reconcile import event_for, listing
 
     now = now or datetime.now(UTC)
-    routes = {r.name: r for r in build_pipeline().routes}
+    routes = {r.name: r for r in pipeline.routes}
     out = []
     for prefix, stage in (("incoming", "validate"), ("labels", "labels")):
         for obj in listing(store, f"{prefix}/{dataset}/"):
@@ -104,7 +105,7 @@ def pending_arrivals(store: S3Store, state: StateBackend, dataset: str, done: se
     return out
 
 
-def waiting(store: S3Store, dataset: str, feature_sets: list[dict[str, Any]], runs: list[dict[str, Any]],
+def waiting(store: ObjectStore, dataset: str, feature_sets: list[dict[str, Any]], runs: list[dict[str, Any]],
             now: datetime | None = None) -> dict[str, Any] | None:
     """When the newest feature set has no run yet: when the debounce lets its training start (0: due now)."""
     from sluice.ml.contract import load_contract
@@ -124,19 +125,19 @@ def waiting(store: S3Store, dataset: str, feature_sets: list[dict[str, Any]], ru
             "starts_in_s": round(max(0.0, left), 1)}
 
 
-def data_versions(store: S3Store, dataset: str) -> list[dict[str, Any]]:
+def data_versions(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
     """The dataset's snapshot: every validated data version, in the order they were validated."""
     docs = [store.get_json(k) for k in store.keys(f"validated/{dataset}/") if k.endswith("/manifest.json")]
     return sorted(docs, key=lambda d: d["validated_at"])
 
 
-def datasets(store: S3Store) -> list[str]:
+def datasets(store: ObjectStore) -> list[str]:
     """Every dataset that has a contract or an arrival."""
     names = {k.split("/")[1].removesuffix(".yaml") for k in store.keys("contracts/") if k.count("/") == 1}
     names |= {k.split("/")[1] for k in store.keys("ledger/")}
     return sorted(names)
 
 
-def dead_letters(store: S3Store) -> list[dict[str, Any]]:
+def dead_letters(store: ObjectStore) -> list[dict[str, Any]]:
     """Messages that exhausted their retries, or could not be parsed at all."""
     return [store.get_json(k) for k in store.keys("deadletter/")]

@@ -29,7 +29,17 @@ import polars as pl
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
-from sluice.core.errors import Failure, LimitExceeded, UnreadableFile, ValidationFailed, clip
+from sluice.core.app import Extensions
+from sluice.core.errors import (
+    EXAMPLES_PER_RULE,
+    Failure,
+    LimitExceeded,
+    UnreadableFile,
+    ValidationFailed,
+    clip,
+)
+from sluice.core.errors import examples as examples  # re-exported: the quarantine report's examples
+from sluice.core.errors import summarize as summarize
 from sluice.ml.contract import ColumnSpec, Contract
 
 POLARS_TYPES: dict[str, pl.DataType] = {
@@ -41,7 +51,6 @@ BATCH_ROWS = 250_000  # per-batch fixed costs (pandera, Parquet row groups) amor
 CELLS_PER_BATCH = 4_000_000  # a wide file gets fewer rows per batch, so a batch's memory does not grow with width
 RATIO_FLOOR = 64 << 20  # the compression ratio is judged once this much is decompressed: small files may be sparse
 RAISE_LIMIT = "If the file is what you meant to send, raise `limits.{name}` in contracts/{dataset}.yaml."
-EXAMPLES_PER_RULE = 5
 SAMPLE_ROWS = 20_000
 ROW = "_sluice_row"  # 1-based data row number in the dropped file
 REASONS = "_sluice_reasons"
@@ -82,14 +91,17 @@ class Split:
         return out
 
 
-def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, batch_rows: int = BATCH_ROWS) -> Split:
-    """Validate the file at `path` (named `key` in the bucket); raises for file-level problems."""
+def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, batch_rows: int = BATCH_ROWS,
+                  extensions: Extensions | None = None) -> Split:
+    """Validate the file at `path` (named `key` in the bucket); raises for file-level problems. `extensions`: the
+    app's registered checks, which the contract's columns may name."""
     name = key.lower()
     check_size(key, path.stat().st_size, contract)
     if name.endswith(".csv.gz"):
         plain = workdir / "decompressed.csv"
         _gunzip(path, plain, key, contract)
-        return validate_file(plain, key.removesuffix(".gz"), contract, workdir, batch_rows=batch_rows)
+        return validate_file(plain, key.removesuffix(".gz"), contract, workdir, batch_rows=batch_rows,
+                             extensions=extensions)
     if name.endswith(".parquet"):
         frame, is_text = _scan_parquet(path, key, contract), False
     elif name.endswith(".csv"):
@@ -97,7 +109,7 @@ def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, ba
     else:
         raise UnreadableFile(f"{key}: Sluice reads {', '.join(SUPPORTED)} files.",
                              hint="Rename or convert the file and drop it again.")
-    return _split(frame, key, contract, workdir, is_text, batch_rows)
+    return _split(frame, key, contract, workdir, is_text, batch_rows, extensions)
 
 
 def over_limit(key: str, what: str, contract: Contract, name: str, **details: Any) -> LimitExceeded:
@@ -331,8 +343,10 @@ def _check_cells(raw: pl.DataFrame, key: str, contract: Contract, offset: int) -
 # -- row level --------------------------------------------------------------------------------------------------
 
 
-def build_schema(contract: Contract) -> pa.DataFrameSchema:
-    """The pandera-polars schema of a contract's row rules (column presence is checked before, per file)."""
+def build_schema(contract: Contract, extensions: Extensions | None = None) -> pa.DataFrameSchema:
+    """The pandera-polars schema of a contract's row rules (column presence is checked before, per file), with the
+    app's checks the contract names."""
+    extensions = extensions or Extensions()
     columns = {}
     for name, spec in contract.columns.items():
         checks = []
@@ -342,8 +356,20 @@ def build_schema(contract: Contract) -> pa.DataFrameSchema:
             checks.append(pa.Check.le(spec.max))
         if spec.categories is not None:
             checks.append(pa.Check.isin(spec.categories))
+        checks += [custom_check(extensions, item) for item in spec.checks]
         columns[name] = pa.Column(POLARS_TYPES[spec.dtype], checks=checks, nullable=spec.nullable)
     return pa.DataFrameSchema(columns, strict=False, name=contract.dataset)
+
+
+def custom_check(extensions: Extensions, item: str | dict[str, dict[str, Any]]) -> pa.Check:
+    """A check the app registers, as pandera runs it: a `pandera.Check` as is, or a function of the column (a polars
+    expression) and the contract's parameters that gives true for valid rows. Nulls are left to `nullable`."""
+    name, params = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+    fn = extensions.check(name)  # an AppError naming what is registered when it is not
+    if isinstance(fn, pa.Check):
+        return fn
+    label = name if not params else f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+    return pa.Check(lambda data: data.lazyframe.select(fn(pl.col(data.key), **params)), name=label, error=label)
 
 
 def _batches(frame: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -351,8 +377,8 @@ def _batches(frame: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
 
 
 def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_text: bool,
-           batch_rows: int) -> Split:
-    schema = build_schema(contract)
+           batch_rows: int, extensions: Extensions | None = None) -> Split:
+    schema = build_schema(contract, extensions)
     split = Split()
     valid_writer: pq.ParquetWriter | None = None
     invalid_writer: pq.ParquetWriter | None = None
@@ -534,28 +560,6 @@ class _Sampler:
 
     def frame(self) -> pl.DataFrame | None:
         return None if self.kept is None else self.kept.drop("_u")
-
-
-def summarize(failures: list[Failure]) -> list[Failure]:
-    """One failure per (column, rule): the first example, with how many times the rule broke."""
-    split = Split()
-    for f in failures:
-        split.rule_counts[(f.column, f.check)] += 1
-    split.examples = failures
-    return split.summary()
-
-
-def examples(failures: list[Failure]) -> list[dict[str, Any]]:
-    """Up to a few example failures per rule, JSON-safe, for the quarantine report."""
-    per_rule: Counter[tuple[str | None, str]] = Counter()
-    out: list[dict[str, Any]] = []
-    for f in failures:
-        k = (f.column, f.check)
-        if per_rule[k] < EXAMPLES_PER_RULE:
-            per_rule[k] += 1
-            out.append({"column": f.column, "check": f.check, "row": f.row,
-                        "value": None if f.value is None else clip(f.value)})
-    return out
 
 
 def _jsonable(value: Any) -> Any:

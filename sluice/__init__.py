@@ -33,13 +33,20 @@ if TYPE_CHECKING:
 
 
 def load_model(ref: Any, **kwargs: Any) -> Model:
-    """A registered model, verified and ready to score: see `sluice.ml.bundle.load_model`.
+    """A registered model, verified and ready to score: see `sluice.ml.bundle.load_model`. The bucket comes from
+    `settings` (default: the environment's).
 
     A model whose contract names custom feature functions or a custom learner needs the app that registers them:
     `load_model(ref, app=app)`."""
+    from dataclasses import replace
+
+    from sluice.core.settings import Settings
+    from sluice.infra.store import S3Store
     from sluice.ml.bundle import load_model as _load
 
-    return _load(ref, **kwargs)
+    settings = kwargs.pop("settings", None) or Settings.from_env()
+    return _load(ref, settings=settings, open_bucket=lambda bucket: S3Store(replace(settings, bucket=bucket)),
+                 **kwargs)
 
 
 def __getattr__(name: str) -> Any:

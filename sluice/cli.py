@@ -91,6 +91,7 @@ def up(app_spec: str | None) -> None:
     res = provision(settings, app.routes)
     for change in res.changes:
         click.echo(f"  + {change}")
+    click.echo(f"app {app.name}: " + ", ".join(f"{r.name} <- {r.prefix}*{r.suffix}" for r in app.routes))
     click.echo(f"{'provisioned' if res.changes else 'up to date'}: bucket {res.bucket}, queue "
                f"{settings.events_queue} (dead letters: {settings.dead_letter_queue}), topic {res.topic_arn}")
 
@@ -171,6 +172,7 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def status(as_json: bool) -> None:
     """Per dataset: what arrived, where it is in the chain, the quarantine; and the dead letters."""
+    from sluice.handlers import build_pipeline
     from sluice.infra.broker import make_state
     from sluice.ml.status import dataset_status, datasets, dead_letters
 
@@ -179,7 +181,7 @@ def status(as_json: bool) -> None:
     state = make_state(settings)
     report: dict[str, Any] = {
         "bucket": settings.bucket,
-        "datasets": [dataset_status(store, state, d) for d in datasets(store)],
+        "datasets": [dataset_status(store, state, d, pipeline=build_pipeline()) for d in datasets(store)],
         "dead_letters": dead_letters(store),
         "sqs_dead_letters": _sqs_dlq_depth(settings),
     }
@@ -247,6 +249,25 @@ def _sqs_dlq_depth(settings: Settings) -> int | None:
     except ClientError:
         return None
     return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+
+@main.command()
+@click.argument("project")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write it (default: ./PROJECT).")
+def new(project: str, folder: Path | None) -> None:
+    """Scaffold PROJECT: an app.py with a stage and a check of its own beside the built-in chain, a contract, a
+    test on moto and a README."""
+    from sluice.scaffold import write
+
+    target = folder or Path(project)
+    try:
+        written = write(project, target)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for path in written:
+        click.echo(f"  + {path}")
+    click.echo(f"created {target}: `cd {target} && pytest`, then `sluice worker --app app:app` (see its README)")
 
 
 @main.command()

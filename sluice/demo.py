@@ -93,7 +93,7 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
                  f"{m['candidate']:.4f} vs naive baseline {m['baseline']:.4f}")
 
             # What a downstream system does with the event: one line to a verified model, then score rows.
-            from sluice.ml.bundle import load_model
+            from sluice import load_model
 
             model = load_model(event, settings=settings)
             rows = pl.read_csv(io.BytesIO(data)).drop(TARGET).head(3)

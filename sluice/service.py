@@ -15,10 +15,15 @@ from dramatiq import Broker, Worker
 
 from sluice.core.app import App
 from sluice.core.metrics import Metrics
+from sluice.core.ports import ObjectStore, OnlineStore, Publisher, StateBackend
 from sluice.core.runtime import Runtime, SqsBridge
 from sluice.core.settings import Settings
+from sluice.infra.aws import client
 from sluice.infra.broker import make_broker, make_state
-from sluice.infra.state import StateBackend
+from sluice.infra.notify import SnsPublisher
+from sluice.infra.online import make_online
+from sluice.infra.store import S3Store
+from sluice.ml.contract import training_time_limit_s
 
 
 @dataclass
@@ -96,11 +101,17 @@ def build_runtime(
     *,
     broker: Broker | None = None,
     state: StateBackend | None = None,
+    store: ObjectStore | None = None,
+    publisher: Publisher | None = None,
+    online: OnlineStore | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Runtime:
-    """The app's stages declared as actors on the configured broker."""
+    """The app's stages declared as actors on the configured broker: the one place where the ports
+    (core/ports.py) get the implementations the settings name (infra/), unless given."""
     return Runtime(settings, app, broker or make_broker(settings), state or make_state(settings),
-                   on_event=on_event)
+                   store=store or S3Store(settings), publisher=publisher or SnsPublisher(settings),
+                   online=online or make_online(settings), on_event=on_event,
+                   contract_time_limit=training_time_limit_s)
 
 
 def start(settings: Settings, *, app: App | None = None, runtime: Runtime | None = None, bridge_wait_s: int = 1,
@@ -119,12 +130,12 @@ def start(settings: Settings, *, app: App | None = None, runtime: Runtime | None
         metrics = Metrics(settings, runtime.store)
         runtime.on_event = metrics.chain(runtime.on_event)
         runtime.broker.add_middleware(metrics.middleware())
-        metrics.watch_queues()
+        metrics.watch_queues(client("sqs", settings))
         metrics_server = metrics.serve(metrics_port)
     worker = Worker(runtime.broker, worker_threads=settings.worker_threads,
                     worker_timeout=settings.poll_interval_ms)
     worker.start()
-    bridge = SqsBridge(runtime, wait_s=bridge_wait_s)
+    bridge = SqsBridge(runtime, client("sqs", settings), wait_s=bridge_wait_s)
     bridge.start()
     reconciler = None
     if settings.reconcile_interval_s > 0:

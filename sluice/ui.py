@@ -74,11 +74,13 @@ class Dashboard:
     def __init__(self, settings: Settings, store: Any = None, state: Any = None):
         from jinja2 import Environment, PackageLoader, select_autoescape
 
+        from sluice.handlers import build_pipeline
         from sluice.infra.broker import make_state
         from sluice.infra.store import S3Store
         from sluice.ml.registry import ModelRegistry
 
         self.settings = settings
+        self.pipeline = build_pipeline()  # its stages' time limits say when an arrival is stuck
         self.store = store if store is not None else S3Store(settings)
         self.registry = ModelRegistry(self.store, state if state is not None else make_state(settings))
         self.templates = Environment(loader=PackageLoader("sluice", "templates"), autoescape=select_autoescape())
@@ -95,7 +97,8 @@ class Dashboard:
         """Datasets, models and dead letters."""
         from sluice.ml.status import dataset_status, datasets, dead_letters
 
-        overview = [dataset_status(self.store, self.registry.state, d) for d in datasets(self.store)]
+        overview = [dataset_status(self.store, self.registry.state, d, pipeline=self.pipeline)
+                    for d in datasets(self.store)]
         return self.render("home.html", datasets=overview, models=self.registry.models(),
                            dead_letters=dead_letters(self.store))
 
@@ -104,7 +107,7 @@ class Dashboard:
         from sluice.ml import quarantine
         from sluice.ml.status import data_versions, dataset_status
 
-        status = dataset_status(self.store, self.registry.state, name)
+        status = dataset_status(self.store, self.registry.state, name, pipeline=self.pipeline)
         status["arrivals"].sort(key=lambda a: a.get("at") or "", reverse=True)
         return self.render("dataset.html", ds=status, versions=data_versions(self.store, name),
                            quarantine=quarantine.entries(self.store, name))

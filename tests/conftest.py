@@ -67,16 +67,17 @@ def runtime() -> Iterator[Any]:
     from dramatiq.brokers.stub import StubBroker
     from moto import mock_aws
 
-    from sluice.core.runtime import Runtime
     from sluice.handlers import build_pipeline
     from sluice.infra.online import MemoryOnline
     from sluice.infra.state import MemoryState
+    from sluice.service import build_runtime
     from tests.chain import prepare
 
     with mock_aws():
         s = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
         prepare(s)
-        yield Runtime(s, build_pipeline(), StubBroker(), MemoryState(), online=MemoryOnline())
+        yield build_runtime(s, build_pipeline(), broker=StubBroker(), state=MemoryState(),
+                            online=MemoryOnline())
 
 
 @pytest.fixture

@@ -16,11 +16,9 @@ import pytest
 
 from sluice.core.app import Pipeline
 from sluice.core.errors import TransientError
-from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.handlers import build_pipeline
 from sluice.infra.aws import client
-from sluice.infra.broker import make_broker, make_state
 from sluice.infra.subscribe import TemporarySubscription
 from sluice.service import Service, build_runtime, start
 from tests.chain import DATASET, ledger, prepare, sample_bytes, versions, wait_for
@@ -159,7 +157,7 @@ def test_transient_faults_are_retried_and_exhausted_ones_dead_lettered(settings:
         attempts["broken"] += 1
         raise TransientError("still down")
 
-    runtime = Runtime(settings, pipeline, make_broker(settings), make_state(settings))
+    runtime = build_runtime(settings, pipeline)
     worker = Worker(runtime.broker, worker_threads=1, worker_timeout=100)
     worker.start()
     try:
@@ -184,7 +182,7 @@ def test_the_worker_polls_redis_at_the_configured_interval(moto_settings: Settin
     assert Settings.from_env({}).poll_interval_ms == Settings().poll_interval_ms == 50
     settings = replace(moto_settings, broker_url=redis_url, poll_interval_ms=7)
     prepare(settings)
-    svc = start(settings, bridge_wait_s=1)
+    svc = start(settings, app=build_pipeline(), bridge_wait_s=1)
     try:
         assert svc.worker.worker_timeout == 7
         assert svc.worker.consumers and {c.worker_timeout for c in svc.worker.consumers.values()} == {7}

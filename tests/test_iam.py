@@ -87,10 +87,10 @@ def test_each_role_can_do_its_job_and_no_more(enforcing: tuple[Settings, dict[st
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from dramatiq.brokers.stub import StubBroker
 
-    from sluice.core.runtime import Runtime
     from sluice.infra.online import MemoryOnline
     from sluice.infra.state import MemoryState
     from sluice.ml.registry import ModelRegistry
+    from sluice.service import build_runtime
 
     settings, keys = enforcing
     bucket = settings.bucket
@@ -117,7 +117,8 @@ def test_each_role_can_do_its_job_and_no_more(enforcing: tuple[Settings, dict[st
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", worker_id)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", worker_secret)
     monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # its credentials are cached from the first client
-    rt = Runtime(settings, build_pipeline(), StubBroker(), MemoryState(), online=MemoryOnline())
+    rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState(),
+                       online=MemoryOnline())
     published: list[str] = []
     rt.on_event = lambda kind, detail: published.append(kind)
     producer.put_object(Bucket=bucket, Key=f"incoming/{DATASET}/a.csv", Body=sample_bytes())

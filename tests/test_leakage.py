@@ -85,5 +85,5 @@ def test_a_planted_leak_under_each_policy(runtime: Runtime, policy: str) -> None
     event = for_transition(version, registry.history(DATASET)[-1], "sluice://test").to_cloudevent()
     jsonschema.validate(event, schema(event["type"]))
     assert event["data"]["leakage"]["columns"] == ["referral_ward"]
-    [arrival] = dataset_status(runtime.store, MemoryState(), DATASET)["arrivals"]
+    [arrival] = dataset_status(runtime.store, MemoryState(), DATASET, pipeline=runtime.pipeline)["arrivals"]
     assert arrival["leakage"][0]["columns"] == ["referral_ward"]

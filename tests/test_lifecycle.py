@@ -33,6 +33,7 @@ from sluice.infra.state import MemoryState
 from sluice.infra.subscribe import filter_policy, subscribe_queue
 from sluice.ml.contract import PromotionSpec, contract_key, infer_contract
 from sluice.ml.registry import ModelRegistry, parse_time
+from sluice.service import build_runtime
 from tests.chain import BUDGET_S
 
 DATASET = "synth"
@@ -66,7 +67,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Runtime]:
         monkeypatch.setenv(name, value)
     with mock_aws():
         provision(settings, build_pipeline().routes)
-        yield Runtime(settings, build_pipeline(), StubBroker(), MemoryState())
+        yield build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState())
 
 
 def run_chain(rt: Runtime, key: str, data: bytes) -> list[str]:

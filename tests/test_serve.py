@@ -13,10 +13,10 @@ import httpx
 import numpy as np
 import pytest
 
+from sluice import load_model
 from sluice.core.runtime import Runtime
 from sluice.events.model import PROMOTED
 from sluice.infra.subscribe import TemporarySubscription, filter_policy
-from sluice.ml.bundle import load_model
 from sluice.ml.registry import ModelRegistry
 from tests import mixed
 from tests.chain import run_chain

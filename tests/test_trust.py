@@ -25,6 +25,7 @@ from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
 from sluice.infra.store import S3Store
 from sluice.ml.registry import ModelRegistry
+from sluice.service import build_runtime
 from tests.chain import DATASET, sample_bytes
 
 
@@ -189,7 +190,7 @@ def test_permanent_errors_are_not_retried_and_transient_ones_are() -> None:
         provision(settings, [])
         broker = StubBroker()
         broker.emit_after("process_boot")
-        rt = Runtime(settings, pipeline, broker, MemoryState())
+        rt = build_runtime(settings, pipeline, broker=broker, state=MemoryState())
         for key in ("incoming/p/a.csv", "incoming/t/a.csv"):
             rt.dispatch(ObjectCreated(settings.bucket, key, 1, "etag"))
         worker = Worker(broker, worker_timeout=50)

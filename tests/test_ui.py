@@ -64,10 +64,10 @@ def dashboard() -> Iterator[dict[str, Any]]:
     from dramatiq.brokers.stub import StubBroker
     from moto import mock_aws
 
-    from sluice.core.runtime import Runtime
     from sluice.handlers import build_pipeline
     from sluice.infra.online import MemoryOnline
     from sluice.infra.state import MemoryState
+    from sluice.service import build_runtime
     from sluice.ui import Dashboard
     from tests.chain import prepare
     from tests.populate import populate
@@ -82,7 +82,8 @@ def dashboard() -> Iterator[dict[str, Any]]:
             settings = replace(Settings(), bucket="sluice-ui", broker_url="memory://")
             prepare(settings)
             state = MemoryState()
-            rt = Runtime(settings, build_pipeline(), StubBroker(), state, online=MemoryOnline())
+            rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=state,
+                               online=MemoryOnline())
             made = populate(rt)
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))

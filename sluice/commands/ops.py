@@ -52,9 +52,10 @@ def deadletter() -> None:
 def deadletter_list(as_json: bool) -> None:
     """Every dead-letter record and every message in the SQS dead-letter queue."""
     from sluice.core import deadletters
+    from sluice.infra import queues
 
     settings = _settings()
-    recs, sqs = deadletters.records(_store(settings)), deadletters.sqs_messages(settings)
+    recs, sqs = deadletters.records(_store(settings)), queues.dead_letter_messages(settings)
     if as_json:
         _echo_json({"records": recs, "sqs": sqs})
         return
@@ -84,12 +85,16 @@ def deadletter_show(message_id: str) -> None:
 @app_option
 def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool, app_spec: str | None) -> None:
     """Send MESSAGE_IDS (default: every record, and the SQS dead letters) back into the chain."""
+    from functools import partial
+
     from sluice.core import deadletters
+    from sluice.infra import queues
     from sluice.service import build_runtime
 
     runtime = build_runtime(_settings(), load_app(app_spec))
     try:
-        done = deadletters.redrive(runtime, list(message_ids) or None, sqs=not no_sqs)
+        move_sqs = None if no_sqs else partial(queues.move_dead_letters_back, runtime.settings)
+        done = deadletters.redrive(runtime, list(message_ids) or None, move_sqs=move_sqs)
     finally:
         runtime.broker.close()
     for why in done.skipped:

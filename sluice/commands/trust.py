@@ -52,8 +52,7 @@ def refused_redrive(ident: str, app_spec: str | None) -> None:
 
     from sluice.commands.models import _who
     from sluice.core.refusals import find, redrive
-    from sluice.core.runtime import Runtime
-    from sluice.infra.broker import make_broker, make_state
+    from sluice.service import build_runtime
 
     settings = _settings()
     store = _store(settings)
@@ -61,6 +60,6 @@ def refused_redrive(ident: str, app_spec: str | None) -> None:
         key, record = find(store, ident)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
-    runtime = Runtime(settings, load_app(app_spec), make_broker(settings), make_state(settings), store=store)
+    runtime = build_runtime(settings, load_app(app_spec), store=store)
     event = redrive(runtime, key, record, by=_who(), at=datetime.now(UTC).isoformat(timespec="seconds"))
     click.echo(f"re-sent {event.key} to stage {record['stage']}")
