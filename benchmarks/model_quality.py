@@ -246,7 +246,7 @@ def main() -> None:
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     settings = replace(Settings.from_env(), broker_url="memory://", bucket="sluice-quality", min_backoff_ms=200)
     provision(settings, build_pipeline().routes)
-    service = start(settings)
+    service = start(settings, app=build_pipeline())
     store = S3Store(settings)
     load0 = os.getloadavg()
     rows: list[dict[str, Any]] = []
