@@ -9,6 +9,7 @@ import click
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
+from sluice.core import keys
 from sluice.core.errors import SluiceError
 from sluice.core.settings import Settings
 
@@ -100,7 +101,7 @@ def models_show(name: str, at: str | None, as_json: bool) -> None:
             click.echo(f"      from {src['key']} (version {src.get('version_id')}, etag {src['etag']}, "
                        f"sha256 {src['sha256'][:16]}…{replay})")
         click.echo(f"      features {lin['feature_set_version']}, artifact {v['artifact']['uri']}")
-    for key in registry.store.keys(f"registry/{name}/backtests/"):
+    for key in registry.store.keys(keys.Backtest.prefix(name)):
         bt = registry.store.get_json(key)
         scores = ", ".join(f"v{r['version']} ({r['role']}) {r['metrics'][bt['metric']]:.4f}"
                            for r in bt["results"] if "metrics" in r)
