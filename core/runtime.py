@@ -66,6 +66,21 @@ ARRIVAL_STAGES = ("validate", "labels")
 def published_key(model: str, event_id: str) -> str:
     """Where the publication of one model event is recorded."""
     return keys.Published(model, event_id).key
+
+
+def publish_once(publisher: Publisher, store: ObjectStore, event: ModelEvent, *,
+                 record_to: ObjectStore | None = None) -> bool:
+    """The one path a model event takes to the topic (the register stage and the CLI's lifecycle commands):
+    publish, then record the publication (`published/`), so a re-run does not send it again. False when it
+    was already published. A crash between the two sends it twice, with the same CloudEvent id: consumers
+    de-duplicate on it. `record_to` is where the record is written (a stage's recording store), default `store`.
+    """
+    if store.exists(published_key(event.model, event.id)):
+        return False
+    publisher.publish(event)
+    (record_to or store).put_json(published_key(event.model, event.id),
+                                  {"published_at": datetime.now(UTC).isoformat(), "event": event.to_cloudevent()})
+    return True
 # Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
 PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError)
 
@@ -294,17 +309,11 @@ class Runtime:
         log.info("wrote %-10s %s", stage, effect.key)
 
     def _publish_once(self, store: ObjectStore, effect: ModelEvent) -> None:
-        """Publish, then record the publication (`published/`): a re-run of the stage does not send it again.
-
-        A crash between the two sends it twice, with the same CloudEvent id: consumers de-duplicate on it.
-        """
-        marker = published_key(effect.model, effect.id)
-        if self.store.exists(marker):
+        """Publish through `publish_once`: a re-run of the stage does not send it again."""
+        if not publish_once(self.publisher, self.store, effect, record_to=store):
             log.info("same %-10s %s v%s already published (%s)", effect.type, effect.model, effect.version,
                      effect.id[:12])
             return
-        self.publisher.publish(effect)
-        store.put_json(marker, {"published_at": datetime.now(UTC).isoformat(), "event": effect.to_cloudevent()})
         self.on_event("published", effect.to_cloudevent())
         log.info("sent %-10s %s v%s -> topic %s", effect.type, effect.model, effect.version, self.settings.topic)
 

@@ -156,6 +156,7 @@ def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from sluice.core.context import Context
+    from sluice.core.runtime import publish_once
     from sluice.events.model import for_transition
     from sluice.infra.notify import SnsPublisher
 
@@ -169,7 +170,7 @@ def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     event = for_transition(version, record, ctx.source)
     try:
-        SnsPublisher(settings).publish(event)
+        publish_once(SnsPublisher(settings), registry.store, event)
     except (BotoCoreError, ClientError) as exc:
         # The history already holds the change: an event never announces something that did not happen.
         raise click.ClickException(f"{record['action']} v{record['version']} is recorded (history "
