@@ -32,7 +32,7 @@ KNOWN_OPTIONS = {"time_limit_s", "max_retries", "time_limit_from_contract"}
 # A stage name becomes a Dramatiq actor name and an S3 notification id.
 STAGE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")
 EXTENSION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
-BUILTIN_LEARNERS = ("lgbm", "xgboost", "xgb_limitdepth")
+BUILTIN_LEARNERS = ("lgbm", "xgboost", "xgb_limitdepth", "linear")  # ml.modeling.FORMAT_OF_LEARNER
 
 
 @dataclass(frozen=True)

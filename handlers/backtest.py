@@ -26,7 +26,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Score the champion and the last few other versions on the new labels, point-in-time joined."""
     dataset = dataset_of(event.key)
     label_version = keys.Validated.parse(event.key).version
-    contract = load_contract(ctx.store, dataset)
+    contract = load_contract(ctx.store, dataset, ctx.extensions)
     out = keys.Backtest(contract.model, label_version).key
     if ctx.store.exists(out):
         return []
@@ -46,7 +46,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     frame = point_in_time_join(labels, feature_rows, contract)
     results = []
     for version in chosen:
-        loaded = load_version(ctx.store, version)
+        loaded = load_version(ctx.store, version, extensions=ctx.extensions)
         encoding = loaded.encoding
         missing = [c for c in encoding.columns if c not in frame.columns]
         entry: dict[str, Any] = {"version": version["version"],

@@ -26,7 +26,7 @@ from sluice.ml.runs import artifact
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Score candidate, champion and baseline on the candidate's holdout, benchmark inference; write the verdict."""
     run = ctx.store.get_json(event.key)
-    contract = load_contract(ctx.store, run["dataset"])
+    contract = load_contract(ctx.store, run["dataset"], ctx.extensions)
     model = run["model"]
     out_key = keys.Candidate(model, run["run_id"]).key
     if ctx.store.exists(out_key):
@@ -35,7 +35,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     # The candidate and the champion are loaded exactly as users load them (ml/bundle.py), and checked against
     # the run's and the registry's records of their bundles.
     t0 = time.perf_counter()
-    candidate = bundle.load_run(ctx.store, run)
+    candidate = bundle.load_run(ctx.store, run, ctx.extensions)
     load_ms = (time.perf_counter() - t0) * 1000
     encoding = candidate.encoding
     y = encoding.labels(holdout)
@@ -49,14 +49,16 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if champion is None:
         reference_scores, reference_name = baseline_scores, "naive baseline"
     else:
-        reference_scores = bundle.load_version(ctx.store, champion, evaluated=True).score_features(holdout)
+        champion_model = bundle.load_version(ctx.store, champion, evaluated=True, extensions=ctx.extensions)
+        reference_scores = champion_model.score_features(holdout)
         reference_name = f"champion v{champion['version']}"
     # Size and latency are the shipped model's (the refit on train + holdout, when the run has one); the metric
     # is the evaluated model's, on rows it never saw.
     refit = run.get("refit")
     if refit:
         t0 = time.perf_counter()
-        shipped = bundle.read_bundle(ctx.store.get, refit["bundle"]["key"], expected_sha256=refit["bundle"]["sha256"])
+        shipped = bundle.read_bundle(ctx.store.get, refit["bundle"]["key"], expected_sha256=refit["bundle"]["sha256"],
+                                     extensions=ctx.extensions)
         load_ms = (time.perf_counter() - t0) * 1000
     benchmark = gate.inference_benchmark(shipped if refit else candidate, holdout, load_ms=load_ms)
     verdict = gate.evaluate(contract, holdout, y, candidate_scores, reference_scores, baseline=baseline_scores,

@@ -30,7 +30,7 @@ from sluice.ml.transforms import apply_transforms
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Materialize the feature set of the dataset's current snapshot."""
     dataset = dataset_of(event.key)
-    contract = load_contract(ctx.store, dataset)
+    contract = load_contract(ctx.store, dataset, ctx.extensions)
     trigger = DataValidated.from_dict(ctx.store.get_json(event.key))
     if not trigger.retrain:
         ctx.log.info("skip  features   %s: data version %s recorded, no retraining (drift.retrain: %s, drift %s)",
@@ -49,7 +49,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         return []
 
     frames = [read_parquet(ctx.store, keys.Validated(dataset, dv, keys.DATA).key) for dv in data_versions]
-    frame = apply_transforms(pl.concat(frames, how="diagonal_relaxed"), contract)
+    frame = apply_transforms(pl.concat(frames, how="diagonal_relaxed"), contract, ctx.extensions)
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
     ctx.store.put(f"{base}features.parquet", buffer.getvalue())

@@ -56,7 +56,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Train on the dataset's latest inputs, once, after the debounce window."""
     t0 = time.perf_counter()
     dataset = dataset_of(event.key)
-    contract = load_contract(ctx.store, dataset)
+    contract = load_contract(ctx.store, dataset, ctx.extensions)
     inputs = _inputs(ctx, contract, event.key)
     if inputs is None:
         return []
@@ -103,7 +103,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     try:
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
                                  time_budget_s=_search_budget(spec.time_budget_s, leak_s),
-                                 on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"))
+                                 on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"),
+                                 extensions=ctx.extensions)
     except modeling.TrainingCancelled:
         ctx.store.put_json(f"{base}cancelled.json", {"run_id": run_id, "at": ctx.timestamp()}, if_absent=True)
         ctx.log.warning("cancelled train %s on request", run_id)
@@ -114,7 +115,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=trained.model_bytes, model_format=trained.model_format,
         frequencies=frequency_tables(frame, contract), run_id=run_id)
-    loaded = bundle.model_from_files(manifest_bytes, files)
+    loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
     scores = loaded.score_features(holdout.filter(pl.Series(known)))
@@ -285,11 +286,11 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     Same learner, hyperparameters and encoding: only the rows differ."""
     if not contract.training.refit:
         return None
-    done = modeling.refit(trained, frame, encoding, contract)
+    done = modeling.refit(trained, frame, encoding, contract, ctx.extensions)
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
         frequencies=frequency_tables(frame, contract), run_id=run_id)
-    bundle.model_from_files(manifest_bytes, files)  # the shipped bundle must load
+    bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     for name, data in files.items():
         ctx.store.put(f"{base}refit/{name}", data)
     key = f"{base}refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"

@@ -31,13 +31,13 @@ from sluice.ml.registry import ModelRegistry
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Validate one dropped object: write the data version and split out invalid rows, or quarantine it whole."""
-    contract = load_contract(ctx.store, _dataset(event))
+    contract = load_contract(ctx.store, _dataset(event), ctx.extensions)
     return validate_object(event, ctx, contract, "validated")
 
 
 def handle_labels(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Validate a label file (entity key, label time, target) of a dataset whose labels arrive separately."""
-    contract = load_contract(ctx.store, _dataset(event))
+    contract = load_contract(ctx.store, _dataset(event), ctx.extensions)
     if contract.labels is None:
         raise UnreadableFile(
             f"{event.key}: dataset {contract.dataset!r} takes its target with the data, not as separate labels.",
@@ -75,7 +75,7 @@ def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, pref
         if not info.sha256 and _already_done(ctx, prefix, dataset, data_version, event, ledger):
             return []
         try:
-            split = validation.validate_file(path, event.key, contract, Path(tmp))
+            split = validation.validate_file(path, event.key, contract, Path(tmp), extensions=ctx.extensions)
             # One class is fine in a later drop (a quiet day) or a replay, not in the data a first model learns from.
             earlier = keys.Validated.prefix(dataset, labels=prefix == keys.VALIDATED_LABELS.rstrip("/"))
             first = REPLAY_OF not in info.metadata and not any(

@@ -34,10 +34,11 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core.errors import IntegrityError, ModelInputError
+from sluice.core.app import Extensions
+from sluice.core.errors import AppError, IntegrityError, ModelInputError
 from sluice.core.ports import ObjectStore
 from sluice.ml.contract import Contract, parse_contract
-from sluice.ml.modeling import EXTENSION, Encoding, Predictor
+from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
 from sluice.ml.validation import POLARS_TYPES, typed_exprs
 
@@ -59,7 +60,7 @@ def bundle_files(*, contract: Contract, encoding: Encoding, model_bytes: bytes, 
                  frequencies: dict[str, dict[str, float]], run_id: str) -> tuple[bytes, dict[str, bytes]]:
     """A bundle's manifest and files, named by their sha256: (manifest bytes, {file name: bytes})."""
     contents = {
-        "model": (EXTENSION[model_format], model_bytes),
+        "model": (extension_of(model_format), model_bytes),
         "encoding": ("json", json.dumps(encoding.to_dict()).encode()),
         "contract": ("yaml", contract.to_yaml().encode()),
         "signature": ("json", json.dumps(signature(contract, encoding)).encode()),
@@ -193,7 +194,7 @@ class Model:
     """A loaded, verified bundle. Use `sluice.load_model(...)` to get one."""
 
     def __init__(self, manifest: dict[str, Any], files: Mapping[str, bytes], *, bundle_sha256: str,
-                 version: int | None = None):
+                 version: int | None = None, extensions: Extensions | None = None):
         if manifest.get("format") != BUNDLE_FORMAT:
             raise IntegrityError(f"not a Sluice model bundle (format {manifest.get('format')!r})")
         self.manifest = manifest
@@ -203,11 +204,19 @@ class Model:
         self.dataset: str = manifest["dataset"]
         self.task: str = manifest["task"]
         self.contract = parse_contract(files["contract"], source=f"bundle {bundle_sha256[:12]} contract")
+        # The app's feature functions and learner, which the model needs to score: the user's code, never the bundle's.
+        self.extensions = extensions or Extensions()
+        for t in self.contract.features:
+            if t.op == "custom" and t.function not in self.extensions.features:
+                have = ", ".join(sorted(self.extensions.features)) or "none"
+                raise AppError(f"model {self.name!r} computes feature {t.name!r} with the feature function "
+                               f"{t.function!r} of its app, which this process does not register (registered: "
+                               f"{have}); load it with the app that registers it: sluice.load_model(ref, app=app)")
         self.signature: dict[str, Any] = json.loads(files["signature"])
         self.frequencies: dict[str, dict[str, float]] = json.loads(files["transforms"]).get("frequency", {})
         encoding = Encoding.from_dict(json.loads(files["encoding"]))
         self.model_sha256: str = manifest["files"]["model"]["sha256"]
-        self.predictor = Predictor(manifest["model_format"], files["model"], self.task, encoding)
+        self.predictor = Predictor(manifest["model_format"], files["model"], self.task, encoding, self.extensions)
         self.encoding = self.predictor.encoding  # in the model's own column order
         self.classes = self.encoding.classes
         self.required = required_columns(self.contract, self.encoding)
@@ -297,7 +306,8 @@ class Model:
                         value = rec[name]
                         problems.setdefault(i, []).append(
                             (name, f"{name}: {_short(value)} {what}" if value is not None else f"{name} {what}"))
-        featured, missing = transforms_for_scoring(checked.drop(flag_names), self.contract, self.frequencies)
+        featured, missing = transforms_for_scoring(checked.drop(flag_names), self.contract, self.frequencies,
+                                                  self.extensions)
         for feature, why in missing.items():
             if feature in self.encoding.columns:
                 for i in range(n):
@@ -389,6 +399,8 @@ class _FastRows:
     def _feature(self, t: Any, values: dict[str, Any]) -> Any:
         a, b = values.get(t.columns[0]), values.get(t.columns[-1])
         op = t.op
+        if op == "custom":
+            raise _Bail  # the app's polars expression: the general path computes it
         if op in ("year", "month", "day", "dayofweek"):
             if a is None:
                 return None
@@ -559,7 +571,7 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
 # -- reading bundles ---------------------------------------------------------------------------------------------
 
 def read_bundle(read: Callable[[str], bytes], manifest_key: str, *, expected_sha256: str | None,
-                version: int | None = None) -> Model:
+                version: int | None = None, extensions: Extensions | None = None) -> Model:
     """Load a bundle through `read(key)`, checking the manifest against `expected_sha256` (the registry's record)
     and every file against the manifest. A mismatch is an IntegrityError: nothing of it is loaded."""
     raw = read(manifest_key)
@@ -583,10 +595,11 @@ def read_bundle(read: Callable[[str], bytes], manifest_key: str, *, expected_sha
             raise IntegrityError(f"{folder}{path}: sha256 does not match the bundle manifest; refusing to load it. "
                                  "Restore the object from the bucket's version history, or retrain.")
         files[role] = data
-    return Model(manifest, files, bundle_sha256=digest, version=version)
+    return Model(manifest, files, bundle_sha256=digest, version=version, extensions=extensions)
 
 
-def read_local_bundle(path: str | Path, expected_sha256: str | None = None) -> Model:
+def read_local_bundle(path: str | Path, expected_sha256: str | None = None,
+                      extensions: Extensions | None = None) -> Model:
     """A bundle downloaded to a folder (`sluice models download`), or its manifest file. The registry's record
     saved beside it (`version.json`) says which version it is and which manifest sha256 to expect."""
     p = Path(path)
@@ -598,7 +611,7 @@ def read_local_bundle(path: str | Path, expected_sha256: str | None = None) -> M
         version = doc.get("version")
         expected_sha256 = expected_sha256 or doc.get("bundle", {}).get("sha256")
     return read_bundle(lambda key: (manifest.parent / Path(key).name).read_bytes(), manifest.name,
-                       expected_sha256=expected_sha256, version=version)
+                       expected_sha256=expected_sha256, version=version, extensions=extensions)
 
 
 def _single_manifest(folder: Path) -> Path:
@@ -626,22 +639,24 @@ def parse_ref(ref: str) -> tuple[str, str | None, int | None]:
     return ref, "champion", None
 
 
-def load_version(store: Any, version: dict[str, Any], *, evaluated: bool = False) -> Model:
+def load_version(store: Any, version: dict[str, Any], *, evaluated: bool = False,
+                 extensions: Extensions | None = None) -> Model:
     """A registered version's model, checked against the registry's own record of it.
 
     `evaluated`: the model the gate judged on the holdout, not the refit on train + holdout that ships; a gate
     that scores the version on holdout rows must use it, since the refit has seen those rows."""
     bundle = (version.get("evaluated_bundle") if evaluated else None) or version.get("bundle")
     if bundle:
-        return read_bundle(store.get, bundle["key"], expected_sha256=bundle["sha256"], version=version["version"])
+        return read_bundle(store.get, bundle["key"], expected_sha256=bundle["sha256"], version=version["version"],
+                           extensions=extensions)
     return _legacy_version(store, version)
 
 
-def load_run(store: Any, run: dict[str, Any]) -> Model:
+def load_run(store: Any, run: dict[str, Any], extensions: Extensions | None = None) -> Model:
     """A run's model (a candidate that has no version yet), checked against the run's record of its bundle."""
     bundle = run.get("bundle")
     if bundle:
-        return read_bundle(store.get, bundle["key"], expected_sha256=bundle["sha256"])
+        return read_bundle(store.get, bundle["key"], expected_sha256=bundle["sha256"], extensions=extensions)
     return _legacy_run(store, run, expected_model_sha=run["artifacts"]["model"]["sha256"], version=None)
 
 
@@ -674,21 +689,24 @@ def _legacy_run(store: Any, run: dict[str, Any], *, expected_model_sha: str, ver
     return model_from_files(manifest_bytes, files, version=version)
 
 
-def model_from_files(manifest_bytes: bytes, files: Mapping[str, bytes], *, version: int | None = None) -> Model:
+def model_from_files(manifest_bytes: bytes, files: Mapping[str, bytes], *, version: int | None = None,
+                     extensions: Extensions | None = None) -> Model:
     """A Model from a bundle held in memory, as `bundle_files` made it."""
     manifest = json.loads(manifest_bytes)
     by_role = {role: files[meta["path"]] for role, meta in manifest["files"].items()}
-    return Model(manifest, by_role, bundle_sha256=sha256(manifest_bytes), version=version)
+    return Model(manifest, by_role, bundle_sha256=sha256(manifest_bytes), version=version, extensions=extensions)
 
 
 def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = None,
-               open_bucket: Callable[[str], ObjectStore] | None = None) -> Model:
+               open_bucket: Callable[[str], ObjectStore] | None = None, app: Any = None) -> Model:
     """The one loader. `ref` is "NAME@champion", "NAME@challenger", "NAME:3", a promotion CloudEvent (dict or
     JSON), an s3:// URI of a bundle manifest, or a local folder with a downloaded bundle.
 
     Every file is checked against its sha256 before it is used; a registered version's bundle is checked against
-    the registry's record. Nothing executable is loaded.
+    the registry's record. Nothing executable is loaded. A model whose contract names the app's own feature
+    functions or learner needs that app (`app=`): its code is the user's, never the bundle's.
     """
+    extensions = app.extensions if app is not None else None
     from sluice.core.memory import MemoryState
     from sluice.core.settings import Settings
     from sluice.ml.registry import ModelRegistry
@@ -707,11 +725,11 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
         expected, version = None, None
     settings = settings or Settings.from_env()
     if isinstance(ref, Path) or (isinstance(ref, str) and not ref.startswith("s3://") and Path(ref).exists()):
-        return read_local_bundle(ref, expected)
+        return read_local_bundle(ref, expected, extensions)
     if isinstance(ref, str) and ref.startswith("s3://"):
         bucket, _, key = ref[5:].partition("/")
         s3 = store if store is not None and store.bucket == bucket else _open(open_bucket, bucket)
-        model = read_bundle(s3.get, key, expected_sha256=expected, version=version)
+        model = read_bundle(s3.get, key, expected_sha256=expected, version=version, extensions=extensions)
         return model
     store = store or _open(open_bucket, settings.bucket)
     name, alias, number = parse_ref(str(ref))
@@ -727,7 +745,7 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
     found = registry.version(name, number)
     if found is None:
         raise ModelInputError(f"{name} has no version {number}")
-    return load_version(store, found)
+    return load_version(store, found, extensions=extensions)
 
 
 def _open(open_bucket: Callable[[str], ObjectStore] | None, bucket: str) -> ObjectStore:

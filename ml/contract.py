@@ -47,6 +47,17 @@ class ColumnSpec(_Strict):
     min: float | None = None
     max: float | None = None
     categories: list[str] | None = None
+    # Checks the app registers (`@app.check`), by name, or as {name: {parameter: value}}: the user's own code,
+    # never code from the bucket. A row failing one is quarantined like any other rule.
+    checks: list[str | dict[str, dict[str, Any]]] = Field(default_factory=list)
+
+    @field_validator("checks")
+    @classmethod
+    def _check_names(cls, value: list[str | dict[str, dict[str, Any]]]) -> list[str | dict[str, dict[str, Any]]]:
+        for item in value:
+            if isinstance(item, dict) and len(item) != 1:
+                raise ValueError(f"a check is a name or {{name: {{parameter: value}}}}, got {item!r}")
+        return value
 
 
 class LimitsSpec(_Strict):
@@ -69,12 +80,13 @@ class TrainingSpec(_Strict):
 
     time_budget_s: float = Field(default=10.0, gt=0, le=24 * 3600)
     # Only learners whose fitted model loads without running code (LightGBM text, XGBoost JSON, Sluice's linear
-    # JSON); scikit-learn's forests would need pickle, and nothing from the bucket is ever unpickled.
+    # JSON), and the app's own (`app.learner`, each with a non-pickle format); scikit-learn's forests would need
+    # pickle, and nothing from the bucket is ever unpickled. Names the app does not register are refused by the
+    # stage, saying what is.
     # `linear` (ml/linear.py: logistic or ridge regression stored as JSON) joined the default by measurement
     # (benchmarks/model_quality.py): it wins where the signal is additive (generated churn: +0.02 ROC AUC over plain
     # FLAML) and costs a gradient-boosting win nothing; xgboost at the same budget never won a dataset.
-    estimators: list[Literal["lgbm", "xgboost", "xgb_limitdepth", "linear"]] = Field(
-        default_factory=lambda: ["lgbm", "linear"], min_length=1)  # type: ignore[arg-type]
+    estimators: list[str] = Field(default_factory=lambda: ["lgbm", "linear"], min_length=1)
     seed: int = 42
     # Threads per fit; -1: every core of the worker (measured in benchmarks/model_quality.py).
     n_jobs: int = Field(default=-1, ge=-1)
@@ -95,9 +107,13 @@ class TrainingSpec(_Strict):
     @classmethod
     def _storable(cls, value: Any) -> Any:
         for name in value if isinstance(value, list) else []:
-            if name in ("rf", "extra_tree"):
+            if name in ("rf", "extra_tree", "extra_trees", "kneighbor", "lrl1", "lrl2", "catboost", "histgb", "sgd",
+                        "svc", "enet", "lassolars"):
                 raise ValueError(f"estimator {name!r} cannot be stored without pickle, which Sluice never loads; "
-                                 "use lgbm, xgboost, xgb_limitdepth or linear")
+                                 "use lgbm, xgboost, xgb_limitdepth or linear, or register a learner of your own with "
+                                 "app.learner(name, estimator, save=..., load=...)")
+            if not isinstance(name, str) or not re.match(r"^[a-z][a-z0-9_]{0,62}$", name):
+                raise ValueError(f"estimator {name!r}: a learner name is lowercase letters, digits and '_'")
         return value
 
     @property
@@ -153,7 +169,7 @@ TransformOp = Literal[
     "log1p", "abs", "square", "clip", "add", "subtract", "multiply", "divide",
     "year", "month", "day", "dayofweek", "hour",
     "category_code", "frequency",
-    "window_count", "window_sum", "window_mean", "window_min", "window_max", "lag",
+    "window_count", "window_sum", "window_mean", "window_min", "window_max", "lag", "custom",
 ]
 
 
@@ -167,16 +183,27 @@ class Transform(_Strict):
 
     name: str
     op: TransformOp
-    columns: list[str] = Field(min_length=1, max_length=2)
+    columns: list[str] = Field(min_length=1, max_length=16)
     lower: float | None = None
     upper: float | None = None
     days: int | None = Field(default=None, ge=1, le=3650)
     periods: int | None = Field(default=None, ge=1, le=1000)
+    # op custom: a feature function the app registers (`@app.feature`), called with one polars expression per
+    # column and `params` as keywords. Row-wise: a model scores rows one at a time with the same function.
+    function: str | None = None
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _arity(self) -> Transform:
+        if (self.op == "custom") != (self.function is not None):
+            raise ValueError(f"transform {self.name!r}: `function` (a feature function the app registers) goes with "
+                             "op custom, and op custom needs one")
+        if self.params and self.op != "custom":
+            raise ValueError(f"transform {self.name!r}: `params` are for op custom")
+        if self.op == "custom":
+            return self
         binary = self.op in BINARY_OPS
-        if binary != (len(self.columns) == 2):
+        if binary != (len(self.columns) == 2) or len(self.columns) > 2:
             need = "two columns" if binary else "one column"
             raise ValueError(f"transform {self.name!r}: op {self.op!r} takes {need}")
         if self.op in WINDOW_OPS and self.days is None:
@@ -321,6 +348,8 @@ def _check_transform(t: Transform, contract: Contract, known: set[str]) -> None:
     for c in t.columns:
         if c not in known or c == contract.target:
             raise ValueError(f"transform {t.name!r} uses {c!r}, which is not a feature column (known: {sorted(known)})")
+    if t.op == "custom":
+        return  # the function is the app's: it is looked up (and its types are its own business) when it runs
     spec = contract.columns.get(t.columns[0])
     dtype = spec.dtype if spec else "float"  # derived features are numeric
     if t.per_entity and contract.entity is None:
@@ -485,8 +514,10 @@ def _dtype_of(dtype: pl.DataType) -> DType:
     return "str"
 
 
-def load_contract(store: Any, dataset: str) -> Contract:
-    """The dataset's contract from the bucket; ContractMissing tells the user how to create one."""
+def load_contract(store: Any, dataset: str, extensions: Any = None) -> Contract:
+    """The dataset's contract from the bucket; ContractMissing tells the user how to create one. With the running
+    app's `extensions`, a contract naming a check, feature function or learner the app does not register is
+    refused (UnknownExtension: quarantined, saying what is registered and how to register it)."""
     from sluice.core.errors import ContractMissing
 
     key = contract_key(dataset)
@@ -509,6 +540,12 @@ def load_contract(store: Any, dataset: str) -> Contract:
     if contract.dataset != dataset:
         raise ContractMissing(f"{key} describes dataset {contract.dataset!r}, not {dataset!r}.",
                               hint="Fix the `dataset:` field and `sluice contract put` it again.")
+    if extensions is not None and (missing := extensions.missing(contract)):
+        from sluice.core.errors import UnknownExtension
+
+        raise UnknownExtension(f"the contract of dataset {dataset!r} names what the running app does not register: "
+                               + " ".join(missing),
+                               hint="Then replay the quarantined file (`sluice quarantine replay`) or drop it again.")
     return contract
 
 

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from sluice.core.errors import SluiceError, TransientError
+from sluice.core.app import Extensions
+from sluice.core.errors import AppError, SluiceError, TransientError
 from sluice.ml import linear
 from sluice.ml.contract import Contract
 from sluice.ml.linear import LINEAR_JSON
@@ -205,6 +206,13 @@ FORMAT_OF_LEARNER = {"lgbm": LGBM_TEXT, "xgboost": XGBOOST_JSON, "xgb_limitdepth
 EXTENSION = {LGBM_TEXT: "txt", XGBOOST_JSON: "json", LINEAR_JSON: "json"}
 # Sluice's own learners, added to FLAML's by name (`AutoML.add_learner`).
 CUSTOM_LEARNERS: dict[str, Callable[[], type]] = {"linear": linear.flaml_learner}
+CUSTOM = "custom:"  # + the learner's name: a model the app's learner saved (`app.learner(..., save=, load=)`)
+PICKLE_MAGIC = b"\x80"  # every pickle of protocol 2 or later starts with it
+
+
+def extension_of(fmt: str) -> str:
+    """The file extension of a stored model format."""
+    return "bin" if fmt.startswith(CUSTOM) else EXTENSION[fmt]
 TASK_METRICS = {"binary": ("roc_auc", "log_loss", "accuracy", "f1"), "multiclass": ("log_loss", "accuracy"),
                 "regression": ("rmse", "mae", "r2")}
 
@@ -254,6 +262,7 @@ def train(
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     time_budget_s: float | None = None,
+    extensions: Extensions | None = None,
 ) -> Trained:
     """FLAML AutoML over the contract's estimators and budget (or `time_budget_s`: what is left of it), on the
     encoded rows of `frame`.
@@ -270,6 +279,8 @@ def train(
     for name in spec.estimators:
         if name in CUSTOM_LEARNERS:
             automl.add_learner(name, CUSTOM_LEARNERS[name]())  # type: ignore[no-untyped-call]
+        elif name not in FORMAT_OF_LEARNER:  # the app's own learner (an AppError naming what is registered if not)
+            automl.add_learner(name, (extensions or Extensions()).learner(name).estimator)  # type: ignore[no-untyped-call]
     task = "regression" if contract.task == "regression" else "classification"
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trials.jsonl"
@@ -299,14 +310,17 @@ def train(
         raise TransientError(f"FLAML finished no trial within the {spec.time_budget_s:g}s budget (the worker may be "
                              "overloaded); retrying. If it keeps happening, raise training.time_budget_s.")
     model = automl.model
-    data, fmt = export(automl.best_estimator, model)
+    data, fmt = export(automl.best_estimator, model, extensions)
     # The promise behind the stored artifact: loaded back, it predicts exactly what FLAML's own model predicts.
     sample = frame.head(min(frame.height, 200))
-    ours = Predictor(fmt, data, contract.task, encoding).score(sample)
+    ours = Predictor(fmt, data, contract.task, encoding, extensions).score(sample)
     X_sample = X.head(sample.height)
     theirs = automl.predict_proba(X_sample) if task == "classification" else automl.predict(X_sample)  # type: ignore[no-untyped-call]
     theirs = np.asarray(theirs)[:, 1] if contract.task == "binary" else np.asarray(theirs)
     if not np.allclose(ours, theirs, atol=1e-6):
+        if fmt.startswith(CUSTOM):
+            raise AppError(f"learner {automl.best_estimator!r}: the model its `load` returns predicts differently "
+                           "from the fitted one; its `save` must keep everything the predictions depend on")
         raise RuntimeError("the stored model disagrees with FLAML's predictions; the encoding drifted from FLAML's "
                            "DataTransformer (is the installed FLAML newer than tested?)")
     return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
@@ -324,7 +338,8 @@ class Refit:
     fit_seconds: float
 
 
-def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: Contract) -> Refit:
+def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: Contract,
+          extensions: Extensions | None = None) -> Refit:
     """The search's best learner and hyperparameters, fitted on every row of `frame`, in a storable format.
 
     Same learner, same configuration, same encoding: only the rows differ. Like `train`, the stored form is loaded
@@ -346,9 +361,9 @@ def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: C
     started = time.perf_counter()
     estimator.fit(X, y)
     seconds = time.perf_counter() - started
-    data, fmt = export(trained.best_estimator, _Fitted(estimator))
+    data, fmt = export(trained.best_estimator, _Fitted(estimator), extensions)
     sample = frame.filter(pl.Series(known)).head(200)
-    ours = Predictor(fmt, data, contract.task, encoding).score(sample)
+    ours = Predictor(fmt, data, contract.task, encoding, extensions).score(sample)
     X_sample = X.head(sample.height)
     theirs = np.asarray(estimator.predict(X_sample) if contract.task == "regression"
                         else estimator.predict_proba(X_sample))
@@ -398,8 +413,18 @@ def search_starts(warm: dict[str, dict[str, Any]] | None, estimators: list[str])
     return out
 
 
-def export(learner: str, model: Any) -> tuple[bytes, str]:
+def export(learner: str, model: Any, extensions: Extensions | None = None) -> tuple[bytes, str]:
     """A fitted FLAML estimator in a format that loads without running code."""
+    if extensions is not None and learner in extensions.learners:
+        own = extensions.learners[learner]
+        data = own.save(model.estimator)
+        if not isinstance(data, bytes | bytearray):
+            raise AppError(f"learner {learner!r}: `save` returned a {type(data).__name__}; it must return bytes "
+                           "(e.g. json.dumps(...).encode())")
+        if bytes(data[:1]) == PICKLE_MAGIC:
+            raise AppError(f"learner {learner!r}: `save` returned a pickle, which Sluice never stores or loads; "
+                           "save the fitted parameters as JSON (or the library's own text format) instead")
+        return bytes(data), own.format
     fmt = FORMAT_OF_LEARNER.get(learner)
     if fmt == LGBM_TEXT:
         return model.estimator.booster_.model_to_string().encode(), fmt
@@ -415,12 +440,22 @@ class Predictor:
     """A stored model, loaded once, with its encoding: `score(frame)` gives P(class 1), class probabilities, or
     values. Columns are handed to the model by name, in the order of the model's own feature names."""
 
-    def __init__(self, fmt: str, data: bytes, task: str, encoding: Encoding):
+    def __init__(self, fmt: str, data: bytes, task: str, encoding: Encoding, extensions: Extensions | None = None):
         self.task, self.format = task, fmt
-        if fmt == LGBM_TEXT:
+        self.booster: Any
+        if fmt.startswith(CUSTOM):
+            name = fmt.removeprefix(CUSTOM)
+            if extensions is None or name not in extensions.learners:
+                have = ", ".join(sorted(extensions.learners)) if extensions and extensions.learners else "none"
+                raise AppError(f"this model was trained by the app's own learner {name!r}, which this process does "
+                               f"not register (registered: {have}); load it with the app that registers it: "
+                               "sluice.load_model(ref, app=app), or run the worker with --app module:app")
+            self.booster = extensions.learners[name].load(bytes(data))
+            names = list(encoding.columns)
+        elif fmt == LGBM_TEXT:
             import lightgbm as lgb
 
-            self.booster: Any = lgb.Booster(model_str=data.decode())
+            self.booster = lgb.Booster(model_str=data.decode())
             names = list(self.booster.feature_name())
         elif fmt == XGBOOST_JSON:
             import xgboost as xgb
@@ -443,6 +478,14 @@ class Predictor:
 
     def score_matrix(self, X: np.ndarray) -> np.ndarray:
         """Scores for a float matrix whose columns are `feature_names`."""
+        if self.format.startswith(CUSTOM):
+            import pandas as pd
+
+            frame = pd.DataFrame(X, columns=self.feature_names)
+            if self.task == "regression":
+                return np.asarray(self.booster.predict(frame), dtype=float)
+            proba = np.asarray(self.booster.predict_proba(frame), dtype=float)
+            return proba[:, 1] if self.task == "binary" else proba
         if self.format == XGBOOST_JSON:
             import xgboost as xgb
 

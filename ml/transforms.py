@@ -8,12 +8,13 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core.app import Extensions
 from sluice.ml.contract import DATE_PARTS, ROW_OPS, WINDOW_OPS, Contract, Transform
 
 NULL_KEY = "\x00null"  # the share of missing values in a frequency table (a JSON key cannot be null)
 
 
-def apply_transforms(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
+def apply_transforms(frame: pl.DataFrame, contract: Contract, extensions: Extensions | None = None) -> pl.DataFrame:
     """Add the contract's declared features, in order. Only the operations below exist: no code comes from the bucket.
 
     Per-entity operations see an entity's events sorted by event time: a window covers (t - days, t], so the
@@ -25,7 +26,7 @@ def apply_transforms(frame: pl.DataFrame, contract: Contract) -> pl.DataFrame:
         if t.op == "frequency" and contract.entity is not None:
             frame = _frequency_as_of(frame, t, contract.entity.timestamp)
         else:
-            frame = frame.with_columns(_expression(t, contract, frame).alias(t.name))
+            frame = frame.with_columns(_expression(t, contract, frame, extensions).alias(t.name))
     return frame
 
 
@@ -38,7 +39,10 @@ def _frequency_as_of(frame: pl.DataFrame, t: Transform, ts: str) -> pl.DataFrame
     return ordered.with_columns(share.cast(pl.Float64).alias(t.name)).sort("_sluice_pos").drop("_sluice_pos")
 
 
-def _expression(t: Transform, contract: Contract, frame: pl.DataFrame) -> pl.Expr:
+def _expression(t: Transform, contract: Contract, frame: pl.DataFrame,
+                extensions: Extensions | None = None) -> pl.Expr:
+    if t.op == "custom":
+        return custom_feature(t, extensions or Extensions())
     col = pl.col(t.columns[0])
     a = col.cast(pl.Float64) if t.op in ROW_OPS or t.op in WINDOW_OPS else col
     b = pl.col(t.columns[-1]).cast(pl.Float64)
@@ -63,6 +67,18 @@ def _expression(t: Transform, contract: Contract, frame: pl.DataFrame) -> pl.Exp
     rolling = {"window_sum": a.rolling_sum_by, "window_mean": a.rolling_mean_by, "window_min": a.rolling_min_by,
                "window_max": a.rolling_max_by}[t.op]
     return rolling(ts, window_size=window).over(key)
+
+
+def custom_feature(t: Transform, extensions: Extensions) -> pl.Expr:
+    """A feature the app's function computes: one expression per column in, one expression out."""
+    fn = extensions.feature(str(t.function))  # an AppError naming what is registered when it is not
+    expr = fn(*(pl.col(c) for c in t.columns), **t.params)
+    if not isinstance(expr, pl.Expr):
+        from sluice.core.errors import AppError
+
+        raise AppError(f"feature function {t.function!r} returned a {type(expr).__name__}, not a polars expression "
+                       "(e.g. `return (a / b).log1p()`)")
+    return expr
 
 
 def _row_op(t: Transform, a: pl.Expr, b: pl.Expr) -> pl.Expr:
@@ -94,8 +110,8 @@ def frequency_tables(frame: pl.DataFrame, contract: Contract) -> dict[str, dict[
     return out
 
 
-def transforms_for_scoring(frame: pl.DataFrame, contract: Contract,
-                           frequencies: dict[str, dict[str, float]]) -> tuple[pl.DataFrame, dict[str, str]]:
+def transforms_for_scoring(frame: pl.DataFrame, contract: Contract, frequencies: dict[str, dict[str, float]],
+                           extensions: Extensions | None = None) -> tuple[pl.DataFrame, dict[str, str]]:
     """The declared features of rows to be scored, one row at a time in effect: row operations and date parts as
     in training, `frequency` from the training table. A per-entity feature (window, lag) needs the entity's history,
     so it must come with the rows; returns the frame and, per missing feature, why it cannot be computed."""
@@ -113,5 +129,5 @@ def transforms_for_scoring(frame: pl.DataFrame, contract: Contract,
                          .replace_strict(table, default=0.0, return_dtype=pl.Float64))
             plan = plan.with_columns(expr.alias(t.name))
         else:
-            plan = plan.with_columns(_expression(t, contract, frame).alias(t.name))
+            plan = plan.with_columns(_expression(t, contract, frame, extensions).alias(t.name))
     return plan.collect(), missing

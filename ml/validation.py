@@ -29,6 +29,7 @@ import polars as pl
 import pyarrow.parquet as pq
 from pandera.errors import SchemaErrors
 
+from sluice.core.app import Extensions
 from sluice.core.errors import (
     EXAMPLES_PER_RULE,
     Failure,
@@ -90,14 +91,17 @@ class Split:
         return out
 
 
-def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, batch_rows: int = BATCH_ROWS) -> Split:
-    """Validate the file at `path` (named `key` in the bucket); raises for file-level problems."""
+def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, batch_rows: int = BATCH_ROWS,
+                  extensions: Extensions | None = None) -> Split:
+    """Validate the file at `path` (named `key` in the bucket); raises for file-level problems. `extensions`: the
+    app's registered checks, which the contract's columns may name."""
     name = key.lower()
     check_size(key, path.stat().st_size, contract)
     if name.endswith(".csv.gz"):
         plain = workdir / "decompressed.csv"
         _gunzip(path, plain, key, contract)
-        return validate_file(plain, key.removesuffix(".gz"), contract, workdir, batch_rows=batch_rows)
+        return validate_file(plain, key.removesuffix(".gz"), contract, workdir, batch_rows=batch_rows,
+                             extensions=extensions)
     if name.endswith(".parquet"):
         frame, is_text = _scan_parquet(path, key, contract), False
     elif name.endswith(".csv"):
@@ -105,7 +109,7 @@ def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, ba
     else:
         raise UnreadableFile(f"{key}: Sluice reads {', '.join(SUPPORTED)} files.",
                              hint="Rename or convert the file and drop it again.")
-    return _split(frame, key, contract, workdir, is_text, batch_rows)
+    return _split(frame, key, contract, workdir, is_text, batch_rows, extensions)
 
 
 def over_limit(key: str, what: str, contract: Contract, name: str, **details: Any) -> LimitExceeded:
@@ -339,8 +343,10 @@ def _check_cells(raw: pl.DataFrame, key: str, contract: Contract, offset: int) -
 # -- row level --------------------------------------------------------------------------------------------------
 
 
-def build_schema(contract: Contract) -> pa.DataFrameSchema:
-    """The pandera-polars schema of a contract's row rules (column presence is checked before, per file)."""
+def build_schema(contract: Contract, extensions: Extensions | None = None) -> pa.DataFrameSchema:
+    """The pandera-polars schema of a contract's row rules (column presence is checked before, per file), with the
+    app's checks the contract names."""
+    extensions = extensions or Extensions()
     columns = {}
     for name, spec in contract.columns.items():
         checks = []
@@ -350,8 +356,20 @@ def build_schema(contract: Contract) -> pa.DataFrameSchema:
             checks.append(pa.Check.le(spec.max))
         if spec.categories is not None:
             checks.append(pa.Check.isin(spec.categories))
+        checks += [custom_check(extensions, item) for item in spec.checks]
         columns[name] = pa.Column(POLARS_TYPES[spec.dtype], checks=checks, nullable=spec.nullable)
     return pa.DataFrameSchema(columns, strict=False, name=contract.dataset)
+
+
+def custom_check(extensions: Extensions, item: str | dict[str, dict[str, Any]]) -> pa.Check:
+    """A check the app registers, as pandera runs it: a `pandera.Check` as is, or a function of the column (a polars
+    expression) and the contract's parameters that gives true for valid rows. Nulls are left to `nullable`."""
+    name, params = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+    fn = extensions.check(name)  # an AppError naming what is registered when it is not
+    if isinstance(fn, pa.Check):
+        return fn
+    label = name if not params else f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+    return pa.Check(lambda data: data.lazyframe.select(fn(pl.col(data.key), **params)), name=label, error=label)
 
 
 def _batches(frame: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -359,8 +377,8 @@ def _batches(frame: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
 
 
 def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_text: bool,
-           batch_rows: int) -> Split:
-    schema = build_schema(contract)
+           batch_rows: int, extensions: Extensions | None = None) -> Split:
+    schema = build_schema(contract, extensions)
     split = Split()
     valid_writer: pq.ParquetWriter | None = None
     invalid_writer: pq.ParquetWriter | None = None

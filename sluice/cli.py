@@ -91,6 +91,7 @@ def up(app_spec: str | None) -> None:
     res = provision(settings, app.routes)
     for change in res.changes:
         click.echo(f"  + {change}")
+    click.echo(f"app {app.name}: " + ", ".join(f"{r.name} <- {r.prefix}*{r.suffix}" for r in app.routes))
     click.echo(f"{'provisioned' if res.changes else 'up to date'}: bucket {res.bucket}, queue "
                f"{settings.events_queue} (dead letters: {settings.dead_letter_queue}), topic {res.topic_arn}")
 
@@ -248,6 +249,25 @@ def _sqs_dlq_depth(settings: Settings) -> int | None:
     except ClientError:
         return None
     return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+
+
+@main.command()
+@click.argument("project")
+@click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write it (default: ./PROJECT).")
+def new(project: str, folder: Path | None) -> None:
+    """Scaffold PROJECT: an app.py with a stage and a check of its own beside the built-in chain, a contract, a
+    test on moto and a README."""
+    from sluice.scaffold import write
+
+    target = folder or Path(project)
+    try:
+        written = write(project, target)
+    except (ValueError, FileExistsError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for path in written:
+        click.echo(f"  + {path}")
+    click.echo(f"created {target}: `cd {target} && pytest`, then `sluice worker --app app:app` (see its README)")
 
 
 @main.command()

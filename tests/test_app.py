@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ import pytest
 import sluice
 from sluice import App, Blueprint, NewObject
 from sluice.core.errors import AppError
-from sluice.core.settings import Settings
 from sluice.project import app_spec, load_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,13 +110,7 @@ def test_importing_sluice_stays_light() -> None:
 @pytest.fixture
 def shop_runtime() -> Iterator[Any]:
     """A runtime on moto in-process, running an app with a stage of its own beside the built-in chain."""
-    from dramatiq.brokers.stub import StubBroker
-    from moto import mock_aws
-
-    from sluice.infra.online import MemoryOnline
-    from sluice.infra.provision import provision
-    from sluice.infra.state import MemoryState
-    from sluice.service import build_runtime
+    from sluice.testing import local_runtime
 
     app = App("shop").include(sluice.builtin)
 
@@ -132,17 +124,12 @@ def shop_runtime() -> Iterator[Any]:
     def odd(event: Any, ctx: Any) -> Any:
         return {"not": "an effect"}
 
-    with mock_aws():
-        s = replace(Settings(), bucket="sluice-unit", broker_url="memory://")
-        provision(s, app.routes)
-        yield build_runtime(s, app, broker=StubBroker(), state=MemoryState(), online=MemoryOnline())
+    with local_runtime(app, bucket="sluice-unit") as rt:
+        yield rt
 
 
 def _run(rt: Any, stage: str, key: str) -> dict[str, Any]:
-    from sluice.events.s3 import ObjectCreated
-
-    info = rt.store.head(key)
-    result: dict[str, Any] = rt.execute(stage, ObjectCreated(rt.settings.bucket, key, info.size, info.etag).to_dict())
+    result: dict[str, Any] = rt.run(stage, key)
     return result
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sluice.commands.common import dataset_name
+from sluice.commands.common import app_option, dataset_name, load_app
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
 from sluice.core.errors import ContractError, SluiceError
@@ -40,8 +40,9 @@ def contract_infer(file: Path, dataset: str, target: str, budget: float, debounc
 
 @contract.command("put")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def contract_put(file: Path) -> None:
-    """Check a contract and upload it to contracts/<dataset>.yaml."""
+@app_option
+def contract_put(file: Path, app_spec: str | None) -> None:
+    """Check a contract (against the app's checks, feature functions and learners) and upload it."""
     from sluice.ml.contract import contract_key, parse_contract
 
     settings = _settings()
@@ -49,6 +50,9 @@ def contract_put(file: Path) -> None:
         parsed = parse_contract(file.read_text(), source=str(file))
     except ContractError as exc:
         raise click.ClickException(str(exc)) from exc
+    missing = load_app(app_spec).extensions.missing(parsed)
+    if missing:
+        raise click.ClickException(f"{file}: " + " ".join(missing))
     key = contract_key(parsed.dataset)
     store = _store(settings)
     text = parsed.to_yaml().encode()
