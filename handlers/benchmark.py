@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.context import Context
 from sluice.events.pipeline import CandidateBenchmarked
 from sluice.events.s3 import ObjectCreated
@@ -27,7 +28,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     run = ctx.store.get_json(event.key)
     contract = load_contract(ctx.store, run["dataset"], ctx.extensions)
     model = run["model"]
-    out_key = f"registry/{model}/candidates/{run['run_id']}.candidate.json"
+    out_key = keys.Candidate(model, run["run_id"]).key
     if ctx.store.exists(out_key):
         return []
     holdout = pl.read_parquet(io.BytesIO(artifact(ctx.store, run, "holdout")))

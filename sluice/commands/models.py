@@ -10,6 +10,7 @@ from sluice.commands.common import app_option, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
+from sluice.core import keys
 from sluice.core.errors import SluiceError
 from sluice.core.settings import Settings
 
@@ -101,7 +102,7 @@ def models_show(name: str, at: str | None, as_json: bool) -> None:
             click.echo(f"      from {src['key']} (version {src.get('version_id')}, etag {src['etag']}, "
                        f"sha256 {src['sha256'][:16]}…{replay})")
         click.echo(f"      features {lin['feature_set_version']}, artifact {v['artifact']['uri']}")
-    for key in registry.store.keys(f"registry/{name}/backtests/"):
+    for key in registry.store.keys(keys.Backtest.prefix(name)):
         bt = registry.store.get_json(key)
         scores = ", ".join(f"v{r['version']} ({r['role']}) {r['metrics'][bt['metric']]:.4f}"
                            for r in bt["results"] if "metrics" in r)
@@ -156,6 +157,7 @@ def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from sluice.core.context import Context
+    from sluice.core.runtime import publish_once
     from sluice.events.model import for_transition
     from sluice.infra.notify import SnsPublisher
 
@@ -169,7 +171,7 @@ def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     event = for_transition(version, record, ctx.source)
     try:
-        SnsPublisher(settings).publish(event)
+        publish_once(SnsPublisher(settings), registry.store, event)
     except (BotoCoreError, ClientError) as exc:
         # The history already holds the change: an event never announces something that did not happen.
         raise click.ClickException(f"{record['action']} v{record['version']} is recorded (history "
