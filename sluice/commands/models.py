@@ -234,7 +234,7 @@ def models_card(name: str, version: int) -> None:
 
 
 def _load(ref: str, settings: Settings) -> Any:
-    from sluice.ml.bundle import load_model
+    from sluice import load_model  # opens the bucket(s) the ref names
 
     try:
         return load_model(ref, settings=settings)
