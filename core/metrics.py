@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 
 from sluice.core import keys
 from sluice.core.settings import Settings
+from sluice.events.run import read as read_run
 
 log = logging.getLogger("sluice.metrics")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -120,7 +121,8 @@ class Metrics:
             return None
         dataset, fsv = features.dataset, features.version
         runs = [d for k in self.store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)
-                and (d := self.store.get_json_or_none(k)) is not None and d.get("feature_set_version") == fsv]
+                and (doc := self.store.get_json_or_none(k)) is not None
+                and (d := read_run(doc)).get("feature_set_version") == fsv]
         return max(runs, key=lambda d: d.get("finished_at", "")) if runs else None
 
     def middleware(self) -> StageMetrics:

@@ -33,6 +33,7 @@ from sluice.core.context import Context
 from sluice.core.errors import Defer, Failure, ValidationFailed
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
+from sluice.events.run import TrainingRun
 from sluice.events.s3 import ObjectCreated
 from sluice.ml import bundle, leakage, modeling
 from sluice.ml.contract import Contract, load_contract
@@ -184,7 +185,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                         "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
         "finished_at": ctx.timestamp(),
     }
-    if ctx.store.put_json(f"{base}run.json", run, if_absent=True):
+    # Written through its type (events/run.py): what every reader parses it back with.
+    if ctx.store.put_json(keys.Run(dataset, run_id).key, TrainingRun.model_validate(run).to_dict(), if_absent=True):
         ctx.store.put_json(f"{base}progress.json", {"run_id": run_id, "status": "finished", "trials": len(trials),
                                                      "best_loss": trained.best_loss, "at": ctx.timestamp()})
         ctx.log.info("wrote train      %s: %s %s=%.4f (naive baseline %.4f), %d trials, fit %.1fs%s",

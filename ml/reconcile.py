@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from sluice.core import keys
 from sluice.core.errors import SluiceError
 from sluice.core.ports import IN_PROGRESS, Listed, ObjectStore, StateBackend
+from sluice.events.run import read as read_run
 from sluice.events.s3 import ObjectCreated
 
 if TYPE_CHECKING:
@@ -173,7 +174,7 @@ def _training_gap(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s:
         if k.endswith("/cancelled.json"):
             return [], contract.model  # a cancelled run was asked for; retraining is the user's call
         if k.endswith("/run.json"):
-            run = store.get_json(k)
+            run = read_run(store.get_json(k))
             if run["feature_set_version"] == features.feature_set_version and set(labels) <= set(
                     run.get("label_versions") or []):
                 return [], contract.model

@@ -19,6 +19,7 @@ import polars as pl
 from sluice.core import keys
 from sluice.core.errors import IntegrityError, SluiceError
 from sluice.core.ports import ObjectStore
+from sluice.events.run import read as read_run
 from sluice.ml import modeling
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.features import row_key_columns, training_columns, training_rows
@@ -49,7 +50,7 @@ def list_runs(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
     for key in store.keys(keys.Run.prefix(dataset)):
         run_id = keys.Run.parse(key).run_id
         if key.endswith("/run.json"):
-            runs[run_id] = store.get_json(key)
+            runs[run_id] = read_run(store.get_json(key))
         elif key.endswith("/progress.json"):
             progress[run_id] = store.get_json(key)
         elif key.endswith("/cancelled.json"):
@@ -66,8 +67,7 @@ def find_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
     if len(matches) != 1:
         raise SluiceError(f"{'no' if not matches else 'more than one'} finished run matches {run_id!r}; "
                           "list them with `sluice runs list DATASET`")
-    doc: dict[str, Any] = store.get_json(matches[0])
-    return doc
+    return read_run(store.get_json(matches[0]))
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from sluice.core import keys
 from sluice.core.app import Pipeline
 from sluice.core.errors import SluiceError
 from sluice.core.ports import ObjectStore, StateBackend
+from sluice.events.run import read as read_run
 from sluice.ml.registry import ModelRegistry
 
 
@@ -18,7 +19,7 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
     ledger = [store.get_json(k) for k in store.keys(keys.Ledger.prefix(dataset))]
     feature_sets = [store.get_json(k) for k in store.keys(keys.FeatureSet.prefix(dataset))
                     if k.endswith("/manifest.json")]
-    runs = [store.get_json(k) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/run.json")]
+    runs = [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/run.json")]
     registry = ModelRegistry(store, state)
     model = runs[0]["model"] if runs else dataset
     versions = registry.versions(model)
