@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from sluice.commands.common import app_option, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -233,11 +234,13 @@ def models_card(name: str, version: int) -> None:
         click.echo(render_card(doc, previous), nl=False)
 
 
-def _load(ref: str, settings: Settings) -> Any:
-    from sluice import load_model  # opens the bucket(s) the ref names
+def _load(ref: str, settings: Settings, app_spec: str | None = None) -> Any:
+    """The model, through `sluice.load_model` (which opens the bucket), with the app's feature functions and
+    learners when the model needs them."""
+    from sluice import load_model
 
     try:
-        return load_model(ref, settings=settings)
+        return load_model(ref, settings=settings, app=load_app(app_spec))
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -247,7 +250,8 @@ def _load(ref: str, settings: Settings) -> Any:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", "out", default=None, type=click.Path(dir_okay=False),
               help="Write to this .csv or .parquet (default: CSV on stdout).")
-def models_predict(ref: str, file: str, out: str | None) -> None:
+@app_option
+def models_predict(ref: str, file: str, out: str | None, app_spec: str | None) -> None:
     """Score the rows of FILE (CSV or Parquet) with a registered model: the same rows, with their predictions.
 
     Rows the model cannot score (a column missing, a value the contract refuses) keep an empty prediction and
@@ -258,7 +262,7 @@ def models_predict(ref: str, file: str, out: str | None) -> None:
     from sluice.ml.bundle import as_frame
 
     settings = _settings()
-    model = _load(ref, settings)
+    model = _load(ref, settings, app_spec)
     try:
         rows = as_frame(file)
         result = model.predict(rows)
