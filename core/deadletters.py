@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sluice.core import keys
 from sluice.core.ports import ObjectStore
 from sluice.events.s3 import ObjectCreated
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sluice")
 
-PREFIX = "deadletter/"
+PREFIX = keys.DEADLETTER
 REDRIVEN = "redriven/"
 
 

@@ -27,7 +27,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sluice.core import keys
 from sluice.core.settings import Settings
+from sluice.events.run import read as read_run
 
 log = logging.getLogger("sluice.metrics")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -36,8 +38,7 @@ EventHook = Callable[[str, dict[str, Any]], None]
 
 def dataset_of(key: str) -> str:
     """`<stage>/<dataset>/...` -> dataset (as the runtime names it)."""
-    parts = key.split("/")
-    return parts[1] if len(parts) > 2 else "_unknown"
+    return keys.dataset_of(key)
 
 
 def stage_of(actor_name: str) -> str:
@@ -96,7 +97,7 @@ class Metrics:
             self.messages.labels(stage_of(detail.get("actor", "?")), "dead_lettered").inc()
         elif kind == "done" and stage == "validate" and self.store is not None and detail.get("object_id"):
             dataset = dataset_of(detail["key"])
-            entry = self.store.get_json_or_none(f"ledger/{dataset}/{detail['object_id']}.json")
+            entry = self.store.get_json_or_none(keys.Ledger(dataset, detail["object_id"]).key)
             if entry is None or entry.get("outcome") == "quarantined":
                 return  # counted by the quarantine event
             self.drops.labels(dataset, entry["outcome"]).inc()
@@ -114,12 +115,14 @@ class Metrics:
 
     def _run_of_features(self, manifest_key: str) -> dict[str, Any] | None:
         """The newest finished run trained on the feature set whose manifest is `manifest_key`."""
-        parts = manifest_key.split("/")
-        if len(parts) < 4:
+        try:
+            features = keys.FeatureSet.parse(manifest_key)
+        except ValueError:
             return None
-        dataset, fsv = parts[1], parts[2]
-        runs = [d for k in self.store.keys(f"runs/{dataset}/") if k.endswith("/run.json")
-                and (d := self.store.get_json_or_none(k)) is not None and d.get("feature_set_version") == fsv]
+        dataset, fsv = features.dataset, features.version
+        runs = [d for k in self.store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)
+                and (doc := self.store.get_json_or_none(k)) is not None
+                and (d := read_run(doc)).get("feature_set_version") == fsv]
         return max(runs, key=lambda d: d.get("finished_at", "")) if runs else None
 
     def middleware(self) -> StageMetrics:

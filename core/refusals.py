@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sluice.core import keys
 from sluice.core.errors import SluiceError
 from sluice.events.s3 import ObjectCreated
 
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 
 def refusals(store: ObjectStore) -> list[tuple[str, dict[str, Any]]]:
     """(key, record) of every refusal, oldest first."""
-    out = [(k, store.get_json(k)) for k in store.keys("refused/") if k.endswith(".json")]
+    out = [(k, store.get_json(k)) for k in store.keys(keys.REFUSED) if k.endswith(".json")]
     return sorted(out, key=lambda kv: str(kv[1].get("at")))
 
 

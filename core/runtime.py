@@ -19,6 +19,7 @@ from typing import Any
 import dramatiq
 from dramatiq import Broker
 
+from sluice.core import keys
 from sluice.core.app import NewObject, Pipeline, Route
 from sluice.core.context import Context
 from sluice.core.errors import (
@@ -64,7 +65,22 @@ ARRIVAL_STAGES = ("validate", "labels")
 
 def published_key(model: str, event_id: str) -> str:
     """Where the publication of one model event is recorded."""
-    return f"published/{model}/{event_id}.json"
+    return keys.Published(model, event_id).key
+
+
+def publish_once(publisher: Publisher, store: ObjectStore, event: ModelEvent, *,
+                 record_to: ObjectStore | None = None) -> bool:
+    """The one path a model event takes to the topic (the register stage and the CLI's lifecycle commands):
+    publish, then record the publication (`published/`), so a re-run does not send it again. False when it
+    was already published. A crash between the two sends it twice, with the same CloudEvent id: consumers
+    de-duplicate on it. `record_to` is where the record is written (a stage's recording store), default `store`.
+    """
+    if store.exists(published_key(event.model, event.id)):
+        return False
+    publisher.publish(event)
+    (record_to or store).put_json(published_key(event.model, event.id),
+                                  {"published_at": datetime.now(UTC).isoformat(), "event": event.to_cloudevent()})
+    return True
 # Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
 PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError)
 
@@ -86,8 +102,7 @@ def handler_effects(stage: str, result: Any) -> list[ModelEvent | NewObject]:
 
 def dataset_of(key: str) -> str:
     """`<stage>/<dataset>/...` -> dataset."""
-    parts = key.split("/")
-    return parts[1] if len(parts) > 2 else "_unknown"
+    return keys.dataset_of(key)
 
 
 def object_id(event: ObjectCreated) -> str:
@@ -294,17 +309,11 @@ class Runtime:
         log.info("wrote %-10s %s", stage, effect.key)
 
     def _publish_once(self, store: ObjectStore, effect: ModelEvent) -> None:
-        """Publish, then record the publication (`published/`): a re-run of the stage does not send it again.
-
-        A crash between the two sends it twice, with the same CloudEvent id: consumers de-duplicate on it.
-        """
-        marker = published_key(effect.model, effect.id)
-        if self.store.exists(marker):
+        """Publish through `publish_once`: a re-run of the stage does not send it again."""
+        if not publish_once(self.publisher, self.store, effect, record_to=store):
             log.info("same %-10s %s v%s already published (%s)", effect.type, effect.model, effect.version,
                      effect.id[:12])
             return
-        self.publisher.publish(effect)
-        store.put_json(marker, {"published_at": datetime.now(UTC).isoformat(), "event": effect.to_cloudevent()})
         self.on_event("published", effect.to_cloudevent())
         log.info("sent %-10s %s v%s -> topic %s", effect.type, effect.model, effect.version, self.settings.topic)
 
@@ -312,7 +321,7 @@ class Runtime:
         """Record bad input with an actionable report; it is never retried."""
         dataset = dataset_of(event.key)
         oid = object_id(event)
-        base = f"quarantine/{dataset}/{err.data_version or oid}"
+        base = keys.Quarantine.prefix(dataset, err.data_version or oid)
         report = {
             "dataset": dataset,
             "data_version": err.data_version,
@@ -334,16 +343,16 @@ class Runtime:
         }
         if stage == "validate" and ctx.store.exists(event.key):
             # Keep the exact bytes beside the report, so the file can be fixed and replayed.
-            report["file"] = f"{base}/{event.key.rsplit('/', 1)[-1]}"
+            report["file"] = f"{base}{event.key.rsplit('/', 1)[-1]}"
             ctx.store.copy(event.key, report["file"], event.version_id)
-        ctx.store.put_json(f"{base}/report.json", report)
-        ctx.store.put_json(f"ledger/{dataset}/{oid}.json", {
+        ctx.store.put_json(f"{base}report.json", report)
+        ctx.store.put_json(keys.Ledger(dataset, oid).key, {
             "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "quarantined",
-            "reason": err.reason, "message": str(err), "report": f"{base}/report.json", "at": ctx.timestamp(),
+            "reason": err.reason, "message": str(err), "report": f"{base}report.json", "at": ctx.timestamp(),
         })
         log.warning("quarantined %s: %s", event.key, err)
         self.on_event("quarantined", report)
-        return {"outcome": "quarantined", "report": f"{base}/report.json"}
+        return {"outcome": "quarantined", "report": f"{base}report.json"}
 
     def refuse(self, ctx: Context, stage: str, event: ObjectCreated, err: IntegrityError) -> dict[str, Any]:
         """Record that a stage would not act on something no stage wrote (or bytes that changed); never retried.
@@ -357,10 +366,10 @@ class Runtime:
             "what_to_do": "Find out who wrote the object (bucket version history, CloudTrail). Restore it or delete "
                           f"it; to run the stage again, `sluice refused redrive {oid}`.",
         }
-        key = f"refused/{dataset}/{oid}.json"
+        key = keys.Refused(dataset, oid).key
         ctx.store.put_json(key, record)
         if not is_signed(event.key):  # an arrival (a drop): its one outcome
-            ctx.store.put_json(f"ledger/{dataset}/{oid}.json", {
+            ctx.store.put_json(keys.Ledger(dataset, oid).key, {
                 "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "refused",
                 "reason": "integrity", "message": str(err), "refusal": key, "at": ctx.timestamp()})
         log.error("refused %-10s %s: %s", stage, event.key, err)
@@ -368,7 +377,7 @@ class Runtime:
         return {"outcome": "refused", "record": key}
 
     def _record_dead_letter(self, doc: dict[str, Any]) -> None:
-        key = f"deadletter/{doc['actor']}/{doc['message_id']}.json"
+        key = keys.DeadLetter(doc["actor"], doc["message_id"]).key
         doc = {**doc, "dead_lettered_at": datetime.now(UTC).isoformat(timespec="milliseconds")}
         self.store.put_json(key, doc)
         stage = str(doc["actor"]).removeprefix(f"{self.settings.namespace}.")
@@ -376,7 +385,7 @@ class Runtime:
             # The arrival's one terminal outcome: failed, with the dead letter that says why and how to re-drive.
             event = ObjectCreated.from_dict(doc["args"][0])
             last = (doc.get("traceback") or "").strip().splitlines()[-1:] or ["unknown error"]
-            self.store.put_json(f"ledger/{dataset_of(event.key)}/{object_id(event)}.json", {
+            self.store.put_json(keys.Ledger(dataset_of(event.key), object_id(event)).key, {
                 "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "failed",
                 "stage": stage, "message": last[0], "dead_letter": key, "at": doc["dead_lettered_at"],
                 "what_to_do": f"fix the cause, then `sluice deadletter redrive {doc['message_id']}`",

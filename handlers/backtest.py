@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.context import Context
 from sluice.core.runtime import dataset_of
 from sluice.events.s3 import ObjectCreated
@@ -24,9 +25,9 @@ RECENT = 3  # challengers re-scored besides the champion
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Score the champion and the last few other versions on the new labels, point-in-time joined."""
     dataset = dataset_of(event.key)
-    label_version = event.key.split("/")[2]
+    label_version = keys.Validated.parse(event.key).version
     contract = load_contract(ctx.store, dataset, ctx.extensions)
-    out = f"registry/{contract.model}/backtests/{label_version}.json"
+    out = keys.Backtest(contract.model, label_version).key
     if ctx.store.exists(out):
         return []
     registry = ModelRegistry(ctx.store, ctx.state)
@@ -40,7 +41,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     chosen = [v for v in versions if v["version"] == champion_version]
     chosen += [v for v in reversed(versions) if v["version"] != champion_version][:RECENT]
     labels = read_parquet(ctx.store, event.key)
-    feature_rows = read_parquet(ctx.store, f"features/{dataset}/{features.feature_set_version}/features.parquet")
+    feature_rows = read_parquet(ctx.store,
+                                keys.FeatureSet(dataset, features.feature_set_version, "features.parquet").key)
     frame = point_in_time_join(labels, feature_rows, contract)
     results = []
     for version in chosen:

@@ -13,8 +13,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.context import Context
 from sluice.events.pipeline import CandidateBenchmarked
+from sluice.events.run import read as read_run
 from sluice.events.s3 import ObjectCreated
 from sluice.ml import bundle, gate, leakage
 from sluice.ml.contract import load_contract
@@ -24,10 +26,10 @@ from sluice.ml.runs import artifact
 
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Score candidate, champion and baseline on the candidate's holdout, benchmark inference; write the verdict."""
-    run = ctx.store.get_json(event.key)
+    run = read_run(ctx.store.get_json(event.key))
     contract = load_contract(ctx.store, run["dataset"], ctx.extensions)
     model = run["model"]
-    out_key = f"registry/{model}/candidates/{run['run_id']}.candidate.json"
+    out_key = keys.Candidate(model, run["run_id"]).key
     if ctx.store.exists(out_key):
         return []
     holdout = pl.read_parquet(io.BytesIO(artifact(ctx.store, run, "holdout")))

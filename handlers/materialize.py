@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.context import Context
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
@@ -37,21 +38,21 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                      "none" if not trigger.drift else f"{trigger.drift['drifted_share']:.0%} of columns")
         return []
     manifests = [DataValidated.from_dict(ctx.store.get_json(k))
-                 for k in ctx.store.keys(f"validated/{dataset}/") if k.endswith("/manifest.json")]
+                 for k in ctx.store.keys(keys.Validated.prefix(dataset)) if k.endswith("/manifest.json")]
     manifests.sort(key=lambda m: m.data_version)
     data_versions = [m.data_version for m in manifests]
     definitions = [t.model_dump(mode="json") for t in contract.features]
     version = feature_set_version(definitions, data_versions, contract)
-    base = f"features/{dataset}/{version}"
-    if ctx.store.exists(f"{base}/manifest.json"):
+    base = keys.FeatureSet.prefix(dataset, version)
+    if ctx.store.exists(f"{base}manifest.json"):
         ctx.log.info("same  features   %s: feature set %s exists", dataset, version)
         return []
 
-    frames = [read_parquet(ctx.store, f"validated/{dataset}/{dv}/data.parquet") for dv in data_versions]
+    frames = [read_parquet(ctx.store, keys.Validated(dataset, dv, keys.DATA).key) for dv in data_versions]
     frame = apply_transforms(pl.concat(frames, how="diagonal_relaxed"), contract, ctx.extensions)
     buffer = io.BytesIO()
     frame.write_parquet(buffer)
-    ctx.store.put(f"{base}/features.parquet", buffer.getvalue())
+    ctx.store.put(f"{base}features.parquet", buffer.getvalue())
     if contract.entity is not None:
         vectors = latest_vectors(frame, contract)
         written = ctx.online.put_many(dataset, version, vectors, contract.entity.timestamp)
@@ -61,7 +62,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         sources=[m.source for m in manifests], contract_version=contract.fingerprint(), definitions=definitions,
         rows=frame.height, columns=frame.columns, materialized_at=ctx.timestamp(),
     )
-    ctx.store.put_json(f"{base}/manifest.json", manifest.to_dict(), if_absent=True)
+    ctx.store.put_json(f"{base}manifest.json", manifest.to_dict(), if_absent=True)
     ctx.log.info("wrote features   %s -> feature set %s (%d rows, %d data versions)",
                  dataset, version, frame.height, len(data_versions))
     return []

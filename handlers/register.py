@@ -11,6 +11,7 @@ from typing import Any
 from sluice.core.context import Context
 from sluice.events.model import for_transition
 from sluice.events.pipeline import CandidateBenchmarked
+from sluice.events.run import read as read_run
 from sluice.events.s3 import ObjectCreated
 from sluice.ml.card import render_card
 from sluice.ml.registry import ModelRegistry
@@ -21,7 +22,7 @@ REGISTERED_BY = "sluice/register"
 def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     """Register the candidate (once per run), write its card, and return the model event to publish."""
     candidate = CandidateBenchmarked.from_dict(ctx.store.get_json(event.key))
-    run = ctx.store.get_json(candidate.run_key)
+    run = read_run(ctx.store.get_json(candidate.run_key))
     registry = ModelRegistry(ctx.store, ctx.state)
     model = candidate.model
     # A refitted run ships its refit (trained on train + holdout); the gate judged the holdout-evaluated bundle,

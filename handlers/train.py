@@ -28,10 +28,12 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.context import Context
 from sluice.core.errors import Defer, Failure, ValidationFailed
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
+from sluice.events.run import TrainingRun
 from sluice.events.s3 import ObjectCreated
 from sluice.ml import bundle, leakage, modeling
 from sluice.ml.contract import Contract, load_contract
@@ -69,8 +71,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
          "target": contract.target, "task": contract.task, "metric": contract.metric,
          **({"labels": label_ids} if contract.labels else {})}, sort_keys=True,
     ).encode()).hexdigest()[:12]
-    base = f"runs/{dataset}/{run_id}"
-    if ctx.store.exists(f"{base}/run.json") or ctx.store.exists(f"{base}/cancelled.json"):
+    base = keys.Run.prefix(dataset, run_id)
+    if ctx.store.exists(f"{base}run.json") or ctx.store.exists(f"{base}cancelled.json"):
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
 
@@ -93,7 +95,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     t_prep = time.perf_counter()
 
     def progress(p: modeling.Progress) -> None:
-        ctx.store.put_json(f"{base}/progress.json", {"run_id": run_id, "status": "running", "trials": p.trials,
+        ctx.store.put_json(f"{base}progress.json", {"run_id": run_id, "status": "running", "trials": p.trials,
                                                      "best_loss": p.best_loss, "elapsed_s": round(p.elapsed_s, 1),
                                                      "budget_s": spec.time_budget_s, "at": ctx.timestamp()})
         ctx.log.info("train %s: %d trials, best loss %s after %.0fs of %gs", run_id, p.trials,
@@ -102,10 +104,10 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     try:
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
                                  time_budget_s=_search_budget(spec.time_budget_s, leak_s),
-                                 on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}/cancel.json"),
+                                 on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"),
                                  extensions=ctx.extensions)
     except modeling.TrainingCancelled:
-        ctx.store.put_json(f"{base}/cancelled.json", {"run_id": run_id, "at": ctx.timestamp()}, if_absent=True)
+        ctx.store.put_json(f"{base}cancelled.json", {"run_id": run_id, "at": ctx.timestamp()}, if_absent=True)
         ctx.log.warning("cancelled train %s on request", run_id)
         return []
     t_fit = time.perf_counter()
@@ -126,13 +128,13 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     trials = modeling.parse_trials(trained.trial_log)
 
     for name, data in files.items():
-        ctx.store.put(f"{base}/bundle/{name}", data)
-    manifest_key = f"{base}/bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
+        ctx.store.put(f"{base}bundle/{name}", data)
+    manifest_key = f"{base}bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
     ctx.store.put(manifest_key, manifest_bytes)
     listing = json.loads(manifest_bytes)["files"]
     holdout_bytes = io.BytesIO()
     holdout.write_parquet(holdout_bytes)
-    artifacts = {role: {"key": f"{base}/bundle/{listing[role]['path']}", "sha256": listing[role]["sha256"],
+    artifacts = {role: {"key": f"{base}bundle/{listing[role]['path']}", "sha256": listing[role]["sha256"],
                         "bytes": listing[role]["bytes"]} for role in ("model", "encoding")}
     artifacts["model"]["format"] = trained.model_format
     artifacts |= _store_artifacts(ctx, base, [
@@ -183,8 +185,9 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                         "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
         "finished_at": ctx.timestamp(),
     }
-    if ctx.store.put_json(f"{base}/run.json", run, if_absent=True):
-        ctx.store.put_json(f"{base}/progress.json", {"run_id": run_id, "status": "finished", "trials": len(trials),
+    # Written through its type (events/run.py): what every reader parses it back with.
+    if ctx.store.put_json(keys.Run(dataset, run_id).key, TrainingRun.model_validate(run).to_dict(), if_absent=True):
+        ctx.store.put_json(f"{base}progress.json", {"run_id": run_id, "status": "finished", "trials": len(trials),
                                                      "best_loss": trained.best_loss, "at": ctx.timestamp()})
         ctx.log.info("wrote train      %s: %s %s=%.4f (naive baseline %.4f), %d trials, fit %.1fs%s",
                      run_id, trained.best_estimator, contract.metric, metrics[contract.metric],
@@ -197,7 +200,7 @@ def _inputs(ctx: Context, contract: Contract, key: str
             ) -> tuple[FeaturesMaterialized, list[DataValidated]] | None:
     """The feature set and label versions a run trains on, or None when one side has not arrived yet."""
     dataset = contract.dataset
-    if key.startswith("features/"):
+    if key.startswith(keys.FEATURES):
         features: FeaturesMaterialized | None = FeaturesMaterialized.from_dict(ctx.store.get_json(key))
     else:
         features = latest_feature_set(ctx.store, dataset)
@@ -226,7 +229,7 @@ def _coalesce(ctx: Context, contract: Contract, features: FeaturesMaterialized, 
         return False
     if labels:
         newest_label = max(labels, key=lambda lv: (lv.validated_at, lv.data_version))
-        mine = trigger.split("/")[2] if trigger.startswith("validated-labels/") else None
+        mine = keys.Validated.parse(trigger).version if trigger.startswith(keys.VALIDATED_LABELS) else None
         if mine is None and newest_label.validated_at > features.materialized_at:
             ctx.log.info("skip  train      %s: labels %s arrived after feature set %s; their trigger trains",
                          contract.dataset, newest_label.data_version[:12], features.feature_set_version)
@@ -256,15 +259,15 @@ def _pending_drops(ctx: Context, contract: Contract, features: FeaturesMateriali
     from sluice.events.s3 import ObjectCreated
 
     dataset, bucket = contract.dataset, ctx.store.bucket
-    done = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in ctx.store.keys(f"ledger/{dataset}/")}
+    done = {keys.Ledger.parse(k).object_id for k in ctx.store.keys(keys.Ledger.prefix(dataset))}
     pending = []
-    for prefix in (f"incoming/{dataset}/", *((f"labels/{dataset}/",) if contract.labels else ())):
+    for prefix in (keys.Drop.prefix(dataset), *((keys.Drop.prefix(dataset, labels=True),) if contract.labels else ())):
         for key, etag in ctx.store.etags(prefix):
             if object_id(ObjectCreated(bucket, key, etag=etag)) not in done:
                 pending.append(key)
     included = set(features.data_versions)
-    for key in ctx.store.keys(f"validated/{dataset}/"):
-        if key.endswith("/manifest.json") and key.split("/")[2] not in included:
+    for key in ctx.store.keys(keys.Validated.prefix(dataset)):
+        if key.endswith("/" + keys.MANIFEST) and keys.Validated.parse(key).version not in included:
             pending.append(key)
     return pending
 
@@ -291,13 +294,13 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
         frequencies=frequency_tables(frame, contract), run_id=run_id)
     bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     for name, data in files.items():
-        ctx.store.put(f"{base}/refit/{name}", data)
-    key = f"{base}/refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
+        ctx.store.put(f"{base}refit/{name}", data)
+    key = f"{base}refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
     ctx.store.put(key, manifest_bytes)
     model = json.loads(manifest_bytes)["files"]["model"]
     return {"rows": done.rows, "fit_s": round(done.fit_seconds, 3), "best_estimator": trained.best_estimator,
             "bundle": {"key": key, "sha256": bundle.sha256(manifest_bytes), "uri": ctx.store.uri(key)},
-            "model": {"key": f"{base}/refit/{model['path']}", "sha256": model["sha256"], "bytes": model["bytes"],
+            "model": {"key": f"{base}refit/{model['path']}", "sha256": model["sha256"], "bytes": model["bytes"],
                       "format": done.model_format}}
 
 
@@ -331,7 +334,7 @@ def _store_artifacts(ctx: Context, base: str, items: list[tuple[str, str, bytes]
     out = {}
     for stem, ext, data in items:
         sha = hashlib.sha256(data).hexdigest()
-        key = f"{base}/{stem}-{sha[:12]}.{ext}"
+        key = f"{base}{stem}-{sha[:12]}.{ext}"
         ctx.store.put(key, data)
         out[stem] = {"key": key, "sha256": sha, "bytes": len(data)}
     return out

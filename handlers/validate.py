@@ -16,9 +16,10 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.context import Context
 from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed, clip
-from sluice.core.runtime import dataset_of, object_id
+from sluice.core.runtime import object_id
 from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
 from sluice.ml import drift, validation
@@ -45,11 +46,12 @@ def handle_labels(event: ObjectCreated, ctx: Context) -> list[Any]:
 
 
 def _dataset(event: ObjectCreated) -> str:
-    parts = event.key.split("/")
-    if len(parts) < 3 or not parts[1]:
+    dataset = keys.dataset_of(event.key)
+    if dataset == "_unknown":
+        root = event.key.split("/", 1)[0]
         raise UnreadableFile(f"{event.key} is not under a dataset folder.",
-                             hint=f"Drop files at {parts[0]}/<dataset>/<file>, e.g. `sluice drop FILE --dataset NAME`.")
-    return dataset_of(event.key)
+                             hint=f"Drop files at {root}/<dataset>/<file>, e.g. `sluice drop FILE --dataset NAME`.")
+    return dataset
 
 
 def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, prefix: str) -> list[Any]:
@@ -75,8 +77,9 @@ def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, pref
         try:
             split = validation.validate_file(path, event.key, contract, Path(tmp), extensions=ctx.extensions)
             # One class is fine in a later drop (a quiet day) or a replay, not in the data a first model learns from.
+            earlier = keys.Validated.prefix(dataset, labels=prefix == keys.VALIDATED_LABELS.rstrip("/"))
             first = REPLAY_OF not in info.metadata and not any(
-                k.endswith("/manifest.json") for k in ctx.store.keys(f"{prefix}/{dataset}/"))
+                k.endswith("/manifest.json") for k in ctx.store.keys(earlier))
             if contract.labels is None:  # with separate labels, the data has no target to check
                 _check_target(event.key, split, contract, require_classes=first)
             if split.invalid_fraction > contract.max_invalid_fraction:
@@ -99,12 +102,13 @@ def _already_done(ctx: Context, prefix: str, dataset: str, data_version: str, ev
                   ledger: dict[str, Any]) -> bool:
     """Same bytes as an earlier drop: record the arrival, run nothing downstream."""
     # Read, not just seen: a manifest no stage wrote must not pass a new drop off as a duplicate.
-    if ctx.store.get_json_or_none(f"{prefix}/{dataset}/{data_version}/manifest.json") is None:
+    labels = prefix == keys.VALIDATED_LABELS.rstrip("/")
+    if ctx.store.get_json_or_none(keys.Validated(dataset, data_version, labels=labels).key) is None:
         return False
-    mine = ctx.store.get_json_or_none(f"ledger/{dataset}/{object_id(event)}.json")
+    mine = ctx.store.get_json_or_none(keys.Ledger(dataset, object_id(event)).key)
     if mine and mine.get("outcome") == "validated" and mine.get("data_version") == data_version:
         return True  # a redelivery of the drop that made this data version: its outcome stands
-    ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
+    ctx.store.put_json(keys.Ledger(dataset, object_id(event)).key, {
         **ledger, "sha256": data_version, "data_version": data_version, "outcome": "duplicate", "at": ctx.timestamp()})
     ctx.log.info("same  validate   %s is data version %s (already validated)", event.key, data_version[:12])
     return True
@@ -114,10 +118,10 @@ def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contr
              split: validation.Split, data_version: str, ledger: dict[str, Any], prefix: str) -> list[Any]:
     dataset = contract.dataset
     kind = "labels" if prefix == "validated-labels" else "data"
-    base = f"{prefix}/{dataset}/{data_version}"
+    base = keys.Validated.prefix(dataset, data_version, labels=prefix == keys.VALIDATED_LABELS.rstrip("/"))
     assert split.valid_path is not None and split.sample is not None
-    ctx.store.put_file(f"{base}/data.parquet", split.valid_path)
-    ctx.store.put_json(f"{base}/profile.json", drift.data_profile(split.sample, split.rows_valid,
+    ctx.store.put_file(f"{base}data.parquet", split.valid_path)
+    ctx.store.put_json(f"{base}profile.json", drift.data_profile(split.sample, split.rows_valid,
                                                                   dict(split.null_counts)))
     if split.rows_invalid:
         _quarantine_rows(ctx, event, contract, split, data_version)
@@ -136,8 +140,8 @@ def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contr
         kind=kind,
     )
     # The manifest is written last and only once: its creation is what wakes feature materialization.
-    ctx.store.put_json(f"{base}/manifest.json", manifest.to_dict(), if_absent=True)
-    ctx.store.put_json(f"ledger/{dataset}/{object_id(event)}.json", {
+    ctx.store.put_json(f"{base}manifest.json", manifest.to_dict(), if_absent=True)
+    ctx.store.put_json(keys.Ledger(dataset, object_id(event)).key, {
         **ledger, "outcome": "validated", "kind": kind, "rows": split.rows_valid,
         "rows_quarantined": split.rows_invalid, "drifted": bool(summary and summary["drifted"]), "at": ctx.timestamp()})
     ctx.log.info("wrote validate   %s -> data version %s (%d rows valid, %d quarantined%s)", event.key,
@@ -148,10 +152,10 @@ def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contr
 
 def _quarantine_rows(ctx: Context, event: ObjectCreated, contract: Contract, split: validation.Split,
                      data_version: str) -> None:
-    base = f"quarantine/{contract.dataset}/{data_version}"
+    base = keys.Quarantine.prefix(contract.dataset, data_version)
     assert split.invalid_path is not None
-    ctx.store.put_file(f"{base}/rows.parquet", split.invalid_path)
-    ctx.store.put_json(f"{base}/report.json", {
+    ctx.store.put_file(f"{base}rows.parquet", split.invalid_path)
+    ctx.store.put_json(f"{base}report.json", {
         "dataset": contract.dataset,
         "data_version": data_version,
         "stage": "validate",
@@ -169,7 +173,7 @@ def _quarantine_rows(ctx: Context, event: ObjectCreated, contract: Contract, spl
         "examples": validation.examples(split.examples),
         "example_rows": {str(k): v for k, v in split.example_rows.items()},
         "contract_version": contract.fingerprint(),
-        "rows_file": f"{base}/rows.parquet",
+        "rows_file": f"{base}rows.parquet",
         "quarantined_at": ctx.timestamp(),
     })
 

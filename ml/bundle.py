@@ -37,6 +37,7 @@ import polars as pl
 from sluice.core.app import Extensions
 from sluice.core.errors import AppError, IntegrityError, ModelInputError
 from sluice.core.ports import ObjectStore
+from sluice.events.run import read as read_run
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
@@ -663,7 +664,7 @@ def load_run(store: Any, run: dict[str, Any], extensions: Extensions | None = No
 def _legacy_version(store: Any, version: dict[str, Any]) -> Model:
     """Versions registered before bundles existed: their run's model and encoding, ordered by the model's own
     feature names (which is what repairs their column order), checked against the version's artifact sha256."""
-    run = store.get_json(version["run_key"])
+    run = read_run(store.get_json(version["run_key"]))
     return _legacy_run(store, run, expected_model_sha=version["artifact"]["sha256"], version=version["version"])
 
 

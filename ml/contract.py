@@ -15,6 +15,7 @@ import polars as pl
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from sluice.core import keys
 from sluice.core.errors import ContractError, SluiceError
 from sluice.core.ports import ObjectStore
 
@@ -367,7 +368,7 @@ def _check_transform(t: Transform, contract: Contract, known: set[str]) -> None:
 
 def contract_key(dataset: str) -> str:
     """Where a dataset's contract lives in the bucket."""
-    return f"contracts/{dataset}.yaml"
+    return keys.Contract(dataset).key
 
 
 def parse_contract(text: str | bytes, source: str = "contract") -> Contract:
@@ -551,10 +552,10 @@ def load_contract(store: Any, dataset: str, extensions: Any = None) -> Contract:
 def training_time_limit_s(store: ObjectStore, key: str) -> int | None:
     """The training time limit of the contract of `key`'s dataset (`<prefix>/<dataset>/...`), or None when the
     contract is missing or broken (the stage itself reports that)."""
-    parts = key.split("/")
-    if len(parts) < 3:
+    dataset = keys.dataset_of(key)
+    if dataset == "_unknown":
         return None
     try:
-        return load_contract(store, parts[1]).training.time_limit_s
+        return load_contract(store, dataset).training.time_limit_s
     except SluiceError:
         return None

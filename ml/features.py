@@ -15,6 +15,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.ports import ObjectStore
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.ml.contract import ColumnSpec, Contract
@@ -71,14 +72,14 @@ def row_key_columns(contract: Contract, frame: pl.DataFrame) -> list[str]:
 def latest_feature_set(store: ObjectStore, dataset: str) -> FeaturesMaterialized | None:
     """The most recently materialized feature set of the dataset."""
     docs = [FeaturesMaterialized.from_dict(store.get_json(k))
-            for k in store.keys(f"features/{dataset}/") if k.endswith("/manifest.json")]
+            for k in store.keys(keys.FeatureSet.prefix(dataset)) if k.endswith("/manifest.json")]
     return max(docs, key=lambda d: (d.materialized_at, len(d.data_versions)), default=None)
 
 
 def label_versions(store: ObjectStore, dataset: str) -> list[DataValidated]:
     """Every validated label file of the dataset, by data version."""
     docs = [DataValidated.from_dict(store.get_json(k))
-            for k in store.keys(f"validated-labels/{dataset}/") if k.endswith("/manifest.json")]
+            for k in store.keys(keys.Validated.prefix(dataset, labels=True)) if k.endswith("/manifest.json")]
     return sorted(docs, key=lambda d: d.data_version)
 
 
@@ -89,14 +90,14 @@ def read_parquet(store: ObjectStore, key: str) -> pl.DataFrame:
 
 def read_labels(store: ObjectStore, dataset: str, versions: list[str]) -> pl.DataFrame:
     """The rows of the given label versions."""
-    frames = [read_parquet(store, f"validated-labels/{dataset}/{v}/data.parquet") for v in versions]
+    frames = [read_parquet(store, keys.Validated(dataset, v, keys.DATA, labels=True).key) for v in versions]
     return pl.concat(frames, how="diagonal_relaxed")
 
 
 def training_rows(store: ObjectStore, contract: Contract, feature_set_version: str,
                   label_ids: list[str]) -> pl.DataFrame:
     """The labelled rows a run learns from: the feature set, or its point-in-time join with the labels."""
-    frame = read_parquet(store, f"features/{contract.dataset}/{feature_set_version}/features.parquet")
+    frame = read_parquet(store, keys.FeatureSet(contract.dataset, feature_set_version, "features.parquet").key)
     if contract.labels is not None:
         frame = point_in_time_join(read_labels(store, contract.dataset, label_ids), frame, contract)
     frame = frame.filter(pl.col(contract.target).is_not_null())

@@ -18,6 +18,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core import keys as layout
 from sluice.core.errors import SluiceError
 from sluice.core.ports import ObjectStore
 from sluice.ml.contract import load_contract
@@ -45,10 +46,10 @@ class Entry:
 def entries(store: ObjectStore, dataset: str | None = None) -> list[Entry]:
     """Every quarantine entry, oldest first."""
     out = []
-    for key in store.keys(f"quarantine/{dataset}/" if dataset else "quarantine/"):
+    for key in store.keys(layout.Quarantine.prefix(dataset) if dataset else layout.QUARANTINE):
         if key.endswith("/report.json"):
             _, ds, ident, _ = key.split("/", 3)
-            replays = [store.get_json(k) for k in store.keys(f"quarantine/{ds}/{ident}/replays/")]
+            replays = [store.get_json(k) for k in store.keys(layout.Quarantine(ds, ident, "replays/").key)]
             out.append(Entry(ds, ident, store.get_json(key), replays))
     return sorted(out, key=lambda e: e.report.get("quarantined_at", ""))
 
@@ -82,7 +83,7 @@ def replay(store: ObjectStore, dataset: str, ident: str | None, at: str) -> list
             continue  # already replayed under this contract; the outcome is in the ledger
         original = entry.report["source"]["key"]
         metadata = {REPLAY_OF: entry.id, REPLAY_KEY: original}
-        base = f"incoming/{dataset}/replay-{entry.id[:12]}-{version}"
+        base = layout.Drop(dataset, f"replay-{entry.id[:12]}-{version}").key
         if entry.scope == "rows":
             frame = rows(store, entry)
             assert frame is not None
@@ -95,7 +96,7 @@ def replay(store: ObjectStore, dataset: str, ident: str | None, at: str) -> list
             store.copy(entry.report["file"], key, metadata=metadata)
         else:
             continue
-        store.put_json(f"quarantine/{dataset}/{entry.id}/replays/{version}.json",
+        store.put_json(layout.Quarantine(dataset, entry.id, f"replays/{version}.json").key,
                        {"contract_version": version, "key": key, "at": at})
         keys.append(key)
     return keys

@@ -26,8 +26,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sluice.core import keys
 from sluice.core.errors import SluiceError
 from sluice.core.ports import IN_PROGRESS, Listed, ObjectStore, StateBackend
+from sluice.events.run import read as read_run
 from sluice.events.s3 import ObjectCreated
 
 if TYPE_CHECKING:
@@ -65,11 +67,11 @@ def event_for(store: ObjectStore, obj: Listed) -> ObjectCreated:
 def datasets_in(store: ObjectStore) -> list[str]:
     """Every dataset with a contract or anything dropped."""
     names: set[str] = set()
-    for prefix in ("contracts/", "incoming/", "labels/", "ledger/", "validated/"):
+    for prefix in (keys.CONTRACTS, keys.INCOMING, keys.LABELS, keys.LEDGER, keys.VALIDATED):
         for key in store.keys(prefix):
-            parts = key.split("/")
+            parts = key.split("/")  # contracts/<ds>.yaml or <prefix>/<ds>/...
             if len(parts) > 1 and parts[1]:
-                names.add(parts[1].removesuffix(".yaml") if prefix == "contracts/" else parts[1])
+                names.add(parts[1].removesuffix(".yaml") if prefix == keys.CONTRACTS else parts[1])
     return sorted(names)
 
 
@@ -80,7 +82,7 @@ def find_gaps(store: ObjectStore, state: StateBackend | None = None, dataset: st
     gaps: list[Gap] = []
     models: set[str] = set()
     for ds in [dataset] if dataset else datasets_in(store):
-        quarantined = {r.get("source", {}).get("key") for k in store.keys(f"quarantine/{ds}/")
+        quarantined = {r.get("source", {}).get("key") for k in store.keys(keys.Quarantine.prefix(ds))
                        if k.endswith("/report.json") and (r := store.get_json(k))}
         gaps += _arrival_gaps(store, state, ds, min_age_s, now)
         gaps += _feature_gaps(store, ds, quarantined, min_age_s, now)
@@ -88,12 +90,12 @@ def find_gaps(store: ObjectStore, state: StateBackend | None = None, dataset: st
         gaps += gap
         if model:
             models.add(model)
-        for obj in listing(store, f"runs/{ds}/"):
+        for obj in listing(store, keys.Run.prefix(ds)):
             if not obj.key.endswith("/run.json") or obj.age_s(now) < min_age_s or obj.key in quarantined:
                 continue
             run = store.get_json(obj.key)
             models.add(run["model"])
-            if not store.exists(f"registry/{run['model']}/candidates/{run['run_id']}.candidate.json"):
+            if not store.exists(keys.Candidate(run["model"], run["run_id"]).key):
                 gaps.append(Gap("benchmark", obj.key, ds, f"run {run['run_id']} has no benchmark verdict"))
     for model in sorted(models):
         gaps += _registry_gaps(store, state, model, min_age_s, now)
@@ -115,7 +117,7 @@ def _in_progress(store: ObjectStore, state: StateBackend, gap: Gap) -> bool:
 
 def _arrival_gaps(store: ObjectStore, state: StateBackend | None, ds: str, min_age_s: float,
                   now: datetime) -> list[Gap]:
-    outcomes = {(e.get("key"), e.get("etag")) for k in store.keys(f"ledger/{ds}/") if (e := store.get_json(k))}
+    outcomes = {(e.get("key"), e.get("etag")) for k in store.keys(keys.Ledger.prefix(ds)) if (e := store.get_json(k))}
     gaps = []
     for prefix, stage in (("incoming", "validate"), ("labels", "labels")):
         for obj in listing(store, f"{prefix}/{ds}/"):
@@ -126,11 +128,11 @@ def _arrival_gaps(store: ObjectStore, state: StateBackend | None, ds: str, min_a
 
 def _feature_gaps(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s: float, now: datetime) -> list[Gap]:
     covered: set[str] = set()
-    for k in store.keys(f"features/{ds}/"):
+    for k in store.keys(keys.FeatureSet.prefix(ds)):
         if k.endswith("/manifest.json"):
             covered.update(store.get_json(k).get("data_versions", []))
     gaps = []
-    for obj in listing(store, f"validated/{ds}/"):
+    for obj in listing(store, keys.Validated.prefix(ds)):
         if not obj.key.endswith("/manifest.json") or obj.age_s(now) < min_age_s or obj.key in quarantined:
             continue
         manifest = store.get_json(obj.key)
@@ -153,7 +155,7 @@ def _training_gap(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s:
     features = latest_feature_set(store, ds)
     if features is None:
         return [], contract.model
-    trigger = f"features/{ds}/{features.feature_set_version}/manifest.json"
+    trigger = keys.FeatureSet(ds, features.feature_set_version).key
     stage, newest_at = "train", features.materialized_at
     labels: list[str] = []
     if contract.labels is not None:
@@ -163,16 +165,16 @@ def _training_gap(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s:
         newest = max(versions, key=lambda lv: (lv.validated_at, lv.data_version))
         labels = [lv.data_version for lv in versions]
         if newest.validated_at > features.materialized_at:  # then the labels' trigger trains (see train._coalesce)
-            trigger, stage, newest_at = f"validated-labels/{ds}/{newest.data_version}/manifest.json", "train-labels", \
+            trigger, stage, newest_at = keys.Validated(ds, newest.data_version, labels=True).key, "train-labels", \
                 newest.validated_at
     quiet_s = (now - datetime.fromisoformat(newest_at.replace("Z", "+00:00"))).total_seconds()
     if quiet_s < contract.training.debounce_s + min_age_s or trigger in quarantined:
         return [], contract.model
-    for k in store.keys(f"runs/{ds}/"):
+    for k in store.keys(keys.Run.prefix(ds)):
         if k.endswith("/cancelled.json"):
             return [], contract.model  # a cancelled run was asked for; retraining is the user's call
         if k.endswith("/run.json"):
-            run = store.get_json(k)
+            run = read_run(store.get_json(k))
             if run["feature_set_version"] == features.feature_set_version and set(labels) <= set(
                     run.get("label_versions") or []):
                 return [], contract.model
@@ -192,10 +194,10 @@ def _registry_gaps(store: ObjectStore, state: StateBackend | None, model: str, m
     history = registry.history(model)
     source = f"sluice://{store.bucket}"
     gaps = []
-    for obj in listing(store, f"registry/{model}/candidates/"):
+    for obj in listing(store, keys.Candidate.prefix(model)):
         if not obj.key.endswith(".candidate.json") or obj.age_s(now) < min_age_s:
             continue
-        run_id = obj.key.rsplit("/", 1)[-1].removesuffix(".candidate.json")
+        run_id = keys.Candidate.parse(obj.key).run_id
         version = versions.get(run_id)
         if version is None:
             gaps.append(Gap("register", obj.key, _dataset(obj.key, store), f"candidate {run_id} has no version"))

@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core.errors import SluiceError
+from sluice.events.run import read as read_run
 from sluice.ml import modeling
 from sluice.ml.bundle import load_version
 from sluice.ml.registry import ModelRegistry
@@ -27,7 +28,7 @@ def version_scores(registry: ModelRegistry, model: str, version: dict[str, Any])
     """The version's gate scores on its own holdout, computed now: candidate, the champion it was compared with,
     and the naive baseline as recorded."""
     store = registry.store
-    run = store.get_json(version["run_key"])
+    run = read_run(store.get_json(version["run_key"]))
     holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
     candidate = load_version(store, version, evaluated=True)
     y = candidate.encoding.labels(holdout)

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.errors import IntegrityError, SluiceError
 from sluice.core.ports import ObjectStore
+from sluice.events.run import read as read_run
 from sluice.ml import modeling
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.features import row_key_columns, training_columns, training_rows
@@ -45,10 +47,10 @@ def artifact_json(store: ObjectStore, run: dict[str, Any], name: str) -> Any:
 def list_runs(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
     """Finished runs of a dataset, oldest first, plus runs still in progress (from their progress record)."""
     runs, progress = {}, {}
-    for key in store.keys(f"runs/{dataset}/"):
-        run_id = key.split("/")[2]
+    for key in store.keys(keys.Run.prefix(dataset)):
+        run_id = keys.Run.parse(key).run_id
         if key.endswith("/run.json"):
-            runs[run_id] = store.get_json(key)
+            runs[run_id] = read_run(store.get_json(key))
         elif key.endswith("/progress.json"):
             progress[run_id] = store.get_json(key)
         elif key.endswith("/cancelled.json"):
@@ -60,12 +62,12 @@ def list_runs(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
 
 def find_run(store: ObjectStore, run_id: str) -> dict[str, Any]:
     """A finished run by id (a unique prefix is enough)."""
-    matches = [k for k in store.keys("runs/") if k.endswith("/run.json") and k.split("/")[2].startswith(run_id)]
+    matches = [k for k in store.keys(keys.RUNS) if k.endswith("/" + keys.RUN)
+               and keys.Run.parse(k).run_id.startswith(run_id)]
     if len(matches) != 1:
         raise SluiceError(f"{'no' if not matches else 'more than one'} finished run matches {run_id!r}; "
                           "list them with `sluice runs list DATASET`")
-    doc: dict[str, Any] = store.get_json(matches[0])
-    return doc
+    return read_run(store.get_json(matches[0]))
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -142,7 +144,7 @@ def contract_of(store: ObjectStore, run: dict[str, Any]) -> Contract:
         contract = parse_contract(store.get(key), source=key)
         if contract.fingerprint() == run["contract_version"]:
             return contract
-    current = parse_contract(store.get(f"contracts/{dataset}.yaml"))
+    current = parse_contract(store.get(keys.Contract(dataset).key))
     if current.fingerprint() != run["contract_version"]:
         raise SluiceError(f"run {run['run_id']} was trained under contract {run['contract_version'][:12]}, which "
                           "is no longer stored; upload it again with `sluice contract put` to reproduce the run")

@@ -5,18 +5,21 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sluice.core import keys
 from sluice.core.app import Pipeline
 from sluice.core.errors import SluiceError
 from sluice.core.ports import ObjectStore, StateBackend
+from sluice.events.run import read as read_run
 from sluice.ml.registry import ModelRegistry
 
 
 def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pipeline: Pipeline) -> dict[str, Any]:
     """Arrivals with their furthest stage, the quarantine, and the dataset's model (`pipeline`: the running
     stages, whose time limits say when an arrival is stuck)."""
-    ledger = [store.get_json(k) for k in store.keys(f"ledger/{dataset}/")]
-    feature_sets = [store.get_json(k) for k in store.keys(f"features/{dataset}/") if k.endswith("/manifest.json")]
-    runs = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/run.json")]
+    ledger = [store.get_json(k) for k in store.keys(keys.Ledger.prefix(dataset))]
+    feature_sets = [store.get_json(k) for k in store.keys(keys.FeatureSet.prefix(dataset))
+                    if k.endswith("/manifest.json")]
+    runs = [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/run.json")]
     registry = ModelRegistry(store, state)
     model = runs[0]["model"] if runs else dataset
     versions = registry.versions(model)
@@ -27,7 +30,7 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         stage = "labels" if entry.get("kind") == "labels" else entry["outcome"]
         detail: dict[str, Any] = {}
         if dv and entry["outcome"] == "validated" and entry.get("kind") != "labels":
-            manifest = store.get_json_or_none(f"validated/{dataset}/{dv}/manifest.json")
+            manifest = store.get_json_or_none(keys.Validated(dataset, dv).key)
             if manifest and manifest.get("drift"):
                 detail["drift"] = manifest["drift"]
         if dv and entry["outcome"] in ("validated", "duplicate") and entry.get("kind") != "labels":
@@ -47,10 +50,10 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         arrivals.append({**entry, "stage": stage, **detail})
     arrivals += pending_arrivals(store, state, dataset, {(a["key"], a.get("etag")) for a in arrivals},
                                  pipeline=pipeline)
-    quarantine = [store.get_json(k) for k in store.keys(f"quarantine/{dataset}/") if k.endswith("/report.json")]
+    quarantine = [store.get_json(k) for k in store.keys(keys.Quarantine.prefix(dataset)) if k.endswith("/report.json")]
     finished = {r["run_id"] for r in runs}
-    training = [store.get_json(k) for k in store.keys(f"runs/{dataset}/") if k.endswith("/progress.json")
-                and k.split("/")[2] not in finished]
+    training = [store.get_json(k) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/progress.json")
+                and keys.Run.parse(k).run_id not in finished]
     running = [_staleness(t) for t in training if t.get("status") == "running"]
     return {
         "dataset": dataset,
@@ -127,17 +130,18 @@ def waiting(store: ObjectStore, dataset: str, feature_sets: list[dict[str, Any]]
 
 def data_versions(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
     """The dataset's snapshot: every validated data version, in the order they were validated."""
-    docs = [store.get_json(k) for k in store.keys(f"validated/{dataset}/") if k.endswith("/manifest.json")]
+    docs = [store.get_json(k) for k in store.keys(keys.Validated.prefix(dataset)) if k.endswith("/manifest.json")]
     return sorted(docs, key=lambda d: d["validated_at"])
 
 
 def datasets(store: ObjectStore) -> list[str]:
     """Every dataset that has a contract or an arrival."""
-    names = {k.split("/")[1].removesuffix(".yaml") for k in store.keys("contracts/") if k.count("/") == 1}
-    names |= {k.split("/")[1] for k in store.keys("ledger/")}
+    names = {keys.Contract.parse(k).dataset for k in store.keys(keys.CONTRACTS)
+             if k.count("/") == 1 and k.endswith(".yaml")}
+    names |= {keys.Ledger.parse(k).dataset for k in store.keys(keys.LEDGER)}
     return sorted(names)
 
 
 def dead_letters(store: ObjectStore) -> list[dict[str, Any]]:
     """Messages that exhausted their retries, or could not be parsed at all."""
-    return [store.get_json(k) for k in store.keys("deadletter/")]
+    return [store.get_json(k) for k in store.keys(keys.DEADLETTER)]

@@ -91,9 +91,9 @@ def up(app_spec: str | None) -> None:
     res = provision(settings, app.routes)
     for change in res.changes:
         click.echo(f"  + {change}")
-    click.echo(f"app {app.name}: " + ", ".join(f"{r.name} <- {r.prefix}*{r.suffix}" for r in app.routes))
     click.echo(f"{'provisioned' if res.changes else 'up to date'}: bucket {res.bucket}, queue "
                f"{settings.events_queue} (dead letters: {settings.dead_letter_queue}), topic {res.topic_arn}")
+    click.echo(f"app {app.name}: " + ", ".join(f"{r.name} <- {r.prefix}*{r.suffix}" for r in app.routes))
 
 
 @main.command()

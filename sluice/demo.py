@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.settings import ENV_ENDPOINT_URL, Settings
 from sluice.infra.store import S3Store
 from sluice.ml.contract import contract_key, infer_contract
@@ -74,7 +75,7 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
 
         with TemporarySubscription(settings) as subscriber:
             _say(f"== subscriber queue {subscriber.queue_name} listens on topic {settings.topic}")
-            key = f"incoming/{DATASET}/breast_cancer.csv"
+            key = keys.Drop(DATASET, "breast_cancer.csv").key
             t_drop = time.perf_counter()
             store.put(key, data)
             _say(f"== dropped {len(data):,} bytes at s3://{settings.bucket}/{key}")
@@ -104,8 +105,8 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
                 _say(f"   row {rec['row']}: {rec['prediction']} ({probs})")
 
             # At least once: the same bytes again give the same data version and no new run.
-            store.put(f"incoming/{DATASET}/breast_cancer_again.csv", data)
-            dup = _wait_for_ledger(store, f"incoming/{DATASET}/breast_cancer_again.csv", 30)
+            store.put(keys.Drop(DATASET, "breast_cancer_again.csv").key, data)
+            dup = _wait_for_ledger(store, keys.Drop(DATASET, "breast_cancer_again.csv").key, 30)
             versions = sum(1 for k in store.keys(f"registry/{d['model']}/versions/") if k.endswith(".json"))
             _say(f"== dropped the same bytes again: outcome {dup}, registry still has {versions} version(s)")
 
@@ -132,7 +133,7 @@ def _wait_for_event(subscriber: Any, timeout: float) -> dict[str, Any] | None:
 def _wait_for_ledger(store: S3Store, key: str, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for k in store.keys(f"ledger/{DATASET}/"):
+        for k in store.keys(keys.Ledger.prefix(DATASET)):
             entry = store.get_json(k)
             if entry["key"] == key:
                 return str(entry["outcome"])

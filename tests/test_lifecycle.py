@@ -21,7 +21,7 @@ from dramatiq.brokers.stub import StubBroker
 from moto import mock_aws
 
 from sluice.cli import main
-from sluice.core.runtime import Runtime
+from sluice.core.runtime import Runtime, published_key
 from sluice.core.settings import Settings
 from sluice.events.model import ModelEvent, schema
 from sluice.events.s3 import ObjectCreated
@@ -152,6 +152,8 @@ def test_two_drops_subscribers_rollback_and_the_champion_at_any_time(env: Runtim
     assert "rolled_back v1" in out and "champion now v1" in out
     rollback_id = out.strip().rsplit("id=", 1)[1]
     assert registry.alias(DATASET)["version"] == 1
+    # The CLI publishes through the register stage's path (publish_once): its event is recorded like the stage's.
+    assert rt.store.get_json(published_key(DATASET, rollback_id))["event"]["id"] == rollback_id
 
     # Subscribers receive exactly the events their filter matches.
     got = {name: received(url) for name, url in

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sluice.core.settings import Settings
+from sluice.handlers import build_pipeline
 from sluice.service import Service, start
 from tests.chain import DATASET, prepare, sample_bytes, versions, wait_for
 from tests.conftest import unique_settings
@@ -22,7 +23,7 @@ TIMEOUT_S = 90
 def service(moto_endpoint: str) -> Iterator[tuple[Service, Settings]]:
     settings = unique_settings(moto_endpoint)
     prepare(settings)
-    svc = start(settings, bridge_wait_s=1, metrics_port=0)
+    svc = start(settings, app=build_pipeline(), bridge_wait_s=1, metrics_port=0)
     yield svc, settings
     svc.stop()
 

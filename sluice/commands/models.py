@@ -6,9 +6,11 @@ from typing import Any
 
 import click
 
+from sluice.commands.common import app_option, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
+from sluice.core import keys
 from sluice.core.errors import SluiceError
 from sluice.core.settings import Settings
 
@@ -100,7 +102,7 @@ def models_show(name: str, at: str | None, as_json: bool) -> None:
             click.echo(f"      from {src['key']} (version {src.get('version_id')}, etag {src['etag']}, "
                        f"sha256 {src['sha256'][:16]}…{replay})")
         click.echo(f"      features {lin['feature_set_version']}, artifact {v['artifact']['uri']}")
-    for key in registry.store.keys(f"registry/{name}/backtests/"):
+    for key in registry.store.keys(keys.Backtest.prefix(name)):
         bt = registry.store.get_json(key)
         scores = ", ".join(f"v{r['version']} ({r['role']}) {r['metrics'][bt['metric']]:.4f}"
                            for r in bt["results"] if "metrics" in r)
@@ -155,6 +157,7 @@ def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from sluice.core.context import Context
+    from sluice.core.runtime import publish_once
     from sluice.events.model import for_transition
     from sluice.infra.notify import SnsPublisher
 
@@ -168,7 +171,7 @@ def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     event = for_transition(version, record, ctx.source)
     try:
-        SnsPublisher(settings).publish(event)
+        publish_once(SnsPublisher(settings), registry.store, event)
     except (BotoCoreError, ClientError) as exc:
         # The history already holds the change: an event never announces something that did not happen.
         raise click.ClickException(f"{record['action']} v{record['version']} is recorded (history "
@@ -231,11 +234,13 @@ def models_card(name: str, version: int) -> None:
         click.echo(render_card(doc, previous), nl=False)
 
 
-def _load(ref: str, settings: Settings) -> Any:
-    from sluice.ml.bundle import load_model
+def _load(ref: str, settings: Settings, app_spec: str | None = None) -> Any:
+    """The model, through `sluice.load_model` (which opens the bucket), with the app's feature functions and
+    learners when the model needs them."""
+    from sluice import load_model
 
     try:
-        return load_model(ref, settings=settings)
+        return load_model(ref, settings=settings, app=load_app(app_spec))
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -245,7 +250,8 @@ def _load(ref: str, settings: Settings) -> Any:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("-o", "--output", "out", default=None, type=click.Path(dir_okay=False),
               help="Write to this .csv or .parquet (default: CSV on stdout).")
-def models_predict(ref: str, file: str, out: str | None) -> None:
+@app_option
+def models_predict(ref: str, file: str, out: str | None, app_spec: str | None) -> None:
     """Score the rows of FILE (CSV or Parquet) with a registered model: the same rows, with their predictions.
 
     Rows the model cannot score (a column missing, a value the contract refuses) keep an empty prediction and
@@ -256,7 +262,7 @@ def models_predict(ref: str, file: str, out: str | None) -> None:
     from sluice.ml.bundle import as_frame
 
     settings = _settings()
-    model = _load(ref, settings)
+    model = _load(ref, settings, app_spec)
     try:
         rows = as_frame(file)
         result = model.predict(rows)

@@ -11,6 +11,7 @@ import click
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
+from sluice.core import keys
 from sluice.core.errors import SluiceError
 
 
@@ -166,7 +167,7 @@ def runs_cancel(dataset: str) -> None:
     store = _store(_settings())
     running = [run for run in r.list_runs(store, dataset) if run.get("status") == "running"]
     for run in running:
-        store.put_json(f"runs/{dataset}/{run['run_id']}/cancel.json", {"requested": True})
+        store.put_json(keys.Run(dataset, run["run_id"], "cancel.json").key, {"requested": True})
         click.echo(f"cancelling {run['run_id']} ({run.get('trials', 0)} trials so far)")
     if not running:
         click.echo(f"no training of {dataset!r} is running")
