@@ -125,3 +125,12 @@ def test_the_search_runs_with_the_contracts_n_jobs(n_jobs: int) -> None:
     train = rows(contract, 300, 0)
     trained = modeling.train(train, modeling.Encoding.fit(train, contract), contract)
     assert trained.estimator.get_params()["n_jobs"] == modeling.worker_jobs(n_jobs)
+
+
+def test_every_stored_model_format_is_one_the_events_allow() -> None:
+    from sluice.events.model import schema
+
+    for event_type in ("sluice.model.promoted", "sluice.model.rejected", "sluice.model.archived",
+                       "sluice.model.rolled_back"):
+        artifact = schema(event_type)["properties"]["data"]["properties"]["artifact"]["properties"]
+        assert set(artifact["format"]["enum"]) == set(modeling.EXTENSION), event_type
