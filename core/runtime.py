@@ -19,7 +19,7 @@ from typing import Any
 import dramatiq
 from dramatiq import Broker
 
-from sluice.core import keys
+from sluice.core import keys, tracing
 from sluice.core.app import NewObject, Pipeline, Route
 from sluice.core.context import Context
 from sluice.core.errors import (
@@ -225,9 +225,14 @@ class Runtime:
         short-cuts a duplicate while every output it names is still in the bucket.
         """
         event = ObjectCreated.from_dict(payload)
+        message = self.inflight.current()
+        with tracing.bound(trace_id=self.trace_id(name, event, message), stage=name, dataset=dataset_of(event.key),
+                           key=event.key):
+            return self._execute(name, event, message)
+
+    def _execute(self, name: str, event: ObjectCreated, message: Any) -> dict[str, Any]:
         key = claim_key(name, event)
         route = self.routes[name]
-        message = self.inflight.current()
         owner = f"{WORKER_ID}:{message.message_id if message is not None else uuid.uuid4().hex[:12]}"
         prior = self.state.claim(key, owner, self.settings.lease_ttl_s)
         if prior is not None and prior.status == COMPLETED:
@@ -249,6 +254,16 @@ class Runtime:
             raise self._retry(message, wait_s)
         with self.heartbeat.hold(key, owner, self._time_limit_s(route, message) + self.settings.lease_ttl_s):
             return self._run(route, event, key, owner, message)
+
+    def trace_id(self, stage: str, event: ObjectCreated, message: Any) -> str | None:
+        """The correlation id of a stage run: the message's `traceparent` when it carries one, else, for a drop (an
+        unsigned arrival), the id derived from it; kept in the message so a retry or redelivery carries it."""
+        found = tracing.parse_traceparent(message.options.get(tracing.TRACEPARENT)) if message is not None else None
+        if found is None and not is_signed(event.key):
+            found = tracing.trace_id_of(event.idempotency_key)
+        if found is not None and message is not None:
+            message.options[tracing.TRACEPARENT] = tracing.traceparent(found, tracing.span_id(found, stage, event.key))
+        return found
 
     def _run(self, route: Route, event: ObjectCreated, key: str, owner: str, message: Any) -> dict[str, Any]:
         name = route.name

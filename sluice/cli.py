@@ -18,11 +18,17 @@ from sluice.commands.common import store as _store
 from sluice.core.settings import Settings
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """Concise lines for people; third-party chatter only with -v."""
+def setup_logging(verbose: bool = False, fmt: str | None = None) -> None:
+    """Concise lines for people (or JSON lines: SLUICE_LOG_FORMAT=json); third-party chatter only with -v."""
     import logging  # here: nothing else `sluice --help` loads needs it
+    import os
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    from sluice.core import tracing
+
+    try:
+        tracing.configure(fmt or os.environ.get("SLUICE_LOG_FORMAT", "text").strip().lower() or "text")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     for noisy in ("botocore", "boto3", "urllib3", "werkzeug", "dramatiq", "flaml", "pika"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose else logging.WARNING)
     logging.getLogger("dramatiq.middleware.retries.Retries").setLevel(logging.WARNING)
@@ -100,13 +106,18 @@ def up(app_spec: str | None) -> None:
 @click.option("--threads", type=int, default=None, help="Worker threads (default SLUICE_WORKER_THREADS or 2).")
 @click.option("--metrics-port", type=int, default=None, envvar="SLUICE_METRICS_PORT",
               help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (env SLUICE_METRICS_PORT).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None,
+              help="Log lines for people (text, the default) or JSON lines with trace_id, stage, dataset and key "
+                   "(env SLUICE_LOG_FORMAT).")
 @app_option
-def worker(threads: int | None, metrics_port: int | None, app_spec: str | None) -> None:
+def worker(threads: int | None, metrics_port: int | None, log_format: str | None, app_spec: str | None) -> None:
     """Run the app's stages as Dramatiq actors, plus the bridge from the bucket's SQS notifications."""
     from dataclasses import replace
 
     from sluice.service import start
 
+    if log_format:
+        setup_logging(bool(click.get_current_context().find_root().params.get("verbose")), log_format)
     settings = _settings()
     if threads:
         settings = replace(settings, worker_threads=threads)
