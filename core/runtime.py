@@ -230,6 +230,16 @@ class Runtime:
                            key=event.key):
             return self._execute(name, event, message)
 
+    def _document_trace(self, key: str) -> str | None:
+        """The trace id a (signed, verified) manifest records; None when it has none or cannot be read: the stage
+        itself then refuses or retries it as usual."""
+        try:
+            doc = self.store.get_json(key)
+        except Exception:
+            return None
+        value = doc.get("trace_id") if isinstance(doc, dict) else None
+        return value if isinstance(value, str) and tracing.parse_traceparent(f"00-{value}-{'1' * 16}-01") else None
+
     def _execute(self, name: str, event: ObjectCreated, message: Any) -> dict[str, Any]:
         key = claim_key(name, event)
         route = self.routes[name]
@@ -261,6 +271,8 @@ class Runtime:
         found = tracing.parse_traceparent(message.options.get(tracing.TRACEPARENT)) if message is not None else None
         if found is None and not is_signed(event.key):
             found = tracing.trace_id_of(event.idempotency_key)
+        elif found is None and event.key.endswith("/manifest.json"):
+            found = self._document_trace(event.key)
         if found is not None and message is not None:
             message.options[tracing.TRACEPARENT] = tracing.traceparent(found, tracing.span_id(found, stage, event.key))
         return found

@@ -51,6 +51,7 @@ class DataValidated(_Event):
     drift: dict[str, Any] | None = None
     replay_of: dict[str, Any] | None = None
     kind: str = "data"  # or "labels": under validated-labels/, rows of (entity key, label time, target)
+    trace_id: str | None = None  # the drop's correlation id (core/tracing.py); absent in older manifests
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class FeaturesMaterialized(_Event):
     rows: int
     columns: list[str]
     materialized_at: str
+    trace_id: str | None = None  # the trace of the data version that caused this feature set
 
 
 @dataclass(frozen=True)

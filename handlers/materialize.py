@@ -60,7 +60,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     manifest = FeaturesMaterialized(
         dataset=dataset, feature_set_version=version, data_versions=data_versions,
         sources=[m.source for m in manifests], contract_version=contract.fingerprint(), definitions=definitions,
-        rows=frame.height, columns=frame.columns, materialized_at=ctx.timestamp(),
+        rows=frame.height, columns=frame.columns, materialized_at=ctx.timestamp(), trace_id=trigger.trace_id,
     )
     ctx.store.put_json(f"{base}manifest.json", manifest.to_dict(), if_absent=True)
     ctx.log.info("wrote features   %s -> feature set %s (%d rows, %d data versions)",

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from sluice.core import keys
+from sluice.core import keys, tracing
 from sluice.core.context import Context
 from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed, clip
 from sluice.core.runtime import object_id
@@ -137,7 +137,7 @@ def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contr
         dataset=dataset, data_version=data_version, contract_version=contract.fingerprint(), source=source,
         rows=split.rows_valid, rows_total=split.rows_total, rows_quarantined=split.rows_invalid,
         columns=split.columns, validated_at=ctx.timestamp(), retrain=retrain, drift=summary, replay_of=replay_of,
-        kind=kind,
+        kind=kind, trace_id=tracing.current().get("trace_id"),
     )
     # The manifest is written last and only once: its creation is what wakes feature materialization.
     ctx.store.put_json(f"{base}manifest.json", manifest.to_dict(), if_absent=True)

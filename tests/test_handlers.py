@@ -157,3 +157,15 @@ def test_twenty_concurrent_registrations_get_twenty_distinct_numbers(runtime: Ru
                               at="2026-01-01T00:01:00Z")
     assert not again.created and len(registry.versions("m")) == 20 and again.version["run_id"] == "run-3"
     assert len(registry.history("m")) == len(history)
+
+
+def test_the_drops_trace_id_is_in_the_validated_and_features_manifests(runtime: Runtime) -> None:
+    from sluice.core import tracing
+
+    event = drop(runtime, f"incoming/{DATASET}/traced.csv", sample_bytes())
+    runtime.execute("validate", event.to_dict())
+    validated = created(runtime, only(runtime.store, "validated/", "manifest.json"))
+    runtime.execute("features", validated.to_dict())
+    tid = tracing.trace_id_of(event.idempotency_key)
+    assert runtime.store.get_json(validated.key)["trace_id"] == tid
+    assert runtime.store.get_json(only(runtime.store, "features/", "manifest.json"))["trace_id"] == tid
