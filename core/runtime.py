@@ -271,7 +271,7 @@ class Runtime:
         found = tracing.parse_traceparent(message.options.get(tracing.TRACEPARENT)) if message is not None else None
         if found is None and not is_signed(event.key):
             found = tracing.trace_id_of(event.idempotency_key)
-        elif found is None and event.key.endswith("/manifest.json"):
+        elif found is None and event.key.endswith(("/manifest.json", "/run.json", ".candidate.json")):
             found = self._document_trace(event.key)
         if found is not None and message is not None:
             message.options[tracing.TRACEPARENT] = tracing.traceparent(found, tracing.span_id(found, stage, event.key))

@@ -95,3 +95,5 @@ class CandidateBenchmarked(_Event):
     outcome: str = ""
     gate: dict[str, Any] = field(default_factory=dict)
     benchmark: dict[str, Any] = field(default_factory=dict)
+    trace_id: str | None = None  # the run's (core/tracing.py), and the drops it coalesced
+    trace_links: list[str] = field(default_factory=list)

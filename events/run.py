@@ -56,6 +56,10 @@ class TrainingRun(BaseModel):
     durations_s: dict[str, float] = {}
     environment: dict[str, Any] = {}
     finished_at: str
+    # The correlation of the drop whose feature set this run trained on (core/tracing.py), and of every drop it
+    # coalesced (new since the dataset's previous run); absent in older runs.
+    trace_id: str | None = None
+    trace_links: list[str] = []
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> TrainingRun:

@@ -74,6 +74,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         compared_with=champion["version"] if champion else None, holdout_rows=len(y),
         promote=verdict.outcome == gate.PROMOTE, reasons=[verdict.outcome, *verdict.reasons],
         benchmarked_at=ctx.timestamp(), outcome=verdict.outcome, gate=verdict.to_dict(), benchmark=benchmark,
+        trace_id=run.get("trace_id"), trace_links=list(run.get("trace_links") or []),
     )
     ctx.store.put_json(out_key, decision.to_dict(), if_absent=True)
     ctx.log.info("wrote benchmark  %s: %s; p99 %.2f ms, %.0f rows/s", run["run_id"], "; ".join(decision.reasons),

@@ -49,6 +49,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                     "contract_version": run["contract_version"]},
         # Columns that gave the target away (ml/leakage.py), and what the contract's policy did about them.
         **({"leakage": run["leakage"]} if run.get("leakage") else {}),
+        **({"trace_id": candidate.trace_id, "trace_links": candidate.trace_links} if candidate.trace_id else {}),
         "training": {"params": run["params"], "best_estimator": run["best_estimator"],
                      "best_config": run["best_config"], "holdout": run["holdout"],
                      "durations_s": run["durations_s"],

@@ -184,6 +184,8 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
                         "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
         "finished_at": ctx.timestamp(),
+        "trace_id": features.trace_id,
+        "trace_links": _trace_links(ctx, dataset, features),
     }
     # Written through its type (events/run.py): what every reader parses it back with.
     if ctx.store.put_json(keys.Run(dataset, run_id).key, TrainingRun.model_validate(run).to_dict(), if_absent=True):
@@ -270,6 +272,23 @@ def _pending_drops(ctx: Context, contract: Contract, features: FeaturesMateriali
         if key.endswith("/" + keys.MANIFEST) and keys.Validated.parse(key).version not in included:
             pending.append(key)
     return pending
+
+
+def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized) -> list[str]:
+    """The trace ids of the drops this run is the first to train on: its data versions that the dataset's latest
+    earlier run did not have (every one for a first run), each as its validated manifest records it."""
+    from sluice.ml.runs import list_runs
+
+    earlier = [r for r in list_runs(ctx.store, dataset) if r.get("finished_at") and r.get("data_versions")]
+    before = set(earlier[-1]["data_versions"]) if earlier else set()
+    links = []
+    for dv in features.data_versions:
+        if dv in before:
+            continue
+        doc = ctx.store.get_json_or_none(keys.Validated(dataset, dv).key)
+        if isinstance(doc, dict) and doc.get("trace_id") and doc["trace_id"] not in links:
+            links.append(str(doc["trace_id"]))
+    return links
 
 
 def _search_budget(budget_s: float, spent_s: float) -> float:

@@ -168,4 +168,14 @@ def test_the_drops_trace_id_is_in_the_validated_and_features_manifests(runtime: 
     runtime.execute("features", validated.to_dict())
     tid = tracing.trace_id_of(event.idempotency_key)
     assert runtime.store.get_json(validated.key)["trace_id"] == tid
-    assert runtime.store.get_json(only(runtime.store, "features/", "manifest.json"))["trace_id"] == tid
+    features = only(runtime.store, "features/", "manifest.json")
+    assert runtime.store.get_json(features)["trace_id"] == tid
+    runtime.execute("train", created(runtime, features).to_dict())
+    run = only(runtime.store, "runs/", "run.json")
+    assert (runtime.store.get_json(run)["trace_id"], runtime.store.get_json(run)["trace_links"]) == (tid, [tid])
+    runtime.execute("benchmark", created(runtime, run).to_dict())
+    candidate = only(runtime.store, "registry/", ".candidate.json")
+    assert runtime.store.get_json(candidate)["trace_id"] == tid
+    runtime.execute("register", created(runtime, candidate).to_dict())
+    [v1] = versions(runtime.store)
+    assert (v1["trace_id"], v1["trace_links"]) == (tid, [tid])
