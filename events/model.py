@@ -39,6 +39,7 @@ class ModelEvent:
     source: str
     data: dict[str, Any] = field(default_factory=dict)
     sequence: int | None = None  # the registry history record this event announces
+    trace_id: str | None = None  # the drop that caused it (core/tracing.py): the CloudEvent's `traceparent`
 
     @property
     def id(self) -> str:
@@ -56,7 +57,9 @@ class ModelEvent:
         data: dict[str, Any] = {"model": self.model, "dataset": self.dataset, "version": self.version, **self.data}
         if self.sequence is not None:
             data["sequence"] = self.sequence
+        trace = {"traceparent": f"00-{self.trace_id}-{self.id[:16]}-01"} if self.trace_id else {}
         return {
+            **trace,
             "specversion": "1.0",
             "id": self.id,
             "source": self.source,
@@ -81,7 +84,9 @@ class ModelEvent:
         data = dict(doc["data"])
         model, dataset, version = data.pop("model"), data.pop("dataset"), int(data.pop("version"))
         sequence = data.pop("sequence", None)
-        return cls(doc["type"], model, dataset, version, doc["time"], doc["source"], data, sequence)
+        parent = str(doc.get("traceparent") or "").split("-")
+        trace_id = parent[1] if len(parent) == 4 and len(parent[1]) == 32 else None
+        return cls(doc["type"], model, dataset, version, doc["time"], doc["source"], data, sequence, trace_id)
 
     def attributes(self) -> dict[str, str]:
         """SNS message attributes, so subscribers can filter without parsing the body."""
@@ -101,6 +106,7 @@ def for_transition(version: dict[str, Any], record: dict[str, Any], source: str)
         time=record["at"],
         source=source,
         sequence=record["sequence"],
+        trace_id=version.get("trace_id") if record.get("cause") == "gate" else None,
         data={
             # The champion before this transition: what a deployer replaces (or, when rejected, keeps).
             "previous_version": record["previous_champion"],

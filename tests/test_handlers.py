@@ -179,3 +179,5 @@ def test_the_drops_trace_id_is_in_the_validated_and_features_manifests(runtime: 
     runtime.execute("register", created(runtime, candidate).to_dict())
     [v1] = versions(runtime.store)
     assert (v1["trace_id"], v1["trace_links"]) == (tid, [tid])
+    [published] = [runtime.store.get_json(k) for k in runtime.store.keys("published/")]
+    assert tracing.parse_traceparent(published["event"]["traceparent"]) == tid
