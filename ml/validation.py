@@ -15,8 +15,8 @@ Only one batch is in memory at a time, plus a bounded sample for the profile.
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import csv
+import dataclasses
 import gzip
 import io
 from collections import Counter
@@ -29,8 +29,8 @@ import numpy as np
 import pandera.polars as pa
 import polars as pl
 import pyarrow.parquet as pq
-from polars.io.plugins import register_io_source
 from pandera.errors import SchemaErrors
+from polars.io.plugins import register_io_source
 
 from sluice.core.app import Extensions
 from sluice.core.errors import (
@@ -269,9 +269,9 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                                  actual_at_least=lines - 1)
         if first:
             raise UnreadableFile(f"{key} is empty.", hint="Drop a file with a header line and at least one row.")
-        if seen.ragged is None and lines > 0 and offset > line_start:  # the last line, with no newline at its end
-            if carry_quotes == 0 and carry_commas != seen.header_commas:
-                seen.ragged = (lines + 1, line_start, offset - line_start, carry_commas)
+        if (seen.ragged is None and lines > 0 and offset > line_start  # the last line, with no newline at its end
+                and carry_quotes == 0 and carry_commas != seen.header_commas):
+            seen.ragged = (lines + 1, line_start, offset - line_start, carry_commas)
     return seen
 
 
@@ -481,25 +481,25 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
                         split.null_counts[c] += good[c].null_count()
                     yield good
                 offset += raw.height
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after the sink has closed its file
+        except BaseException as exc:  # re-raised below, once the sink has closed its file
             errors.append(exc)
 
     valid_path = workdir / "valid.parquet"
     try:
         register_io_source(valid_batches, schema=typed_schema).sink_parquet(
-            valid_path, compression="snappy", statistics=False, row_group_size=ROW_GROUP_ROWS)
+            valid_path, compression="snappy", row_group_size=ROW_GROUP_ROWS)
     except pl.exceptions.PolarsError as exc:
         errors.append(exc)
     finally:
         if invalid_writer is not None:
             invalid_writer.close()
     if errors:
-        exc = errors[0]
-        if isinstance(exc, pl.exceptions.PolarsError):
-            raise UnreadableFile(f"{key} could not be parsed: {_first_line(exc)}",
+        error = errors[0]
+        if isinstance(error, pl.exceptions.PolarsError):
+            raise UnreadableFile(f"{key} could not be parsed: {_first_line(error)}",
                                  hint="Check the delimiter (Sluice reads comma-separated files), the quoting, and "
-                                      "that every line has as many fields as the header.") from exc
-        raise exc
+                                      "that every line has as many fields as the header.") from error
+        raise error
     if split.rows_valid:
         split.valid_path, split.columns = valid_path, names
     else:
@@ -544,11 +544,14 @@ class _Typing:
     that reads them exactly as polars does with no format (reading with a format is 2-3x faster). Every cell is
     first cast directly (no stripping, the settled format); only the cells that did not cast (blanks, padding,
     "3.0" in an int column, another date layout, non-finite floats) are typed again the slow way, by
-    `typed_exprs`, on those rows alone. So the outcome is `typed_exprs`' on every cell."""
+    `typed_exprs`, on those rows alone, a date column's after the value its format was settled on (polars infers
+    a layout from the first value). So every cell is typed as `typed_exprs` types a batch that starts with the
+    file's first value."""
 
     def __init__(self, contract: Contract, is_text: bool):
         self.contract, self.is_text = contract, is_text
         self.formats: dict[str, str | None] = {}
+        self.anchors: dict[str, str] = {}  # a date column's first value, which settled its format
 
     def batch(self, raw: pl.DataFrame, offset: int) -> tuple[pl.DataFrame, list[Failure]]:
         """The typed batch, and a failure for every cell that does not cast (in column, then row order)."""
@@ -586,7 +589,13 @@ class _Typing:
                 if not at.len():
                     continue
                 typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text)
-                again = source.gather(at).to_frame().select(typed_e, failed_e.alias("f"), non_finite_e.alias("n"))
+                cells = source.gather(at)
+                anchor = self.anchors.get(name)
+                if anchor is not None:  # polars infers a date layout from the first value: the file's, as settled
+                    cells = pl.concat([pl.Series(name, [anchor]), cells])
+                again = cells.to_frame().select(typed_e, failed_e.alias("f"), non_finite_e.alias("n"))
+                if anchor is not None:
+                    again = again.slice(1)
                 out = out.with_columns(typed.scatter(at, again[name].cast(typed.dtype, strict=False)))
                 rows, non_finite_rows = at.gather(again["f"].arg_true()), at.gather(again["n"].arg_true())
             failures += [Failure(name, f"dtype {spec.dtype}", row=offset + i + 1, value=raw[name][i])
@@ -622,6 +631,7 @@ class _Typing:
         if values.name in self.formats:
             return self.formats[values.name]
         sample = values.drop_nulls().head(FORMAT_SAMPLE).str.strip_chars()
+        sample = sample.filter(sample.str.len_bytes() > 0)
         if not sample.len():
             return None  # settled on a later batch
         if dtype == "date":
@@ -634,6 +644,8 @@ class _Typing:
                           and sample.str.to_datetime(f, strict=False, time_unit="us").equals(
                               reference, null_equal=True)), None)
         self.formats[values.name] = found if reference.null_count() < reference.len() else None
+        if self.formats[values.name] is not None:
+            self.anchors[values.name] = sample[0]
         return self.formats[values.name]
 
 
