@@ -21,7 +21,7 @@ from sluice.core.provenance import SIGNED_PREFIXES
 from sluice.core.settings import Settings
 
 ROLES = ("producer", "contract-owner", "worker", "model-reader", "operator")
-RECORDS = ("quarantine/", "refused/", "deadletter/")  # the worker's reports about input it did not take
+RECORDS = ("quarantine/", "refused/", "deadletter/", "traces/")  # reports on input it did not take; spans
 PUBLISHED = ("published/",)  # the worker's record of each model event it sent (core/runtime.py)
 CONTRACTS = ("contracts/", "contract-versions/")
 READ = ["s3:GetObject", "s3:GetObjectVersion"]

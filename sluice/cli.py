@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sluice.commands import contracts, data, events, features, models, ops, runs, trust
+from sluice.commands import contracts, data, events, features, models, ops, runs, trace, trust
 from sluice.commands.common import app_option, dataset_name, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
@@ -294,7 +294,8 @@ def demo(budget: float, timeout: float) -> None:
 
 
 for _command in (models.models, events.events, events.subscribe, contracts.contract, data.data, data.quarantine,
-                 runs.runs, features.features, ops.reconcile, ops.deadletter, trust.iam, trust.refused):
+                 runs.runs, features.features, ops.reconcile, ops.deadletter, trust.iam, trust.refused,
+                 trace.trace):
     main.add_command(_command)
 
 
