@@ -75,6 +75,17 @@ def _time(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _iso(text: str) -> str:
+    """An ISO time as Sluice writes them (milliseconds, `Z`), whatever precision and zone it was written with."""
+    from datetime import UTC, datetime
+
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return text
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _span_docs(store: ObjectStore, trace_id: str) -> list[dict[str, Any]]:
     docs = [store.get_json(k) for k in store.keys(keys.Span.prefix(trace_id)) if k.endswith(".json")]
     return sorted(docs, key=lambda d: (str(d.get("started_at")), str(d.get("ended_at"))))
@@ -167,9 +178,11 @@ def trace(store: ObjectStore, state: StateBackend, ref: str) -> Trace:
 
 
 def _timed(step: Step, attempts: list[dict[str, Any]]) -> Step:
-    """The step's start and end from its spans: the first attempt's start, the last one's end."""
+    """The step's start and end from its spans: the first attempt's start, the last one's end; a duplicate delivery
+    after the work was done is listed among the attempts but does not stretch the step."""
     if attempts:
-        step.started_at, step.ended_at = str(attempts[0]["started_at"]), str(attempts[-1]["ended_at"])
+        worked = [a for a in attempts if a["outcome"] != tracing.DUPLICATE_DELIVERY] or attempts
+        step.started_at, step.ended_at = str(worked[0]["started_at"]), str(worked[-1]["ended_at"])
         step.attempts = [{k: a.get(k) for k in ("outcome", "started_at", "ended_at", "duration_s", "attempt",
                                                   "worker", "error", "retry_in_s") if a.get(k) is not None}
                          for a in attempts]
@@ -341,5 +354,5 @@ def _run_path(store: ObjectStore, state: StateBackend, trace_id: str, run: dict[
         if tracing.parse_traceparent(event.get(tracing.TRACEPARENT)) == trace_id \
                 and (event.get("data") or {}).get("transition") is not None:
             steps.append(Step("event", str(event.get("type")), f"event id {event.get('id')} (v{version['version']})",
-                              ended_at=str(doc.get("published_at")), documents=[key], trace_id=via))
+                              ended_at=_iso(str(doc.get("published_at"))), documents=[key], trace_id=via))
     return steps

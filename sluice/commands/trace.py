@@ -45,8 +45,10 @@ def trace(ref: str, as_json: bool) -> None:
     click.echo(f"  {'stage':<10} {'start':<12} {'end':<12} {'took':>8}  outcome")
     for step in found.steps:
         took = "" if step.duration_s is None else f"{step.duration_s:.1f}s"
-        tries = [a["outcome"] for a in step.attempts]
+        tries = [a["outcome"] for a in step.attempts if a["outcome"] != "duplicate-delivery"]
+        again = len(step.attempts) - len(tries)
         retried = f" after {len(tries) - 1} earlier attempts ({', '.join(tries[:-1])})" if len(tries) > 1 else ""
+        retried += f" (delivered again {again}x since, nothing redone)" if again and tries else ""
         via = f"  [trace {step.trace_id[:16]}]" if step.trace_id else ""
         click.echo(f"  {step.stage:<10} {_when(step.started_at):<12} {_when(step.ended_at):<12} {took:>8}  "
                    f"{step.outcome}{': ' + step.detail if step.detail else ''}{retried}{via}")
