@@ -118,7 +118,12 @@ def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, ba
     else:
         raise UnreadableFile(f"{key}: Sluice reads {', '.join(SUPPORTED)} files.",
                              hint="Rename or convert the file and drop it again.")
-    return _split(frame, key, contract, workdir, is_text, batch_rows, extensions)
+    try:
+        return _split(frame, key, contract, workdir, is_text, batch_rows, extensions)
+    except UnreadableFile as exc:
+        if is_text and isinstance(exc.__cause__, pl.exceptions.PolarsError):
+            _check_ragged(path, key, len(frame.collect_schema()))  # a line with too many fields: name it
+        raise
 
 
 def over_limit(key: str, what: str, contract: Contract, name: str, **details: Any) -> LimitExceeded:
@@ -227,10 +232,21 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
             ends = offset + newlines
             if ends.size:
                 lengths = ends - np.concatenate(([line_start], ends[:-1] + 1))
-                commas = _per_line(np.flatnonzero(data == 44), newlines, carry_commas)
-                quotes = (_per_line(np.flatnonzero(data == 34), newlines, carry_quotes) if b'"' in chunk
-                          else np.full(newlines.size, carry_quotes))
+                last = int(newlines[-1])
+                # An empty line (or a lone \r) is skipped by the reader; a quoted line is left to the parser.
+                blank = (lengths == 0) | ((lengths == 1) & (data[np.maximum(newlines - 1, 0)] == 13))
+                commas = quotes = None
+                # Every line of a chunk has the header's comma count if their sum is right, since a line with more
+                # fields than the header stops the reader (and `_check_ragged` names it then). Else count per line.
+                if lines == 0 or (seen.ragged is None and (
+                        carry_quotes or chunk.find(b'"', 0, last) >= 0
+                        or carry_commas + int(np.count_nonzero(data[:last] == 44))
+                        != int(np.count_nonzero(~blank)) * seen.header_commas)):
+                    commas = _per_line(np.flatnonzero(data == 44), newlines, carry_commas)
+                    quotes = (_per_line(np.flatnonzero(data == 34), newlines, carry_quotes) if b'"' in chunk
+                              else np.full(newlines.size, carry_quotes))
                 if lines == 0:
+                    assert commas is not None
                     if lengths[0] > header_cap:
                         raise over_limit(key, f"the header line is {int(lengths[0]):,} bytes", contract,
                                          "max_header_field_bytes")
@@ -242,9 +258,7 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                     n = int(long[0])
                     raise over_limit(key, f"line {lines + n + 1} is {int(lengths[n]):,} bytes, "
                                           "more than its columns can hold", contract, "max_cell_bytes")
-                if seen.ragged is None:
-                    # An empty line (or a lone \r) is skipped by the reader; a quoted line is left to the parser.
-                    blank = (lengths == 0) | ((lengths == 1) & (data[np.maximum(newlines - 1, 0)] == 13))
+                if seen.ragged is None and commas is not None:
                     odd = (commas != seen.header_commas) & (quotes == 0) & ~blank
                     if lines == 0:
                         odd[0] = False
@@ -253,8 +267,8 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                         n = int(hit[0])
                         start = int(ends[n - 1]) + 1 if n else line_start
                         seen.ragged = (lines + n + 1, start, int(lengths[n]), int(commas[n]))
-                carry_commas = int(np.count_nonzero(data[newlines[-1] + 1:] == 44))
-                carry_quotes = chunk.count(b'"', int(newlines[-1]) + 1)
+                carry_commas = int(np.count_nonzero(data[last + 1:] == 44))
+                carry_quotes = chunk.count(b'"', last + 1)
                 line_start = int(ends[-1]) + 1
             else:
                 carry_commas += int(np.count_nonzero(data == 44))
@@ -487,8 +501,9 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
 
     valid_path = workdir / "valid.parquet"
     try:
+        # Snappy, as pyarrow wrote it; no min/max statistics: every reader of data.parquet reads it whole.
         register_io_source(valid_batches, schema=typed_schema).sink_parquet(
-            valid_path, compression="snappy", row_group_size=ROW_GROUP_ROWS)
+            valid_path, compression="snappy", statistics=False, row_group_size=ROW_GROUP_ROWS)
     except pl.exceptions.PolarsError as exc:
         errors.append(exc)
     finally:
