@@ -5,7 +5,7 @@ refusal, the validated and feature-set manifests, the run, the candidate, the re
 records, the model event (`traceparent`), a dead letter. Each stage attempt also left a span under
 `traces/<trace id>/` with its start, end and outcome. Redis plays no part: the bucket is the truth.
 
-A drop whose data was trained together with later drops (coalescing) has no run of its own; the run that first
+A drop whose data was trained together with other drops (coalescing) has no run of its own; the run that first
 trained on it names it in `trace_links`, and its path goes on through that run's trace.
 """
 
@@ -60,7 +60,7 @@ class Trace:
     dataset: str | None
     drop: dict[str, Any]
     steps: list[Step]
-    linked: list[str] = field(default_factory=list)  # traces that carried this drop's data on (coalesced runs)
+    linked: list[str] = field(default_factory=list)  # traces whose run trained on this drop (coalescing)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe."""
