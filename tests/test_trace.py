@@ -79,8 +79,9 @@ def test_trace_of_a_promoted_a_quarantined_and_a_duplicate_drop(runtime: Any,
     assert starts == sorted(starts)
     # The train span is the attempt that wrote the run: it began before the run document says it finished.
     assert doc["steps"][2]["started_at"] < run["finished_at"] <= doc["steps"][2]["ended_at"]
-    # A prefix of the trace id (the ledger id is one) finds the same drop.
+    # A prefix of the trace id (the ledger id is one), and the key with its version id, find the same drop.
     assert json.loads(_cli("trace", trace_id[:16], "--json").output)["trace_id"] == trace_id
+    assert json.loads(_cli("trace", f"{key}@{info.version_id}", "--json").output)["trace_id"] == trace_id
 
     # The same bytes under another name: a duplicate, which names the drop that made the data version.
     copy = _drop(runtime, f"incoming/{DATASET}/cancer-copy.csv", sample_bytes())
