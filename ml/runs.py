@@ -116,8 +116,10 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     estimator_cls = (modeling.CUSTOM_LEARNERS[learner]() if learner in modeling.CUSTOM_LEARNERS
                      else getattr(flaml_models, ESTIMATORS[learner]))
     task = "regression" if contract.task == "regression" else "classification"
-    estimator = estimator_cls(task=task, n_jobs=modeling.worker_jobs(spec.n_jobs), **run["best_config"])
-    estimator.fit(encoding.features(train_frame), encoding.labels(train_frame))
+    X_train = encoding.features(train_frame)
+    jobs = modeling.worker_jobs(spec.n_jobs, X_train.shape[0] * max(X_train.shape[1], 1))
+    estimator = estimator_cls(task=task, n_jobs=jobs, **run["best_config"])
+    estimator.fit(X_train, encoding.labels(train_frame))
     y = encoding.labels(holdout)
     known = y >= 0
     X = encoding.features(holdout.filter(pl.Series(known)))
