@@ -3,7 +3,8 @@
 A bundle is everything needed to score, and nothing executable:
 
     runs/<dataset>/<run>/bundle/manifest-<sha12>.json     names every file below with its sha256
-                               /model-<sha12>.txt|json     LightGBM text or XGBoost JSON
+                               /model-<sha12>.txt|json     LightGBM text, XGBoost JSON, linear JSON, or a blend
+                               /member-<name>-<sha12>.*    a blend's members, each named by the blend document
                                /encoding-<sha12>.json      categories, medians, and the column order
                                /contract-<sha12>.yaml      the contract version the model was trained under
                                /signature-<sha12>.json     the input columns and the outputs

@@ -4,6 +4,7 @@ data, every member covered by the bundle's checks, weights chosen out of fold.""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -15,7 +16,7 @@ from sluice.ml.transforms import frequency_tables, transforms_for_scoring
 from tests.test_linear import raw, rows, shop
 
 
-def _blended(task: str) -> tuple[object, ...]:
+def _blended(task: str) -> tuple[Any, ...]:
     """A search over lgbm and linear on mixed rows, then the blend of its members, forced to be kept."""
     contract = shop(task, ["lgbm", "linear"], n_jobs=1)
     train, holdout = rows(contract, 400, 0), rows(contract, 120, 3)
