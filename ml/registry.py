@@ -230,11 +230,13 @@ class ModelRegistry:
                 existing = self._create_version(model, {**doc, "reasons": reasons, "compared_with": compared_with},
                                                 outcome, at)
             number = existing["version"]
+            # The drop that caused the run (core/tracing.py), on every record the gate wrote; absent before it.
+            trace = {"trace_id": existing["trace_id"]} if existing.get("trace_id") else {}
             if snap.stages.get(number) is None:
                 self._append(model, snap, "registered", number, {number: CANDIDATE}, cause="benchmark", by=by,
-                             reason=f"run {doc['run_id']} registered", at=at, document=digest(existing))
+                             reason=f"run {doc['run_id']} registered", at=at, document=digest(existing), **trace)
             if snap.stages[number] == CANDIDATE:
-                gate = {"cause": "gate", "by": by, "reasons": existing.get("reasons", []), "at": at}
+                gate = {"cause": "gate", "by": by, "reasons": existing.get("reasons", []), "at": at, **trace}
                 if existing["decision"] == REJECT:
                     self._append(model, snap, "rejected", number, {number: REJECTED},
                                  reason="the gate rejected it", **gate)
@@ -249,7 +251,7 @@ class ModelRegistry:
             if (snap.stages[number] == CHALLENGER and existing["decision"] == PROMOTE
                     and snap.champion == existing.get("compared_with")):
                 self._promote(model, snap, number, cause="gate", by=by, reason="the gate promoted it",
-                              reasons=existing.get("reasons", []), at=at)
+                              reasons=existing.get("reasons", []), at=at, **trace)
             self._sync_aliases(model, snap)
             decisive = [r for r in snap.records if r["version"] == number and r["cause"] == "gate"]
             return Registration(existing, created, decisive[-1])
