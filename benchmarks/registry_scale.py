@@ -1,0 +1,222 @@
+"""The registry at 10, 100, 1,000 and 10,000 versions of one model: cold register, alias resolve, `models show`
+(one page) and `--at`, on moto's server, with the S3 requests each one makes.
+
+The versions are registered through the registry API (`ModelRegistry.register`, a rollback every 100 versions,
+a quarter rejected), its S3 calls answered by the server's own moto backend in this process (`MotoBackend` below:
+no botocore, no HTTP), because 10,000 registrations through botocore on a loaded 2-core machine take longer than
+the benchmark may run (about 150 ms each, in-process or over HTTP). Every timed
+operation goes over HTTP to `ThreadedMotoServer`, through a new `ModelRegistry` each time (no cache: what a new CLI
+process or worker sees; the boto3 client and its connection pool are reused, as a worker's are). `show` is
+`registry.page(model, 1, 20)`, what `sluice models show` prints; `--at` is `champion_at` at a random time.
+
+`--mlflow PYTHON` runs benchmarks/registry_scale_mlflow.py with that interpreter (a venv with `mlflow`) in the same
+run, on SQLite, at the same sizes.
+
+    .venv/bin/python benchmarks/registry_scale.py [--sizes 10,100,1000,10000] [--reps 15]
+        [--mlflow /tmp/registry-mlflow-venv/bin/python]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+KEY = "5e" * 32
+MODEL = "scale"
+T0 = datetime(2024, 1, 1)
+
+
+def at(i: int) -> str:
+    """One registration an hour."""
+    return (T0 + timedelta(hours=i)).isoformat() + "Z"
+
+
+class MotoBackend:
+    """The few S3 calls S3Store makes, answered by moto's own S3 backend in this process, without botocore or
+    HTTP: only for populating (same storage, same signed bytes and metadata; conditional writes honoured)."""
+
+    def __init__(self) -> None:
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        self.backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+
+    @staticmethod
+    def _missing(operation: str, code: str = "NoSuchKey") -> Exception:
+        from botocore.exceptions import ClientError
+
+        return ClientError({"Error": {"Code": code, "Message": code}}, operation)
+
+    def get_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
+        import io
+
+        key = self.backend.get_object(Bucket, Key)
+        if key is None:
+            raise self._missing("GetObject")
+        meta = {k[len("x-amz-meta-"):]: v for k, v in key.metadata.items() if k.lower().startswith("x-amz-meta-")}
+        return {"Body": io.BytesIO(key.value), "Metadata": meta}
+
+    def head_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
+        key = self.backend.get_object(Bucket, Key)
+        if key is None:
+            raise self._missing("HeadObject", "404")
+        return {"ContentLength": key.size, "ETag": key.etag, "VersionId": key.version_id, "Metadata": {}}
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes, Metadata: dict[str, str] | None = None,
+                   IfNoneMatch: str | None = None, ContentType: str | None = None, **_: Any) -> dict[str, Any]:
+        if IfNoneMatch == "*" and self.backend.get_object(Bucket, Key) is not None:
+            raise self._missing("PutObject", "PreconditionFailed")
+        key = self.backend.put_object(Bucket, Key, Body, disable_notification=True)
+        meta = {f"x-amz-meta-{k}": v for k, v in (Metadata or {}).items()}
+        if ContentType:
+            meta["Content-Type"] = ContentType
+        key.set_metadata(meta)
+        return {}
+
+    def delete_object(self, Bucket: str, Key: str, **_: Any) -> dict[str, Any]:
+        self.backend.delete_object(Bucket, Key)
+        return {}
+
+    def get_paginator(self, _: str) -> Any:
+        backend = self.backend
+
+        class Pages:
+            def paginate(self, Bucket: str, Prefix: str) -> list[dict[str, Any]]:
+                bucket = backend.get_bucket(Bucket)
+                names = sorted(k for k in bucket.keys if k.startswith(Prefix)
+                               and backend.get_object(Bucket, k) is not None)
+                return [{"Contents": [{"Key": k} for k in names]}]
+
+        return Pages()
+
+
+def requests_made(store: Any, fn: Callable[[], Any]) -> int:
+    """How many S3 requests `fn` makes."""
+    count = [0]
+
+    def hook(**_: Any) -> None:
+        count[0] += 1
+
+    store.s3.meta.events.register("before-call.s3", hook)
+    try:
+        fn()
+    finally:
+        store.s3.meta.events.unregister("before-call.s3", hook)
+    return count[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--mlflow", default=None, metavar="PYTHON", help="an interpreter with mlflow installed")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from moto import mock_aws
+    from moto.server import ThreadedMotoServer
+
+    from sluice.core.memory import MemoryState
+    from sluice.core.settings import Settings
+    from sluice.infra.provision import provision
+    from sluice.infra.store import S3Store
+    from sluice.ml.registry import ModelRegistry
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    mock = mock_aws()
+    mock.start()  # the server's backend, in this process; requests to the server's endpoint still go over HTTP
+    try:
+        local = replace(Settings(), bucket="sluice-scale", broker_url="memory://", signing_key=KEY)
+        provision(local, [])
+        writer = ModelRegistry(S3Store(local, s3=MotoBackend()), MemoryState())
+        over_http = S3Store(replace(local, endpoint_url=f"http://{host}:{port}"))
+        state = MemoryState()
+        rng = random.Random(0)
+        print(f"moto {__import__('moto').__version__} server at {host}:{port}; registry index pages: "
+              f"{__import__('sluice.ml.registry_index', fromlist=['PAGE']).PAGE}")
+        rows: list[dict[str, Any]] = []
+        count = 0
+        for size in sizes:
+            t = time.perf_counter()
+            while count < size:
+                count += 1
+                champion = writer.current(MODEL).champion
+                outcome = "reject" if count % 4 == 0 else "promote"
+                writer.register(MODEL, {"run_id": f"run-{count:06d}", "metric": "roc_auc",
+                                        "scores": {"candidate": 0.9, "baseline": 0.5}},
+                                outcome=outcome, compared_with=champion, at=at(count))
+                if count % 100 == 0:
+                    writer.rollback(MODEL, reason="p99 alarms", by="bench", at=at(count))
+            populate_s = time.perf_counter() - t
+            records = writer.current(MODEL).sequence
+
+            def cold() -> ModelRegistry:
+                return ModelRegistry(over_http, state)
+
+            timings: dict[str, list[float]] = {"register": [], "alias": [], "show": [], "at": []}
+            requests: dict[str, int] = {}
+            for rep in range(args.reps):
+                count += 1
+                champion = cold().alias(MODEL)
+                run = {"run_id": f"run-{count:06d}", "metric": "roc_auc", "scores": {"candidate": 0.9, "baseline": 0.5}}
+                when = (T0 + timedelta(hours=rng.uniform(0, count))).replace(tzinfo=UTC)
+                ops: dict[str, Callable[[], Any]] = {
+                    "register": lambda: cold().register(MODEL, run, outcome="promote",  # noqa: B023
+                                                        compared_with=champion and champion["version"],  # noqa: B023
+                                                        at=at(count)),  # noqa: B023
+                    "alias": lambda: cold().alias(MODEL),
+                    "show": lambda: cold().page(MODEL, 1, 20),
+                    "at": lambda: cold().champion_at(MODEL, when),  # noqa: B023
+                }
+                for name, op in ops.items():
+                    if rep == 0:
+                        requests[name] = requests_made(over_http, op)
+                        continue  # the first round counts requests (and warms the connection pool)
+                    t = time.perf_counter()
+                    op()
+                    timings[name].append(time.perf_counter() - t)
+            row = {"versions": size, "history_records": records, "populate_s": round(populate_s, 1),
+                   **{f"{k}_ms": round(statistics.median(v) * 1000, 1) for k, v in timings.items()},
+                   **{f"{k}_requests": v for k, v in requests.items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        mock.stop()
+        server.stop()
+
+    print()
+    print(f"Sluice registry on moto's server (medians of {args.reps - 1} cold calls; requests = S3 calls each makes)")
+    print("| versions | history records | populate (in-process) | register | alias | show (one page) | --at |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['versions']:,} | {r['history_records']:,} | {r['populate_s']} s | {r['register_ms']} ms "
+              f"({r['register_requests']} req) | {r['alias_ms']} ms ({r['alias_requests']} req) | {r['show_ms']} ms "
+              f"({r['show_requests']} req) | {r['at_ms']} ms ({r['at_requests']} req) |")
+    if args.mlflow:
+        script = Path(__file__).with_name("registry_scale_mlflow.py")
+        print()
+        subprocess.run([args.mlflow, str(script), "--sizes", args.sizes, "--reps", str(args.reps)], check=False)
+    print()
+    print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
