@@ -43,6 +43,7 @@ class Route:
     prefix: str
     suffix: str = ""
     options: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    blueprint: str | None = field(default=None, compare=False)  # the blueprint that registered it; None: the app
 
     def matches(self, key: str) -> bool:
         """True when an object with this key should wake the stage."""
@@ -149,6 +150,7 @@ class App:
         self.handlers: dict[str, Handler] = {}
         self.extensions = Extensions()
         self.blueprints: list[str] = []
+        self._including: str | None = None  # the blueprint being included, recorded on its routes
 
     # -- stages ---------------------------------------------------------------------------------------------------
 
@@ -171,7 +173,7 @@ class App:
             stage = name or str(getattr(handler, "__name__", ""))
             if name is None:
                 self._check_stage(stage, prefix, suffix)
-            self.routes.append(Route(stage, prefix, suffix, dict(options)))
+            self.routes.append(Route(stage, prefix, suffix, dict(options), blueprint=self._including))
             self.handlers[stage] = handler
             return handler
 
@@ -263,8 +265,12 @@ class App:
                            f"{type(blueprint).__name__}")
         if blueprint.name in self.blueprints:
             raise AppError(f"blueprint {blueprint.name!r} is included twice")
-        for replay in blueprint.deferred:
-            replay(self)
+        self._including = blueprint.name
+        try:
+            for replay in blueprint.deferred:
+                replay(self)
+        finally:
+            self._including = None
         self.blueprints.append(blueprint.name)
         return self
 

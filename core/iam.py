@@ -2,7 +2,9 @@
 
     producer        writes what wakes the first stages (incoming/<ds>/, labels/<ds>/) and nothing else
     contract-owner  writes contracts/ and contract-versions/
-    worker          reads the bucket, writes the stages' outputs and records, takes the queue, publishes events
+    worker          reads the bucket, writes the stages' outputs and records, takes the queue, publishes events;
+                    with stages of the user's own (which may return `NewObject`s that wake other stages), also
+                    writes under the routes' arrival prefixes
     model-reader    reads registry/ and the runs' bundles (the loader, `serve`)
     operator        lifecycle commands: registry history, index and aliases, run cancellation, quarantine replay
 
@@ -19,10 +21,11 @@ from sluice.core.provenance import SIGNED_PREFIXES
 from sluice.core.settings import Settings
 
 ROLES = ("producer", "contract-owner", "worker", "model-reader", "operator")
-RECORDS = ("quarantine/", "refused/", "deadletter/")  # the worker's reports about input it did not take
+RECORDS = ("quarantine/", "refused/", "deadletter/", "traces/")  # reports on input it did not take; spans
 PUBLISHED = ("published/",)  # the worker's record of each model event it sent (core/runtime.py)
 CONTRACTS = ("contracts/", "contract-versions/")
 READ = ["s3:GetObject", "s3:GetObjectVersion"]
+BUILTIN = "sluice.builtin"  # the blueprint of the built-in chain (handlers/__init__.py)
 
 
 def _objects(settings: Settings, prefixes: list[str] | tuple[str, ...]) -> list[str]:
@@ -41,6 +44,9 @@ def policies(settings: Settings, routes: list[Route]) -> dict[str, dict[str, Any
     topic = f"arn:aws:sns:{settings.region}:*:{settings.topic}"
     # What a person may drop: the prefixes of routes that no stage writes (everything else is a stage's output).
     arrivals = sorted({r.prefix for r in routes if not r.prefix.startswith(SIGNED_PREFIXES)})
+    # Stages of the user's own may hand objects to other stages (NewObject under an arrival prefix); the built-in
+    # chain never writes there, so a worker running only it keeps the narrower policy.
+    own_stages = any(r.blueprint != BUILTIN for r in routes)
     lst = _statement("List", ["s3:ListBucket", "s3:ListBucketVersions"], [bucket])
     docs: dict[str, list[dict[str, Any]]] = {
         "producer": [_statement("Drop", ["s3:PutObject"], _objects(settings, arrivals))],
@@ -50,6 +56,7 @@ def policies(settings: Settings, routes: list[Route]) -> dict[str, dict[str, Any
             _statement("ReadAll", READ, [f"{bucket}/*"]),
             _statement("WriteOutputs", ["s3:PutObject"],
                        _objects(settings, (*SIGNED_PREFIXES, *RECORDS, *PUBLISHED))),
+            *([_statement("WriteNewObjects", ["s3:PutObject"], _objects(settings, arrivals))] if own_stages else []),
             # Alias objects are removed when a role empties (no challenger): nothing else is ever deleted.
             _statement("DropAliases", ["s3:DeleteObject"], [f"{bucket}/registry/*/aliases/*"]),
             _statement("Queue", ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueUrl",

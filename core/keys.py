@@ -12,6 +12,7 @@
     refused/<dataset>/<id>.json                            Refused
     published/<model>/<event id>.json                      Published
     deadletter/<actor>/<message id>.json                   DeadLetter
+    traces/<trace id>/<span>.json                          Span (one stage attempt: start, end, outcome)
 
 Each kind is a frozen dataclass: `.key` builds it, `Kind.parse(key)` reads it back (ValueError when the key is
 not of that kind), `Kind.prefix(...)` is what to list. Dataset and model names never hold a slash (the contract's
@@ -36,6 +37,7 @@ QUARANTINE = "quarantine/"
 REFUSED = "refused/"
 PUBLISHED = "published/"
 DEADLETTER = "deadletter/"
+TRACES = "traces/"
 
 MANIFEST = "manifest.json"
 DATA = "data.parquet"
@@ -356,4 +358,22 @@ class DeadLetter(_Record):
 
     @classmethod
     def parse(cls, key: str) -> DeadLetter:
+        return cls(*cls._parts(key))
+
+
+@dataclass(frozen=True)
+class Span(_Record):
+    """traces/<trace id>/<span>.json: one attempt of one stage within a drop's trace (core/tracing.py).
+
+    The span name starts with the attempt's start time, so a listing of the trace is in the order things ran."""
+
+    ROOT: ClassVar[str] = TRACES
+    KIND: ClassVar[str] = "span"
+
+    @property
+    def trace_id(self) -> str:
+        return self.scope
+
+    @classmethod
+    def parse(cls, key: str) -> Span:
         return cls(*cls._parts(key))

@@ -10,6 +10,8 @@ from typing import Any
 from dramatiq import Broker, Middleware
 from dramatiq.broker import MessageProxy
 
+from sluice.core import tracing
+
 log = logging.getLogger("sluice.deadletter")
 
 # A message option counting control-flow retries (a deferral, or a duplicate waiting for a live holder):
@@ -71,6 +73,9 @@ class DeadLetters(Middleware):
             "deferrals": deferrals,
             "traceback": message.options.get("traceback", ""),
         }
+        trace_id = tracing.parse_traceparent(message.options.get(tracing.TRACEPARENT))
+        if trace_id is not None:  # the drop it belongs to (absent in records written before correlation ids)
+            doc["trace_id"] = trace_id
         last = (doc["traceback"] or "").strip().splitlines()[-1:] or ["no traceback"]
         log.error("dead-lettered %s %s after %d attempts (%d retries, limit %s): %s", message.actor_name,
                   message.message_id, failed, doc["retries"], limit, last[0])

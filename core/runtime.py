@@ -105,6 +105,12 @@ def dataset_of(key: str) -> str:
     return keys.dataset_of(key)
 
 
+def _trace() -> dict[str, str]:
+    """`{"trace_id": ...}` of the stage being run, for the records it writes; empty outside a traced stage."""
+    trace_id = tracing.current().get("trace_id")
+    return {"trace_id": trace_id} if trace_id else {}
+
+
 def object_id(event: ObjectCreated) -> str:
     """A short stable id for one write of one key (the ledger and quarantine entry name)."""
     return hashlib.sha256(event.idempotency_key.encode()).hexdigest()[:16]
@@ -252,6 +258,8 @@ class Runtime:
             if not missing:
                 log.info("skip %-10s %s (duplicate delivery, already done)", name, event.key)
                 self.on_event("duplicate", {"stage": name, "key": event.key})
+                at = tracing.now()
+                self._span(name, event, message, at, tracing.DUPLICATE_DELIVERY, outputs=outputs)
                 return dict(prior.result or {})
             log.warning("redo %-10s %s: %d of its outputs are missing from the bucket (e.g. %s)", name, event.key,
                         len(missing), missing[0])
@@ -282,6 +290,7 @@ class Runtime:
         store = RecordingStore(self.store)
         ctx = Context(self.settings, store, self.state, self.online, extensions=self.pipeline.extensions)
         self.on_event("start", {"stage": name, "key": event.key, "owner": owner})
+        started_at = tracing.now()
         if pause := self.settings.fault_delay_s(name):
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
             time.sleep(pause)
@@ -295,14 +304,20 @@ class Runtime:
                 result = {**self.refuse(ctx, name, event, err), "outputs": sorted(store.written)}
                 # Completed, naming the refusal record: `sluice refused redrive` forgets it to run the stage again.
                 self.state.complete(key, owner, result, COMPLETED_TTL_S)
+                self._span(name, event, message, started_at, tracing.REFUSED, record=result["record"],
+                           message=str(err))
                 return result
             except Defer as later:
                 self.state.release(key, owner)
+                self._span(name, event, message, started_at, tracing.DEFERRED, retry_in_s=round(later.delay_s, 3),
+                           message=str(later))
                 raise self._retry(message, later.delay_s) from None
             except InputError as err:
                 result = self.quarantine(ctx, name, event, err)
                 # Released, not completed: the same bytes dropped again after a contract fix are validated again.
                 self.state.release(key, owner)
+                self._span(name, event, message, started_at, tracing.QUARANTINED, report=result["report"],
+                           reason=err.reason)
                 return result
             published = []
             for effect in effects:
@@ -311,10 +326,16 @@ class Runtime:
                 else:
                     self._publish_once(store, effect)
                     published.append(effect.id)
-        except BaseException:
+        except dramatiq.Retry:
+            self.state.release(key, owner)
+            raise  # a deferral, recorded above
+        except BaseException as exc:
             self.state.release(key, owner)  # let the retry run
+            self._span(name, event, message, started_at, tracing.FAILED,
+                       error=f"{type(exc).__name__}: {clip(str(exc), 500)}", outputs=sorted(store.written))
             raise
         result = {"outcome": "done", "published": published, "outputs": sorted(store.written)}
+        self._span(name, event, message, started_at, tracing.DONE, outputs=result["outputs"], published=published)
         if not store.written:
             self.state.release(key, owner)  # nothing to check a duplicate against: running it again is cheap
         elif not self.state.complete(key, owner, result, COMPLETED_TTL_S):
@@ -344,6 +365,29 @@ class Runtime:
         self.on_event("published", effect.to_cloudevent())
         log.info("sent %-10s %s v%s -> topic %s", effect.type, effect.model, effect.version, self.settings.topic)
 
+    def _span(self, stage: str, event: ObjectCreated, proxy: Any, started_at: str, outcome: str,
+              **detail: Any) -> None:
+        """Record one attempt of a stage in its drop's trace (`traces/<trace id>/`); never fails the stage.
+        `proxy`: the Dramatiq message being processed (None when run directly)."""
+        trace_id = tracing.current().get("trace_id")
+        if not trace_id:
+            return  # woken by a document that carries no trace (written before correlation ids)
+        if proxy is not None:
+            attempt = f"{proxy.message_id[:8]}.{int(proxy.options.get('retries', 0))}"
+        else:
+            attempt = uuid.uuid4().hex[:8]
+        doc = tracing.span_record(trace_id, stage, event.key, started_at=started_at, ended_at=tracing.now(),
+                                  outcome=outcome, attempt=attempt, worker=WORKER_ID,
+                                  message_id=None if proxy is None else proxy.message_id, **detail)
+        try:
+            self.store.put_json(keys.Span(trace_id, tracing.span_name(started_at, stage, attempt)).key, doc)
+        except Exception as exc:  # the bucket may be what failed; the stage's own outcome matters more
+            log.warning("could not record the span of %s on %s: %s", stage, event.key, exc)
+        try:
+            self.on_event("span", doc)
+        except Exception:
+            log.exception("a span listener failed on %s %s", stage, event.key)
+
     def quarantine(self, ctx: Context, stage: str, event: ObjectCreated, err: InputError) -> dict[str, Any]:
         """Record bad input with an actionable report; it is never retried."""
         dataset = dataset_of(event.key)
@@ -366,6 +410,7 @@ class Runtime:
             "examples": examples(err.failures),
             "failure_count": len(err.failures),
             "quarantined_at": ctx.timestamp(),
+            **_trace(),
             **err.details,
         }
         if stage == "validate" and ctx.store.exists(event.key):
@@ -376,6 +421,7 @@ class Runtime:
         ctx.store.put_json(keys.Ledger(dataset, oid).key, {
             "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "quarantined",
             "reason": err.reason, "message": str(err), "report": f"{base}report.json", "at": ctx.timestamp(),
+            **_trace(),
         })
         log.warning("quarantined %s: %s", event.key, err)
         self.on_event("quarantined", report)
@@ -389,7 +435,7 @@ class Runtime:
         oid = object_id(event)
         record = {
             "stage": stage, "dataset": dataset, "id": oid, "outcome": "refused", "reason": "integrity",
-            "message": str(err), "event": event.to_dict(), "at": ctx.timestamp(),
+            "message": str(err), "event": event.to_dict(), "at": ctx.timestamp(), **_trace(),
             "what_to_do": "Find out who wrote the object (bucket version history, CloudTrail). Restore it or delete "
                           f"it; to run the stage again, `sluice refused redrive {oid}`.",
         }
@@ -398,7 +444,7 @@ class Runtime:
         if not is_signed(event.key):  # an arrival (a drop): its one outcome
             ctx.store.put_json(keys.Ledger(dataset, oid).key, {
                 "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "refused",
-                "reason": "integrity", "message": str(err), "refusal": key, "at": ctx.timestamp()})
+                "reason": "integrity", "message": str(err), "refusal": key, "at": ctx.timestamp(), **_trace()})
         log.error("refused %-10s %s: %s", stage, event.key, err)
         self.on_event("refused", record)
         return {"outcome": "refused", "record": key}
@@ -416,6 +462,7 @@ class Runtime:
                 "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "failed",
                 "stage": stage, "message": last[0], "dead_letter": key, "at": doc["dead_lettered_at"],
                 "what_to_do": f"fix the cause, then `sluice deadletter redrive {doc['message_id']}`",
+                **({"trace_id": doc["trace_id"]} if doc.get("trace_id") else {}),
             })
         self.on_event("dead-letter", doc)
 

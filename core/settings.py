@@ -28,6 +28,11 @@ ENV_REGION = "AWS_DEFAULT_REGION"
 # The key that signs every document a stage acts on (core/provenance.py). Workers (and operators running lifecycle
 # commands) hold it; producers do not. In production, set it from Secrets Manager or SSM (see README).
 ENV_SIGNING_KEY = "SLUICE_SIGNING_KEY"
+# OpenTelemetry's own variables (read by its SDK too): with an endpoint set and `sluice[otel]` installed, workers
+# export each stage attempt as a span of the drop's trace (infra/otel.py).
+ENV_OTEL_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+ENV_OTEL_TRACES_ENDPOINT = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+ENV_OTEL_SERVICE_NAME = "OTEL_SERVICE_NAME"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ so every delivery, retry and re-drive of the same drop carries the same id witho
 16 hex digits are the drop's ledger id (`core/runtime.object_id`). A stage's Dramatiq message carries it as the
 `traceparent` option (`00-<trace id>-<span id>-01`), which Dramatiq keeps across retries and redeliveries.
 
+Each attempt of a stage on a drop's trace is recorded in the bucket as a span, `traces/<trace id>/<span>.json`
+(`span_record`): when it started and ended, how it ended (done, quarantined, refused, deferred, failed, duplicate
+delivery) and what it wrote. `sluice trace` reads them beside the stages' own documents; with OpenTelemetry
+configured, the worker exports the same spans (infra/otel.py).
+
 Log records get `trace_id`, `stage`, `dataset` and `key` from the stage being run (a context variable, so each
 worker thread has its own); `JsonFormatter` writes one JSON object per line, `TextFormatter` readable lines.
 """
@@ -47,6 +52,33 @@ def parse_traceparent(value: object) -> str | None:
     if match is None or set(match.group(1)) == {"0"} or set(match.group(2)) == {"0"}:
         return None
     return match.group(1)
+
+
+# How a stage attempt ended (a span's `outcome`).
+DONE, QUARANTINED, REFUSED, DEFERRED, FAILED, DUPLICATE_DELIVERY = (
+    "done", "quarantined", "refused", "deferred", "failed", "duplicate-delivery")
+
+
+def now() -> str:
+    """The current time, ISO 8601 UTC with milliseconds (the format of every timestamp Sluice writes)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def span_name(started_at: str, stage: str, attempt: str) -> str:
+    """A span's file name: its start time first (compact, so a listing sorts by it), then the stage and attempt."""
+    compact = started_at.replace("-", "").replace(":", "")
+    return f"{compact}-{stage}-{attempt}"
+
+
+def span_record(trace_id: str, stage: str, key: str, *, started_at: str, ended_at: str, outcome: str,
+                attempt: str, **detail: object) -> dict[str, object]:
+    """One attempt of one stage on one object, in a drop's trace: the document under `traces/<trace id>/`."""
+    started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+    ended = datetime.fromisoformat(ended_at.replace("Z", "+00:00"))
+    return {"trace_id": trace_id, "span_id": span_id(trace_id, stage, key), "stage": stage, "key": key,
+            "started_at": started_at, "ended_at": ended_at,
+            "duration_s": round((ended - started).total_seconds(), 3), "outcome": outcome, "attempt": attempt,
+            **{k: v for k, v in detail.items() if v not in (None, [], {})}}
 
 
 def current() -> dict[str, str]:

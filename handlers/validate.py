@@ -62,6 +62,8 @@ def validate_object(event: ObjectCreated, ctx: Context, contract: Contract, pref
         raise UnreadableFile(f"{event.key} was deleted before it could be read.", hint="Drop it again.")
     ledger = {"key": event.key, "etag": event.etag, "version_id": event.version_id or info.version_id,
               "size": info.size}
+    if trace_id := tracing.current().get("trace_id"):
+        ledger["trace_id"] = trace_id  # absent in entries written before correlation ids
     if info.sha256 and _already_done(ctx, prefix, dataset, info.sha256, event, ledger):
         return []
     validation.check_size(event.key, info.size, contract)  # before a byte is downloaded

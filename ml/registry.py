@@ -454,11 +454,13 @@ class ModelRegistry:
             number = existing["version"]
             if snap.doc(number) is None:
                 snap.set_doc(existing)
+            # The drop that caused the run (core/tracing.py), on every record the gate wrote; absent before it.
+            trace = {"trace_id": existing["trace_id"]} if existing.get("trace_id") else {}
             if snap.stage(number) is None:
                 self._append(model, snap, "registered", number, {number: CANDIDATE}, cause="benchmark", by=by,
-                             reason=f"run {doc['run_id']} registered", at=at, document=digest(existing))
+                             reason=f"run {doc['run_id']} registered", at=at, document=digest(existing), **trace)
             if snap.stage(number) == CANDIDATE:
-                gate = {"cause": "gate", "by": by, "reasons": existing.get("reasons", []), "at": at}
+                gate = {"cause": "gate", "by": by, "reasons": existing.get("reasons", []), "at": at, **trace}
                 if existing["decision"] == REJECT:
                     self._append(model, snap, "rejected", number, {number: REJECTED},
                                  reason="the gate rejected it", **gate)
@@ -473,7 +475,7 @@ class ModelRegistry:
             if (snap.stage(number) == CHALLENGER and existing["decision"] == PROMOTE
                     and snap.champion == existing.get("compared_with")):
                 self._promote(model, snap, number, cause="gate", by=by, reason="the gate promoted it",
-                              reasons=existing.get("reasons", []), at=at)
+                              reasons=existing.get("reasons", []), at=at, **trace)
             return Registration(existing, created, self._record(model, int(snap.entry(number)[1])))
 
         return self._write(model, op, extra=(run_key,))

@@ -14,6 +14,7 @@ from typing import Any
 
 import polars as pl
 
+from sluice.core.app import Extensions
 from sluice.core.errors import SluiceError
 from sluice.events.run import read as read_run
 from sluice.ml import modeling
@@ -24,13 +25,15 @@ from sluice.ml.runs import artifact
 TOLERANCE = 1e-6  # the gate records scores rounded to 6 decimals
 
 
-def version_scores(registry: ModelRegistry, model: str, version: dict[str, Any]) -> dict[str, Any]:
+def version_scores(registry: ModelRegistry, model: str, version: dict[str, Any],
+                   extensions: Extensions | None = None) -> dict[str, Any]:
     """The version's gate scores on its own holdout, computed now: candidate, the champion it was compared with,
-    and the naive baseline as recorded."""
+    and the naive baseline as recorded. `extensions`: the app's feature functions and learners, for models that
+    name them."""
     store = registry.store
     run = read_run(store.get_json(version["run_key"]))
     holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
-    candidate = load_version(store, version, evaluated=True)
+    candidate = load_version(store, version, evaluated=True, extensions=extensions)
     y = candidate.encoding.labels(holdout)
     known = y >= 0
     holdout, y = holdout.filter(pl.Series(known)), y[known]
@@ -44,7 +47,7 @@ def version_scores(registry: ModelRegistry, model: str, version: dict[str, Any])
     if compared:
         reference = registry.version(model, int(compared))
         if reference is not None:
-            judged = load_version(store, reference, evaluated=True)
+            judged = load_version(store, reference, evaluated=True, extensions=extensions)
             after["champion"] = modeling.score(metric, y, judged.score_features(holdout), n_classes)
     return after
 
@@ -60,13 +63,14 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return True
 
 
-def rescore(registry: ModelRegistry, model: str, *, by: str, at: str, dry_run: bool = False) -> Iterator[str]:
+def rescore(registry: ModelRegistry, model: str, *, by: str, at: str, dry_run: bool = False,
+            extensions: Extensions | None = None) -> Iterator[str]:
     """Re-score every version; yield one line per version saying what changed and whether it was recorded."""
     for version in registry.versions(model):
         number = version["version"]
         before = {k: version["scores"].get(k) for k in ("candidate", "champion", "baseline")}
         try:
-            after = version_scores(registry, model, version)
+            after = version_scores(registry, model, version, extensions)
         except SluiceError as exc:
             yield f"v{number}: cannot re-score ({exc})"
             continue

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from sluice.commands import contracts, data, events, features, models, ops, runs, trust
+from sluice.commands import contracts, data, events, features, models, ops, runs, trace, trust
 from sluice.commands.common import app_option, dataset_name, load_app
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
@@ -142,14 +142,15 @@ def worker(threads: int | None, metrics_port: int | None, log_format: str | None
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--bundle", default=None, type=click.Path(exists=True, file_okay=False),
               help="Serve a bundle downloaded with `sluice models download` (no bucket, no swapping).")
-def serve(name: str, alias: str, host: str, port: int, bundle: str | None) -> None:
+@app_option
+def serve(name: str, alias: str, host: str, port: int, bundle: str | None, app_spec: str | None) -> None:
     """Serve model NAME over HTTP (POST /predict), swapping to each new champion as it is announced."""
     from sluice.core.errors import SluiceError
     from sluice.serve import serve as run
 
     click.echo(f"sluice serve: {name}@{alias} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
     try:
-        run(name, alias, host, port, _settings(), bundle=bundle)
+        run(name, alias, host, port, _settings(), bundle=bundle, app=load_app(app_spec))
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -181,18 +182,19 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
-def status(as_json: bool) -> None:
+@app_option
+def status(as_json: bool, app_spec: str | None) -> None:
     """Per dataset: what arrived, where it is in the chain, the quarantine; and the dead letters."""
-    from sluice.handlers import build_pipeline
     from sluice.infra.broker import make_state
     from sluice.ml.status import dataset_status, datasets, dead_letters
 
     settings = _settings()
+    app = load_app(app_spec)
     store = _store(settings)
     state = make_state(settings)
     report: dict[str, Any] = {
         "bucket": settings.bucket,
-        "datasets": [dataset_status(store, state, d, pipeline=build_pipeline()) for d in datasets(store)],
+        "datasets": [dataset_status(store, state, d, pipeline=app) for d in datasets(store)],
         "dead_letters": dead_letters(store),
         "sqs_dead_letters": _sqs_dlq_depth(settings),
     }
@@ -292,7 +294,8 @@ def demo(budget: float, timeout: float) -> None:
 
 
 for _command in (models.models, events.events, events.subscribe, contracts.contract, data.data, data.quarantine,
-                 runs.runs, features.features, ops.reconcile, ops.deadletter, trust.iam, trust.refused):
+                 runs.runs, features.features, ops.reconcile, ops.deadletter, trust.iam, trust.refused,
+                 trace.trace):
     main.add_command(_command)
 
 

@@ -34,11 +34,13 @@ class ModelServer:
     """The serving state: which version answers, and the watcher that swaps it."""
 
     def __init__(self, name: str, alias: str = "champion", *, settings: Settings | None = None,
-                 store: Any = None, recheck_s: float = 30.0, watch: bool = True, bundle: str | None = None):
+                 store: Any = None, recheck_s: float = 30.0, watch: bool = True, bundle: str | None = None,
+                 app: Any = None):
         self.name, self.alias = name, alias
         self.bundle = bundle  # a downloaded bundle folder: serve it as is, without the bucket
         self.settings = settings or Settings.from_env()
         self.store = store
+        self.user_app = app  # the user's app, for models that name its feature functions or learners
         self.recheck_s = recheck_s
         self.watch = watch
         self.model: Model | None = None
@@ -51,9 +53,9 @@ class ModelServer:
     def refresh(self, why: str = "startup") -> bool:
         """Load the alias's current version if it is not the one serving; True when a swap happened."""
         if self.bundle is not None:
-            fresh = load_model(self.bundle)
+            fresh = load_model(self.bundle, app=self.user_app)
         else:
-            fresh = load_model(f"{self.name}@{self.alias}", settings=self.settings, store=self.store)
+            fresh = load_model(f"{self.name}@{self.alias}", settings=self.settings, store=self.store, app=self.user_app)
         current = self.model
         if current is not None and current.version == fresh.version and current.bundle_sha256 == fresh.bundle_sha256:
             return False
@@ -178,11 +180,11 @@ class ModelServer:
 
 
 def serve(name: str, alias: str, host: str, port: int, settings: Settings | None = None,
-          bundle: str | None = None) -> None:
+          bundle: str | None = None, app: Any = None) -> None:
     """Run the service until interrupted."""
     import uvicorn
 
-    server = ModelServer(name, alias, settings=settings, bundle=bundle)
+    server = ModelServer(name, alias, settings=settings, bundle=bundle, app=app)
     server.refresh()
     server.start()
     try:

@@ -22,6 +22,8 @@ from sluice.infra.aws import client
 from sluice.infra.broker import make_broker, make_state
 from sluice.infra.notify import SnsPublisher
 from sluice.infra.online import make_online
+from sluice.infra.otel import OtelSpans
+from sluice.infra.otel import from_env as otel_from_env
 from sluice.infra.store import S3Store
 from sluice.ml.contract import training_time_limit_s
 
@@ -36,6 +38,7 @@ class Service:
     reconciler: Reconciler | None = None
     metrics: Metrics | None = None
     metrics_server: Any = None
+    otel: OtelSpans | None = None
 
     def stop(self) -> None:
         """Stop polling, then let in-flight messages finish."""
@@ -47,6 +50,8 @@ class Service:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
+        if self.otel is not None:
+            self.otel.shutdown()  # flushes the spans still batched
 
 
 class Reconciler:
@@ -116,10 +121,12 @@ def build_runtime(
 
 def start(settings: Settings, *, app: App | None = None, runtime: Runtime | None = None, bridge_wait_s: int = 1,
           on_event: Callable[[str, dict[str, Any]], None] | None = None,
-          metrics_port: int | None = None) -> Service:
+          metrics_port: int | None = None, otel: OtelSpans | None = None) -> Service:
     """Start the Dramatiq worker threads and the bridge; returns once both run.
 
-    With `metrics_port` (0 picks a free port), the worker's Prometheus metrics are served at /metrics.
+    With `metrics_port` (0 picks a free port), the worker's Prometheus metrics are served at /metrics. Each stage
+    attempt's span goes to `otel`, by default the OTLP exporter when OTEL_EXPORTER_OTLP_ENDPOINT is set and
+    `sluice[otel]` is installed (infra/otel.py).
     """
     if runtime is None:
         if app is None:
@@ -132,6 +139,9 @@ def start(settings: Settings, *, app: App | None = None, runtime: Runtime | None
         runtime.broker.add_middleware(metrics.middleware())
         metrics.watch_queues(client("sqs", settings))
         metrics_server = metrics.serve(metrics_port)
+    otel = otel if otel is not None else otel_from_env()
+    if otel is not None:
+        runtime.on_event = _both(otel, runtime.on_event)
     worker = Worker(runtime.broker, worker_threads=settings.worker_threads,
                     worker_timeout=settings.poll_interval_ms)
     worker.start()
@@ -145,4 +155,17 @@ def start(settings: Settings, *, app: App | None = None, runtime: Runtime | None
         "worker: %d threads on %s (polled every %d ms when idle), bridge polling %s, reconcile every %s",
         settings.worker_threads, settings.broker_url, settings.poll_interval_ms, settings.events_queue,
         f"{settings.reconcile_interval_s:g}s" if reconciler else "(off)")
-    return Service(runtime, worker, bridge, reconciler, metrics, metrics_server)
+    return Service(runtime, worker, bridge, reconciler, metrics, metrics_server, otel)
+
+
+def _both(first: Callable[[str, dict[str, Any]], None],
+          then: Callable[[str, dict[str, Any]], None]) -> Callable[[str, dict[str, Any]], None]:
+    """An `on_event` hook calling `first`, then `then`; a failing exporter never keeps the event from `then`."""
+    def hook(kind: str, detail: dict[str, Any]) -> None:
+        try:
+            first(kind, detail)
+        except Exception:
+            logging.getLogger("sluice").exception("exporting a %s event failed", kind)
+        then(kind, detail)
+
+    return hook

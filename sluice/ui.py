@@ -13,6 +13,7 @@ nothing: every route is a GET. Pages:
     /models/{model}?at=TIME            versions, stages, gate intervals, the history timeline, the champion at TIME
     /models/{model}/{version}          one version: the gate's verdict and its lineage as a graph
     /artifact/{run}/{name}             a run's PNG plot, checked against the sha256 the run recorded
+    /trace/{id or key}                 one drop's path (`sluice trace`): each stage's start, end and outcome
 """
 
 from __future__ import annotations
@@ -66,6 +67,25 @@ def lineage_graph(version: dict[str, Any]) -> dict[str, Any]:
     lines = [{"x1": where[a][0] + box_w, "y1": where[a][1] + mid, "x2": where[b][0], "y2": where[b][1] + mid}
              for a, b in edges if a in where and b in where]
     return {"width": width, "height": height, "nodes": nodes, "edges": lines, "box_w": box_w, "box_h": box_h}
+
+
+def document_page(key: str) -> str | None:
+    """The dashboard page that shows a document of a drop's path, if one does."""
+    from sluice.core import keys
+
+    for parse, href in (
+            (keys.Run.parse, lambda k: f"/runs/{k.dataset}/{k.run_id}"),
+            (keys.Quarantine.parse, lambda k: f"/datasets/{k.dataset}/quarantine/{k.ident[:16]}"),
+            (keys.Validated.parse, lambda k: None if k.labels else f"/datasets/{k.dataset}/data/{k.version[:16]}"),
+            (keys.Ledger.parse, lambda k: f"/datasets/{k.dataset}")):
+        try:
+            return href(parse(key))  # type: ignore[no-untyped-call]
+        except ValueError:
+            continue
+    parts = key.split("/")
+    if key.startswith(keys.REGISTRY) and len(parts) == 4 and parts[2] == "versions" and parts[3][:6].isdigit():
+        return f"/models/{parts[1]}/{int(parts[3][:6])}"
+    return None
 
 
 class Dashboard:
@@ -185,6 +205,14 @@ class Dashboard:
         return self.render("version.html", v=version, stage=snap.stages.get(number, "-"),
                            graph=lineage_graph(version), history=[r for r in snap.records if r["version"] == number])
 
+    def trace(self, ref: str) -> str:
+        """One drop's path: each stage's start, end and outcome, with links to what it wrote."""
+        from sluice.ml.trace import trace
+
+        found = trace(self.store, self.registry.state, ref)
+        return self.render("trace.html", t=found, links={d: href for s in found.steps for d in s.documents
+                                                         if (href := document_page(d))})
+
     def plot(self, run_id: str, name: str) -> bytes:
         """A run's PNG plot, checked against its recorded sha256."""
         from sluice.ml.runs import artifact, find_run
@@ -231,6 +259,7 @@ class Dashboard:
             Route("/models/{model}", page(lambda r: self.model(p(r, "model"), r.query_params.get("at")))),
             Route("/models/{model}/{version:int}", page(lambda r: self.version(p(r, "model"), p(r, "version")))),
             Route("/artifact/{run}/{name}", page(lambda r: self.plot(p(r, "run"), p(r, "name")))),
+            Route("/trace/{ref:path}", page(lambda r: self.trace(p(r, "ref")))),
         ]
         return Starlette(routes=routes)
 

@@ -138,6 +138,19 @@ def test_a_check_a_feature_function_and_a_learner_of_the_app_work_through_the_wh
     # without the app, the model says what it needs
     with pytest.raises(AppError, match=r"feature function 'ratio' of its app.*sluice.load_model\(ref, app=app\)"):
         sluice.load_model(f"{DATASET}@champion", settings=rt.settings, store=rt.store)
+    # serve and rescore load it the same way, with the app (`sluice serve --app`, `sluice models rescore --app`)
+    from sluice.ml.rescore import rescore
+    from sluice.serve import ModelServer
+
+    server = ModelServer(DATASET, settings=rt.settings, store=rt.store, watch=False, app=make_app())
+    assert server.refresh() and server.model is not None
+    assert server.model.predict(rows).to_polars()["prediction"].to_list() == result["prediction"].to_list()
+    with pytest.raises(AppError, match="feature function 'ratio'"):
+        ModelServer(DATASET, settings=rt.settings, store=rt.store, watch=False).refresh()
+    registry = ModelRegistry(rt.store, MemoryState())
+    lines = list(rescore(registry, DATASET, by="test", at="2026-01-01T00:00:00Z", dry_run=True,
+                         extensions=make_app().extensions))
+    assert lines == [f"v1: unchanged ({version['metric']} {version['scores']['candidate']:.4f})"], lines
 
     # the check: a row over the app's limit (inside the contract's inferred range) is quarantined by name
     frame = pl.read_csv(io.BytesIO(sample_bytes())).head(60)

@@ -42,10 +42,15 @@ def test_validate_writes_a_content_addressed_version_once(runtime: Runtime) -> N
     manifest = runtime.store.get_json(f"validated/{DATASET}/{dv}/manifest.json")
     assert manifest["rows"] == 569 and manifest["source"]["key"] == event.key
     assert manifest["source"]["version_id"] == event.version_id
-    before = sorted(runtime.store.keys(""))
-    # The same delivery again: nothing changes.
+    def outputs() -> list[str]:
+        return sorted(k for k in runtime.store.keys("") if not k.startswith("traces/"))
+
+    before = outputs()
+    # The same delivery again: nothing changes; only the drop's trace records that it came again.
     runtime.execute("validate", event.to_dict())
-    assert sorted(runtime.store.keys("")) == before
+    assert outputs() == before
+    spans = [runtime.store.get_json(k) for k in runtime.store.keys("traces/")]
+    assert [s["outcome"] for s in spans] == ["done", "duplicate-delivery"]
     # The same bytes under another name: the same data version, nothing downstream.
     again = drop(runtime, f"incoming/{DATASET}/b.csv", sample_bytes())
     runtime.execute("validate", again.to_dict())
@@ -87,11 +92,15 @@ def test_the_chain_stage_by_stage_and_each_stage_twice(runtime: Runtime) -> None
         if prefix:
             event = created(runtime, only(runtime.store, prefix, suffix))
         first = runtime.execute(stage, event.to_dict())
-        snapshot = sorted(runtime.store.keys(""))
-        # A second delivery that bypasses the idempotency record still changes nothing in the bucket.
+        snapshot = sorted(k for k in runtime.store.keys("") if not k.startswith("traces/"))
+        spans = set(runtime.store.keys("traces/"))
+        # A second delivery that bypasses the idempotency record still changes nothing in the bucket
+        # but the drop's trace, which records the second run of the stage.
         runtime.state = MemoryState()
         runtime.execute(stage, event.to_dict())
-        assert sorted(runtime.store.keys("")) == snapshot, stage
+        assert sorted(k for k in runtime.store.keys("") if not k.startswith("traces/")) == snapshot, stage
+        [again] = set(runtime.store.keys("traces/")) - spans
+        assert runtime.store.get_json(again)["stage"] == stage
         assert first["outcome"] == "done"
     [v1] = versions(runtime.store)
     assert v1["decision"] == "promote" and v1["version"] == 1

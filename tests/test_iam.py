@@ -152,3 +152,27 @@ def test_sluice_iam_prints_the_producer_policy_from_the_routes(monkeypatch: pyte
     [statement] = json.loads(result.output)["Statement"]
     assert statement["Action"] == ["s3:PutObject"]
     assert statement["Resource"] == ["arn:aws:s3:::acme-ml/incoming/*", "arn:aws:s3:::acme-ml/labels/*"]
+
+
+def test_a_worker_running_stages_of_the_users_own_may_hand_objects_to_the_arrival_prefixes() -> None:
+    """A user's stage returns NewObject("incoming/...") to wake the chain; the built-in chain alone never writes
+    there, so only an app with stages of its own widens the worker's policy, to the routes' arrival prefixes."""
+    from sluice.core.app import App
+    from sluice.handlers import blueprint
+
+    settings = Settings(bucket="acme-ml")
+
+    def writes(routes: Any) -> list[str]:
+        [doc] = [policies(settings, routes)["worker"]]
+        return [r for s in doc["Statement"] if s["Sid"] == "WriteNewObjects" for r in s["Resource"]]
+
+    assert writes(build_pipeline().routes) == []
+    app = App("shop").include(blueprint)
+
+    @app.on_object_created(prefix="exports/", suffix=".jsonl")
+    def export_to_csv(event: Any, ctx: Any) -> None:
+        return None
+
+    assert writes(app.routes) == ["arn:aws:s3:::acme-ml/exports/*", "arn:aws:s3:::acme-ml/incoming/*",
+                                  "arn:aws:s3:::acme-ml/labels/*"]
+    assert [r.blueprint for r in app.routes if r.name in ("validate", "export_to_csv")] == ["sluice.builtin", None]

@@ -32,6 +32,7 @@ KINDS = {
     "refused": st.builds(keys.Refused, names, segments),
     "published": st.builds(keys.Published, names, segments),
     "deadletter": st.builds(keys.DeadLetter, st.from_regex(r"[a-z0-9_-]+\.[a-z0-9_-]+", fullmatch=True), segments),
+    "span": st.builds(keys.Span, st.from_regex(r"[0-9a-f]{32}", fullmatch=True), segments),
 }
 
 

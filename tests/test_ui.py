@@ -175,6 +175,47 @@ def test_drops_quarantine_and_drift_pages(browser: Any, dashboard: dict[str, Any
     assert _bucket(store) == before, "the dashboard changed the bucket"
 
 
+def test_a_drops_trace_page_from_the_ledger(browser: Any, dashboard: dict[str, Any]) -> None:
+    """The drops list links each drop to its path: every stage with its start, end and outcome."""
+    from selenium.webdriver.common.by import By
+
+    store = dashboard["store"]
+    before = _bucket(store)
+    first, _second = dashboard["runs"]
+    browser.get(f"{dashboard['url']}/datasets/{DATASET}")
+    links = {tr.find_elements(By.TAG_NAME, "td")[0].text: tr.find_element(By.CSS_SELECTOR, "a.trace")
+             for tr in browser.find_elements(By.CSS_SELECTOR, "#ledger tr")[1:]}
+    entries = {e["key"]: e for e in (store.get_json(k) for k in store.keys(f"ledger/{DATASET}/"))}
+    a = entries[f"incoming/{DATASET}/a.csv"]
+    links[a["key"]].click()
+    assert _text(browser, "#trace-id") == a["trace_id"] and a["key"] in _text(browser, "#drop")
+    steps = {row[0]: row for row in _rows(browser, "steps")}
+    assert list(steps) == ["validate", "features", "train", "benchmark", "register", "event"]
+    assert steps["validate"][4] == "validated" and a["data_version"][:12] in steps["validate"][5]
+    assert steps["train"][4] == "trained" and first["run_id"] in steps["train"][5]
+    assert steps["register"][4] == "v1" and steps["event"][4] == "sluice.model.promoted"
+    for stage in ("validate", "features", "train", "benchmark", "register"):
+        row = steps[stage]
+        # Start, end, took, and the attempts: done (the second chain run delivers a.csv's documents again).
+        assert row[1] <= row[2] and row[3].endswith(" s") and row[6].split()[0] == "done", row
+        assert set(row[6].split()[1:]) <= {"duplicate-delivery"}, row
+    _shot(browser, "trace")
+    browser.find_element(By.PARTIAL_LINK_TEXT, f"runs/{DATASET}/{first['run_id']}/run.json").click()
+    assert first["run_id"] in _text(browser, "h1")  # the run's own page, from the document the trace named
+
+    browser.get(f"{dashboard['url']}/datasets/{DATASET}")
+    browser.find_elements(By.CSS_SELECTOR, "#ledger tr")  # the page again, then the quarantined drop's path
+    [bad_link] = [tr.find_element(By.CSS_SELECTOR, "a.trace")
+                  for tr in browser.find_elements(By.CSS_SELECTOR, "#ledger tr")[1:]
+                  if tr.find_elements(By.TAG_NAME, "td")[0].text == BAD_KEY]
+    bad_link.click()
+    [row] = _rows(browser, "steps")
+    assert row[0] == "validate" and row[4] == "quarantined" and "separated by ';'" in row[5]
+    browser.get(f"{dashboard['url']}/trace/0123456789abcdef")
+    assert "no drop has the trace id" in browser.page_source
+    assert _bucket(store) == before, "the dashboard changed the bucket"
+
+
 def test_runs_plots_and_comparison(browser: Any, dashboard: dict[str, Any]) -> None:
     first, second = dashboard["runs"]
     browser.get(f"{dashboard['url']}/runs/{DATASET}")

@@ -353,7 +353,8 @@ def models_download(ref: str, folder: str) -> None:
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Show the corrections without recording them.")
 @click.option("--by", default=None, help="Who (default: user@host).")
-def models_rescore(name: str, dry_run: bool, by: str | None) -> None:
+@app_option
+def models_rescore(name: str, dry_run: bool, by: str | None, app_spec: str | None) -> None:
     """Re-compute every version's gate scores with the current loader and record corrections in the history.
 
     Versions are never rewritten: a correction is a `rescored` history record beside the original decision.
@@ -366,5 +367,6 @@ def models_rescore(name: str, dry_run: bool, by: str | None) -> None:
     registry = _registry(settings)
     _known(registry, name, settings)
     at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    for line in rescore(registry, name, by=by or _who(), at=at, dry_run=dry_run):
+    extensions = load_app(app_spec).extensions
+    for line in rescore(registry, name, by=by or _who(), at=at, dry_run=dry_run, extensions=extensions):
         click.echo(line)

@@ -1,0 +1,246 @@
+"""`sluice trace KEY|ID`: the path of a promoted, a quarantined and a duplicate drop, read from the bucket alone."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sluice.cli import main
+from sluice.core import tracing
+from sluice.events.s3 import ObjectCreated
+from tests.chain import DATASET, ledger, run_chain, sample_bytes
+
+CHAIN = ["validate", "features", "train", "benchmark", "register", "event"]
+
+
+def _cli(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+def _drop(rt: Any, key: str, data: bytes) -> ObjectCreated:
+    rt.store.put(key, data)
+    info = rt.store.head(key)
+    assert info is not None
+    event = ObjectCreated(rt.settings.bucket, key, info.size, info.etag, info.version_id)
+    rt.execute("validate", event.to_dict())
+    return event
+
+
+def _bad_bytes() -> bytes:
+    """The sample with one row whose diagnosis is no known class: a contract violation in row 4."""
+    lines = sample_bytes().decode().splitlines()
+    header = lines[0].split(",")
+    col = header.index("diagnosis")
+    row = lines[4].split(",")
+    row[col] = "maybe"
+    lines[4] = ",".join(row)
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.slow
+def test_trace_of_a_promoted_a_quarantined_and_a_duplicate_drop(runtime: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    key = f"incoming/{DATASET}/cancer.csv"
+    run = run_chain(runtime, key, sample_bytes())
+    entry = ledger(runtime.store, key)
+    assert entry is not None and entry["outcome"] == "validated"
+    trace_id = entry["trace_id"]
+    info = runtime.store.head(key)
+    assert info is not None
+    assert trace_id == tracing.trace_id_of(ObjectCreated(runtime.settings.bucket, key, etag=info.etag).idempotency_key)
+
+    # The promoted drop, by key: every stage, in order, each with its start and end, down to the model event.
+    out = _cli("trace", key)
+    assert out.exit_code == 0, out.output
+    text = out.output
+    assert f"trace {trace_id}" in text and f"drop  {key}" in text
+    lines = {line.split()[0]: line for line in text.splitlines()[2:] if line.startswith("  ")}
+    assert "validated: data version " + entry["data_version"][:12] in lines["validate"]
+    assert "materialized: feature set " + run["feature_set_version"] in lines["features"]
+    assert f"trained: run {run['run_id']}" in lines["train"]
+    assert lines["benchmark"].split()[4].startswith("promote")
+    assert "v1: decision promote" in lines["register"] and "promoted (history 3)" in lines["register"]
+    [published] = list(runtime.store.keys(f"published/{DATASET}/"))
+    event = runtime.store.get_json(published)["event"]
+    assert event["type"] == "sluice.model.promoted" and f"event id {event['id']}" in lines["event"]
+
+    doc = json.loads(_cli("trace", trace_id, "--json").output)
+    assert [s["stage"] for s in doc["steps"]] == CHAIN
+    for step in doc["steps"][:-1]:  # the stages ran: their spans say when each started and ended
+        assert step["started_at"] <= step["ended_at"] and step["duration_s"] >= 0, step
+        assert step["attempts"][-1]["outcome"] == "done"
+    assert doc["steps"][-1]["ended_at"] and doc["steps"][-1]["started_at"] is None  # an event has only a time
+    starts = [s["started_at"] for s in doc["steps"][:-1]]
+    assert starts == sorted(starts)
+    # The train span is the attempt that wrote the run: it began before the run document says it finished.
+    assert doc["steps"][2]["started_at"] < run["finished_at"] <= doc["steps"][2]["ended_at"]
+    # A prefix of the trace id (the ledger id is one) finds the same drop.
+    assert json.loads(_cli("trace", trace_id[:16], "--json").output)["trace_id"] == trace_id
+
+    # The same bytes under another name: a duplicate, which names the drop that made the data version.
+    copy = _drop(runtime, f"incoming/{DATASET}/cancer-copy.csv", sample_bytes())
+    out = _cli("trace", copy.key)
+    assert out.exit_code == 0, out.output
+    assert f"duplicate: same bytes as data version {entry['data_version'][:12]}, first dropped as {key} " \
+           f"(trace {trace_id[:16]})" in out.output
+    dup = json.loads(_cli("trace", f"{copy.key}@{copy.etag}", "--json").output)
+    assert [s["stage"] for s in dup["steps"]] == ["validate"]
+    assert dup["trace_id"] == tracing.trace_id_of(copy.idempotency_key) != trace_id
+
+    # A file with one row of an unknown class: quarantined whole (the contract allows no invalid rows).
+    bad = _drop(runtime, f"incoming/{DATASET}/bad.csv", _bad_bytes())
+    bad_trace = tracing.trace_id_of(bad.idempotency_key)
+    out = _cli("trace", bad.key)
+    assert out.exit_code == 0, out.output
+    [line] = [line for line in out.output.splitlines() if line.startswith("  validate")]
+    assert "quarantined: contract-violation: " in line and "diagnosis" in line
+    report_key = ledger(runtime.store, bad.key)["report"]  # type: ignore[index]
+    assert runtime.store.get_json(report_key)["trace_id"] == bad_trace
+    assert report_key in out.output
+    doc = json.loads(_cli("trace", bad.key, "--json").output)
+    assert [s["stage"] for s in doc["steps"]] == ["validate"]
+    assert doc["steps"][0]["attempts"][0]["outcome"] == "quarantined"
+
+    # Unknown keys and ids: one line saying so, exit 1.
+    for ref, said in [(f"incoming/{DATASET}/never.csv", "no drop of"), ("0123456789abcdef", "no drop has the trace"),
+                      ("runs/cancer/x", "neither a dropped object's key")]:
+        out = _cli("trace", ref)
+        assert out.exit_code == 1 and said in out.output and "Traceback" not in out.output, out.output
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_one_correlation_id_from_the_drop_to_the_model_event_through_every_document(
+        moto_settings: Any, redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The real chain: moto's server, the SQS bridge and Dramatiq on Redis. One id, every document, every log line."""
+    import logging
+    from dataclasses import replace
+
+    from sluice.core.memory import MemoryState
+    from sluice.handlers import build_pipeline
+    from sluice.infra.subscribe import TemporarySubscription
+    from sluice.ml.registry import ModelRegistry
+    from sluice.ml.trace import trace
+    from sluice.service import build_runtime, start
+    from tests.chain import prepare, wait_for
+    from tests.test_chain import _flush_namespace
+
+    settings = replace(moto_settings, broker_url=redis_url)
+    prepare(settings)
+    caplog.handler.addFilter(tracing.ContextFilter())
+    svc = start(settings, runtime=build_runtime(settings, build_pipeline()), bridge_wait_s=1)
+    store = svc.runtime.store
+    key = f"incoming/{DATASET}/cancer.csv"
+    try:
+        with caplog.at_level(logging.INFO, logger="sluice"), TemporarySubscription(settings) as subscriber:
+            store.put(key, sample_bytes())
+            [received] = wait_for(lambda: subscriber.receive(wait_s=1), 120, "the model event")
+    finally:
+        svc.stop()
+        _flush_namespace(settings)
+    info = store.head(key)
+    assert info is not None
+    tid = tracing.trace_id_of(ObjectCreated(settings.bucket, key, etag=info.etag).idempotency_key)
+
+    # The subscriber's event carries it as the CloudEvents traceparent.
+    assert received["type"] == "sluice.model.promoted"
+    assert tracing.parse_traceparent(received["traceparent"]) == tid
+
+    # Every document the path wrote names it.
+    entry = ledger(store, key)
+    assert entry is not None and entry["trace_id"] == tid and entry["outcome"] == "validated"
+    dv = entry["data_version"]
+    assert store.get_json(f"validated/{DATASET}/{dv}/manifest.json")["trace_id"] == tid
+    [features] = [store.get_json(k) for k in store.keys(f"features/{DATASET}/") if k.endswith("manifest.json")]
+    assert features["trace_id"] == tid
+    [run_key] = [k for k in store.keys(f"runs/{DATASET}/") if k.endswith("/run.json")]
+    run = store.get_json(run_key)
+    assert (run["trace_id"], run["trace_links"]) == (tid, [tid])
+    candidate = store.get_json(f"registry/{DATASET}/candidates/{run['run_id']}.candidate.json")
+    assert candidate["trace_id"] == tid
+    registry = ModelRegistry(store, MemoryState())
+    [version] = registry.versions(DATASET)
+    assert version["trace_id"] == tid
+    history = registry.history(DATASET)
+    assert [(r["action"], r.get("trace_id")) for r in history] == [
+        ("registered", tid), ("challenger", tid), ("promoted", tid)]
+    [published] = [store.get_json(k) for k in store.keys(f"published/{DATASET}/")]
+    assert published["event"]["id"] == received["id"]
+    assert tracing.parse_traceparent(published["event"]["traceparent"]) == tid
+
+    # Each stage's attempts are spans of the trace, each run by a worker from a Dramatiq message.
+    spans = [store.get_json(k) for k in store.keys(f"traces/{tid}/")]
+    assert {s["trace_id"] for s in spans} == {tid}
+    done = [s["stage"] for s in spans if s["outcome"] == "done"]
+    assert done == ["validate", "features", "train", "benchmark", "register"]
+    assert all(s["message_id"] and s["started_at"] <= s["ended_at"] for s in spans)
+    assert not list(store.keys("traces/")) or {k.split("/")[1] for k in store.keys("traces/")} == {tid}
+
+    # What `sluice trace` reads back from those documents.
+    path = trace(store, MemoryState(), key)
+    assert [s.stage for s in path.steps] == ["validate", "features", "train", "benchmark", "register", "event"]
+    assert path.steps[-1].outcome == "sluice.model.promoted" and received["id"] in path.steps[-1].detail
+
+    # Every log line a stage wrote on this drop's path carries the id.
+    staged = [r for r in caplog.records if getattr(r, "stage", "")]
+    assert {r.stage for r in staged} >= {"validate", "features", "train", "benchmark", "register"}  # type: ignore[attr-defined]
+    assert {getattr(r, "trace_id", None) for r in staged} == {tid}
+
+
+def test_dead_letters_and_refusals_of_a_drop_carry_its_trace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop whose stage keeps failing is dead-lettered; one a stage refuses is recorded: both name the drop's
+    trace, and `sluice trace` tells both."""
+    from dramatiq import Worker
+
+    from sluice import App
+    from sluice.core.errors import IntegrityError, TransientError
+    from sluice.core.memory import MemoryState
+    from sluice.ml.trace import trace
+    from sluice.testing import local_runtime
+    from tests.chain import wait_for
+
+    app = App("t")
+
+    @app.on_object_created(prefix="incoming/")
+    def validate(event: ObjectCreated, ctx: Any) -> None:  # an arrival stage: its outcome goes to the ledger
+        if event.key.endswith("refuse.csv"):
+            raise IntegrityError(f"{event.key} changed after it was checked")
+        raise TransientError("the database is down")
+
+    with local_runtime(app, max_retries=1, min_backoff_ms=10) as rt:
+        drops = {}
+        for name in ("fail.csv", "refuse.csv"):
+            key = f"incoming/shop/{name}"
+            rt.store.put(key, b"when,amount\n2026-01-01,3\n")
+            info = rt.store.head(key)
+            assert info is not None
+            drops[name] = ObjectCreated(rt.settings.bucket, key, info.size, info.etag, info.version_id)
+        worker = Worker(rt.broker, worker_threads=1, worker_timeout=50)
+        worker.start()
+        try:
+            for event in drops.values():
+                rt.actors["validate"].send(event.to_dict())
+            [dead] = wait_for(lambda: list(rt.store.keys("deadletter/")), 30, "the dead letter")
+            wait_for(lambda: list(rt.store.keys("refused/")), 30, "the refusal")
+        finally:
+            worker.stop()
+        failed = tracing.trace_id_of(drops["fail.csv"].idempotency_key)
+        refused = tracing.trace_id_of(drops["refuse.csv"].idempotency_key)
+        assert rt.store.get_json(dead)["trace_id"] == failed
+        [refusal] = [rt.store.get_json(k) for k in rt.store.keys("refused/")]
+        assert refusal["trace_id"] == refused
+        ledgers = {e["key"]: e for e in (rt.store.get_json(k) for k in rt.store.keys("ledger/"))}
+        assert ledgers[drops["fail.csv"].key]["trace_id"] == failed
+        assert ledgers[drops["refuse.csv"].key]["trace_id"] == refused
+
+        [step] = trace(rt.store, MemoryState(), drops["fail.csv"].key).steps
+        assert step.outcome == "dead-lettered" and "the database is down" in step.detail
+        assert [a["outcome"] for a in step.attempts] == ["failed", "failed"] and dead in step.documents
+        [step] = trace(rt.store, MemoryState(), refused).steps
+        assert step.outcome == "refused" and "changed after it was checked" in step.detail
+        assert [a["outcome"] for a in step.attempts] == ["refused"]
