@@ -1,10 +1,10 @@
 """The registry at 10, 100, 1,000 and 10,000 versions of one model: cold register, alias resolve, `models show`
 (one page) and `--at`, on moto's server, with the S3 requests each one makes.
 
-The versions are registered through the registry API (`ModelRegistry.register`, a rollback every 100 versions,
-a quarter rejected), its S3 calls answered by the server's own moto backend in this process (`MotoBackend` below:
-no botocore, no HTTP), because 10,000 registrations through botocore on a loaded 2-core machine take longer than
-the benchmark may run (about 150 ms each, in-process or over HTTP). Every timed
+The server runs in a process of its own. The versions are registered there through the registry API
+(`ModelRegistry.register`, a rollback every 100 versions, a quarter rejected), its S3 calls answered by the
+server's own moto backend (`MotoBackend` below: no botocore, no HTTP), because 10,000 registrations through
+botocore on a loaded 2-core machine take longer than the benchmark may run (about 150 ms each). Every timed
 operation goes over HTTP to `ThreadedMotoServer`, through a new `ModelRegistry` each time (no cache: what a new CLI
 process or worker sees; the boto3 client and its connection pool are reused, as a worker's are). `show` is
 `registry.page(model, 1, 20)`, what `sluice models show` prints; `--at` is `champion_at` at a random time.
@@ -36,6 +36,7 @@ from typing import Any
 
 KEY = "5e" * 32
 MODEL = "scale"
+BUCKET = "sluice-scale"
 T0 = datetime(2024, 1, 1)
 
 
@@ -118,17 +119,9 @@ def requests_made(store: Any, fn: Callable[[], Any]) -> int:
     return count[0]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10,100,1000,10000")
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--mlflow", default=None, metavar="PYTHON", help="an interpreter with mlflow installed")
-    args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
-        os.environ.pop(name, None)
+def serve() -> None:
+    """The moto server, and the populating writer on its backend, in a process of their own: the timed client
+    then does not share a GIL with the server. Commands on stdin: `populate N`, `quit`."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from moto import mock_aws
     from moto.server import ThreadedMotoServer
@@ -144,35 +137,73 @@ def main() -> None:
     host, port = server.get_host_and_port()
     mock = mock_aws()
     mock.start()  # the server's backend, in this process; requests to the server's endpoint still go over HTTP
+    local = replace(Settings(), bucket=BUCKET, broker_url="memory://", signing_key=KEY)
+    provision(local, [])
+    # Sluice's bucket is versioned; moto's versioned key store compares every older version of a key on each PUT
+    # to it (quadratic in the number of overwrites: ~3 ms a PUT of the index head after 1,000 writes), which real
+    # S3 does not. The registry never reads old versions, so this bucket keeps none.
+    S3Store(local).s3.put_bucket_versioning(Bucket=local.bucket, VersioningConfiguration={"Status": "Suspended"})
+    writer = ModelRegistry(S3Store(local, s3=MotoBackend()), MemoryState())
+    print(f"ready {host} {port}", flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if not command or command[0] == "quit":
+            break
+        size = int(command[1])
+        t = time.perf_counter()
+        count = int(writer.current(MODEL).head["versions"])
+        while count < size:
+            count += 1
+            champion = writer.current(MODEL).champion
+            outcome = "reject" if count % 4 == 0 else "promote"
+            writer.register(MODEL, {"run_id": f"run-{count:06d}", "metric": "roc_auc",
+                                    "scores": {"candidate": 0.9, "baseline": 0.5}},
+                            outcome=outcome, compared_with=champion, at=at(count))
+            if count % 100 == 0:
+                writer.rollback(MODEL, reason="p99 alarms", by="bench", at=at(count))
+        print(json.dumps({"populate_s": round(time.perf_counter() - t, 1),
+                          "records": writer.current(MODEL).sequence}), flush=True)
+    mock.stop()
+    server.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100,1000,10000")
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--mlflow", default=None, metavar="PYTHON", help="an interpreter with mlflow installed")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+    if args.serve:
+        serve()
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    from sluice.core.memory import MemoryState
+    from sluice.core.settings import Settings
+    from sluice.infra.store import S3Store
+    from sluice.ml.registry import ModelRegistry
+    from sluice.ml.registry_index import PAGE
+
+    server = subprocess.Popen([sys.executable, __file__, "--serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert server.stdin is not None and server.stdout is not None
+    rows: list[dict[str, Any]] = []
     try:
-        local = replace(Settings(), bucket="sluice-scale", broker_url="memory://", signing_key=KEY)
-        provision(local, [])
-        # Sluice's bucket is versioned; moto's versioned key store compares every older version of a key on each
-        # PUT to it (quadratic in the number of overwrites: ~3 ms a PUT of the index head after 1,000 writes), which
-        # real S3 does not. The registry never reads old versions, so this bucket keeps none.
-        S3Store(local).s3.put_bucket_versioning(Bucket=local.bucket,
-                                                VersioningConfiguration={"Status": "Suspended"})
-        writer = ModelRegistry(S3Store(local, s3=MotoBackend()), MemoryState())
-        over_http = S3Store(replace(local, endpoint_url=f"http://{host}:{port}"))
+        _, host, port = server.stdout.readline().split()
+        settings = replace(Settings(), bucket=BUCKET, broker_url="memory://", signing_key=KEY,
+                           endpoint_url=f"http://{host}:{port}")
+        over_http = S3Store(settings)
         state = MemoryState()
         rng = random.Random(0)
-        print(f"moto {__import__('moto').__version__} server at {host}:{port}; registry index pages: "
-              f"{__import__('sluice.ml.registry_index', fromlist=['PAGE']).PAGE}")
-        rows: list[dict[str, Any]] = []
-        count = 0
+        print(f"moto {__import__('moto').__version__} server at {host}:{port} (its own process); index pages: {PAGE}")
         for size in sizes:
-            t = time.perf_counter()
-            while count < size:
-                count += 1
-                champion = writer.current(MODEL).champion
-                outcome = "reject" if count % 4 == 0 else "promote"
-                writer.register(MODEL, {"run_id": f"run-{count:06d}", "metric": "roc_auc",
-                                        "scores": {"candidate": 0.9, "baseline": 0.5}},
-                                outcome=outcome, compared_with=champion, at=at(count))
-                if count % 100 == 0:
-                    writer.rollback(MODEL, reason="p99 alarms", by="bench", at=at(count))
-            populate_s = time.perf_counter() - t
-            records = writer.current(MODEL).sequence
+            server.stdin.write(f"populate {size}\n")
+            server.stdin.flush()
+            populated = json.loads(server.stdout.readline())
 
             def cold() -> ModelRegistry:
                 return ModelRegistry(over_http, state)
@@ -180,14 +211,15 @@ def main() -> None:
             timings: dict[str, list[float]] = {"register": [], "alias": [], "show": [], "at": []}
             requests: dict[str, int] = {}
             for rep in range(args.reps):
-                count += 1
                 champion = cold().alias(MODEL)
-                run = {"run_id": f"run-{count:06d}", "metric": "roc_auc", "scores": {"candidate": 0.9, "baseline": 0.5}}
-                when = (T0 + timedelta(hours=rng.uniform(0, count))).replace(tzinfo=UTC)
+                total = cold().current(MODEL).head["versions"]
+                run = {"run_id": f"bench-{size}-{rep}", "metric": "roc_auc",
+                       "scores": {"candidate": 0.9, "baseline": 0.5}}
+                when = (T0 + timedelta(hours=rng.uniform(0, total))).replace(tzinfo=UTC)
                 ops: dict[str, Callable[[], Any]] = {
                     "register": lambda: cold().register(MODEL, run, outcome="promote",  # noqa: B023
                                                         compared_with=champion and champion["version"],  # noqa: B023
-                                                        at=at(count)),  # noqa: B023
+                                                        at=at(total + 1)),  # noqa: B023
                     "alias": lambda: cold().alias(MODEL),
                     "show": lambda: cold().page(MODEL, 1, 20),
                     "at": lambda: cold().champion_at(MODEL, when),  # noqa: B023
@@ -199,18 +231,19 @@ def main() -> None:
                     t = time.perf_counter()
                     op()
                     timings[name].append(time.perf_counter() - t)
-            row = {"versions": size, "history_records": records, "populate_s": round(populate_s, 1),
+            row = {"versions": size, "history_records": populated["records"], "populate_s": populated["populate_s"],
                    **{f"{k}_ms": round(statistics.median(v) * 1000, 1) for k, v in timings.items()},
                    **{f"{k}_requests": v for k, v in requests.items()}}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        mock.stop()
-        server.stop()
+        server.stdin.write("quit\n")
+        server.stdin.flush()
+        server.wait(timeout=60)
 
     print()
     print(f"Sluice registry on moto's server (medians of {args.reps - 1} cold calls; requests = S3 calls each makes)")
-    print("| versions | history records | populate (in-process) | register | alias | show (one page) | --at |")
+    print("| versions | history records | populate (server process) | register | alias | show (one page) | --at |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['versions']:,} | {r['history_records']:,} | {r['populate_s']} s | {r['register_ms']} ms "
