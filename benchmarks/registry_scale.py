@@ -11,7 +11,7 @@ process or worker sees; the boto3 client and its connection pool are reused, as 
 The bucket's versioning is suspended (see below: a quirk of moto's versioned store, not of S3).
 
 `--mlflow PYTHON` runs benchmarks/registry_scale_mlflow.py with that interpreter (a venv with `mlflow`) in the same
-run, on SQLite, at the same sizes.
+run, on SQLite, at `--mlflow-sizes` (10, 100, 1,000 by default).
 
     .venv/bin/python benchmarks/registry_scale.py [--sizes 10,100,1000,10000] [--reps 15]
         [--mlflow /tmp/registry-mlflow-venv/bin/python]
@@ -172,6 +172,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,100,1000,10000")
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--mlflow", default=None, metavar="PYTHON", help="an interpreter with mlflow installed")
+    parser.add_argument("--mlflow-sizes", default="10,100,1000",
+                        help="MLflow's populate is ~30 ms a version here: 10,000 would take minutes")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
@@ -252,7 +254,7 @@ def main() -> None:
     if args.mlflow:
         script = Path(__file__).with_name("registry_scale_mlflow.py")
         print()
-        subprocess.run([args.mlflow, str(script), "--sizes", args.sizes, "--reps", str(args.reps)], check=False)
+        subprocess.run([args.mlflow, str(script), "--sizes", args.mlflow_sizes, "--reps", str(args.reps)], check=False)
     print()
     print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
 

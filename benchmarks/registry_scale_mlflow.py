@@ -46,7 +46,7 @@ def main() -> None:
         while count < size:
             count += 1
             version = client.create_model_version(name, source=f"s3://bucket/models/{count}", run_id=None)
-            if count % 4:
+            if count % 50 == 1:
                 client.set_registered_model_alias(name, "champion", version.version)
         populate_s = time.perf_counter() - t
         timings: dict[str, list[float]] = {"register": [], "set_alias": [], "alias": [], "show": []}
