@@ -79,8 +79,9 @@ def test_trace_of_a_promoted_a_quarantined_and_a_duplicate_drop(runtime: Any,
     assert starts == sorted(starts)
     # The train span is the attempt that wrote the run: it began before the run document says it finished.
     assert doc["steps"][2]["started_at"] < run["finished_at"] <= doc["steps"][2]["ended_at"]
-    # A prefix of the trace id (the ledger id is one) finds the same drop.
+    # A prefix of the trace id (the ledger id is one), and the key with its version id, find the same drop.
     assert json.loads(_cli("trace", trace_id[:16], "--json").output)["trace_id"] == trace_id
+    assert json.loads(_cli("trace", f"{key}@{info.version_id}", "--json").output)["trace_id"] == trace_id
 
     # The same bytes under another name: a duplicate, which names the drop that made the data version.
     copy = _drop(runtime, f"incoming/{DATASET}/cancer-copy.csv", sample_bytes())
@@ -244,3 +245,51 @@ def test_dead_letters_and_refusals_of_a_drop_carry_its_trace(monkeypatch: pytest
         [step] = trace(rt.store, MemoryState(), refused).steps
         assert step.outcome == "refused" and "changed after it was checked" in step.detail
         assert [a["outcome"] for a in step.attempts] == ["refused"]
+
+
+@pytest.mark.slow
+def test_a_coalesced_drop_goes_on_through_the_run_that_trained_it(runtime: Any,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two drops validated before the feature set is made: one run trains on both. The second drop has no run of
+    its own; its path goes on through the run (and the trace) that coalesced it."""
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    from sluice.core.memory import MemoryState
+    from sluice.ml.trace import trace
+    from tests.test_training import parts
+
+    a, b = parts(2)
+    first = _drop(runtime, f"incoming/{DATASET}/a.csv", a)
+    second = _drop(runtime, f"incoming/{DATASET}/b.csv", b)
+    manifests = sorted(k for k in runtime.store.keys("validated/") if k.endswith("/manifest.json"))
+    mine = {runtime.store.get_json(k)["trace_id"]: k for k in manifests}
+    ta, tb = tracing.trace_id_of(first.idempotency_key), tracing.trace_id_of(second.idempotency_key)
+    assert set(mine) == {ta, tb}
+
+    def run(stage: str, key: str) -> None:
+        info = runtime.store.head(key)
+        assert info is not None
+        runtime.execute(stage, ObjectCreated(runtime.settings.bucket, key, info.size, info.etag).to_dict())
+
+    run("features", mine[ta])  # the snapshot: both data versions, in a's trace
+    run("features", mine[tb])  # the same feature set: it exists, nothing is written
+    [fs] = [k for k in runtime.store.keys("features/") if k.endswith("/manifest.json")]
+    run("train", fs)
+    [run_key] = [k for k in runtime.store.keys("runs/") if k.endswith("/run.json")]
+    doc = runtime.store.get_json(run_key)
+    assert doc["trace_id"] == ta and sorted(doc["trace_links"]) == sorted([ta, tb])
+    run("benchmark", run_key)
+    [candidate] = [k for k in runtime.store.keys("registry/") if k.endswith(".candidate.json")]
+    run("register", candidate)
+
+    path = trace(runtime.store, MemoryState(), second.key)
+    assert path.trace_id == tb and path.linked == [ta]
+    assert [(s.stage, s.outcome, s.trace_id) for s in path.steps] == [
+        ("validate", "validated", None), ("features", "skipped", None), ("train", "trained", ta),
+        ("benchmark", "promote", ta), ("register", "v1", ta), ("event", "sluice.model.promoted", ta)]
+    assert doc["run_id"] in path.steps[2].detail and "coalesced 2 drops" in path.steps[2].detail
+    # The steps from the coalescing run keep their own times, from a's trace.
+    own = trace(runtime.store, MemoryState(), ta)
+    assert [s.started_at for s in own.steps[2:5]] == [s.started_at for s in path.steps[2:5]]
+    out = _cli("trace", tb)
+    assert out.exit_code == 0 and f"[trace {ta[:16]}]" in out.output and f"trace {ta}" in out.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,128 @@ def test_bad_contracts_name_the_field(text: str, needle: str) -> None:
     with pytest.raises(ContractError) as info:
         parse_contract(text, source="people.yaml")
     assert needle in str(info.value) and "people.yaml" in str(info.value)
+
+
+# -- the fast paths give the slow paths' answers ----------------------------------------------------------------
+
+_cells = {
+    "int": st.one_of(st.integers(-10**12, 10**12).map(str),
+                     st.sampled_from(["", " ", " 7 ", "3.0", "-2.0", "1e3", "x", "+5", "9" * 25, "1_000"])),
+    "float": st.one_of(st.floats(allow_nan=False, allow_infinity=False).map(repr),
+                       st.sampled_from(["", " 1.5", "nan", "-inf", "1e400", "a", "1,5"])),
+    "bool": st.sampled_from(["true", "False", " TRUE ", "1", "0", "yes", "", "tRuE"]),
+    "date": st.one_of(st.dates().map(str), st.sampled_from(["", " 2024-01-02 ", "2024/01/02", "02/01/2024",
+                                                            "2024-1-2", "2024-02-30", "x", "2024-01-02 10:00:00"])),
+    "datetime": st.one_of(st.datetimes().map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S")),
+                          st.sampled_from(["", "2024-01-02T03:04:05", "2024-01-02 03:04:05.5", "2024-01-02",
+                                           " 2024-01-02 03:04:05", "2024-01-02 03:04", "nope"])),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(dtype=st.sampled_from(sorted(_cells)), data=st.data())
+def test_one_pass_typing_types_every_cell_as_typed_exprs_does(dtype: str, data: st.DataObject) -> None:
+    from sluice.ml.validation import _Typing, typed_exprs
+
+    cells = data.draw(st.lists(st.one_of(st.none(), _cells[dtype]), min_size=1, max_size=60))
+    raw = pl.DataFrame({"c": pl.Series(cells, dtype=pl.Utf8)})
+    spec = ColumnSpec(dtype=dtype, nullable=True)  # type: ignore[arg-type]
+    contract = Contract(dataset="t", target="c", task="regression", metric="rmse", columns={"c": spec})
+    typed_e, failed_e, non_finite_e = typed_exprs("c", spec, is_text=True)
+    try:
+        slow = raw.select(typed_e, failed_e.alias("failed"), non_finite_e.alias("non_finite"))
+    except pl.exceptions.ComputeError:  # no value polars can infer a date layout from: the file is unreadable
+        with pytest.raises(pl.exceptions.ComputeError):
+            _Typing(contract, is_text=True).batch(raw, offset=10)
+        return
+    typed, failures = _Typing(contract, is_text=True).batch(raw, offset=10)
+    assert typed["c"].equals(slow["c"], null_equal=True), (cells, typed["c"].to_list(), slow["c"].to_list())
+    expected = [(f"dtype {dtype}", 11 + i) for i in slow["failed"].arg_true().to_list()]
+    expected += [("finite number", 11 + i) for i in slow["non_finite"].arg_true().to_list()]
+    assert [(f.check, f.row) for f in failures] == expected
+
+
+def test_a_date_format_is_settled_once_per_file_and_other_layouts_still_read(tmp_path: Path) -> None:
+    from sluice.ml.validation import _Typing
+
+    contract = Contract(dataset="t", target="y", task="regression", metric="rmse", columns={
+        "d": ColumnSpec(dtype="date", nullable=True), "t": ColumnSpec(dtype="datetime", nullable=True),
+        "y": ColumnSpec(dtype="float")})
+    typing = _Typing(contract, is_text=True)
+    first = pl.DataFrame({"d": [None, "2024-03-01", "2024-03-02"], "t": ["2024-03-01 10:00:00", None, None],
+                          "y": ["1", "2", "3"]})
+    typing.batch(first, 0)
+    assert typing.formats == {"d": "%Y-%m-%d", "t": "%Y-%m-%d %H:%M:%S"}
+    later = pl.DataFrame({"d": [" 2024-03-05", "2024-3-6", "05/03/2024", "soon"],
+                          "t": ["2024-03-05T01:02:03", "2024-03-05 01:02:03", "", "later"], "y": ["1"] * 4})
+    typed, failures = typing.batch(later, 3)
+    assert typing.formats == {"d": "%Y-%m-%d", "t": "%Y-%m-%d %H:%M:%S"}  # not settled again
+    assert typed["d"].to_list()[:2] == [date(2024, 3, 5), date(2024, 3, 6)]
+    assert typed["t"].to_list()[:3] == [datetime(2024, 3, 5, 1, 2, 3)] * 2 + [None]
+    assert {(f.column, f.row, f.value) for f in failures} >= {("d", 7, "soon"), ("t", 7, "later")}
+
+
+@st.composite
+def typed_batches(draw: st.DrawFn) -> tuple[pl.DataFrame, Contract]:
+    n = draw(st.integers(1, 50))
+    ints = draw(st.lists(st.one_of(st.none(), st.integers(-20, 120)), min_size=n, max_size=n))
+    floats = draw(st.lists(st.one_of(st.none(), st.floats(-2, 2, allow_nan=False)), min_size=n, max_size=n))
+    words = draw(st.lists(st.one_of(st.none(), st.sampled_from(["b", "a", "zz", "c"])), min_size=n, max_size=n))
+    contract = Contract(dataset="t", target="w", task="binary", metric="roc_auc", columns={
+        "i": ColumnSpec(dtype="int", nullable=draw(st.booleans()), min=0, max=100),
+        "f": ColumnSpec(dtype="float", nullable=draw(st.booleans()), max=1.5),
+        "w": ColumnSpec(dtype="str", nullable=draw(st.booleans()), categories=["b", "a"])})
+    frame = pl.DataFrame({"i": pl.Series(ints, dtype=pl.Int64), "f": pl.Series(floats, dtype=pl.Float64),
+                          "w": pl.Series(words, dtype=pl.Utf8)})
+    return frame, contract
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=typed_batches(), offset=st.integers(0, 1000))
+def test_pandera_on_the_suspect_rows_reports_what_pandera_on_the_batch_does(case: Any, offset: int) -> None:
+    from sluice.ml.validation import _check_batch, _Rules, build_schema
+
+    frame, contract = case
+    schema = build_schema(contract)
+    fast = _Rules(schema).check(frame, offset, already=[])
+    whole = _check_batch(schema, frame, offset, already=[])
+    key = lambda f: (f.column, f.check, f.row, repr(f.value))  # noqa: E731
+    assert sorted(map(key, fast)) == sorted(map(key, whole))
+
+
+def test_the_valid_rows_are_one_parquet_file_in_order_and_the_same_bytes_every_time(tmp_path: Path) -> None:
+    rows = [f"{i},{'x' if i % 7 == 0 else i % 90},2024-01-{1 + i % 28:02d}" for i in range(1, 501)]
+    path = tmp_path / "f.csv"
+    path.write_text("id,age,day\n" + "\n".join(rows) + "\n")
+    contract = Contract(dataset="t", target="age", task="regression", metric="rmse", columns={
+        "id": ColumnSpec(dtype="int"), "age": ColumnSpec(dtype="int", min=1), "day": ColumnSpec(dtype="date")})
+    outputs = []
+    for run in range(2):
+        work = tmp_path / f"w{run}"
+        work.mkdir()
+        split = validate_file(path, "incoming/t/f.csv", contract, work, batch_rows=64)
+        assert split.valid_path is not None and split.invalid_path is not None
+        outputs.append((split.valid_path.read_bytes(), split.invalid_path.read_bytes()))
+    assert outputs[0] == outputs[1]
+    valid = pl.read_parquet(split.valid_path)
+    bad = {i for i in range(1, 501) if i % 7 == 0 or i % 90 == 0}
+    assert valid["id"].to_list() == [i for i in range(1, 501) if i not in bad]
+    assert valid.schema == pl.Schema({"id": pl.Int64, "age": pl.Int64, "day": pl.Date})
+    invalid = pl.read_parquet(split.invalid_path)
+    assert invalid["_sluice_row"].to_list() == sorted(bad)
+    assert (split.rows_valid, split.rows_invalid, split.columns) == (len(valid), len(bad), ["id", "age", "day"])
+
+
+def test_a_ragged_line_is_found_across_the_text_pass_chunks(tmp_path: Path) -> None:
+    row = "1,2,3\r\n"
+    lines = 4_200_000 // len(row)  # past the first 4 MiB chunk
+    path = tmp_path / "f.csv"
+    with open(path, "w", newline="") as f:
+        f.write("a,b,c\r\n" + row * lines + "\r\n" + "4,5\r\n" + row)
+    contract = Contract(dataset="t", target="a", task="regression", metric="rmse",
+                        columns={c: ColumnSpec(dtype="int") for c in "abc"})
+    with pytest.raises(UnreadableFile, match=f"line {lines + 3} has 2 fields, the header has 3: '4,5'"):
+        validate_file(path, "incoming/t/f.csv", contract, tmp_path)
+    path.write_text("a,b,c\n1,2,3\n1,2")  # the last line, with no newline
+    with pytest.raises(UnreadableFile, match="line 3 has 2 fields"):
+        validate_file(path, "incoming/t/f.csv", contract, tmp_path)
