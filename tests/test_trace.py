@@ -293,3 +293,46 @@ def test_a_coalesced_drop_goes_on_through_the_run_that_trained_it(runtime: Any,
     assert [s.started_at for s in own.steps[2:5]] == [s.started_at for s in path.steps[2:5]]
     out = _cli("trace", tb)
     assert out.exit_code == 0 and f"[trace {ta[:16]}]" in out.output and f"trace {ta}" in out.output
+
+
+@pytest.mark.slow
+def test_labels_that_wake_training_carry_the_run_and_the_event(runtime: Any) -> None:
+    """Features and labels dropped separately: the label file's arrival makes the run, so its trace goes on to the
+    model event; the feature drop's path goes on through that run."""
+    from sluice.core.memory import MemoryState
+    from sluice.ml.contract import parse_contract
+    from sluice.ml.trace import trace
+    from sluice.ml.transforms import apply_transforms
+    from tests.test_features import CONTRACT, csv, events, labels_for, only, run_stage
+
+    runtime.store.put("contracts/tx.yaml", parse_contract(CONTRACT).to_yaml().encode())
+    raw = events(n_customers=120)
+    runtime.store.put("incoming/tx/events.csv", csv(raw))
+    run_stage(runtime, "validate", "incoming/tx/events.csv")
+    run_stage(runtime, "features", only(runtime, "validated/tx/", "manifest.json"))
+    run_stage(runtime, "train", only(runtime, "features/tx/", "manifest.json"))  # no labels yet: nothing
+    runtime.store.put("labels/tx/batch1.csv", csv(labels_for(apply_transforms(raw, parse_contract(CONTRACT)))))
+    run_stage(runtime, "labels", "labels/tx/batch1.csv")
+    run_stage(runtime, "train-labels", only(runtime, "validated-labels/tx/", "manifest.json"))
+    run_stage(runtime, "benchmark", only(runtime, "runs/tx/", "run.json"))
+    run_stage(runtime, "register", only(runtime, "registry/tx/candidates/", ".candidate.json"))
+
+    entries = {e["key"]: e for e in (runtime.store.get_json(k) for k in runtime.store.keys("ledger/tx/"))}
+    t_events, t_labels = (entries[k]["trace_id"] for k in ("incoming/tx/events.csv", "labels/tx/batch1.csv"))
+    run = runtime.store.get_json(only(runtime, "runs/tx/", "run.json"))
+    assert run["trace_id"] == t_labels and set(run["trace_links"]) == {t_events, t_labels}
+    [published] = [runtime.store.get_json(k)["event"] for k in runtime.store.keys("published/tx/")]
+    assert tracing.parse_traceparent(published["traceparent"]) == t_labels
+
+    labels = trace(runtime.store, MemoryState(), "labels/tx/batch1.csv")
+    assert [(s.stage, s.outcome, s.trace_id) for s in labels.steps] == [
+        ("labels", "validated", None), ("train", "trained", None), ("benchmark", labels.steps[2].outcome, None),
+        ("register", "v1", None), ("event", published["type"], None)]
+    assert labels.steps[1].started_at and labels.steps[1].ended_at  # the train-labels attempt's span
+    drop = trace(runtime.store, MemoryState(), "incoming/tx/events.csv")
+    assert drop.linked == [t_labels]
+    # Its own train attempt found no labels and wrote nothing; the run the labels made goes on in their trace.
+    assert [(s.stage, s.trace_id) for s in drop.steps] == [
+        ("validate", None), ("features", None), ("train", None), ("train", t_labels), ("benchmark", t_labels),
+        ("register", t_labels), ("event", t_labels)]
+    assert drop.steps[2].outcome == "skipped" and run["run_id"] in drop.steps[2].detail
