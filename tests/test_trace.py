@@ -336,3 +336,26 @@ def test_labels_that_wake_training_carry_the_run_and_the_event(runtime: Any) -> 
         ("validate", None), ("features", None), ("train", None), ("train", t_labels), ("benchmark", t_labels),
         ("register", t_labels), ("event", t_labels)]
     assert drop.steps[2].outcome == "skipped" and run["run_id"] in drop.steps[2].detail
+
+
+def test_a_drop_recorded_before_correlation_ids_is_traced_from_its_documents(runtime: Any) -> None:
+    """A ledger entry and manifests without `trace_id`, and no spans (as written before them): the drop is still
+    found by key, its id derived from the drop, and each step shows only the end its document records."""
+    from sluice.core.memory import MemoryState
+    from sluice.ml.trace import trace
+
+    event = _drop(runtime, f"incoming/{DATASET}/old.csv", sample_bytes())
+    [ledger_key] = list(runtime.store.keys(f"ledger/{DATASET}/"))
+    for key in [ledger_key, *(k for k in runtime.store.keys("validated/") if k.endswith("/manifest.json"))]:
+        doc = runtime.store.get_json(key)
+        doc.pop("trace_id")
+        runtime.store.put_json(key, doc)
+    for key in list(runtime.store.keys("traces/")):
+        runtime.store.delete(key)
+    path = trace(runtime.store, MemoryState(), event.key)
+    assert path.trace_id == tracing.trace_id_of(event.idempotency_key)
+    [step] = path.steps
+    entry = runtime.store.get_json(ledger_key)
+    assert (step.stage, step.outcome, step.started_at, step.ended_at) == ("validate", "validated", None, entry["at"])
+    assert step.duration_s is None and not step.attempts
+    assert trace(runtime.store, MemoryState(), path.trace_id[:12]).trace_id == path.trace_id
