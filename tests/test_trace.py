@@ -233,6 +233,9 @@ def test_dead_letters_and_refusals_of_a_drop_carry_its_trace(monkeypatch: pytest
         failed = tracing.trace_id_of(drops["fail.csv"].idempotency_key)
         refused = tracing.trace_id_of(drops["refuse.csv"].idempotency_key)
         assert rt.store.get_json(dead)["trace_id"] == failed
+        from sluice.core import deadletters
+
+        assert deadletters.describe(rt.store.get_json(dead)).endswith(f"trace {failed[:16]}")
         [refusal] = [rt.store.get_json(k) for k in rt.store.keys("refused/")]
         assert refusal["trace_id"] == refused
         ledgers = {e["key"]: e for e in (rt.store.get_json(k) for k in rt.store.keys("ledger/"))}
