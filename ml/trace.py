@@ -5,7 +5,7 @@ refusal, the validated and feature-set manifests, the run, the candidate, the re
 records, the model event (`traceparent`), a dead letter. Each stage attempt also left a span under
 `traces/<trace id>/` with its start, end and outcome. Redis plays no part: the bucket is the truth.
 
-A drop whose data was trained together with later drops (coalescing) has no run of its own; the run that first
+A drop whose data was trained together with other drops (coalescing) has no run of its own; the run that first
 trained on it names it in `trace_links`, and its path goes on through that run's trace.
 """
 
@@ -22,7 +22,7 @@ from sluice.events.run import read as read_run
 from sluice.ml.registry import ModelRegistry
 
 # The stages of the built-in chain, in order; spans of other stages (an app's own) follow them.
-ORDER = ("validate", "labels", "features", "train", "benchmark", "register", "event")
+ORDER = ("validate", "labels", "features", "train", "benchmark", "register", "event", "backtest")
 _HEX = re.compile(r"^[0-9a-f]{8,32}$")
 
 
@@ -60,7 +60,7 @@ class Trace:
     dataset: str | None
     drop: dict[str, Any]
     steps: list[Step]
-    linked: list[str] = field(default_factory=list)  # traces that carried this drop's data on (coalesced runs)
+    linked: list[str] = field(default_factory=list)  # traces whose run trained on this drop (coalescing)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe."""
@@ -91,8 +91,10 @@ def _span_docs(store: ObjectStore, trace_id: str) -> list[dict[str, Any]]:
     return sorted(docs, key=lambda d: (str(d.get("started_at")), str(d.get("ended_at"))))
 
 
-def _ledger_entries(store: ObjectStore) -> list[tuple[str, dict[str, Any]]]:
-    return [(k, store.get_json(k)) for k in store.keys(keys.LEDGER) if k.endswith(".json")]
+def _ledger_entries(store: ObjectStore, prefix: str = keys.LEDGER, ident: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """(key, entry) of the ledger entries under `prefix` whose id starts with `ident` (only those are read)."""
+    return [(k, store.get_json(k)) for k in store.keys(prefix)
+            if k.endswith(".json") and keys.Ledger.parse(k).object_id.startswith(ident)]
 
 
 def resolve(store: ObjectStore, ref: str) -> tuple[str, str | None, dict[str, Any]]:
@@ -109,21 +111,30 @@ def resolve(store: ObjectStore, ref: str) -> tuple[str, str | None, dict[str, An
         raise UnknownDrop(f"{ref!r} is neither a dropped object's key (incoming/<dataset>/<file> or "
                           "labels/<dataset>/<file>, optionally @ETAG or @VERSION_ID) nor a trace id (32 hex digits, "
                           "or a prefix of 8 or more); `sluice status` lists the drops") from None
-    entries = [(k, e) for k, e in _ledger_entries(store) if e.get("key") == key
-               and (not which or which.strip('"') in (str(e.get("etag", "")).strip('"'), e.get("version_id")))]
-    if entries:
-        ledger_key, entry = max(entries, key=lambda ke: str(ke[1].get("at")))
-        return _trace_of_entry(store, ledger_key, entry), drop.dataset, entry
-    # Not in the ledger (yet): the object as it is now, if it is still there and its trace has begun.
     from sluice.events.s3 import ObjectCreated
 
-    info = store.head(key)
-    if info is not None and (not which or which.strip('"') in (info.etag.strip('"'), info.version_id)):
-        trace_id = tracing.trace_id_of(ObjectCreated(store.bucket, key, etag=info.etag).idempotency_key)
-        return trace_id, drop.dataset, {}
+    def ledger_key(etag: str) -> str:  # a drop's ledger id is the start of its trace id: no scan needed
+        return keys.Ledger(drop.dataset, tracing.trace_id_of(
+            ObjectCreated(store.bucket, key, etag=etag).idempotency_key)[:16]).key
+
+    info = None if which else store.head(key)
+    direct = which or (info.etag if info is not None else None)
+    if direct:
+        found = store.get_json_or_none(ledger_key(direct))
+        if isinstance(found, dict) and found.get("key") == key:
+            return _trace_of_entry(store, ledger_key(direct), found), drop.dataset, found
+        if info is not None:  # the object as it is now has no outcome yet: its trace has begun (or will)
+            return tracing.trace_id_of(ObjectCreated(store.bucket, key, etag=info.etag).idempotency_key), \
+                drop.dataset, {}
+    # A version id, an ETag written otherwise, or an object since deleted: the ledger knows.
+    entries = [(k, e) for k, e in _ledger_entries(store, keys.Ledger.prefix(drop.dataset)) if e.get("key") == key
+               and (not which or which.strip('"') in (str(e.get("etag", "")).strip('"'), e.get("version_id")))]
+    if entries:
+        found_key, entry = max(entries, key=lambda ke: str(ke[1].get("at")))
+        return _trace_of_entry(store, found_key, entry), drop.dataset, entry
     raise UnknownDrop(f"no drop of {ref!r} is recorded: the ledger has no entry for it"
-                      + (" and the object is not in the bucket" if info is None else " with that ETag or version id")
-                      + "; `sluice status " + drop.dataset + "` lists the dataset's drops")
+                      + (" with that ETag or version id" if which else " and the object is not in the bucket")
+                      + "; `sluice status` lists the dataset's drops")
 
 
 def _trace_of_entry(store: ObjectStore, ledger_key: str, entry: dict[str, Any]) -> str:
@@ -137,14 +148,13 @@ def _trace_of_entry(store: ObjectStore, ledger_key: str, entry: dict[str, Any]) 
 
 
 def _by_id(store: ObjectStore, ref: str) -> tuple[str, str | None, dict[str, Any]]:
-    hits = [(k, e) for k, e in _ledger_entries(store)
-            if keys.Ledger.parse(k).object_id.startswith(ref[:16]) and _trace_of_entry(store, k, e).startswith(ref)]
+    hits = [(k, e) for k, e in _ledger_entries(store, ident=ref[:16]) if _trace_of_entry(store, k, e).startswith(ref)]
     if len(hits) == 1:
         k, entry = hits[0]
         return _trace_of_entry(store, k, entry), keys.Ledger.parse(k).dataset, entry
     if len(hits) > 1:
         raise UnknownDrop(f"{len(hits)} drops have ids starting with {ref!r}; give more digits")
-    traces = {keys.Span.parse(k).trace_id for k in store.keys(keys.TRACES) if k.split("/")[1].startswith(ref)}
+    traces = {keys.Span.parse(k).trace_id for k in store.keys(f"{keys.TRACES}{ref}")}
     if len(traces) == 1:
         return traces.pop(), None, {}
     raise UnknownDrop(f"no drop has the trace id {ref!r}" if not traces else
@@ -239,7 +249,7 @@ def _arrival(store: ObjectStore, trace_id: str, dataset: str | None, entry: dict
 
 
 def _first_drop_of(store: ObjectStore, dataset: str, data_version: str) -> dict[str, Any] | None:
-    for _, e in _ledger_entries(store):
+    for _, e in _ledger_entries(store, keys.Ledger.prefix(dataset)):
         if e.get("outcome") == "validated" and e.get("data_version") == data_version \
                 and keys.dataset_of(str(e.get("key"))) == dataset:
             return e
@@ -274,7 +284,8 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
     runs = [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)]
     own = [r for r in runs if r.get("trace_id") == trace_id]
     via = [r for r in runs if trace_id in (r.get("trace_links") or []) and r.get("trace_id") != trace_id]
-    attempts = by_stage.pop("train", [])
+    # New labels wake training as `train-labels`: the same step of the path.
+    attempts = sorted(by_stage.pop("train", []) + by_stage.pop("train-labels", []), key=lambda a: a["started_at"])
     if not own and attempts:
         last = attempts[-1]
         outcome = "skipped" if last["outcome"] == tracing.DONE and not last.get("outputs") else str(last["outcome"])
@@ -290,7 +301,9 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
         other_spans: dict[str, list[dict[str, Any]]] = {}
         for span in _span_docs(store, other):
             other_spans.setdefault(str(span["stage"]), []).append(span)
-        steps += _run_path(store, state, other, run, other_spans.pop("train", []), other_spans, other)
+        trained = sorted(other_spans.pop("train", []) + other_spans.pop("train-labels", []),
+                         key=lambda a: a["started_at"])
+        steps += _run_path(store, state, other, run, trained, other_spans, other)
     # A duplicate's data goes on in the first drop's trace (the validate step names it), not in this one.
     if not own and not via and entry.get("outcome") == "validated" and not attempts:
         trained = [r for r in runs if entry.get("data_version") in (r.get("data_versions") or [])]

@@ -92,3 +92,70 @@ def _has_sdk() -> bool:
     except ImportError:
         return False
     return True
+
+
+def test_a_worker_with_an_otlp_endpoint_exports_its_stage_spans_over_http(
+        moto_settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sluice worker` as it starts with OTEL_EXPORTER_OTLP_ENDPOINT set: the stage spans of a drop reach an OTLP/HTTP
+    receiver (a local HTTP server standing in for the collector, decoding what it gets with OpenTelemetry's own
+    protobuf types)."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="the otel extra is not installed")
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from sluice import App
+    from sluice.service import start
+    from tests.chain import wait_for
+
+    received: list[Any] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            received.append((self.path, request))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "sluice-test-worker")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+
+    app = App("otel")
+
+    @app.on_object_created(prefix="incoming/")
+    def look(event: ObjectCreated, ctx: Any) -> None:
+        ctx.log.info("looked at %s", event.key)
+
+    from sluice.infra.provision import provision
+
+    provision(moto_settings, app.routes)
+    svc = start(moto_settings, app=app, bridge_wait_s=1)
+    try:
+        assert svc.otel is not None
+        svc.runtime.store.put("incoming/shop/orders.csv", b"when,amount\n2026-01-02,3\n")
+        info = svc.runtime.store.head("incoming/shop/orders.csv")
+        assert info is not None
+        tid = tracing.trace_id_of(ObjectCreated(moto_settings.bucket, "incoming/shop/orders.csv",
+                                                etag=info.etag).idempotency_key)
+        wait_for(lambda: list(svc.runtime.store.keys(f"traces/{tid}/")), 60, "the stage's span in the bucket")
+    finally:
+        svc.stop()  # flushes the batch
+        server.shutdown()
+    spans = [(path, rs.resource, span) for path, request in received for rs in request.resource_spans
+             for ss in rs.scope_spans for span in ss.spans]
+    [(path, resource, span)] = spans
+    assert path == "/v1/traces" and span.name == "sluice.look" and span.trace_id.hex() == tid
+    assert span.parent_span_id.hex() == tracing.span_id(tid, "look", "incoming/shop/orders.csv")
+    attributes = {a.key: a.value.string_value for a in span.attributes}
+    assert attributes["sluice.outcome"] == "done" and attributes["sluice.key"] == "incoming/shop/orders.csv"
+    assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "sluice-test-worker"

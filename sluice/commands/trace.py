@@ -53,7 +53,7 @@ def trace(ref: str, as_json: bool) -> None:
         click.echo(f"  {step.stage:<10} {_when(step.started_at):<12} {_when(step.ended_at):<12} {took:>8}  "
                    f"{step.outcome}{': ' + step.detail if step.detail else ''}{retried}{via}")
     if found.linked:
-        click.echo("its data went on in a run that coalesced it with later drops: "
+        click.echo("its data went on in a run that coalesced it with other drops: "
                    + ", ".join(f"trace {t}" for t in found.linked))
     documents = [d for s in found.steps for d in s.documents]
     if documents:
