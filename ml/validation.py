@@ -561,13 +561,13 @@ class _Typing:
     first cast directly (no stripping, the settled format); only the cells that did not cast (blanks, padding,
     "3.0" in an int column, another date layout, non-finite floats) are typed again the slow way, by
     `typed_exprs`, on those rows alone, a date column's after the value its format was settled on (polars infers
-    a layout from the first value). So every cell is typed as `typed_exprs` types a batch that starts with the
-    file's first value."""
+    a layout from the first value it can read). So every cell is typed as `typed_exprs` types a batch that starts
+    with the file's first readable value."""
 
     def __init__(self, contract: Contract, is_text: bool):
         self.contract, self.is_text = contract, is_text
         self.formats: dict[str, str | None] = {}
-        self.anchors: dict[str, str] = {}  # a date column's first value, which settled its format
+        self.anchors: dict[str, str] = {}  # a date column's first readable value, which settled its format
 
     def batch(self, raw: pl.DataFrame, offset: int) -> tuple[pl.DataFrame, list[Failure]]:
         """The typed batch, and a failure for every cell that does not cast (in column, then row order)."""
@@ -642,26 +642,33 @@ class _Typing:
         return None
 
     def _format(self, values: pl.Series, dtype: str) -> str | None:
-        """The column's format, settled on the first batch that has values: the first known format that reads a
-        sample exactly as polars reads it with no format. None: none does (every batch is read with no format)."""
+        """The column's format, settled on the first batch that has a readable value: the first known format that
+        reads a sample exactly as polars reads it with no format. None: none does, or not yet (the slow way)."""
         if values.name in self.formats:
             return self.formats[values.name]
         sample = values.drop_nulls().head(FORMAT_SAMPLE).str.strip_chars()
         sample = sample.filter(sample.str.len_bytes() > 0)
         if not sample.len():
             return None  # settled on a later batch
+        try:
+            if dtype == "date":
+                reference = sample.str.to_date(strict=False)
+            else:
+                reference = sample.str.to_datetime(strict=False, time_unit="us")
+        except pl.exceptions.ComputeError:
+            reference = pl.Series([None], dtype=pl.Date)
+        if reference.null_count() == reference.len():
+            return None  # nothing readable yet: this batch is typed the slow way, and a later one settles it
         if dtype == "date":
-            reference = sample.str.to_date(strict=False)
             found = next((f for f in DATE_FORMATS
                           if sample.str.to_date(f, strict=False).equals(reference, null_equal=True)), None)
         else:
-            reference = sample.str.to_datetime(strict=False, time_unit="us")
             found = next((f for f in DATETIME_FORMATS if reference.dtype == pl.Datetime("us")
                           and sample.str.to_datetime(f, strict=False, time_unit="us").equals(
                               reference, null_equal=True)), None)
-        self.formats[values.name] = found if reference.null_count() < reference.len() else None
-        if self.formats[values.name] is not None:
-            self.anchors[values.name] = sample[0]
+        self.formats[values.name] = found
+        if found is not None:  # polars infers a layout from the first value it can read
+            self.anchors[values.name] = sample.filter(reference.is_not_null())[0]
         return self.formats[values.name]
 
 
