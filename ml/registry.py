@@ -398,6 +398,25 @@ class ModelRegistry:
                 "aliases": idx.alias_docs(), "sequence": idx.sequence,
                 "stages": {int(d["version"]): idx.stage(int(d["version"])) for d in docs}, "versions": docs}
 
+    def indexed_versions(self, model: str) -> tuple[Index, dict[int, dict[str, Any]]]:
+        """The index and every version document, from the index's pages (one request per 20 versions, in
+        parallel) rather than one per version; a version missing from its page is read on its own."""
+        idx, _ = self._load(model, write=False)
+        total = int(idx.head["versions"])
+        keys = [idx.key("docs", p) for p in range(-(-total // PAGE["docs"]))]
+        for key, doc in self._fetch(keys).items():
+            if isinstance(doc, Exception):
+                raise doc
+            idx.preload(key, doc)
+        docs = {n: d for n in range(1, total + 1) if (d := idx.doc(n)) is not None}
+        missing = [self._version_key(model, n) for n in range(1, total + 1) if n not in docs]
+        for doc in self._fetch(missing).values():
+            if isinstance(doc, Exception):
+                raise doc
+            if doc is not None:
+                docs[int(doc["version"])] = doc
+        return idx, docs
+
     def champion_at(self, model: str, when: datetime) -> tuple[int | None, dict[str, Any] | None]:
         """Which version was champion at `when`, and the history record that made it so (None before any).
 

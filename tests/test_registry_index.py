@@ -102,6 +102,13 @@ def assert_index_answers_like_the_history(reg: ModelRegistry, model: str = "m") 
     assert paged == sorted(versions, reverse=True)
     for name, expected in replay_aliases(snap).items():
         assert cold.alias(model, name) == expected, name
+    idx, docs = cold.indexed_versions(model)
+    assert [docs[n] for n in sorted(docs)] == cold.versions(model)
+    for n in versions:
+        gate = [r for r in snap.records if r["version"] == n and r["cause"] == "gate"]
+        rescored = [r["sequence"] for r in snap.records if r["version"] == n and r["action"] == "rescored"]
+        assert idx.entry(n) == [snap.stages.get(n), gate[-1]["sequence"] if gate else None,
+                                rescored[-1] if rescored else None, gate[-1]["action"] if gate else None], n
     ms = timedelta(milliseconds=1)
     for record in snap.records:
         for when in (parse_time(record["at"]) - ms, parse_time(record["at"]), parse_time(record["at"]) + ms):
