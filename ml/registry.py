@@ -22,6 +22,7 @@ conditional write (If-None-Match), so concurrent writers can neither lose nor re
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from bisect import bisect_right
 from collections.abc import Callable
@@ -348,6 +349,8 @@ class ModelRegistry:
             key, doc = item
             if doc is None:
                 self.store.delete(key)
+            elif "/index/" in key:
+                self._put_compact(key, doc)
             else:
                 self.store.put_json(key, doc)
 
@@ -359,9 +362,14 @@ class ModelRegistry:
             for item in writes:
                 write(item)
         if idx.head_dirty or idx.rebuilt:
-            self.store.put_json(Index.head_key(model), idx.head)
+            self._put_compact(Index.head_key(model), idx.head)
         idx.dirty.clear()
         idx.runs.clear()
+
+    def _put_compact(self, key: str, doc: dict[str, Any]) -> None:
+        """An index document without indentation: pages of 1,000 entries are read and rewritten often."""
+        data = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+        self.store.put(key, data, content_type="application/json")
 
     def _record(self, model: str, sequence: int) -> dict[str, Any]:
         record = self._immutable(self._history_key(model, sequence))
