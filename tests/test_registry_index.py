@@ -320,14 +320,14 @@ for kind, size in {pages}.items():
 settings = replace(Settings.from_env(), bucket=sys.argv[1], broker_url="memory://", endpoint_url=sys.argv[2])
 store = S3Store(settings)
 where = sys.argv[3]
-put_json = store.put_json
-def put_json_then_die(key, doc, **kw):
+put = store.put
+def put_then_die(key, data, **kw):
     if where == "before-index" and "/index/" in key:
         os.kill(os.getpid(), signal.SIGKILL)
     if where == "before-head" and key.endswith("/index/head.json"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return put_json(key, doc, **kw)
-store.put_json = put_json_then_die
+    return put(key, data, **kw)
+store.put = put_then_die
 reg = ModelRegistry(store, MemoryState())
 reg.register("m", {{"run_id": "killed-" + where}}, outcome="promote", compared_with=reg.current("m").champion,
              at="2026-03-01T12:00:00Z")
