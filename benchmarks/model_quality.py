@@ -286,7 +286,7 @@ def measure(data: Dataset, dev: pl.DataFrame, test: pl.DataFrame, repeat: int, a
         "n_jobs": contract.training.n_jobs, "estimators": contract.training.estimators,
         "train_stage_s": run["durations_s"]["total"], "drop_to_version_s": chain["drop_to_version_s"],
         "durations": run["durations_s"], "refit_s": (run.get("refit") or {}).get("fit_s"),
-        "leaks": run.get("leakage", {}).get("columns", []),
+        "leaks": run.get("leakage", {}).get("columns", []), "blend": run.get("blend"),
         "sluice": modeling.score(metric, y, shipped, k), "sluice-eval": modeling.score(metric, y, evaluated, k),
     }
     f_scores, row["flaml_s"] = flaml_scores(dev, test, data, metric, args.budget, classes)

@@ -54,6 +54,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
                      "best_config": run["best_config"], "holdout": run["holdout"],
                      "durations_s": run["durations_s"],
                      **({"refit": {k: refit[k] for k in ("rows", "fit_s")}} if refit else {}),
+                     **({"blend": run["blend"]} if run.get("blend") else {}),
                      "environment": run["environment"]},
     }
     outcome = candidate.outcome or ("promote" if candidate.promote else "reject")

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import keys
+from sluice.core import keys, tracing
 from sluice.core.context import Context
 from sluice.core.errors import Defer, Failure, ValidationFailed
 from sluice.core.runtime import dataset_of
@@ -36,6 +36,8 @@ from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.run import TrainingRun
 from sluice.events.s3 import ObjectCreated
 from sluice.ml import bundle, leakage, modeling
+from sluice.ml.blend import BLEND_JSON, BLENDABLE
+from sluice.ml.blend import build as build_blend
 from sluice.ml.contract import Contract, load_contract
 from sluice.ml.drift import reference_profile
 from sluice.ml.features import (
@@ -101,9 +103,11 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ctx.log.info("train %s: %d trials, best loss %s after %.0fs of %gs", run_id, p.trials,
                      "-" if p.best_loss is None else f"{p.best_loss:.4f}", p.elapsed_s, spec.time_budget_s)
 
+    blending = _blends(contract)
+    search_s = _search_budget(spec.time_budget_s, leak_s, blending)
     try:
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
-                                 time_budget_s=_search_budget(spec.time_budget_s, leak_s),
+                                 time_budget_s=search_s,
                                  on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"),
                                  extensions=ctx.extensions)
     except modeling.TrainingCancelled:
@@ -111,11 +115,22 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ctx.log.warning("cancelled train %s on request", run_id)
         return []
     t_fit = time.perf_counter()
+    # What is left of the budget after the search (and the checks before it) is the blend's and the refit's.
+    left_s = spec.time_budget_s * STAGE_SHARE - leak_s - (t_fit - t_prep)
+    chosen, blend_record = _blend(contract, trained, train_frame, holdout, encoding, left_s) if blending else (
+        None, None)
+    if chosen is not None:
+        model_bytes, members = modeling.export_blend(chosen, contract.task, ctx.extensions)
+        modeling.check_blend(model_bytes, members, chosen, train_frame, encoding, contract.task, ctx.extensions)
+        model_format: str = BLEND_JSON
+    else:
+        model_bytes, model_format, members = trained.model_bytes, trained.model_format, {}
+    t_blend = time.perf_counter()
 
     # The bundle is what every loader reads; the holdout is scored through it, exactly as the gate and users will.
     manifest_bytes, files = bundle.bundle_files(
-        contract=contract, encoding=encoding, model_bytes=trained.model_bytes, model_format=trained.model_format,
-        frequencies=frequency_tables(frame, contract), run_id=run_id)
+        contract=contract, encoding=encoding, model_bytes=model_bytes, model_format=model_format,
+        frequencies=frequency_tables(frame, contract), run_id=run_id, members=members)
     loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
@@ -136,7 +151,10 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     holdout.write_parquet(holdout_bytes)
     artifacts = {role: {"key": f"{base}bundle/{listing[role]['path']}", "sha256": listing[role]["sha256"],
                         "bytes": listing[role]["bytes"]} for role in ("model", "encoding")}
-    artifacts["model"]["format"] = trained.model_format
+    artifacts["model"]["format"] = model_format
+    for r in members:
+        artifacts[r] = {"key": f"{base}bundle/{listing[r]['path']}", "sha256": listing[r]["sha256"],
+                        "bytes": listing[r]["bytes"], "format": listing[r]["format"]}
     artifacts |= _store_artifacts(ctx, base, [
         ("holdout", "parquet", holdout_bytes.getvalue()),
         ("trials", "jsonl", trained.trial_log.encode()),
@@ -146,7 +164,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ("importance", "png", plot_importance(trained.feature_importance, run_id)),
     ])
     t_refit = time.perf_counter()
-    refit = _refit(ctx, contract, frame, encoding, trained, base, run_id)
+    refit = _refit(ctx, contract, frame, encoding, trained, base, run_id, chosen)
     refit_s = time.perf_counter() - t_refit
     t_done = time.perf_counter()
     run = {
@@ -164,6 +182,9 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "best_estimator": trained.best_estimator,
         "best_config": trained.best_config,
         "best_loss": trained.best_loss,
+        "model_format": model_format,
+        # The blend of each learner's best model: its weights, why it ships or not (ml/blend.py).
+        **({"blend": blend_record} if blend_record else {}),
         "trials": {"count": len(trials), "best_loss_curve": _best_so_far(trials)},
         "warm_start": trained.warm_start,
         "leakage": leaks,
@@ -178,14 +199,16 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         # The same configuration fitted on train + holdout: what the version ships (the gate judges `bundle`).
         **({"refit": refit} if refit else {}),
         "durations_s": {"prepare": round(t_prep - t0, 3), "fit": round(t_fit - t_prep, 3),
-                        "flaml_fit": round(trained.fit_seconds, 3), "leakage_check": round(leak_s, 3),
+                        "flaml_fit": round(trained.fit_seconds, 3), "search_budget": round(search_s, 3),
+                        "blend": round(t_blend - t_fit, 3), "leakage_check": round(leak_s, 3),
                         "refit_and_store": round(refit_s, 3),
                         "evaluate_and_store": round(t_done - t_fit, 3), "total": round(t_done - t0, 3)},
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
                         "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
         "finished_at": ctx.timestamp(),
-        "trace_id": features.trace_id,
-        "trace_links": _trace_links(ctx, dataset, features),
+        # The drop whose arrival made this run: the feature set's, or the label file's when new labels woke it.
+        "trace_id": tracing.current().get("trace_id") or features.trace_id,
+        "trace_links": _trace_links(ctx, dataset, features, labels),
     }
     # Written through its type (events/run.py): what every reader parses it back with.
     if ctx.store.put_json(keys.Run(dataset, run_id).key, TrainingRun.model_validate(run).to_dict(), if_absent=True):
@@ -274,13 +297,15 @@ def _pending_drops(ctx: Context, contract: Contract, features: FeaturesMateriali
     return pending
 
 
-def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized) -> list[str]:
-    """The trace ids of the drops this run is the first to train on: its data versions that the dataset's latest
-    earlier run did not have (every one for a first run), each as its validated manifest records it."""
+def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
+                 labels: list[DataValidated] | None = None) -> list[str]:
+    """The trace ids of the drops this run is the first to train on: its data versions (and label versions) that
+    the dataset's latest earlier run did not have (every one for a first run), each as its manifest records it."""
     from sluice.ml.runs import list_runs
 
     earlier = [r for r in list_runs(ctx.store, dataset) if r.get("finished_at") and r.get("data_versions")]
     before = set(earlier[-1]["data_versions"]) if earlier else set()
+    labels_before = set(earlier[-1].get("label_versions") or []) if earlier else set()
     links = []
     for dv in features.data_versions:
         if dv in before:
@@ -288,17 +313,56 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized) -> 
         doc = ctx.store.get_json_or_none(keys.Validated(dataset, dv).key)
         if isinstance(doc, dict) and doc.get("trace_id") and doc["trace_id"] not in links:
             links.append(str(doc["trace_id"]))
+    for lv in labels or []:
+        if lv.data_version not in labels_before and lv.trace_id and lv.trace_id not in links:
+            links.append(lv.trace_id)
     return links
 
 
-def _search_budget(budget_s: float, spent_s: float) -> float:
-    """The search gets the budget less what the checks before it took (never under 90 % of it: a search cut
-    shorter can end with no model at all), so checks, search and refit together stay close to the budget."""
-    return max(budget_s - spent_s, budget_s * 0.9)
+# The share of the budget kept back from the search for what follows it: the blend's out-of-fold fits and the
+# refit (with a blend), or the refit alone. Measured with benchmarks/training_overhead.py and model_quality.py.
+BLEND_SHARE = 0.25
+REFIT_SHARE = 0.05
+# What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.
+STAGE_SHARE = 1.05
+
+
+def _blends(contract: Contract) -> bool:
+    """Whether this contract's runs try a blend: asked for, and LightGBM (which brings the fixed members) or two
+    blendable learners searched."""
+    estimators = contract.training.estimators
+    return contract.training.blend and ("lgbm" in estimators or sum(e in BLENDABLE for e in estimators) >= 2)
+
+
+def _search_budget(budget_s: float, spent_s: float, blending: bool = False) -> float:
+    """The search gets the budget less what the checks before it took and the share kept for the blend and the
+    refit after it (never under 60 % of it: a search cut shorter can end with no model at all), so checks,
+    search, blend and refit together stay close to the budget."""
+    keep = BLEND_SHARE if blending else REFIT_SHARE
+    return max(budget_s * (1 - keep) - spent_s, budget_s * 0.6)
+
+
+def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFrame, holdout: pl.DataFrame,
+           encoding: modeling.Encoding, left_s: float) -> tuple[Any, dict[str, Any]]:
+    """The blend of each learner's best model, when it fits in what is left of the budget and beats the best
+    single one on the holdout: (the kept blend or None, what the run records)."""
+    templates = trained.templates
+    if len(templates) < 2:
+        return None, {"kept": False, "reason": "the search reached fewer than two blendable learners",
+                      "members": list(templates)}
+    X, y = encoding.features(train_frame), encoding.labels(train_frame)
+    y_holdout = encoding.labels(holdout)
+    known = y_holdout >= 0
+    n_classes = len(encoding.classes) if encoding.classes else None
+    chosen = build_blend(templates, X, y, encoding.features(holdout.filter(pl.Series(known))), y_holdout[known],
+                         task=contract.task, metric=contract.metric, n_classes=n_classes, seed=contract.training.seed,
+                         left_s=left_s)
+    record = chosen.summary()
+    return (chosen if chosen.kept else None), record
 
 
 def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: modeling.Encoding,
-           trained: modeling.Trained, base: str, run_id: str) -> dict[str, Any] | None:
+           trained: modeling.Trained, base: str, run_id: str, chosen: Any = None) -> dict[str, Any] | None:
     """The chosen configuration refitted on every labelled row, stored as a bundle of its own.
 
     The holdout-evaluated model stays the run's `bundle`: the gate judges it, on rows it never saw. The refit
@@ -307,10 +371,11 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     Same learner, hyperparameters and encoding: only the rows differ."""
     if not contract.training.refit:
         return None
-    done = modeling.refit(trained, frame, encoding, contract, ctx.extensions)
+    done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions)
+            if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions))
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
-        frequencies=frequency_tables(frame, contract), run_id=run_id)
+        frequencies=frequency_tables(frame, contract), run_id=run_id, members=done.members)
     bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     for name, data in files.items():
         ctx.store.put(f"{base}refit/{name}", data)
@@ -318,6 +383,7 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     ctx.store.put(key, manifest_bytes)
     model = json.loads(manifest_bytes)["files"]["model"]
     return {"rows": done.rows, "fit_s": round(done.fit_seconds, 3), "best_estimator": trained.best_estimator,
+            **({"members": sorted(done.members)} if done.members else {}),
             "bundle": {"key": key, "sha256": bundle.sha256(manifest_bytes), "uri": ctx.store.uri(key)},
             "model": {"key": f"{base}refit/{model['path']}", "sha256": model["sha256"], "bytes": model["bytes"],
                       "format": done.model_format}}

@@ -3,7 +3,8 @@
 A bundle is everything needed to score, and nothing executable:
 
     runs/<dataset>/<run>/bundle/manifest-<sha12>.json     names every file below with its sha256
-                               /model-<sha12>.txt|json     LightGBM text or XGBoost JSON
+                               /model-<sha12>.txt|json     LightGBM text, XGBoost JSON, linear JSON, or a blend
+                               /member-<name>-<sha12>.*    a blend's members, each named by the blend document
                                /encoding-<sha12>.json      categories, medians, and the column order
                                /contract-<sha12>.yaml      the contract version the model was trained under
                                /signature-<sha12>.json     the input columns and the outputs
@@ -38,6 +39,7 @@ from sluice.core.app import Extensions
 from sluice.core.errors import AppError, IntegrityError, ModelInputError
 from sluice.core.ports import ObjectStore
 from sluice.events.run import read as read_run
+from sluice.ml.blend import MEMBER
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
@@ -58,10 +60,14 @@ def sha256(data: bytes) -> str:
 
 
 def bundle_files(*, contract: Contract, encoding: Encoding, model_bytes: bytes, model_format: str,
-                 frequencies: dict[str, dict[str, float]], run_id: str) -> tuple[bytes, dict[str, bytes]]:
-    """A bundle's manifest and files, named by their sha256: (manifest bytes, {file name: bytes})."""
+                 frequencies: dict[str, dict[str, float]], run_id: str,
+                 members: Mapping[str, tuple[str, bytes]] | None = None) -> tuple[bytes, dict[str, bytes]]:
+    """A bundle's manifest and files, named by their sha256: (manifest bytes, {file name: bytes}).
+
+    A blend's `members` ({role: (format, bytes)}) are files of their own, listed with their sha256 like the rest."""
     contents = {
         "model": (extension_of(model_format), model_bytes),
+        **{r: (extension_of(fmt), data) for r, (fmt, data) in (members or {}).items()},
         "encoding": ("json", json.dumps(encoding.to_dict()).encode()),
         "contract": ("yaml", contract.to_yaml().encode()),
         "signature": ("json", json.dumps(signature(contract, encoding)).encode()),
@@ -75,6 +81,8 @@ def bundle_files(*, contract: Contract, encoding: Encoding, model_bytes: bytes, 
         files[name] = data
         listing[role] = {"path": name, "sha256": digest, "bytes": len(data)}
     listing["model"]["format"] = model_format
+    for r, (fmt, _) in (members or {}).items():
+        listing[r]["format"] = fmt
     manifest = {
         "format": BUNDLE_FORMAT, "schema_version": BUNDLE_SCHEMA_VERSION, "run_id": run_id,
         "dataset": contract.dataset, "model": contract.model, "task": contract.task, "target": encoding.target,
@@ -217,7 +225,9 @@ class Model:
         self.frequencies: dict[str, dict[str, float]] = json.loads(files["transforms"]).get("frequency", {})
         encoding = Encoding.from_dict(json.loads(files["encoding"]))
         self.model_sha256: str = manifest["files"]["model"]["sha256"]
-        self.predictor = Predictor(manifest["model_format"], files["model"], self.task, encoding, self.extensions)
+        members = {r: data for r, data in files.items() if r.startswith(MEMBER)}
+        self.predictor = Predictor(manifest["model_format"], files["model"], self.task, encoding, self.extensions,
+                                   members=members)
         self.encoding = self.predictor.encoding  # in the model's own column order
         self.classes = self.encoding.classes
         self.required = required_columns(self.contract, self.encoding)

@@ -57,6 +57,7 @@ def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None)
                 f"seed {params.get('seed')}, n_jobs {params.get('n_jobs')}; best estimator "
                 f"`{training.get('best_estimator')}`, fit {(training.get('durations_s') or {}).get('fit')} s",
                 f"- Best configuration: `{json.dumps(training.get('best_config'), sort_keys=True)}`",
+                *_blend(training.get("blend")),
                 *([f"- Shipped model: the same configuration refitted on all {training['refit']['rows']} labelled rows "
                    "(training + holdout); the metrics below are of the model fitted on the training rows alone, "
                    "scored on holdout rows it never saw"] if training.get("refit") else []),
@@ -122,3 +123,17 @@ def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None)
             *[f"  - `{s['key']}` version `{s.get('version_id')}`, sha256 `{s['sha256']}`, {s.get('size')} bytes"
               for s in lineage["sources"]], ""]
     return "\n".join(out)
+
+
+def _blend(record: dict[str, Any] | None) -> list[str]:
+    """The blend line: what ships, its weights and the holdout evidence, or why the single model ships."""
+    if not record:
+        return []
+    holdout = record.get("holdout") or {}
+    scores = ", ".join(f"{k} {_f(v)}" for k, v in holdout.items())
+    if record.get("kept"):
+        weights = ", ".join(f"{k} {w:g}" for k, w in (record.get("weights") or {}).items())
+        return [f"- Shipped model: a blend of {weights} (weights chosen on out-of-fold predictions of the training "
+                f"rows; holdout {scores}: {record.get('reason')})"]
+    return [f"- Blend of {', '.join(record.get('members') or [])} not shipped: {record.get('reason')}"
+            + (f" (holdout {scores})" if scores else "")]

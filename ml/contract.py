@@ -102,6 +102,9 @@ class TrainingSpec(_Strict):
     # Fit the chosen configuration again on train + holdout once the search is evaluated, and ship that model
     # (the gate still judges the holdout-evaluated one). False ships the evaluated model itself.
     refit: bool = True
+    # Blend the best model of each blendable learner (lgbm, linear) with weights chosen out of fold, and ship the
+    # blend when it beats the best single one on the holdout (ml/blend.py). False ships the single best model.
+    blend: bool = True
 
     @field_validator("estimators", mode="before")
     @classmethod

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 
 from sluice.ml import modeling
+from sluice.ml.blend import MEMBER
 from sluice.ml.contract import HIGHER_IS_BETTER, Contract, PromotionSpec
 
 PROMOTE = "promote"
@@ -314,7 +315,8 @@ def inference_benchmark(model: Any, rows: pl.DataFrame, *, load_ms: float | None
     return {"batch_rows": batch.height, "rows_per_s": round(batch.height / best, 1), "p50_ms": round(float(p50), 4),
             "p99_ms": round(float(p99), 4), "single_row_samples": single_rows,
             "load_ms": None if load_ms is None else round(load_ms, 3),
-            "size_bytes": int(model.manifest["files"]["model"]["bytes"]), "format": model.manifest["model_format"],
+            "size_bytes": int(sum(meta["bytes"] for r, meta in model.manifest["files"].items()
+                                  if r == "model" or r.startswith(MEMBER))), "format": model.manifest["model_format"],
             "path": "Model.predict", "machine": platform.machine(),
             "python": platform.python_version()}
 

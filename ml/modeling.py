@@ -27,7 +27,8 @@ import polars as pl
 
 from sluice.core.app import Extensions
 from sluice.core.errors import AppError, SluiceError, TransientError
-from sluice.ml import linear
+from sluice.ml import blend, linear
+from sluice.ml.blend import BLEND_JSON
 from sluice.ml.contract import Contract
 from sluice.ml.linear import LINEAR_JSON
 
@@ -203,7 +204,7 @@ XGBOOST_JSON = "xgboost-json"
 # Learners whose fitted model has a format that loads without running code. Anything else is never stored.
 FORMAT_OF_LEARNER = {"lgbm": LGBM_TEXT, "xgboost": XGBOOST_JSON, "xgb_limitdepth": XGBOOST_JSON,
                      "linear": LINEAR_JSON}
-EXTENSION = {LGBM_TEXT: "txt", XGBOOST_JSON: "json", LINEAR_JSON: "json"}
+EXTENSION = {LGBM_TEXT: "txt", XGBOOST_JSON: "json", LINEAR_JSON: "json", BLEND_JSON: "json"}
 # Sluice's own learners, added to FLAML's by name (`AutoML.add_learner`).
 CUSTOM_LEARNERS: dict[str, Callable[[], type]] = {"linear": linear.flaml_learner}
 CUSTOM = "custom:"  # + the learner's name: a model the app's learner saved (`app.learner(..., save=, load=)`)
@@ -245,6 +246,13 @@ class Trained:
     warm_start: dict[str, Any] | None = None
     # The fitted learner (LightGBM's or XGBoost's scikit-learn model), for `refit`; never stored.
     estimator: Any = field(default=None, repr=False)
+    # Unfitted scikit-learn models of the best configuration of each blendable learner the search reached, the
+    # winner first (ml/blend.py); never stored.
+    templates: dict[str, Any] = field(default_factory=dict, repr=False)
+    # FLAML's validation loss of each learner's best configuration.
+    learner_losses: dict[str, float] = field(default_factory=dict)
+    # What FLAML validated with: "cv" (5 folds) or "holdout", to estimate what one more fit costs.
+    eval_method: str = "holdout"
 
 
 @dataclass
@@ -282,6 +290,7 @@ def train(
         elif name not in FORMAT_OF_LEARNER:  # the app's own learner (an AppError naming what is registered if not)
             automl.add_learner(name, (extensions or Extensions()).learner(name).estimator)  # type: ignore[no-untyped-call]
     task = "regression" if contract.task == "regression" else "classification"
+    jobs = worker_jobs(spec.n_jobs, X.shape[0] * max(X.shape[1], 1))
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trials.jsonl"
         watcher = _Watcher(log, on_progress, should_cancel)
@@ -291,7 +300,7 @@ def train(
             automl.fit(
                 X_train=X, y_train=y, task=task, metric=contract.metric,
                 time_budget=time_budget_s or spec.time_budget_s,
-                estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=worker_jobs(spec.n_jobs), verbose=0,
+                estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=jobs, verbose=0,
                 log_file_name=str(log), log_type="all",
                 starting_points=search_starts(starting_points, list(spec.estimators)),
             )
@@ -323,9 +332,48 @@ def train(
                            "from the fitted one; its `save` must keep everything the predictions depend on")
         raise RuntimeError("the stored model disagrees with FLAML's predictions; the encoding drifted from FLAML's "
                            "DataTransformer (is the installed FLAML newer than tested?)")
+    losses = {name: float(loss) for name, loss in (automl.best_loss_per_estimator or {}).items()
+              if loss is not None and math.isfinite(float(loss))}
     return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
-                   estimator=getattr(model, "estimator", None))
+                   estimator=getattr(model, "estimator", None),
+                   templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
+                   learner_losses=losses, eval_method=str(getattr(automl._state, "eval_method", "holdout")))
+
+
+def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:
+    """Unfitted scikit-learn models of each blendable learner's best configuration, the search's winner first,
+    then the fixed members (ml/blend.py) when LightGBM is searched."""
+    out: dict[str, Any] = {}
+    fixed = blend.fixed_templates(task, n_jobs, seed) if "lgbm" in estimators else {}
+    for name in [automl.best_estimator, *estimators]:
+        if name in out or name not in blend.BLENDABLE or not (automl.best_config_per_estimator or {}).get(name):
+            continue
+        if name == automl.best_estimator:
+            out[name] = refit_template(automl.model.estimator)
+            continue
+        flaml_estimator = automl.best_model_for_estimator(name)
+        if flaml_estimator is None:
+            continue
+        params = dict(flaml_estimator.params)
+        if name == "lgbm":
+            params.setdefault("verbose", -1)
+        out[name] = flaml_estimator.estimator_class(**params)
+    return out | fixed
+
+
+def refit_template(fitted: Any) -> Any:
+    """An unfitted copy of a fitted learner that fits the same model again: FLAML may stop boosting early to keep
+    its budget, so the copy asks for the rounds that were evaluated, not the rounds configured."""
+    from sklearn.base import clone
+
+    estimator = clone(fitted)
+    booster = getattr(fitted, "booster_", None)
+    if booster is not None:
+        estimator.set_params(n_estimators=booster.current_iteration())
+    elif hasattr(fitted, "get_booster"):
+        estimator.set_params(n_estimators=fitted.get_booster().num_boosted_rounds())
+    return estimator
 
 
 @dataclass
@@ -336,6 +384,7 @@ class Refit:
     model_format: str
     rows: int
     fit_seconds: float
+    members: dict[str, tuple[str, bytes]] | None = None  # a blend's member files: {role: (format, bytes)}
 
 
 def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: Contract,
@@ -344,20 +393,12 @@ def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: C
 
     Same learner, same configuration, same encoding: only the rows differ. Like `train`, the stored form is loaded
     back and must predict what the fitted learner predicts."""
-    from sklearn.base import clone
-
     if trained.estimator is None:
         raise ModelMismatch("nothing to refit: the search returned no fitted learner")
     X, y = encoding.features(frame), encoding.labels(frame)
     known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
     X, y = X[known], y[known]
-    estimator = clone(trained.estimator)
-    # FLAML may stop boosting early to keep its budget: refit with the rounds that were evaluated, not the asked.
-    booster = getattr(trained.estimator, "booster_", None)
-    if booster is not None:
-        estimator.set_params(n_estimators=booster.current_iteration())
-    elif hasattr(trained.estimator, "get_booster"):
-        estimator.set_params(n_estimators=trained.estimator.get_booster().num_boosted_rounds())
+    estimator = refit_template(trained.estimator)
     started = time.perf_counter()
     estimator.fit(X, y)
     seconds = time.perf_counter() - started
@@ -371,6 +412,25 @@ def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: C
     if not np.allclose(ours, theirs, atol=1e-6):
         raise RuntimeError("the stored refit model disagrees with the fitted learner's predictions")
     return Refit(data, fmt, int(known.sum()), seconds)
+
+
+def refit_blend(chosen: blend.Blend, templates: dict[str, Any], frame: pl.DataFrame, encoding: Encoding,
+                contract: Contract, extensions: Extensions | None = None) -> Refit:
+    """A kept blend's members, each fitted again on every row of `frame`, with the same weights."""
+    from dataclasses import replace
+
+    from sklearn.base import clone
+
+    X, y = encoding.features(frame), encoding.labels(frame)
+    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
+    X, y = X[known], y[known]
+    started = time.perf_counter()
+    fitted = {n: clone(templates[n]).fit(X, y) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0}
+    seconds = time.perf_counter() - started
+    again = replace(chosen, fitted=fitted)
+    doc, files = export_blend(again, contract.task, extensions)
+    check_blend(doc, files, again, frame.filter(pl.Series(known)), encoding, contract.task, extensions)
+    return Refit(doc, BLEND_JSON, int(known.sum()), seconds, members=files)
 
 
 @dataclass
@@ -396,9 +456,18 @@ LOW_COST_START: dict[str, dict[str, Any]] = {
 }
 
 
-def worker_jobs(n_jobs: int) -> int:
-    """Threads a fit uses: `training.n_jobs`, where -1 (the default) means every core this worker has."""
-    return (os.cpu_count() or 1) if n_jobs < 1 else n_jobs
+# Below this many cells (rows x model columns) a fit runs on one thread when `n_jobs` is -1. LightGBM's OpenMP
+# threads spin while they wait; on a shared machine a small fit with 2 threads took 3.5 to 10 s against 0.14 to
+# 0.2 s with one (breast cancer, 364 rows, 100 trees, 2 cores at load 7-10), and the search ran a few trials.
+SMALL_FIT_CELLS = 1_000_000
+
+
+def worker_jobs(n_jobs: int, cells: int | None = None) -> int:
+    """Threads a fit uses: `training.n_jobs`; -1 (the default) means one thread for a frame of fewer than
+    SMALL_FIT_CELLS cells, every core this worker has otherwise (or when the size is not given)."""
+    if n_jobs >= 1:
+        return n_jobs
+    return 1 if cells is not None and cells < SMALL_FIT_CELLS else (os.cpu_count() or 1)
 
 
 def search_starts(warm: dict[str, dict[str, Any]] | None, estimators: list[str]) -> dict[str, Any]:
@@ -436,14 +505,62 @@ def export(learner: str, model: Any, extensions: Extensions | None = None) -> tu
                         f"use one of {sorted(FORMAT_OF_LEARNER)}")
 
 
+def export_blend(chosen: blend.Blend, task: str, extensions: Extensions | None = None
+                 ) -> tuple[bytes, dict[str, tuple[str, bytes]]]:
+    """A kept blend as its JSON document and its members' files ({role: (format, bytes)}), members with no
+    weight left out."""
+    members, files = [], {}
+    for name, weight in zip(chosen.learners, chosen.weights, strict=True):
+        if weight <= 0:
+            continue
+        data, fmt = export(blend.learner_of(name), _Fitted(chosen.fitted[name]), extensions)
+        files[blend.role(name)] = (fmt, data)
+        members.append({"learner": blend.learner_of(name), "format": fmt, "role": blend.role(name),
+                        "sha256": hashlib.sha256(data).hexdigest(), "weight": weight})
+    return blend.document(members, task), files
+
+
+def check_blend(doc: bytes, files: dict[str, tuple[str, bytes]], chosen: blend.Blend, frame: pl.DataFrame,
+                encoding: Encoding, task: str, extensions: Extensions | None = None) -> None:
+    """The promise behind a stored blend: loaded back, it predicts what its fitted members' average predicts."""
+    sample = frame.head(min(frame.height, 200))
+    ours = Predictor(BLEND_JSON, doc, task, encoding, extensions,
+                     members={r: data for r, (_, data) in files.items()}).score(sample)
+    X = encoding.features(sample)
+    used = [(n, w) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
+    theirs = blend.combine([blend.predict(chosen.fitted[n], X, task) for n, _ in used], [w for _, w in used])
+    if not np.allclose(ours, theirs, atol=1e-6):
+        raise RuntimeError("the stored blend disagrees with its fitted members' predictions")
+
+
 class Predictor:
     """A stored model, loaded once, with its encoding: `score(frame)` gives P(class 1), class probabilities, or
-    values. Columns are handed to the model by name, in the order of the model's own feature names."""
+    values. Columns are handed to the model by name, in the order of the model's own feature names.
 
-    def __init__(self, fmt: str, data: bytes, task: str, encoding: Encoding, extensions: Extensions | None = None):
+    A blend (`sluice-blend-json`) gets its members' files in `members` ({bundle role: bytes}); each is checked
+    against the sha256 the blend names and loaded as a Predictor of its own format."""
+
+    def __init__(self, fmt: str, data: bytes, task: str, encoding: Encoding, extensions: Extensions | None = None,
+                 members: dict[str, bytes] | None = None):
         self.task, self.format = task, fmt
         self.booster: Any
-        if fmt.startswith(CUSTOM):
+        self.feature_names: list[str]
+        self.parts: list[tuple[float, Predictor, np.ndarray]] = []
+        if fmt == BLEND_JSON:
+            names = list(encoding.columns)
+            try:
+                found = blend.read_document(data, members or {})
+            except (ValueError, KeyError) as exc:
+                raise ModelMismatch(f"blend: {exc}") from exc
+            position = {n: i for i, n in enumerate(names)}
+            for meta, raw in found:
+                if meta["format"] == BLEND_JSON:
+                    raise ModelMismatch("a blend's member cannot be a blend")
+                member = Predictor(meta["format"], raw, task, encoding, extensions)
+                self.parts.append((float(meta["weight"]), member,
+                                   np.asarray([position[n] for n in member.feature_names], dtype=np.int64)))
+            self.booster = None
+        elif fmt.startswith(CUSTOM):
             name = fmt.removeprefix(CUSTOM)
             if extensions is None or name not in extensions.learners:
                 have = ", ".join(sorted(extensions.learners)) if extensions and extensions.learners else "none"
@@ -478,6 +595,9 @@ class Predictor:
 
     def score_matrix(self, X: np.ndarray) -> np.ndarray:
         """Scores for a float matrix whose columns are `feature_names`."""
+        if self.parts:
+            return blend.combine([p.score_matrix(X[:, cols]) for _, p, cols in self.parts],
+                                 [w for w, _, _ in self.parts])
         if self.format.startswith(CUSTOM):
             import pandas as pd
 

@@ -22,7 +22,7 @@ from sluice.events.run import read as read_run
 from sluice.ml.registry import ModelRegistry
 
 # The stages of the built-in chain, in order; spans of other stages (an app's own) follow them.
-ORDER = ("validate", "labels", "features", "train", "benchmark", "register", "event")
+ORDER = ("validate", "labels", "features", "train", "benchmark", "register", "event", "backtest")
 _HEX = re.compile(r"^[0-9a-f]{8,32}$")
 
 
@@ -284,7 +284,8 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
     runs = [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)]
     own = [r for r in runs if r.get("trace_id") == trace_id]
     via = [r for r in runs if trace_id in (r.get("trace_links") or []) and r.get("trace_id") != trace_id]
-    attempts = by_stage.pop("train", [])
+    # New labels wake training as `train-labels`: the same step of the path.
+    attempts = sorted(by_stage.pop("train", []) + by_stage.pop("train-labels", []), key=lambda a: a["started_at"])
     if not own and attempts:
         last = attempts[-1]
         outcome = "skipped" if last["outcome"] == tracing.DONE and not last.get("outputs") else str(last["outcome"])
@@ -300,7 +301,9 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
         other_spans: dict[str, list[dict[str, Any]]] = {}
         for span in _span_docs(store, other):
             other_spans.setdefault(str(span["stage"]), []).append(span)
-        steps += _run_path(store, state, other, run, other_spans.pop("train", []), other_spans, other)
+        trained = sorted(other_spans.pop("train", []) + other_spans.pop("train-labels", []),
+                         key=lambda a: a["started_at"])
+        steps += _run_path(store, state, other, run, trained, other_spans, other)
     # A duplicate's data goes on in the first drop's trace (the validate step names it), not in this one.
     if not own and not via and entry.get("outcome") == "validated" and not attempts:
         trained = [r for r in runs if entry.get("data_version") in (r.get("data_versions") or [])]

@@ -116,6 +116,10 @@ def test_the_contract_accepts_the_linear_learner_and_uses_every_core_by_default(
     assert mixed.contract().training.n_jobs == -1
     assert modeling.worker_jobs(-1) == os.cpu_count()
     assert modeling.worker_jobs(1) == 1
+    # A small frame fits on one thread (OpenMP threads spin on a shared machine); a large one on every core.
+    assert modeling.worker_jobs(-1, cells=300 * 10) == 1
+    assert modeling.worker_jobs(-1, cells=modeling.SMALL_FIT_CELLS) == os.cpu_count()
+    assert modeling.worker_jobs(2, cells=10) == 2
 
 
 @pytest.mark.slow
@@ -123,8 +127,10 @@ def test_the_contract_accepts_the_linear_learner_and_uses_every_core_by_default(
 def test_the_search_runs_with_the_contracts_n_jobs(n_jobs: int) -> None:
     contract = shop("regression", ["lgbm"], n_jobs=n_jobs)
     train = rows(contract, 300, 0)
-    trained = modeling.train(train, modeling.Encoding.fit(train, contract), contract)
-    assert trained.estimator.get_params()["n_jobs"] == modeling.worker_jobs(n_jobs)
+    encoding = modeling.Encoding.fit(train, contract)
+    trained = modeling.train(train, encoding, contract)
+    cells = train.height * len(encoding.columns)
+    assert trained.estimator.get_params()["n_jobs"] == modeling.worker_jobs(n_jobs, cells)
 
 
 def test_every_stored_model_format_is_one_the_events_allow() -> None:

@@ -1,0 +1,131 @@
+"""The blend learner (ml/blend.py): stored as JSON naming member files, loaded to identical predictions on mixed
+data, every member covered by the bundle's checks, weights chosen out of fold."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pytest
+
+from sluice.core.errors import IntegrityError
+from sluice.ml import blend, bundle, modeling
+from sluice.ml.transforms import frequency_tables, transforms_for_scoring
+from tests.test_linear import raw, rows, shop
+
+
+def _blended(task: str) -> tuple[Any, ...]:
+    """A search over lgbm and linear on mixed rows, then the blend of its members, forced to be kept."""
+    contract = shop(task, ["lgbm", "linear"], n_jobs=1)
+    train, holdout = rows(contract, 400, 0), rows(contract, 120, 3)
+    encoding = modeling.Encoding.fit(train, contract)
+    trained = modeling.train(train, encoding, contract)
+    # The search's best lgbm and linear, then LightGBM's defaults and extra trees.
+    assert set(trained.templates) == {"lgbm", "linear", "lgbm_default", "lgbm_extra"}
+    assert next(iter(trained.templates)) == trained.best_estimator
+    k = len(encoding.classes) if encoding.classes else None
+    chosen = blend.build(trained.templates, encoding.features(train), encoding.labels(train),
+                         encoding.features(holdout), encoding.labels(holdout), task=contract.task,
+                         metric=contract.metric, n_classes=k, seed=1)
+    assert chosen.folds == blend.FOLDS and np.isclose(sum(chosen.weights), 1.0)
+    assert set(chosen.oof) == {*chosen.learners, "blend"} and set(chosen.holdout) == set(chosen.oof)
+    if not chosen.kept:  # the decision is measured; the storage is what this test checks, so keep it anyway
+        from sklearn.base import clone
+
+        X, y = encoding.features(train), encoding.labels(train)
+        chosen.fitted = {n: clone(trained.templates[n]).fit(X, y) for n in chosen.learners}
+        chosen.weights = [0.5, 0.5] + [0.0] * (len(chosen.learners) - 2)
+    return contract, train, encoding, trained, chosen
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
+def test_a_blend_is_stored_without_pickle_and_loads_to_identical_predictions(task: str) -> None:
+    contract, train, encoding, trained, chosen = _blended(task)
+    doc, members = modeling.export_blend(chosen, contract.task)
+    modeling.check_blend(doc, members, chosen, train, encoding, contract.task)
+    parsed = json.loads(doc)  # plain JSON: members by role, format, sha256 and weight
+    assert parsed["format"] == blend.BLEND_JSON
+    used = [n for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
+    assert [m["role"] for m in parsed["members"]] == [blend.role(n) for n in used]
+    assert {m["format"] for m in parsed["members"]} <= {modeling.LGBM_TEXT, "sluice-linear-json"}
+    for m in parsed["members"]:
+        assert not members[m["role"]][1].startswith(modeling.PICKLE_MAGIC)
+
+    frequencies = frequency_tables(train, contract)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=doc,
+                                          model_format=blend.BLEND_JSON, frequencies=frequencies, run_id="blend",
+                                          members=members)
+    listing = json.loads(manifest)["files"]
+    assert {r for r in listing if r.startswith(blend.MEMBER)} == set(members)  # every member is in the manifest
+    model = bundle.model_from_files(manifest, files)
+
+    # New rows: unseen brands, nulls, dates; the general path and the per-row path.
+    fresh = raw(contract, 150, 7, unseen=True)
+    assert set(fresh["brand"].drop_nulls()) - set(train["brand"].drop_nulls())
+    assert fresh.null_count().sum_horizontal()[0] > 0
+    inputs = fresh.drop(contract.target)
+    predicted = model.predict(inputs)
+    assert predicted.unscored == []
+    X = encoding.features(transforms_for_scoring(fresh, contract, frequencies)[0])
+    expected = blend.combine([blend.predict(chosen.fitted[n], X, contract.task) for n in used],
+                             [w for w in chosen.weights if w > 0])
+    assert np.allclose(predicted.scores, expected, atol=1e-9)
+    one = model.predict(inputs.head(3).to_dicts())
+    assert np.allclose(one.scores, predicted.scores[:3], atol=1e-12)
+
+    # Stored to a folder and read back through the loader that checks every file against the manifest.
+    def read(key: str) -> bytes:
+        return manifest if key == "manifest.json" else files[key]
+
+    loaded = bundle.read_bundle(read, "manifest.json", expected_sha256=bundle.sha256(manifest))
+    assert np.array_equal(loaded.predict(inputs).scores, predicted.scores)
+
+    # The refit: the same members and weights on every row, stored and checked the same way.
+    more = pl.concat([train, rows(contract, 100, 2)])
+    done = modeling.refit_blend(chosen, trained.templates, more, encoding, contract)
+    assert done.model_format == blend.BLEND_JSON and done.rows == more.height
+    assert set(done.members or {}) == set(members)
+
+
+@pytest.mark.slow
+def test_a_changed_member_file_is_refused() -> None:
+    contract, _, encoding, _, chosen = _blended("binary")
+    doc, members = modeling.export_blend(chosen, contract.task)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding, model_bytes=doc,
+                                          model_format=blend.BLEND_JSON, frequencies={}, run_id="blend",
+                                          members=members)
+    member_file = next(name for name in files if name.startswith(blend.MEMBER))
+    tampered = dict(files)
+    tampered[member_file] = files[member_file].replace(b"0.", b"1.", 1)
+    with pytest.raises(IntegrityError, match="sha256"):
+        bundle.read_bundle(lambda k: manifest if k == "manifest.json" else tampered[k], "manifest.json",
+                           expected_sha256=bundle.sha256(manifest))
+    # A blend document whose member sha256 disagrees with the member it is given is refused too.
+    role = next(iter(members))
+    with pytest.raises(modeling.ModelMismatch, match="sha256"):
+        modeling.Predictor(blend.BLEND_JSON, doc, contract.task, encoding,
+                           members={**{r: d for r, (_, d) in members.items()}, role: b"{}"})
+
+
+def test_weights_are_chosen_out_of_fold_and_the_fast_metrics_agree_with_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = y * 0.3 + rng.random(400) * 0.7
+    noise = rng.random(400)
+    weights = blend.choose_weights([good, noise], y, "roc_auc", 2)
+    assert weights[0] > 0.5  # the informative member carries the blend
+    assert modeling.score("roc_auc", y, blend.combine([good, noise], list(weights)), 2) >= modeling.score(
+        "roc_auc", y, good, 2)
+    for metric, truth, scores, k in (("roc_auc", y, noise, 2), ("log_loss", y, noise, 2),
+                                     ("log_loss", rng.integers(0, 3, 400), rng.dirichlet([1, 1, 1], 400), 3),
+                                     ("rmse", rng.normal(size=400), rng.normal(size=400), None)):
+        fast = blend._fast_metric(metric, truth, k)
+        assert fast is not None and np.isclose(fast(scores), modeling.score(metric, truth, scores, k))
+    assert len(blend.simplex(2)) == 21 and all(np.isclose(sum(w), 1) for w in blend.simplex(3))
+    # Members are dropped, costliest first (never the search's winner), to fit what is left of the budget.
+    assert blend.plan({"a": 1.0, "b": 0.1, "c": 5.0}, 6.0) == (["a", "b"], 5)
+    assert blend.plan({"a": 1.0, "b": 0.1, "c": 5.0}, 4.1) == (["a", "b"], 3)
+    assert blend.plan({"a": 1.0, "b": 0.1}, 1.0)[1] == 0
