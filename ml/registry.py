@@ -22,6 +22,7 @@ conditional write (If-None-Match), so concurrent writers can neither lose nor re
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from bisect import bisect_right
 from collections.abc import Callable
@@ -348,6 +349,8 @@ class ModelRegistry:
             key, doc = item
             if doc is None:
                 self.store.delete(key)
+            elif "/index/" in key:
+                self._put_compact(key, doc)
             else:
                 self.store.put_json(key, doc)
 
@@ -359,9 +362,14 @@ class ModelRegistry:
             for item in writes:
                 write(item)
         if idx.head_dirty or idx.rebuilt:
-            self.store.put_json(Index.head_key(model), idx.head)
+            self._put_compact(Index.head_key(model), idx.head)
         idx.dirty.clear()
         idx.runs.clear()
+
+    def _put_compact(self, key: str, doc: dict[str, Any]) -> None:
+        """An index document without indentation: pages of 1,000 entries are read and rewritten often."""
+        data = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+        self.store.put(key, data, content_type="application/json")
 
     def _record(self, model: str, sequence: int) -> dict[str, Any]:
         record = self._immutable(self._history_key(model, sequence))
@@ -397,6 +405,25 @@ class ModelRegistry:
                 "pages": max(1, -(-total // limit)), "champion": idx.champion, "challenger": idx.challenger,
                 "aliases": idx.alias_docs(), "sequence": idx.sequence,
                 "stages": {int(d["version"]): idx.stage(int(d["version"])) for d in docs}, "versions": docs}
+
+    def indexed_versions(self, model: str) -> tuple[Index, dict[int, dict[str, Any]]]:
+        """The index and every version document, from the index's pages (one request per 20 versions, in
+        parallel) rather than one per version; a version missing from its page is read on its own."""
+        idx, _ = self._load(model, write=False)
+        total = int(idx.head["versions"])
+        keys = [idx.key("docs", p) for p in range(-(-total // PAGE["docs"]))]
+        for key, doc in self._fetch(keys).items():
+            if isinstance(doc, Exception):
+                raise doc
+            idx.preload(key, doc)
+        docs = {n: d for n in range(1, total + 1) if (d := idx.doc(n)) is not None}
+        missing = [self._version_key(model, n) for n in range(1, total + 1) if n not in docs]
+        for doc in self._fetch(missing).values():
+            if isinstance(doc, Exception):
+                raise doc
+            if doc is not None:
+                docs[int(doc["version"])] = doc
+        return idx, docs
 
     def champion_at(self, model: str, when: datetime) -> tuple[int | None, dict[str, Any] | None]:
         """Which version was champion at `when`, and the history record that made it so (None before any).

@@ -3,8 +3,9 @@
     registry/<model>/index/head.json                 the state after history record `sequence` (champion,
                                                      challenger, their `since`, the sha256 of that record, the
                                                      number of versions, of champion changes, the rollback depth)
-    registry/<model>/index/stages/000000.json        [stage, last gate record, last rescore record] of versions
-                                                     1-1000 (then 1001-2000 in 000001.json, ...)
+    registry/<model>/index/stages/000000.json        [stage, last gate record, last rescore record, the gate
+                                                     record's action] of versions 1-1000 (then 1001-2000 in
+                                                     000001.json, ...)
     registry/<model>/index/docs/000000.json          the version documents 1-20, as registered (for `show`)
     registry/<model>/index/timeline/000000.json      [at, sequence, champion] of each change of champion, in time
                                                      order: `--at` is a bisection in one page
@@ -28,7 +29,7 @@ from typing import Any
 
 from sluice.core.ports import ObjectStore
 
-FORMAT = 1
+FORMAT = 2
 PAGE = {"stages": 1000, "docs": 20, "timeline": 500, "champions": 1000}
 
 
@@ -136,9 +137,9 @@ class Index:
         return self.sequence + 1
 
     def entry(self, number: int) -> list[Any]:
-        """[stage, gate record, rescore record] of a version."""
+        """[stage, last gate record, last rescore record, the gate record's action] of a version."""
         found = self.get("stages", number - 1) if number >= 1 else None
-        return list(found) if found else [None, None, None]
+        return list(found) if found else [None, None, None, None]
 
     def stage(self, number: int) -> str | None:
         """A version's lifecycle stage (None: not registered)."""
@@ -173,9 +174,13 @@ class Index:
             entry[0] = change["to"]
             self.set("stages", change["version"] - 1, entry)
         number = record["version"]
-        if record["cause"] == "gate" or record["action"] == "rescored":
+        if record["cause"] == "gate":
             entry = self.entry(number)
-            entry[1 if record["cause"] == "gate" else 2] = sequence
+            entry[1], entry[3] = sequence, record["action"]
+            self.set("stages", number - 1, entry)
+        elif record["action"] == "rescored":
+            entry = self.entry(number)
+            entry[2] = sequence
             self.set("stages", number - 1, entry)
         if record["action"] == "registered" and number > int(head["versions"]):
             head["versions"] = number

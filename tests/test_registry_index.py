@@ -102,6 +102,13 @@ def assert_index_answers_like_the_history(reg: ModelRegistry, model: str = "m") 
     assert paged == sorted(versions, reverse=True)
     for name, expected in replay_aliases(snap).items():
         assert cold.alias(model, name) == expected, name
+    idx, docs = cold.indexed_versions(model)
+    assert [docs[n] for n in sorted(docs)] == cold.versions(model)
+    for n in versions:
+        gate = [r for r in snap.records if r["version"] == n and r["cause"] == "gate"]
+        rescored = [r["sequence"] for r in snap.records if r["version"] == n and r["action"] == "rescored"]
+        assert idx.entry(n) == [snap.stages.get(n), gate[-1]["sequence"] if gate else None,
+                                rescored[-1] if rescored else None, gate[-1]["action"] if gate else None], n
     ms = timedelta(milliseconds=1)
     for record in snap.records:
         for when in (parse_time(record["at"]) - ms, parse_time(record["at"]), parse_time(record["at"]) + ms):
@@ -313,14 +320,14 @@ for kind, size in {pages}.items():
 settings = replace(Settings.from_env(), bucket=sys.argv[1], broker_url="memory://", endpoint_url=sys.argv[2])
 store = S3Store(settings)
 where = sys.argv[3]
-put_json = store.put_json
-def put_json_then_die(key, doc, **kw):
+put = store.put
+def put_then_die(key, data, **kw):
     if where == "before-index" and "/index/" in key:
         os.kill(os.getpid(), signal.SIGKILL)
     if where == "before-head" and key.endswith("/index/head.json"):
         os.kill(os.getpid(), signal.SIGKILL)
-    return put_json(key, doc, **kw)
-store.put_json = put_json_then_die
+    return put(key, data, **kw)
+store.put = put_then_die
 reg = ModelRegistry(store, MemoryState())
 reg.register("m", {{"run_id": "killed-" + where}}, outcome="promote", compared_with=reg.current("m").champion,
              at="2026-03-01T12:00:00Z")
