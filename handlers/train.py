@@ -344,6 +344,9 @@ def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFr
     if len(templates) < 2:
         return None, {"kept": False, "reason": "the search reached fewer than two blendable learners",
                       "members": list(templates)}
+    if left_s <= 0:
+        return None, {"kept": False, "members": list(templates),
+                      "reason": f"no time left: the checks and the search took {-left_s:.1f}s more than the budget"}
     X, y = encoding.features(train_frame), encoding.labels(train_frame)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0

@@ -457,9 +457,10 @@ LOW_COST_START: dict[str, dict[str, Any]] = {
 
 
 # Below this many cells (rows x model columns) a fit runs on one thread when `n_jobs` is -1. LightGBM's OpenMP
-# threads spin while they wait; on a shared machine a small fit with 2 threads took 3.5 to 10 s against 0.14 to
-# 0.2 s with one (breast cancer, 364 rows, 100 trees, 2 cores at load 7-10), and the search ran a few trials.
-SMALL_FIT_CELLS = 1_000_000
+# threads spin while they wait; on a shared machine (2 cores at load 7-10) a default fit of breast cancer's 364
+# rows took 3.5 to 10 s on 2 threads against 0.14 to 0.2 s on one, and the search ran a few trials; one of
+# 80,000 rows x 20 columns took 6.8 to 9.5 s on 2 threads against 1.8 to 2.4 s on one.
+SMALL_FIT_CELLS = 5_000_000
 
 
 def worker_jobs(n_jobs: int, cells: int | None = None) -> int:
