@@ -338,15 +338,16 @@ def _search_budget(budget_s: float, spent_s: float, blending: bool = False) -> f
 
 def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFrame, holdout: pl.DataFrame,
            encoding: modeling.Encoding, left_s: float) -> tuple[Any, dict[str, Any]]:
-    """The blend of each learner's best model, when it fits in what is left of the budget and beats the best
-    single one on the holdout: (the kept blend or None, what the run records)."""
+    """The blend of each learner's best model (and the fixed members), when it fits in what is left of the budget
+    and beats the best single member out of fold (ml/blend.py): (the kept blend or None, what the run records)."""
     templates = trained.templates
     if len(templates) < 2:
         return None, {"kept": False, "reason": "the search reached fewer than two blendable learners",
                       "members": list(templates)}
     if left_s <= 0:
         return None, {"kept": False, "members": list(templates),
-                      "reason": f"no time left: the checks and the search took {-left_s:.1f}s more than the budget"}
+                      "reason": f"no time left: the checks and the search overran {STAGE_SHARE:g} x the budget by "
+                                f"{-left_s:.1f}s"}
     X, y = encoding.features(train_frame), encoding.labels(train_frame)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0
