@@ -182,6 +182,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "best_estimator": trained.best_estimator,
         "best_config": trained.best_config,
         "best_loss": trained.best_loss,
+        "best_loss_per_learner": trained.learner_losses,
         "model_format": model_format,
         # The blend of each learner's best model: its weights, why it ships or not (ml/blend.py).
         **({"blend": blend_record} if blend_record else {}),

@@ -251,8 +251,6 @@ class Trained:
     templates: dict[str, Any] = field(default_factory=dict, repr=False)
     # FLAML's validation loss of each learner's best configuration.
     learner_losses: dict[str, float] = field(default_factory=dict)
-    # What FLAML validated with: "cv" (5 folds) or "holdout", to estimate what one more fit costs.
-    eval_method: str = "holdout"
 
 
 @dataclass
@@ -338,7 +336,7 @@ def train(
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
                    estimator=getattr(model, "estimator", None),
                    templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
-                   learner_losses=losses, eval_method=str(getattr(automl._state, "eval_method", "holdout")))
+                   learner_losses=losses)
 
 
 def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:
