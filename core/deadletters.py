@@ -88,5 +88,6 @@ def describe(rec: dict[str, Any]) -> str:
     payload = (rec.get("args") or [None])[0]
     what = payload.get("key") if isinstance(payload, dict) else json.dumps(payload)[:60]
     last = (rec.get("traceback") or "").strip().splitlines()[-1:] or [""]
+    trace = f"  trace {rec['trace_id'][:16]}" if rec.get("trace_id") else ""  # for `sluice trace`
     return (f"{rec['message_id']}  {rec['actor']}  {what}  after {rec.get('attempts', rec.get('retries'))} attempts"
-            f"  {rec.get('dead_lettered_at', '')}: {last[0]}")
+            f"  {rec.get('dead_lettered_at', '')}: {last[0]}{trace}")

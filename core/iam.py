@@ -6,7 +6,7 @@
                     with stages of the user's own (which may return `NewObject`s that wake other stages), also
                     writes under the routes' arrival prefixes
     model-reader    reads registry/ and the runs' bundles (the loader, `serve`)
-    operator        lifecycle commands: registry history and aliases, run cancellation, quarantine replay
+    operator        lifecycle commands: registry history, index and aliases, run cancellation, quarantine replay
 
 Everything the stages act on is also signed (core/provenance.py), so these policies are a second fence: a role
 that may write a prefix still cannot make a stage act on what it wrote there without the signing key.
@@ -70,6 +70,7 @@ def policies(settings: Settings, routes: list[Route]) -> dict[str, dict[str, Any
             lst,
             _statement("ReadAll", READ, [f"{bucket}/*"]),
             _statement("Lifecycle", ["s3:PutObject"], [f"{bucket}/registry/*/history/*",
+                                                       f"{bucket}/registry/*/index/*",
                                                        f"{bucket}/registry/*/aliases/*",
                                                        f"{bucket}/runs/*/cancel.json",
                                                        *_objects(settings, arrivals)]),  # quarantine replay

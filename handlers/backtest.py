@@ -31,15 +31,16 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if ctx.store.exists(out):
         return []
     registry = ModelRegistry(ctx.store, ctx.state)
-    versions = registry.versions(contract.model)
+    newest = registry.page(contract.model, 1, RECENT + 1)["versions"]  # newest first, from the registry's index
     features = latest_feature_set(ctx.store, dataset)
-    if not versions or features is None:
+    if not newest or features is None:
         ctx.log.info("skip  backtest   %s: no registered model yet", dataset)
         return []
     champion = registry.alias(contract.model)
     champion_version = int(champion["version"]) if champion else None
-    chosen = [v for v in versions if v["version"] == champion_version]
-    chosen += [v for v in reversed(versions) if v["version"] != champion_version][:RECENT]
+    champion_doc = registry.version(contract.model, champion_version) if champion_version else None
+    chosen = [champion_doc] if champion_doc else []
+    chosen += [v for v in newest if v["version"] != champion_version][:RECENT]
     labels = read_parquet(ctx.store, event.key)
     feature_rows = read_parquet(ctx.store,
                                 keys.FeatureSet(dataset, features.feature_set_version, "features.parquet").key)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from sluice.core import keys
+from sluice.core import keys, tracing
 from sluice.core.context import Context
 from sluice.core.errors import Defer, Failure, ValidationFailed
 from sluice.core.runtime import dataset_of
@@ -207,8 +207,9 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
                         "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
         "finished_at": ctx.timestamp(),
-        "trace_id": features.trace_id,
-        "trace_links": _trace_links(ctx, dataset, features),
+        # The drop whose arrival made this run: the feature set's, or the label file's when new labels woke it.
+        "trace_id": tracing.current().get("trace_id") or features.trace_id,
+        "trace_links": _trace_links(ctx, dataset, features, labels),
     }
     # Written through its type (events/run.py): what every reader parses it back with.
     if ctx.store.put_json(keys.Run(dataset, run_id).key, TrainingRun.model_validate(run).to_dict(), if_absent=True):
@@ -297,13 +298,15 @@ def _pending_drops(ctx: Context, contract: Contract, features: FeaturesMateriali
     return pending
 
 
-def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized) -> list[str]:
-    """The trace ids of the drops this run is the first to train on: its data versions that the dataset's latest
-    earlier run did not have (every one for a first run), each as its validated manifest records it."""
+def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
+                 labels: list[DataValidated] | None = None) -> list[str]:
+    """The trace ids of the drops this run is the first to train on: its data versions (and label versions) that
+    the dataset's latest earlier run did not have (every one for a first run), each as its manifest records it."""
     from sluice.ml.runs import list_runs
 
     earlier = [r for r in list_runs(ctx.store, dataset) if r.get("finished_at") and r.get("data_versions")]
     before = set(earlier[-1]["data_versions"]) if earlier else set()
+    labels_before = set(earlier[-1].get("label_versions") or []) if earlier else set()
     links = []
     for dv in features.data_versions:
         if dv in before:
@@ -311,6 +314,9 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized) -> 
         doc = ctx.store.get_json_or_none(keys.Validated(dataset, dv).key)
         if isinstance(doc, dict) and doc.get("trace_id") and doc["trace_id"] not in links:
             links.append(str(doc["trace_id"]))
+    for lv in labels or []:
+        if lv.data_version not in labels_before and lv.trace_id and lv.trace_id not in links:
+            links.append(lv.trace_id)
     return links
 
 

@@ -185,13 +185,15 @@ def _training_gap(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s:
 def _registry_gaps(store: ObjectStore, state: StateBackend | None, model: str, min_age_s: float,
                    now: datetime) -> list[Gap]:
     from sluice.core.memory import MemoryState
-    from sluice.core.runtime import published_key
-    from sluice.events.model import for_transition
+    from sluice.events.model import EVENT_OF_ACTION, ModelEvent
     from sluice.ml.registry import ModelRegistry
 
+    # From the registry's index: a request per 20 versions and one per 1,000 stages, not one per version and per
+    # history record (every worker runs this each SLUICE_RECONCILE_INTERVAL_S).
     registry = ModelRegistry(store, state or MemoryState())
-    versions = {v["run_id"]: v for v in registry.versions(model)}
-    history = registry.history(model)
+    idx, docs = registry.indexed_versions(model)
+    versions = {v["run_id"]: v for v in docs.values()}
+    published = set(store.keys(keys.Published.prefix(model)))
     source = f"sluice://{store.bucket}"
     gaps = []
     for obj in listing(store, keys.Candidate.prefix(model)):
@@ -202,15 +204,18 @@ def _registry_gaps(store: ObjectStore, state: StateBackend | None, model: str, m
         if version is None:
             gaps.append(Gap("register", obj.key, _dataset(obj.key, store), f"candidate {run_id} has no version"))
             continue
-        decisive = [r for r in history if r["version"] == version["version"] and r["cause"] == "gate"]
-        if not decisive:
+        number = int(version["version"])
+        _, sequence, _, action = idx.entry(number)
+        if sequence is None:
             gaps.append(Gap("register", obj.key, version["dataset"],
-                            f"v{version['version']} was registered but the gate's decision was not applied"))
+                            f"v{number} was registered but the gate's decision was not applied"))
             continue
-        event = for_transition(version, decisive[-1], source)
-        if not store.exists(published_key(model, event.id)):
+        # The id for_transition(version, the gate's record) gives the event (events/model.py).
+        event = ModelEvent(type=EVENT_OF_ACTION[action], model=model, dataset=version["dataset"], version=number,
+                           time="", source=source, sequence=int(sequence))
+        if keys.Published(model, event.id).key not in published:
             gaps.append(Gap("register", obj.key, version["dataset"],
-                            f"v{version['version']}'s {event.type} event was never published"))
+                            f"v{number}'s {event.type} event was never published"))
     return gaps
 
 

@@ -23,12 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from bisect import bisect_right
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sluice.core.errors import IntegrityError, RegistryError, SluiceError, TransientError
 from sluice.core.ports import ObjectStore, StateBackend
+from sluice.ml.registry_index import FORMAT, PAGE, Index, digest, empty_head
+
+log = logging.getLogger("sluice")
+_T = TypeVar("_T")
 
 LOCK_TIMEOUT_S = 60
 CHAMPION = "champion"
@@ -59,12 +67,6 @@ def parse_time(text: str) -> datetime:
     except ValueError as exc:
         raise RegistryError(f"{text!r} is not an ISO 8601 time; use e.g. 2026-01-31T12:00:00Z") from exc
     return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def digest(doc: dict[str, Any]) -> str:
-    """The sha256 of a document's canonical JSON: what the next history record commits to."""
-    normal = json.loads(json.dumps(doc, default=str))  # as stored: what a reader of the bucket hashes
-    return hashlib.sha256(json.dumps(normal, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def chain_problems(records: list[dict[str, Any]]) -> list[str]:
@@ -126,14 +128,23 @@ class Registration:
     record: dict[str, Any]
 
 
+class _Stale(Exception):
+    """The index did not cover the newest history record: fold it in and decide again."""
+
+
 class ModelRegistry:
-    """Versions, aliases and history of models."""
+    """Versions, aliases and history of models.
+
+    Reads and writes go through the index (ml/registry_index.py): a fixed number of requests whatever the length
+    of the history. `history`, `snapshot` and `verify` still read the whole history, and check it as a chain.
+    """
 
     def __init__(self, store: ObjectStore, state: StateBackend):
         self.store = store
         self.state = state
         # Version documents and history records are immutable, so caching them by key is always correct.
         self._cache: dict[str, dict[str, Any]] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     @staticmethod
     def base(model: str) -> str:
@@ -144,6 +155,12 @@ class ModelRegistry:
         """Where a version's model card lives."""
         return f"{self.base(model)}/versions/{number:06d}.md"
 
+    def _version_key(self, model: str, number: int) -> str:
+        return f"{self.base(model)}/versions/{number:06d}.json"
+
+    def _history_key(self, model: str, sequence: int) -> str:
+        return f"{self.base(model)}/history/{sequence:08d}.json"
+
     def _immutable(self, key: str) -> dict[str, Any] | None:
         doc = self._cache.get(key)
         if doc is None:
@@ -152,21 +169,36 @@ class ModelRegistry:
                 self._cache[key] = doc
         return doc
 
+    def _fetch(self, keys: list[str]) -> dict[str, Any]:
+        """Several documents at once (None when absent, the exception when a read failed)."""
+        def one(key: str) -> Any:
+            try:
+                return self.store.get_json_or_none(key)
+            except Exception as exc:  # handed back, so the caller decides which failures matter
+                return exc
+
+        unique = list(dict.fromkeys(keys))
+        if len(unique) <= 1:
+            return {k: one(k) for k in unique}
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sluice-registry")
+        return dict(zip(unique, self._pool.map(one, unique), strict=True))
+
     def version_numbers(self, model: str) -> list[int]:
-        """All version numbers, ascending."""
+        """All version numbers, ascending (a listing of every version: prefer `current(model).head['versions']`)."""
         prefix = f"{self.base(model)}/versions/"
         return sorted(int(k[len(prefix):].split(".")[0]) for k in self.store.keys(prefix) if k.endswith(".json"))
 
     def version(self, model: str, number: int) -> dict[str, Any] | None:
         """One version document."""
-        return self._immutable(f"{self.base(model)}/versions/{number:06d}.json")
+        return self._immutable(self._version_key(model, number))
 
     def versions(self, model: str) -> list[dict[str, Any]]:
-        """Every version document, ascending."""
+        """Every version document, ascending (one request each: prefer `page`)."""
         return [v for n in self.version_numbers(model) if (v := self.version(model, n)) is not None]
 
     def alias(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
-        """The alias document ({version, since, previous}), or None."""
+        """The alias document ({version, since, previous}), or None: one GET."""
         doc: dict[str, Any] | None = self.store.get_json_or_none(f"{self.base(model)}/aliases/{name}.json")
         return doc
 
@@ -175,8 +207,14 @@ class ModelRegistry:
         alias = self.alias(model)
         return self.version(model, int(alias["version"])) if alias else None
 
+    def known(self, model: str) -> bool:
+        """True when the model has an index or any version."""
+        if self.store.get_json_or_none(Index.head_key(model)) is not None:
+            return True
+        return next(iter(self.store.keys(f"{self.base(model)}/versions/")), None) is not None
+
     def history(self, model: str) -> list[dict[str, Any]]:
-        """Every recorded transition, oldest first."""
+        """Every recorded transition, oldest first (reads the whole history and checks the chain)."""
         docs = [d for k in self.store.keys(f"{self.base(model)}/history/") if (d := self._immutable(k)) is not None]
         docs.sort(key=lambda d: int(d["sequence"]))
         problems = chain_problems(docs)
@@ -186,28 +224,234 @@ class ModelRegistry:
         return docs
 
     def snapshot(self, model: str) -> Snapshot:
-        """The current state, folded from the history."""
+        """The current state, folded from the whole history (the index's reference: see `current` for the cheap one)."""
         snap = Snapshot()
         for record in self.history(model):
             snap.apply(record)
         return snap
 
-    def champion_at(self, model: str, when: datetime) -> tuple[int | None, dict[str, Any] | None]:
-        """Which version was champion at `when`, and the history record that made it so (None before any)."""
-        champion: int | None = None
-        cause: dict[str, Any] | None = None
+    # -- the index --------------------------------------------------------------------------------------------
+    def current(self, model: str) -> Index:
+        """The current state from the index: the head, the newest history records it does not cover yet folded in."""
+        return self._load(model, write=False)[0]
+
+    def _load(self, model: str, *, write: bool, pages: Callable[[Index], list[str]] | None = None,
+              extra: tuple[str, ...] = ()) -> tuple[Index, dict[str, Any]]:
+        """The index (rebuilt when missing or refused), with `pages` of it and the `extra` documents read in the
+        same round of parallel requests as the check for newer history records."""
+        try:
+            head = self.store.get_json_or_none(Index.head_key(model))
+        except IntegrityError as exc:
+            log.warning("%s; rebuilding the index of %s from its history", exc, model)
+            head = None
+        if head is None or head.get("format") != FORMAT or head.get("model") != model:
+            idx = self._rebuild(model)
+            return idx, {k: v for k, v in self._fetch(list(extra)).items()}
+        idx = Index(self.store, model, head)
+        probe = self._history_key(model, idx.next_sequence)
+        wanted = pages(idx) if pages else []
+        found = self._fetch([probe, *wanted, *extra])
+        for key in wanted:
+            if isinstance(found[key], IntegrityError):
+                log.warning("%s; rebuilding the index of %s from its history", found[key], model)
+                return self._rebuild(model), {k: found[k] for k in extra}
+            if isinstance(found[key], Exception):
+                raise found[key]
+            idx.preload(key, found[key])
+        if isinstance(found[probe], Exception):
+            raise found[probe]  # a newer record that no stage wrote: refused, like any forged document
+        if found[probe] is not None:
+            self._fold(idx, found[probe], write=write)
+        for key in extra:
+            if isinstance(found[key], Exception):
+                raise found[key]
+        return idx, {k: found[k] for k in extra}
+
+    def _fold(self, idx: Index, record: dict[str, Any] | None, *, write: bool) -> None:
+        """Fold in the history records after the index's last one (a writer died before writing the index)."""
+        model = idx.model
+        while record is not None:
+            if int(record["sequence"]) != idx.next_sequence or ("prev" in record
+                                                                 and record["prev"] != idx.head["digest"]):
+                raise IntegrityError(
+                    f"the registry history of {model} is broken: record {record['sequence']} does not follow "
+                    f"record {idx.sequence} as the index recorded it. Nothing acts on it until it is restored; "
+                    f"`sluice models verify {model}` lists every problem.")
+            key = self._history_key(model, idx.next_sequence)
+            self._cache[key] = record
+            if write and record["action"] == "registered":
+                version = self.version(model, int(record["version"]))
+                if version is not None:
+                    idx.set_doc(version)
+            idx.apply(record)
+            idx.folded = True
+            record = self.store.get_json_or_none(self._history_key(model, idx.next_sequence))
+
+    def _rebuild(self, model: str) -> Index:
+        """The index folded from the whole history (checked as a chain) and every version document."""
+        idx = Index(self.store, model, empty_head(model), fresh=True)
+        versions = {int(v["version"]): v for v in self.versions(model)}
         for record in self.history(model):
-            if parse_time(record["at"]) > when:
-                break  # record times never decrease (see _append), so nothing later applies
-            if record["champion"] != champion:
-                champion, cause = record["champion"], record
-        return champion, cause
+            if record["action"] == "registered" and int(record["version"]) in versions:
+                idx.set_doc(versions[int(record["version"])])
+            idx.apply(record)
+        for version in versions.values():
+            if idx.doc(int(version["version"])) is None:
+                idx.set_doc(version)  # created by a writer that died before registering it
+        idx.rebuilt = True
+        return idx
+
+    def reindex(self, model: str) -> Index:
+        """Rebuild the index of `model` from its whole history, under the model's lock."""
+        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
+            idx = self._rebuild(model)
+            self._flush(idx, None)
+            return idx
+
+    def _write(self, model: str, op: Callable[[Index, dict[str, Any]], _T], *, versions: tuple[int, ...] = (),
+               extra: tuple[str, ...] = ()) -> _T:
+        """Run a write under the model's lock on the current index, then write the index (the head last)."""
+        def hot(idx: Index) -> list[str]:
+            head = idx.head
+            numbers = {n for n in (head["champion"], head["challenger"], head["versions"], head["versions"] + 1,
+                                   *versions) if n}
+            keys = [idx.locate("stages", n - 1)[0] for n in numbers]
+            keys.append(idx.locate("docs", head["versions"])[0])
+            keys.append(idx.locate("timeline", head["timeline"])[0])
+            keys += [idx.locate("champions", d)[0] for d in range(max(0, head["depth"] - 3), head["depth"] + 1)]
+            return keys
+
+        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
+            for _ in range(3):
+                idx, found = self._load(model, write=True, pages=hot, extra=extra)
+                for key, doc in found.items():
+                    if "/versions/" in key and isinstance(doc, dict):
+                        self._cache[key] = doc  # immutable
+                before = None if idx.folded or idx.rebuilt else idx.alias_docs()
+                try:
+                    result = op(idx, found)
+                except _Stale:
+                    continue  # someone's record is newer than the index: fold it in and decide again
+                self._flush(idx, before)
+                return result
+            raise TransientError(f"the registry history of {model} keeps changing under its lock; retrying")
+
+    def _flush(self, idx: Index, aliases_before: dict[str, dict[str, Any] | None] | None) -> None:
+        """Write the changed pages, run pointers and aliases, then the head (what says they are valid)."""
+        model = idx.model
+        writes: list[tuple[str, dict[str, Any] | None]] = [(k, idx.page_doc(k)) for k in sorted(idx.dirty)]
+        writes += [(Index.run_key(model, run), {"run_id": run, "version": n}) for run, n in idx.runs.items()]
+        for name, doc in idx.alias_docs().items():
+            if aliases_before is None or aliases_before.get(name) != doc:
+                writes.append((f"{self.base(model)}/aliases/{name}.json", doc))
+
+        def write(item: tuple[str, dict[str, Any] | None]) -> None:
+            key, doc = item
+            if doc is None:
+                self.store.delete(key)
+            elif "/index/" in key:
+                self._put_compact(key, doc)
+            else:
+                self.store.put_json(key, doc)
+
+        if len(writes) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sluice-registry")
+            list(self._pool.map(write, writes))
+        else:
+            for item in writes:
+                write(item)
+        if idx.head_dirty or idx.rebuilt:
+            self._put_compact(Index.head_key(model), idx.head)
+        idx.dirty.clear()
+        idx.runs.clear()
+
+    def _put_compact(self, key: str, doc: dict[str, Any]) -> None:
+        """An index document without indentation: pages of 1,000 entries are read and rewritten often."""
+        data = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+        self.store.put(key, data, content_type="application/json")
+
+    def _record(self, model: str, sequence: int) -> dict[str, Any]:
+        record = self._immutable(self._history_key(model, sequence))
+        if record is None:
+            raise IntegrityError(f"history record {sequence} of {model} is gone; `sluice models verify {model}`")
+        return record
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def page(self, model: str, page: int = 1, limit: int = 20) -> dict[str, Any]:
+        """One page of versions, newest first, with their stages and the aliases: a few requests at any length."""
+        if page < 1 or limit < 1:
+            raise RegistryError("--page and --limit start at 1")
+
+        def pages(idx: Index) -> list[str]:
+            hi = int(idx.head["versions"]) - (page - 1) * limit
+            numbers = range(max(1, hi - limit + 1), hi + 1)
+            return list(dict.fromkeys([idx.locate(kind, n - 1)[0] for n in numbers for kind in ("stages", "docs")]))
+
+        idx, _ = self._load(model, write=False, pages=pages)
+        total = int(idx.head["versions"])
+        hi = total - (page - 1) * limit
+        numbers = list(range(hi, max(0, hi - limit), -1))
+        missing = [n for n in numbers if idx.doc(n) is None]
+        found = self._fetch([self._version_key(model, n) for n in missing])
+        docs = []
+        for n in numbers:
+            doc = idx.doc(n) or found.get(self._version_key(model, n))
+            if isinstance(doc, Exception):
+                raise doc
+            if doc is not None:
+                docs.append(doc)
+        return {"model": model, "page": page, "limit": limit, "total": total,
+                "pages": max(1, -(-total // limit)), "champion": idx.champion, "challenger": idx.challenger,
+                "aliases": idx.alias_docs(), "sequence": idx.sequence,
+                "stages": {int(d["version"]): idx.stage(int(d["version"])) for d in docs}, "versions": docs}
+
+    def indexed_versions(self, model: str) -> tuple[Index, dict[int, dict[str, Any]]]:
+        """The index and every version document, from the index's pages (one request per 20 versions, in
+        parallel) rather than one per version; a version missing from its page is read on its own."""
+        idx, _ = self._load(model, write=False)
+        total = int(idx.head["versions"])
+        keys = [idx.key("docs", p) for p in range(-(-total // PAGE["docs"]))]
+        for key, doc in self._fetch(keys).items():
+            if isinstance(doc, Exception):
+                raise doc
+            idx.preload(key, doc)
+        docs = {n: d for n in range(1, total + 1) if (d := idx.doc(n)) is not None}
+        missing = [self._version_key(model, n) for n in range(1, total + 1) if n not in docs]
+        for doc in self._fetch(missing).values():
+            if isinstance(doc, Exception):
+                raise doc
+            if doc is not None:
+                docs[int(doc["version"])] = doc
+        return idx, docs
+
+    def champion_at(self, model: str, when: datetime) -> tuple[int | None, dict[str, Any] | None]:
+        """Which version was champion at `when`, and the history record that made it so (None before any).
+
+        A bisection in the index's timeline of champion changes (record times never decrease, see _append).
+        """
+        def page_at(idx: Index) -> list[str]:
+            starts = [parse_time(s) for s in idx.head["timeline_starts"]]
+            p = bisect_right(starts, when) - 1
+            return [idx.key("timeline", p)] if p >= 0 else []
+
+        idx, _ = self._load(model, write=False, pages=page_at)
+        starts = [parse_time(s) for s in idx.head["timeline_starts"]]
+        p = bisect_right(starts, when) - 1
+        if p < 0:
+            return None, None
+        size = PAGE["timeline"]
+        entries = idx.page(idx.key("timeline", p))[: int(idx.head["timeline"]) - p * size]
+        i = bisect_right([parse_time(e[0]) for e in entries], when) - 1
+        _, sequence, champion = entries[i]
+        return champion, self._record(model, int(sequence))
 
     def models(self) -> list[str]:
         """Names of all registered models."""
         names = {k.split("/")[1] for k in self.store.keys("registry/") if "/versions/" in k}
         return sorted(names)
 
+    # -- writes -----------------------------------------------------------------------------------------------
     def register(self, model: str, doc: dict[str, Any], *, outcome: str, compared_with: int | None, at: str,
                  by: str = AUTOMATIC) -> Registration:
         """Register the run in `doc` as the next version (once per run) and apply the gate's `outcome`.
@@ -215,27 +459,34 @@ class ModelRegistry:
         Safe to call again after a crash at any point: the run's version is found, and each lifecycle step is
         taken only if the history does not show it yet.
         """
-        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
-            snap = self.snapshot(model)
-            existing = next((v for v in self.versions(model) if v["run_id"] == doc["run_id"]), None)
+        run_key = Index.run_key(model, str(doc["run_id"]))
+
+        def op(snap: Index, found: dict[str, Any]) -> Registration:
+            pointer = found.get(run_key)
+            if str(doc["run_id"]) in snap.runs:  # indexed just now (a rebuild, or a version a dead writer left)
+                pointer = {"version": snap.runs[str(doc["run_id"])]}
+            existing = self._run_version(model, str(doc["run_id"]), pointer)
             created = existing is None
             if existing is None:
                 reasons = list(doc.get("reasons", []))
+                gate_outcome = outcome
                 if outcome == PROMOTE and snap.champion != compared_with:
                     # Another version became champion while this one was benchmarked: no evidence against it.
-                    outcome = INSUFFICIENT
+                    gate_outcome = INSUFFICIENT
                     reasons.append(f"the champion changed (v{compared_with} -> v{snap.champion}) while this candidate "
                                    "was benchmarked, so it was not compared with the current champion; promote it "
                                    "by hand or drop new data to compare again")
-                existing = self._create_version(model, {**doc, "reasons": reasons, "compared_with": compared_with},
-                                                outcome, at)
+                existing = self._create_version(snap, model, {**doc, "reasons": reasons,
+                                                              "compared_with": compared_with}, gate_outcome, at)
             number = existing["version"]
+            if snap.doc(number) is None:
+                snap.set_doc(existing)
             # The drop that caused the run (core/tracing.py), on every record the gate wrote; absent before it.
             trace = {"trace_id": existing["trace_id"]} if existing.get("trace_id") else {}
-            if snap.stages.get(number) is None:
+            if snap.stage(number) is None:
                 self._append(model, snap, "registered", number, {number: CANDIDATE}, cause="benchmark", by=by,
                              reason=f"run {doc['run_id']} registered", at=at, document=digest(existing), **trace)
-            if snap.stages[number] == CANDIDATE:
+            if snap.stage(number) == CANDIDATE:
                 gate = {"cause": "gate", "by": by, "reasons": existing.get("reasons", []), "at": at, **trace}
                 if existing["decision"] == REJECT:
                     self._append(model, snap, "rejected", number, {number: REJECTED},
@@ -248,63 +499,74 @@ class ModelRegistry:
                                  reason="the gate found it worth challenging the champion"
                                  if existing["decision"] == PROMOTE else "the evidence is not sufficient to decide",
                                  **gate)
-            if (snap.stages[number] == CHALLENGER and existing["decision"] == PROMOTE
+            if (snap.stage(number) == CHALLENGER and existing["decision"] == PROMOTE
                     and snap.champion == existing.get("compared_with")):
                 self._promote(model, snap, number, cause="gate", by=by, reason="the gate promoted it",
                               reasons=existing.get("reasons", []), at=at, **trace)
-            self._sync_aliases(model, snap)
-            decisive = [r for r in snap.records if r["version"] == number and r["cause"] == "gate"]
-            return Registration(existing, created, decisive[-1])
+            return Registration(existing, created, self._record(model, int(snap.entry(number)[1])))
+
+        return self._write(model, op, extra=(run_key,))
+
+    def _run_version(self, model: str, run_id: str, pointer: Any) -> dict[str, Any] | None:
+        """The version a run became, from its pointer (None: not registered yet, or not indexed yet)."""
+        if pointer is None:
+            return None
+        version = self.version(model, int(pointer["version"]))
+        if version is None or version.get("run_id") != run_id:
+            raise IntegrityError(f"{Index.run_key(model, run_id)} points at v{pointer['version']}, which is not run "
+                                 f"{run_id}'s version; `sluice models verify {model}`, then `sluice models reindex "
+                                 f"{model}`")
+        return version
 
     def promote(self, model: str, number: int, *, reason: str, by: str, at: str,
                 force: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
         """Make `number` the champion by hand; a version the gate rejected needs `force`."""
-        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
-            snap = self.snapshot(model)
-            version = self._existing(model, number)
+        def op(snap: Index, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            version = self._existing(model, number, snap)
             if snap.champion == number:
                 raise RegistryError(f"{model} v{number} is already the champion")
-            stage = snap.stages.get(number)
+            stage = snap.stage(number)
             refused = version["decision"] == REJECT or stage == CANDIDATE
             if refused and not force:
                 why = "; ".join(version.get("reasons", [])) or "it has not been through the gate"
                 raise RegistryError(f"the gate did not pass {model} v{number} ({why}). Pass --force to promote it "
                                     "anyway; the history records that you did.")
             cause = "manual, forced past the gate" if refused else "manual"
-            record = self._promote(model, snap, number, cause=cause, by=by, reason=reason, at=at)
-            self._sync_aliases(model, snap)
-            return version, record
+            return version, self._promote(model, snap, number, cause=cause, by=by, reason=reason, at=at)
+
+        return self._write(model, op, versions=(number,), extra=(self._version_key(model, number),))
 
     def rollback(self, model: str, *, reason: str, by: str, at: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restore the champion before the current one; the current one is archived."""
-        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
-            snap = self.snapshot(model)
-            if snap.champion is None or len(snap.champions) < 2:
+        def op(snap: Index, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            target = snap.champions_from_top(1)
+            if snap.champion is None or target is None:
                 raise RegistryError(f"{model} has no earlier champion to roll back to "
                                     f"(champion: {'v' + str(snap.champion) if snap.champion else 'none'})")
-            current, target = snap.champion, snap.champions[-2]
+            current = snap.champion
             record = self._append(model, snap, "rolled_back", target, {current: ARCHIVED, target: CHAMPION},
                                   cause="rollback", by=by, reason=reason, at=at, champion=target,
                                   challenger=None if snap.challenger == target else snap.challenger)
-            self._sync_aliases(model, snap)
-            return self._existing(model, target), record
+            return self._existing(model, target, snap), record
+
+        return self._write(model, op)
 
     def archive(self, model: str, number: int, *, reason: str, by: str,
                 at: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """Retire a version that is not the champion."""
-        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
-            snap = self.snapshot(model)
-            version = self._existing(model, number)
+        def op(snap: Index, found: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+            version = self._existing(model, number, snap)
             if snap.champion == number:
                 raise RegistryError(f"{model} v{number} is the champion; `sluice models rollback {model}` or promote "
                                     "another version first")
-            if snap.stages.get(number) == ARCHIVED:
+            if snap.stage(number) == ARCHIVED:
                 raise RegistryError(f"{model} v{number} is already archived")
             record = self._append(model, snap, "archived", number, {number: ARCHIVED}, cause="manual", by=by,
                                   reason=reason, at=at,
                                   challenger=None if snap.challenger == number else snap.challenger)
-            self._sync_aliases(model, snap)
             return version, record
+
+        return self._write(model, op, versions=(number,), extra=(self._version_key(model, number),))
 
     def verify(self, model: str, *, artifacts: bool = True) -> list[str]:
         """Every way the stored registry of `model` differs from what Sluice wrote: unsigned or edited documents,
@@ -341,6 +603,7 @@ class ModelRegistry:
                                 "registered it")
             if artifacts:
                 problems += self._artifact_problems(version)
+        problems += self._index_problems(model, records, read)
         for number in set(registered) - {v.get("version") for v in versions.values()}:
             problems.append(f"v{number} is in the history but its version document is gone")
         for name, wanted in ((CHAMPION, snap.champion), (CHALLENGER, snap.challenger)):
@@ -370,78 +633,108 @@ class ModelRegistry:
             return [f"{where}: its artifact cannot be read ({exc})"]
         return []
 
+    def _index_problems(self, model: str, records: list[dict[str, Any]], read: Callable[[str], Any]) -> list[str]:
+        """Where the stored index disagrees with the history it says it folds (a stale index is not a problem:
+        the next reader folds the newer records in)."""
+        key = Index.head_key(model)
+        if not self.store.exists(key):
+            return []
+        head = read(key)
+        covered = int(head.get("sequence", 0))
+        fix = f"`sluice models reindex {model}` rebuilds it from the history"
+        if covered > len(records):
+            return [f"{key}: the index covers {covered} history records, the history has {len(records)} (newest "
+                    f"records deleted?); {fix}"]
+        ref = Index(self.store, model, empty_head(model), fresh=True)
+        for record in records[:covered]:
+            ref.apply(record)
+        problems = [f"{key}: says {name} {head.get(name)!r}, the history says {value!r}; {fix}"
+                    for name, value in ref.head.items() if name != "versions" and head.get(name) != value]
+        valid = {"timeline": int(ref.head["timeline"]), "champions": int(ref.head["depth"])}
+        for page_key, entries in sorted(ref.pages.items()):
+            kind = page_key.split("/")[-2]
+            stored = (read(page_key) or {}).get("entries", []) if self.store.exists(page_key) else []
+            start = int(page_key.rsplit("/", 1)[1].split(".")[0]) * PAGE[kind]
+            for offset, entry in enumerate(entries):
+                if entry is None or start + offset >= valid.get(kind, start + offset + 1):
+                    continue
+                if (stored[offset] if offset < len(stored) else None) != entry:
+                    problems.append(f"{page_key}: entry {start + offset + 1} disagrees with the history; {fix}")
+        registered = {r["version"]: r.get("document") for r in records if r["action"] == "registered"}
+        for page_key in self.store.keys(f"{self.base(model)}/index/docs/"):
+            for doc in (read(page_key) or {}).get("entries", []):
+                if isinstance(doc, dict) and registered.get(doc.get("version")) not in (None, digest(doc)):
+                    problems.append(f"{page_key}: its copy of v{doc.get('version')} is not the version the "
+                                    f"history registered; {fix}")
+        return problems
+
     def record_rescore(self, model: str, number: int, *, scores_before: dict[str, Any],
                        scores_after: dict[str, Any], by: str, at: str, reason: str) -> dict[str, Any] | None:
         """Record corrected gate scores of a version as a `rescored` history record (the version document is
         immutable and keeps its original scores). None when the latest correction already says the same."""
-        with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
-            snap = self.snapshot(model)
-            self._existing(model, number)
-            earlier = [r for r in snap.records if r["action"] == RESCORED and r["version"] == number]
-            if earlier and earlier[-1].get("scores_after") == scores_after:
+        def op(snap: Index, found: dict[str, Any]) -> dict[str, Any] | None:
+            self._existing(model, number, snap)
+            latest = snap.entry(number)[2]
+            if latest is not None and self._record(model, int(latest)).get("scores_after") == scores_after:
                 return None
             return self._append(model, snap, RESCORED, number, {}, cause="rescore", by=by, reason=reason, at=at,
                                 scores_before=scores_before, scores_after=scores_after)
 
-    def _existing(self, model: str, number: int) -> dict[str, Any]:
+        return self._write(model, op, versions=(number,), extra=(self._version_key(model, number),))
+
+    def _existing(self, model: str, number: int, snap: Index) -> dict[str, Any]:
         version = self.version(model, number)
         if version is None:
-            known = ", ".join(f"v{n}" for n in self.version_numbers(model)) or "none"
+            total = int(snap.head["versions"])
+            known = f"v1-v{total}" if total else "none"
             raise RegistryError(f"{model} has no version {number} (versions: {known})")
         return version
 
-    def _create_version(self, model: str, doc: dict[str, Any], outcome: str, at: str) -> dict[str, Any]:
-        numbers = self.version_numbers(model)
-        number = (numbers[-1] if numbers else 0) + 1
+    def _create_version(self, snap: Index, model: str, doc: dict[str, Any], outcome: str,
+                        at: str) -> dict[str, Any]:
+        number = int(snap.head["versions"]) + 1
         while True:
             version = {**doc, "model": model, "version": number, "registered_at": at, "decision": outcome,
                        "card": self.store.uri(self.card_key(model, number))}
-            if self.store.put_json(f"{self.base(model)}/versions/{number:06d}.json", version, if_absent=True):
+            if self.store.put_json(self._version_key(model, number), version, if_absent=True):
+                self._cache[self._version_key(model, number)] = version
                 return version
-            number += 1  # someone outside the lock took it: the conditional write keeps us honest
+            # Taken: by this run before a crash (then it is ours), or by a writer that died before registering it
+            # (indexed as a version without a stage, as a listing would show it), or by someone outside the lock.
+            taken = self.version(model, number)
+            if taken is not None:
+                if taken.get("run_id") == doc["run_id"]:
+                    return taken
+                snap.set_doc(taken)
+            number += 1
 
-    def _promote(self, model: str, snap: Snapshot, number: int, **details: Any) -> dict[str, Any]:
+    def _promote(self, model: str, snap: Index, number: int, **details: Any) -> dict[str, Any]:
         changes = {number: CHAMPION}
         if snap.champion is not None:
             changes[snap.champion] = ARCHIVED
         return self._append(model, snap, "promoted", number, changes, champion=number,
                             challenger=None if snap.challenger == number else snap.challenger, **details)
 
-    def _append(self, model: str, snap: Snapshot, action: str, number: int, changes: dict[int, str], *, cause: str,
+    def _append(self, model: str, snap: Index, action: str, number: int, changes: dict[int, str], *, cause: str,
                 by: str, reason: str, at: str, **extra: Any) -> dict[str, Any]:
         for v, to in changes.items():
-            if (snap.stages.get(v), to) not in ALLOWED:
-                raise RegistryError(f"{model} v{v} cannot go from {snap.stages.get(v) or 'unregistered'} to {to}")
-        if snap.records and parse_time(at) < parse_time(snap.records[-1]["at"]):
-            at = snap.records[-1]["at"]  # worker clocks differ; the history's order is the truth, keep times monotonic
+            if (snap.stage(v), to) not in ALLOWED:
+                raise RegistryError(f"{model} v{v} cannot go from {snap.stage(v) or 'unregistered'} to {to}")
+        if snap.head["at"] and parse_time(at) < parse_time(snap.head["at"]):
+            at = snap.head["at"]  # worker clocks differ; the history's order is the truth, keep times monotonic
         record = {
             "model": model, "sequence": snap.next_sequence, "version": number, "action": action,
-            "changes": [{"version": v, "from": snap.stages.get(v), "to": to} for v, to in changes.items()],
+            "changes": [{"version": v, "from": snap.stage(v), "to": to} for v, to in changes.items()],
             "cause": cause, "by": by, "reason": reason, "at": at,
             "previous_champion": snap.champion, "champion": snap.champion, "challenger": snap.challenger, **extra,
-            "prev": digest(snap.records[-1]) if snap.records else None,
+            "prev": snap.head["digest"],
         }
-        key = f"{self.base(model)}/history/{record['sequence']:08d}.json"
+        key = self._history_key(model, record["sequence"])
         if not self.store.put_json(key, record, if_absent=True):
+            if not snap.appended:
+                raise _Stale(key)  # a record the index does not cover yet (its writer died): fold, decide again
             raise TransientError(f"{key} was written by someone not holding the registry lock; retrying")
         self._cache[key] = record
         snap.apply(record)
+        snap.appended += 1
         return record
-
-    def _sync_aliases(self, model: str, snap: Snapshot) -> None:
-        wanted: dict[str, dict[str, Any] | None] = {
-            CHAMPION: None if snap.champion is None else {
-                "version": snap.champion, "since": snap.since(snap.champion),
-                "previous": snap.champions[-2] if len(snap.champions) > 1 else None},
-            CHALLENGER: None if snap.challenger is None else {
-                "version": snap.challenger,
-                "since": next(r["at"] for r in reversed(snap.records)
-                              if r["action"] == "challenger" and r["version"] == snap.challenger)},
-        }
-        for name, doc in wanted.items():
-            key = f"{self.base(model)}/aliases/{name}.json"
-            if doc is None:
-                if self.alias(model, name) is not None:
-                    self.store.delete(key)
-            elif self.alias(model, name) != doc:
-                self.store.put_json(key, doc)

@@ -22,7 +22,7 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
     runs = [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/run.json")]
     registry = ModelRegistry(store, state)
     model = runs[0]["model"] if runs else dataset
-    versions = registry.versions(model)
+    versions = list(registry.indexed_versions(model)[1].values())  # a request per 20 versions, not one each
     champion = registry.alias(model)
     arrivals = []
     for entry in sorted(ledger, key=lambda e: e["at"]):

@@ -118,7 +118,12 @@ def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, ba
     else:
         raise UnreadableFile(f"{key}: Sluice reads {', '.join(SUPPORTED)} files.",
                              hint="Rename or convert the file and drop it again.")
-    return _split(frame, key, contract, workdir, is_text, batch_rows, extensions)
+    try:
+        return _split(frame, key, contract, workdir, is_text, batch_rows, extensions)
+    except UnreadableFile as exc:
+        if is_text and isinstance(exc.__cause__, pl.exceptions.PolarsError):
+            _check_ragged(path, key, len(frame.collect_schema()))  # a line with too many fields: name it
+        raise
 
 
 def over_limit(key: str, what: str, contract: Contract, name: str, **details: Any) -> LimitExceeded:
@@ -181,7 +186,8 @@ def _scan_csv(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
             f.seek(start)
             text = f.read(min(length, 4096)).decode("utf-8", "replace").rstrip("\r\n")
         raise _ragged(key, line, commas + 1, len(header), text)
-    return pl.scan_csv(path, infer_schema=False, encoding="utf8-lossy")
+    # _check_text decoded every byte as UTF-8 already; polars' lossy decoding would cost a third of the read again
+    return pl.scan_csv(path, infer_schema=False, encoding="utf8")
 
 
 @dataclass
@@ -226,10 +232,21 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
             ends = offset + newlines
             if ends.size:
                 lengths = ends - np.concatenate(([line_start], ends[:-1] + 1))
-                commas = _per_line(np.flatnonzero(data == 44), newlines, carry_commas)
-                quotes = (_per_line(np.flatnonzero(data == 34), newlines, carry_quotes) if b'"' in chunk
-                          else np.full(newlines.size, carry_quotes))
+                last = int(newlines[-1])
+                # An empty line (or a lone \r) is skipped by the reader; a quoted line is left to the parser.
+                blank = (lengths == 0) | ((lengths == 1) & (data[np.maximum(newlines - 1, 0)] == 13))
+                commas = quotes = None
+                # Every line of a chunk has the header's comma count if their sum is right, since a line with more
+                # fields than the header stops the reader (and `_check_ragged` names it then). Else count per line.
+                if lines == 0 or (seen.ragged is None and (
+                        carry_quotes or chunk.find(b'"', 0, last) >= 0
+                        or carry_commas + int(np.count_nonzero(data[:last] == 44))
+                        != int(np.count_nonzero(~blank)) * seen.header_commas)):
+                    commas = _per_line(np.flatnonzero(data == 44), newlines, carry_commas)
+                    quotes = (_per_line(np.flatnonzero(data == 34), newlines, carry_quotes) if b'"' in chunk
+                              else np.full(newlines.size, carry_quotes))
                 if lines == 0:
+                    assert commas is not None
                     if lengths[0] > header_cap:
                         raise over_limit(key, f"the header line is {int(lengths[0]):,} bytes", contract,
                                          "max_header_field_bytes")
@@ -241,9 +258,7 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                     n = int(long[0])
                     raise over_limit(key, f"line {lines + n + 1} is {int(lengths[n]):,} bytes, "
                                           "more than its columns can hold", contract, "max_cell_bytes")
-                if seen.ragged is None:
-                    # An empty line (or a lone \r) is skipped by the reader; a quoted line is left to the parser.
-                    blank = (lengths == 0) | ((lengths == 1) & (data[np.maximum(newlines - 1, 0)] == 13))
+                if seen.ragged is None and commas is not None:
                     odd = (commas != seen.header_commas) & (quotes == 0) & ~blank
                     if lines == 0:
                         odd[0] = False
@@ -252,8 +267,8 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                         n = int(hit[0])
                         start = int(ends[n - 1]) + 1 if n else line_start
                         seen.ragged = (lines + n + 1, start, int(lengths[n]), int(commas[n]))
-                carry_commas = int(np.count_nonzero(data[newlines[-1] + 1:] == 44))
-                carry_quotes = chunk.count(b'"', int(newlines[-1]) + 1)
+                carry_commas = int(np.count_nonzero(data[last + 1:] == 44))
+                carry_quotes = chunk.count(b'"', last + 1)
                 line_start = int(ends[-1]) + 1
             else:
                 carry_commas += int(np.count_nonzero(data == 44))
@@ -486,8 +501,9 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
 
     valid_path = workdir / "valid.parquet"
     try:
+        # Snappy, as pyarrow wrote it; no min/max statistics: every reader of data.parquet reads it whole.
         register_io_source(valid_batches, schema=typed_schema).sink_parquet(
-            valid_path, compression="snappy", row_group_size=ROW_GROUP_ROWS)
+            valid_path, compression="snappy", statistics=False, row_group_size=ROW_GROUP_ROWS)
     except pl.exceptions.PolarsError as exc:
         errors.append(exc)
     finally:
@@ -545,13 +561,13 @@ class _Typing:
     first cast directly (no stripping, the settled format); only the cells that did not cast (blanks, padding,
     "3.0" in an int column, another date layout, non-finite floats) are typed again the slow way, by
     `typed_exprs`, on those rows alone, a date column's after the value its format was settled on (polars infers
-    a layout from the first value). So every cell is typed as `typed_exprs` types a batch that starts with the
-    file's first value."""
+    a layout from the first value it can read). So every cell is typed as `typed_exprs` types a batch that starts
+    with the file's first readable value."""
 
     def __init__(self, contract: Contract, is_text: bool):
         self.contract, self.is_text = contract, is_text
         self.formats: dict[str, str | None] = {}
-        self.anchors: dict[str, str] = {}  # a date column's first value, which settled its format
+        self.anchors: dict[str, str] = {}  # a date column's first readable value, which settled its format
 
     def batch(self, raw: pl.DataFrame, offset: int) -> tuple[pl.DataFrame, list[Failure]]:
         """The typed batch, and a failure for every cell that does not cast (in column, then row order)."""
@@ -626,26 +642,33 @@ class _Typing:
         return None
 
     def _format(self, values: pl.Series, dtype: str) -> str | None:
-        """The column's format, settled on the first batch that has values: the first known format that reads a
-        sample exactly as polars reads it with no format. None: none does (every batch is read with no format)."""
+        """The column's format, settled on the first batch that has a readable value: the first known format that
+        reads a sample exactly as polars reads it with no format. None: none does, or not yet (the slow way)."""
         if values.name in self.formats:
             return self.formats[values.name]
         sample = values.drop_nulls().head(FORMAT_SAMPLE).str.strip_chars()
         sample = sample.filter(sample.str.len_bytes() > 0)
         if not sample.len():
             return None  # settled on a later batch
+        try:
+            if dtype == "date":
+                reference = sample.str.to_date(strict=False)
+            else:
+                reference = sample.str.to_datetime(strict=False, time_unit="us")
+        except pl.exceptions.ComputeError:
+            reference = pl.Series([None], dtype=pl.Date)
+        if reference.null_count() == reference.len():
+            return None  # nothing readable yet: this batch is typed the slow way, and a later one settles it
         if dtype == "date":
-            reference = sample.str.to_date(strict=False)
             found = next((f for f in DATE_FORMATS
                           if sample.str.to_date(f, strict=False).equals(reference, null_equal=True)), None)
         else:
-            reference = sample.str.to_datetime(strict=False, time_unit="us")
             found = next((f for f in DATETIME_FORMATS if reference.dtype == pl.Datetime("us")
                           and sample.str.to_datetime(f, strict=False, time_unit="us").equals(
                               reference, null_equal=True)), None)
-        self.formats[values.name] = found if reference.null_count() < reference.len() else None
-        if self.formats[values.name] is not None:
-            self.anchors[values.name] = sample[0]
+        self.formats[values.name] = found
+        if found is not None:  # polars infers a layout from the first value it can read
+            self.anchors[values.name] = sample.filter(reference.is_not_null())[0]
         return self.formats[values.name]
 
 

@@ -110,6 +110,17 @@ def run_demo(budget: float = 10.0, timeout: float = 150.0) -> int:
             versions = sum(1 for k in store.keys(f"registry/{d['model']}/versions/") if k.endswith(".json"))
             _say(f"== dropped the same bytes again: outcome {dup}, registry still has {versions} version(s)")
 
+            # One drop's whole path, read back from the bucket: what `sluice trace KEY` prints.
+            from sluice.commands.trace import render
+            from sluice.core.memory import MemoryState
+            from sluice.ml.trace import trace
+
+            _say(f"\n== sluice trace {key}")
+            for line in render(trace(store, MemoryState(), key)):
+                if line == "documents:":
+                    break
+                _say(line)
+
         _say("\n== stage wall times (s):")
         for stage, seconds in stage_times.items():
             _say(f"   {stage:<10} {seconds:6.2f}")

@@ -32,6 +32,10 @@ def test_events_tail_shows_the_cause_of_each_event() -> None:
               "by": "ana", "reason": "the new features are live"}
     line = describe(for_transition(version_doc, record, "sluice://b").to_cloudevent())
     assert "v2 roc_auc=0.9100 gate promote champion v2 cause manual by ana: the new features are live" in line
+    assert "trace=" not in line  # a transition made by hand has no drop behind it
+    gate = {**record, "cause": "gate", "by": "sluice/register"}
+    line = describe(for_transition({**version_doc, "trace_id": "ab" * 16}, gate, "sluice://b").to_cloudevent())
+    assert line.endswith(f" trace={'ab' * 8}")  # what `sluice trace` takes
 
 
 def _queues(settings: Settings) -> set[str]:

@@ -233,6 +233,9 @@ def test_dead_letters_and_refusals_of_a_drop_carry_its_trace(monkeypatch: pytest
         failed = tracing.trace_id_of(drops["fail.csv"].idempotency_key)
         refused = tracing.trace_id_of(drops["refuse.csv"].idempotency_key)
         assert rt.store.get_json(dead)["trace_id"] == failed
+        from sluice.core import deadletters
+
+        assert deadletters.describe(rt.store.get_json(dead)).endswith(f"trace {failed[:16]}")
         [refusal] = [rt.store.get_json(k) for k in rt.store.keys("refused/")]
         assert refusal["trace_id"] == refused
         ledgers = {e["key"]: e for e in (rt.store.get_json(k) for k in rt.store.keys("ledger/"))}
@@ -293,3 +296,69 @@ def test_a_coalesced_drop_goes_on_through_the_run_that_trained_it(runtime: Any,
     assert [s.started_at for s in own.steps[2:5]] == [s.started_at for s in path.steps[2:5]]
     out = _cli("trace", tb)
     assert out.exit_code == 0 and f"[trace {ta[:16]}]" in out.output and f"trace {ta}" in out.output
+
+
+@pytest.mark.slow
+def test_labels_that_wake_training_carry_the_run_and_the_event(runtime: Any) -> None:
+    """Features and labels dropped separately: the label file's arrival makes the run, so its trace goes on to the
+    model event; the feature drop's path goes on through that run."""
+    from sluice.core.memory import MemoryState
+    from sluice.ml.contract import parse_contract
+    from sluice.ml.trace import trace
+    from sluice.ml.transforms import apply_transforms
+    from tests.test_features import CONTRACT, csv, events, labels_for, only, run_stage
+
+    runtime.store.put("contracts/tx.yaml", parse_contract(CONTRACT).to_yaml().encode())
+    raw = events(n_customers=120)
+    runtime.store.put("incoming/tx/events.csv", csv(raw))
+    run_stage(runtime, "validate", "incoming/tx/events.csv")
+    run_stage(runtime, "features", only(runtime, "validated/tx/", "manifest.json"))
+    run_stage(runtime, "train", only(runtime, "features/tx/", "manifest.json"))  # no labels yet: nothing
+    runtime.store.put("labels/tx/batch1.csv", csv(labels_for(apply_transforms(raw, parse_contract(CONTRACT)))))
+    run_stage(runtime, "labels", "labels/tx/batch1.csv")
+    run_stage(runtime, "train-labels", only(runtime, "validated-labels/tx/", "manifest.json"))
+    run_stage(runtime, "benchmark", only(runtime, "runs/tx/", "run.json"))
+    run_stage(runtime, "register", only(runtime, "registry/tx/candidates/", ".candidate.json"))
+
+    entries = {e["key"]: e for e in (runtime.store.get_json(k) for k in runtime.store.keys("ledger/tx/"))}
+    t_events, t_labels = (entries[k]["trace_id"] for k in ("incoming/tx/events.csv", "labels/tx/batch1.csv"))
+    run = runtime.store.get_json(only(runtime, "runs/tx/", "run.json"))
+    assert run["trace_id"] == t_labels and set(run["trace_links"]) == {t_events, t_labels}
+    [published] = [runtime.store.get_json(k)["event"] for k in runtime.store.keys("published/tx/")]
+    assert tracing.parse_traceparent(published["traceparent"]) == t_labels
+
+    labels = trace(runtime.store, MemoryState(), "labels/tx/batch1.csv")
+    assert [(s.stage, s.outcome, s.trace_id) for s in labels.steps] == [
+        ("labels", "validated", None), ("train", "trained", None), ("benchmark", labels.steps[2].outcome, None),
+        ("register", "v1", None), ("event", published["type"], None)]
+    assert labels.steps[1].started_at and labels.steps[1].ended_at  # the train-labels attempt's span
+    drop = trace(runtime.store, MemoryState(), "incoming/tx/events.csv")
+    assert drop.linked == [t_labels]
+    # Its own train attempt found no labels and wrote nothing; the run the labels made goes on in their trace.
+    assert [(s.stage, s.trace_id) for s in drop.steps] == [
+        ("validate", None), ("features", None), ("train", None), ("train", t_labels), ("benchmark", t_labels),
+        ("register", t_labels), ("event", t_labels)]
+    assert drop.steps[2].outcome == "skipped" and run["run_id"] in drop.steps[2].detail
+
+
+def test_a_drop_recorded_before_correlation_ids_is_traced_from_its_documents(runtime: Any) -> None:
+    """A ledger entry and manifests without `trace_id`, and no spans (as written before them): the drop is still
+    found by key, its id derived from the drop, and each step shows only the end its document records."""
+    from sluice.core.memory import MemoryState
+    from sluice.ml.trace import trace
+
+    event = _drop(runtime, f"incoming/{DATASET}/old.csv", sample_bytes())
+    [ledger_key] = list(runtime.store.keys(f"ledger/{DATASET}/"))
+    for key in [ledger_key, *(k for k in runtime.store.keys("validated/") if k.endswith("/manifest.json"))]:
+        doc = runtime.store.get_json(key)
+        doc.pop("trace_id")
+        runtime.store.put_json(key, doc)
+    for key in list(runtime.store.keys("traces/")):
+        runtime.store.delete(key)
+    path = trace(runtime.store, MemoryState(), event.key)
+    assert path.trace_id == tracing.trace_id_of(event.idempotency_key)
+    [step] = path.steps
+    entry = runtime.store.get_json(ledger_key)
+    assert (step.stage, step.outcome, step.started_at, step.ended_at) == ("validate", "validated", None, entry["at"])
+    assert step.duration_s is None and not step.attempts
+    assert trace(runtime.store, MemoryState(), path.trace_id[:12]).trace_id == path.trace_id

@@ -268,6 +268,11 @@ def test_a_ragged_line_is_found_across_the_text_pass_chunks(tmp_path: Path) -> N
                         columns={c: ColumnSpec(dtype="int") for c in "abc"})
     with pytest.raises(UnreadableFile, match=f"line {lines + 3} has 2 fields, the header has 3: '4,5'"):
         validate_file(path, "incoming/t/f.csv", contract, tmp_path)
+    # A short line and a long one: the chunk's comma count adds up, the reader stops at the long one.
+    with open(path, "w", newline="") as f:
+        f.write("a,b,c\r\n" + row * lines + "4,5\r\n" + row + "6,7,8,9\r\n")
+    with pytest.raises(UnreadableFile, match=f"line {lines + 2} has 2 fields, the header has 3: '4,5'"):
+        validate_file(path, "incoming/t/f.csv", contract, tmp_path)
     path.write_text("a,b,c\n1,2,3\n1,2")  # the last line, with no newline
     with pytest.raises(UnreadableFile, match="line 3 has 2 fields"):
         validate_file(path, "incoming/t/f.csv", contract, tmp_path)

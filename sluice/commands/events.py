@@ -84,6 +84,9 @@ def describe(doc: dict[str, Any]) -> str:
     score = metric.get("candidate")
     t = d.get("transition") or {}
     cause = f" cause {t.get('cause')} by {t.get('by')}: {t.get('reason')}" if t else ""
+    # The drop that caused it, as `sluice trace` takes it (the ledger id: the trace id's first 16 digits).
+    parent = str(doc.get("traceparent") or "").split("-")
+    trace = f" trace={parent[1][:16]}" if len(parent) == 4 and len(parent[1]) == 32 else ""
     return (f"{doc['time']} {doc['type']} {d['model']} v{d['version']} "
             f"{metric.get('name')}={'-' if score is None else f'{score:.4f}'} gate {d.get('outcome')} "
-            f"champion v{d.get('champion') or '-'}{cause} id={doc['id']}")
+            f"champion v{d.get('champion') or '-'}{cause} id={doc['id']}{trace}")

@@ -28,7 +28,7 @@ def _registry(settings: Settings) -> Any:
 
 
 def _known(registry: Any, name: str, settings: Settings) -> None:
-    if not registry.version_numbers(name):
+    if not registry.known(name):
         raise click.ClickException(f"no model {name!r} in s3://{settings.bucket}/registry/ "
                                    f"(known: {', '.join(registry.models()) or 'none'})")
 
@@ -53,19 +53,24 @@ def _ci(diff: dict[str, Any] | None) -> str:
 @models.command("show")
 @click.argument("name")
 @click.option("--at", "at", default=None, metavar="TIME", help="Which version was champion at TIME (ISO 8601).")
+@click.option("--page", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Which page of versions, newest first.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(min=1, max=1000),
+              help="Versions per page.")
 @click.option("--json", "as_json", is_flag=True)
-def models_show(name: str, at: str | None, as_json: bool) -> None:
-    """Versions with their stage, the champion and challenger, gate decisions and lineage of model NAME."""
-    from sluice.ml.registry import CHALLENGER, parse_time
+def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool) -> None:
+    """Versions with their stage (one page, newest first), the champion and challenger, gate decisions and lineage
+    of model NAME."""
+    from sluice.ml.registry import parse_time
 
     settings = _settings()
     registry = _registry(settings)
-    _known(registry, name, settings)
     if at is not None:
         try:
             when = parse_time(at)
         except SluiceError as exc:
             raise click.ClickException(str(exc)) from exc
+        _known(registry, name, settings)
         number, record = registry.champion_at(name, when)
         if as_json:
             _echo_json({"model": name, "at": when.isoformat(), "champion": number, "since": record})
@@ -76,20 +81,25 @@ def models_show(name: str, at: str | None, as_json: bool) -> None:
             click.echo(f"model {name} at {when.isoformat()}: champion v{number}, since {record['at']} "
                        f"({record['action']} by {record['by']}, {record['cause']}: {record['reason']})")
         return
-    snap = registry.snapshot(name)
-    versions = registry.versions(name)
+    listing = registry.page(name, page=page, limit=limit)
+    if listing["total"] == 0 and listing["sequence"] == 0:
+        _known(registry, name, settings)
+    versions, stages = listing["versions"], listing["stages"]
     if as_json:
-        _echo_json({"model": name, "champion": registry.alias(name), "challenger": registry.alias(name, CHALLENGER),
-                    "stages": {str(k): v for k, v in snap.stages.items()}, "versions": versions})
+        _echo_json({"model": name, "champion": listing["aliases"]["champion"],
+                    "challenger": listing["aliases"]["challenger"], "page": page, "limit": limit,
+                    "pages": listing["pages"], "total": listing["total"],
+                    "stages": {str(k): v for k, v in stages.items()}, "versions": versions})
         return
-    challenger = f", challenger v{snap.challenger}" if snap.challenger else ""
-    click.echo(f"model {name}: champion v{snap.champion or '-'}{challenger}")
+    champion, challenger = listing["champion"], listing["challenger"]
+    more = f", challenger v{challenger}" if challenger else ""
+    click.echo(f"model {name}: champion v{champion or '-'}{more}")
     for v in versions:
-        mark = "*" if snap.champion == v["version"] else " "
+        mark = "*" if champion == v["version"] else " "
         s = v["scores"]
         then = "" if s.get("champion") is None else f", champion then {s['champion']:.4f}"
         diff = ((v.get("gate") or {}).get("metric") or {}).get("difference")
-        click.echo(f" {mark}v{v['version']}  {snap.stages.get(v['version'], '?'):<10} gate {v['decision']:<21} "
+        click.echo(f" {mark}v{v['version']}  {stages.get(v['version']) or '?':<10} gate {v['decision']:<21} "
                    f"{v['metric']}={s['candidate']:.4f} (baseline {s['baseline']:.4f}{then}; "
                    f"improvement{_ci(diff)})  run {v['run_id']}  {v['registered_at']}")
         b = v.get("benchmark")
@@ -102,11 +112,15 @@ def models_show(name: str, at: str | None, as_json: bool) -> None:
             click.echo(f"      from {src['key']} (version {src.get('version_id')}, etag {src['etag']}, "
                        f"sha256 {src['sha256'][:16]}…{replay})")
         click.echo(f"      features {lin['feature_set_version']}, artifact {v['artifact']['uri']}")
-    for key in registry.store.keys(keys.Backtest.prefix(name)):
-        bt = registry.store.get_json(key)
-        scores = ", ".join(f"v{r['version']} ({r['role']}) {r['metrics'][bt['metric']]:.4f}"
-                           for r in bt["results"] if "metrics" in r)
-        click.echo(f"  backtest on {bt['labels']} labels arrived {bt['at']}: {bt['metric']} {scores}")
+    if listing["pages"] > 1:
+        click.echo(f"  page {page} of {listing['pages']} ({listing['total']} versions, {limit} a page; "
+                   f"--page N for more)")
+    if page == 1:
+        for key in registry.store.keys(keys.Backtest.prefix(name)):
+            bt = registry.store.get_json(key)
+            scores = ", ".join(f"v{r['version']} ({r['role']}) {r['metrics'][bt['metric']]:.4f}"
+                               for r in bt["results"] if "metrics" in r)
+            click.echo(f"  backtest on {bt['labels']} labels arrived {bt['at']}: {bt['metric']} {scores}")
 
 
 @models.command("history")
@@ -150,6 +164,20 @@ def models_verify(name: str, as_json: bool, no_artifacts: bool) -> None:
                    f"{'' if no_artifacts else ', artifacts'})")
     if problems:
         raise SystemExit(1)
+
+
+@models.command("reindex")
+@click.argument("name")
+def models_reindex(name: str) -> None:
+    """Rebuild model NAME's index (registry/NAME/index/) from its whole history, under the model's lock."""
+    settings = _settings()
+    registry = _registry(settings)
+    _known(registry, name, settings)
+    try:
+        idx = registry.reindex(name)
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{name}: index rebuilt from {idx.sequence} history records and {idx.head['versions']} versions")
 
 
 def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:

@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
 
+if TYPE_CHECKING:
+    from sluice.ml.trace import Trace
+
 
 def _when(text: str | None) -> str:
     """`04:33:01.456` of an ISO time (the date is on the header line); `-` when it was not recorded."""
     return text[11:23] if text and len(text) >= 23 else (text or "-")
+
+
+def render(found: Trace) -> list[str]:
+    """The text of a drop's path (ml/trace.py's `Trace`), as `sluice trace` prints it."""
+    out: list[str] = []
+    drop = found.drop
+    day = next((s.started_at or s.ended_at for s in found.steps if s.started_at or s.ended_at), None)
+    out.append(f"trace {found.trace_id}  dataset {found.dataset or '?'}" + (f"  {day[:10]} (UTC)" if day else ""))
+    if drop:
+        out.append(f"drop  {drop.get('key')}" + "".join(f"  {k} {str(drop[k]).strip(chr(34))[:16]}"
+                                                          for k in ("etag", "version_id", "sha256") if drop.get(k)))
+    if not found.steps:
+        out.append("  nothing recorded yet: the drop has not been picked up (is a worker running?)")
+    out.append(f"  {'stage':<10} {'start':<12} {'end':<12} {'took':>8}  outcome")
+    for step in found.steps:
+        took = "" if step.duration_s is None else f"{step.duration_s:.1f}s"
+        tries = [a["outcome"] for a in step.attempts if a["outcome"] != "duplicate-delivery"]
+        again = len(step.attempts) - len(tries)
+        retried = f" after {len(tries) - 1} earlier attempts ({', '.join(tries[:-1])})" if len(tries) > 1 else ""
+        retried += f" (delivered again {again}x since, nothing redone)" if again and tries else ""
+        via = f"  [trace {step.trace_id[:16]}]" if step.trace_id else ""
+        out.append(f"  {step.stage:<10} {_when(step.started_at):<12} {_when(step.ended_at):<12} {took:>8}  "
+                   f"{step.outcome}{': ' + step.detail if step.detail else ''}{retried}{via}")
+    if found.linked:
+        out.append("its data went on in a run that coalesced it with other drops: "
+                   + ", ".join(f"trace {t}" for t in found.linked))
+    documents = [d for s in found.steps for d in s.documents]
+    if documents:
+        out.append("documents:")
+        for key in documents:
+            out.append(f"  {key}")
+    return out
 
 
 @click.command("trace")
@@ -34,29 +71,5 @@ def trace(ref: str, as_json: bool) -> None:
     if as_json:
         _echo_json(found.to_dict())
         return
-    drop = found.drop
-    day = next((s.started_at or s.ended_at for s in found.steps if s.started_at or s.ended_at), None)
-    click.echo(f"trace {found.trace_id}  dataset {found.dataset or '?'}" + (f"  {day[:10]} (UTC)" if day else ""))
-    if drop:
-        click.echo(f"drop  {drop.get('key')}" + "".join(f"  {k} {str(drop[k]).strip(chr(34))[:16]}"
-                                                          for k in ("etag", "version_id", "sha256") if drop.get(k)))
-    if not found.steps:
-        click.echo("  nothing recorded yet: the drop has not been picked up (is a worker running?)")
-    click.echo(f"  {'stage':<10} {'start':<12} {'end':<12} {'took':>8}  outcome")
-    for step in found.steps:
-        took = "" if step.duration_s is None else f"{step.duration_s:.1f}s"
-        tries = [a["outcome"] for a in step.attempts if a["outcome"] != "duplicate-delivery"]
-        again = len(step.attempts) - len(tries)
-        retried = f" after {len(tries) - 1} earlier attempts ({', '.join(tries[:-1])})" if len(tries) > 1 else ""
-        retried += f" (delivered again {again}x since, nothing redone)" if again and tries else ""
-        via = f"  [trace {step.trace_id[:16]}]" if step.trace_id else ""
-        click.echo(f"  {step.stage:<10} {_when(step.started_at):<12} {_when(step.ended_at):<12} {took:>8}  "
-                   f"{step.outcome}{': ' + step.detail if step.detail else ''}{retried}{via}")
-    if found.linked:
-        click.echo("its data went on in a run that coalesced it with other drops: "
-                   + ", ".join(f"trace {t}" for t in found.linked))
-    documents = [d for s in found.steps for d in s.documents]
-    if documents:
-        click.echo("documents:")
-        for key in documents:
-            click.echo(f"  {key}")
+    for line in render(found):
+        click.echo(line)

@@ -1,0 +1,221 @@
+"""The registry's index: the history folded into signed pages, so that no read or write depends on its length.
+
+    registry/<model>/index/head.json                 the state after history record `sequence` (champion,
+                                                     challenger, their `since`, the sha256 of that record, the
+                                                     number of versions, of champion changes, the rollback depth)
+    registry/<model>/index/stages/000000.json        [stage, last gate record, last rescore record, the gate
+                                                     record's action] of versions 1-1000 (then 1001-2000 in
+                                                     000001.json, ...)
+    registry/<model>/index/docs/000000.json          the version documents 1-20, as registered (for `show`)
+    registry/<model>/index/timeline/000000.json      [at, sequence, champion] of each change of champion, in time
+                                                     order: `--at` is a bisection in one page
+    registry/<model>/index/champions/000000.json     the champions in the order they served (rollback pops)
+    registry/<model>/index/runs/<run id>.json        which version a run became (registration is once per run)
+
+The history stays the truth; the index is a cache of a prefix of it, written under the model's lock after the
+history records it folds in, page by page, the head last. Every entry is stored at a position (never appended),
+and only the head says how many are valid, so a writer killed between the history and the head leaves pages that
+agree with the history, and the next reader or writer folds in the records the head does not cover yet (it looks
+for record `sequence + 1` on every load). Like every object under `registry/`, each page is signed, and read
+only if its signature holds; a missing or refused head is rebuilt from the whole history (checked as a chain).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sluice.core.ports import ObjectStore
+
+FORMAT = 2
+PAGE = {"stages": 1000, "docs": 20, "timeline": 500, "champions": 1000}
+
+
+def digest(doc: dict[str, Any]) -> str:
+    """The sha256 of a document's canonical JSON: what the next history record commits to."""
+    normal = json.loads(json.dumps(doc, default=str))  # as stored: what a reader of the bucket hashes
+    return hashlib.sha256(json.dumps(normal, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def empty_head(model: str) -> dict[str, Any]:
+    """The index of a model with no history."""
+    return {"format": FORMAT, "model": model, "sequence": 0, "digest": None, "at": None, "versions": 0,
+            "champion": None, "challenger": None, "champion_since": None, "challenger_since": None,
+            "previous_champion": None, "depth": 0, "timeline": 0, "timeline_starts": []}
+
+
+class Index:
+    """The registry state after a prefix of the history, read page by page; changes are buffered until the
+    registry writes them (`dirty`)."""
+
+    def __init__(self, store: ObjectStore, model: str, head: dict[str, Any], *, fresh: bool = False):
+        self.store = store
+        self.model = model
+        self.head = head
+        self.fresh = fresh  # being rebuilt: the stored pages are not read
+        self.pages: dict[str, list[Any]] = {}
+        self.dirty: set[str] = set()
+        self.runs: dict[str, int] = {}  # run pointers to write
+        self.head_dirty = False
+        self.folded = False  # history records the stored head did not cover were folded in
+        self.rebuilt = False
+        self.appended = 0  # records this writer appended
+
+    # -- keys and pages ---------------------------------------------------------------------------------------
+    def key(self, kind: str, page: int) -> str:
+        """Where one page lives."""
+        return f"registry/{self.model}/index/{kind}/{page:06d}.json"
+
+    @staticmethod
+    def head_key(model: str) -> str:
+        """Where the head lives."""
+        return f"registry/{model}/index/head.json"
+
+    @staticmethod
+    def run_key(model: str, run_id: str) -> str:
+        """Where a run's version pointer lives."""
+        return f"registry/{model}/index/runs/{run_id}.json"
+
+    def locate(self, kind: str, position: int) -> tuple[str, int]:
+        """The page key and offset of a 0-based position."""
+        size = PAGE[kind]
+        return self.key(kind, position // size), position % size
+
+    def page(self, key: str) -> list[Any]:
+        """A page, read once (IntegrityError when its signature fails)."""
+        if key not in self.pages:
+            doc = None if self.fresh else self.store.get_json_or_none(key)
+            self.pages[key] = list(doc["entries"]) if doc else []
+        return self.pages[key]
+
+    def preload(self, key: str, doc: dict[str, Any] | None) -> None:
+        """A page read elsewhere (in parallel)."""
+        if key not in self.pages:
+            self.pages[key] = list(doc["entries"]) if doc else []
+
+    def get(self, kind: str, position: int) -> Any:
+        """The entry at a position, or None."""
+        key, offset = self.locate(kind, position)
+        entries = self.page(key)
+        return entries[offset] if offset < len(entries) else None
+
+    def set(self, kind: str, position: int, value: Any) -> None:
+        """Store an entry at a position (idempotent: folding a record twice gives the same pages)."""
+        key, offset = self.locate(kind, position)
+        entries = self.page(key)
+        if offset >= len(entries):
+            entries.extend([None] * (offset + 1 - len(entries)))
+        if entries[offset] != value:
+            entries[offset] = value
+            self.dirty.add(key)
+
+    def page_doc(self, key: str) -> dict[str, Any]:
+        """A page as stored."""
+        return {"format": FORMAT, "model": self.model, "entries": self.pages[key]}
+
+    # -- the state --------------------------------------------------------------------------------------------
+    @property
+    def champion(self) -> int | None:
+        """The champion after the last folded record."""
+        return self.head["champion"]  # type: ignore[no-any-return]
+
+    @property
+    def challenger(self) -> int | None:
+        """The challenger after the last folded record."""
+        return self.head["challenger"]  # type: ignore[no-any-return]
+
+    @property
+    def sequence(self) -> int:
+        """The last folded history record."""
+        return int(self.head["sequence"])
+
+    @property
+    def next_sequence(self) -> int:
+        """The number the next history record gets."""
+        return self.sequence + 1
+
+    def entry(self, number: int) -> list[Any]:
+        """[stage, last gate record, last rescore record, the gate record's action] of a version."""
+        found = self.get("stages", number - 1) if number >= 1 else None
+        return list(found) if found else [None, None, None, None]
+
+    def stage(self, number: int) -> str | None:
+        """A version's lifecycle stage (None: not registered)."""
+        return self.entry(number)[0]  # type: ignore[no-any-return]
+
+    def champions_from_top(self, depth: int) -> int | None:
+        """The champion `depth` below the top of the stack (0: the current one)."""
+        position = int(self.head["depth"]) - 1 - depth
+        return self.get("champions", position) if position >= 0 else None
+
+    def doc(self, number: int) -> dict[str, Any] | None:
+        """A version document as the index holds it."""
+        found = self.get("docs", number - 1)
+        return found if isinstance(found, dict) else None
+
+    def set_doc(self, version: dict[str, Any]) -> None:
+        """Index a version document (and its run) under its number."""
+        number = int(version["version"])
+        self.set("docs", number - 1, version)
+        if "run_id" in version:
+            self.runs[str(version["run_id"])] = number
+        if number > int(self.head["versions"]):
+            self.head["versions"] = number
+            self.head_dirty = True
+
+    def apply(self, record: dict[str, Any]) -> None:
+        """Fold one history record in (the next one)."""
+        head = self.head
+        sequence = int(record["sequence"])
+        for change in record["changes"]:
+            entry = self.entry(change["version"])
+            entry[0] = change["to"]
+            self.set("stages", change["version"] - 1, entry)
+        number = record["version"]
+        if record["cause"] == "gate":
+            entry = self.entry(number)
+            entry[1], entry[3] = sequence, record["action"]
+            self.set("stages", number - 1, entry)
+        elif record["action"] == "rescored":
+            entry = self.entry(number)
+            entry[2] = sequence
+            self.set("stages", number - 1, entry)
+        if record["action"] == "registered" and number > int(head["versions"]):
+            head["versions"] = number
+        if record["action"] == "promoted":
+            self.set("champions", int(head["depth"]), number)
+            head["depth"] += 1
+        elif record["action"] == "rolled_back":
+            head["depth"] -= 1
+        if record["champion"] != record["previous_champion"]:
+            position = int(head["timeline"])
+            if position % PAGE["timeline"] == 0:
+                starts = head["timeline_starts"][: position // PAGE["timeline"]]
+                head["timeline_starts"] = [*starts, record["at"]]
+            self.set("timeline", position, [record["at"], sequence, record["champion"]])
+            head["timeline"] = position + 1
+            head["champion_since"] = record["at"] if record["champion"] is not None else None
+        if record["action"] == "challenger":
+            head["challenger_since"] = record["at"]
+        head["champion"], head["challenger"] = record["champion"], record["challenger"]
+        if head["challenger"] is None:
+            head["challenger_since"] = None
+        head["previous_champion"] = self.champions_from_top(1) if head["champion"] is not None else None
+        head["sequence"], head["digest"], head["at"] = sequence, digest(record), record["at"]
+        self.head_dirty = True
+
+    def alias_docs(self) -> dict[str, dict[str, Any] | None]:
+        """What aliases/champion.json and aliases/challenger.json say at this state."""
+        head = self.head
+        return {
+            "champion": None if head["champion"] is None else {
+                "version": head["champion"], "since": head["champion_since"], "previous": head["previous_champion"]},
+            "challenger": None if head["challenger"] is None else {
+                "version": head["challenger"], "since": head["challenger_since"]},
+        }
+
+    def timeline_pages(self) -> Iterable[str]:
+        """Keys of the timeline pages, oldest first."""
+        return (self.key("timeline", p) for p in range(len(self.head["timeline_starts"])))

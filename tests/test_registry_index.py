@@ -1,0 +1,359 @@
+"""The registry's index: it answers exactly like a replay of the whole history, costs the same number of requests at
+any length, refuses what no writer signed (and rebuilds from the history), and survives a writer killed between
+the history and the index."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from moto import mock_aws
+
+from sluice.core.errors import RegistryError
+from sluice.core.settings import Settings
+from sluice.infra.provision import provision
+from sluice.infra.state import MemoryState
+from sluice.infra.store import S3Store
+from sluice.ml import registry_index
+from sluice.ml.registry import CHALLENGER, CHAMPION, ModelRegistry, Snapshot, parse_time
+from tests.conftest import unique_settings
+
+KEY = "ab" * 32
+SMALL_PAGES = {"stages": 3, "docs": 2, "timeline": 2, "champions": 2}
+
+
+def t(n: int) -> str:
+    return (datetime(2026, 3, 1, 10) + timedelta(seconds=n)).isoformat() + "Z"
+
+
+@pytest.fixture
+def small_pages() -> Iterator[None]:
+    """Pages of two or three entries, so that a short history crosses many page boundaries."""
+    with pytest.MonkeyPatch.context() as mp:
+        for kind, size in SMALL_PAGES.items():
+            mp.setitem(registry_index.PAGE, kind, size)
+        yield
+
+
+@pytest.fixture
+def registry(small_pages: None) -> Iterator[ModelRegistry]:
+    with mock_aws():
+        s = replace(Settings(), bucket="sluice-index", broker_url="memory://", signing_key=KEY)
+        provision(s, [])
+        yield ModelRegistry(S3Store(s), MemoryState())
+
+
+def fresh(reg: ModelRegistry) -> ModelRegistry:
+    """A cold reader: a new CLI process or worker."""
+    return ModelRegistry(reg.store, reg.state)
+
+
+def raw_put(reg: ModelRegistry, key: str, doc: Any) -> None:
+    """A write by someone without the signing key."""
+    reg.store.s3.put_object(Bucket=reg.store.bucket, Key=key, Body=json.dumps(doc).encode())
+
+
+# -- the reference: a replay of the whole history -------------------------------------------------------------
+
+
+def replay_aliases(snap: Snapshot) -> dict[str, dict[str, Any] | None]:
+    """What the aliases must say, from the whole history (as the registry computed them before the index)."""
+    return {
+        CHAMPION: None if snap.champion is None else {
+            "version": snap.champion, "since": snap.since(snap.champion),
+            "previous": snap.champions[-2] if len(snap.champions) > 1 else None},
+        CHALLENGER: None if snap.challenger is None else {
+            "version": snap.challenger,
+            "since": next(r["at"] for r in reversed(snap.records)
+                          if r["action"] == "challenger" and r["version"] == snap.challenger)},
+    }
+
+
+def replay_champion_at(records: list[dict[str, Any]], when: datetime) -> tuple[int | None, int | None]:
+    champion, cause = None, None
+    for record in records:
+        if parse_time(record["at"]) > when:
+            break
+        if record["champion"] != champion:
+            champion, cause = record["champion"], record["sequence"]
+    return champion, cause
+
+
+def assert_index_answers_like_the_history(reg: ModelRegistry, model: str = "m") -> None:
+    cold = fresh(reg)
+    snap = cold.snapshot(model)
+    versions = cold.version_numbers(model)
+    listing = cold.page(model, page=1, limit=max(1, len(versions)))
+    assert [v["version"] for v in listing["versions"]] == sorted(versions, reverse=True)
+    assert listing["stages"] == {n: snap.stages.get(n) for n in versions}
+    assert (listing["champion"], listing["challenger"]) == (snap.champion, snap.challenger)
+    assert listing["aliases"] == replay_aliases(snap)
+    # One page at a time covers every version once.
+    paged = [v["version"] for p in range(1, listing["total"] // 3 + 2) for v in cold.page(model, p, 3)["versions"]]
+    assert paged == sorted(versions, reverse=True)
+    for name, expected in replay_aliases(snap).items():
+        assert cold.alias(model, name) == expected, name
+    idx, docs = cold.indexed_versions(model)
+    assert [docs[n] for n in sorted(docs)] == cold.versions(model)
+    for n in versions:
+        gate = [r for r in snap.records if r["version"] == n and r["cause"] == "gate"]
+        rescored = [r["sequence"] for r in snap.records if r["version"] == n and r["action"] == "rescored"]
+        assert idx.entry(n) == [snap.stages.get(n), gate[-1]["sequence"] if gate else None,
+                                rescored[-1] if rescored else None, gate[-1]["action"] if gate else None], n
+    ms = timedelta(milliseconds=1)
+    for record in snap.records:
+        for when in (parse_time(record["at"]) - ms, parse_time(record["at"]), parse_time(record["at"]) + ms):
+            number, cause = cold.champion_at(model, when)
+            assert (number, cause["sequence"] if cause else None) == replay_champion_at(snap.records, when), when
+    assert cold.verify(model, artifacts=False) == []
+
+
+# -- equivalence ------------------------------------------------------------------------------------------------
+
+OUTCOMES = st.sampled_from(["promote", "promote", "insufficient_evidence", "reject"])
+OPERATION = st.one_of(
+    st.tuples(st.just("register"), OUTCOMES, st.booleans()),
+    st.tuples(st.just("promote"), st.integers(1, 12), st.booleans()),
+    st.tuples(st.just("rollback"), st.just(0), st.just(False)),
+    st.tuples(st.just("archive"), st.integers(1, 12), st.just(False)),
+    st.tuples(st.just("rescore"), st.integers(1, 12), st.booleans()),
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(OPERATION, min_size=1, max_size=24), st.integers(0, 3))
+def test_after_random_transitions_the_index_answers_like_a_full_replay(
+        small_pages: None, operations: list[tuple[str, Any, bool]], same_second_every: int) -> None:
+    with mock_aws():
+        s = replace(Settings(), bucket="sluice-index-eq", broker_url="memory://", signing_key=KEY)
+        provision(s, [])
+        reg = ModelRegistry(S3Store(s), MemoryState())
+        runs = 0
+        for i, (kind, arg, flag) in enumerate(operations):
+            # Several records share a time now and then (same second), and one writer's clock is behind.
+            at = t(i // (same_second_every + 1) * 10 - (7 if i % 5 == 4 else 0))
+            try:
+                if kind == "register":
+                    runs += 1
+                    champion = reg.current("m").champion
+                    compared = champion if flag or champion is None else max(1, champion - 1)
+                    reg.register("m", {"run_id": f"run-{runs}", "reasons": [f"reason {runs}"]}, outcome=arg,
+                                 compared_with=compared, at=at)
+                elif kind == "promote":
+                    reg.promote("m", arg, reason="by hand", by="ana", at=at, force=flag)
+                elif kind == "rollback":
+                    reg.rollback("m", reason="alarms", by="ana", at=at)
+                elif kind == "archive":
+                    reg.archive("m", arg, reason="retired", by="bob", at=at)
+                else:
+                    reg.record_rescore("m", arg, scores_before={"a": 1}, scores_after={"a": 2 if flag else 3},
+                                       by="ci", at=at, reason="loader fix")
+            except RegistryError:
+                pass  # refused transitions change nothing, in both
+        if runs:
+            assert_index_answers_like_the_history(reg)
+            # A retried registration finds its version through the index and changes nothing.
+            again = fresh(reg).register("m", {"run_id": "run-1"}, outcome="promote", compared_with=None, at=t(999))
+            assert not again.created and again.version["version"] == 1
+            assert len(fresh(reg).history("m")) == len(reg.history("m"))
+
+
+def populate(reg: ModelRegistry, n: int, start: int = 0) -> None:
+    for i in range(start, start + n):
+        reg.register("m", {"run_id": f"r{i}"}, outcome="promote" if i % 3 else "insufficient_evidence",
+                     compared_with=reg.current("m").champion, at=t(i))
+
+
+def test_a_rebuilt_index_equals_the_incremental_one(registry: ModelRegistry) -> None:
+    populate(registry, 9)
+    registry.rollback("m", reason="r", by="me", at=t(50))
+    registry.register("m", {"run_id": "waiting"}, outcome="insufficient_evidence", compared_with=8, at=t(51))
+    registry.archive("m", 10, reason="r", by="me", at=t(52))
+    prefix = "registry/m/index/"
+    before = {k: registry.store.get_json(k) for k in registry.store.keys(prefix)}
+    for key in before:
+        registry.store.delete(key)
+    assert fresh(registry).current("m").head == before[prefix + "head.json"]  # rebuilt in memory by a reader
+    assert not list(registry.store.keys(prefix))  # readers write nothing
+    registry.reindex("m")
+    after = {k: registry.store.get_json(k) for k in registry.store.keys(prefix)}
+    assert after == before
+
+
+# -- cost does not grow with the history --------------------------------------------------------------------
+
+
+def count_requests(reg: ModelRegistry, fn: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+
+    def hook(model: Any, **_: Any) -> None:
+        counts[model.name] = counts.get(model.name, 0) + 1
+
+    reg.store.s3.meta.events.register("before-call.s3", hook)
+    try:
+        fn()
+    finally:
+        reg.store.s3.meta.events.unregister("before-call.s3", hook)
+    return counts
+
+
+def test_reads_and_writes_take_the_same_requests_at_any_length(registry: ModelRegistry) -> None:
+    def costs(n: int) -> list[dict[str, int]]:
+        cold = fresh(registry)
+        champion = cold.current("m").champion
+        middle = parse_time(t(n // 2))
+        return [
+            count_requests(cold, lambda: fresh(registry).register(
+                "m", {"run_id": f"new-{n}"}, outcome="promote", compared_with=champion, at=t(n))),
+            count_requests(cold, lambda: fresh(registry).alias("m")),
+            count_requests(cold, lambda: fresh(registry).page("m", 1, 2)),
+            count_requests(cold, lambda: fresh(registry).champion_at("m", middle)),
+        ]
+
+    populate(registry, 6)
+    small = costs(6)
+    populate(registry, 30, start=7)
+    large = costs(37)
+    # The same requests, give or take a page boundary (which pages an operation touches depends on where the
+    # versions fall, not on how many there are); a replay would read 6 times as many objects here.
+    for before, after in zip(small, large, strict=True):
+        assert sum(after.values()) <= sum(before.values()) + 2, (small, large)
+    register, alias, page, at = large
+    assert alias == {"GetObject": 1}
+    assert sum(register.values()) <= 24 and sum(page.values()) <= 6 and sum(at.values()) <= 4, large
+
+
+# -- what no writer signed ------------------------------------------------------------------------------------
+
+
+def test_a_planted_index_is_refused_and_rebuilt(registry: ModelRegistry) -> None:
+    populate(registry, 5)
+    truth = fresh(registry).current("m").head
+    head_key = "registry/m/index/head.json"
+    # Unsigned: someone with write access to the bucket but not the key says v1 is the champion.
+    raw_put(registry, head_key, {**truth, "champion": 1, "challenger": None})
+    assert fresh(registry).current("m").champion == truth["champion"]
+    assert fresh(registry).page("m")["champion"] == truth["champion"]
+    problems = registry.verify("m", artifacts=False)
+    assert any(p.startswith(f"{head_key}: not written by a Sluice stage") for p in problems), problems
+    # The next write rebuilds it from the history and signs it.
+    populate(registry, 1, start=5)
+    assert registry.verify("m", artifacts=False) == []
+    assert_index_answers_like_the_history(registry)
+
+
+def test_a_tampered_page_is_refused_and_rebuilt(registry: ModelRegistry) -> None:
+    populate(registry, 7)
+    key = "registry/m/index/stages/000001.json"  # versions 4-6
+    stored = registry.store.get_json(key)
+    raw_put(registry, key, {**stored, "entries": [["champion", None, None]] * 3})
+    listing = fresh(registry).page("m", 1, 7)
+    assert listing["stages"] == {n: fresh(registry).snapshot("m").stages.get(n) for n in range(1, 8)}
+    populate(registry, 1, start=7)
+    assert registry.verify("m", artifacts=False) == []
+
+
+def test_an_index_signed_by_a_key_holder_but_not_the_history_is_reported_and_reindexed(
+        registry: ModelRegistry) -> None:
+    populate(registry, 5)
+    head_key = "registry/m/index/head.json"
+    head = registry.store.get_json(head_key)
+    registry.store.put_json(head_key, {**head, "champion": 1})
+    problems = registry.verify("m", artifacts=False)
+    assert any(p.startswith(f"{head_key}: says champion 1, the history says") for p in problems), problems
+    registry.reindex("m")
+    assert registry.verify("m", artifacts=False) == []
+    # A forged record after the index's last one is refused, as any unsigned document is.
+    last = registry.history("m")[-1]
+    raw_put(registry, f"registry/m/history/{last['sequence'] + 1:08d}.json", {**last, "sequence": last["sequence"] + 1})
+    with pytest.raises(Exception, match="not written by a Sluice stage"):
+        fresh(registry).page("m")
+
+
+# -- a writer that dies between the history and the index ---------------------------------------------------
+
+
+def test_a_writer_failing_after_the_history_leaves_a_registry_that_reads_correctly(
+        registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    populate(registry, 4)
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise ConnectionError("the network went away after the history was written")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(ModelRegistry, "_flush", boom)
+        with pytest.raises(ConnectionError):
+            registry.promote("m", 1, reason="by hand", by="ana", at=t(30))
+        with pytest.raises(ConnectionError):
+            registry.register("m", {"run_id": "late"}, outcome="promote", compared_with=1, at=t(31))
+    cold = fresh(registry)
+    assert cold.current("m").sequence == len(cold.history("m"))  # the newer records are folded in on read
+    assert cold.current("m").champion == cold.snapshot("m").champion == 5
+    assert cold.page("m")["stages"][1] == "archived"
+    # Until the next write the alias documents lag (they are a cache); `verify` says so, the next write repairs.
+    assert any("aliases/champion.json" in p for p in cold.verify("m", artifacts=False))
+    again = fresh(registry).register("m", {"run_id": "late"}, outcome="promote", compared_with=1, at=t(32))
+    assert not again.created and again.version["version"] == 5
+    assert_index_answers_like_the_history(registry)
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from dataclasses import replace
+from sluice.core.settings import Settings
+from sluice.infra.state import MemoryState
+from sluice.infra.store import S3Store
+from sluice.ml import registry_index
+from sluice.ml.registry import ModelRegistry
+
+for kind, size in {pages}.items():
+    registry_index.PAGE[kind] = size
+settings = replace(Settings.from_env(), bucket=sys.argv[1], broker_url="memory://", endpoint_url=sys.argv[2])
+store = S3Store(settings)
+where = sys.argv[3]
+put = store.put
+def put_then_die(key, data, **kw):
+    if where == "before-index" and "/index/" in key:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if where == "before-head" and key.endswith("/index/head.json"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return put(key, data, **kw)
+store.put = put_then_die
+reg = ModelRegistry(store, MemoryState())
+reg.register("m", {{"run_id": "killed-" + where}}, outcome="promote", compared_with=reg.current("m").champion,
+             at="2026-03-01T12:00:00Z")
+print("not killed")
+"""
+
+
+@pytest.mark.parametrize("where", ["before-index", "before-head"])
+def test_a_writer_killed_between_the_history_and_the_index_leaves_a_registry_that_reads_correctly(
+        moto_endpoint: str, small_pages: None, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLUICE_SIGNING_KEY", KEY)
+    s = unique_settings(moto_endpoint, signing_key=KEY)
+    provision(s, [])
+    reg = ModelRegistry(S3Store(s), MemoryState())
+    populate(reg, 5)
+    script = KILLED_WRITER.format(pages=SMALL_PAGES)
+    done = subprocess.run([sys.executable, "-c", script, s.bucket, moto_endpoint, where],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    cold = fresh(reg)
+    history = cold.history("m")
+    assert history[-1]["reason"] == f"run killed-{where} registered" or history[-1]["cause"] == "gate"
+    assert cold.current("m").sequence == len(history) and cold.current("m").champion == cold.snapshot("m").champion
+    assert cold.page("m")["versions"][0]["run_id"] == f"killed-{where}"
+    # The retry (the message is redelivered) completes it; nothing is registered twice.
+    again = fresh(reg).register("m", {"run_id": f"killed-{where}"}, outcome="promote",
+                                compared_with=history[-1]["previous_champion"], at="2026-03-01T12:00:01Z")
+    assert not again.created and again.version["version"] == 6
+    assert_index_answers_like_the_history(reg)
