@@ -182,6 +182,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "best_estimator": trained.best_estimator,
         "best_config": trained.best_config,
         "best_loss": trained.best_loss,
+        "best_loss_per_learner": trained.learner_losses,
         "model_format": model_format,
         # The blend of each learner's best model: its weights, why it ships or not (ml/blend.py).
         **({"blend": blend_record} if blend_record else {}),
@@ -320,8 +321,11 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 
 
 # The share of the budget kept back from the search for what follows it: the blend's out-of-fold fits and the
-# refit (with a blend), or the refit alone. Measured with benchmarks/training_overhead.py and model_quality.py.
-BLEND_SHARE = 0.25
+# refit (with a blend), or the refit alone. Measured with benchmarks/model_quality.py (10 s, 2 shared cores at
+# load 6-8): with 25 % kept, the blend was skipped or lost members for time in 9 of 18 runs (digits and churn
+# every time), as the search overran its share by up to 1.5 s; on a few hundred rows the fixed members and the
+# blend are worth more than the last quarter of a search that runs 10 to 60 trials.
+BLEND_SHARE = 0.4
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.
 STAGE_SHARE = 1.05
@@ -336,20 +340,24 @@ def _blends(contract: Contract) -> bool:
 
 def _search_budget(budget_s: float, spent_s: float, blending: bool = False) -> float:
     """The search gets the budget less what the checks before it took and the share kept for the blend and the
-    refit after it (never under 60 % of it: a search cut shorter can end with no model at all), so checks,
+    refit after it (never under 50 % of it: a search cut shorter can end with no model at all), so checks,
     search, blend and refit together stay close to the budget."""
     keep = BLEND_SHARE if blending else REFIT_SHARE
-    return max(budget_s * (1 - keep) - spent_s, budget_s * 0.6)
+    return max(budget_s * (1 - keep) - spent_s, budget_s * 0.5)
 
 
 def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFrame, holdout: pl.DataFrame,
            encoding: modeling.Encoding, left_s: float) -> tuple[Any, dict[str, Any]]:
-    """The blend of each learner's best model, when it fits in what is left of the budget and beats the best
-    single one on the holdout: (the kept blend or None, what the run records)."""
+    """The blend of each learner's best model (and the fixed members), when it fits in what is left of the budget
+    and beats the best single member out of fold (ml/blend.py): (the kept blend or None, what the run records)."""
     templates = trained.templates
     if len(templates) < 2:
         return None, {"kept": False, "reason": "the search reached fewer than two blendable learners",
                       "members": list(templates)}
+    if left_s <= 0:
+        return None, {"kept": False, "members": list(templates),
+                      "reason": f"no time left: the checks and the search overran {STAGE_SHARE:g} x the budget by "
+                                f"{-left_s:.1f}s"}
     X, y = encoding.features(train_frame), encoding.labels(train_frame)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0

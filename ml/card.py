@@ -132,7 +132,7 @@ def _blend(record: dict[str, Any] | None) -> list[str]:
     holdout = record.get("holdout") or {}
     scores = ", ".join(f"{k} {_f(v)}" for k, v in holdout.items())
     if record.get("kept"):
-        weights = ", ".join(f"{k} {w:g}" for k, w in (record.get("weights") or {}).items())
+        weights = ", ".join(f"{k} {w:g}" for k, w in (record.get("weights") or {}).items() if w)
         return [f"- Shipped model: a blend of {weights} (weights chosen on out-of-fold predictions of the training "
                 f"rows; holdout {scores}: {record.get('reason')})"]
     return [f"- Blend of {', '.join(record.get('members') or [])} not shipped: {record.get('reason')}"

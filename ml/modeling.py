@@ -251,8 +251,6 @@ class Trained:
     templates: dict[str, Any] = field(default_factory=dict, repr=False)
     # FLAML's validation loss of each learner's best configuration.
     learner_losses: dict[str, float] = field(default_factory=dict)
-    # What FLAML validated with: "cv" (5 folds) or "holdout", to estimate what one more fit costs.
-    eval_method: str = "holdout"
 
 
 @dataclass
@@ -338,7 +336,7 @@ def train(
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
                    estimator=getattr(model, "estimator", None),
                    templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
-                   learner_losses=losses, eval_method=str(getattr(automl._state, "eval_method", "holdout")))
+                   learner_losses=losses)
 
 
 def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:
@@ -457,9 +455,10 @@ LOW_COST_START: dict[str, dict[str, Any]] = {
 
 
 # Below this many cells (rows x model columns) a fit runs on one thread when `n_jobs` is -1. LightGBM's OpenMP
-# threads spin while they wait; on a shared machine a small fit with 2 threads took 3.5 to 10 s against 0.14 to
-# 0.2 s with one (breast cancer, 364 rows, 100 trees, 2 cores at load 7-10), and the search ran a few trials.
-SMALL_FIT_CELLS = 1_000_000
+# threads spin while they wait; on a shared machine (2 cores at load 7-10) a default fit of breast cancer's 364
+# rows took 3.5 to 10 s on 2 threads against 0.14 to 0.2 s on one, and the search ran a few trials; one of
+# 80,000 rows x 20 columns took 6.8 to 9.5 s on 2 threads against 1.8 to 2.4 s on one.
+SMALL_FIT_CELLS = 5_000_000
 
 
 def worker_jobs(n_jobs: int, cells: int | None = None) -> int:

@@ -248,6 +248,13 @@ def _arrival(store: ObjectStore, trace_id: str, dataset: str | None, entry: dict
     return [_timed(step, attempts)]
 
 
+def _written(attempts: list[dict[str, Any]], root: str, suffix: str) -> list[str]:
+    """The keys under `root` ending in `suffix` that these attempts wrote (their spans list them), in order."""
+    found = [str(k) for a in attempts for k in a.get("outputs") or [] if str(k).startswith(root)
+             and str(k).endswith(suffix)]
+    return list(dict.fromkeys(found))
+
+
 def _first_drop_of(store: ObjectStore, dataset: str, data_version: str) -> dict[str, Any] | None:
     for _, e in _ledger_entries(store, keys.Ledger.prefix(dataset)):
         if e.get("outcome") == "validated" and e.get("data_version") == data_version \
@@ -265,10 +272,11 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
                 by_stage: dict[str, list[dict[str, Any]]], linked: list[str]) -> list[Step]:
     """Features, train, benchmark, register and the model event: this trace's own, or the coalesced run's."""
     steps: list[Step] = []
-    feature_sets = [(k, store.get_json(k)) for k in store.keys(keys.FeatureSet.prefix(dataset))
-                    if k.endswith("/" + keys.MANIFEST)]
-    mine = [(k, f) for k, f in feature_sets if f.get("trace_id") == trace_id]
     attempts = by_stage.pop("features", [])
+    # The spans name what each attempt wrote: read those documents; scan only for paths recorded without spans.
+    written = _written(attempts, keys.FEATURES, "/" + keys.MANIFEST) or [
+        k for k in store.keys(keys.FeatureSet.prefix(dataset)) if k.endswith("/" + keys.MANIFEST)]
+    mine = [(k, f) for k, f in ((k, store.get_json(k)) for k in written) if f.get("trace_id") == trace_id]
     if mine or attempts:
         key, fs = mine[0] if mine else (None, None)
         step = Step("features", "materialized" if fs else (attempts[-1]["outcome"] if attempts else "?"),
@@ -281,11 +289,14 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
         elif attempts and not attempts[-1].get("outputs"):
             step.outcome, step.detail = "skipped", "wrote nothing (the feature set existed, or no retraining)"
         steps.append(_timed(step, attempts))
-    runs = [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)]
-    own = [r for r in runs if r.get("trace_id") == trace_id]
-    via = [r for r in runs if trace_id in (r.get("trace_links") or []) and r.get("trace_id") != trace_id]
     # New labels wake training as `train-labels`: the same step of the path.
     attempts = sorted(by_stage.pop("train", []) + by_stage.pop("train-labels", []), key=lambda a: a["started_at"])
+    own_keys = _written(attempts, keys.RUNS, "/" + keys.RUN)
+    own = [r for r in (read_run(store.get_json(k)) for k in own_keys) if r.get("trace_id") == trace_id]
+    runs = [] if own else [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset))
+                           if k.endswith("/" + keys.RUN)]
+    own = own or [r for r in runs if r.get("trace_id") == trace_id]
+    via = [r for r in runs if trace_id in (r.get("trace_links") or []) and r.get("trace_id") != trace_id]
     if not own and attempts:
         last = attempts[-1]
         outcome = "skipped" if last["outcome"] == tracing.DONE and not last.get("outputs") else str(last["outcome"])
@@ -361,7 +372,9 @@ def _run_path(store: ObjectStore, state: StateBackend, trace_id: str, run: dict[
     if not attempts:
         register.ended_at = str(version.get("registered_at"))
     steps.append(_timed(register, attempts))
-    for key in store.keys(keys.Published.prefix(model)):
+    sent = list(dict.fromkeys(keys.Published(model, str(event_id)).key
+                              for a in attempts for event_id in a.get("published") or []))
+    for key in sent or list(store.keys(keys.Published.prefix(model))):
         doc = store.get_json_or_none(key) or {}
         event = doc.get("event") or {}
         if tracing.parse_traceparent(event.get(tracing.TRACEPARENT)) == trace_id \

@@ -129,3 +129,24 @@ def test_weights_are_chosen_out_of_fold_and_the_fast_metrics_agree_with_scikit_l
     assert blend.plan({"a": 1.0, "b": 0.1, "c": 5.0}, 6.0) == (["a", "b"], 5)
     assert blend.plan({"a": 1.0, "b": 0.1, "c": 5.0}, 4.1) == (["a", "b"], 3)
     assert blend.plan({"a": 1.0, "b": 0.1}, 1.0)[1] == 0
+
+
+def test_a_member_alone_ships_when_it_beats_the_searchs_winner_out_of_fold() -> None:
+    import pandas as pd
+    from sklearn.dummy import DummyRegressor
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300)})
+    y = 3 * X["a"].to_numpy() - X["b"].to_numpy() + rng.normal(scale=0.1, size=300)
+    Xh = pd.DataFrame({"a": rng.normal(size=80), "b": rng.normal(size=80)})
+    yh = 3 * Xh["a"].to_numpy() - Xh["b"].to_numpy()
+    # The "search's winner" (first) is a constant: the linear member alone is better on the same folds.
+    chosen = blend.build({"winner": DummyRegressor(), "linear": LinearRegression()}, X, y, Xh, yh,
+                         task="regression", metric="rmse", n_classes=None, seed=0)
+    assert chosen.kept and chosen.weights == [0.0, 1.0] and "linear alone" in chosen.reason
+    assert chosen.holdout["blend"] == chosen.holdout["linear"] < chosen.holdout["winner"]
+    # The other way round the winner is the best single member and nothing ships instead of it.
+    again = blend.build({"linear": LinearRegression(), "constant": DummyRegressor()}, X, y, Xh, yh,
+                        task="regression", metric="rmse", n_classes=None, seed=0)
+    assert not again.kept and again.fitted == {}
