@@ -85,6 +85,8 @@ def main() -> None:
         durations: dict[str, float] = run["durations_s"]
         if "refit_fit" not in durations:  # runs of code before the key: the refit records its fit time itself
             durations["refit_fit"] = (run.get("refit") or {}).get("fit_s", 0.0)
+        if "blend_fit" not in durations:  # and the blend's time, with its export and check (counted as model work)
+            durations["blend_fit"] = durations.get("blend", 0.0)
         return durations
 
     try:
