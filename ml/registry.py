@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from bisect import bisect_right
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +129,19 @@ class Registration:
     record: dict[str, Any]
 
 
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The threads that issue a registry operation's independent requests at once (shared: one per process)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sluice-registry")
+        return _POOL
+
+
 class _Stale(Exception):
     """The index did not cover the newest history record: fold it in and decide again."""
 
@@ -144,7 +158,6 @@ class ModelRegistry:
         self.state = state
         # Version documents and history records are immutable, so caching them by key is always correct.
         self._cache: dict[str, dict[str, Any]] = {}
-        self._pool: ThreadPoolExecutor | None = None
 
     @staticmethod
     def base(model: str) -> str:
@@ -180,9 +193,7 @@ class ModelRegistry:
         unique = list(dict.fromkeys(keys))
         if len(unique) <= 1:
             return {k: one(k) for k in unique}
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sluice-registry")
-        return dict(zip(unique, self._pool.map(one, unique), strict=True))
+        return dict(zip(unique, _pool().map(one, unique), strict=True))
 
     def version_numbers(self, model: str) -> list[int]:
         """All version numbers, ascending (a listing of every version: prefer `current(model).head['versions']`)."""
@@ -355,9 +366,7 @@ class ModelRegistry:
                 self.store.put_json(key, doc)
 
         if len(writes) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sluice-registry")
-            list(self._pool.map(write, writes))
+            list(_pool().map(write, writes))
         else:
             for item in writes:
                 write(item)

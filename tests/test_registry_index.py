@@ -357,3 +357,29 @@ def test_a_writer_killed_between_the_history_and_the_index_leaves_a_registry_tha
                                 compared_with=history[-1]["previous_champion"], at="2026-03-01T12:00:01Z")
     assert not again.created and again.version["version"] == 6
     assert_index_answers_like_the_history(reg)
+
+
+def test_models_show_prints_one_page_newest_first(registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    monkeypatch.setenv("SLUICE_SIGNING_KEY", KEY)
+    for i in range(1, 8):
+        version = {"run_id": f"r{i}", "metric": "roc_auc", "scores": {"candidate": 0.9, "baseline": 0.5},
+                   "lineage": {"sources": [], "feature_set_version": "fs-1"}, "artifact": {"uri": f"s3://b/{i}"}}
+        registry.register("m", version, outcome="reject" if i == 5 else "promote",
+                          compared_with=registry.current("m").champion, at=t(i))
+    shown = CliRunner().invoke(main, ["models", "show", "m", "--page", "2", "--limit", "3", "--json"])
+    assert shown.exit_code == 0, shown.output
+    doc = json.loads(shown.output)
+    assert [v["version"] for v in doc["versions"]] == [4, 3, 2] and (doc["total"], doc["pages"]) == (7, 3)
+    assert doc["stages"] == {"4": "archived", "3": "archived", "2": "archived"}
+    assert doc["champion"]["version"] == 7 and doc["champion"]["previous"] == 6
+    text = CliRunner().invoke(main, ["models", "show", "m", "--limit", "3"]).output
+    assert text.startswith("model m: champion v7\n") and " *v7  champion" in text and "  v5  rejected" in text
+    assert "v4 " not in text and "page 1 of 3 (7 versions, 3 a page; --page N for more)" in text
+    missing = CliRunner().invoke(main, ["models", "show", "nope"])
+    assert missing.exit_code == 1 and "no model 'nope'" in missing.output

@@ -276,3 +276,29 @@ def test_a_ragged_line_is_found_across_the_text_pass_chunks(tmp_path: Path) -> N
     path.write_text("a,b,c\n1,2,3\n1,2")  # the last line, with no newline
     with pytest.raises(UnreadableFile, match="line 3 has 2 fields"):
         validate_file(path, "incoming/t/f.csv", contract, tmp_path)
+
+
+def test_element_wise_and_whole_column_checks_are_still_pandera_s() -> None:
+    import pandera.polars as pa
+
+    from sluice.core.app import Extensions
+    from sluice.ml.validation import _check_batch, _Rules, build_schema
+
+    frame = pl.DataFrame({"x": [1, 2, None, 40, 5], "y": ["a", "b", "c", "d", "e"]})
+    contract = Contract(dataset="t", target="y", task="binary", metric="roc_auc", columns={
+        "x": ColumnSpec(dtype="int", nullable=True, checks=["small", "odd"]), "y": ColumnSpec(dtype="str")})
+    extensions = Extensions()
+    extensions.checks["small"] = pa.Check(lambda v: v < 10, element_wise=True, name="small")
+    extensions.checks["odd"] = lambda col: col % 2 == 1
+    schema = build_schema(contract, extensions)
+    fast = _Rules(schema).check(frame, 100, already=[])
+    assert sorted((f.check, f.row) for f in fast) == sorted(
+        (f.check, f.row) for f in _check_batch(schema, frame, 100, already=[])) == [("odd", 102), ("odd", 104),
+                                                                                  ("small", 104)]
+    extensions.checks["negative_mean"] = pa.Check(lambda d: d.lazyframe.select(pl.col(d.key).mean() < 0),
+                                                  name="negative_mean")
+    whole = build_schema(contract.model_copy(update={"columns": {
+        **contract.columns, "x": ColumnSpec(dtype="int", nullable=True, checks=["negative_mean"])}}), extensions)
+    # An aggregate's output is not one value per row: pandera validates the whole batch, as it always did.
+    assert _Rules(whole)._suspects(frame) is None
+    assert _Rules(whole).check(frame, 0, already=[]) == _check_batch(whole, frame, 0, already=[])
