@@ -371,7 +371,7 @@ def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFr
     n_classes = len(encoding.classes) if encoding.classes else None
     chosen = build_blend(templates, X, y, encoding.features(holdout.filter(pl.Series(known))), y_holdout[known],
                          task=contract.task, metric=contract.metric, n_classes=n_classes, seed=contract.training.seed,
-                         left_s=left_s)
+                         left_s=left_s, first_is_winner=trained.best_estimator in templates)
     record = chosen.summary()
     return (chosen if chosen.kept else None), record
 
