@@ -214,11 +214,14 @@ def plan(costs: dict[str, float], left_s: float) -> tuple[list[str], int]:
 
 
 def build(templates: dict[str, Any], X: Any, y: np.ndarray, X_holdout: Any, y_holdout: np.ndarray, *,
-          task: str, metric: str, n_classes: int | None, seed: int, left_s: float = float("inf")) -> Blend:
+          task: str, metric: str, n_classes: int | None, seed: int, left_s: float = float("inf"),
+          first_is_winner: bool = True) -> Blend:
     """Members fitted on (X, y); weights from their out-of-fold scores on (X, y); kept if better on the holdout.
 
-    `templates` are unfitted scikit-learn models, the search's winner first. Every member is fitted once on
-    (X, y) first, which measures what it costs; the members and folds then fit what is left of `left_s`."""
+    `templates` are unfitted scikit-learn models, the search's winner first (`first_is_winner`; when the winner
+    is not among them, e.g. xgboost, no member alone replaces it, since it was not compared). Every member is
+    fitted once on (X, y) first, which measures what it costs; the members and folds then fit what is left of
+    `left_s`."""
     from sklearn.base import clone
 
     from sluice.ml.contract import HIGHER_IS_BETTER
@@ -268,7 +271,7 @@ def build(templates: dict[str, Any], X: Any, y: np.ndarray, X_holdout: Any, y_ho
     best_single = max(members, key=lambda n: oof_metrics[n] if hib else -oof_metrics[n])
     if sum(w > 0 for w in weights) >= 2 and better(oof_metrics["blend"], oof_metrics[best_single], hib):
         kept, reason = True, f"better than {best_single} alone out of fold"
-    elif best_single != winner and better(oof_metrics[best_single], oof_metrics[winner], hib):
+    elif first_is_winner and best_single != winner and better(oof_metrics[best_single], oof_metrics[winner], hib):
         # A member alone beats the search's winner on the same folds (a short search can end below LightGBM's
         # defaults): it ships, as a blend of one, rather than the weaker winner.
         weights = [1.0 if n == best_single else 0.0 for n in members]

@@ -315,6 +315,9 @@ class Trained:
     templates: dict[str, Any] = field(default_factory=dict, repr=False)
     # FLAML's validation loss of each learner's best configuration.
     learner_losses: dict[str, float] = field(default_factory=dict)
+    # Seconds FLAML took to train the winning configuration (its `best_config_train_time`): what one more fit of
+    # it costs, about, before the blend decides whether it has time.
+    best_fit_s: float = 0.0
 
 
 @dataclass
@@ -400,7 +403,7 @@ def train(
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
                    estimator=getattr(model, "estimator", None),
                    templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
-                   learner_losses=losses)
+                   learner_losses=losses, best_fit_s=float(automl.best_config_train_time or 0.0))
 
 
 def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:

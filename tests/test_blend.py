@@ -146,6 +146,10 @@ def test_a_member_alone_ships_when_it_beats_the_searchs_winner_out_of_fold() -> 
                          task="regression", metric="rmse", n_classes=None, seed=0)
     assert chosen.kept and chosen.weights == [0.0, 1.0] and "linear alone" in chosen.reason
     assert chosen.holdout["blend"] == chosen.holdout["linear"] < chosen.holdout["winner"]
+    # When the search's winner is not a member (e.g. xgboost), no member alone replaces it: they were not compared.
+    unseen = blend.build({"winner": DummyRegressor(), "linear": LinearRegression()}, X, y, Xh, yh,
+                         task="regression", metric="rmse", n_classes=None, seed=0, first_is_winner=False)
+    assert not unseen.kept
     # The other way round the winner is the best single member and nothing ships instead of it.
     again = blend.build({"linear": LinearRegression(), "constant": DummyRegressor()}, X, y, Xh, yh,
                         task="regression", metric="rmse", n_classes=None, seed=0)
