@@ -154,3 +154,16 @@ def test_a_member_alone_ships_when_it_beats_the_searchs_winner_out_of_fold() -> 
     again = blend.build({"linear": LinearRegression(), "constant": DummyRegressor()}, X, y, Xh, yh,
                         task="regression", metric="rmse", n_classes=None, seed=0)
     assert not again.kept and again.fitted == {}
+
+
+def test_the_card_says_what_ships_and_why() -> None:
+    from sluice.ml.card import _blend
+
+    kept = {"kept": True, "reason": "better than linear alone out of fold", "members": ["linear", "lgbm_extra"],
+            "weights": {"linear": 0.7, "lgbm_extra": 0.3, "lgbm": 0.0}, "holdout": {"linear": 56.5, "blend": 56.2}}
+    [line] = _blend(kept)
+    assert "a blend of linear 0.7, lgbm_extra 0.3" in line and "lgbm 0" not in line and "56.2" in line
+    assert "better than linear alone out of fold" in line
+    [line] = _blend({"kept": False, "members": ["lgbm", "linear"], "reason": "no time left: 2.0s needed"})
+    assert "not shipped: no time left" in line
+    assert _blend(None) == []
