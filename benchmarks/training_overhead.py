@@ -1,4 +1,5 @@
-"""Framework overhead of the training stage: the stage's wall time minus FLAML's own fit time.
+"""Framework overhead of the training stage: the stage's wall time minus the model work (FLAML's search, the blend's
+fits, the refit's fit).
 
 Runs Sluice's train stage (handlers/train.py through the runtime, against moto's server over HTTP, as in
 production against S3) on the bundled dataset and on a larger synthetic one, with a 10 s budget, and reads
@@ -6,10 +7,13 @@ the stage's durations from the run record. The goal: overhead under 5 % of the s
 
     .venv/bin/python benchmarks/training_overhead.py [--budget 10] [--repeats 3] [--cold]
 
-Besides the total it splits the overhead: `prepare` (contract, inputs, reading the rows, the holdout split, the
-encoding), `around fit` (encoding the frame for FLAML, checking the stored model), `store` (bundle, holdout
-scores and metrics, Parquet, drift profile, plots, uploads). A first, untimed training pays the imports, as a
-worker does once, unless `--cold`.
+The stage splits three ways, from the run's `durations_s`: FLAML's search (`flaml_fit`), the other model work
+(`blend_fit`: the blend's out-of-fold fits; `refit_fit`: the refit's own fit on every labelled row), and the
+framework: everything else, reported as a share of the stage. The framework part splits further: `prepare`
+(contract, inputs, reading the rows, the holdout split, the encoding, the leakage check), `around fit` (encoding
+the frame for FLAML, exporting and checking the stored model), `store` (bundles and their verification, holdout
+scores and metrics, Parquet, drift profile, plots, uploads, the refit's export and check). A first, untimed
+training pays the imports, as a worker does once, unless `--cold`.
 """
 
 from __future__ import annotations
@@ -77,26 +81,35 @@ def main() -> None:
             assert info is not None
             rt.execute(stage, ObjectCreated(settings.bucket, key, info.size, info.etag).to_dict())
         [run_key] = [k for k in rt.store.keys("runs/") if k.endswith("run.json")]
-        durations: dict[str, float] = rt.store.get_json(run_key)["durations_s"]
+        run = rt.store.get_json(run_key)
+        durations: dict[str, float] = run["durations_s"]
+        if "refit_fit" not in durations:  # runs of code before the key: the refit records its fit time itself
+            durations["refit_fit"] = (run.get("refit") or {}).get("fit_s", 0.0)
+        if "blend_fit" not in durations:  # and the blend's time, with its export and check (counted as model work)
+            durations["blend_fit"] = durations.get("blend", 0.0)
         return durations
 
     try:
         if not args.cold:  # a worker pays its imports (FLAML, LightGBM, matplotlib) once, on its first training
             run_once(bundled, "diagnosis", 1.0)
-        print(f"{'dataset':32} {'stage s':>8} {'FLAML fit s':>12} {'overhead s':>11} {'overhead %':>11} "
+        print(f"{'dataset':32} {'stage s':>8} {'search s':>9} {'model s':>8} {'framework s':>12} {'overhead %':>11} "
               f"{'prepare':>8} {'around fit':>11} {'store':>7}  (median of {args.repeats}, budget {args.budget:g}s"
-              f"{', cold' if args.cold else ', warm worker'})")
+              f"{', cold' if args.cold else ', warm worker'}; model = blend and refit fits)")
         for name, (data, target) in cases.items():
             results = [run_once(data, target, args.budget) for _ in range(args.repeats)]
 
             def median(f: Callable[[dict[str, float]], float], results: list[dict[str, float]] = results) -> float:
                 return statistics.median(f(r) for r in results)
 
+            def model(r: dict[str, float]) -> float:
+                return r.get("blend_fit", 0.0) + r.get("refit_fit", 0.0)
+
             stage, fit = median(lambda r: r["total"]), median(lambda r: r["flaml_fit"])
-            over = median(lambda r: r["total"] - r["flaml_fit"])
-            print(f"{name:32} {stage:8.2f} {fit:12.2f} {over:11.2f} {100 * over / stage:10.1f}% "
+            over = median(lambda r: (r["total"] - r["flaml_fit"] - model(r)) / r["total"])
+            print(f"{name:32} {stage:8.2f} {fit:9.2f} {median(model):8.2f} "
+                  f"{median(lambda r: r['total'] - r['flaml_fit'] - model(r)):12.2f} {100 * over:10.1f}% "
                   f"{median(lambda r: r['prepare']):8.2f} {median(lambda r: r['fit'] - r['flaml_fit']):11.2f} "
-                  f"{median(lambda r: r['evaluate_and_store']):7.2f}")
+                  f"{median(lambda r: r['evaluate_and_store'] - model(r)):7.2f}")
             # The issue's limit: checks, search, blend and refit within 1.1 x the budget; the rest is I/O.
             compute = median(lambda r: r.get("leakage_check", 0) + r["fit"] + r.get("blend", 0)
                              + r.get("refit_and_store", 0))
@@ -106,7 +119,7 @@ def main() -> None:
                   f"checks+search+blend+refit {compute:.2f}s = {compute / args.budget:.2f} x budget (limit 1.1)")
     finally:
         server.stop()
-    print("goal: overhead under 5 % of the stage")
+    print("goal: framework under 5 % of the stage (overhead % is the median of framework / stage per run)")
     print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
 

@@ -100,7 +100,10 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     contract = contract_of(store, run)
     frame = training_rows(store, contract, run["feature_set_version"], run.get("label_versions", []))
     spec = contract.training
-    mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
+    # The split the run used: runs recorded before `holdout.split` used version 1.
+    version = int(((run.get("holdout") or {}).get("split") or {}).get("version", 1))
+    mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed,
+                                 version)
     train_frame = frame.filter(pl.Series(~mask))
     holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
     from sluice.ml.bundle import load_run

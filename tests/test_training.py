@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from sluice.core.errors import ContractError, IntegrityError
+from sluice.core.errors import ContractError, IntegrityError, SluiceError
 from sluice.core.runtime import Runtime
 from sluice.core.settings import Settings
 from sluice.events.s3 import ObjectCreated
@@ -59,6 +59,13 @@ def test_a_run_is_tracked_reproducible_and_comparable(runtime: Runtime) -> None:
 
     result = runs.reproduce(runtime.store, run1)
     assert result["match"], result
+    # The run records its split, and reproducing recomputes that one: told it used version 1, it gets other rows.
+    assert run1["holdout"]["split"] == {"method": "row-hash", "version": modeling.SPLIT_VERSION}
+    as_v1 = {**run1, "holdout": {**run1["holdout"], "split": {"method": "row-hash", "version": 1}}}
+    try:
+        assert not runs.reproduce(runtime.store, as_v1)["match"]
+    except SluiceError as exc:  # the other rows give another encoding
+        assert "encoding differs" in str(exc)
 
     run2 = run_chain(runtime, f"incoming/{DATASET}/b.csv", b)
     assert run2["warm_start"] is not None and run2["warm_start"]["used"] is True  # FLAML honoured the champion
@@ -107,9 +114,46 @@ def test_the_holdout_split_is_the_one_every_earlier_run_used() -> None:
         "nan": np.where(rng.random(n) < 0.1, np.nan, 1.5), "b": rng.random(n) < 0.5,
     }).with_columns(pl.when(pl.col("k") == 0).then(None).otherwise(pl.col("s")).alias("s"))
     for fraction, seed in ((0.2, 42), (0.5, 0), (0.01, 7), (1.0, 1), (0.0, 1)):
-        ours, reference = modeling.holdout_mask(frame, fraction, seed), per_row_holdout_mask(frame, fraction, seed)
+        ours = modeling.holdout_mask(frame, fraction, seed, version=1)
+        reference = per_row_holdout_mask(frame, fraction, seed)
         assert ours.dtype == bool and np.array_equal(ours, reference), (fraction, seed)
-    assert 0.15 < modeling.holdout_mask(frame, 0.2, 42).mean() < 0.25
+    assert 0.15 < modeling.holdout_mask(frame, 0.2, 42, version=1).mean() < 0.25
+
+
+def test_split_version_2_depends_only_on_the_row_and_the_seed() -> None:
+    """The split new runs use: a row's side follows its values (any dtype, nulls, NaN, -0.0 as 0.0), not its
+    position, the frame's other rows, or an integer column's width; the seed and the version change it."""
+    rng = np.random.default_rng(1)
+    n = 5000
+    x = rng.normal(size=n)
+    frame = pl.DataFrame({
+        "x": np.where(rng.random(n) < 0.05, np.nan, x), "k": rng.integers(-5, 5, n),
+        "s": rng.choice(["zeta", "alpha", "ü", "a\x1fb", ""], n),
+        "d": pl.date_range(pl.date(2020, 1, 1), pl.date(2020, 1, 1) + pl.duration(days=n - 1), eager=True),
+        "t": pl.datetime_range(pl.datetime(2021, 3, 1), pl.datetime(2021, 3, 1) + pl.duration(hours=n - 1),
+                               "1h", eager=True),
+        "b": rng.random(n) < 0.5,
+    }).with_columns(pl.when(pl.col("k") == 0).then(None).otherwise(pl.col("s")).alias("s"),
+                    pl.when(pl.col("k") == 1).then(None).otherwise(pl.col("x")).alias("x"),
+                    pl.col("s").cast(pl.Categorical).alias("c"))
+    full = modeling.holdout_mask(frame, 0.2, 42)
+    assert full.dtype == bool and 0.17 < full.mean() < 0.23
+    order = rng.permutation(n)
+    assert np.array_equal(modeling.holdout_mask(frame[order], 0.2, 42), full[order])  # position does not matter
+    assert np.array_equal(modeling.holdout_mask(frame[:100], 0.2, 42), full[:100])  # nor the other rows
+    assert np.array_equal(modeling.holdout_mask(frame.select(sorted(frame.columns, reverse=True)), 0.2, 42), full)
+    narrow = frame.with_columns(pl.col("k").cast(pl.Int32))
+    assert np.array_equal(modeling.holdout_mask(narrow, 0.2, 42), full)
+    zeros = pl.DataFrame({"x": [0.0, -0.0, None, float("nan")], "y": ["a", "a", "a", "a"]})
+    sides = modeling._row_keys_v2(zeros, ["x", "y"], 42)
+    assert sides[0] == sides[1] and len({int(sides[1]), int(sides[2]), int(sides[3])}) == 3
+    assert not np.array_equal(modeling.holdout_mask(frame, 0.2, 7), full)  # the seed matters
+    assert not np.array_equal(modeling.holdout_mask(frame, 0.2, 42, version=1), full)  # a different split
+    assert modeling.holdout_mask(frame, 1.0, 42).all() and not modeling.holdout_mask(frame, 0.0, 42).any()
+    smaller = modeling.holdout_mask(frame, 0.1, 42)
+    assert not (smaller & ~full).any()  # a smaller fraction holds out a subset
+    with pytest.raises(ValueError, match="version"):
+        modeling.holdout_mask(frame, 0.2, 42, version=3)
 
 
 def test_labels_name_classes_as_before() -> None:
