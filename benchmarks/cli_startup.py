@@ -43,7 +43,8 @@ def layout(source: Path, into: Path) -> Path:
     for entry in (source / "sluice").iterdir():
         (pkg / entry.name).symlink_to(entry.resolve())
     for name in SUBPACKAGES:
-        (pkg / name).symlink_to((source / name).resolve())
+        if not (pkg / name).exists():  # trees since the committed symlinks (sluice/core -> ../core) have them
+            (pkg / name).symlink_to((source / name).resolve())
     return into
 
 
