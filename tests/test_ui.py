@@ -123,6 +123,14 @@ def _click(browser: Any, link_text: str) -> None:
     browser.find_element(By.PARTIAL_LINK_TEXT, link_text).click()
 
 
+def _wait_for(browser: Any, css: str, timeout_s: float = 30) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(browser, timeout_s).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+
 def _rows(browser: Any, table: str) -> list[list[str]]:
     from selenium.webdriver.common.by import By
 
@@ -222,6 +230,7 @@ def test_runs_plots_and_comparison(browser: Any, dashboard: dict[str, Any]) -> N
     listed = [row[2] for row in _rows(browser, "runs")]
     assert listed == [first["run_id"], second["run_id"]]
     browser.find_element("id", "compare").click()
+    _wait_for(browser, "#comparison")  # a form submit: the click can return before the next page is there
     comparison = {row[0]: row[1:] for row in _rows(browser, "comparison")}
     metric = first["metric"]
     assert comparison[metric] == [f"{run['holdout']['metrics'][metric]:.4f}" for run in (first, second)]
