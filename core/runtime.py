@@ -369,7 +369,7 @@ class Runtime:
               **detail: Any) -> None:
         """Record one attempt of a stage in its drop's trace (`traces/<trace id>/`); never fails the stage.
         `proxy`: the Dramatiq message being processed (None when run directly)."""
-        trace_id = tracing.current().get("trace_id")
+        trace_id = _trace().get("trace_id")
         if not trace_id:
             return  # woken by a document that carries no trace (written before correlation ids)
         if proxy is not None:
