@@ -215,7 +215,10 @@ def test_a_worker_killed_in_each_stage_is_taken_over_by_the_next(deployment: tup
                     wait_for(lambda: any(k.endswith("/progress.json") for k in store.keys(f"runs/{DATASET}/")),
                              CONVERGE_S, "the fit to start")
                 else:
-                    wait_for(lambda s=stage: lease_of(settings, s), CONVERGE_S, f"a {stage} claim")  # type: ignore[misc]
+                    # The claim, and the worker's word that it holds the stage there (logged just after the claim;
+                    # a worker killed in between would never write it).
+                    wait_for(lambda s=stage: lease_of(settings, s)  # type: ignore[misc]
+                             and f"fault injection: holding {s}" in workers.logs(), CONVERGE_S, f"a {stage} claim")
             except AssertionError:
                 raise AssertionError(workers.logs()) from None
             doomed.send_signal(signal.SIGKILL)

@@ -131,6 +131,16 @@ def _wait_for(browser: Any, css: str, timeout_s: float = 30) -> None:
     WebDriverWait(browser, timeout_s).until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css)))
 
 
+def _submit(browser: Any, field: Any, timeout_s: float = 30) -> None:
+    """Submit `field`'s form and wait until the page it was on has gone (a submit can return before that)."""
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element("tag name", "html")
+    field.submit()
+    WebDriverWait(browser, timeout_s).until(expected_conditions.staleness_of(page))
+
+
 def _rows(browser: Any, table: str) -> list[list[str]]:
     from selenium.webdriver.common.by import By
 
@@ -260,12 +270,12 @@ def test_registry_history_at_and_lineage(browser: Any, dashboard: dict[str, Any]
     field = browser.find_element("id", "at")
     field.clear()
     field.send_keys("2000-01-01T00:00:00Z")
-    field.submit()
+    _submit(browser, field)
     assert "no version was champion yet" in _text(browser, "#answer")
     field = browser.find_element("id", "at")
     field.clear()
     field.send_keys(datetime.now(UTC).isoformat())
-    field.submit()
+    _submit(browser, field)
     assert f"v{snap.champion} was champion" in _text(browser, "#answer")
     _shot(browser, "model")
 
