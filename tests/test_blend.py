@@ -128,7 +128,10 @@ def test_weights_are_chosen_out_of_fold_and_the_fast_metrics_agree_with_scikit_l
         "roc_auc", y, good, 2)
     for metric, truth, scores, k in (("roc_auc", y, noise, 2), ("log_loss", y, noise, 2),
                                      ("log_loss", rng.integers(0, 3, 400), rng.dirichlet([1, 1, 1], 400), 3),
-                                     ("rmse", rng.normal(size=400), rng.normal(size=400), None)):
+                                     ("rmse", rng.normal(size=400), rng.normal(size=400), None),
+                                     ("r2", rng.normal(size=400), rng.normal(size=400), None),
+                                     ("accuracy", y, noise, 2), ("f1", y, noise, 2),
+                                     ("accuracy", rng.integers(0, 3, 400), rng.dirichlet([1, 1, 1], 400), 3)):
         fast = blend._fast_metric(metric, truth, k)
         assert fast is not None and np.isclose(fast(scores), modeling.score(metric, truth, scores, k))
     assert len(blend.simplex(2)) == 21 and all(np.isclose(sum(w), 1) for w in blend.simplex(3))
@@ -226,6 +229,7 @@ def test_members_the_rows_cannot_tell_apart_ship_as_an_even_blend() -> None:
     finally:
         blend.WINDOW = True
     assert tilted.weights != chosen.weights, tilted
+    assert chosen.holdout["blend"] < tilted.holdout["blend"]  # and on rows neither saw, the even blend is better
 
 
 def test_a_member_the_rows_show_is_worse_is_left_out_of_the_window() -> None:
