@@ -23,7 +23,7 @@ from typing import Any
 from sluice.core.errors import SluiceError
 from sluice.core.settings import Settings
 from sluice.events.model import PROMOTED, ROLLED_BACK
-from sluice.ml.bundle import Model, load_model
+from sluice.ml.bundle import Model
 
 log = logging.getLogger("sluice.serve")
 MAX_ROWS = 10_000
@@ -52,6 +52,9 @@ class ModelServer:
     # -- model lifecycle -------------------------------------------------------------------------------------
     def refresh(self, why: str = "startup") -> bool:
         """Load the alias's current version if it is not the one serving; True when a swap happened."""
+        # The public loader: without a store handed in, it opens the settings' bucket (the CLI hands none).
+        from sluice import load_model
+
         if self.bundle is not None:
             fresh = load_model(self.bundle, app=self.user_app)
         else:

@@ -37,6 +37,12 @@ def test_a_subscriber_loads_the_promoted_model_from_the_event_alone_and_scores_n
     assert result.version == event["data"]["version"] and len(result.scored) == 50
     champion = load_model(f"{mixed.DATASET}@champion", settings=runtime.settings, store=runtime.store)
     assert np.array_equal(result.scores, champion.predict(new).scores)
+    # `sluice serve NAME` hands the server no store: it opens the settings' bucket, as `load_model` does.
+    from sluice.serve import ModelServer
+
+    server = ModelServer(mixed.DATASET, settings=runtime.settings, watch=False)
+    assert server.refresh() and server.model is not None
+    assert np.array_equal(server.model.predict(new).scores, result.scores)
 
 
 def _free_port() -> int:
