@@ -154,7 +154,7 @@ class ModelServer:
             except SluiceError as exc:
                 return JSONResponse({"error": str(exc)}, 422)
             payload = {**result.describe(), "predictions": result.to_dicts(),
-                       "scored": len(result.scored), "unscored": len(result.unscored)}
+                       "scored": len(result.scored), "unscored": result.rows - len(result.scored)}
             if not len(result.scored):
                 payload["error"] = "no row could be scored; each prediction says why"
                 return JSONResponse(payload, 422)

@@ -155,6 +155,8 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
     ok = client.post("/predict", json={"rows": [row, {**row, "zone": "mars"}]})
     assert ok.status_code == 200 and ok.json()["scored"] == 1
     assert "not one of the contract's categories" in ok.json()["predictions"][1]["unscored"]
+    two_problems = client.post("/predict", json={"rows": [row, {**row, "zone": "mars", "color": "plaid"}]}).json()
+    assert (two_problems["scored"], two_problems["unscored"]) == (1, 1)  # rows, not reasons
     assert client.post("/predict", json=row).status_code == 200  # one bare object is one row
     cases = {
         b"{not json": (400, "not JSON"),
