@@ -557,6 +557,14 @@ def as_frame(rows: Any) -> pl.DataFrame:
                           "or the path of a CSV or Parquet file")
 
 
+def _is_missing(v: Any) -> bool:
+    """pandas' missing values in a row dict (`df.to_dict("records")`): NaN, pd.NA, pd.NaT. A pandas frame's are
+    nulls (`pl.from_pandas`), so the same rows as dicts are nulls too, not the value NaN (nor the text "<NA>")."""
+    if isinstance(v, float):
+        return math.isnan(v)
+    return type(v).__name__ in ("NAType", "NaTType")
+
+
 def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
     """Columns of the dicts' values; a column whose values mix types is kept as text and typed by the contract."""
     names: dict[str, None] = {}
@@ -565,7 +573,7 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
             names.setdefault(str(k), None)
     columns = []
     for name in names:
-        values = [r.get(name) for r in rows]
+        values = [None if _is_missing(v) else v for v in (r.get(name) for r in rows)]
         kinds = {type(v) for v in values if v is not None}
         if kinds == {float} or kinds == {int, float}:
             values = [None if v is None else float(v) for v in values]
@@ -574,6 +582,10 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
             columns.append(pl.Series(name, values))
         elif not kinds:
             columns.append(pl.Series(name, values, dtype=pl.Utf8))
+        elif all(issubclass(k, datetime) for k in kinds):
+            # datetimes (pandas' Timestamps too: pandas has no date type, so its dates arrive as midnights) keep
+            # their type, as in a frame; as text ("2024-05-20 00:00:00") a date column would refuse them.
+            columns.append(pl.Series(name, values))
         else:
             columns.append(pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8))
     return pl.DataFrame(columns)

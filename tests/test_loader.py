@@ -267,6 +267,22 @@ def test_every_kind_of_input_becomes_the_same_frame(tmp_path: Path) -> None:
         bundle.as_frame(3)
 
 
+def test_a_pandas_frame_as_row_dicts_scores_as_the_frame_does(shop_model: bundle.Model) -> None:
+    # `df.to_dict("records")` hands predict pandas' own values: NaN for the nulls of an int column (floats in
+    # pandas), pd.NA in a string column, and Timestamps for dates (pandas has no date type). They mean what they
+    # mean in the frame: missing values and dates, not values to refuse.
+    rows = mixed.frame(40, 6).with_columns(
+        pl.when(pl.int_range(pl.len()) % 4 == 0).then(None).otherwise(pl.col(c)).alias(c) for c in ("visits", "brand"))
+    frame = rows.to_pandas()
+    frame["visits"] = frame["visits"].astype("float64")
+    frame["brand"] = frame["brand"].astype("string")  # pd.NA for its nulls
+    assert frame["visits"].isna().any() and frame["brand"].isna().any()
+    as_frame = shop_model.predict(frame)
+    as_dicts = shop_model.predict(frame.to_dict("records"))
+    assert len(as_frame.scored) == 40 and as_dicts.unscored == []
+    assert np.array_equal(as_frame.scores, as_dicts.scores)
+
+
 # -- the single-row fast path gives what the general path gives ----------------------------------------------------
 
 @pytest.fixture(scope="module")
