@@ -422,3 +422,20 @@ def test_reconcile_goes_on_past_a_planted_document(runtime: Runtime) -> None:
     # One planted object used to fail the whole pass, for every dataset, on every worker, every minute.
     assert ("validate", waiting) in [(g.stage, g.key) for g in find_gaps(runtime.store, runtime.state, min_age_s=0)]
 
+
+def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    waiting = _quarantined_waiting_and_planted(runtime)
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 0, result.output
+    assert f"quarantined incoming/{DATASET}/bad.csv" in result.output
+    assert f"waiting     {waiting}" in result.output
+    for key in [*PLANTED[:2], f"registry/{DATASET}/"]:  # status reads no data version without a drop of its own
+        assert f"untrusted   {key}" in result.output, key
+    assert "not written by a Sluice stage (it has no signature)" in result.output
