@@ -33,7 +33,9 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         champion = registry.alias(model)
     except IntegrityError as exc:  # a forged alias or version: `models verify` lists the problems
         versions, champion = [], None
-        untrusted.append({"key": f"registry/{model}/", "problem": str(exc)})
+        named = str(exc).split(": ", 1)[0]  # the message starts with the document's key
+        untrusted.append({"key": named if named.startswith(f"registry/{model}/") else f"registry/{model}/",
+                          "problem": str(exc)})
     arrivals = []
     for entry in sorted(ledger, key=lambda e: e["at"]):
         dv = entry.get("data_version")
