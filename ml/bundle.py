@@ -22,6 +22,7 @@ names. Rows it cannot score are reported with the reason, never scored as garbag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -543,8 +544,7 @@ def as_frame(rows: Any) -> pl.DataFrame:
         if name.endswith(".parquet"):
             return pl.read_parquet(path)
         if name.endswith((".csv", ".csv.gz")):
-            # As text, like validation: the contract decides the types, not the reader's guess.
-            return pl.read_csv(path, infer_schema=False)
+            return _read_csv(path)
         raise ModelInputError(f"{path}: Sluice scores .csv, .csv.gz and .parquet files")
     if isinstance(rows, Mapping):
         rows = [rows]
@@ -555,6 +555,44 @@ def as_frame(rows: Any) -> pl.DataFrame:
         return pl.from_pandas(rows)
     raise ModelInputError(f"cannot score a {type(rows).__name__}: pass a polars or pandas frame, a list of dicts, "
                           "or the path of a CSV or Parquet file")
+
+
+def _read_csv(path: Path) -> pl.DataFrame:
+    """A CSV file as text, like validation: the contract decides the types, not the reader's guess. A line with
+    fewer fields than the header is refused, naming it (the reader would fill the rest with nulls and the row would
+    be scored as if its values were missing); so is a file the reader cannot read, with why."""
+    try:
+        frame = pl.read_csv(path, infer_schema=False)
+    except pl.exceptions.NoDataError:
+        raise ModelInputError(f"{path} is empty: score a file with a header line and rows") from None
+    except pl.exceptions.PolarsError as exc:
+        # A line with too many fields: name it. Text the line reader cannot take either (not UTF-8) gets the
+        # reader's own words below.
+        with contextlib.suppress(pl.exceptions.PolarsError):
+            _refuse_ragged(path, _header_width(path))
+        what = str(exc).strip().splitlines()[0]
+        hint = " (save it as UTF-8)" if "utf-8" in what.lower() else ""
+        raise ModelInputError(f"{path} cannot be read as CSV: {what}{hint}") from None
+    _refuse_ragged(path, frame.width)
+    return frame
+
+
+def _header_width(path: Path) -> int:
+    header = pl.scan_lines(path).head(1).collect()
+    return header["line"][0].count(",") + 1 if header.height else 0
+
+
+def _refuse_ragged(path: Path, width: int) -> None:
+    """The first line whose field count is not the header's (lines with quotes are left to the reader)."""
+    bad = (pl.scan_lines(path, row_index_name="i")
+           .filter((pl.col("i") > 0) & (pl.col("line").str.len_bytes() > 0)
+                   & ~pl.col("line").str.contains('"', literal=True)
+                   & (pl.col("line").str.count_matches(",", literal=True) != width - 1))
+           .head(1).collect())
+    if bad.height:
+        text = bad["line"][0]
+        raise ModelInputError(f"{path} line {int(bad['i'][0]) + 1} has {text.count(',') + 1} fields, the header has "
+                              f"{width}: {text[:80]!r}; quote fields that contain commas, or fix the line")
 
 
 def _is_missing(v: Any) -> bool:
