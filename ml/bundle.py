@@ -22,6 +22,7 @@ names. Rows it cannot score are reported with the reason, never scored as garbag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -543,8 +544,7 @@ def as_frame(rows: Any) -> pl.DataFrame:
         if name.endswith(".parquet"):
             return pl.read_parquet(path)
         if name.endswith((".csv", ".csv.gz")):
-            # As text, like validation: the contract decides the types, not the reader's guess.
-            return pl.read_csv(path, infer_schema=False)
+            return _read_csv(path)
         raise ModelInputError(f"{path}: Sluice scores .csv, .csv.gz and .parquet files")
     if isinstance(rows, Mapping):
         rows = [rows]
@@ -557,6 +557,52 @@ def as_frame(rows: Any) -> pl.DataFrame:
                           "or the path of a CSV or Parquet file")
 
 
+def _read_csv(path: Path) -> pl.DataFrame:
+    """A CSV file as text, like validation: the contract decides the types, not the reader's guess. A line with
+    fewer fields than the header is refused, naming it (the reader would fill the rest with nulls and the row would
+    be scored as if its values were missing); so is a file the reader cannot read, with why."""
+    try:
+        frame = pl.read_csv(path, infer_schema=False)
+    except pl.exceptions.NoDataError:
+        raise ModelInputError(f"{path} is empty: score a file with a header line and rows") from None
+    except pl.exceptions.PolarsError as exc:
+        # A line with too many fields: name it. Text the line reader cannot take either (not UTF-8) gets the
+        # reader's own words below.
+        with contextlib.suppress(pl.exceptions.PolarsError):
+            _refuse_ragged(path, _header_width(path))
+        what = str(exc).strip().splitlines()[0]
+        hint = " (save it as UTF-8)" if "utf-8" in what.lower() else ""
+        raise ModelInputError(f"{path} cannot be read as CSV: {what}{hint}") from None
+    _refuse_ragged(path, frame.width)
+    return frame
+
+
+def _header_width(path: Path) -> int:
+    header = pl.scan_lines(path).head(1).collect()
+    return header["line"][0].count(",") + 1 if header.height else 0
+
+
+def _refuse_ragged(path: Path, width: int) -> None:
+    """The first line whose field count is not the header's (lines with quotes are left to the reader)."""
+    bad = (pl.scan_lines(path, row_index_name="i")
+           .filter((pl.col("i") > 0) & (pl.col("line").str.len_bytes() > 0)
+                   & ~pl.col("line").str.contains('"', literal=True)
+                   & (pl.col("line").str.count_matches(",", literal=True) != width - 1))
+           .head(1).collect())
+    if bad.height:
+        text = bad["line"][0]
+        raise ModelInputError(f"{path} line {int(bad['i'][0]) + 1} has {text.count(',') + 1} fields, the header has "
+                              f"{width}: {text[:80]!r}; quote fields that contain commas, or fix the line")
+
+
+def _is_missing(v: Any) -> bool:
+    """pandas' missing values in a row dict (`df.to_dict("records")`): NaN, pd.NA, pd.NaT. A pandas frame's are
+    nulls (`pl.from_pandas`), so the same rows as dicts are nulls too, not the value NaN (nor the text "<NA>")."""
+    if isinstance(v, float):
+        return math.isnan(v)
+    return type(v).__name__ in ("NAType", "NaTType")
+
+
 def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
     """Columns of the dicts' values; a column whose values mix types is kept as text and typed by the contract."""
     names: dict[str, None] = {}
@@ -565,7 +611,7 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
             names.setdefault(str(k), None)
     columns = []
     for name in names:
-        values = [r.get(name) for r in rows]
+        values = [None if _is_missing(v) else v for v in (r.get(name) for r in rows)]
         kinds = {type(v) for v in values if v is not None}
         if kinds == {float} or kinds == {int, float}:
             values = [None if v is None else float(v) for v in values]
@@ -574,6 +620,10 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
             columns.append(pl.Series(name, values))
         elif not kinds:
             columns.append(pl.Series(name, values, dtype=pl.Utf8))
+        elif all(issubclass(k, datetime) for k in kinds):
+            # datetimes (pandas' Timestamps too: pandas has no date type, so its dates arrive as midnights) keep
+            # their type, as in a frame; as text ("2024-05-20 00:00:00") a date column would refuse them.
+            columns.append(pl.Series(name, values))
         else:
             columns.append(pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8))
     return pl.DataFrame(columns)

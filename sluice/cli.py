@@ -233,6 +233,9 @@ def status(as_json: bool, app_spec: str | None) -> None:
                 click.echo(f"              {a['what_to_do']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
+        for bad in ds.get("untrusted", []):
+            click.echo(f"  untrusted   {bad['key']}: {bad['problem'].removeprefix(bad['key'] + ': ').split(';')[0]}"
+                       "; left out here, refused by the stages (`sluice refused list`, `sluice models verify`)")
         if ds.get("waiting"):
             w = ds["waiting"]
             click.echo(f"  waiting     training of {w['feature_set_version']} starts in {w['starts_in_s']:.0f}s "
