@@ -247,7 +247,8 @@ class Model:
             fast = self._predict_fast(rows)
             if fast is not None:
                 return fast
-        return self._predict_frame(as_frame(rows))
+        absent = _absent_keys(rows) if isinstance(rows, list) else {}
+        return self._predict_frame(as_frame(rows), absent)
 
     def _predict_fast(self, rows: list[Mapping[str, Any]]) -> Predictions | None:
         """A few well-formed rows (what a service receives), typed and featured in plain Python: a polars plan
@@ -262,8 +263,9 @@ class Model:
         return Predictions(self.name, self.version, self.model_sha256, self.bundle_sha256, self.task, self.classes,
                            len(rows), np.arange(len(rows)), scores, [])
 
-    def _predict_frame(self, frame: pl.DataFrame) -> Predictions:
-        """The general path: any number of rows, any input types; explains every row it cannot score."""
+    def _predict_frame(self, frame: pl.DataFrame, absent: Mapping[str, list[int]] | None = None) -> Predictions:
+        """The general path: any number of rows, any input types; explains every row it cannot score. `absent`:
+        the rows (0-based) of row dicts that lack a key other rows have, by key."""
         n = frame.height
         schema = frame.schema
         problems: dict[int, list[tuple[str | None, str]]] = {}
@@ -277,6 +279,8 @@ class Model:
                     problems.setdefault(i, []).append((name, f"column {name!r} is missing"))
                 typed.append(pl.lit(None, dtype=POLARS_TYPES[spec.dtype]).alias(name))
                 continue
+            for i in (absent or {}).get(name, ()):  # as if the row came alone: its column is missing
+                problems.setdefault(i, []).append((name, f"column {name!r} is missing"))
             dtype = schema[name]
             if dtype in (pl.Categorical, pl.Enum, pl.Null) or (spec.dtype == "str" and dtype != pl.Utf8):
                 prepare.append(_as_text(pl.col(name), dtype).alias(name))
@@ -593,6 +597,18 @@ def _refuse_ragged(path: Path, width: int) -> None:
         text = bad["line"][0]
         raise ModelInputError(f"{path} line {int(bad['i'][0]) + 1} has {text.count(',') + 1} fields, the header has "
                               f"{width}: {text[:80]!r}; quote fields that contain commas, or fix the line")
+
+
+def _absent_keys(rows: list[Any]) -> dict[str, list[int]]:
+    """For row dicts: each key some rows have and others lack, with the positions of the rows that lack it. The
+    frame holds nulls there; a row that lacks a column is refused as it is when it comes alone."""
+    if not all(isinstance(r, Mapping) for r in rows):
+        return {}
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(map(str, r)))
+    absent = {name: [i for i, r in enumerate(rows) if name not in r] for name in names}
+    return {name: where for name, where in absent.items() if where}
 
 
 def _is_missing(v: Any) -> bool:

@@ -268,6 +268,16 @@ def test_every_kind_of_input_becomes_the_same_frame(tmp_path: Path) -> None:
         bundle.as_frame(3)
 
 
+def test_a_row_dict_without_a_column_is_refused_alone_or_beside_others(shop_model: bundle.Model) -> None:
+    full, lacking = json.loads(json.dumps(mixed.frame(2, 8).to_dicts(), default=str))
+    del lacking["zone"]
+    alone = shop_model.predict([lacking])
+    assert alone.unscored == [{"row": 1, "column": "zone", "reason": "column 'zone' is missing"}]
+    together = shop_model.predict([full, lacking])  # the frame holds a null there; the row still lacks the column
+    assert together.scored.tolist() == [0] and together.unscored == [{**alone.unscored[0], "row": 2}]
+    assert np.array_equal(together.scores, shop_model.predict([full]).scores)
+
+
 @pytest.mark.parametrize(("text", "message"), [
     (b"a,b,c\n1,2,3\n4,5\n", "line 3 has 2 fields, the header has 3: '4,5'"),  # read as 4,5,null before
     (b"a,b,c\n1,2,3,4\n", "line 2 has 4 fields, the header has 3"),
