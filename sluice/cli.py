@@ -148,7 +148,8 @@ def serve(name: str, alias: str, host: str, port: int, bundle: str | None, app_s
     from sluice.core.errors import SluiceError
     from sluice.serve import serve as run
 
-    click.echo(f"sluice serve: {name}@{alias} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
+    what = f"the bundle in {bundle} (no bucket, no swapping)" if bundle else f"{name}@{alias}"
+    click.echo(f"sluice serve: {what} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
     try:
         run(name, alias, host, port, _settings(), bundle=bundle, app=load_app(app_spec))
     except SluiceError as exc:

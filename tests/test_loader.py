@@ -87,6 +87,13 @@ def test_a_stored_model_scores_mixed_data_exactly_as_in_memory_through_every_loa
     scored = pl.read_parquet(out)
     assert scored.columns[:7] == new.columns and np.array_equal(scored["prediction"].to_numpy(), expected)
     assert "scored 300 of 300 rows" in got.output
+    # An earlier output scored again: this model's predictions replace the file's own, never hide behind them.
+    stale, again = tmp_path / "stale.csv", tmp_path / "again.parquet"
+    scored.with_columns(pl.lit(-1.0).alias("prediction")).write_csv(stale)
+    got = cli.invoke(main, ["models", "predict", f"{mixed.DATASET}@champion", str(stale), "-o", str(again)])
+    assert got.exit_code == 0 and "replaced the file's own prediction, unscored_reason" in got.output, got.output
+    rescored = pl.read_parquet(again)
+    assert rescored.columns == scored.columns and np.allclose(rescored["prediction"].to_numpy(), expected)
 
     # The gate judged exactly these scores: the benchmark's candidate score is the run's own holdout metric.
     candidate = runtime.store.get_json(f"registry/{mixed.DATASET}/candidates/{run['run_id']}.candidate.json")

@@ -170,3 +170,20 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
         assert r.status_code == status and text in r.text, (body[:40], r.status_code, r.text[:200])
     info = client.get("/model").json()
     assert info["model"] == mixed.DATASET and info["signature"]["feature_order"] == server.model.encoding.columns
+
+
+def test_serve_says_what_it_serves(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import sluice.serve
+    from sluice.cli import main
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(sluice.serve, "serve", lambda *args, **kwargs: calls.append((*args, kwargs["bundle"])))
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    got = CliRunner().invoke(main, ["serve", "shop", "--bundle", str(tmp_path), "--port", "8123"])
+    assert got.exit_code == 0, got.output
+    assert f"the bundle in {tmp_path}" in got.output and "@champion" not in got.output  # it was "shop@champion"
+    assert calls and calls[0][-1] == str(tmp_path)
+    got = CliRunner().invoke(main, ["serve", "shop", "--alias", "challenger"])
+    assert "sluice serve: shop@challenger on" in got.output
