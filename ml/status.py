@@ -78,7 +78,22 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
         "untrusted": untrusted,
+        "refused": open_refusals(store, dataset),
     }
+
+
+def open_refusals(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
+    """Events a stage after validation refused and nobody has re-driven, whose object is still there: work that
+    stopped (a drop's own refusal is its ledger outcome). Without this, a drop whose features were refused showed
+    as validated, as if on its way."""
+    out = []
+    for key in store.keys(keys.Refused.prefix(dataset)):
+        record = store.get_json_or_none(key)
+        if not record or record.get("redriven") or record.get("stage") in ("validate", "labels"):
+            continue
+        if store.head(str((record.get("event") or {}).get("key", ""))) is not None:
+            out.append(record)
+    return sorted(out, key=lambda r: str(r.get("at")))
 
 
 def trusted(store: ObjectStore, found: Iterable[str], untrusted: list[dict[str, str]], *,

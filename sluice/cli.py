@@ -234,6 +234,10 @@ def status(as_json: bool, app_spec: str | None) -> None:
                 click.echo(f"              {a['what_to_do']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
+        for r in ds.get("refused", []):
+            click.echo(f"  refused     {r['stage']} {r['event']['key']}: "
+                       f"{str(r.get('message', '')).removeprefix(r['event']['key'] + ': ').split(';')[0]}")
+            click.echo(f"              once it is restored: `sluice refused redrive {r['id']}`")
         for bad in ds.get("untrusted", []):
             click.echo(f"  untrusted   {bad['key']}: {bad['problem'].removeprefix(bad['key'] + ': ').split(';')[0]}"
                        "; left out here, refused by the stages (`sluice refused list`, `sluice models verify`)")

@@ -439,3 +439,33 @@ def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
     for key in [*PLANTED[:2], PLANTED[-1]]:  # status reads no data version without a drop of its own
         assert f"untrusted   {key}" in result.output, key
     assert "not written by a Sluice stage (it has no signature)" in result.output
+
+
+def test_status_shows_work_a_later_stage_refused_until_it_is_re_driven(runtime: Runtime,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core.refusals import redrive
+    from sluice.core.refusals import refusals as records
+
+    fake = "f" * 64
+    plant(runtime, f"validated/{DATASET}/{fake}/manifest.json", {"dataset": DATASET, "data_version": fake})
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert runtime.execute("validate", dropped.to_dict())["outcome"] == "done"
+    [real] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json") and fake not in k]
+    info = runtime.store.head(real)
+    assert info is not None
+    event = ObjectCreated(runtime.settings.bucket, real, info.size, info.etag)
+    assert runtime.execute("features", event.to_dict())["outcome"] == "refused"
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    shown = CliRunner().invoke(main, ["status"]).output
+    [(key, record)] = records(runtime.store)
+    # The drop alone read "validated", as if its features were on their way.
+    assert f"refused     features {real}: validated/{DATASET}/{fake}/manifest.json: not written" in shown, shown
+    assert f"`sluice refused redrive {record['id']}`" in shown
+    runtime.store.s3.delete_object(Bucket=runtime.settings.bucket, Key=f"validated/{DATASET}/{fake}/manifest.json")
+    redrive(runtime, key, record, by="ops", at="2026-03-01T12:00:00Z")
+    assert "refused     features" not in CliRunner().invoke(main, ["status"]).output
