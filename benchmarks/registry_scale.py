@@ -180,6 +180,30 @@ def show_trace(calls: list[tuple[float, float, str, str]], total_ms: float) -> s
     return "\n".join(lines)
 
 
+def floor_costs(store: Any, state: Any, size: int, reps: int) -> dict[str, list[float]]:
+    """The floor: one GET, one PUT and one conditional PUT of a small signed document, and one round of 8 GETs in
+    parallel, on the same server in the same run; and what the registry's lock costs, taken and released."""
+    from sluice.ml.registry import _pool
+
+    floor_key = f"registry/{MODEL}/bench/floor.json"
+    alias_key = f"registry/{MODEL}/aliases/champion.json"
+    eight = [f"registry/{MODEL}/versions/{n:06d}.json" for n in range(1, 9)]
+    floor: dict[str, list[float]] = {"get": [], "put": [], "put_if_absent": [], "get_x8": [], "lock": []}
+    for rep in range(reps):
+        ops: dict[str, Callable[[], Any]] = {
+            "get": lambda: store.get_json_or_none(alias_key),
+            "put": lambda: store.put_json(floor_key, {"rep": rep}),  # noqa: B023
+            "put_if_absent": lambda: store.put_json(f"{floor_key}.{size}.{rep}", {}, if_absent=True),  # noqa: B023
+            "get_x8": lambda: list(_pool().map(store.get_json_or_none, eight)),
+            "lock": lambda: take_lock(state),
+        }
+        for name, op in ops.items():
+            t = time.perf_counter()
+            op()
+            floor[name].append(time.perf_counter() - t)
+    return floor
+
+
 def take_lock(state: Any) -> None:
     """Take the registry's lock and release it."""
     with state.lock(f"registry:{MODEL}", 60):
@@ -307,33 +331,14 @@ def main() -> None:
                     t = time.perf_counter()
                     op()
                     timings[name].append(time.perf_counter() - t)
-            # The floor: one GET, one PUT and one conditional PUT of a small signed document, and one round of 8
-            # GETs in parallel, on the same server in the same run; and what the registry's lock costs.
-            floor_key = f"registry/{MODEL}/bench/floor.json"
-            alias_key = f"registry/{MODEL}/aliases/champion.json"
-            eight = [f"registry/{MODEL}/versions/{n:06d}.json" for n in range(1, 9)]
-            floor: dict[str, list[float]] = {"get": [], "put": [], "put_if_absent": [], "get_x8": [], "lock": []}
-            from sluice.ml.registry import _pool
-
-            for rep in range(args.reps):
-                for name, op in {
-                    "get": lambda: over_http.get_json_or_none(alias_key),
-                    "put": lambda: over_http.put_json(floor_key, {"rep": rep}),  # noqa: B023
-                    "put_if_absent": lambda: over_http.put_json(f"{floor_key}.{size}.{rep}", {},  # noqa: B023
-                                                                if_absent=True),
-                    "get_x8": lambda: list(_pool().map(over_http.get_json_or_none, eight)),
-                    "lock": lambda: take_lock(state),
-                }.items():
-                    t = time.perf_counter()
-                    op()
-                    floor[name].append(time.perf_counter() - t)
+            floor = floor_costs(over_http, state, size, args.reps)
             champion = cold().alias(MODEL)
             total = cold().current(MODEL).head["versions"]
-            run = {"run_id": f"bench-{size}-traced", "metric": "roc_auc", "scores": {"candidate": 0.9, "baseline": 0.5}}
             t = time.perf_counter()
-            calls = traced(over_http, lambda: cold().register(  # noqa: B023
-                MODEL, run, outcome="promote", compared_with=champion and champion["version"],  # noqa: B023
-                at=at(total + 1)))  # noqa: B023
+            calls = traced(over_http, lambda: cold().register(
+                MODEL, {"run_id": f"bench-{size}-traced", "metric": "roc_auc",  # noqa: B023
+                        "scores": {"candidate": 0.9, "baseline": 0.5}},
+                outcome="promote", compared_with=champion and champion["version"], at=at(total + 1)))  # noqa: B023
             elapsed = (time.perf_counter() - t) * 1000
             traces.append(f"one cold register at {size:,} versions (request durations in ms):\n"
                           f"{show_trace(calls, elapsed)}")
@@ -357,7 +362,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['versions']:,} | {r['history_records']:,} | {r['populate_s']} s | {r['register_ms']} ms "
-              f"({r['register_requests']} req; {r['register_max_ms']} ms) | {r['alias_ms']} ms ({r['alias_requests']} req) | {r['show_ms']} ms "
+              f"({r['register_requests']} req; {r['register_max_ms']} ms) | {r['alias_ms']} ms "
+              f"({r['alias_requests']} req) | {r['show_ms']} ms "
               f"({r['show_requests']} req) | {r['at_ms']} ms ({r['at_requests']} req) |")
     print()
     print(f"The floor, same server, same run (medians of {args.reps}): one GET, one PUT, one conditional PUT of a "
