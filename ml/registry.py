@@ -142,9 +142,6 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
-_UNREADABLE = {"unreadable": True}  # a document that could not be read or was refused: differs from any
-
-
 class _Stale(Exception):
     """The index did not cover the newest history record: fold it in and decide again."""
 
@@ -250,14 +247,13 @@ class ModelRegistry:
         return self._load(model, write=False)[0]
 
     def _load(self, model: str, *, write: bool, pages: Callable[[Index], list[str]] | None = None,
-              extra: tuple[str, ...] = (), probe: bool = True,
-              soft: tuple[str, ...] = ()) -> tuple[Index, dict[str, Any]]:
+              extra: tuple[str, ...] = (), probe: bool = True) -> tuple[Index, dict[str, Any]]:
         """The index (rebuilt when missing or refused), with `pages` of it, and the `extra` documents read in the
         same round as the head. Then, in one round of parallel requests, the pages and (with `probe`) the check
         for a history record newer than the head; a writer's load also reads the pages of hot entries that the
         head's tail lacks (none once the tail holds them)."""
         head_key = Index.head_key(model)
-        first = self._fetch([head_key, *extra, *soft])
+        first = self._fetch([head_key, *extra])
         head = first[head_key]
         if isinstance(head, IntegrityError):
             log.warning("%s; rebuilding the index of %s from its history", head, model)
@@ -268,7 +264,6 @@ class ModelRegistry:
             if isinstance(first[key], Exception):
                 raise first[key]
         extras = {k: first[k] for k in extra}
-        extras.update({k: _UNREADABLE if isinstance(first[k], Exception) else first[k] for k in soft})
         if head is None or head.get("format") not in READABLE or head.get("model") != model:
             return self._rebuild(model), extras
         idx = Index(self.store, model, head)
@@ -355,18 +350,14 @@ class ModelRegistry:
             return idx.missing(("stages", n - 1) for n in versions)
 
         probe = False
-        alias_keys = {name: self._alias_key(model, name) for name in (CHAMPION, CHALLENGER)}
         with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
             for _ in range(3):
-                idx, found = self._load(model, write=True, pages=targets, extra=extra, probe=probe,
-                                        soft=tuple(alias_keys.values()))
+                idx, found = self._load(model, write=True, pages=targets, extra=extra, probe=probe)
                 for key, doc in found.items():
                     if "/versions/" in key and isinstance(doc, dict):
                         self._cache[key] = doc  # immutable
-                # The aliases as stored (a refused or unreadable one is rewritten): the flush writes those that
-                # differ from the state it leaves, so a writer killed before its aliases were written is repaired
-                # by the next write, whatever it is.
-                before = {name: found[key] for name, key in alias_keys.items()}
+                # What the aliases say when the head is current (written before it): after a fold, all rewritten.
+                before = None if idx.folded or idx.rebuilt else idx.alias_docs()
                 try:
                     result = op(idx, found)
                 except _Stale:
@@ -385,18 +376,15 @@ class ModelRegistry:
             raise TransientError(f"the registry history of {model} keeps changing under its lock; retrying")
 
     def _flush(self, idx: Index, aliases_before: dict[str, Any] | None) -> None:
-        """Write the changed pages and run pointers, then the head (what says they are valid) and, at the same
-        time, the aliases that differ from `aliases_before` (as stored; None: all of them).
+        """Write the changed pages, run pointers and the aliases that differ from `aliases_before` (None: all of
+        them), then the head (what says they are valid).
 
-        The head carries the entries written since the pages were (its tail); when the tail has grown, its
-        entries move into their pages here, which are read first (one round) and written before the head. The
-        aliases follow the history, which is complete by now: written with the head or not, they say what it
-        says, and the next writer compares them with the state and rewrites them if they lag."""
+        The head carries the entries written since the pages were (its tail), run pointers too; when the tail has
+        grown, its entries move into their pages (read first, one round) and pointers, written before the head."""
         model = idx.model
         idx.keep_hot()
-        spill = [k for k in idx.spill_pages() if k not in idx.pages]
-        if idx.spill_pages():
-            found = self._fetch(spill)
+        if idx.spilling():
+            found = self._fetch([k for k in idx.spill_pages() if k not in idx.pages])
             if any(isinstance(doc, IntegrityError) for doc in found.values()):
                 # A page no stage wrote would be merged and re-signed: rebuild from the history (which holds
                 # this write's records already) and write the whole index instead.
@@ -412,14 +400,12 @@ class ModelRegistry:
                 idx.spill()
         writes: list[tuple[str, dict[str, Any] | None]] = [(k, idx.page_doc(k)) for k in sorted(idx.dirty)]
         writes += self._pointers(idx)
-        self._put_all(writes)
-        last: list[tuple[str, dict[str, Any] | None]] = []
-        if idx.head_dirty or idx.rebuilt:
-            last.append((Index.head_key(model), idx.head))
         for name, doc in idx.alias_docs().items():
             if aliases_before is None or aliases_before.get(name) != doc:
-                last.append((self._alias_key(model, name), doc))
-        self._put_all(last)
+                writes.append((self._alias_key(model, name), doc))
+        self._put_all(writes)
+        if idx.head_dirty or idx.rebuilt:
+            self._put_all([(Index.head_key(model), idx.head)])
         idx.dirty.clear()
 
     def _alias_key(self, model: str, name: str) -> str:
@@ -549,8 +535,10 @@ class ModelRegistry:
 
         def op(snap: Index, found: dict[str, Any]) -> Registration:
             pointer = found.get(run_key)
-            if str(doc["run_id"]) in snap.runs:  # indexed just now (a rebuild, or a version a dead writer left)
-                pointer = {"version": snap.runs[str(doc["run_id"])]}
+            # In the head's tail (registered since the pointers were last written), or indexed just now (a
+            # rebuild, or a version a dead writer left).
+            if (number := snap.run(str(doc["run_id"]))) is not None:
+                pointer = {"version": number}
             existing = self._run_version(model, str(doc["run_id"]), pointer)
             created = existing is None
             if existing is None:
@@ -829,17 +817,7 @@ class ModelRegistry:
             "prev": snap.head["digest"],
         }
         key = self._history_key(model, record["sequence"])
-        # A new version's run pointer is written with its first history record, not after the last: it points at
-        # a version document that exists and is this run's, so a writer killed before the record leaves a pointer
-        # that the retry follows to the version (not registered yet: it registers it).
-        pointers = self._pointers(snap) if not snap.appended and snap.runs and not snap.rebuilt else []
-        pending = [_pool().submit(self._put_all, [pointer]) for pointer in pointers]  # leaves: no nested waits
-        try:
-            written = self.store.put_json(key, record, if_absent=True)
-        finally:
-            for future in pending:
-                future.result()
-        if not written:
+        if not self.store.put_json(key, record, if_absent=True):
             if not snap.appended:
                 raise _Stale(key)  # a record the index does not cover yet (its writer died): fold, decide again
             raise TransientError(f"{key} was written by someone not holding the registry lock; retrying")

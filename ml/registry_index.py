@@ -2,7 +2,8 @@
 
     registry/<model>/index/head.json                 the state after history record `sequence` (champion,
                                                      challenger, their `since`, the sha256 of that record, the
-                                                     number of versions, of champion changes, the rollback depth)
+                                                     number of versions, of champion changes, the rollback depth),
+                                                     and its `tail`: the entries written since their pages were
     registry/<model>/index/stages/000000.json        [stage, last gate record, last rescore record, the gate
                                                      record's action] of versions 1-1000 (then 1001-2000 in
                                                      000001.json, ...)
@@ -13,11 +14,16 @@
     registry/<model>/index/runs/<run id>.json        which version a run became (registration is once per run)
 
 The history stays the truth; the index is a cache of a prefix of it, written under the model's lock after the
-history records it folds in, page by page, the head last. Every entry is stored at a position (never appended),
-and only the head says how many are valid, so a writer killed between the history and the head leaves pages that
-agree with the history, and the next reader or writer folds in the records the head does not cover yet (it looks
-for record `sequence + 1` on every load). Like every object under `registry/`, each page is signed, and read
-only if its signature holds; a missing or refused head is rebuilt from the whole history (checked as a chain).
+history records it folds in, the head last. A write puts its entries in the head's tail, which stands over the
+pages: a registration writes one index object (the head) and reads none but the head. When the tail has grown
+past `TAIL`, its entries move into their pages (read, then written before the head; the entries every write reads,
+the champion's and the challenger's stages and the top of the champions stack, stay in the tail). Every entry is
+stored at a position (never appended), and only the head says how many are valid, so a writer killed between the
+history and the head leaves pages that agree with the history, and the next reader or writer folds in the records
+the head does not cover yet (a reader looks for record `sequence + 1` on every load; a writer's first record,
+created with If-None-Match at that number, is its look: see ModelRegistry._write). Like every object under
+`registry/`, each page is signed, and read only if its signature holds; a missing or refused head is rebuilt
+from the whole history (checked as a chain).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ PAGE = {"stages": 1000, "docs": 20, "timeline": 500, "champions": 1000}
 # one object; once the tail holds more than this, its entries move into their pages (but the hot ones: the stages
 # of the champion and the challenger, the top of the champions stack, which every write reads).
 TAIL = {"entries": 64, "docs": 8}
+RUNS = "runs"  # the tail's run -> version map (the pointers under index/runs/ not written yet)
 
 
 def digest(doc: dict[str, Any]) -> str:
@@ -148,6 +155,11 @@ class Index:
         """A page as stored."""
         return {"format": FORMAT, "model": self.model, "entries": self.pages[key]}
 
+    def run(self, run_id: str) -> int | None:
+        """The version a run became, if the index knows it without its pointer object."""
+        found = self.runs.get(run_id, self.tail.get(RUNS, {}).get(run_id))
+        return None if found is None else int(found)
+
     def hot(self) -> list[tuple[str, int]]:
         """The positions every write reads: the champion's and the challenger's stages, the champions stack's top."""
         head = self.head
@@ -164,20 +176,23 @@ class Index:
             if not self.in_tail(kind, position) and self.locate(kind, position)[0] in self.pages:
                 self.set(kind, position, self.get(kind, position))
 
-    def spill_pages(self) -> list[str]:
-        """The pages the tail's entries move into now (none while the tail is small)."""
+    def spilling(self) -> bool:
+        """True when the tail has outgrown `TAIL`: its entries move into their pages now."""
         tail = self.tail
-        if self.fresh or (sum(len(v) for v in tail.values()) <= TAIL["entries"]
-                          and len(tail.get("docs", {})) <= TAIL["docs"]):
-            return []
+        return not self.fresh and (sum(len(v) for v in tail.values()) > TAIL["entries"]
+                                   or len(tail.get("docs", {})) > TAIL["docs"])
+
+    def spill_pages(self) -> list[str]:
+        """The pages the tail's entries move into."""
         hot = set(self.hot())
-        return sorted({self.locate(kind, int(p))[0] for kind, entries in tail.items() for p in entries
-                       if (kind, int(p)) not in hot})
+        return sorted({self.locate(kind, int(p))[0] for kind, entries in self.tail.items() if kind != RUNS
+                       for p in entries if (kind, int(p)) not in hot})
 
     def spill(self) -> None:
-        """Move the tail's entries but the hot ones into their pages (read already): those pages are then dirty.
-        The pages are written before the head, so until the head is, both say the same."""
+        """Move the tail's entries but the hot ones into their pages (read already), which are then dirty, and its
+        runs into pointers to write. Both are written before the head, so until the head is, both say the same."""
         hot = set(self.hot())
+        self.runs.update({run: int(n) for run, n in self.tail.pop(RUNS, {}).items()})
         for kind, entries in self.tail.items():
             for p in [p for p in entries if (kind, int(p)) not in hot]:
                 key, offset = self.locate(kind, int(p))
@@ -230,11 +245,15 @@ class Index:
         return found if isinstance(found, dict) else None
 
     def set_doc(self, version: dict[str, Any]) -> None:
-        """Index a version document (and its run) under its number."""
+        """Index a version document (and its run: in the tail, or a pointer to write) under its number."""
         number = int(version["version"])
         self.set("docs", number - 1, version)
         if "run_id" in version:
-            self.runs[str(version["run_id"])] = number
+            if self.fresh:
+                self.runs[str(version["run_id"])] = number
+            elif self.run(str(version["run_id"])) != number:
+                self.tail.setdefault(RUNS, {})[str(version["run_id"])] = number
+                self.head_dirty = True
         if number > int(self.head["versions"]):
             self.head["versions"] = number
             self.head_dirty = True
