@@ -10,11 +10,24 @@ process or worker sees; the boto3 client and its connection pool are reused, as 
 `registry.page(model, 1, 20)`, what `sluice models show` prints; `--at` is `champion_at` at a random time.
 The bucket's versioning is suspended (see below: a quirk of moto's versioned store, not of S3).
 
+Next to the figures, the floor, on the same server in the same run: one GET, one PUT and one conditional PUT of a
+small signed document, 8 GETs at once, and the registry's lock taken and released (`--redis URL`: in Redis, as a
+deployment takes it; in memory otherwise); and one cold register traced request by request, grouped into the
+sequential rounds it makes (a request that starts after every request of the round ended opens the next). The
+register column's second figure is the slowest of the timed calls (one in eight or so also moves the index head's
+tail into its pages).
+
+To compare with an older commit, run this script (it uses only the registry's public API) against that commit's
+tree, back to back with this one:
+
+    git worktree add --detach /tmp/before COMMIT && cp benchmarks/registry_scale.py /tmp/before/benchmarks/
+    cd /tmp/before && PYTHONPATH=/tmp/before /path/to/.venv/bin/python benchmarks/registry_scale.py ...
+
 `--mlflow PYTHON` runs benchmarks/registry_scale_mlflow.py with that interpreter (a venv with `mlflow`) in the same
 run, on SQLite, at `--mlflow-sizes` (10, 100, 1,000 by default).
 
     .venv/bin/python benchmarks/registry_scale.py [--sizes 10,100,1000,10000] [--reps 15]
-        [--mlflow /tmp/registry-mlflow-venv/bin/python]
+        [--redis redis://127.0.0.1:6379/0] [--mlflow /tmp/registry-mlflow-venv/bin/python]
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 from sluice.core.errors import IntegrityError, RegistryError, SluiceError, TransientError
 from sluice.core.ports import ObjectStore, StateBackend
-from sluice.ml.registry_index import PAGE, READABLE, Index, digest, empty_head
+from sluice.ml.registry_index import FORMAT, PAGE, READABLE, Index, digest, empty_head
 
 log = logging.getLogger("sluice")
 _T = TypeVar("_T")
@@ -405,6 +405,7 @@ class ModelRegistry:
                 writes.append((self._alias_key(model, name), doc))
         self._put_all(writes)
         if idx.head_dirty or idx.rebuilt:
+            idx.head["format"] = FORMAT  # a format-2 head read is written as 3: code that ignores tails rebuilds
             self._put_all([(Index.head_key(model), idx.head)])
         idx.dirty.clear()
 

@@ -193,6 +193,22 @@ def test_a_rebuilt_index_equals_the_incremental_one(registry: ModelRegistry) -> 
     assert logical(fresh(registry).current("m")) == before
 
 
+def test_a_head_of_the_format_before_tails_is_read_as_is_and_written_as_the_new_format(
+        registry: ModelRegistry) -> None:
+    populate(registry, 5)
+    registry.reindex("m")  # every entry in its page, an empty tail: what the format-2 writer left
+    head_key = "registry/m/index/head.json"
+    old = {k: v for k, v in registry.store.get_json(head_key).items() if k != "tail"} | {"format": 2}
+    registry.store.put_json(head_key, old)
+    before = logical(fresh(registry).current("m"))
+    reads = count_requests(registry, lambda: fresh(registry).current("m"))
+    assert "ListObjectsV2" not in reads, reads  # not rebuilt from the history
+    populate(registry, 1, start=5)
+    assert registry.store.get_json(head_key)["format"] == registry_index.FORMAT == 3
+    assert logical(fresh(registry).current("m"))[1]["docs"][:5] == before[1]["docs"]
+    assert_index_answers_like_the_history(registry)
+
+
 def logical(idx: registry_index.Index) -> tuple[dict[str, Any], dict[str, list[Any]]]:
     """What an index says, whether an entry sits in the head's tail or in its page: the head without its tail,
     and every valid entry of each kind."""
