@@ -49,8 +49,11 @@ layers: $(STAMP)
 test: $(STAMP) browser localstack-venv lint typecheck layers
 	$(PY) -m pytest
 
+# A quick look at the framework's own costs; every script in benchmarks/ says in its docstring what it measures.
 bench: $(STAMP)
-	$(PY) benchmarks/dedupe_overhead.py
+	$(PY) benchmarks/cli_startup.py --runs 5
+	$(PY) benchmarks/gate_bootstrap.py --repeats 1
+	$(PY) benchmarks/training_overhead.py --repeats 1
 
 clean:
 	rm -rf $(VENV) localstack/.venv localstack/.state .pytest_cache

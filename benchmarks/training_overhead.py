@@ -5,7 +5,11 @@ Runs Sluice's train stage (handlers/train.py through the runtime, against moto's
 production against S3) on the bundled dataset and on a larger synthetic one, with a 10 s budget, and reads
 the stage's durations from the run record. The goal: overhead under 5 % of the stage.
 
-    .venv/bin/python benchmarks/training_overhead.py [--budget 10] [--repeats 3] [--cold]
+    .venv/bin/python benchmarks/training_overhead.py [--budget 10] [--repeats 3] [--cold] [--against REF]
+
+With `--against REF` (a git ref, e.g. main), the same runs are made with REF's code as well, alternating one run of
+each in fresh processes (each with its own moto server), and both are printed with the ratios: the baseline side
+by side, at the same load.
 
 The stage splits three ways, from the run's `durations_s`: FLAML's search (`flaml_fit`), the other model work
 (`blend_fit`: the blend's out-of-fold fits; `refit_fit`: the refit's own fit on every labelled row), and the
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
 import sys
@@ -37,7 +42,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--synthetic-rows", type=int, default=100_000)
     parser.add_argument("--cold", action="store_true", help="Time the process's first training too (imports).")
+    parser.add_argument("--against", metavar="REF", help="Also run REF's code (a git ref), alternating, and compare.")
+    parser.add_argument("--child", metavar="TREE", help=argparse.SUPPRESS)  # run TREE's sluice, print JSON
     args = parser.parse_args()
+    if args.against:
+        return compare(args)
+    if args.child:
+        use_tree(args.child)
 
     import logging
 
@@ -92,11 +103,27 @@ def main() -> None:
     try:
         if not args.cold:  # a worker pays its imports (FLAML, LightGBM, matplotlib) once, on its first training
             run_once(bundled, "diagnosis", 1.0)
-        print(f"{'dataset':32} {'stage s':>8} {'search s':>9} {'model s':>8} {'framework s':>12} {'overhead %':>11} "
-              f"{'prepare':>8} {'around fit':>11} {'store':>7}  (median of {args.repeats}, budget {args.budget:g}s"
-              f"{', cold' if args.cold else ', warm worker'}; model = blend and refit fits)")
-        for name, (data, target) in cases.items():
-            results = [run_once(data, target, args.budget) for _ in range(args.repeats)]
+        results = {name: [run_once(data, target, args.budget) for _ in range(args.repeats)]
+                   for name, (data, target) in cases.items()}
+    finally:
+        server.stop()
+    if args.child:
+        print("RESULTS " + json.dumps(results))
+        return
+    report({"this checkout": results}, args)
+
+
+def report(trees: dict[str, dict[str, list[dict[str, float]]]], args: argparse.Namespace) -> None:
+    """The table, one block per code tree, and the ratios to the first tree's when there are two."""
+    runs = len(next(iter(next(iter(trees.values())).values())))
+    print(f"{'dataset':32} {'stage s':>8} {'search s':>9} {'model s':>8} {'framework s':>12} {'overhead %':>11} "
+          f"{'prepare':>8} {'around fit':>11} {'store':>7}  (median of {runs}, budget {args.budget:g}s"
+          f"{', cold' if args.cold else ', warm worker'}; model = blend and refit fits)")
+    medians: dict[str, dict[str, dict[str, float]]] = {}
+    for tree, results_by_case in trees.items():
+        if len(trees) > 1:
+            print(f"-- {tree}")
+        for name, results in results_by_case.items():
 
             def median(f: Callable[[dict[str, float]], float], results: list[dict[str, float]] = results) -> float:
                 return statistics.median(f(r) for r in results)
@@ -105,9 +132,10 @@ def main() -> None:
                 return r.get("blend_fit", 0.0) + r.get("refit_fit", 0.0)
 
             stage, fit = median(lambda r: r["total"]), median(lambda r: r["flaml_fit"])
+            framework = median(lambda r: r["total"] - r["flaml_fit"] - model(r))
             over = median(lambda r: (r["total"] - r["flaml_fit"] - model(r)) / r["total"])
-            print(f"{name:32} {stage:8.2f} {fit:9.2f} {median(model):8.2f} "
-                  f"{median(lambda r: r['total'] - r['flaml_fit'] - model(r)):12.2f} {100 * over:10.1f}% "
+            medians.setdefault(tree, {})[name] = {"stage": stage, "framework": framework, "over": over}
+            print(f"{name:32} {stage:8.2f} {fit:9.2f} {median(model):8.2f} {framework:12.2f} {100 * over:10.1f}% "
                   f"{median(lambda r: r['prepare']):8.2f} {median(lambda r: r['fit'] - r['flaml_fit']):11.2f} "
                   f"{median(lambda r: r['evaluate_and_store'] - model(r)):7.2f}")
             # The issue's limit: checks, search, blend and refit within 1.1 x the budget; the rest is I/O.
@@ -116,12 +144,51 @@ def main() -> None:
             search, given = median(lambda r: r["fit"]), median(lambda r: r.get("search_budget", 0))
             blend, refit = median(lambda r: r.get("blend", 0)), median(lambda r: r.get("refit_and_store", 0))
             print(f"{'':32} search {search:.2f}s (given {given:.2f}s), blend {blend:.2f}s, refit {refit:.2f}s; "
-                  f"checks+search+blend+refit {compute:.2f}s = {compute / args.budget:.2f} x budget (limit 1.1)")
-    finally:
-        server.stop()
+                  f"checks+search+blend+refit {compute:.2f}s = {compute / args.budget:.2f} x budget (limit 1.1); "
+                  f"whole stage {stage / args.budget:.2f} x budget")
+    if len(medians) == 2:
+        (_, ma), (b, mb) = medians.items()
+        for name in ma:
+            print(f"{name}: framework {ma[name]['framework']:.2f}s vs {mb[name]['framework']:.2f}s "
+                  f"({ma[name]['framework'] / mb[name]['framework']:.2f}x of {b}'s), stage {ma[name]['stage']:.2f}s vs "
+                  f"{mb[name]['stage']:.2f}s")
     print("goal: framework under 5 % of the stage (overhead % is the median of framework / stage per run)")
     print(f"load average (1, 5, 15 min): {' '.join(f'{v:.2f}' for v in os.getloadavg())} on {os.cpu_count()} cores")
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
+
+
+def use_tree(tree: str) -> None:
+    """Import `sluice` from `tree` (a checkout) instead of the installed one: drop the editable install's finder."""
+    sys.meta_path[:] = [f for f in sys.meta_path if "__editable__" not in getattr(f, "__module__", "")
+                        and "__editable__" not in getattr(f, "__name__", "")]
+    sys.path.insert(0, tree)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """One run of this checkout and one of `args.against`, alternating, `args.repeats` times, in fresh processes."""
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory(prefix="sluice-against-") as tmp:
+        ref_tree = Path(tmp) / "tree"
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", str(ref_tree), args.against],
+                       check=True, capture_output=True)
+        try:
+            trees = {"this checkout": str(root), args.against: str(ref_tree)}
+            gathered: dict[str, dict[str, list[dict[str, float]]]] = {t: {} for t in trees}
+            for _ in range(args.repeats):
+                for label, tree in trees.items():
+                    cmd = [sys.executable, __file__, "--child", tree, "--repeats", "1", "--budget", str(args.budget),
+                           "--synthetic-rows", str(args.synthetic_rows), *(["--cold"] if args.cold else [])]
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                    [line] = [x for x in out.splitlines() if x.startswith("RESULTS ")]
+                    for name, results in json.loads(line.removeprefix("RESULTS ")).items():
+                        gathered[label].setdefault(name, []).extend(results)
+        finally:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(ref_tree)],
+                           capture_output=True)
+    report(gathered, args)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,16 @@ What it measures (figures are printed, never asserted):
    times each. Reported: file size, rows, valid and quarantined rows, median wall time, throughput, the ratio
    sluice/reader (goal >= 0.5), and the peak RSS of the process that ran it (goal <= 1.5 GB).
 2. Comparison: on a ~200 MB slice of the same CSV (the header and the first lines), Sluice's `validate_file`, the
-   reader, and a baseline of `pandas.read_csv` + a pandera pandas schema with the same checks
-   (`validate(lazy=True)`, rows split by the failure cases' index), `--repeats` times each, interleaved. Reported:
-   median times, peak RSS, and the ratio baseline/sluice (goal >= 5). Sluice does more work in that time: UTF-8
-   and ragged-line checks, and writing the valid and the quarantined rows to Parquet; the baseline only splits the
-   frame in memory.
+   reader, a baseline doing the same work with pandas + pandera (`read_csv`; the numeric columns typed with
+   `to_numeric`, a cell that does not cast failing its row; a pandera pandas schema with the same checks,
+   `validate(lazy=True)`; rows split by the failure cases' index; the valid and the invalid rows written to snappy
+   Parquet), and pandas' `read_csv` alone, `--repeats` times each, interleaved. Reported: median times, CPU
+   seconds, peak RSS, the ratio baseline/sluice (goal >= 5), whether both found the same failing cells, and the
+   bare readers' times, which bound the ratio. pandas' reader raises on a line with too many fields and on bad
+   UTF-8 as Sluice does, but does not name a line with too few.
 
-The machine's load average is printed before and after: on a shared machine, compare the ratios of one run.
+The machine's load average is printed before and after: on a shared machine, compare the ratios of one run. Each
+operation's CPU seconds (user + system, all threads) are printed too: they depend far less on the load than wall time.
 
 Every measured run is a fresh subprocess of this script, so its peak RSS (`ru_maxrss` from `os.wait4`) is its own;
 the parent also polls /proc/<pid>/status for the peak anonymous RSS, which leaves out page-cache pages of a mapped
@@ -189,27 +192,34 @@ def make_slice(source: Path, path: Path, slice_bytes: int) -> dict[str, Any]:
 # -- the measured work, run in a child process -------------------------------------------------------------------
 
 
+def _cpu() -> float:
+    """User + system seconds of this process so far, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
 def run_sluice(csv: Path, scratch: Path) -> dict[str, Any]:
     """Sluice's validate_file on `csv`, its outputs in a temporary folder under `scratch`."""
     from sluice.ml.validation import validate_file
 
     contract = bench_contract()
     with tempfile.TemporaryDirectory(dir=scratch, prefix="sluice-out-") as out:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu()
         split = validate_file(csv, KEY, contract, Path(out))
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu() - cpu
         outputs = {p.name: p.stat().st_size for p in (split.valid_path, split.invalid_path) if p is not None}
-    return {"seconds": seconds, "rows": split.rows_total, "valid": split.rows_valid, "invalid": split.rows_invalid,
+    return {"seconds": seconds, "cpu_s": cpu, "rows": split.rows_total, "valid": split.rows_valid,
+            "invalid": split.rows_invalid,
             "outputs_mb": {k: round(v / MB, 1) for k, v in outputs.items()},
             "rules": {f"{c}: {r}": n for (c, r), n in split.rule_counts.most_common()}}
 
 
 def run_reader(csv: Path, scratch: Path) -> dict[str, Any]:
     """The yardstick: polars' CSV reader, every column as text, the whole file into memory."""
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     frame = pl.scan_csv(csv, infer_schema=False).collect()
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rows": frame.height, "valid": frame.height, "invalid": 0}
+    seconds, cpu = time.perf_counter() - started, _cpu() - cpu
+    return {"seconds": seconds, "cpu_s": cpu, "rows": frame.height, "valid": frame.height, "invalid": 0}
 
 
 def pandera_schema(contract: Contract) -> Any:
@@ -236,40 +246,70 @@ def pandera_schema(contract: Contract) -> Any:
 
 
 def run_pandera(csv: Path, scratch: Path) -> dict[str, Any]:
-    """The baseline: pandas read_csv, pandera validate(lazy=True), valid/invalid rows split by failure index."""
+    """The baseline: the same work as Sluice's, the way a pandas user writes it. pandas read_csv; the numeric
+    columns typed first (`pd.to_numeric(errors="coerce")`, a non-empty cell that does not cast is its row's
+    failure), so pandera's checks run on every column's values, as Sluice's do (with `coerce=True` alone, one bad
+    cell in a float column fails its range check for the whole column, with no row, and the check never runs);
+    pandera validate(lazy=True) with coercion for the rest; rows split by the failure cases' index; the valid rows
+    and the invalid ones (with their reasons) written to snappy Parquet, as Sluice writes them."""
     import pandas as pd
     from pandera.errors import SchemaErrors
 
-    schema = pandera_schema(bench_contract())
-    started = time.perf_counter()
+    contract = bench_contract()
+    schema = pandera_schema(contract)
+    started, cpu = time.perf_counter(), _cpu()
     frame = pd.read_csv(csv)
     read_s = time.perf_counter() - started
+    cast_failed: dict[str, Any] = {}
+    for name, spec in contract.columns.items():
+        if spec.dtype in ("int", "float") and not pd.api.types.is_numeric_dtype(frame[name]):
+            typed = pd.to_numeric(frame[name], errors="coerce")
+            cast_failed[name] = frame.index[typed.isna() & frame[name].notna()]
+            frame[name] = typed
+    type_s = time.perf_counter() - started - read_s
     cases = None
     try:
         schema.validate(frame, lazy=True)
     except SchemaErrors as exc:
         cases = exc.failure_cases
-    validate_s = time.perf_counter() - started - read_s
-    rules: dict[str, int] = {}
+    validate_s = time.perf_counter() - started - read_s - type_s
+    rules = {f"{c}: dtype {contract.columns[c].dtype}": len(rows) for c, rows in cast_failed.items() if len(rows)}
     whole_column: list[str] = []
-    if cases is None:
-        bad = pd.Index([])
-    else:
-        bad = pd.Index(cases["index"].dropna().unique())
-        rules = {f"{c}: {r}": int(n) for (c, r), n in cases.groupby(["column", "check"]).size().items()}
+    bad = pd.Index([]).append([rows for rows in cast_failed.values()])
+    if cases is not None:
+        bad = bad.append(pd.Index(cases["index"].dropna()))
+        rules |= {f"{c}: {r}": int(n) for (c, r), n in cases.groupby(["column", "check"]).size().items()}
         whole_column = [f"{r.column}: {r.check}: {str(r.failure_case)[:70]}"
                         for r in cases[cases["index"].isna()].itertuples()]
-    invalid = frame.loc[bad]
+    bad = bad.unique()
+    invalid = frame.loc[bad].sort_index()
     valid = frame.drop(index=bad)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "read_s": read_s, "validate_s": validate_s, "rows": len(frame),
-            "valid": len(valid), "invalid": len(invalid), "rules": rules, "whole_column_failures": whole_column}
+    split_s = time.perf_counter() - started - read_s - type_s - validate_s
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="pandas-out-") as out:
+        valid.to_parquet(Path(out) / "valid.parquet", compression="snappy", index=False)
+        invalid.astype(str).to_parquet(Path(out) / "invalid.parquet", compression="snappy")
+        write_s = time.perf_counter() - started - read_s - type_s - validate_s - split_s
+    seconds, cpu = time.perf_counter() - started, _cpu() - cpu
+    return {"seconds": seconds, "cpu_s": cpu, "read_s": read_s, "type_s": type_s, "validate_s": validate_s,
+            "split_s": split_s, "write_s": write_s, "rows": len(frame), "valid": len(valid), "invalid": len(invalid),
+            "rules": rules, "whole_column_failures": whole_column}
+
+
+def run_pandas_reader(csv: Path, scratch: Path) -> dict[str, Any]:
+    """pandas' CSV reader alone, with its default type inference: the floor of the baseline."""
+    import pandas as pd
+
+    started, cpu = time.perf_counter(), _cpu()
+    frame = pd.read_csv(csv)
+    seconds, cpu = time.perf_counter() - started, _cpu() - cpu
+    return {"seconds": seconds, "cpu_s": cpu, "rows": len(frame), "valid": len(frame), "invalid": 0}
 
 
 def child_main(kind: str, csv: Path, scratch: Path) -> int:
     """Run one measured job and print its result as the last line of stdout."""
     try:
-        result = {"sluice": run_sluice, "reader": run_reader, "pandera": run_pandera}[kind](csv, scratch)
+        result = {"sluice": run_sluice, "reader": run_reader, "pandera": run_pandera,
+                  "pandas-reader": run_pandas_reader}[kind](csv, scratch)
     except Exception as exc:
         traceback.print_exc()
         result = {"error": f"{type(exc).__name__}: {str(exc)[:500]}"}
@@ -290,6 +330,7 @@ class Run:
     proc_s: float
     maxrss_mb: float
     anon_mb: float
+    cpu_s: float  # user + system seconds of the operation, all threads: what the load changes far less
     result: dict[str, Any]
 
     @property
@@ -336,7 +377,8 @@ def measure(kind: str, csv: Path, scratch: Path) -> Run:
     except (IndexError, json.JSONDecodeError):
         result = {"error": f"child exited {proc.returncode} without a result"}
     return Run(kind, csv.stat().st_size, float(result.get("seconds", float("nan"))), proc_s,
-               usage.ru_maxrss / 1024, peak.get("RssAnon", 0) / 1024, result)  # ru_maxrss is in KiB on Linux
+               usage.ru_maxrss / 1024, peak.get("RssAnon", 0) / 1024, float(result.get("cpu_s", float("nan"))),
+               result)  # ru_maxrss is in KiB on Linux
 
 
 def _show(run: Run, label: str) -> None:
@@ -345,7 +387,7 @@ def _show(run: Run, label: str) -> None:
         return
     r = run.result
     print(f"  {label}: {r['rows']:,} rows ({r['valid']:,} valid, {r['invalid']:,} quarantined), op {run.op_s:.1f} s, "
-          f"proc {run.proc_s:.1f} s, {run.mb_per_s:.0f} MB/s, peak RSS {run.maxrss_mb:,.0f} MB "
+          f"proc {run.proc_s:.1f} s, cpu {run.cpu_s:.1f} s, {run.mb_per_s:.0f} MB/s, peak RSS {run.maxrss_mb:,.0f} MB "
           f"(anon {run.anon_mb:,.0f} MB)", flush=True)
 
 
@@ -380,7 +422,7 @@ def parent_main(args: argparse.Namespace) -> int:
         part_info = make_slice(big, part, slice_bytes)
     print(f"\n[2] {part_info['bytes'] / MB:,.0f} MB slice ({part_info['rows']:,} rows): Sluice vs pandas + pandera, "
           f"{repeats} repeat(s)", flush=True)
-    runs: dict[str, list[Run]] = {"reader": [], "sluice": [], "pandera": []}
+    runs: dict[str, list[Run]] = {"reader": [], "sluice": [], "pandera": [], "pandas-reader": []}
     for i in range(repeats):
         # Interleaved, so a slow spell on the machine hits both sides alike.
         for kind in runs:
@@ -395,6 +437,12 @@ def parent_main(args: argparse.Namespace) -> int:
 
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" (1, 5, 15 min; {os.cpu_count()} CPUs)"
+
+
+def _failures(result: dict[str, Any]) -> int:
+    """The failing cells, over all rules: the two sides name and split the rules differently (ge and le for one
+    range, say)."""
+    return sum(result.get("rules", {}).values())
 
 
 def _summary(args: argparse.Namespace, info: dict[str, Any], whole: dict[str, list[Run]], part_info: dict[str, Any],
@@ -414,49 +462,63 @@ def _summary(args: argparse.Namespace, info: dict[str, Any], whole: dict[str, li
         r = full[0].result
         peak = max(x.maxrss_mb for x in full)
         goal = "yes" if peak <= GOAL_RSS_MB else "NO"
-        print(f"  {'':<8} {'rows':>12} {'valid':>12} {'quarantined':>12} {'op s':>8} {'proc s':>8} {'MB/s':>7} "
-              f"{'peak RSS MB':>12} {'anon MB':>8} {'<=1.5 GB':>9}")
+        print(f"  {'':<8} {'rows':>12} {'valid':>12} {'quarantined':>12} {'op s':>8} {'proc s':>8} {'cpu s':>7} "
+              f"{'MB/s':>7} {'peak RSS MB':>12} {'anon MB':>8} {'<=1.5 GB':>9}")
         print(f"  {'sluice':<8} {r['rows']:>12,} {r['valid']:>12,} {r['invalid']:>12,} {_median(full, 'op_s'):>8.1f} "
-              f"{_median(full, 'proc_s'):>8.1f} {_median(full, 'mb_per_s'):>7.1f} {peak:>12,.0f} "
-              f"{max(x.anon_mb for x in full):>8,.0f} {goal:>9}")
+              f"{_median(full, 'proc_s'):>8.1f} {_median(full, 'cpu_s'):>7.1f} {_median(full, 'mb_per_s'):>7.1f} "
+              f"{peak:>12,.0f} {max(x.anon_mb for x in full):>8,.0f} {goal:>9}")
         if readers:
             rr = readers[0].result
             print(f"  {'reader':<8} {rr['rows']:>12,} {'':>12} {'':>12} {_median(readers, 'op_s'):>8.1f} "
-                  f"{_median(readers, 'proc_s'):>8.1f} {_median(readers, 'mb_per_s'):>7.1f} "
+                  f"{_median(readers, 'proc_s'):>8.1f} {_median(readers, 'cpu_s'):>7.1f} "
+                  f"{_median(readers, 'mb_per_s'):>7.1f} "
                   f"{max(x.maxrss_mb for x in readers):>12,.0f} {max(x.anon_mb for x in readers):>8,.0f}")
             ratio = _median(full, "mb_per_s") / _median(readers, "mb_per_s")
             print(f"  sluice/reader throughput: {ratio:.2f}x (goal >= 0.5x; per run: "
                   + ", ".join(f"{s.mb_per_s / q.mb_per_s:.2f}" for s, q in zip(full, readers, strict=False)) + ")")
+            print(f"  CPU seconds of the operation, reader/sluice: "
+                  f"{_median(readers, 'cpu_s') / _median(full, 'cpu_s'):.2f}x")
         match = "matches" if r["invalid"] == info["invalid_rows"] else "DIFFERS from"
         print(f"  quarantined rows {match} the generated invalid rows; outputs {r['outputs_mb']} MB")
         print(f"  rules broken: {r['rules']}")
     print(line)
     print(f"Slice       {part_info['bytes'] / MB:,.0f} MB, {part_info['rows']:,} rows; medians of "
           f"{max(len(v) for v in runs.values())} run(s)")
-    print(f"  {'':<18} {'op s':>8} {'proc s':>8} {'MB/s':>7} {'peak RSS MB':>12} {'anon MB':>8} {'valid':>12} "
-          f"{'quarantined':>12}")
-    for kind, label in (("reader", "reader"), ("sluice", "sluice"), ("pandera", "pandas+pandera")):
+    print(f"  {'':<18} {'op s':>8} {'proc s':>8} {'cpu s':>7} {'MB/s':>7} {'peak RSS MB':>12} {'anon MB':>8} "
+          f"{'valid':>12} {'quarantined':>12}")
+    for kind, label in (("reader", "reader"), ("sluice", "sluice"), ("pandera", "pandas+pandera"),
+                        ("pandas-reader", "pandas read_csv")):
         ok = [r for r in runs[kind] if not r.error]
         if not ok:
             print(f"  {label:<18} FAILED: {runs[kind][0].error if runs[kind] else 'not run'}")
             continue
-        print(f"  {label:<18} {_median(ok, 'op_s'):>8.2f} {_median(ok, 'proc_s'):>8.2f} "
+        print(f"  {label:<18} {_median(ok, 'op_s'):>8.2f} {_median(ok, 'proc_s'):>8.2f} {_median(ok, 'cpu_s'):>7.2f} "
               f"{_median(ok, 'mb_per_s'):>7.1f} {max(r.maxrss_mb for r in ok):>12,.0f} "
               f"{max(r.anon_mb for r in ok):>8,.0f} {ok[0].result['valid']:>12,} {ok[0].result['invalid']:>12,}")
     s_ok = [r for r in runs["sluice"] if not r.error]
     b_ok = [r for r in runs["pandera"] if not r.error]
     r_ok = [r for r in runs["reader"] if not r.error]
     if s_ok and r_ok:
-        print(f"  sluice/reader throughput: {_median(s_ok, 'mb_per_s') / _median(r_ok, 'mb_per_s'):.2f}x")
+        print(f"  sluice/reader throughput: {_median(s_ok, 'mb_per_s') / _median(r_ok, 'mb_per_s'):.2f}x; CPU seconds "
+              f"reader/sluice {_median(r_ok, 'cpu_s') / _median(s_ok, 'cpu_s'):.2f}x")
     if s_ok and b_ok:
         print(f"  ratio baseline/sluice: time {_median(b_ok, 'op_s') / _median(s_ok, 'op_s'):.2f}x (op, goal >= 5x), "
-              f"{_median(b_ok, 'proc_s') / _median(s_ok, 'proc_s'):.2f}x (proc); peak RSS "
+              f"{_median(b_ok, 'proc_s') / _median(s_ok, 'proc_s'):.2f}x (proc), "
+              f"{_median(b_ok, 'cpu_s') / _median(s_ok, 'cpu_s'):.2f}x (op CPU seconds); peak RSS "
               f"{max(r.maxrss_mb for r in b_ok) / max(r.maxrss_mb for r in s_ok):.2f}x")
         b = b_ok[0].result
         same = s_ok[0].result["invalid"] == b["invalid"]
-        print(f"  quarantined rows agree: {'yes' if same else 'NO'}; baseline split: read_csv "
-              f"{statistics.median(r.result['read_s'] for r in b_ok):.2f} s, validate "
-              f"{statistics.median(r.result['validate_s'] for r in b_ok):.2f} s")
+        parts = ", ".join(f"{name} {statistics.median(r.result[name + '_s'] for r in b_ok):.2f} s"
+                          for name in ("read", "type", "validate", "split", "write"))
+        print(f"  quarantined rows agree: {'yes' if same else 'NO'}; rules agree: "
+              f"{'yes' if _failures(s_ok[0].result) == _failures(b) else 'NO'} ({_failures(b):,}); baseline: {parts}")
+        p_ok = [r for r in runs["pandas-reader"] if not r.error]
+        if p_ok and r_ok:
+            floor = _median(p_ok, "op_s")
+            print(f"  bare readers: pandas read_csv {floor:.2f} s, polars scan_csv().collect() "
+                  f"{_median(r_ok, 'op_s'):.2f} s; baseline/sluice could reach 5x only if Sluice took "
+                  f"{_median(b_ok, 'op_s') / 5:.2f} s, {_median(b_ok, 'op_s') / 5 / _median(r_ok, 'op_s'):.2f}x "
+                  f"the polars reader's time")
         for failure in b["whole_column_failures"]:
             print(f"  baseline check that failed for a whole column (no row index): {failure}")
     print(line)

@@ -21,6 +21,7 @@ ENV_BROKER_HEARTBEAT_TIMEOUT_MS = "SLUICE_BROKER_HEARTBEAT_TIMEOUT_MS"
 ENV_BROKER_MAINTENANCE_CHANCE = "SLUICE_BROKER_MAINTENANCE_CHANCE"
 ENV_FAULT_DELAY = "SLUICE_FAULT_DELAY"  # fault injection only: "stage=seconds,..."
 ENV_POLL_INTERVAL_MS = "SLUICE_POLL_INTERVAL_MS"
+ENV_TRACE_RETENTION_DAYS = "SLUICE_TRACE_RETENTION_DAYS"
 # Which app a worker runs (`module:attribute`); `--app` wins over it, and it over `[tool.sluice] app` in pyproject.toml.
 ENV_APP = "SLUICE_APP"
 ENV_ENDPOINT_URL = "AWS_ENDPOINT_URL"  # the standard boto3 variable; unset means real AWS
@@ -76,6 +77,10 @@ class Settings:
     # 2-core machine at load 9): 100 ms 129 ms, 2.0 %; 50 ms 62 ms, 3.4 %; 20 ms 71 ms, 9.3 %; 10 ms 66 ms, 12.7 %.
     # Below 50 ms the latency did not improve there and the idle cost tripled; set 10 for the lowest latency.
     poll_interval_ms: int = 50
+    # Spans under traces/ (one small object per stage attempt) expire after this many days, by a bucket lifecycle
+    # rule `sluice up` keeps; 0 keeps them forever. `sluice trace` of an older drop then shows what the ledger,
+    # runs and registry still say.
+    trace_retention_days: int = 90
     # Hex or text, at least 32 bytes. None: a key that lives only in this process (demo, in-process tests).
     signing_key: str | None = field(default=None, repr=False)
 
@@ -113,5 +118,6 @@ class Settings:
             broker_maintenance_chance=int(env.get(ENV_BROKER_MAINTENANCE_CHANCE, base.broker_maintenance_chance)),
             fault_delay=env.get(ENV_FAULT_DELAY, base.fault_delay),
             poll_interval_ms=int(env.get(ENV_POLL_INTERVAL_MS, base.poll_interval_ms)),
+            trace_retention_days=int(env.get(ENV_TRACE_RETENTION_DAYS, base.trace_retention_days)),
             signing_key=env.get(ENV_SIGNING_KEY) or None,
         )

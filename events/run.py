@@ -53,6 +53,7 @@ class TrainingRun(BaseModel):
     artifacts: dict[str, Any]
     bundle: dict[str, Any] | None = None  # runs from before bundles: the loader falls back to `artifacts`
     refit: dict[str, Any] | None = None
+    refit_skipped: str | None = None  # why no refit ships (the budget ran out); absent when one does
     durations_s: dict[str, float] = {}
     environment: dict[str, Any] = {}
     finished_at: str

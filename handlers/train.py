@@ -18,10 +18,11 @@ import functools
 import hashlib
 import io
 import json
+import os
 import platform
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -92,9 +93,35 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
             hint=f"Drop more rows (at least {MIN_TRAIN_ROWS * 2}, with every class represented).",
             failures=[Failure(contract.target, "enough labelled rows to train", value=frame.height)],
         )
+    with ThreadPoolExecutor(4, thread_name_prefix="train-side") as side:
+        return _train(ctx, contract, features, labels, label_ids, run_id, base, frame, train_frame, holdout, encoding,
+                      side, t0)
+
+
+def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
+           label_ids: list[str], run_id: str, base: str, frame: pl.DataFrame, train_frame: pl.DataFrame,
+           holdout: pl.DataFrame, encoding: modeling.Encoding, side: ThreadPoolExecutor, t0: float) -> list[Any]:
+    """The run itself. Work the search does not need (the drift profile, the holdout's Parquet, the category
+    frequencies, the leakage check unless it decides the columns, the plots and their uploads) runs on `side`,
+    beside the search and the refit: on data where a fit uses one thread, the worker's other core is idle
+    there (benchmarks/training_overhead.py). Every result is awaited before the run document is written."""
+    spec, dataset = contract.training, contract.dataset
+
+    def beside(fn: Any, *args: Any) -> Future[Any]:
+        return side.submit(contextvars.copy_context().run, fn, *args)  # the stage's trace and log context
+
+    cells = train_frame.height * max(len(encoding.columns), 1)
+    overlap = modeling.worker_jobs(spec.n_jobs, cells) < (os.cpu_count() or 1)
     t_leak = time.perf_counter()
-    leaks, encoding = _check_leakage(ctx, contract, train_frame, encoding)
+    leak_future = None
+    if overlap and spec.leakage != "exclude":  # only `exclude` changes what the search trains on
+        leak_future = beside(_check_leakage, ctx, contract, train_frame, encoding)
+    else:
+        leaks, encoding = _check_leakage(ctx, contract, train_frame, encoding)
     leak_s = time.perf_counter() - t_leak
+    profile_future = beside(lambda: json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode())
+    holdout_future = beside(_parquet, holdout)
+    frequencies_future = beside(frequency_tables, frame, contract)
     starting_points = _warm_start(ctx, contract)
     t_prep = time.perf_counter()
 
@@ -117,6 +144,12 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ctx.log.warning("cancelled train %s on request", run_id)
         return []
     t_fit = time.perf_counter()
+    if leak_future is not None:
+        leaks, _ = leak_future.result()
+        leak_s = time.perf_counter() - t_fit  # what the stage waited for it after the search
+    trials = modeling.parse_trials(trained.trial_log)
+    plots_future = beside(lambda: (plot_loss_curve(trials, run_id), plot_importance(trained.feature_importance,
+                                                                                    run_id)))
     # What is left of the budget after the search (and the checks before it) is the blend's and the refit's.
     left_s = spec.time_budget_s * STAGE_SHARE - leak_s - (t_fit - t_prep)
     chosen, blend_record = _blend(contract, trained, train_frame, holdout, encoding, left_s) if blending else (
@@ -133,7 +166,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     # The bundle is what every loader reads; the holdout is scored through it, exactly as the gate and users will.
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=model_bytes, model_format=model_format,
-        frequencies=frequency_tables(frame, contract), run_id=run_id, members=members)
+        frequencies=frequencies_future.result(), run_id=run_id, members=members)
     loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
     y_holdout = encoding.labels(holdout)
     known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
@@ -143,31 +176,37 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     baseline_scores = modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task,
                                                n_classes)
     baseline = modeling.holdout_metrics(contract.task, y_holdout[known], baseline_scores, n_classes)
-    trials = modeling.parse_trials(trained.trial_log)
 
     _put_many(ctx, [(f"{base}bundle/{name}", data) for name, data in files.items()])
     manifest_key = f"{base}bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
     ctx.store.put(manifest_key, manifest_bytes)
     listing = json.loads(manifest_bytes)["files"]
-    holdout_bytes = io.BytesIO()
-    holdout.write_parquet(holdout_bytes)
     artifacts = {role: {"key": f"{base}bundle/{listing[role]['path']}", "sha256": listing[role]["sha256"],
                         "bytes": listing[role]["bytes"]} for role in ("model", "encoding")}
     artifacts["model"]["format"] = model_format
     for r in members:
         artifacts[r] = {"key": f"{base}bundle/{listing[r]['path']}", "sha256": listing[r]["sha256"],
                         "bytes": listing[r]["bytes"], "format": listing[r]["format"]}
-    artifacts |= _store_artifacts(ctx, base, [
-        ("holdout", "parquet", holdout_bytes.getvalue()),
-        ("trials", "jsonl", trained.trial_log.encode()),
-        # What drift of later data is measured against, should this run become the champion.
-        ("profile", "json", json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode()),
-        ("loss_curve", "png", plot_loss_curve(trials, run_id)),
-        ("importance", "png", plot_importance(trained.feature_importance, run_id)),
-    ])
+
+    def store_artifacts() -> dict[str, dict[str, Any]]:
+        loss_curve, importance = plots_future.result()
+        return _store_artifacts(ctx, base, [
+            ("holdout", "parquet", holdout_future.result()),
+            ("trials", "jsonl", trained.trial_log.encode()),
+            # What drift of later data is measured against, should this run become the champion.
+            ("profile", "json", profile_future.result()),
+            ("loss_curve", "png", loss_curve),
+            ("importance", "png", importance),
+        ])
+
+    stored_future = beside(store_artifacts)  # beside the refit
     t_refit = time.perf_counter()
-    refit = _refit(ctx, contract, frame, encoding, trained, base, run_id, chosen)
+    # The refit's share of the budget: what the checks, the search and the blend left (their I/O is not counted).
+    refit_left_s = spec.time_budget_s * STAGE_SHARE - leak_s - (t_blend - t_prep)
+    refit, refit_skipped = _refit(ctx, contract, frame, encoding, trained, base, run_id, chosen, refit_left_s,
+                                  frequencies_future.result())
     refit_s = time.perf_counter() - t_refit
+    artifacts |= stored_future.result()
     t_done = time.perf_counter()
     run = {
         "run_id": run_id,
@@ -203,6 +242,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "bundle": {"key": manifest_key, "sha256": bundle.sha256(manifest_bytes), "uri": ctx.store.uri(manifest_key)},
         # The same configuration fitted on train + holdout: what the version ships (the gate judges `bundle`).
         **({"refit": refit} if refit else {}),
+        **({"refit_skipped": refit_skipped} if refit_skipped else {}),
         "durations_s": {"prepare": round(t_prep - t0, 3), "fit": round(t_fit - t_prep, 3),
                         "flaml_fit": round(trained.fit_seconds, 3), "search_budget": round(search_s, 3),
                         "blend": round(t_blend - t_fit, 3), "leakage_check": round(leak_s, 3),
@@ -336,6 +376,10 @@ BLEND_SHARE = 0.4
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.
 STAGE_SHARE = 1.05
+STAGE_LIMIT = 1.1  # the issue's limit; the refit, the last step, may use the margin up to it
+# A refit this short is always made: on small data it is cheap and most worth it (digits: log loss 0.105 evaluated,
+# 0.081 refitted, benchmarks/model_quality.py), and a second is within the noise of a stage's I/O.
+REFIT_ALWAYS_S = 1.0
 
 
 def _blends(contract: Contract) -> bool:
@@ -384,20 +428,36 @@ def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFr
 
 
 def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: modeling.Encoding,
-           trained: modeling.Trained, base: str, run_id: str, chosen: Any = None) -> dict[str, Any] | None:
-    """The chosen configuration refitted on every labelled row, stored as a bundle of its own.
+           trained: modeling.Trained, base: str, run_id: str, chosen: Any = None, left_s: float = float("inf"),
+           frequencies: Any = None) -> tuple[dict[str, Any] | None, str | None]:
+    """The chosen configuration refitted on every labelled row, stored as a bundle of its own: (what the run
+    records of it, or None and why it was skipped).
 
     The holdout-evaluated model stays the run's `bundle`: the gate judges it, on rows it never saw. The refit
     learns from the 20 % more rows the holdout held and is what a promoted version ships (measured in
     benchmarks/model_quality.py: a clear gain on digits, a loss on 142-row wine, noise elsewhere).
-    Same learner, hyperparameters and encoding: only the rows differ."""
+    Same learner, hyperparameters and encoding: only the rows differ.
+
+    The budget is the user's: a refit that would take the stage past 1.1 x of it (estimated from the winner's own
+    fit, scaled to the rows; a refit under REFIT_ALWAYS_S is always made) is skipped, and the evaluated model
+    ships. A kept blend planned its refit's time itself."""
     if not contract.training.refit:
-        return None
+        return None, None
+    if chosen is None and trained.best_fit_rows:
+        estimate_s = trained.best_fit_s * frame.height / trained.best_fit_rows
+        margin_s = (STAGE_LIMIT - STAGE_SHARE) * contract.training.time_budget_s
+        if estimate_s > max(left_s + margin_s, REFIT_ALWAYS_S):
+            reason = (f"no time left for the refit: it would take about {estimate_s:.1f}s ({trained.best_fit_s:.1f}s "
+                      f"for {trained.best_fit_rows:,} rows, scaled to {frame.height:,}), {max(left_s, 0):.1f}s of "
+                      f"the budget was left; the model the gate judged ships. Raise training.time_budget_s to refit.")
+            ctx.log.warning("train %s: %s", run_id, reason)
+            return None, reason
     done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions)
             if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions))
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
-        frequencies=frequency_tables(frame, contract), run_id=run_id, members=done.members)
+        frequencies=frequency_tables(frame, contract) if frequencies is None else frequencies, run_id=run_id,
+        members=done.members)
     bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     _put_many(ctx, [(f"{base}refit/{name}", data) for name, data in files.items()])
     key = f"{base}refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
@@ -407,7 +467,7 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
             **({"members": sorted(done.members)} if done.members else {}),
             "bundle": {"key": key, "sha256": bundle.sha256(manifest_bytes), "uri": ctx.store.uri(key)},
             "model": {"key": f"{base}refit/{model['path']}", "sha256": model["sha256"], "bytes": model["bytes"],
-                      "format": done.model_format}}
+                      "format": done.model_format}}, None
 
 
 def _check_leakage(ctx: Context, contract: Contract, train_frame: pl.DataFrame, encoding: modeling.Encoding
@@ -434,6 +494,12 @@ def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] |
     if run.get("best_estimator") not in contract.training.estimators:
         return None
     return {run["best_estimator"]: run["best_config"]}
+
+
+def _parquet(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_parquet(buf)
+    return buf.getvalue()
 
 
 def _store_artifacts(ctx: Context, base: str, items: list[tuple[str, str, bytes]]) -> dict[str, dict[str, Any]]:

@@ -45,6 +45,8 @@ def provision(settings: Settings, routes: list[Route]) -> Resources:
         s3.put_bucket_versioning(Bucket=settings.bucket, VersioningConfiguration={"Status": "Enabled"})
         changes.append(f"enabled versioning on {settings.bucket}")
 
+    _trace_expiry(s3, settings, changes)
+
     dlq_url, dlq_arn = _queue(sqs, settings.dead_letter_queue, {}, changes)
     redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(DLQ_MAX_RECEIVES)})
     queue_url, queue_arn = _queue(
@@ -150,3 +152,42 @@ def _normalise(configs: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
         rules = tuple(sorted((r["Name"].lower(), r["Value"]) for r in filter_rules))
         out.append((c.get("Id"), c["QueueArn"], tuple(sorted(c["Events"])), rules))
     return sorted(out)
+
+
+TRACE_RULE_ID = "sluice-traces-expiry"
+
+
+def _trace_expiry(s3: Any, settings: Settings, changes: list[str]) -> None:
+    """Keep the bucket's lifecycle rule that expires spans under traces/ after `trace_retention_days` (and their
+    old versions a day later). Any other rule on the bucket is kept as it is: S3 replaces the whole configuration
+    on every put, so the wanted one is merged into what is there."""
+    from sluice.core.keys import TRACES
+
+    try:
+        rules = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket).get("Rules", [])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+            raise
+        rules = []
+    others = [r for r in rules if r.get("ID") != TRACE_RULE_ID]
+    current = next((r for r in rules if r.get("ID") == TRACE_RULE_ID), None)
+    days = settings.trace_retention_days
+    wanted = None if days <= 0 else {
+        "ID": TRACE_RULE_ID, "Status": "Enabled", "Filter": {"Prefix": TRACES},
+        "Expiration": {"Days": days}, "NoncurrentVersionExpiration": {"NoncurrentDays": 1},
+    }
+    if wanted is None and current is None:
+        return
+    if wanted is not None and current is not None and _same_rule(current, wanted):
+        return
+    if wanted is None and not others:
+        s3.delete_bucket_lifecycle(Bucket=settings.bucket)
+    else:
+        keep = [*others, *([wanted] if wanted else [])]
+        s3.put_bucket_lifecycle_configuration(Bucket=settings.bucket, LifecycleConfiguration={"Rules": keep})
+    changes.append(f"traces/ on {settings.bucket} expire after {days} days" if wanted
+                   else f"traces/ on {settings.bucket} no longer expire")
+
+
+def _same_rule(current: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    return all(current.get(k) == v for k, v in wanted.items())

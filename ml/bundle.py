@@ -22,6 +22,7 @@ names. Rows it cannot score are reported with the reason, never scored as garbag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -246,7 +247,8 @@ class Model:
             fast = self._predict_fast(rows)
             if fast is not None:
                 return fast
-        return self._predict_frame(as_frame(rows))
+        absent = _absent_keys(rows) if isinstance(rows, list) else {}
+        return self._predict_frame(as_frame(rows), absent)
 
     def _predict_fast(self, rows: list[Mapping[str, Any]]) -> Predictions | None:
         """A few well-formed rows (what a service receives), typed and featured in plain Python: a polars plan
@@ -261,8 +263,9 @@ class Model:
         return Predictions(self.name, self.version, self.model_sha256, self.bundle_sha256, self.task, self.classes,
                            len(rows), np.arange(len(rows)), scores, [])
 
-    def _predict_frame(self, frame: pl.DataFrame) -> Predictions:
-        """The general path: any number of rows, any input types; explains every row it cannot score."""
+    def _predict_frame(self, frame: pl.DataFrame, absent: Mapping[str, list[int]] | None = None) -> Predictions:
+        """The general path: any number of rows, any input types; explains every row it cannot score. `absent`:
+        the rows (0-based) of row dicts that lack a key other rows have, by key."""
         n = frame.height
         schema = frame.schema
         problems: dict[int, list[tuple[str | None, str]]] = {}
@@ -276,6 +279,8 @@ class Model:
                     problems.setdefault(i, []).append((name, f"column {name!r} is missing"))
                 typed.append(pl.lit(None, dtype=POLARS_TYPES[spec.dtype]).alias(name))
                 continue
+            for i in (absent or {}).get(name, ()):  # as if the row came alone: its column is missing
+                problems.setdefault(i, []).append((name, f"column {name!r} is missing"))
             dtype = schema[name]
             if dtype in (pl.Categorical, pl.Enum, pl.Null) or (spec.dtype == "str" and dtype != pl.Utf8):
                 prepare.append(_as_text(pl.col(name), dtype).alias(name))
@@ -543,8 +548,7 @@ def as_frame(rows: Any) -> pl.DataFrame:
         if name.endswith(".parquet"):
             return pl.read_parquet(path)
         if name.endswith((".csv", ".csv.gz")):
-            # As text, like validation: the contract decides the types, not the reader's guess.
-            return pl.read_csv(path, infer_schema=False)
+            return _read_csv(path)
         raise ModelInputError(f"{path}: Sluice scores .csv, .csv.gz and .parquet files")
     if isinstance(rows, Mapping):
         rows = [rows]
@@ -557,6 +561,64 @@ def as_frame(rows: Any) -> pl.DataFrame:
                           "or the path of a CSV or Parquet file")
 
 
+def _read_csv(path: Path) -> pl.DataFrame:
+    """A CSV file as text, like validation: the contract decides the types, not the reader's guess. A line with
+    fewer fields than the header is refused, naming it (the reader would fill the rest with nulls and the row would
+    be scored as if its values were missing); so is a file the reader cannot read, with why."""
+    try:
+        frame = pl.read_csv(path, infer_schema=False)
+    except pl.exceptions.NoDataError:
+        raise ModelInputError(f"{path} is empty: score a file with a header line and rows") from None
+    except pl.exceptions.PolarsError as exc:
+        # A line with too many fields: name it. Text the line reader cannot take either (not UTF-8) gets the
+        # reader's own words below.
+        with contextlib.suppress(pl.exceptions.PolarsError):
+            _refuse_ragged(path, _header_width(path))
+        what = str(exc).strip().splitlines()[0]
+        hint = " (save it as UTF-8)" if "utf-8" in what.lower() else ""
+        raise ModelInputError(f"{path} cannot be read as CSV: {what}{hint}") from None
+    _refuse_ragged(path, frame.width)
+    return frame
+
+
+def _header_width(path: Path) -> int:
+    header = pl.scan_lines(path).head(1).collect()
+    return header["line"][0].count(",") + 1 if header.height else 0
+
+
+def _refuse_ragged(path: Path, width: int) -> None:
+    """The first line whose field count is not the header's (lines with quotes are left to the reader)."""
+    bad = (pl.scan_lines(path, row_index_name="i")
+           .filter((pl.col("i") > 0) & (pl.col("line").str.len_bytes() > 0)
+                   & ~pl.col("line").str.contains('"', literal=True)
+                   & (pl.col("line").str.count_matches(",", literal=True) != width - 1))
+           .head(1).collect())
+    if bad.height:
+        text = bad["line"][0]
+        raise ModelInputError(f"{path} line {int(bad['i'][0]) + 1} has {text.count(',') + 1} fields, the header has "
+                              f"{width}: {text[:80]!r}; quote fields that contain commas, or fix the line")
+
+
+def _absent_keys(rows: list[Any]) -> dict[str, list[int]]:
+    """For row dicts: each key some rows have and others lack, with the positions of the rows that lack it. The
+    frame holds nulls there; a row that lacks a column is refused as it is when it comes alone."""
+    if not all(isinstance(r, Mapping) for r in rows):
+        return {}
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(map(str, r)))
+    absent = {name: [i for i, r in enumerate(rows) if name not in r] for name in names}
+    return {name: where for name, where in absent.items() if where}
+
+
+def _is_missing(v: Any) -> bool:
+    """pandas' missing values in a row dict (`df.to_dict("records")`): NaN, pd.NA, pd.NaT. A pandas frame's are
+    nulls (`pl.from_pandas`), so the same rows as dicts are nulls too, not the value NaN (nor the text "<NA>")."""
+    if isinstance(v, float):
+        return math.isnan(v)
+    return type(v).__name__ in ("NAType", "NaTType")
+
+
 def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
     """Columns of the dicts' values; a column whose values mix types is kept as text and typed by the contract."""
     names: dict[str, None] = {}
@@ -565,7 +627,7 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
             names.setdefault(str(k), None)
     columns = []
     for name in names:
-        values = [r.get(name) for r in rows]
+        values = [None if _is_missing(v) else v for v in (r.get(name) for r in rows)]
         kinds = {type(v) for v in values if v is not None}
         if kinds == {float} or kinds == {int, float}:
             values = [None if v is None else float(v) for v in values]
@@ -574,6 +636,10 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
             columns.append(pl.Series(name, values))
         elif not kinds:
             columns.append(pl.Series(name, values, dtype=pl.Utf8))
+        elif all(issubclass(k, datetime) for k in kinds):
+            # datetimes (pandas' Timestamps too: pandas has no date type, so its dates arrive as midnights) keep
+            # their type, as in a frame; as text ("2024-05-20 00:00:00") a date column would refuse them.
+            columns.append(pl.Series(name, values))
         else:
             columns.append(pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8))
     return pl.DataFrame(columns)

@@ -61,6 +61,7 @@ def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None)
                 *([f"- Shipped model: the same configuration refitted on all {training['refit']['rows']} labelled rows "
                    "(training + holdout); the metrics below are of the model fitted on the training rows alone, "
                    "scored on holdout rows it never saw"] if training.get("refit") else []),
+                *([f"- Not refitted: {training['refit_skipped']}"] if training.get("refit_skipped") else []),
                 f"- Environment: Python {(training.get('environment') or {}).get('python')}, "
                 + ", ".join(f"{k} {v}" for k, v in sorted(((training.get('environment') or {})
                                                          .get('packages') or {}).items()))]

@@ -318,6 +318,7 @@ class Trained:
     # Seconds FLAML took to train the winning configuration (its `best_config_train_time`): what one more fit of
     # it costs, about, before the blend decides whether it has time.
     best_fit_s: float = 0.0
+    best_fit_rows: int = 0  # the rows of that fit: FLAML's final retrain of the winner sees all of X
 
 
 @dataclass
@@ -403,7 +404,8 @@ def train(
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
                    estimator=getattr(model, "estimator", None),
                    templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
-                   learner_losses=losses, best_fit_s=float(automl.best_config_train_time or 0.0))
+                   learner_losses=losses, best_fit_s=float(automl.best_config_train_time or 0.0),
+                   best_fit_rows=X.shape[0])
 
 
 def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:

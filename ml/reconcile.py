@@ -21,13 +21,13 @@ object younger than `min_age_s` (or the debounce) is left alone: its own notific
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sluice.core import keys
-from sluice.core.errors import SluiceError
+from sluice.core.errors import IntegrityError, SluiceError
 from sluice.core.ports import IN_PROGRESS, Listed, ObjectStore, StateBackend
 from sluice.events.run import read as read_run
 from sluice.events.s3 import ObjectCreated
@@ -75,6 +75,25 @@ def datasets_in(store: ObjectStore) -> list[str]:
     return sorted(names)
 
 
+def signed(store: ObjectStore, found: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(key, document) for each of `found` whose signature holds. A planted or edited document is skipped with a
+    warning: the stage it wakes refuses it, and one such object must not stop every other gap from being found."""
+    for key in found:
+        try:
+            yield key, store.get_json(key)
+        except IntegrityError as exc:
+            log.warning("reconcile: skipped %s: %s", key, str(exc).removeprefix(f"{key}: ").split(";")[0])
+
+
+def _guarded(what: str, find: Callable[..., Any], *args: Any, none: Any = ()) -> Any:
+    """What `find(*args)` finds; `none`, with a warning, when it meets a document that fails its signature."""
+    try:
+        return find(*args)
+    except IntegrityError as exc:
+        log.warning("reconcile: skipped %s: %s", what, str(exc).split(";")[0])
+        return none
+
+
 def find_gaps(store: ObjectStore, state: StateBackend | None = None, dataset: str | None = None, *,
               min_age_s: float = DEFAULT_MIN_AGE_S, now: datetime | None = None) -> list[Gap]:
     """Every object whose next step is missing, oldest stage first."""
@@ -82,23 +101,23 @@ def find_gaps(store: ObjectStore, state: StateBackend | None = None, dataset: st
     gaps: list[Gap] = []
     models: set[str] = set()
     for ds in [dataset] if dataset else datasets_in(store):
-        quarantined = {r.get("source", {}).get("key") for k in store.keys(keys.Quarantine.prefix(ds))
-                       if k.endswith("/report.json") and (r := store.get_json(k))}
-        gaps += _arrival_gaps(store, state, ds, min_age_s, now)
-        gaps += _feature_gaps(store, ds, quarantined, min_age_s, now)
-        gap, model = _training_gap(store, ds, quarantined, min_age_s, now)
+        quarantined = {r.get("source", {}).get("key") for _, r in signed(
+            store, [k for k in store.keys(keys.Quarantine.prefix(ds)) if k.endswith("/report.json")])}
+        gaps += _guarded(f"the drops of {ds}", _arrival_gaps, store, state, ds, min_age_s, now)
+        gaps += _guarded(f"the data versions of {ds}", _feature_gaps, store, ds, quarantined, min_age_s, now)
+        gap, model = _guarded(f"the training of {ds}", _training_gap, store, ds, quarantined, min_age_s, now,
+                              none=([], None))
         gaps += gap
         if model:
             models.add(model)
-        for obj in listing(store, keys.Run.prefix(ds)):
-            if not obj.key.endswith("/run.json") or obj.age_s(now) < min_age_s or obj.key in quarantined:
-                continue
-            run = store.get_json(obj.key)
+        runs = [obj.key for obj in listing(store, keys.Run.prefix(ds)) if obj.key.endswith("/run.json")
+                and obj.age_s(now) >= min_age_s and obj.key not in quarantined]
+        for key, run in signed(store, runs):
             models.add(run["model"])
             if not store.exists(keys.Candidate(run["model"], run["run_id"]).key):
-                gaps.append(Gap("benchmark", obj.key, ds, f"run {run['run_id']} has no benchmark verdict"))
+                gaps.append(Gap("benchmark", key, ds, f"run {run['run_id']} has no benchmark verdict"))
     for model in sorted(models):
-        gaps += _registry_gaps(store, state, model, min_age_s, now)
+        gaps += _guarded(f"the registry of {model}", _registry_gaps, store, state, model, min_age_s, now)
     if state is not None:  # something under way is not a gap (yet)
         gaps = [g for g in gaps if not _in_progress(store, state, g)]
     return gaps
@@ -117,7 +136,7 @@ def _in_progress(store: ObjectStore, state: StateBackend, gap: Gap) -> bool:
 
 def _arrival_gaps(store: ObjectStore, state: StateBackend | None, ds: str, min_age_s: float,
                   now: datetime) -> list[Gap]:
-    outcomes = {(e.get("key"), e.get("etag")) for k in store.keys(keys.Ledger.prefix(ds)) if (e := store.get_json(k))}
+    outcomes = {(e.get("key"), e.get("etag")) for _, e in signed(store, store.keys(keys.Ledger.prefix(ds)))}
     gaps = []
     for prefix, stage in (("incoming", "validate"), ("labels", "labels")):
         for obj in listing(store, f"{prefix}/{ds}/"):
@@ -128,17 +147,16 @@ def _arrival_gaps(store: ObjectStore, state: StateBackend | None, ds: str, min_a
 
 def _feature_gaps(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s: float, now: datetime) -> list[Gap]:
     covered: set[str] = set()
-    for k in store.keys(keys.FeatureSet.prefix(ds)):
-        if k.endswith("/manifest.json"):
-            covered.update(store.get_json(k).get("data_versions", []))
+    for _, feature_set in signed(store, [k for k in store.keys(keys.FeatureSet.prefix(ds))
+                                         if k.endswith("/manifest.json")]):
+        covered.update(feature_set.get("data_versions", []))
     gaps = []
-    for obj in listing(store, keys.Validated.prefix(ds)):
-        if not obj.key.endswith("/manifest.json") or obj.age_s(now) < min_age_s or obj.key in quarantined:
-            continue
-        manifest = store.get_json(obj.key)
+    manifests = [obj.key for obj in listing(store, keys.Validated.prefix(ds)) if obj.key.endswith("/manifest.json")
+                 and obj.age_s(now) >= min_age_s and obj.key not in quarantined]
+    for key, manifest in signed(store, manifests):
         if manifest.get("retrain", True) and manifest["data_version"] not in covered:
-            gaps.append(Gap("features", obj.key, ds, f"data version {manifest['data_version'][:12]} is in no "
-                                                    "feature set"))
+            gaps.append(Gap("features", key, ds, f"data version {manifest['data_version'][:12]} is in no "
+                                                "feature set"))
     return gaps
 
 

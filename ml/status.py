@@ -2,37 +2,49 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sluice.core import keys
 from sluice.core.app import Pipeline
-from sluice.core.errors import SluiceError
+from sluice.core.errors import IntegrityError, SluiceError
 from sluice.core.ports import ObjectStore, StateBackend
 from sluice.events.run import read as read_run
 from sluice.ml.registry import ModelRegistry
+
+log = logging.getLogger("sluice")
 
 
 def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pipeline: Pipeline) -> dict[str, Any]:
     """Arrivals with their furthest stage, the quarantine, and the dataset's model (`pipeline`: the running
     stages, whose time limits say when an arrival is stuck)."""
-    ledger = [store.get_json(k) for k in store.keys(keys.Ledger.prefix(dataset))]
-    feature_sets = [store.get_json(k) for k in store.keys(keys.FeatureSet.prefix(dataset))
-                    if k.endswith("/manifest.json")]
-    runs = [read_run(store.get_json(k)) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/run.json")]
+    untrusted: list[dict[str, str]] = []
+    ledger = trusted(store, store.keys(keys.Ledger.prefix(dataset)), untrusted)
+    feature_sets = trusted(store, [k for k in store.keys(keys.FeatureSet.prefix(dataset))
+                                   if k.endswith("/manifest.json")], untrusted)
+    runs = [read_run(doc) for doc in trusted(store, [k for k in store.keys(keys.Run.prefix(dataset))
+                                                     if k.endswith("/run.json")], untrusted)]
     registry = ModelRegistry(store, state)
     model = runs[0]["model"] if runs else dataset
-    versions = list(registry.indexed_versions(model)[1].values())  # a request per 20 versions, not one each
-    champion = registry.alias(model)
+    try:
+        versions = list(registry.indexed_versions(model)[1].values())  # a request per 20 versions, not one each
+        champion = registry.alias(model)
+    except IntegrityError as exc:  # a forged alias or version: `models verify` lists the problems
+        versions, champion = [], None
+        named = str(exc).split(": ", 1)[0]  # the message starts with the document's key
+        untrusted.append({"key": named if named.startswith(f"registry/{model}/") else f"registry/{model}/",
+                          "problem": str(exc)})
     arrivals = []
     for entry in sorted(ledger, key=lambda e: e["at"]):
         dv = entry.get("data_version")
         stage = "labels" if entry.get("kind") == "labels" else entry["outcome"]
         detail: dict[str, Any] = {}
         if dv and entry["outcome"] == "validated" and entry.get("kind") != "labels":
-            manifest = store.get_json_or_none(keys.Validated(dataset, dv).key)
-            if manifest and manifest.get("drift"):
-                detail["drift"] = manifest["drift"]
+            manifests = trusted(store, [keys.Validated(dataset, dv).key], untrusted, missing_ok=True)
+            if manifests and manifests[0].get("drift"):
+                detail["drift"] = manifests[0]["drift"]
         if dv and entry["outcome"] in ("validated", "duplicate") and entry.get("kind") != "labels":
             fsvs = [f["feature_set_version"] for f in feature_sets if dv in f["data_versions"]]
             if fsvs:
@@ -50,10 +62,11 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         arrivals.append({**entry, "stage": stage, **detail})
     arrivals += pending_arrivals(store, state, dataset, {(a["key"], a.get("etag")) for a in arrivals},
                                  pipeline=pipeline)
-    quarantine = [store.get_json(k) for k in store.keys(keys.Quarantine.prefix(dataset)) if k.endswith("/report.json")]
+    quarantine = trusted(store, [k for k in store.keys(keys.Quarantine.prefix(dataset))
+                                 if k.endswith("/report.json")], untrusted)
     finished = {r["run_id"] for r in runs}
-    training = [store.get_json(k) for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/progress.json")
-                and keys.Run.parse(k).run_id not in finished]
+    training = trusted(store, [k for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/progress.json")
+                               and keys.Run.parse(k).run_id not in finished], untrusted)
     running = [_staleness(t) for t in training if t.get("status") == "running"]
     return {
         "dataset": dataset,
@@ -64,7 +77,24 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         else waiting(store, dataset, feature_sets, runs),
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
+        "untrusted": untrusted,
     }
+
+
+def trusted(store: ObjectStore, found: Iterable[str], untrusted: list[dict[str, str]], *,
+            missing_ok: bool = False) -> list[dict[str, Any]]:
+    """The documents among `found` whose signatures hold. A planted or edited one goes to `untrusted` with why:
+    status reports it (a stage that meets it refuses it) instead of failing as a whole."""
+    docs = []
+    for key in found:
+        try:
+            doc = store.get_json_or_none(key) if missing_ok else store.get_json(key)
+        except IntegrityError as exc:
+            untrusted.append({"key": key, "problem": str(exc)})
+            continue
+        if doc is not None:
+            docs.append(doc)
+    return docs
 
 
 def _staleness(progress: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +160,11 @@ def waiting(store: ObjectStore, dataset: str, feature_sets: list[dict[str, Any]]
 
 def data_versions(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
     """The dataset's snapshot: every validated data version, in the order they were validated."""
-    docs = [store.get_json(k) for k in store.keys(keys.Validated.prefix(dataset)) if k.endswith("/manifest.json")]
+    untrusted: list[dict[str, str]] = []
+    docs = trusted(store, [k for k in store.keys(keys.Validated.prefix(dataset)) if k.endswith("/manifest.json")],
+                   untrusted)
+    for bad in untrusted:
+        log.warning("skipped %s: %s", bad["key"], bad["problem"])
     return sorted(docs, key=lambda d: d["validated_at"])
 
 

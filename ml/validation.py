@@ -112,14 +112,17 @@ def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, ba
         return validate_file(plain, key.removesuffix(".gz"), contract, workdir, batch_rows=batch_rows,
                              extensions=extensions)
     if name.endswith(".parquet"):
-        frame, is_text = _scan_parquet(path, key, contract), False
+        frame, is_text, cells_fit = _scan_parquet(path, key, contract), False, False
     elif name.endswith(".csv"):
-        frame, is_text = _scan_csv(path, key, contract), True
+        frame, lines = _scan_csv(path, key, contract)
+        is_text = True
+        # No line longer than a cell may be, and no quote (a quoted cell may span lines): no cell is too long.
+        cells_fit = not lines.quoted and lines.longest <= contract.limits.max_cell_bytes
     else:
         raise UnreadableFile(f"{key}: Sluice reads {', '.join(SUPPORTED)} files.",
                              hint="Rename or convert the file and drop it again.")
     try:
-        return _split(frame, key, contract, workdir, is_text, batch_rows, extensions)
+        return _split(frame, key, contract, workdir, is_text, batch_rows, extensions, cells_fit=cells_fit)
     except UnreadableFile as exc:
         if is_text and isinstance(exc.__cause__, pl.exceptions.PolarsError):
             _check_ragged(path, key, len(frame.collect_schema()))  # a line with too many fields: name it
@@ -166,7 +169,7 @@ def _gunzip(path: Path, plain: Path, key: str, contract: Contract) -> None:
 # -- file level -------------------------------------------------------------------------------------------------
 
 
-def _scan_csv(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
+def _scan_csv(path: Path, key: str, contract: Contract) -> tuple[pl.LazyFrame, _Lines]:
     lines = _check_text(path, key, contract)
     header = _header(path, key, contract)
     if len(header) == 1 and len(contract.columns) > 1 and any(d in header[0] for d in ";\t|"):
@@ -187,15 +190,18 @@ def _scan_csv(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
             text = f.read(min(length, 4096)).decode("utf-8", "replace").rstrip("\r\n")
         raise _ragged(key, line, commas + 1, len(header), text)
     # _check_text decoded every byte as UTF-8 already; polars' lossy decoding would cost a third of the read again
-    return pl.scan_csv(path, infer_schema=False, encoding="utf8")
+    return pl.scan_csv(path, infer_schema=False, encoding="utf8"), lines
 
 
 @dataclass
 class _Lines:
-    """What the text pass saw of the lines: the first unquoted line whose field count is not the header's."""
+    """What the text pass saw of the lines: the first unquoted line whose field count is not the header's, the
+    longest line, and whether there was a quote anywhere."""
 
     header_commas: int = 0
     ragged: tuple[int, int, int, int] | None = None  # (line number, byte offset, length, commas) of the first one
+    longest: int = 0  # bytes, without the newline
+    quoted: bool = False
 
 
 def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
@@ -220,7 +226,9 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                 raise UnreadableFile(f"{key} is empty.", hint="Drop a file with a header line and at least one row.")
             first = False
             try:
-                decoder.decode(chunk)
+                # ASCII is UTF-8: skip the decoder (a third of this pass) unless a character runs on from before
+                if not chunk.isascii() or decoder.getstate()[0]:
+                    decoder.decode(chunk)
             except UnicodeDecodeError as exc:
                 bad = offset + exc.start
                 line = lines + chunk[: exc.start].count(b"\n") + 1
@@ -230,8 +238,10 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
             data = np.frombuffer(chunk, dtype=np.uint8)
             newlines = np.flatnonzero(data == 10)
             ends = offset + newlines
+            seen.quoted = seen.quoted or b'"' in chunk
             if ends.size:
                 lengths = ends - np.concatenate(([line_start], ends[:-1] + 1))
+                seen.longest = max(seen.longest, int(lengths.max()))
                 last = int(newlines[-1])
                 # An empty line (or a lone \r) is skipped by the reader; a quoted line is left to the parser.
                 blank = (lengths == 0) | ((lengths == 1) & (data[np.maximum(newlines - 1, 0)] == 13))
@@ -287,6 +297,7 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
         if (seen.ragged is None and lines > 0 and offset > line_start  # the last line, with no newline at its end
                 and carry_quotes == 0 and carry_commas != seen.header_commas):
             seen.ragged = (lines + 1, line_start, offset - line_start, carry_commas)
+        seen.longest = max(seen.longest, offset - line_start)
     return seen
 
 
@@ -454,7 +465,7 @@ def _batches(frame: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
 
 
 def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_text: bool,
-           batch_rows: int, extensions: Extensions | None = None) -> Split:
+           batch_rows: int, extensions: Extensions | None = None, *, cells_fit: bool = False) -> Split:
     """Type and check the rows batch by batch; valid rows stream into polars' Parquet sink (one file, bounded
     memory), quarantined rows (usually few) into a second file with their reasons."""
     schema = build_schema(contract, extensions)
@@ -474,7 +485,8 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
         offset = 0
         try:
             for raw in _batches(frame, batch_rows):
-                _check_cells(raw, key, contract, offset)
+                if not cells_fit:
+                    _check_cells(raw, key, contract, offset)
                 if contract.extra_columns == "drop":
                     raw = raw.select(names)
                 typed, failures = typing.batch(raw, offset)
@@ -721,6 +733,7 @@ class _Rules:
     def __init__(self, schema: pa.DataFrameSchema):
         self.schema = schema
         self.row_wise = not schema.checks
+        self.narrowed: dict[tuple[str, ...], pa.DataFrameSchema] = {}
         schema.register_default_backends(pl.LazyFrame)  # what validate() does first: the polars checks' backends
 
     def check(self, typed: pl.DataFrame, offset: int, already: list[Failure]) -> list[Failure]:
@@ -728,10 +741,11 @@ class _Rules:
         suspects = self._suspects(typed) if self.row_wise else None
         if suspects is None:
             return _check_batch(self.schema, typed, offset, already)
-        at = suspects.arg_true()
+        mask, columns = suspects
+        at = mask.arg_true()
         if not at.len():
             return []
-        failures = _check_batch(self.schema, typed[at], 0, [])
+        failures = _check_batch(self._narrow(columns), typed[at], 0, [])
         rows = at.to_list()
         cast_failed = {(f.column, f.row) for f in already}
         out = []
@@ -742,17 +756,28 @@ class _Rules:
                 out.append(f)
         return out
 
-    def _suspects(self, typed: pl.DataFrame) -> pl.Series | None:
-        """Rows a rule may fail (a mask), or None if a check's output is not one value per row."""
+    def _narrow(self, columns: tuple[str, ...]) -> pa.DataFrameSchema:
+        """The schema with only the columns where a row may fail: pandera's cost is per column and check, and
+        the others' checks passed on every row already (by pandera's own check backend)."""
+        if len(columns) == len(self.schema.columns):
+            return self.schema
+        if columns not in self.narrowed:
+            self.narrowed[columns] = self.schema.select_columns(list(columns))
+        return self.narrowed[columns]
+
+    def _suspects(self, typed: pl.DataFrame) -> tuple[pl.Series, tuple[str, ...]] | None:
+        """Rows a rule may fail (a mask) and the columns whose rules they may fail (in the schema's order), or None
+        if a check's output is not one value per row."""
         from pandera.api.polars.types import PolarsData
         from pandera.backends.polars.checks import PolarsCheckBackend
 
-        lf, parts = typed.lazy(), []
+        lf, parts, owners = typed.lazy(), [], []
         for name, column in self.schema.columns.items():
             if name not in typed.columns:
                 return None
             if not column.nullable:
                 parts.append(lf.select(pl.col(name).is_null()))
+                owners.append(name)
             for check in column.checks:
                 builtin = getattr(check._check_fn, "__name__", None)
                 if builtin is not None and check.is_builtin_check(builtin):
@@ -765,13 +790,16 @@ class _Rules:
                     return None
                 ok = pl.first()  # as PolarsCheckBackend.postprocess_lazyframe_output reads it
                 parts.append(out.select(~(ok | ok.is_null()) if check.ignore_na else ~ok.fill_null(False)))
+                owners.append(name)
         if not parts:
-            return pl.Series([False] * typed.height)
+            return pl.Series([False] * typed.height), ()
         masks = pl.collect_all(parts)
         if any(m.height != typed.height for m in masks):
             return None
-        return pl.DataFrame([m.to_series().alias(str(i)) for i, m in enumerate(masks)]).select(
-            pl.any_horizontal(pl.all())).to_series()
+        frame = pl.DataFrame([m.to_series().alias(str(i)) for i, m in enumerate(masks)])
+        hit = frame.select(pl.all().any()).row(0)
+        columns = tuple(dict.fromkeys(name for name, h in zip(owners, hit, strict=True) if h))
+        return frame.select(pl.any_horizontal(pl.all())).to_series(), columns
 
 
 def _check_batch(schema: pa.DataFrameSchema, typed: pl.DataFrame, offset: int, already: list[Failure]) -> list[Failure]:
@@ -812,8 +840,13 @@ class _Sampler:
 
     def add(self, batch: pl.DataFrame) -> None:
         keys = self.rng.random(batch.height)
-        if batch.height > self.size:  # only this batch's smallest keys can make the overall cut
-            keep = np.sort(np.argpartition(keys, self.size)[: self.size])
+        keep = None
+        if self.kept is not None and self.kept.height == self.size:  # a key over the largest kept cannot make it
+            keep = np.flatnonzero(keys <= self.kept["_u"].to_numpy().max())
+        if (batch.height if keep is None else keep.size) > self.size:  # only the smallest keys can make the cut
+            keep = (np.sort(np.argpartition(keys, self.size)[: self.size]) if keep is None
+                    else keep[np.sort(np.argpartition(keys[keep], self.size)[: self.size])])
+        if keep is not None:
             batch, keys = batch[keep], keys[keep]
         keyed = batch.with_columns(pl.Series("_u", keys))
         merged = keyed if self.kept is None else pl.concat([self.kept, keyed], how="diagonal_relaxed")

@@ -148,7 +148,8 @@ def serve(name: str, alias: str, host: str, port: int, bundle: str | None, app_s
     from sluice.core.errors import SluiceError
     from sluice.serve import serve as run
 
-    click.echo(f"sluice serve: {name}@{alias} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
+    what = f"the bundle in {bundle} (no bucket, no swapping)" if bundle else f"{name}@{alias}"
+    click.echo(f"sluice serve: {what} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
     try:
         run(name, alias, host, port, _settings(), bundle=bundle, app=load_app(app_spec))
     except SluiceError as exc:
@@ -233,6 +234,9 @@ def status(as_json: bool, app_spec: str | None) -> None:
                 click.echo(f"              {a['what_to_do']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
+        for bad in ds.get("untrusted", []):
+            click.echo(f"  untrusted   {bad['key']}: {bad['problem'].removeprefix(bad['key'] + ': ').split(';')[0]}"
+                       "; left out here, refused by the stages (`sluice refused list`, `sluice models verify`)")
         if ds.get("waiting"):
             w = ds["waiting"]
             click.echo(f"  waiting     training of {w['feature_set_version']} starts in {w['starts_in_s']:.0f}s "

@@ -23,7 +23,7 @@ from typing import Any
 from sluice.core.errors import SluiceError
 from sluice.core.settings import Settings
 from sluice.events.model import PROMOTED, ROLLED_BACK
-from sluice.ml.bundle import Model, load_model
+from sluice.ml.bundle import Model
 
 log = logging.getLogger("sluice.serve")
 MAX_ROWS = 10_000
@@ -52,6 +52,9 @@ class ModelServer:
     # -- model lifecycle -------------------------------------------------------------------------------------
     def refresh(self, why: str = "startup") -> bool:
         """Load the alias's current version if it is not the one serving; True when a swap happened."""
+        # The public loader: without a store handed in, it opens the settings' bucket (the CLI hands none).
+        from sluice import load_model
+
         if self.bundle is not None:
             fresh = load_model(self.bundle, app=self.user_app)
         else:
@@ -151,7 +154,7 @@ class ModelServer:
             except SluiceError as exc:
                 return JSONResponse({"error": str(exc)}, 422)
             payload = {**result.describe(), "predictions": result.to_dicts(),
-                       "scored": len(result.scored), "unscored": len(result.unscored)}
+                       "scored": len(result.scored), "unscored": result.rows - len(result.scored)}
             if not len(result.scored):
                 payload["error"] = "no row could be scored; each prediction says why"
                 return JSONResponse(payload, 422)

@@ -167,3 +167,26 @@ def test_the_command_starts_without_the_heavy_libraries(args: list[str]) -> None
     imported = {line.rpartition("|")[2].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
     assert {"click", "sluice.cli", "sluice.commands.models"} <= imported  # the listing is read correctly
     assert not sorted({name.partition(".")[0] for name in imported} & HEAVY)
+
+
+def test_up_expires_traces_and_keeps_the_buckets_own_lifecycle_rules(env: Settings,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spans under traces/ expire by a lifecycle rule `sluice up` keeps; a rule the user set on the bucket is kept
+    beside it (S3 replaces the whole configuration on every put); 0 days removes only Sluice's rule."""
+    import boto3
+
+    run("up")
+    s3 = boto3.client("s3", endpoint_url=env.endpoint_url, region_name=env.region)
+    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=env.bucket)["Rules"]
+    assert rule["Filter"] == {"Prefix": "traces/"} and rule["Expiration"] == {"Days": 90}
+    mine = {"ID": "users-own", "Status": "Enabled", "Filter": {"Prefix": "exports/"}, "Expiration": {"Days": 7}}
+    s3.put_bucket_lifecycle_configuration(Bucket=env.bucket, LifecycleConfiguration={"Rules": [mine, rule]})
+    assert run("up").strip().startswith("up to date")  # nothing to change
+    monkeypatch.setenv("SLUICE_TRACE_RETENTION_DAYS", "14")
+    assert "traces/ on" in (out := run("up")) and "expire after 14 days" in out
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=env.bucket)["Rules"]}
+    assert rules["users-own"]["Expiration"] == {"Days": 7} and rules["sluice-traces-expiry"]["Expiration"] == {
+        "Days": 14}
+    monkeypatch.setenv("SLUICE_TRACE_RETENTION_DAYS", "0")
+    run("up")
+    assert [r["ID"] for r in s3.get_bucket_lifecycle_configuration(Bucket=env.bucket)["Rules"]] == ["users-own"]

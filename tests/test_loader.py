@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sluice.core.errors import ModelInputError
 from sluice.core.runtime import Runtime
 from sluice.ml import bundle, modeling, runs
 from sluice.ml.contract import ColumnSpec, Contract
@@ -86,6 +87,13 @@ def test_a_stored_model_scores_mixed_data_exactly_as_in_memory_through_every_loa
     scored = pl.read_parquet(out)
     assert scored.columns[:7] == new.columns and np.array_equal(scored["prediction"].to_numpy(), expected)
     assert "scored 300 of 300 rows" in got.output
+    # An earlier output scored again: this model's predictions replace the file's own, never hide behind them.
+    stale, again = tmp_path / "stale.csv", tmp_path / "again.parquet"
+    scored.with_columns(pl.lit(-1.0).alias("prediction")).write_csv(stale)
+    got = cli.invoke(main, ["models", "predict", f"{mixed.DATASET}@champion", str(stale), "-o", str(again)])
+    assert got.exit_code == 0 and "replaced the file's own prediction, unscored_reason" in got.output, got.output
+    rescored = pl.read_parquet(again)
+    assert rescored.columns == scored.columns and np.allclose(rescored["prediction"].to_numpy(), expected)
 
     # The gate judged exactly these scores: the benchmark's candidate score is the run's own holdout metric.
     candidate = runtime.store.get_json(f"registry/{mixed.DATASET}/candidates/{run['run_id']}.candidate.json")
@@ -265,6 +273,51 @@ def test_every_kind_of_input_becomes_the_same_frame(tmp_path: Path) -> None:
     assert bundle.as_frame([{"a": 1.0}, {"a": "2"}])["a"].to_list() == ["1.0", "2"]  # mixed: typed by the contract
     with pytest.raises(Exception, match="cannot score a int"):
         bundle.as_frame(3)
+
+
+def test_a_row_dict_without_a_column_is_refused_alone_or_beside_others(shop_model: bundle.Model) -> None:
+    full, lacking = json.loads(json.dumps(mixed.frame(2, 8).to_dicts(), default=str))
+    del lacking["zone"]
+    alone = shop_model.predict([lacking])
+    assert alone.unscored == [{"row": 1, "column": "zone", "reason": "column 'zone' is missing"}]
+    together = shop_model.predict([full, lacking])  # the frame holds a null there; the row still lacks the column
+    assert together.scored.tolist() == [0] and together.unscored == [{**alone.unscored[0], "row": 2}]
+    assert np.array_equal(together.scores, shop_model.predict([full]).scores)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (b"a,b,c\n1,2,3\n4,5\n", "line 3 has 2 fields, the header has 3: '4,5'"),  # read as 4,5,null before
+    (b"a,b,c\n1,2,3,4\n", "line 2 has 4 fields, the header has 3"),
+    (b"a,b\nn\xf6rth,1\n", "cannot be read as CSV: .*save it as UTF-8"),
+    (b"", "is empty"),
+])
+def test_a_csv_to_score_that_is_ragged_or_unreadable_is_refused_with_its_line(
+        tmp_path: Path, text: bytes, message: str) -> None:
+    (tmp_path / "t.csv").write_bytes(text)
+    with pytest.raises(ModelInputError, match=message):
+        bundle.as_frame(tmp_path / "t.csv")
+    assert bundle.as_frame(_written(tmp_path / "ok.csv", b'a,b,c\n1,,3\n"4,5",6,\n')).height == 2
+
+
+def _written(path: Path, text: bytes) -> Path:
+    path.write_bytes(text)
+    return path
+
+
+def test_a_pandas_frame_as_row_dicts_scores_as_the_frame_does(shop_model: bundle.Model) -> None:
+    # `df.to_dict("records")` hands predict pandas' own values: NaN for the nulls of an int column (floats in
+    # pandas), pd.NA in a string column, and Timestamps for dates (pandas has no date type). They mean what they
+    # mean in the frame: missing values and dates, not values to refuse.
+    rows = mixed.frame(40, 6).with_columns(
+        pl.when(pl.int_range(pl.len()) % 4 == 0).then(None).otherwise(pl.col(c)).alias(c) for c in ("visits", "brand"))
+    frame = rows.to_pandas()
+    frame["visits"] = frame["visits"].astype("float64")
+    frame["brand"] = frame["brand"].astype("string")  # pd.NA for its nulls
+    assert frame["visits"].isna().any() and frame["brand"].isna().any()
+    as_frame = shop_model.predict(frame)
+    as_dicts = shop_model.predict(frame.to_dict("records"))
+    assert len(as_frame.scored) == 40 and as_dicts.unscored == []
+    assert np.array_equal(as_frame.scores, as_dicts.scores)
 
 
 # -- the single-row fast path gives what the general path gives ----------------------------------------------------

@@ -37,6 +37,12 @@ def test_a_subscriber_loads_the_promoted_model_from_the_event_alone_and_scores_n
     assert result.version == event["data"]["version"] and len(result.scored) == 50
     champion = load_model(f"{mixed.DATASET}@champion", settings=runtime.settings, store=runtime.store)
     assert np.array_equal(result.scores, champion.predict(new).scores)
+    # `sluice serve NAME` hands the server no store: it opens the settings' bucket, as `load_model` does.
+    from sluice.serve import ModelServer
+
+    server = ModelServer(mixed.DATASET, settings=runtime.settings, watch=False)
+    assert server.refresh() and server.model is not None
+    assert np.array_equal(server.model.predict(new).scores, result.scores)
 
 
 def _free_port() -> int:
@@ -149,6 +155,8 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
     ok = client.post("/predict", json={"rows": [row, {**row, "zone": "mars"}]})
     assert ok.status_code == 200 and ok.json()["scored"] == 1
     assert "not one of the contract's categories" in ok.json()["predictions"][1]["unscored"]
+    two_problems = client.post("/predict", json={"rows": [row, {**row, "zone": "mars", "color": "plaid"}]}).json()
+    assert (two_problems["scored"], two_problems["unscored"]) == (1, 1)  # rows, not reasons
     assert client.post("/predict", json=row).status_code == 200  # one bare object is one row
     cases = {
         b"{not json": (400, "not JSON"),
@@ -162,3 +170,20 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong() -> None:
         assert r.status_code == status and text in r.text, (body[:40], r.status_code, r.text[:200])
     info = client.get("/model").json()
     assert info["model"] == mixed.DATASET and info["signature"]["feature_order"] == server.model.encoding.columns
+
+
+def test_serve_says_what_it_serves(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import sluice.serve
+    from sluice.cli import main
+
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(sluice.serve, "serve", lambda *args, **kwargs: calls.append((*args, kwargs["bundle"])))
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    got = CliRunner().invoke(main, ["serve", "shop", "--bundle", str(tmp_path), "--port", "8123"])
+    assert got.exit_code == 0, got.output
+    assert f"the bundle in {tmp_path}" in got.output and "@champion" not in got.output  # it was "shop@champion"
+    assert calls and calls[0][-1] == str(tmp_path)
+    got = CliRunner().invoke(main, ["serve", "shop", "--alias", "challenger"])
+    assert "sluice serve: shop@challenger on" in got.output

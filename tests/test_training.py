@@ -305,3 +305,31 @@ def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> No
     assert version["scores"]["candidate"] == pytest.approx(modeling.score("roc_auc", y, judged, None), abs=1e-6)
     assert not np.allclose(shipped, judged)
     assert (modeling.score("log_loss", y, shipped, None) < modeling.score("log_loss", y, judged, None))
+
+
+def test_a_refit_that_would_overrun_the_budget_is_skipped_and_the_judged_model_ships(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget is the user's: when the winner's own fit, scaled to every labelled row, would take the stage past
+    1.1 x the budget, the refit is skipped with a reason the run and the card give, and the model the gate judged
+    (fitted on the training rows) is what the version ships, loadable as any other."""
+    from sluice.handlers import train as train_stage
+    from sluice.ml import bundle, registry
+
+    real = modeling.train
+
+    def slow_winner(*args: Any, **kwargs: Any) -> modeling.Trained:
+        trained = real(*args, **kwargs)
+        trained.best_fit_s = 3600.0  # as if one fit of the winner took an hour
+        return trained
+
+    monkeypatch.setattr(train_stage.modeling, "train", slow_winner)
+    monkeypatch.setattr(train_stage, "_blends", lambda contract: False)  # the single-model path
+    run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert run.get("refit") is None and "no time left for the refit" in run["refit_skipped"]
+    assert "training.time_budget_s" in run["refit_skipped"]  # what to do about it
+    champion = bundle.load_model(f"{DATASET}@champion", settings=runtime.settings, store=runtime.store)
+    assert champion.model_sha256 == run["artifacts"]["model"]["sha256"]  # the judged model, not a refit
+    rows = pl.read_csv(io.BytesIO(sample_bytes())).head(50)
+    np.testing.assert_array_equal(champion.predict(rows).scores, load_run(runtime.store, run).predict(rows).scores)
+    card = runtime.store.get(registry.ModelRegistry(runtime.store, runtime.state).card_key(DATASET, 1)).decode()
+    assert "Not refitted: no time left for the refit" in card

@@ -395,3 +395,47 @@ def test_the_cli_names_a_forged_document_instead_of_a_traceback(registry: ModelR
     result = CliRunner().invoke(main, ["models", "history", "m"])
     assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
     assert f"{H.format(9)}: not written by a Sluice stage" in result.output
+
+
+
+PLANTED = [f"runs/{DATASET}/run-evil/run.json", f"ledger/{DATASET}/0123456789abcdef.json",
+           f"validated/{DATASET}/{'e' * 64}/manifest.json", f"validated/other/{'e' * 64}/manifest.json",
+           f"registry/{DATASET}/aliases/champion.json"]
+
+
+def _quarantined_waiting_and_planted(rt: Runtime) -> str:
+    """A quarantined drop, a drop with no outcome yet (returned), and an unsigned document under each prefix."""
+    bad = plant(rt, f"incoming/{DATASET}/bad.csv", b"mean_radius;diagnosis\n1;benign\n")
+    assert rt.execute("validate", bad.to_dict())["outcome"] == "quarantined"
+    waiting = f"incoming/{DATASET}/later.csv"
+    rt.store.put(waiting, sample_bytes())
+    for key in PLANTED:
+        plant(rt, key, {"dataset": DATASET, "run_id": "run-evil", "model": DATASET, "data_version": "e" * 64,
+                        "version": 7})
+    return waiting
+
+
+def test_reconcile_goes_on_past_a_planted_document(runtime: Runtime) -> None:
+    from sluice.ml.reconcile import find_gaps
+
+    waiting = _quarantined_waiting_and_planted(runtime)
+    # One planted object used to fail the whole pass, for every dataset, on every worker, every minute.
+    assert ("validate", waiting) in [(g.stage, g.key) for g in find_gaps(runtime.store, runtime.state, min_age_s=0)]
+
+
+def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    waiting = _quarantined_waiting_and_planted(runtime)
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    result = CliRunner().invoke(main, ["status"])
+    assert result.exit_code == 0, result.output
+    assert f"quarantined incoming/{DATASET}/bad.csv" in result.output
+    assert f"waiting     {waiting}" in result.output
+    for key in [*PLANTED[:2], PLANTED[-1]]:  # status reads no data version without a drop of its own
+        assert f"untrusted   {key}" in result.output, key
+    assert "not written by a Sluice stage (it has no signature)" in result.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import date, datetime
 from pathlib import Path
@@ -302,3 +303,56 @@ def test_element_wise_and_whole_column_checks_are_still_pandera_s() -> None:
     # An aggregate's output is not one value per row: pandera validates the whole batch, as it always did.
     assert _Rules(whole)._suspects(frame) is None
     assert _Rules(whole).check(frame, 0, already=[]) == _check_batch(whole, frame, 0, already=[])
+
+
+def test_a_character_split_across_the_text_pass_chunks_is_utf8_and_a_truncated_one_is_not(tmp_path: Path) -> None:
+    # The pass reads 4 MiB at a time and skips the decoder on ASCII chunks: not while a character runs on.
+    contract = Contract(dataset="t", target="a", task="regression", metric="rmse",
+                        columns={"a": ColumnSpec(dtype="int"), "b": ColumnSpec(dtype="str")})
+    head = b"a,b\n" + b"1,x\n" * ((4 << 20) // 4 - 2) + b"1,"
+    head += b"y" * ((4 << 20) - 1 - len(head))  # the chunk ends on the first byte of a two-byte character
+    path = tmp_path / "f.csv"
+    path.write_bytes(head + "é".encode() + b"\n" + b"2,z\n" * 10)
+    split = validate_file(path, "incoming/t/f.csv", contract, tmp_path)
+    assert split.rows_total == (4 << 20) // 4 - 2 + 1 + 10
+    path.write_bytes(head + b"\xc3" + b"z\n" + b"2,z\n" * 10)  # the next chunk is ASCII, the character is cut
+    with pytest.raises(UnreadableFile, match=rf"not UTF-8: line {(4 << 20) // 4}, byte offset {4 << 20} "):
+        validate_file(path, "incoming/t/f.csv", contract, tmp_path)
+
+
+def test_a_long_cell_on_a_short_enough_line_is_over_the_cell_limit(tmp_path: Path) -> None:
+    from sluice.core.errors import LimitExceeded
+    from sluice.ml.contract import LimitsSpec
+
+    # The line is within what its columns may hold (3 cells of 100 bytes), one cell is not: the batch check sees it.
+    contract = Contract(dataset="t", target="a", task="regression", metric="rmse",
+                        limits=LimitsSpec(max_cell_bytes=100), columns={c: ColumnSpec(dtype="str") for c in "abc"})
+    path = tmp_path / "f.csv"
+    path.write_text("a,b,c\n1,2,3\n" + "x" * 150 + ",,\n")
+    with pytest.raises(LimitExceeded, match="row 2, column 'a' holds a cell of 150 bytes"):
+        validate_file(path, "incoming/t/f.csv", contract, tmp_path)
+    path.write_text("a,b,c\n1,2,3\n" + "x" * 100 + ",,\n")
+    assert validate_file(path, "incoming/t/f.csv", contract, tmp_path).rows_total == 2
+
+
+def test_the_sample_is_the_rows_with_the_smallest_keys_whatever_the_batches() -> None:
+    import numpy as np
+
+    from sluice.ml.validation import _Sampler
+
+    def reference(batches: list[pl.DataFrame], size: int, seed: int) -> pl.DataFrame:
+        rng = np.random.default_rng(seed)
+        keyed = pl.concat([b.with_columns(pl.Series("_u", rng.random(b.height))) for b in batches])
+        return keyed.sort("_u").head(size).drop("_u")
+
+    for sizes in ([3, 10, 2, 50, 7, 1, 40], [5], [1, 1, 1, 1, 1, 1, 1, 1], [12, 8, 9, 10, 7, 11], [200, 20, 30]):
+        start = np.cumsum([0, *sizes])
+        batches = [pl.DataFrame({"i": range(a, b), "s": [str(x) for x in range(a, b)]}) for a, b in
+                   itertools.pairwise(start)]
+        for seed in range(30):
+            sampler = _Sampler(6, seed=seed)
+            for b in batches:
+                sampler.add(b)
+            frame = sampler.frame()
+            assert frame is not None
+            assert frame.sort("i").equals(reference(batches, 6, seed).sort("i")), (sizes, seed)

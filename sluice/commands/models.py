@@ -297,8 +297,9 @@ def models_predict(ref: str, file: str, out: str | None, app_spec: str | None) -
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
     scored = result.to_polars().drop("row")
-    table = pl.concat([rows, scored.select([c for c in scored.columns if c not in rows.columns])],
-                      how="horizontal")
+    # A file scored before (an earlier output) has these columns already: this model's answers replace them.
+    replaced = [c for c in scored.columns if c in rows.columns]
+    table = pl.concat([rows.drop(replaced), scored], how="horizontal")
     if out is None:
         click.echo(table.write_csv(), nl=False)
     elif out.endswith(".parquet"):
@@ -307,6 +308,8 @@ def models_predict(ref: str, file: str, out: str | None, app_spec: str | None) -
         table.write_csv(out)
     click.echo(f"{model.name} v{model.version} (model sha256 {model.model_sha256[:12]}…): scored "
                f"{len(result.scored)} of {result.rows} rows" + (f" -> {out}" if out else ""), err=True)
+    if replaced:
+        click.echo(f"replaced the file's own {', '.join(replaced)} with this model's", err=True)
     if result.unscored:
         from collections import Counter
 
