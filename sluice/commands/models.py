@@ -177,7 +177,9 @@ def models_reindex(name: str) -> None:
         idx = registry.reindex(name)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{name}: index rebuilt from {idx.sequence} history records and {idx.head['versions']} versions")
+    n = idx.head["versions"]
+    click.echo(f"{name}: index rebuilt from {idx.sequence} history record{'' if idx.sequence == 1 else 's'} and {n} "
+               f"version{'' if n == 1 else 's'}")
 
 
 def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:
