@@ -209,8 +209,17 @@ class ModelRegistry:
         return [v for n in self.version_numbers(model) if (v := self.version(model, n)) is not None]
 
     def alias(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
-        """The alias document ({version, since, previous}), or None: one GET."""
-        doc: dict[str, Any] | None = self.store.get_json_or_none(f"{self.base(model)}/aliases/{name}.json")
+        """The alias document ({version, since, previous}), or None: one GET.
+
+        An alias file no stage signed (planted, edited) is not acted on: the alias is read from the index instead
+        (itself signed, and rebuilt from the history when it is not), so one planted object cannot stop every
+        drop of the dataset. `sluice models verify` reports the file and `sluice models reindex` rewrites it."""
+        try:
+            doc: dict[str, Any] | None = self.store.get_json_or_none(f"{self.base(model)}/aliases/{name}.json")
+        except IntegrityError as exc:
+            log.warning("%s; reading the %s of %s from its index instead (`sluice models reindex %s` rewrites the "
+                        "alias)", exc, name, model, model)
+            return self.current(model).alias_docs().get(name)
         return doc
 
     def champion(self, model: str) -> dict[str, Any] | None:
