@@ -22,6 +22,7 @@ conditional write (If-None-Match), so concurrent writers can neither lose nor re
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -242,6 +243,34 @@ class ModelRegistry:
             raise IntegrityError(f"the registry history of {model} is broken: {'; '.join(problems)}. Nothing acts on "
                                  f"it until it is restored; `sluice models verify {model}` lists every problem.")
         return docs
+
+    def history_tail(self, model: str, last: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest `last` history records, oldest first, and how many there are in all: `last` reads in one
+        round, whatever the history's length. Each record's signature is checked, the window must be one unbroken
+        chain, and its newest record must be the one the signed index head names (`models verify` checks all)."""
+        idx = self.current(model)
+        total = idx.sequence
+        wanted = [self._history_key(model, s) for s in range(max(1, total - last + 1), total + 1)]
+        found = self._fetch(wanted)
+        docs = []
+        for key in wanted:
+            doc = found[key]
+            if isinstance(doc, Exception):
+                raise doc
+            if doc is None:
+                raise IntegrityError(f"{key}: the history record is gone (deleted?); `sluice models verify {model}` "
+                                     "lists every problem")
+            self._cache[key] = doc
+            docs.append(doc)
+        for before, record in itertools.pairwise(docs):
+            if "prev" in record and record["prev"] != digest(before):
+                raise IntegrityError(f"the registry history of {model} is broken: history record {record['sequence']} "
+                                     f"does not follow record {before['sequence']}; `sluice models verify {model}` "
+                                     "lists every problem")
+        if docs and idx.head.get("digest") not in (None, digest(docs[-1])):
+            raise IntegrityError(f"the registry history of {model}: record {docs[-1]['sequence']} is not the one its "
+                                 f"index recorded; `sluice models verify {model}` lists every problem")
+        return docs, total
 
     def snapshot(self, model: str) -> Snapshot:
         """The current state, folded from the whole history (the index's reference: see `current` for the cheap one)."""

@@ -493,3 +493,42 @@ def test_a_planted_champion_alias_does_not_stop_the_datasets_next_drop(runtime: 
     assert [v["version"] for v in registry.versions(DATASET)] == [1, 2]
     champion = registry.champion(DATASET)
     assert champion is not None and champion["version"] in (1, 2)  # what the history says, never the planted v7
+
+
+def test_the_newest_history_records_are_read_alone_and_checked_against_the_head(
+        registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models history` reads the newest N records in one round (not the whole history): they equal the tail of a
+    full replay, and an edited or deleted record in the window, or a window that is not what the head recorded,
+    is refused like the full read refuses it."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    every = fresh(registry).history("m")
+    reader = fresh(registry)
+    gets: list[str] = []
+    real_get = reader.store.get_json_or_none
+    monkeypatch.setattr(reader.store, "get_json_or_none", lambda key: gets.append(key) or real_get(key))
+    tail, total = reader.history_tail("m", 3)
+    assert (tail, total) == (every[-3:], len(every)) and total > 3
+    assert sum("/history/" in k for k in gets) == 3 + 1  # the window, and the look for a newer record
+    monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    out = CliRunner().invoke(main, ["models", "history", "m", "--last", "2"]).output
+    assert f"the newest 2 of {total} records" in out and out.count(" by ") == 2
+    assert CliRunner().invoke(main, ["models", "history", "m", "--all"]).output.count(" by ") == total
+    # Edited in the window (and re-signed by someone holding the key): the chain breaks at the next record.
+    key = H.format(total - 1)
+    registry.store.put_json(key, {**raw_get(registry, key), "reason": "rewritten"})
+    with pytest.raises(IntegrityError, match="does not follow"):
+        fresh(registry).history_tail("m", 3)
+    # The newest record re-signed with other content: not the one the head recorded.
+    registry.store.put_json(key, every[-2])
+    registry.store.put_json(H.format(total), {**every[-1], "reason": "rewritten"})
+    with pytest.raises(IntegrityError, match="not the one its index recorded"):
+        fresh(registry).history_tail("m", 3)
+    registry.store.put_json(H.format(total), every[-1])
+    assert fresh(registry).history_tail("m", 3)[0] == every[-3:]
+    registry.store.delete(H.format(total - 2))
+    with pytest.raises(IntegrityError, match="is gone"):
+        fresh(registry).history_tail("m", 3)
