@@ -204,7 +204,8 @@ def status(as_json: bool, app_spec: str | None) -> None:
         return
     for ds in report["datasets"]:
         m = ds["model"]
-        click.echo(f"dataset {ds['dataset']}: model {m['name']}, {m['versions']} versions, champion "
+        plural = "" if m["versions"] == 1 else "s"
+        click.echo(f"dataset {ds['dataset']}: model {m['name']}, {m['versions']} version{plural}, champion "
                    f"{'v' + str(m['champion']) if m['champion'] else '-'}")
         said: dict[str, str] = {}  # a quarantine message (with the file name taken out) -> the first file it was for
         for a in ds["arrivals"]:
