@@ -10,11 +10,24 @@ process or worker sees; the boto3 client and its connection pool are reused, as 
 `registry.page(model, 1, 20)`, what `sluice models show` prints; `--at` is `champion_at` at a random time.
 The bucket's versioning is suspended (see below: a quirk of moto's versioned store, not of S3).
 
+Next to the figures, the floor, on the same server in the same run: one GET, one PUT and one conditional PUT of a
+small signed document, 8 GETs at once, and the registry's lock taken and released (`--redis URL`: in Redis, as a
+deployment takes it; in memory otherwise); and one cold register traced request by request, grouped into the
+sequential rounds it makes (a request that starts after every request of the round ended opens the next). The
+register column's second figure is the slowest of the timed calls (one in eight or so also moves the index head's
+tail into its pages).
+
+To compare with an older commit, run this script (it uses only the registry's public API) against that commit's
+tree, back to back with this one:
+
+    git worktree add --detach /tmp/before COMMIT && cp benchmarks/registry_scale.py /tmp/before/benchmarks/
+    cd /tmp/before && PYTHONPATH=/tmp/before /path/to/.venv/bin/python benchmarks/registry_scale.py ...
+
 `--mlflow PYTHON` runs benchmarks/registry_scale_mlflow.py with that interpreter (a venv with `mlflow`) in the same
 run, on SQLite, at `--mlflow-sizes` (10, 100, 1,000 by default).
 
     .venv/bin/python benchmarks/registry_scale.py [--sizes 10,100,1000,10000] [--reps 15]
-        [--mlflow /tmp/registry-mlflow-venv/bin/python]
+        [--redis redis://127.0.0.1:6379/0] [--mlflow /tmp/registry-mlflow-venv/bin/python]
 """
 
 from __future__ import annotations
@@ -119,6 +132,97 @@ def requests_made(store: Any, fn: Callable[[], Any]) -> int:
     return count[0]
 
 
+def traced(store: Any, fn: Callable[[], Any]) -> list[tuple[float, float, str, str]]:
+    """Every S3 request `fn` makes: (start ms, end ms, operation, key), in start order."""
+    import threading
+
+    t0 = time.perf_counter()
+    starts: dict[int, tuple[float, str, str]] = {}
+    calls: list[tuple[float, float, str, str]] = []
+    lock = threading.Lock()
+
+    def named(params: dict[str, Any], model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["bench_key"] = str(params.get("Key", params.get("Prefix", "")))
+
+    def before(model: Any, context: dict[str, Any], **_: Any) -> None:
+        with lock:
+            starts[id(context)] = (time.perf_counter(), model.name, context.get("bench_key", ""))
+
+    def after(model: Any, context: dict[str, Any], **_: Any) -> None:
+        end = time.perf_counter()
+        with lock:
+            start, name, key = starts.pop(id(context))
+            calls.append(((start - t0) * 1000, (end - t0) * 1000, name, key))
+
+    events = store.s3.meta.events
+    events.register("before-parameter-build.s3", named)
+    events.register("before-call.s3", before)
+    events.register("after-call.s3", after)
+    try:
+        fn()
+    finally:
+        events.unregister("before-parameter-build.s3", named)
+        events.unregister("before-call.s3", before)
+        events.unregister("after-call.s3", after)
+    return sorted(calls)
+
+
+def rounds(calls: list[tuple[float, float, str, str]]) -> list[list[tuple[float, float, str, str]]]:
+    """Requests grouped into sequential rounds: a request starting after every request of the round ended opens
+    the next round."""
+    out: list[list[tuple[float, float, str, str]]] = []
+    end = -1.0
+    for call in calls:
+        if not out or call[0] >= end:
+            out.append([call])
+        else:
+            out[-1].append(call)
+        end = max(c[1] for c in out[-1])
+    return out
+
+
+def show_trace(calls: list[tuple[float, float, str, str]], total_ms: float) -> str:
+    """One line per round: when it started and ended, and its requests."""
+    lines = []
+    for i, group in enumerate(rounds(calls), 1):
+        first, last = min(c[0] for c in group), max(c[1] for c in group)
+        what = ", ".join(f"{c[2].replace('Object', '')} {c[3].split('/', 2)[-1]} {c[1] - c[0]:.1f}" for c in group)
+        lines.append(f"  round {i}: {first:6.1f}-{last:6.1f} ms ({len(group)}): {what}")
+    lines.append(f"  total {total_ms:.1f} ms, of which in S3 rounds "
+                 f"{sum(max(c[1] for c in g) - min(c[0] for c in g) for g in rounds(calls)):.1f} ms")
+    return "\n".join(lines)
+
+
+def floor_costs(store: Any, state: Any, size: int, reps: int) -> dict[str, list[float]]:
+    """The floor: one GET, one PUT and one conditional PUT of a small signed document, and one round of 8 GETs in
+    parallel, on the same server in the same run; and what the registry's lock costs, taken and released."""
+    from sluice.ml.registry import _pool
+
+    floor_key = f"registry/{MODEL}/bench/floor.json"
+    alias_key = f"registry/{MODEL}/aliases/champion.json"
+    eight = [f"registry/{MODEL}/versions/{n:06d}.json" for n in range(1, 9)]
+    floor: dict[str, list[float]] = {"get": [], "put": [], "put_if_absent": [], "get_x8": [], "lock": []}
+    for rep in range(reps):
+        ops: dict[str, Callable[[], Any]] = {
+            "get": lambda: store.get_json_or_none(alias_key),
+            "put": lambda: store.put_json(floor_key, {"rep": rep}),  # noqa: B023
+            "put_if_absent": lambda: store.put_json(f"{floor_key}.{size}.{rep}", {}, if_absent=True),  # noqa: B023
+            "get_x8": lambda: list(_pool().map(store.get_json_or_none, eight)),
+            "lock": lambda: take_lock(state),
+        }
+        for name, op in ops.items():
+            t = time.perf_counter()
+            op()
+            floor[name].append(time.perf_counter() - t)
+    return floor
+
+
+def take_lock(state: Any) -> None:
+    """Take the registry's lock and release it."""
+    with state.lock(f"registry:{MODEL}", 60):
+        pass
+
+
 def serve() -> None:
     """The moto server, and the populating writer on its backend, in a process of their own: the timed client
     then does not share a GIL with the server. Commands on stdin: `populate N`, `quit`."""
@@ -174,6 +278,8 @@ def main() -> None:
     parser.add_argument("--mlflow", default=None, metavar="PYTHON", help="an interpreter with mlflow installed")
     parser.add_argument("--mlflow-sizes", default="10,100,1000",
                         help="MLflow's populate is ~30 ms a version here: 10,000 would take minutes")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="take the registry's lock in Redis (as a deployment does) rather than in memory")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
@@ -194,12 +300,17 @@ def main() -> None:
                               text=True)
     assert server.stdin is not None and server.stdout is not None
     rows: list[dict[str, Any]] = []
+    traces: list[str] = []
     try:
         _, host, port = server.stdout.readline().split()
         settings = replace(Settings(), bucket=BUCKET, broker_url="memory://", signing_key=KEY,
                            endpoint_url=f"http://{host}:{port}")
         over_http = S3Store(settings)
-        state = MemoryState()
+        state: Any = MemoryState()
+        if args.redis:
+            from sluice.infra.state import RedisState
+
+            state = RedisState(args.redis, f"bench-{os.getpid()}")
         rng = random.Random(0)
         print(f"moto {__import__('moto').__version__} server at {host}:{port} (its own process); index pages: {PAGE}")
         for size in sizes:
@@ -233,9 +344,23 @@ def main() -> None:
                     t = time.perf_counter()
                     op()
                     timings[name].append(time.perf_counter() - t)
+            floor = floor_costs(over_http, state, size, args.reps)
+            champion = cold().alias(MODEL)
+            total = cold().current(MODEL).head["versions"]
+            t = time.perf_counter()
+            calls = traced(over_http, lambda: cold().register(
+                MODEL, {"run_id": f"bench-{size}-traced", "metric": "roc_auc",  # noqa: B023
+                        "scores": {"candidate": 0.9, "baseline": 0.5}},
+                outcome="promote", compared_with=champion and champion["version"], at=at(total + 1)))  # noqa: B023
+            elapsed = (time.perf_counter() - t) * 1000
+            traces.append(f"one cold register at {size:,} versions (request durations in ms):\n"
+                          f"{show_trace(calls, elapsed)}")
             row = {"versions": size, "history_records": populated["records"], "populate_s": populated["populate_s"],
                    **{f"{k}_ms": round(statistics.median(v) * 1000, 1) for k, v in timings.items()},
-                   **{f"{k}_requests": v for k, v in requests.items()}}
+                   "register_max_ms": round(max(timings["register"]) * 1000, 1),
+                   **{f"{k}_requests": v for k, v in requests.items()},
+                   "register_rounds": len(rounds(calls)),
+                   **{f"floor_{k}_ms": round(statistics.median(v) * 1000, 2) for k, v in floor.items()}}
             rows.append(row)
             print(json.dumps(row), flush=True)
     finally:
@@ -245,12 +370,25 @@ def main() -> None:
 
     print()
     print(f"Sluice registry on moto's server (medians of {args.reps - 1} cold calls; requests = S3 calls each makes)")
-    print("| versions | history records | populate (server process) | register | alias | show (one page) | --at |")
+    print("| versions | history records | populate (server process) | register (slowest) | alias | show (one page) "
+          "| --at |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['versions']:,} | {r['history_records']:,} | {r['populate_s']} s | {r['register_ms']} ms "
-              f"({r['register_requests']} req) | {r['alias_ms']} ms ({r['alias_requests']} req) | {r['show_ms']} ms "
+              f"({r['register_requests']} req; {r['register_max_ms']} ms) | {r['alias_ms']} ms "
+              f"({r['alias_requests']} req) | {r['show_ms']} ms "
               f"({r['show_requests']} req) | {r['at_ms']} ms ({r['at_requests']} req) |")
+    print()
+    print(f"The floor, same server, same run (medians of {args.reps}): one GET, one PUT, one conditional PUT of a "
+          f"small signed document, 8 GETs in parallel, the lock ({'Redis' if args.redis else 'in memory'}) taken "
+          "and released")
+    print("| versions | register rounds | GET | PUT | PUT If-None-Match | 8 GETs at once | lock |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['versions']:,} | {r['register_rounds']} | {r['floor_get_ms']} ms | {r['floor_put_ms']} ms | "
+              f"{r['floor_put_if_absent_ms']} ms | {r['floor_get_x8_ms']} ms | {r['floor_lock_ms']} ms |")
+    print()
+    print("\n".join(traces))
     if args.mlflow:
         script = Path(__file__).with_name("registry_scale_mlflow.py")
         print()

@@ -44,7 +44,7 @@ from sluice.ml.blend import MEMBER
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
-from sluice.ml.validation import POLARS_TYPES, typed_exprs
+from sluice.ml.validation import ISO_MIDNIGHT, POLARS_TYPES, typed_exprs
 
 BUNDLE_FORMAT = "sluice-model-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -285,7 +285,7 @@ class Model:
             if dtype in (pl.Categorical, pl.Enum, pl.Null) or (spec.dtype == "str" and dtype != pl.Utf8):
                 prepare.append(_as_text(pl.col(name), dtype).alias(name))
                 dtype = pl.Utf8()
-            typed_e, failed_e, non_finite_e = typed_exprs(name, spec, is_text=dtype == pl.Utf8)
+            typed_e, failed_e, non_finite_e = typed_exprs(name, spec, is_text=dtype == pl.Utf8, source=dtype)
             typed.append(typed_e)
             flags.append((failed_e | non_finite_e).alias(f"_bad_type {name}"))
             col = pl.col(name)
@@ -314,9 +314,10 @@ class Model:
                 i = rec[_POS]
                 for name in sorted(self.required):
                     if rec.get(f"_bad_type {name}"):
+                        expected = self.contract.columns[name].dtype
                         problems.setdefault(i, []).append(
-                            (name, f"{name}: expected {self.contract.columns[name].dtype}, got "
-                                   f"{_short(frame[name][i])}"))
+                            (name, f"{name}: expected {expected}, got {_short(_shown(frame[name][i]))}"
+                                   + (DATE_HAS_NO_TIME if expected == "date" else "")))
                 for j, (_, name, what) in enumerate(rules):
                     if rec[f"_rule {j}"]:
                         value = rec[name]
@@ -355,6 +356,7 @@ _FLOAT = re.compile(r"-?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 _EPOCH = date(1970, 1, 1)
+DATE_HAS_NO_TIME = " (a date column takes a date, or a datetime at exactly midnight such as 2025-04-05T00:00:00)"
 
 
 class _FastRows:
@@ -481,9 +483,13 @@ def _fast_value(v: Any, dtype: str) -> Any:
             if s.lower() in _BOOLS:
                 return _BOOLS[s.lower()]
             raise _Bail
-        if dtype == "date" and _ISO_DATE.fullmatch(s):
+        if dtype == "date":
+            # a date, or an ISO datetime at exactly midnight (the frame path's `typed_exprs` reads the same)
+            day = s if _ISO_DATE.fullmatch(s) else (m.group(1) if (m := ISO_MIDNIGHT.match(s)) else None)
+            if day is None:
+                raise _Bail
             try:
-                return date.fromisoformat(s)
+                return date.fromisoformat(day)
             except ValueError:
                 raise _Bail from None
         raise _Bail
@@ -527,6 +533,11 @@ def _as_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
         return pl.when(col == col.floor()).then(col.cast(pl.Int64, strict=False).cast(pl.Utf8)).otherwise(
             col.cast(pl.Utf8))
     return col.cast(pl.Utf8)
+
+
+def _shown(value: Any) -> Any:
+    """A timestamp as its ISO text (what the user sent), not datetime.datetime(...)."""
+    return value.isoformat(sep=" ") if isinstance(value, datetime) else value
 
 
 def _short(value: Any, limit: int = 60) -> str:

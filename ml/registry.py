@@ -22,6 +22,7 @@ conditional write (If-None-Match), so concurrent writers can neither lose nor re
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import threading
@@ -34,7 +35,7 @@ from typing import Any, TypeVar
 
 from sluice.core.errors import IntegrityError, RegistryError, SluiceError, TransientError
 from sluice.core.ports import ObjectStore, StateBackend
-from sluice.ml.registry_index import FORMAT, PAGE, Index, digest, empty_head
+from sluice.ml.registry_index import FORMAT, PAGE, READABLE, Index, digest, empty_head
 
 log = logging.getLogger("sluice")
 _T = TypeVar("_T")
@@ -209,8 +210,17 @@ class ModelRegistry:
         return [v for n in self.version_numbers(model) if (v := self.version(model, n)) is not None]
 
     def alias(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
-        """The alias document ({version, since, previous}), or None: one GET."""
-        doc: dict[str, Any] | None = self.store.get_json_or_none(f"{self.base(model)}/aliases/{name}.json")
+        """The alias document ({version, since, previous}), or None: one GET.
+
+        An alias file no stage signed (planted, edited) is not acted on: the alias is read from the index instead
+        (itself signed, and rebuilt from the history when it is not), so one planted object cannot stop every
+        drop of the dataset. `sluice models verify` reports the file and `sluice models reindex` rewrites it."""
+        try:
+            doc: dict[str, Any] | None = self.store.get_json_or_none(f"{self.base(model)}/aliases/{name}.json")
+        except IntegrityError as exc:
+            log.warning("%s; reading the %s of %s from its index instead (`sluice models reindex %s` rewrites the "
+                        "alias)", exc, name, model, model)
+            return self.current(model).alias_docs().get(name)
         return doc
 
     def champion(self, model: str) -> dict[str, Any] | None:
@@ -234,6 +244,34 @@ class ModelRegistry:
                                  f"it until it is restored; `sluice models verify {model}` lists every problem.")
         return docs
 
+    def history_tail(self, model: str, last: int) -> tuple[list[dict[str, Any]], int]:
+        """The newest `last` history records, oldest first, and how many there are in all: `last` reads in one
+        round, whatever the history's length. Each record's signature is checked, the window must be one unbroken
+        chain, and its newest record must be the one the signed index head names (`models verify` checks all)."""
+        idx = self.current(model)
+        total = idx.sequence
+        wanted = [self._history_key(model, s) for s in range(max(1, total - last + 1), total + 1)]
+        found = self._fetch(wanted)
+        docs = []
+        for key in wanted:
+            doc = found[key]
+            if isinstance(doc, Exception):
+                raise doc
+            if doc is None:
+                raise IntegrityError(f"{key}: the history record is gone (deleted?); `sluice models verify {model}` "
+                                     "lists every problem")
+            self._cache[key] = doc
+            docs.append(doc)
+        for before, record in itertools.pairwise(docs):
+            if "prev" in record and record["prev"] != digest(before):
+                raise IntegrityError(f"the registry history of {model} is broken: history record {record['sequence']} "
+                                     f"does not follow record {before['sequence']}; `sluice models verify {model}` "
+                                     "lists every problem")
+        if docs and idx.head.get("digest") not in (None, digest(docs[-1])):
+            raise IntegrityError(f"the registry history of {model}: record {docs[-1]['sequence']} is not the one its "
+                                 f"index recorded; `sluice models verify {model}` lists every problem")
+        return docs, total
+
     def snapshot(self, model: str) -> Snapshot:
         """The current state, folded from the whole history (the index's reference: see `current` for the cheap one)."""
         snap = Snapshot()
@@ -247,36 +285,54 @@ class ModelRegistry:
         return self._load(model, write=False)[0]
 
     def _load(self, model: str, *, write: bool, pages: Callable[[Index], list[str]] | None = None,
-              extra: tuple[str, ...] = ()) -> tuple[Index, dict[str, Any]]:
-        """The index (rebuilt when missing or refused), with `pages` of it and the `extra` documents read in the
-        same round of parallel requests as the check for newer history records."""
-        try:
-            head = self.store.get_json_or_none(Index.head_key(model))
-        except IntegrityError as exc:
-            log.warning("%s; rebuilding the index of %s from its history", exc, model)
+              extra: tuple[str, ...] = (), probe: bool = True) -> tuple[Index, dict[str, Any]]:
+        """The index (rebuilt when missing or refused), with `pages` of it, and the `extra` documents read in the
+        same round as the head. Then, in one round of parallel requests, the pages and (with `probe`) the check
+        for a history record newer than the head; a writer's load also reads the pages of hot entries that the
+        head's tail lacks (none once the tail holds them)."""
+        head_key = Index.head_key(model)
+        first = self._fetch([head_key, *extra])
+        head = first[head_key]
+        if isinstance(head, IntegrityError):
+            log.warning("%s; rebuilding the index of %s from its history", head, model)
             head = None
-        if head is None or head.get("format") != FORMAT or head.get("model") != model:
-            idx = self._rebuild(model)
-            return idx, {k: v for k, v in self._fetch(list(extra)).items()}
+        elif isinstance(head, Exception):
+            raise head
+        for key in extra:
+            if isinstance(first[key], Exception):
+                raise first[key]
+        extras = {k: first[k] for k in extra}
+        if head is None or head.get("format") not in READABLE or head.get("model") != model:
+            return self._rebuild(model), extras
         idx = Index(self.store, model, head)
-        probe = self._history_key(model, idx.next_sequence)
-        wanted = pages(idx) if pages else []
-        found = self._fetch([probe, *wanted, *extra])
+        wanted = list(dict.fromkeys([*(pages(idx) if pages else []), *(idx.missing(idx.hot()) if write else [])]))
+        probe_key = self._history_key(model, idx.next_sequence)
+        found = self._fetch([probe_key, *wanted] if probe else wanted)
         for key in wanted:
             if isinstance(found[key], IntegrityError):
                 log.warning("%s; rebuilding the index of %s from its history", found[key], model)
-                return self._rebuild(model), {k: found[k] for k in extra}
+                return self._rebuild(model), extras
             if isinstance(found[key], Exception):
                 raise found[key]
             idx.preload(key, found[key])
-        if isinstance(found[probe], Exception):
-            raise found[probe]  # a newer record that no stage wrote: refused, like any forged document
-        if found[probe] is not None:
-            self._fold(idx, found[probe], write=write)
-        for key in extra:
-            if isinstance(found[key], Exception):
-                raise found[key]
-        return idx, {k: found[k] for k in extra}
+        if probe:
+            idx.probed = True
+            if isinstance(found[probe_key], Exception):
+                raise found[probe_key]  # a newer record that no stage wrote: refused, like any forged document
+            if found[probe_key] is not None:
+                self._fold(idx, found[probe_key], write=write)
+        return idx, extras
+
+    def _current(self, idx: Index) -> None:
+        """Raise _Stale (fold, decide again) when a history record newer than the index exists."""
+        if not idx.probed:
+            idx.probed = True
+            if self._behind(idx):
+                raise _Stale(self._history_key(idx.model, idx.next_sequence))
+
+    def _behind(self, idx: Index) -> bool:
+        """True when a history record newer than the index exists (its writer died before the head)."""
+        return self.store.get_json_or_none(self._history_key(idx.model, idx.next_sequence)) is not None
 
     def _fold(self, idx: Index, record: dict[str, Any] | None, *, write: bool) -> None:
         """Fold in the history records after the index's last one (a writer died before writing the index)."""
@@ -309,7 +365,7 @@ class ModelRegistry:
         for version in versions.values():
             if idx.doc(int(version["version"])) is None:
                 idx.set_doc(version)  # created by a writer that died before registering it
-        idx.rebuilt = True
+        idx.rebuilt = idx.probed = True
         return idx
 
     def reindex(self, model: str) -> Index:
@@ -321,41 +377,88 @@ class ModelRegistry:
 
     def _write(self, model: str, op: Callable[[Index, dict[str, Any]], _T], *, versions: tuple[int, ...] = (),
                extra: tuple[str, ...] = ()) -> _T:
-        """Run a write under the model's lock on the current index, then write the index (the head last)."""
-        def hot(idx: Index) -> list[str]:
-            head = idx.head
-            numbers = {n for n in (head["champion"], head["challenger"], head["versions"], head["versions"] + 1,
-                                   *versions) if n}
-            keys = [idx.locate("stages", n - 1)[0] for n in numbers]
-            keys.append(idx.locate("docs", head["versions"])[0])
-            keys.append(idx.locate("timeline", head["timeline"])[0])
-            keys += [idx.locate("champions", d)[0] for d in range(max(0, head["depth"] - 3), head["depth"] + 1)]
-            return keys
+        """Run a write under the model's lock on the current index, then write the index (the head last).
 
+        The head and the `extra` documents are read in one round. A writer does not look for a history record
+        newer than the head first: its own first record is created with If-None-Match at the head's next number,
+        which fails when one exists (then the newer records are folded in and the write decided again). A write
+        that appends nothing, or fails, looks for one before it returns (a decision on a stale head), and so does
+        one about to write anything else first (`_current`: a new version's document)."""
+        def targets(idx: Index) -> list[str]:
+            return idx.missing(("stages", n - 1) for n in versions)
+
+        probe = False
         with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
             for _ in range(3):
-                idx, found = self._load(model, write=True, pages=hot, extra=extra)
+                idx, found = self._load(model, write=True, pages=targets, extra=extra, probe=probe)
                 for key, doc in found.items():
                     if "/versions/" in key and isinstance(doc, dict):
                         self._cache[key] = doc  # immutable
+                # What the aliases say when the head is current (written before it): after a fold, all rewritten.
                 before = None if idx.folded or idx.rebuilt else idx.alias_docs()
                 try:
                     result = op(idx, found)
                 except _Stale:
+                    probe = True
                     continue  # someone's record is newer than the index: fold it in and decide again
+                except Exception:
+                    if not idx.appended and not idx.probed and self._behind(idx):
+                        probe = True
+                        continue
+                    raise
+                if not idx.appended and not idx.probed and self._behind(idx):
+                    probe = True
+                    continue
                 self._flush(idx, before)
                 return result
             raise TransientError(f"the registry history of {model} keeps changing under its lock; retrying")
 
-    def _flush(self, idx: Index, aliases_before: dict[str, dict[str, Any] | None] | None) -> None:
-        """Write the changed pages, run pointers and aliases, then the head (what says they are valid)."""
+    def _flush(self, idx: Index, aliases_before: dict[str, Any] | None) -> None:
+        """Write the changed pages, run pointers and the aliases that differ from `aliases_before` (None: all of
+        them), then the head (what says they are valid).
+
+        The head carries the entries written since the pages were (its tail), run pointers too; when the tail has
+        grown, its entries move into their pages (read first, one round) and pointers, written before the head."""
         model = idx.model
+        idx.keep_hot()
+        if idx.spilling():
+            found = self._fetch([k for k in idx.spill_pages() if k not in idx.pages])
+            if any(isinstance(doc, IntegrityError) for doc in found.values()):
+                # A page no stage wrote would be merged and re-signed: rebuild from the history (which holds
+                # this write's records already) and write the whole index instead.
+                log.warning("an index page of %s fails its signature; rebuilding the index from its history", model)
+                rebuilt = self._rebuild(model)
+                rebuilt.runs.update(idx.runs)
+                idx, aliases_before = rebuilt, None
+            else:
+                for key, doc in found.items():
+                    if isinstance(doc, Exception):
+                        raise doc
+                    idx.preload(key, doc)
+                idx.spill()
         writes: list[tuple[str, dict[str, Any] | None]] = [(k, idx.page_doc(k)) for k in sorted(idx.dirty)]
-        writes += [(Index.run_key(model, run), {"run_id": run, "version": n}) for run, n in idx.runs.items()]
+        writes += self._pointers(idx)
         for name, doc in idx.alias_docs().items():
             if aliases_before is None or aliases_before.get(name) != doc:
-                writes.append((f"{self.base(model)}/aliases/{name}.json", doc))
+                writes.append((self._alias_key(model, name), doc))
+        self._put_all(writes)
+        if idx.head_dirty or idx.rebuilt:
+            idx.head["format"] = FORMAT  # a format-2 head read is written as 3: code that ignores tails rebuilds
+            self._put_all([(Index.head_key(model), idx.head)])
+        idx.dirty.clear()
 
+    def _alias_key(self, model: str, name: str) -> str:
+        return f"{self.base(model)}/aliases/{name}.json"
+
+    def _pointers(self, idx: Index) -> list[tuple[str, dict[str, Any] | None]]:
+        """The run pointers not written yet (taken: the caller writes them)."""
+        found: list[tuple[str, dict[str, Any] | None]] = [
+            (Index.run_key(idx.model, run), {"run_id": run, "version": n}) for run, n in idx.runs.items()]
+        idx.runs.clear()
+        return found
+
+    def _put_all(self, writes: list[tuple[str, dict[str, Any] | None]]) -> None:
+        """Write (or, for None, delete) documents at once; an index document compact."""
         def write(item: tuple[str, dict[str, Any] | None]) -> None:
             key, doc = item
             if doc is None:
@@ -370,10 +473,6 @@ class ModelRegistry:
         else:
             for item in writes:
                 write(item)
-        if idx.head_dirty or idx.rebuilt:
-            self._put_compact(Index.head_key(model), idx.head)
-        idx.dirty.clear()
-        idx.runs.clear()
 
     def _put_compact(self, key: str, doc: dict[str, Any]) -> None:
         """An index document without indentation: pages of 1,000 entries are read and rewritten often."""
@@ -395,7 +494,7 @@ class ModelRegistry:
         def pages(idx: Index) -> list[str]:
             hi = int(idx.head["versions"]) - (page - 1) * limit
             numbers = range(max(1, hi - limit + 1), hi + 1)
-            return list(dict.fromkeys([idx.locate(kind, n - 1)[0] for n in numbers for kind in ("stages", "docs")]))
+            return idx.missing((kind, n - 1) for n in numbers for kind in ("stages", "docs"))
 
         idx, _ = self._load(model, write=False, pages=pages)
         total = int(idx.head["versions"])
@@ -442,7 +541,10 @@ class ModelRegistry:
         def page_at(idx: Index) -> list[str]:
             starts = [parse_time(s) for s in idx.head["timeline_starts"]]
             p = bisect_right(starts, when) - 1
-            return [idx.key("timeline", p)] if p >= 0 else []
+            if p < 0:
+                return []
+            size = PAGE["timeline"]
+            return idx.missing(("timeline", i) for i in range(p * size, min((p + 1) * size, idx.head["timeline"])))
 
         idx, _ = self._load(model, write=False, pages=page_at)
         starts = [parse_time(s) for s in idx.head["timeline_starts"]]
@@ -450,7 +552,7 @@ class ModelRegistry:
         if p < 0:
             return None, None
         size = PAGE["timeline"]
-        entries = idx.page(idx.key("timeline", p))[: int(idx.head["timeline"]) - p * size]
+        entries = idx.entries("timeline", p, min(size, int(idx.head["timeline"]) - p * size))
         i = bisect_right([parse_time(e[0]) for e in entries], when) - 1
         _, sequence, champion = entries[i]
         return champion, self._record(model, int(sequence))
@@ -472,11 +574,16 @@ class ModelRegistry:
 
         def op(snap: Index, found: dict[str, Any]) -> Registration:
             pointer = found.get(run_key)
-            if str(doc["run_id"]) in snap.runs:  # indexed just now (a rebuild, or a version a dead writer left)
-                pointer = {"version": snap.runs[str(doc["run_id"])]}
+            # In the head's tail (registered since the pointers were last written), or indexed just now (a
+            # rebuild, or a version a dead writer left).
+            if (number := snap.run(str(doc["run_id"]))) is not None:
+                pointer = {"version": number}
             existing = self._run_version(model, str(doc["run_id"]), pointer)
             created = existing is None
             if existing is None:
+                # The version document is immutable and says what the gate decided against which champion: it is
+                # written only on a state known to be current (no history record newer than the head).
+                self._current(snap)
                 reasons = list(doc.get("reasons", []))
                 gate_outcome = outcome
                 if outcome == PROMOTE and snap.champion != compared_with:
@@ -488,7 +595,7 @@ class ModelRegistry:
                 existing = self._create_version(snap, model, {**doc, "reasons": reasons,
                                                               "compared_with": compared_with}, gate_outcome, at)
             number = existing["version"]
-            if snap.doc(number) is None:
+            if created or snap.doc(number) is None:  # a new version's page is not read: it is not there yet
                 snap.set_doc(existing)
             # The drop that caused the run (core/tracing.py), on every record the gate wrote; absent before it.
             trace = {"trace_id": existing["trace_id"]} if existing.get("trace_id") else {}
@@ -658,23 +765,31 @@ class ModelRegistry:
         for record in records[:covered]:
             ref.apply(record)
         problems = [f"{key}: says {name} {head.get(name)!r}, the history says {value!r}; {fix}"
-                    for name, value in ref.head.items() if name != "versions" and head.get(name) != value]
+                    for name, value in ref.head.items()
+                    if name not in ("versions", "tail") and head.get(name) != value]
         valid = {"timeline": int(ref.head["timeline"]), "champions": int(ref.head["depth"])}
+        tail = head.get("tail") or {}
         for page_key, entries in sorted(ref.pages.items()):
             kind = page_key.split("/")[-2]
-            stored = (read(page_key) or {}).get("entries", []) if self.store.exists(page_key) else []
+            stored = list((read(page_key) or {}).get("entries", []) if self.store.exists(page_key) else [])
             start = int(page_key.rsplit("/", 1)[1].split(".")[0]) * PAGE[kind]
+            for p, entry in (tail.get(kind) or {}).items():  # the head's entries stand over the page's
+                if start <= int(p) < start + PAGE[kind]:
+                    stored.extend([None] * (int(p) - start + 1 - len(stored)))
+                    stored[int(p) - start] = entry
             for offset, entry in enumerate(entries):
                 if entry is None or start + offset >= valid.get(kind, start + offset + 1):
                     continue
                 if (stored[offset] if offset < len(stored) else None) != entry:
                     problems.append(f"{page_key}: entry {start + offset + 1} disagrees with the history; {fix}")
         registered = {r["version"]: r.get("document") for r in records if r["action"] == "registered"}
-        for page_key in self.store.keys(f"{self.base(model)}/index/docs/"):
-            for doc in (read(page_key) or {}).get("entries", []):
-                if isinstance(doc, dict) and registered.get(doc.get("version")) not in (None, digest(doc)):
-                    problems.append(f"{page_key}: its copy of v{doc.get('version')} is not the version the "
-                                    f"history registered; {fix}")
+        copies = [(page_key, doc) for page_key in self.store.keys(f"{self.base(model)}/index/docs/")
+                  for doc in (read(page_key) or {}).get("entries", [])]
+        copies += [(key, doc) for doc in (tail.get("docs") or {}).values()]
+        for where, doc in copies:
+            if isinstance(doc, dict) and registered.get(doc.get("version")) not in (None, digest(doc)):
+                problems.append(f"{where}: its copy of v{doc.get('version')} is not the version the "
+                                f"history registered; {fix}")
         return problems
 
     def record_rescore(self, model: str, number: int, *, scores_before: dict[str, Any],
@@ -707,6 +822,8 @@ class ModelRegistry:
                        "card": self.store.uri(self.card_key(model, number))}
             if self.store.put_json(self._version_key(model, number), version, if_absent=True):
                 self._cache[self._version_key(model, number)] = version
+                # Known without reading its page: no history record can name a number that was free till now.
+                snap.set("stages", number - 1, [None, None, None, None])
                 return version
             # Taken: by this run before a crash (then it is ours), or by a writer that died before registering it
             # (indexed as a version without a stage, as a listing would show it), or by someone outside the lock.

@@ -2,7 +2,8 @@
 
     registry/<model>/index/head.json                 the state after history record `sequence` (champion,
                                                      challenger, their `since`, the sha256 of that record, the
-                                                     number of versions, of champion changes, the rollback depth)
+                                                     number of versions, of champion changes, the rollback depth),
+                                                     and its `tail`: the entries written since their pages were
     registry/<model>/index/stages/000000.json        [stage, last gate record, last rescore record, the gate
                                                      record's action] of versions 1-1000 (then 1001-2000 in
                                                      000001.json, ...)
@@ -13,11 +14,16 @@
     registry/<model>/index/runs/<run id>.json        which version a run became (registration is once per run)
 
 The history stays the truth; the index is a cache of a prefix of it, written under the model's lock after the
-history records it folds in, page by page, the head last. Every entry is stored at a position (never appended),
-and only the head says how many are valid, so a writer killed between the history and the head leaves pages that
-agree with the history, and the next reader or writer folds in the records the head does not cover yet (it looks
-for record `sequence + 1` on every load). Like every object under `registry/`, each page is signed, and read
-only if its signature holds; a missing or refused head is rebuilt from the whole history (checked as a chain).
+history records it folds in, the head last. A write puts its entries in the head's tail, which stands over the
+pages: a registration writes one index object (the head) and reads none but the head. When the tail has grown
+past `TAIL`, its entries move into their pages (read, then written before the head; the entries every write reads,
+the champion's and the challenger's stages and the top of the champions stack, stay in the tail). Every entry is
+stored at a position (never appended), and only the head says how many are valid, so a writer killed between the
+history and the head leaves pages that agree with the history, and the next reader or writer folds in the records
+the head does not cover yet (a reader looks for record `sequence + 1` on every load; a writer's first record,
+created with If-None-Match at that number, is its look: see ModelRegistry._write). Like every object under
+`registry/`, each page is signed, and read only if its signature holds; a missing or refused head is rebuilt
+from the whole history (checked as a chain).
 """
 
 from __future__ import annotations
@@ -29,8 +35,14 @@ from typing import Any
 
 from sluice.core.ports import ObjectStore
 
-FORMAT = 2
+FORMAT = 3
+READABLE = (2, FORMAT)  # a format-2 head is a format-3 head with an empty tail
 PAGE = {"stages": 1000, "docs": 20, "timeline": 500, "champions": 1000}
+# The head carries the entries written since the pages were last rewritten (its `tail`), so that a write changes
+# one object; once the tail holds more than this, its entries move into their pages (but the hot ones: the stages
+# of the champion and the challenger, the top of the champions stack, which every write reads).
+TAIL = {"entries": 64, "docs": 8}
+RUNS = "runs"  # the tail's run -> version map (the pointers under index/runs/ not written yet)
 
 
 def digest(doc: dict[str, Any]) -> str:
@@ -43,7 +55,7 @@ def empty_head(model: str) -> dict[str, Any]:
     """The index of a model with no history."""
     return {"format": FORMAT, "model": model, "sequence": 0, "digest": None, "at": None, "versions": 0,
             "champion": None, "challenger": None, "champion_since": None, "challenger_since": None,
-            "previous_champion": None, "depth": 0, "timeline": 0, "timeline_starts": []}
+            "previous_champion": None, "depth": 0, "timeline": 0, "timeline_starts": [], "tail": {}}
 
 
 class Index:
@@ -62,6 +74,7 @@ class Index:
         self.folded = False  # history records the stored head did not cover were folded in
         self.rebuilt = False
         self.appended = 0  # records this writer appended
+        self.probed = False  # looked for a history record newer than the head (or read the whole history)
 
     # -- keys and pages ---------------------------------------------------------------------------------------
     def key(self, kind: str, page: int) -> str:
@@ -95,14 +108,41 @@ class Index:
         if key not in self.pages:
             self.pages[key] = list(doc["entries"]) if doc else []
 
+    @property
+    def tail(self) -> dict[str, dict[str, Any]]:
+        """Entries newer than their pages, by kind and position (a string: JSON's keys are)."""
+        return self.head.setdefault("tail", {})  # type: ignore[no-any-return]
+
+    def in_tail(self, kind: str, position: int) -> bool:
+        """True when the head itself holds the entry at a position."""
+        return str(position) in self.tail.get(kind, {})
+
     def get(self, kind: str, position: int) -> Any:
-        """The entry at a position, or None."""
+        """The entry at a position, or None: the tail's when it has one, else its page's."""
+        if self.in_tail(kind, position):
+            return self.tail[kind][str(position)]
         key, offset = self.locate(kind, position)
         entries = self.page(key)
         return entries[offset] if offset < len(entries) else None
 
+    def entries(self, kind: str, page: int, count: int) -> list[Any]:
+        """The first `count` entries of a page, the tail's over the page's."""
+        start = page * PAGE[kind]
+        tail = self.tail.get(kind, {})
+        whole = all(str(start + i) in tail for i in range(count))
+        stored = [] if whole else self.page(self.key(kind, page))
+        return [tail[str(start + i)] if str(start + i) in tail else (stored[i] if i < len(stored) else None)
+                for i in range(count)]
+
     def set(self, kind: str, position: int, value: Any) -> None:
-        """Store an entry at a position (idempotent: folding a record twice gives the same pages)."""
+        """Store an entry at a position (idempotent: folding a record twice gives the same pages): in the tail,
+        or straight into its page while the index is being rebuilt."""
+        if not self.fresh:
+            tail = self.tail.setdefault(kind, {})
+            if str(position) not in tail or tail[str(position)] != value:
+                tail[str(position)] = value
+                self.head_dirty = True
+            return
         key, offset = self.locate(kind, position)
         entries = self.page(key)
         if offset >= len(entries):
@@ -114,6 +154,55 @@ class Index:
     def page_doc(self, key: str) -> dict[str, Any]:
         """A page as stored."""
         return {"format": FORMAT, "model": self.model, "entries": self.pages[key]}
+
+    def run(self, run_id: str) -> int | None:
+        """The version a run became, if the index knows it without its pointer object."""
+        found = self.runs.get(run_id, self.tail.get(RUNS, {}).get(run_id))
+        return None if found is None else int(found)
+
+    def hot(self) -> list[tuple[str, int]]:
+        """The positions every write reads: the champion's and the challenger's stages, the champions stack's top."""
+        head = self.head
+        found = [("stages", n - 1) for n in (head["champion"], head["challenger"]) if n]
+        return found + [("champions", d) for d in range(max(0, int(head["depth"]) - 3), int(head["depth"]))]
+
+    def missing(self, positions: Iterable[tuple[str, int]]) -> list[str]:
+        """The pages to read for entries the tail does not hold."""
+        return list(dict.fromkeys(self.locate(kind, p)[0] for kind, p in positions if not self.in_tail(kind, p)))
+
+    def keep_hot(self) -> None:
+        """Copy the hot entries read from pages into the tail, so that the next write reads none."""
+        for kind, position in self.hot():
+            if not self.in_tail(kind, position) and self.locate(kind, position)[0] in self.pages:
+                self.set(kind, position, self.get(kind, position))
+
+    def spilling(self) -> bool:
+        """True when the tail has outgrown `TAIL`: its entries move into their pages now."""
+        tail = self.tail
+        return not self.fresh and (sum(len(v) for v in tail.values()) > TAIL["entries"]
+                                   or len(tail.get("docs", {})) > TAIL["docs"])
+
+    def spill_pages(self) -> list[str]:
+        """The pages the tail's entries move into."""
+        hot = set(self.hot())
+        return sorted({self.locate(kind, int(p))[0] for kind, entries in self.tail.items() if kind != RUNS
+                       for p in entries if (kind, int(p)) not in hot})
+
+    def spill(self) -> None:
+        """Move the tail's entries but the hot ones into their pages (read already), which are then dirty, and its
+        runs into pointers to write. Both are written before the head, so until the head is, both say the same."""
+        hot = set(self.hot())
+        self.runs.update({run: int(n) for run, n in self.tail.pop(RUNS, {}).items()})
+        for kind, entries in self.tail.items():
+            for p in [p for p in entries if (kind, int(p)) not in hot]:
+                key, offset = self.locate(kind, int(p))
+                page = self.page(key)
+                if offset >= len(page):
+                    page.extend([None] * (offset + 1 - len(page)))
+                page[offset] = entries.pop(p)
+                self.dirty.add(key)
+        self.head["tail"] = {kind: entries for kind, entries in self.tail.items() if entries}
+        self.head_dirty = True
 
     # -- the state --------------------------------------------------------------------------------------------
     @property
@@ -156,11 +245,15 @@ class Index:
         return found if isinstance(found, dict) else None
 
     def set_doc(self, version: dict[str, Any]) -> None:
-        """Index a version document (and its run) under its number."""
+        """Index a version document (and its run: in the tail, or a pointer to write) under its number."""
         number = int(version["version"])
         self.set("docs", number - 1, version)
         if "run_id" in version:
-            self.runs[str(version["run_id"])] = number
+            if self.fresh:
+                self.runs[str(version["run_id"])] = number
+            elif self.run(str(version["run_id"])) != number:
+                self.tail.setdefault(RUNS, {})[str(version["run_id"])] = number
+                self.head_dirty = True
         if number > int(self.head["versions"]):
             self.head["versions"] = number
             self.head_dirty = True

@@ -28,6 +28,8 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
                                                      if k.endswith("/run.json")], untrusted)]
     registry = ModelRegistry(store, state)
     model = runs[0]["model"] if runs else dataset
+    # A planted alias is named here; the registry reads the champion from its index instead.
+    trusted(store, [f"{registry.base(model)}/aliases/champion.json"], untrusted, missing_ok=True)
     try:
         versions = list(registry.indexed_versions(model)[1].values())  # a request per 20 versions, not one each
         champion = registry.alias(model)
@@ -78,7 +80,22 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
         "untrusted": untrusted,
+        "refused": open_refusals(store, dataset),
     }
+
+
+def open_refusals(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
+    """Events a stage after validation refused and nobody has re-driven, whose object is still there: work that
+    stopped (a drop's own refusal is its ledger outcome). Without this, a drop whose features were refused showed
+    as validated, as if on its way."""
+    out = []
+    for key in store.keys(keys.Refused.prefix(dataset)):
+        record = store.get_json_or_none(key)
+        if not record or record.get("redriven") or record.get("stage") in ("validate", "labels"):
+            continue
+        if store.head(str((record.get("event") or {}).get("key", ""))) is not None:
+            out.append(record)
+    return sorted(out, key=lambda r: str(r.get("at")))
 
 
 def trusted(store: ObjectStore, found: Iterable[str], untrusted: list[dict[str, str]], *,

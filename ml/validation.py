@@ -19,9 +19,11 @@ import csv
 import dataclasses
 import gzip
 import io
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,9 @@ FORMAT_SAMPLE = 1_000  # values a date column's format is settled on
 DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%d.%m.%Y", "%Y%m%d")
 DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
                     "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M", "%Y/%m/%d %H:%M:%S", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M:%S")
+# An ISO datetime whose time is exactly midnight, optionally in UTC: group 1 is its date. Shared with the serving
+# fast path (ml/bundle.py), which must type a value exactly as this module does.
+ISO_MIDNIGHT = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]00:00(?::00(?:\.0+)?)?(?:Z|\+00:?00)?$")
 _FAILED, _NON_FINITE = "\x00failed", "\x00non-finite"
 ROW = "_sluice_row"  # 1-based data row number in the dropped file
 REASONS = "_sluice_reasons"
@@ -383,9 +388,12 @@ def _scan_parquet(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
     wrong = []
     for name, spec in contract.columns.items():
         have = schema[name]
+        # An int column may arrive as floats and a date column as timestamps (pandas writes them so): each value
+        # is then checked to be exactly of the contract's type, row by row, as a CSV file's cells are.
         ok = (have == POLARS_TYPES[spec.dtype] or spec.dtype == "str"
               or (spec.dtype == "float" and have.is_numeric()) or (spec.dtype == "int" and have.is_integer())
-              or (spec.dtype == "datetime" and isinstance(have, pl.Datetime)))
+              or (spec.dtype == "int" and have.is_float())
+              or (spec.dtype in ("date", "datetime") and isinstance(have, pl.Datetime)))
         if not ok:
             wrong.append(Failure(name, f"dtype {spec.dtype}", value=str(have)))
     if wrong:
@@ -594,7 +602,7 @@ class _Typing:
             elif fast is not None:
                 exprs.append(fast.alias(name))
             else:  # typed the slow way on every row: its failures come with it
-                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text)
+                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text, raw.schema[name])
                 exprs += [typed_e, failed_e.alias(name + _FAILED), non_finite_e.alias(name + _NON_FINITE)]
                 slow.append(name)
         out = raw.lazy().select(exprs).collect()
@@ -616,7 +624,7 @@ class _Typing:
                 at = redo.fill_null(False).arg_true()
                 if not at.len():
                     continue
-                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text)
+                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text, raw.schema[name])
                 cells = source.gather(at)
                 anchor = self.anchors.get(name)
                 if anchor is not None:  # polars infers a date layout from the first value: the file's, as settled
@@ -626,7 +634,7 @@ class _Typing:
                     again = again.slice(1)
                 out = out.with_columns(typed.scatter(at, again[name].cast(typed.dtype, strict=False)))
                 rows, non_finite_rows = at.gather(again["f"].arg_true()), at.gather(again["n"].arg_true())
-            failures += [Failure(name, f"dtype {spec.dtype}", row=offset + i + 1, value=raw[name][i])
+            failures += [Failure(name, f"dtype {spec.dtype}", row=offset + i + 1, value=_cell(raw[name][i]))
                          for i in rows.to_list()]
             if spec.dtype == "float":
                 failures += [Failure(name, "finite number", row=offset + i + 1, value=str(raw[name][i]))
@@ -684,14 +692,23 @@ class _Typing:
         return self.formats[values.name]
 
 
-def typed_exprs(name: str, spec: ColumnSpec, is_text: bool) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
+                source: pl.DataType | None = None) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """How column `name` becomes its contract type, as polars expressions: (typed value, cell did not cast,
-    value is not finite). One definition of typing, used by validation and by the model loader alike."""
+    value is not finite). One definition of typing, used by validation and by the model loader alike. `source`:
+    the column's type when it is not text (a Parquet file's, a frame's)."""
     target = POLARS_TYPES[spec.dtype]
     raw = pl.col(name)
     if not is_text:
         typed = raw.cast(target, strict=False)
         blank = pl.lit(False)
+        # pandas writes an int column with nulls as float64 and a date column as midnight timestamps: a value is
+        # taken when its contract type holds it exactly, never truncated (3.5 is not the int 3, 13:00 not a date).
+        if spec.dtype == "int" and source is not None and source.is_float():
+            typed = pl.when(raw == raw.floor()).then(typed)
+        elif spec.dtype == "date" and isinstance(source, pl.Datetime):
+            # the wall clock in the value's own time zone: a UTC cast would move a Paris midnight to the day before
+            typed = pl.when(raw.dt.time() == pl.lit(time(0))).then(raw.dt.date())
     else:
         s = raw.str.strip_chars()
         blank = s.str.len_bytes() == 0  # a blank cell is a null, not a type error
@@ -702,6 +719,10 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool) -> tuple[pl.Expr, pl
                 {"true": True, "false": False, "1": True, "0": False}, default=None, return_dtype=pl.Boolean)
         elif spec.dtype == "date":
             typed = s.str.to_date(strict=False)
+            # An ISO datetime at exactly midnight ("2025-04-05T00:00:00", what pandas' to_json and many APIs write)
+            # is that date; any other time of day is not a date and stays refused.
+            midnight = s.str.extract(ISO_MIDNIGHT.pattern, 1).str.to_date("%Y-%m-%d", strict=False)
+            typed = pl.when(typed.is_null()).then(midnight).otherwise(typed)
         elif spec.dtype == "datetime":
             typed = s.str.to_datetime(strict=False, time_unit="us")
         elif spec.dtype == "int":
@@ -854,6 +875,11 @@ class _Sampler:
 
     def frame(self) -> pl.DataFrame | None:
         return None if self.kept is None else self.kept.drop("_u")
+
+
+def _cell(value: Any) -> Any:
+    """A cell as a failure shows it: a Parquet timestamp as its ISO text (a repr would be datetime.datetime(...))."""
+    return value.isoformat(sep=" ") if isinstance(value, datetime) else value
 
 
 def _jsonable(value: Any) -> Any:

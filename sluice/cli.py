@@ -204,7 +204,8 @@ def status(as_json: bool, app_spec: str | None) -> None:
         return
     for ds in report["datasets"]:
         m = ds["model"]
-        click.echo(f"dataset {ds['dataset']}: model {m['name']}, {m['versions']} versions, champion "
+        plural = "" if m["versions"] == 1 else "s"
+        click.echo(f"dataset {ds['dataset']}: model {m['name']}, {m['versions']} version{plural}, champion "
                    f"{'v' + str(m['champion']) if m['champion'] else '-'}")
         said: dict[str, str] = {}  # a quarantine message (with the file name taken out) -> the first file it was for
         for a in ds["arrivals"]:
@@ -234,6 +235,10 @@ def status(as_json: bool, app_spec: str | None) -> None:
                 click.echo(f"              {a['what_to_do']}")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
+        for r in ds.get("refused", []):
+            click.echo(f"  refused     {r['stage']} {r['event']['key']}: "
+                       f"{str(r.get('message', '')).removeprefix(r['event']['key'] + ': ').split(';')[0]}")
+            click.echo(f"              once it is restored: `sluice refused redrive {r['id']}`")
         for bad in ds.get("untrusted", []):
             click.echo(f"  untrusted   {bad['key']}: {bad['problem'].removeprefix(bad['key'] + ': ').split(';')[0]}"
                        "; left out here, refused by the stages (`sluice refused list`, `sluice models verify`)")

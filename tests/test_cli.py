@@ -119,6 +119,7 @@ def test_data_quarantine_and_runs_commands_on_a_trained_model(runtime: Any, monk
     assert first["run_id"] in runs_out and second["run_id"] in runs_out
     shown = run("runs", "show", second["run_id"][:10])
     assert "warm start used" in shown
+    assert f"ships: refitted on all {second['refit']['rows']} labelled rows" in shown
     top = [item.split()[0] for item in shown.split("top features: ")[1].splitlines()[0].split(", ")]
     gain = second["feature_importance"]
     assert top == sorted(gain, key=lambda f: (-gain[f], f))[:5]  # the most important first, not alphabetical

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -342,6 +342,9 @@ CELL = {
     "color": st.sampled_from([*mixed.COLORS, None, 7]),
     "brand": st.sampled_from(["b01", "b07", "b99", None, 3, 4.0, "b0 1"]),
     "signup": st.sampled_from(["2024-03-05", "2025-02-28", None, "", "2024/03/05", "05.03.2024", "soon",
+                               "2024-03-05T00:00:00", "2025-02-28T00:00:00Z", "2024-03-05 00:00:00+00:00",
+                               "2024-03-05T00:00:00.000", "2024-03-05T13:00:00", "2024-03-05T00:00+02:00",
+                               "2025-02-30T00:00:00", datetime(2024, 7, 1), datetime(2024, 7, 1, 13),
                                date(2024, 7, 1)]),
     "visits": st.one_of(st.integers(-2, 50), st.sampled_from(["3", "3.0", " 4 ", "3.5", "-1", "x", None, 2.0, 2.5])),
     "amount": st.one_of(st.floats(-5, 1e4, allow_nan=False), st.sampled_from(["12.5", "1e3", "nan", "inf", None,
@@ -421,3 +424,46 @@ def test_the_package_never_unpickles() -> None:
                         node.value, ast.Name) and node.value.id in banned:
                     offenders.append(f"{path.relative_to(root)}: calls {node.value.id}.{node.attr}")
     assert offenders == []
+
+
+# -- users' data: the same rows from CSV, Parquet written by pandas, and JSON rows score the same -----------------
+
+def test_csv_parquet_from_pandas_and_json_rows_with_iso_dates_score_the_same(shop_model: bundle.Model,
+                                                                             tmp_path: Path) -> None:
+    import pandas as pd
+
+    rows = mixed.frame(60, 9, unseen=True)
+    csv = _written(tmp_path / "new.csv", mixed.csv_bytes(rows, ints_as_floats=True))
+    frame = rows.to_pandas()
+    frame["signup"] = pd.to_datetime(frame["signup"])  # midnights; visits is float64 (it has nulls)
+    assert frame["visits"].dtype == "float64" and frame["visits"].isna().any()
+    frame.to_parquet(tmp_path / "new.parquet")
+    # what `df.to_json(orient="records", date_format="iso")` and many APIs send: dates as ISO datetimes
+    records = json.loads(frame.to_json(orient="records", date_format="iso"))
+    assert any(str(r["signup"]).endswith("T00:00:00.000") for r in records)
+    utc = [{**r, "signup": r["signup"] and r["signup"][:10] + "T00:00:00Z"} for r in records]
+
+    expected = shop_model.predict(csv)
+    assert expected.unscored == [] and len(expected.scored) == 60
+    for got in (shop_model.predict(tmp_path / "new.parquet"), shop_model.predict(frame),
+                shop_model.predict(records), shop_model.predict(utc), shop_model._predict_frame(bundle.as_frame(utc))):
+        assert got.unscored == []
+        assert np.array_equal(got.scores, expected.scores)
+    one = shop_model._predict_fast(utc[:1])  # what `sluice serve` gets: one row, the fast path
+    assert one is not None and np.array_equal(one.scores, expected.scores[:1])
+
+
+def test_a_date_with_a_time_of_day_is_refused_with_the_reason(shop_model: bundle.Model, tmp_path: Path) -> None:
+    import pandas as pd
+
+    row = mixed.frame(1, 2).to_dicts()[0]
+    for value in ("2024-05-01T09:30:00", "2024-05-01T00:00:00+02:00", datetime(2024, 5, 1, 9, 30),
+                  pd.Timestamp("2024-05-01 09:30")):
+        got = shop_model.predict({**row, "signup": value})
+        assert got.scored.size == 0, value
+        [why] = got.unscored
+        assert why["column"] == "signup" and ("09:30" in why["reason"] or "+02:00" in why["reason"]), why
+        assert "midnight" in why["reason"], why
+    frame = pd.DataFrame([{**row, "visits": 2.5}])
+    [why] = shop_model.predict(frame).unscored
+    assert why["column"] == "visits" and "2.5" in why["reason"], why

@@ -29,6 +29,7 @@ from tests.conftest import unique_settings
 
 KEY = "ab" * 32
 SMALL_PAGES = {"stages": 3, "docs": 2, "timeline": 2, "champions": 2}
+SMALL_TAIL = {"entries": 6, "docs": 2}  # the head's tail moves into the pages every other write or so
 
 
 def t(n: int) -> str:
@@ -41,6 +42,8 @@ def small_pages() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         for kind, size in SMALL_PAGES.items():
             mp.setitem(registry_index.PAGE, kind, size)
+        for kind, size in SMALL_TAIL.items():
+            mp.setitem(registry_index.TAIL, kind, size)
         yield
 
 
@@ -179,14 +182,44 @@ def test_a_rebuilt_index_equals_the_incremental_one(registry: ModelRegistry) -> 
     registry.register("m", {"run_id": "waiting"}, outcome="insufficient_evidence", compared_with=8, at=t(51))
     registry.archive("m", 10, reason="r", by="me", at=t(52))
     prefix = "registry/m/index/"
-    before = {k: registry.store.get_json(k) for k in registry.store.keys(prefix)}
-    for key in before:
+    assert fresh(registry).current("m").head["tail"], "the incremental index keeps its newest entries in the head"
+    before = logical(fresh(registry).current("m"))
+    for key in list(registry.store.keys(prefix)):
         registry.store.delete(key)
-    assert fresh(registry).current("m").head == before[prefix + "head.json"]  # rebuilt in memory by a reader
+    assert logical(fresh(registry).current("m")) == before  # rebuilt in memory by a reader
     assert not list(registry.store.keys(prefix))  # readers write nothing
     registry.reindex("m")
-    after = {k: registry.store.get_json(k) for k in registry.store.keys(prefix)}
-    assert after == before
+    assert fresh(registry).current("m").head["tail"] == {}  # a rebuild writes every entry into its page
+    assert logical(fresh(registry).current("m")) == before
+
+
+def test_a_head_of_the_format_before_tails_is_read_as_is_and_written_as_the_new_format(
+        registry: ModelRegistry) -> None:
+    populate(registry, 5)
+    registry.reindex("m")  # every entry in its page, an empty tail: what the format-2 writer left
+    head_key = "registry/m/index/head.json"
+    old = {k: v for k, v in registry.store.get_json(head_key).items() if k != "tail"} | {"format": 2}
+    registry.store.put_json(head_key, old)
+    before = logical(fresh(registry).current("m"))
+    reads = count_requests(registry, lambda: fresh(registry).current("m"))
+    assert "ListObjectsV2" not in reads, reads  # not rebuilt from the history
+    populate(registry, 1, start=5)
+    assert registry.store.get_json(head_key)["format"] == registry_index.FORMAT == 3
+    assert logical(fresh(registry).current("m"))[1]["docs"][:5] == before[1]["docs"]
+    assert_index_answers_like_the_history(registry)
+
+
+def logical(idx: registry_index.Index) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """What an index says, whether an entry sits in the head's tail or in its page: the head without its tail,
+    and every valid entry of each kind."""
+    head = idx.head
+    versions, depth, timeline = int(head["versions"]), int(head["depth"]), int(head["timeline"])
+    return {k: v for k, v in head.items() if k not in ("tail", "format")}, {
+        "stages": [idx.entry(n) for n in range(1, versions + 1)],
+        "docs": [idx.doc(n) for n in range(1, versions + 1)],
+        "timeline": [idx.get("timeline", i) for i in range(timeline)],
+        "champions": [idx.get("champions", i) for i in range(depth)],
+    }
 
 
 # -- cost does not grow with the history --------------------------------------------------------------------
@@ -206,7 +239,8 @@ def count_requests(reg: ModelRegistry, fn: Any) -> dict[str, int]:
     return counts
 
 
-def test_reads_and_writes_take_the_same_requests_at_any_length(registry: ModelRegistry) -> None:
+def test_reads_and_writes_take_the_same_requests_at_any_length(registry: ModelRegistry,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     def costs(n: int) -> list[dict[str, int]]:
         cold = fresh(registry)
         champion = cold.current("m").champion
@@ -220,16 +254,42 @@ def test_reads_and_writes_take_the_same_requests_at_any_length(registry: ModelRe
         ]
 
     populate(registry, 6)
-    small = costs(6)
-    populate(registry, 30, start=7)
-    large = costs(37)
+    with monkeypatch.context() as mp:  # a tail that never moves into the pages: the common write
+        mp.setitem(registry_index.TAIL, "entries", 10**6)
+        mp.setitem(registry_index.TAIL, "docs", 10**6)
+        small = costs(6)
+        populate(registry, 30, start=7)
+        large = costs(37)
+        retried = count_requests(registry, lambda: fresh(registry).register(
+            "m", {"run_id": "new-37"}, outcome="promote", compared_with=None, at=t(99)))
     # The same requests, give or take a page boundary (which pages an operation touches depends on where the
     # versions fall, not on how many there are); a replay would read 6 times as many objects here.
     for before, after in zip(small, large, strict=True):
         assert sum(after.values()) <= sum(before.values()) + 2, (small, large)
     register, alias, page, at = large
     assert alias == {"GetObject": 1}
-    assert sum(register.values()) <= 24 and sum(page.values()) <= 6 and sum(at.values()) <= 4, large
+    # A registration reads the head and the run's pointer (at once), then looks for a history record newer than
+    # the head (its version document must not be decided on a stale one), and reads no page; it writes the
+    # version, its three history records, the champion alias (the challenger's is deleted) and the head, which
+    # says which version the run became (no pointer object yet).
+    assert register == {"GetObject": 3, "PutObject": 6, "DeleteObject": 1}, large
+    assert not registry.store.exists("registry/m/index/runs/new-37.json")
+    # Found through the head: the head and the (absent) pointer, the version and its gate record (returned), and
+    # the look for a newer record that a write appending nothing makes; nothing written.
+    assert retried == {"GetObject": 5}, retried
+    assert sum(page.values()) <= 6 and sum(at.values()) <= 4, large
+    # Once the tail outgrows SMALL_TAIL, its entries move into their pages (read, then written before the head);
+    # the head keeps only the hot entries, and the next write is back to reading no page.
+    spilled = costs(38)[0]
+    assert spilled["GetObject"] > 3 and spilled["PutObject"] > 6, spilled
+    assert registry.store.exists("registry/m/index/runs/new-37.json")  # the tail's runs became pointers
+    tail = fresh(registry).current("m").head["tail"]
+    assert sum(len(v) for v in tail.values()) <= 4 and "docs" not in tail, tail
+    with monkeypatch.context() as mp:
+        mp.setitem(registry_index.TAIL, "entries", 10**6)
+        again = costs(39)[0]
+        assert again["GetObject"] == 3 and again["PutObject"] == 6, again
+    assert_index_answers_like_the_history(registry)
 
 
 # -- what no writer signed ------------------------------------------------------------------------------------
@@ -317,15 +377,23 @@ from sluice.ml.registry import ModelRegistry
 
 for kind, size in {pages}.items():
     registry_index.PAGE[kind] = size
+for kind, size in {tail}.items():
+    registry_index.TAIL[kind] = size
 settings = replace(Settings.from_env(), bucket=sys.argv[1], broker_url="memory://", endpoint_url=sys.argv[2])
 store = S3Store(settings)
 where = sys.argv[3]
 put = store.put
+pages = []
 def put_then_die(key, data, **kw):
-    if where == "before-index" and "/index/" in key:
+    if where == "before-index" and "/index/" in key and "/runs/" not in key:
         os.kill(os.getpid(), signal.SIGKILL)
     if where == "before-head" and key.endswith("/index/head.json"):
         os.kill(os.getpid(), signal.SIGKILL)
+    # The head's tail has just moved into its pages (written), and the head that says so is not written yet.
+    if where == "spilled-before-head" and key.endswith("/index/head.json") and pages:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if "/index/" in key and "/runs/" not in key and not key.endswith("/head.json"):
+        pages.append(key)
     return put(key, data, **kw)
 store.put = put_then_die
 reg = ModelRegistry(store, MemoryState())
@@ -335,18 +403,24 @@ print("not killed")
 """
 
 
-@pytest.mark.parametrize("where", ["before-index", "before-head"])
-def test_a_writer_killed_between_the_history_and_the_index_leaves_a_registry_that_reads_correctly(
-        moto_endpoint: str, small_pages: None, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def killed_writer(moto_endpoint: str, where: str, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+    """Five versions, then a registration by a process killed (SIGKILL) at `where`."""
     monkeypatch.setenv("SLUICE_SIGNING_KEY", KEY)
     s = unique_settings(moto_endpoint, signing_key=KEY)
     provision(s, [])
     reg = ModelRegistry(S3Store(s), MemoryState())
     populate(reg, 5)
-    script = KILLED_WRITER.format(pages=SMALL_PAGES)
+    script = KILLED_WRITER.format(pages=SMALL_PAGES, tail=SMALL_TAIL)
     done = subprocess.run([sys.executable, "-c", script, s.bucket, moto_endpoint, where],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    return reg
+
+
+@pytest.mark.parametrize("where", ["before-index", "before-head", "spilled-before-head"])
+def test_a_writer_killed_between_the_history_and_the_index_leaves_a_registry_that_reads_correctly(
+        moto_endpoint: str, small_pages: None, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = killed_writer(moto_endpoint, where, monkeypatch)
     cold = fresh(reg)
     history = cold.history("m")
     assert history[-1]["reason"] == f"run killed-{where} registered" or history[-1]["cause"] == "gate"
@@ -356,6 +430,21 @@ def test_a_writer_killed_between_the_history_and_the_index_leaves_a_registry_tha
     again = fresh(reg).register("m", {"run_id": f"killed-{where}"}, outcome="promote",
                                 compared_with=history[-1]["previous_champion"], at="2026-03-01T12:00:01Z")
     assert not again.created and again.version["version"] == 6
+    assert_index_answers_like_the_history(reg)
+
+
+@pytest.mark.parametrize("where", ["before-head", "spilled-before-head"])
+def test_a_lifecycle_command_after_a_killed_writer_decides_on_the_whole_history(
+        moto_endpoint: str, small_pages: None, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A writer does not look for history records newer than the head before deciding: its first record, created
+    # with If-None-Match at the head's next number, fails when the dead writer left one, and it decides again.
+    reg = killed_writer(moto_endpoint, where, monkeypatch)
+    before = fresh(reg).snapshot("m")
+    assert before.champion == 6  # the killed writer's registration promoted v6; its head did not say so
+    assert reg.store.get_json("registry/m/index/head.json")["champion"] != 6
+    fresh(reg).rollback("m", reason="alarms", by="ana", at="2026-03-01T12:00:05Z")
+    after = fresh(reg).snapshot("m")
+    assert after.champion == before.champions[-2] and after.stages[6] == "archived"
     assert_index_answers_like_the_history(reg)
 
 

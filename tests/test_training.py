@@ -333,3 +333,11 @@ def test_a_refit_that_would_overrun_the_budget_is_skipped_and_the_judged_model_s
     np.testing.assert_array_equal(champion.predict(rows).scores, load_run(runtime.store, run).predict(rows).scores)
     card = runtime.store.get(registry.ModelRegistry(runtime.store, runtime.state).card_key(DATASET, 1)).decode()
     assert "Not refitted: no time left for the refit" in card
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    shown = CliRunner().invoke(main, ["runs", "show", run["run_id"]])
+    assert shown.exit_code == 0 and "ships: the evaluated model, not refitted: no time left" in shown.output

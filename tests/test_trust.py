@@ -282,12 +282,17 @@ def test_a_deleted_history_record_is_detected(registry: ModelRegistry) -> None:
     assert "registry/m/aliases/champion.json: says v2, the history says v1" in problems
 
 
-def test_an_edited_alias_is_refused_and_reported(registry: ModelRegistry) -> None:
+def test_an_edited_alias_is_refused_and_reported(registry: ModelRegistry, caplog: pytest.LogCaptureFixture) -> None:
     raw_put(registry, "registry/m/aliases/champion.json", {"version": 3, "since": "2026-03-01T10:00:03Z"})
-    with pytest.raises(IntegrityError, match=r"aliases/champion\.json: not written by a Sluice stage"):
-        fresh(registry).champion("m")
+    # Not acted on: the champion comes from the signed index (what the history says), with a warning naming it.
+    champion = fresh(registry).champion("m")
+    assert champion is not None and champion["version"] == 2
+    assert "aliases/champion.json: not written by a Sluice stage" in caplog.text and "models reindex m" in caplog.text
     problems = registry.verify("m", artifacts=False)
     assert "registry/m/aliases/champion.json: says v3, the history says v2" in problems
+    fresh(registry).reindex("m")  # rewrites the alias from the history
+    assert registry.verify("m", artifacts=False) == []
+    raw_put(registry, "registry/m/aliases/champion.json", {"version": 3, "since": "2026-03-01T10:00:03Z"})
     # Re-signed by someone with the key: still not what the history says.
     registry.store.put_json("registry/m/aliases/champion.json", {"version": 3})
     assert registry.verify("m", artifacts=False) == ["registry/m/aliases/champion.json: says v3, the history says v2"]
@@ -439,3 +444,91 @@ def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
     for key in [*PLANTED[:2], PLANTED[-1]]:  # status reads no data version without a drop of its own
         assert f"untrusted   {key}" in result.output, key
     assert "not written by a Sluice stage (it has no signature)" in result.output
+
+
+def test_status_shows_work_a_later_stage_refused_until_it_is_re_driven(runtime: Runtime,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core.refusals import redrive
+    from sluice.core.refusals import refusals as records
+
+    fake = "f" * 64
+    plant(runtime, f"validated/{DATASET}/{fake}/manifest.json", {"dataset": DATASET, "data_version": fake})
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert runtime.execute("validate", dropped.to_dict())["outcome"] == "done"
+    [real] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json") and fake not in k]
+    info = runtime.store.head(real)
+    assert info is not None
+    event = ObjectCreated(runtime.settings.bucket, real, info.size, info.etag)
+    assert runtime.execute("features", event.to_dict())["outcome"] == "refused"
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    shown = CliRunner().invoke(main, ["status"]).output
+    [(key, record)] = records(runtime.store)
+    # The drop alone read "validated", as if its features were on their way.
+    assert f"refused     features {real}: validated/{DATASET}/{fake}/manifest.json: not written" in shown, shown
+    assert f"`sluice refused redrive {record['id']}`" in shown
+    runtime.store.s3.delete_object(Bucket=runtime.settings.bucket, Key=f"validated/{DATASET}/{fake}/manifest.json")
+    redrive(runtime, key, record, by="ops", at="2026-03-01T12:00:00Z")
+    assert "refused     features" not in CliRunner().invoke(main, ["status"]).output
+
+
+def test_a_planted_champion_alias_does_not_stop_the_datasets_next_drop(runtime: Runtime) -> None:
+    """Validation compares a drop with the champion's profile: an alias no stage wrote is not acted on (the
+    champion comes from the signed index), and the dataset's next drop goes on through the chain."""
+    from tests.chain import run_chain
+
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    first, second = io.BytesIO(), io.BytesIO()
+    frame.head(400).write_csv(first)
+    frame.tail(300).write_csv(second)
+    run_chain(runtime, f"incoming/{DATASET}/a.csv", first.getvalue())
+    plant(runtime, f"registry/{DATASET}/aliases/champion.json", {"version": 7, "since": "2026-01-01T00:00:00Z"})
+    run = run_chain(runtime, f"incoming/{DATASET}/b.csv", second.getvalue())
+    assert len(run["data_versions"]) == 2 and not refusals(runtime)
+    registry = ModelRegistry(runtime.store, MemoryState())
+    assert [v["version"] for v in registry.versions(DATASET)] == [1, 2]
+    champion = registry.champion(DATASET)
+    assert champion is not None and champion["version"] in (1, 2)  # what the history says, never the planted v7
+
+
+def test_the_newest_history_records_are_read_alone_and_checked_against_the_head(
+        registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`models history` reads the newest N records in one round (not the whole history): they equal the tail of a
+    full replay, and an edited or deleted record in the window, or a window that is not what the head recorded,
+    is refused like the full read refuses it."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    every = fresh(registry).history("m")
+    reader = fresh(registry)
+    gets: list[str] = []
+    real_get = reader.store.get_json_or_none
+    monkeypatch.setattr(reader.store, "get_json_or_none", lambda key: gets.append(key) or real_get(key))
+    tail, total = reader.history_tail("m", 3)
+    assert (tail, total) == (every[-3:], len(every)) and total > 3
+    assert sum("/history/" in k for k in gets) == 3 + 1  # the window, and the look for a newer record
+    monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    out = CliRunner().invoke(main, ["models", "history", "m", "--last", "2"]).output
+    assert f"the newest 2 of {total} records" in out and out.count(" by ") == 2
+    assert CliRunner().invoke(main, ["models", "history", "m", "--all"]).output.count(" by ") == total
+    # Edited in the window (and re-signed by someone holding the key): the chain breaks at the next record.
+    key = H.format(total - 1)
+    registry.store.put_json(key, {**raw_get(registry, key), "reason": "rewritten"})
+    with pytest.raises(IntegrityError, match="does not follow"):
+        fresh(registry).history_tail("m", 3)
+    # The newest record re-signed with other content: not the one the head recorded.
+    registry.store.put_json(key, every[-2])
+    registry.store.put_json(H.format(total), {**every[-1], "reason": "rewritten"})
+    with pytest.raises(IntegrityError, match="not the one its index recorded"):
+        fresh(registry).history_tail("m", 3)
+    registry.store.put_json(H.format(total), every[-1])
+    assert fresh(registry).history_tail("m", 3)[0] == every[-3:]
+    registry.store.delete(H.format(total - 2))
+    with pytest.raises(IntegrityError, match="is gone"):
+        fresh(registry).history_tail("m", 3)

@@ -158,7 +158,9 @@ _cells = {
                        st.sampled_from(["", " 1.5", "nan", "-inf", "1e400", "a", "1,5"])),
     "bool": st.sampled_from(["true", "False", " TRUE ", "1", "0", "yes", "", "tRuE"]),
     "date": st.one_of(st.dates().map(str), st.sampled_from(["", " 2024-01-02 ", "2024/01/02", "02/01/2024",
-                                                            "2024-1-2", "2024-02-30", "x", "2024-01-02 10:00:00"])),
+                                                            "2024-1-2", "2024-02-30", "x", "2024-01-02 10:00:00",
+                                                            "2024-01-02T00:00:00", "2024-01-02T00:00:00Z",
+                                                            "2024-01-02 00:00:00+00:00", "2024-01-02T00:00+02:00"])),
     "datetime": st.one_of(st.datetimes().map(lambda d: d.strftime("%Y-%m-%d %H:%M:%S")),
                           st.sampled_from(["", "2024-01-02T03:04:05", "2024-01-02 03:04:05.5", "2024-01-02",
                                            " 2024-01-02 03:04:05", "2024-01-02 03:04", "nope"])),
@@ -356,3 +358,120 @@ def test_the_sample_is_the_rows_with_the_smallest_keys_whatever_the_batches() ->
             frame = sampler.frame()
             assert frame is not None
             assert frame.sort("i").equals(reference(batches, 6, seed).sort("i")), (sizes, seed)
+
+
+# -- users' data: Parquet written by pandas, dates as ISO datetimes ---------------------------------------------
+
+
+def _pandas_shop(n: int, seed: int, tz: str | None = None) -> Any:
+    """The mixed shop rows as pandas holds them: visits (an int column with nulls) as float64, signup as
+    midnight timestamps (pandas has no date type), in `tz` if given."""
+    import pandas as pd
+
+    from tests import mixed
+
+    df = mixed.frame(n, seed).to_pandas()
+    df["signup"] = pd.to_datetime(df["signup"])
+    if tz is not None:
+        df["signup"] = df["signup"].dt.tz_localize(tz)
+    assert df["visits"].dtype == "float64" and df["visits"].isna().any() and df["signup"].isna().any()
+    return df
+
+
+def _validate(tmp_path: Path, name: str, data: bytes, batch_rows: int = 250_000) -> Any:
+    from tests import mixed
+
+    work = tmp_path / name.replace(".", "-")
+    work.mkdir()
+    (work / name).write_bytes(data)
+    return validate_file(work / name, f"incoming/{mixed.DATASET}/{name}", mixed.contract(), work,
+                         batch_rows=batch_rows)
+
+
+@pytest.mark.parametrize("tz", [None, "UTC", "Europe/Paris"])
+def test_a_parquet_file_written_by_pandas_validates_as_its_csv_does(tz: str | None, tmp_path: Path) -> None:
+    import io
+
+    import pandas as pd
+
+    from tests import mixed
+
+    df = _pandas_shop(400, 3, tz)
+    # Two bad rows: a float that is no int, a timestamp that is no date (13:00 in its own time zone).
+    df.loc[4, "visits"] = 3.5
+    df.loc[8, "signup"] = pd.Timestamp("2024-06-18 13:00", tz=tz)
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    parquet = _validate(tmp_path, "x.parquet", buf.getvalue(), batch_rows=150)
+
+    # The same rows as CSV (what `contract infer` and a first drop usually see), the bad ones as text.
+    text = mixed.frame(400, 3).with_columns(pl.col("visits").cast(pl.Utf8), pl.col("signup").cast(pl.Utf8))
+    text = text.with_columns(pl.when(pl.int_range(pl.len()) == 4).then(pl.lit("3.5")).otherwise("visits")
+                             .alias("visits"),
+                             pl.when(pl.int_range(pl.len()) == 8).then(pl.lit("2024-06-18T13:00:00"))
+                             .otherwise("signup").alias("signup"))
+    csv = _validate(tmp_path, "x.csv", mixed.csv_bytes(text), batch_rows=150)
+
+    for split in (parquet, csv):
+        assert (split.rows_total, split.rows_valid, split.rows_invalid) == (400, 398, 2)
+        assert sorted(pl.read_parquet(split.invalid_path)["_sluice_row"].to_list()) == [5, 9]
+    assert pl.read_parquet(parquet.valid_path).equals(pl.read_parquet(csv.valid_path))
+    failures = {(f.row, f.column, f.check, f.value) for f in parquet.examples}
+    stamp = "2024-06-18 13:00:00" + {None: "", "UTC": "+00:00", "Europe/Paris": "+02:00"}[tz]
+    assert failures == {(5, "visits", "dtype int", 3.5), (9, "signup", "dtype date", stamp)}
+    reasons = pl.read_parquet(parquet.invalid_path)["_sluice_reasons"].to_list()
+    assert any("signup: dtype date" in r and "13:00" in r for r in reasons), reasons
+
+
+def test_a_date_column_reads_iso_datetimes_at_midnight_as_their_dates(tmp_path: Path) -> None:
+    from tests import mixed
+
+    shop = mixed.frame(300, 5)
+    plain = _validate(tmp_path, "plain.csv", mixed.csv_bytes(shop))
+    suffixes = ["T00:00:00", "T00:00:00Z", " 00:00:00+00:00", "T00:00:00.000", "T00:00"]
+    iso = shop.with_columns(pl.col("signup").cast(pl.Utf8) + pl.Series(
+        [suffixes[i % len(suffixes)] for i in range(shop.height)]))
+    # batches of 40: the first rows settle the plain layout where they are plain, the others are read the slow way
+    mixed_rows = shop.with_columns(pl.when(pl.int_range(pl.len()) < 100).then(pl.col("signup").cast(pl.Utf8))
+                                   .otherwise(iso["signup"]).alias("signup"))
+    for name, frame in (("iso.csv", iso), ("mixed.csv", mixed_rows)):
+        split = _validate(tmp_path, name, mixed.csv_bytes(frame), batch_rows=40)
+        assert (split.rows_valid, split.rows_invalid) == (300, 0), split.summary()
+        assert pl.read_parquet(split.valid_path).equals(pl.read_parquet(plain.valid_path))
+
+    late = shop.with_columns(pl.col("signup").cast(pl.Utf8)).with_columns(
+        pl.when(pl.int_range(pl.len()) == 200).then(pl.lit("2024-05-01T09:30:00")).otherwise("signup").alias("signup"))
+    split = _validate(tmp_path, "late.csv", mixed.csv_bytes(late), batch_rows=40)
+    assert split.rows_invalid == 1
+    assert [(f.row, f.column, f.check, f.value) for f in split.examples] == [
+        (201, "signup", "dtype date", "2024-05-01T09:30:00")]
+
+
+def test_a_pandas_parquet_drop_passes_the_contract_inferred_from_its_csv(runtime: Runtime) -> None:
+    # The newcomer's path: `sluice contract infer` on the CSV export, then `sluice drop x.parquet` of the same frame.
+    import io
+
+    from sluice.ml.validation import read_sample
+
+    df = _pandas_shop(300, 7)
+    df.loc[11, "signup"] = df.loc[11, "signup"] + __import__("pandas").Timedelta(hours=6)  # one bad row
+    text = df.drop(index=11).to_csv(index=False).encode()
+    contract = infer_contract(read_sample("x.csv", text), "shop", "price")
+    assert (contract.columns["signup"].dtype, contract.columns["visits"].dtype) == ("date", "float")
+    contract = contract.model_copy(update={"columns": {**contract.columns, "visits": ColumnSpec(
+        dtype="int", nullable=True)}})  # a user tightening visits to the integers it holds
+    runtime.store.put("contracts/shop.yaml", contract.to_yaml().encode())
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    key = "incoming/shop/x.parquet"
+    runtime.store.put(key, buf.getvalue())
+    info = runtime.store.head(key)
+    assert info is not None
+    runtime.execute("validate", ObjectCreated(runtime.settings.bucket, key, info.size, info.etag).to_dict())
+
+    [entry] = [runtime.store.get_json(k) for k in runtime.store.keys("ledger/shop/")]
+    assert (entry["outcome"], entry["rows"], entry["rows_quarantined"]) == ("validated", 299, 1), entry
+    report = runtime.store.get_json(f"quarantine/shop/{entry['data_version']}/report.json")
+    assert "06:00:00" in json.dumps(report) and "signup" in json.dumps(report)
+    data = pl.read_parquet(io.BytesIO(runtime.store.get(f"validated/shop/{entry['data_version']}/data.parquet")))
+    assert data.schema["signup"] == pl.Date and data.schema["visits"] == pl.Int64

@@ -125,16 +125,25 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
 
 @models.command("history")
 @click.argument("name")
+@click.option("--last", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show the newest N records (read in one round, whatever the history's length).")
+@click.option("--all", "every", is_flag=True, help="Every record, read and checked as one chain from the first.")
 @click.option("--json", "as_json", is_flag=True)
-def models_history(name: str, as_json: bool) -> None:
-    """Every lifecycle transition of model NAME, oldest first: what changed, the cause, who and why."""
+def models_history(name: str, last: int, every: bool, as_json: bool) -> None:
+    """Lifecycle transitions of model NAME, oldest first: what changed, the cause, who and why."""
     settings = _settings()
     registry = _registry(settings)
     _known(registry, name, settings)
-    records = registry.history(name)
+    if every:
+        records = registry.history(name)
+        total = len(records)
+    else:
+        records, total = registry.history_tail(name, last)
     if as_json:
         _echo_json(records)
         return
+    if total > len(records):
+        click.echo(f"the newest {len(records)} of {total} records (--last N, or --all)")
     for r in records:
         changes = ", ".join(f"v{c['version']} {c['from'] or 'new'}->{c['to']}" for c in r["changes"])
         click.echo(f"{r['sequence']:>4}  {r['at']}  {r['action']:<11} v{r['version']:<4} {changes}")
@@ -177,7 +186,9 @@ def models_reindex(name: str) -> None:
         idx = registry.reindex(name)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{name}: index rebuilt from {idx.sequence} history records and {idx.head['versions']} versions")
+    n = idx.head["versions"]
+    click.echo(f"{name}: index rebuilt from {idx.sequence} history record{'' if idx.sequence == 1 else 's'} and {n} "
+               f"version{'' if n == 1 else 's'}")
 
 
 def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:

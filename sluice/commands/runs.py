@@ -68,6 +68,11 @@ def runs_show(run_id: str, as_json: bool) -> None:
                f"warm start {'-' if not warm else ('used' if warm['used'] else 'requested, NOT used')}")
     click.echo(f"  holdout {h['rows']} rows (train {h['train_rows']}): " + ", ".join(
         f"{k}={v:.4f} (baseline {h['baseline'][k]:.4f})" for k, v in h["metrics"].items()))
+    if run.get("refit"):
+        click.echo(f"  ships: refitted on all {run['refit']['rows']} labelled rows (the holdout scores above are of "
+                   "the model fitted on the training rows)")
+    elif run.get("refit_skipped"):
+        click.echo(f"  ships: the evaluated model, not refitted: {run['refit_skipped']}")
     importance = run.get("feature_importance", {})
     top = sorted(importance.items(), key=lambda kv: (-kv[1], kv[0]))[:5]  # by gain, not by name
     click.echo("  top features: " + ", ".join(f"{k} {v:.1%}" for k, v in top))
