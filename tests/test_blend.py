@@ -37,7 +37,7 @@ def _blended(task: str) -> tuple[Any, ...]:
                          encoding.features(holdout), encoding.labels(holdout), task=contract.task,
                          metric=contract.metric, n_classes=k, seed=1)
     assert chosen.folds == blend.FOLDS and np.isclose(sum(chosen.weights), 1.0)
-    assert set(chosen.oof) == {*chosen.learners, "blend"} and set(chosen.holdout) == set(chosen.oof)
+    assert set(chosen.oof) - {"even"} == {*chosen.learners, "blend"} == set(chosen.holdout)
     if not chosen.kept:  # the decision is measured; the storage is what this test checks, so keep it anyway
         from sklearn.base import clone
 
@@ -128,7 +128,10 @@ def test_weights_are_chosen_out_of_fold_and_the_fast_metrics_agree_with_scikit_l
         "roc_auc", y, good, 2)
     for metric, truth, scores, k in (("roc_auc", y, noise, 2), ("log_loss", y, noise, 2),
                                      ("log_loss", rng.integers(0, 3, 400), rng.dirichlet([1, 1, 1], 400), 3),
-                                     ("rmse", rng.normal(size=400), rng.normal(size=400), None)):
+                                     ("rmse", rng.normal(size=400), rng.normal(size=400), None),
+                                     ("r2", rng.normal(size=400), rng.normal(size=400), None),
+                                     ("accuracy", y, noise, 2), ("f1", y, noise, 2),
+                                     ("accuracy", rng.integers(0, 3, 400), rng.dirichlet([1, 1, 1], 400), 3)):
         fast = blend._fast_metric(metric, truth, k)
         assert fast is not None and np.isclose(fast(scores), modeling.score(metric, truth, scores, k))
     assert len(blend.simplex(2)) == 21 and all(np.isclose(sum(w), 1) for w in blend.simplex(3))
@@ -174,3 +177,71 @@ def test_the_card_says_what_ships_and_why() -> None:
     [line] = _blend({"kept": False, "members": ["lgbm", "linear"], "reason": "no time left: 2.0s needed"})
     assert "not shipped: no time left" in line
     assert _blend(None) == []
+
+
+class _OneColumn:
+    """A linear fit on one named column: a member whose errors are that column's own noise."""
+
+    def __init__(self, column: str = "a") -> None:
+        self.column = column
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {"column": self.column}
+
+    def set_params(self, **params: Any) -> _OneColumn:
+        self.column = params.get("column", self.column)
+        return self
+
+    def fit(self, X: Any, y: np.ndarray) -> _OneColumn:
+        from sklearn.linear_model import LinearRegression
+
+        self.model_ = LinearRegression().fit(X[[self.column]], y)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(self.model_.predict(X[[self.column]]))
+
+
+def _noisy_copies(n: int, noise: dict[str, float], seed: int, shared: float = 0.0) -> tuple[Any, np.ndarray]:
+    """Columns that are the target plus noise of their own (and `shared` noise common to them all)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=n)
+    common = rng.normal(scale=shared, size=n) if shared else 0.0
+    return pd.DataFrame({c: y + common + rng.normal(scale=s, size=n) for c, s in noise.items()}), y
+
+
+def test_members_the_rows_cannot_tell_apart_ship_as_an_even_blend() -> None:
+    # 150 rows: members "a" and "b" are equally good (the same shared noise, and a little of their own), "c" far
+    # worse. Out of fold one of a and b comes out ahead by chance, and the weights fitted out of fold follow that
+    # chance; Occam's window ships a and b evenly and leaves c out.
+    members = {"a": _OneColumn("a"), "b": _OneColumn("b"), "c": _OneColumn("c")}
+    X, y = _noisy_copies(150, {"a": 0.2, "b": 0.2, "c": 3.0}, seed=4, shared=0.5)
+    Xh, yh = _noisy_copies(60, {"a": 0.2, "b": 0.2, "c": 3.0}, seed=5, shared=0.5)
+    chosen = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
+    assert chosen.kept and chosen.weights == [0.5, 0.5, 0.0], chosen
+    assert "even blend of a, b" in chosen.reason and chosen.oof["c"] > chosen.oof["even"]
+    # Without the window, the weights fitted out of fold decide: tilted by the folds' chance.
+    try:
+        blend.WINDOW = False
+        tilted = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
+    finally:
+        blend.WINDOW = True
+    assert tilted.weights != chosen.weights, tilted
+    assert chosen.holdout["blend"] < tilted.holdout["blend"]  # and on rows neither saw, the even blend is better
+
+
+def test_a_member_the_rows_show_is_worse_is_left_out_of_the_window() -> None:
+    # 3,000 rows tell a noise of 0.3 from one of 0.6: b is clearly worse than a alone, so no even blend; the
+    # weighted blend (mostly a) is kept as before, since it beats a alone out of fold.
+    members = {"a": _OneColumn("a"), "b": _OneColumn("b")}
+    X, y = _noisy_copies(3000, {"a": 0.3, "b": 0.6}, seed=6)
+    Xh, yh = _noisy_copies(200, {"a": 0.3, "b": 0.6}, seed=7)
+    chosen = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
+    assert "even" not in chosen.oof and chosen.kept and chosen.weights[0] > 0.6
+    assert "better than a alone" in chosen.reason
+    # The noise estimate itself: a difference of many standard errors is clear, none at all is not.
+    gains, se = blend.noise([X["a"].to_numpy(), X["b"].to_numpy()], y, "rmse", None, seed=0)
+    assert blend.clearly_worse(gains, se, 1, 0) and not blend.clearly_worse(gains, se, 0, 1)
+    assert not blend.clearly_worse(gains, se, 0, 0)

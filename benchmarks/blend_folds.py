@@ -1,0 +1,120 @@
+"""How many folds should the blend choose on? Fold policies side by side on the same search, scored on test rows.
+
+For each dataset of benchmarks/model_quality.py and each seeded test split, the train stage's steps without the
+chain: the contract `contract infer` writes, the holdout split, one FLAML search (`--search` seconds) and its
+members (ml/blend.py). Then, on those same members, each fold policy chooses what ships (a blend, a member alone
+or the search's winner), the choice is refitted on every development row, as the stage's refit does, and scored on
+the test rows. Only the choice differs between the columns; the search is shared, so its luck is too.
+
+    .venv/bin/python benchmarks/blend_folds.py [--repeats 3] [--search 6] [--datasets wine diabetes]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from sklearn.base import clone
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.model_quality import SPLIT_SEED, csv_bytes, split
+from benchmarks.quality_data import all_datasets
+from sluice.ml import blend, modeling
+from sluice.ml.contract import HIGHER_IS_BETTER, infer_contract, parse_contract
+from sluice.ml.features import row_key_columns
+from sluice.ml.transforms import apply_transforms
+from sluice.ml.validation import read_sample
+
+# name -> fold count for `n` training rows (None: the rule in ml/blend.py as checked out)
+POLICIES: dict[str, Any] = {"5 folds": (lambda n: 5, False), "5 window": (lambda n: 5, True)}
+if os.environ.get("BLEND_FOLDS_TEN"):  # ten folds too (twice the fits; digits takes minutes on a loaded machine)
+    POLICIES.update({"10 folds": (lambda n: 10, False), "10 window": (lambda n: 10, True)})
+
+
+def shipped(chosen: blend.Blend, templates: dict[str, Any], X: Any, y: np.ndarray, Xt: Any, task: str
+            ) -> np.ndarray:
+    """What the stage would ship, refitted on every development row, scored on the test rows."""
+    if chosen.kept:
+        used = [(n, w) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
+    else:
+        used = [(next(iter(templates)), 1.0)]
+    return blend.combine([blend.predict(clone(templates[n]).fit(X, y), Xt, task) for n, _ in used],
+                         [w for _, w in used])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--search", type=float, default=6.0, help="seconds of FLAML search per split")
+    parser.add_argument("--datasets", nargs="*")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    load0 = os.getloadavg()
+    table: dict[str, dict[str, list[float]]] = {}
+    for data in all_datasets():
+        short = data.name.split()[0]
+        if args.datasets and short not in args.datasets:
+            continue
+        for repeat in range(args.repeats):
+            dev, test = split(data.frame, SPLIT_SEED + repeat)
+            contract = parse_contract(infer_contract(read_sample("dev.csv", csv_bytes(dev)), short, data.target,
+                                                     time_budget_s=10).to_yaml())
+            frame = apply_transforms(read_sample("dev.csv", csv_bytes(dev)), contract)
+            test_frame = apply_transforms(read_sample("test.csv", csv_bytes(test)), contract)
+            mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)),
+                                         contract.training.holdout_fraction, contract.training.seed)
+            train, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
+            encoding = modeling.Encoding.fit(train, contract)
+            trained = modeling.train(train, encoding, contract, time_budget_s=args.search)
+            X, y = encoding.features(train), encoding.labels(train)
+            y_h = encoding.labels(holdout)
+            known = y_h >= 0
+            Xh = encoding.features(holdout.filter(pl.Series(known)))
+            Xa, ya = encoding.features(frame), encoding.labels(frame)
+            Xt, yt = encoding.features(test_frame), encoding.labels(test_frame)
+            ka, kt = ya >= 0, yt >= 0
+            k = len(encoding.classes) if encoding.classes else None
+            row = table.setdefault(short, {})
+            alone = {}
+            for n, tpl in trained.templates.items():
+                alone[n] = blend.predict(clone(tpl).fit(Xa[ka], ya[ka]), Xt[kt], contract.task)
+            even = blend.combine(list(alone.values()), [1 / len(alone)] * len(alone))
+            print(f"{short:14} r{repeat} each member alone on test: "
+                  + str({n: round(modeling.score(contract.metric, yt[kt], v, k), 4) for n, v in alone.items()})
+                  + f" even blend of all {modeling.score(contract.metric, yt[kt], even, k):.4f}", flush=True)
+            for name, policy in POLICIES.items():
+                saved, saved_window = blend.fold_count, blend.WINDOW
+                blend.fold_count, blend.WINDOW = policy  # type: ignore[assignment]
+                try:
+                    t = time.perf_counter()
+                    chosen = blend.build(trained.templates, X, y, Xh, y_h[known], task=contract.task,
+                                         metric=contract.metric, n_classes=k, seed=contract.training.seed,
+                                         first_is_winner=trained.best_estimator in trained.templates)
+                    seconds = time.perf_counter() - t
+                finally:
+                    blend.fold_count, blend.WINDOW = saved, saved_window
+                scores = shipped(chosen, trained.templates, Xa[ka], ya[ka], Xt[kt], contract.task)
+                value = modeling.score(contract.metric, yt[kt], scores, k)
+                row.setdefault(name, []).append(value)
+                what = ("+".join(f"{n}:{w:g}" for n, w in zip(chosen.learners, chosen.weights, strict=True) if w)
+                        if chosen.kept else f"search's {trained.best_estimator}")
+                print(f"{short:14} r{repeat} {name:9} {value:9.4f} {seconds:6.2f}s folds={chosen.folds:<3} {what}  "
+                      f"oof={ {n: round(v, 4) for n, v in chosen.oof.items()} }", flush=True)
+    print(f"\n{'dataset':14} " + " ".join(f"{n:>10}" for n in POLICIES) + f"   (test score, mean of {args.repeats})")
+    for short, row in table.items():
+        metric = next(d for d in all_datasets() if d.name.split()[0] == short).task
+        print(f"{short:14} " + " ".join(f"{np.mean(v):10.4f}" for v in row.values()) + f"   {metric}")
+    print(f"load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores); "
+          f"higher is better for ROC AUC: {HIGHER_IS_BETTER['roc_auc']}")
+
+
+if __name__ == "__main__":
+    main()
