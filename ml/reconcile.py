@@ -94,6 +94,17 @@ def _guarded(what: str, find: Callable[..., Any], *args: Any, none: Any = ()) ->
         return none
 
 
+def _refused(store: ObjectStore, dataset: str | None) -> dict[tuple[str, str, str | None], str]:
+    """(stage, key, etag) -> refusal id, for every event a stage refused (signed records only: a planted one must
+    not hide a gap)."""
+    prefix = keys.Refused.prefix(dataset) if dataset else keys.REFUSED
+    out = {}
+    for _, record in signed(store, [k for k in store.keys(prefix) if k.endswith(".json")]):
+        event = record.get("event") or {}
+        out[(str(record.get("stage")), str(event.get("key")), event.get("etag"))] = str(record.get("id"))
+    return out
+
+
 def find_gaps(store: ObjectStore, state: StateBackend | None = None, dataset: str | None = None, *,
               min_age_s: float = DEFAULT_MIN_AGE_S, now: datetime | None = None) -> list[Gap]:
     """Every object whose next step is missing, oldest stage first."""
@@ -248,9 +259,16 @@ def reconcile(runtime: Runtime, dataset: str | None = None, *, dry_run: bool = F
               min_age_s: float = DEFAULT_MIN_AGE_S) -> list[Gap]:
     """Find the gaps and (unless `dry_run`) re-drive each one once through the runtime."""
     gaps = find_gaps(runtime.store, runtime.state, dataset, min_age_s=min_age_s)
+    refused = _refused(runtime.store, dataset) if gaps else {}
     for gap in gaps:
         info = runtime.store.head(gap.key)
         if info is None:
+            continue
+        waiting = refused.get((gap.stage, gap.key, info.etag))
+        if waiting is not None:
+            # A refusal is never retried on its own: the same bytes were refused by this stage, and an operator
+            # re-drives them once they are restored (restored bytes have another etag, and are re-driven here).
+            log.info("skip %-10s %s: refused, waiting for `sluice refused redrive %s`", gap.stage, gap.key, waiting)
             continue
         if not dry_run:
             event = ObjectCreated(runtime.store.bucket, gap.key, info.size, info.etag, info.version_id, "reconcile")

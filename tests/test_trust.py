@@ -87,6 +87,17 @@ def test_a_planted_candidate_saying_promote_registers_nothing(runtime: Runtime) 
     assert "published" not in seen and "refused" in seen
     assert [r["stage"] for r in refusals(runtime)] == ["register"]
     assert [k for k in runtime.store.keys("registry/") if "/candidates/" not in k] == []
+    # Reconcile sees a candidate with no version, but a refusal is never retried on its own: it is left for the
+    # operator (`sluice refused redrive`), not re-driven on every pass. Restored (other bytes), it is re-driven.
+    from sluice.ml.reconcile import reconcile
+
+    sent: list[tuple[str, str]] = []
+    runtime.send = lambda stage, ev: sent.append((stage, ev.key))  # type: ignore[method-assign]
+    gaps = reconcile(runtime, min_age_s=0)
+    assert [g.key for g in gaps] == [event.key] and sent == []
+    plant(runtime, event.key, {**candidate, "reasons": ["restored, say"]})
+    reconcile(runtime, min_age_s=0)
+    assert sent == [("register", event.key)]
 
 
 def _flipped_sample() -> bytes:
