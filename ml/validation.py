@@ -224,6 +224,9 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
     with open(path, "rb") as f:
         first = True
         while chunk := f.read(4 << 20):
+            if first and chunk.startswith((b"\xff\xfe", b"\xfe\xff")):  # a UTF-16 BOM (Excel's "Unicode text")
+                raise UnreadableFile(f"{key} is UTF-16 text, not UTF-8 (it starts with a UTF-16 byte order mark).",
+                                     hint="Save it as CSV UTF-8 (in Excel: Save As, 'CSV UTF-8') and drop it again.")
             if first and b"\x00" in chunk[:8192]:
                 raise UnreadableFile(f"{key} is a binary file, not CSV text (NUL bytes near the start).",
                                      hint="Drop the CSV export itself, or a .parquet file with a .parquet name.")
