@@ -38,6 +38,8 @@ REFUSED = "refused/"
 PUBLISHED = "published/"
 DEADLETTER = "deadletter/"
 TRACES = "traces/"
+# What a drop under incoming/ or labels/ may be, by its name: anything else is quarantined as unreadable.
+DROP_FORMATS = (".csv", ".csv.gz", ".parquet")
 
 MANIFEST = "manifest.json"
 DATA = "data.parquet"

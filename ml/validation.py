@@ -45,13 +45,14 @@ from sluice.core.errors import (
 )
 from sluice.core.errors import examples as examples  # re-exported: the quarantine report's examples
 from sluice.core.errors import summarize as summarize
+from sluice.core.keys import DROP_FORMATS
 from sluice.ml.contract import ColumnSpec, Contract
 
 POLARS_TYPES: dict[str, pl.DataType] = {
     "int": pl.Int64(), "float": pl.Float64(), "str": pl.Utf8(), "bool": pl.Boolean(),
     "date": pl.Date(), "datetime": pl.Datetime("us"),
 }
-SUPPORTED = (".csv", ".csv.gz", ".parquet")
+SUPPORTED = DROP_FORMATS
 BATCH_ROWS = 250_000  # per-batch fixed costs (pandera, Parquet row groups) amortised; ~0.8 GB peak on wide files
 CELLS_PER_BATCH = 4_000_000  # a wide file gets fewer rows per batch, so a batch's memory does not grow with width
 RATIO_FLOOR = 64 << 20  # the compression ratio is judged once this much is decompressed: small files may be sparse

@@ -175,8 +175,14 @@ def ui(host: str, port: int) -> None:
 @click.option("--labels", is_flag=True, help="FILE holds labels (entity, label time, target): upload to labels/.")
 def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
     """Upload FILE (CSV, CSV.GZ or Parquet) to incoming/DATASET/, with its SHA-256 checksum."""
+    from sluice.core.keys import DROP_FORMATS
+
     settings = _settings()
     key = f"{'labels' if labels else 'incoming'}/{dataset}/{name or file.name}"
+    if not key.lower().endswith(DROP_FORMATS):
+        raise click.ClickException(
+            f"{name or file.name}: Sluice reads {', '.join(DROP_FORMATS)} files, so the worker would quarantine this "
+            "one. Export it as CSV or Parquet, or name it for its content with --as (e.g. --as data.csv).")
     sha = _store(settings).put_file(key, file)
     click.echo(f"dropped {file} -> s3://{settings.bucket}/{key} (sha256 {sha[:12]}…, the data version if it validates)")
 

@@ -191,3 +191,20 @@ def test_up_expires_traces_and_keeps_the_buckets_own_lifecycle_rules(env: Settin
     monkeypatch.setenv("SLUICE_TRACE_RETENTION_DAYS", "0")
     run("up")
     assert [r["ID"] for r in s3.get_bucket_lifecycle_configuration(Bucket=env.bucket)["Rules"]] == ["users-own"]
+
+
+def test_drop_refuses_a_file_the_worker_would_quarantine_for_its_format(env: Settings, tmp_path: Path) -> None:
+    """`sluice drop model.pkl` says at once what Sluice reads (nothing is uploaded); `--as` names a file for its
+    content."""
+    run("up")
+    pickled = tmp_path / "model.pkl"
+    pickled.write_bytes(b"\x80\x04K\x01.")
+    result = CliRunner().invoke(main, ["drop", str(pickled), "--dataset", DATASET])
+    assert result.exit_code == 1 and "Sluice reads .csv, .csv.gz, .parquet files" in result.output
+    assert "Traceback" not in result.output
+    export = tmp_path / "export.txt"
+    export.write_bytes(sample_bytes())
+    assert f"incoming/{DATASET}/export.csv" in run("drop", str(export), "--dataset", DATASET, "--as", "export.csv")
+    upper = tmp_path / "DATA.CSV"
+    upper.write_bytes(sample_bytes())
+    assert f"incoming/{DATASET}/DATA.CSV" in run("drop", str(upper), "--dataset", DATASET)
