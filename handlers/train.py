@@ -428,8 +428,8 @@ def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFr
 
 
 def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: modeling.Encoding,
-           trained: modeling.Trained, base: str, run_id: str, chosen: Any = None, left_s: float = float("inf"),
-           frequencies: Any = None) -> tuple[dict[str, Any] | None, str | None]:
+           trained: modeling.Trained, base: str, run_id: str, chosen: Any, left_s: float, frequencies: Any,
+           ) -> tuple[dict[str, Any] | None, str | None]:
     """The chosen configuration refitted on every labelled row, stored as a bundle of its own: (what the run
     records of it, or None and why it was skipped).
 
@@ -456,8 +456,7 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
             if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions))
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
-        frequencies=frequency_tables(frame, contract) if frequencies is None else frequencies, run_id=run_id,
-        members=done.members)
+        frequencies=frequencies, run_id=run_id, members=done.members)
     bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     _put_many(ctx, [(f"{base}refit/{name}", data) for name, data in files.items()])
     key = f"{base}refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"

@@ -22,7 +22,6 @@ conditional write (If-None-Match), so concurrent writers can neither lose nor re
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import threading
@@ -71,15 +70,18 @@ def parse_time(text: str) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
-def chain_problems(records: list[dict[str, Any]]) -> list[str]:
-    """Where a history (sorted by sequence) is not one unbroken chain: gaps, and records not following the last."""
+def chain_problems(records: list[dict[str, Any]], first: int = 1) -> list[str]:
+    """Where a history (sorted by sequence, starting at record `first`) is not one unbroken chain: gaps, and
+    records not following the last. A window that starts after record 1 cannot check its first record's link."""
     problems = []
     for i, record in enumerate(records):
         sequence = int(record["sequence"])
-        if sequence != i + 1:
+        if sequence != i + first:
             after = "first" if i == 0 else f"after record {records[i - 1]['sequence']}"
-            problems.append(f"history record {i + 1} is missing (deleted?): record {sequence} comes {after}")
+            problems.append(f"history record {i + first} is missing (deleted?): record {sequence} comes {after}")
             break
+        if i == 0 and first > 1:
+            continue
         expected = digest(records[i - 1]) if i else None
         if "prev" in record and record["prev"] != expected:
             problems.append(f"history record {sequence} does not follow record {sequence - 1}: one of them was "
@@ -250,7 +252,8 @@ class ModelRegistry:
         chain, and its newest record must be the one the signed index head names (`models verify` checks all)."""
         idx = self.current(model)
         total = idx.sequence
-        wanted = [self._history_key(model, s) for s in range(max(1, total - last + 1), total + 1)]
+        first = max(1, total - last + 1)
+        wanted = [self._history_key(model, s) for s in range(first, total + 1)]
         found = self._fetch(wanted)
         docs = []
         for key in wanted:
@@ -262,11 +265,10 @@ class ModelRegistry:
                                      "lists every problem")
             self._cache[key] = doc
             docs.append(doc)
-        for before, record in itertools.pairwise(docs):
-            if "prev" in record and record["prev"] != digest(before):
-                raise IntegrityError(f"the registry history of {model} is broken: history record {record['sequence']} "
-                                     f"does not follow record {before['sequence']}; `sluice models verify {model}` "
-                                     "lists every problem")
+        problems = chain_problems(docs, first)
+        if problems:
+            raise IntegrityError(f"the registry history of {model} is broken: {'; '.join(problems)}. "
+                                 f"`sluice models verify {model}` lists every problem.")
         if docs and idx.head.get("digest") not in (None, digest(docs[-1])):
             raise IntegrityError(f"the registry history of {model}: record {docs[-1]['sequence']} is not the one its "
                                  f"index recorded; `sluice models verify {model}` lists every problem")
