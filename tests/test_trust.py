@@ -581,3 +581,38 @@ def test_reindex_leaves_out_planted_and_forged_version_documents_and_says_so(
     registry.store.delete("registry/m/versions/000009.json")
     registry.store.delete("registry/m/versions/evil.json")
     assert fresh(registry).reindex("m").skipped == [] and registry.verify("m", artifacts=False) == []
+
+
+def test_a_refusal_leaves_status_once_its_object_is_restored_and_re_driven_by_reconcile(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object a stage refused, restored from the bucket's version history (other bytes than the refused
+    ones), is re-driven by reconcile, not by `sluice refused redrive`: its refusal used to stay in `sluice status`
+    after the stage had run."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.ml.reconcile import reconcile
+
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert runtime.execute("validate", dropped.to_dict())["outcome"] == "done"
+    [manifest] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json")]
+    s3, bucket = runtime.store.s3, runtime.store.bucket
+    saved = s3.get_object(Bucket=bucket, Key=manifest)
+    original, metadata = saved["Body"].read(), saved["Metadata"]
+    edited = plant(runtime, manifest, {**json.loads(original), "rows": 1})
+    assert runtime.execute("features", edited.to_dict())["outcome"] == "refused"
+    monkeypatch.setenv("SLUICE_BUCKET", bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    assert f"refused     features {manifest}" in CliRunner().invoke(main, ["status"]).output
+
+    s3.put_object(Bucket=bucket, Key=manifest, Body=original, Metadata=metadata)  # restored
+    sent: list[tuple[str, str]] = []
+    runtime.send = lambda stage, ev: sent.append((stage, ev.key))  # type: ignore[method-assign]
+    reconcile(runtime, min_age_s=0)
+    assert sent == [("features", manifest)]
+    info = runtime.store.head(manifest)
+    assert info is not None
+    restored = ObjectCreated(bucket, manifest, info.size, info.etag, info.version_id)
+    assert runtime.execute("features", restored.to_dict())["outcome"] == "done"
+    shown = CliRunner().invoke(main, ["status"]).output
+    assert "refused     features" not in shown and f"featurized  incoming/{DATASET}/a.csv" in shown, shown
