@@ -640,6 +640,8 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
     for name in names:
         values = [None if _is_missing(v) else v for v in (r.get(name) for r in rows)]
         kinds = {type(v) for v in values if v is not None}
+        if int in kinds and any(type(v) is int and not -2**63 <= v < 2**63 for v in values):
+            kinds.add(str)  # beyond 64 bits (JSON has no bound): as text, refused by the contract's type with it
         if kinds == {float} or kinds == {int, float}:
             values = [None if v is None else float(v) for v in values]
             columns.append(pl.Series(name, values, dtype=pl.Float64))
