@@ -616,3 +616,32 @@ def test_a_refusal_leaves_status_once_its_object_is_restored_and_re_driven_by_re
     assert runtime.execute("features", restored.to_dict())["outcome"] == "done"
     shown = CliRunner().invoke(main, ["status"]).output
     assert "refused     features" not in shown and f"featurized  incoming/{DATASET}/a.csv" in shown, shown
+
+
+def test_a_bundle_named_by_an_event_outside_runs_is_never_loaded(runtime: Runtime) -> None:
+    """A CloudEvent (or s3:// URI) names a bundle and its sha256: both come from whoever sent it. A bundle planted
+    where producers write (incoming/) carries no signature check on read, so it used to load and score."""
+    import hashlib
+
+    from sluice import load_model
+    from tests import mixed
+
+    manifest, files = mixed.trained_bundle(300, 0.5)
+    name = json.loads(manifest)["files"]["model"]["path"]
+    for key, body in [("incoming/shop/bundle/manifest.json", manifest),
+                      *((f"incoming/shop/bundle/{path}", data) for path, data in files.items())]:
+        plant(runtime, key, body)
+    uri = f"s3://{runtime.settings.bucket}/incoming/shop/bundle/manifest.json"
+    event = {"type": "sluice.model.promoted", "data": {"model": "shop", "version": 1,
+                                                       "bundle": {"uri": uri, "sha256": hashlib.sha256(manifest)
+                                                                  .hexdigest()}}}
+    for ref in (event, uri):
+        with pytest.raises(IntegrityError, match="loaded only from runs/"):
+            load_model(ref, settings=runtime.settings, store=runtime.store)
+    # Under runs/, the same planted bytes fail their signature.
+    for path, data in [("manifest.json", manifest), *files.items()]:
+        plant(runtime, f"runs/shop/run-evil/bundle/{path}", data)
+    assert name in files
+    with pytest.raises(IntegrityError, match="not written by a Sluice stage"):
+        load_model(f"s3://{runtime.settings.bucket}/runs/shop/run-evil/bundle/manifest.json",
+                   settings=runtime.settings, store=runtime.store)
