@@ -13,6 +13,7 @@
     ├── RegistryError         a lifecycle command that the registry refuses (says which command would work)
     ├── IntegrityError        stored bytes are not what Sluice recorded (never retried, never loaded)
     ├── ModelInputError       rows handed to a loaded model that it cannot score at all (names what is wrong)
+    ├── WorkerKilled          the same delivery of a stage's message killed its worker again and again (dead-lettered)
     ├── TransientError        a fault worth retrying (the worker retries it with backoff)
     └── Defer                 not a fault: run the stage again after a delay (e.g. to coalesce drops)
 """
@@ -137,6 +138,11 @@ class IntegrityError(SluiceError):
 
 class ModelInputError(SluiceError):
     """Input a loaded model cannot take at all (an unknown format, a file that is not a table)."""
+
+
+class WorkerKilled(SluiceError):
+    """A stage's message began several times and never ended: each time its worker died (out of memory, a crash in
+    a native library, kill -9). Running it again would kill the next worker; it is dead-lettered instead."""
 
 
 @dataclass
