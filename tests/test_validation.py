@@ -49,6 +49,7 @@ def test_corpus(case: str, runtime: Runtime) -> None:
     assert entry["outcome"] == spec["outcome"], entry
     if spec["outcome"] == "validated":
         assert (entry["rows"], entry["rows_quarantined"]) == (spec["valid"], spec["quarantined"])
+        assert entry.get("rows_empty", 0) == spec.get("empty", 0)
         if spec["quarantined"]:
             report = runtime.store.get_json(f"quarantine/people/{entry['data_version']}/report.json")
             rows = pl.read_parquet(__import__("io").BytesIO(runtime.store.get(report["rows_file"])))
