@@ -515,7 +515,7 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
             for raw in _batches(frame, batch_rows):
                 if skip_empty:
                     empty = raw.select(pl.all_horizontal(pl.all().is_null())).to_series()
-                    if n_empty := empty.sum():
+                    if n_empty := int(empty.sum()):
                         split.rows_empty += n_empty
                         raw = raw.filter(~empty)
                 if not cells_fit:
