@@ -923,4 +923,7 @@ def read_sample(key: str, data: bytes) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(data))
     if name.endswith(".gz"):
         data = gzip.decompress(data)
-    return pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
+    frame = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
+    # Blank lines (and lines of empty cells) are rows of nulls to polars 2: left out, as validation leaves them out,
+    # or they would make every column look nullable.
+    return frame.filter(~pl.all_horizontal(pl.all().is_null())) if frame.width else frame
