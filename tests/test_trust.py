@@ -675,3 +675,23 @@ def test_names_and_values_a_producer_chose_cannot_drive_the_operators_terminal(
     for args in (["status"], ["trace", key], ["quarantine", "list", DATASET]):
         out = CliRunner().invoke(main, args).output
         assert "\\x1b]0;all fine\\x07" in out and "\x1b" not in out and "\r" not in out, (args, out)
+
+
+def test_a_refusal_of_a_stage_this_app_lacks_says_which_app_to_run(runtime: Runtime,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal written by an app's own stage, re-driven with another app (the built-in chain): a KeyError
+    traceback, now a line naming the stage and `--app`."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    event = ObjectCreated(runtime.settings.bucket, f"incoming/{DATASET}/a.csv", 1, "etag")
+    runtime.store.put_json(f"refused/{DATASET}/00112233aabbccdd.json", {
+        "stage": "enrich", "dataset": DATASET, "id": "00112233aabbccdd", "event": event.to_dict(),
+        "message": "x", "at": "2026-03-01T12:00:00Z"})
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    result = CliRunner().invoke(main, ["refused", "redrive", "00112233"])
+    assert result.exit_code == 1 and "of stage 'enrich', which this app does not run" in result.output, result.output
+    assert "--app" in result.output and "redriven" not in json.loads(
+        runtime.store.get(f"refused/{DATASET}/00112233aabbccdd.json"))
