@@ -39,6 +39,18 @@ def clip(value: Any, limit: int = CLIP_BYTES) -> str:
     return f"{head}… ({len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
 
 
+# Control characters (but newline and tab) and the bidirectional overrides, as visible escapes: a file name or a
+# cell value is the producer's text, and printed raw it could drive the operator's terminal (retitle it, erase
+# lines, move the cursor) or reorder what a line appears to say.
+_UNPRINTABLE = {cp: f"\\x{cp:02x}" for cp in [*range(0x00, 0x20), *range(0x7f, 0xa0)] if cp not in (0x09, 0x0a)}
+_UNPRINTABLE |= {cp: f"\\u{cp:04x}" for cp in [*range(0x202a, 0x202f), *range(0x2066, 0x206a)]}
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: control characters and bidi overrides become visible escapes."""
+    return text.translate(_UNPRINTABLE)
+
+
 class SluiceError(Exception):
     """Base of every error Sluice raises on purpose."""
 
