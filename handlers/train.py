@@ -135,8 +135,10 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     blending = _blends(contract)
     search_s = _search_budget(spec.time_budget_s, leak_s, blending)
     try:
+        validation = modeling.search_validation(train_frame.select(row_key_columns(contract, train_frame)),
+                                                encoding.labels(train_frame), spec.seed, encoding.classes)
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
-                                 time_budget_s=search_s,
+                                 time_budget_s=search_s, validation=validation,
                                  on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"),
                                  extensions=ctx.extensions)
     except modeling.TrainingCancelled:
@@ -224,6 +226,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
         "best_config": trained.best_config,
         "best_loss": trained.best_loss,
         "best_loss_per_learner": trained.learner_losses,
+        # The rows FLAML validated on and fitted the judged model on, when they were not all of train's.
+        **({"search": trained.search} if trained.search else {}),
         "model_format": model_format,
         # The blend of each learner's best model: its weights, why it ships or not (ml/blend.py).
         **({"blend": blend_record} if blend_record else {}),

@@ -318,7 +318,12 @@ class Trained:
     # Seconds FLAML took to train the winning configuration (its `best_config_train_time`): what one more fit of
     # it costs, about, before the blend decides whether it has time.
     best_fit_s: float = 0.0
-    best_fit_rows: int = 0  # the rows of that fit: FLAML's final retrain of the winner sees all of X
+    best_fit_rows: int = 0  # the rows of that fit
+    # How the model the gate judges was fitted, when it is the search's own trial model (`search_validation`):
+    # the rows FLAML validated on, the rows it was fitted on, and the boosting rounds it ran (FLAML may stop a
+    # trial's boosting early to keep its budget). What `runs reproduce` needs to fit it again. None: FLAML
+    # cross-validated and fitted the winner once more on every row.
+    search: dict[str, Any] | None = None
 
 
 @dataclass
@@ -330,8 +335,37 @@ class Progress:
     elapsed_s: float = 0.0
 
 
+# FLAML validates on a held-out share of the rows when the data is too large to cross-validate in the budget; it
+# then fits the winner once more on every row ("retrain_full"). Sluice refits the winner on train + holdout anyway,
+# so that extra fit (3 s of a 10 s budget at 100,000 rows, and past the budget) is left out: FLAML is given the
+# validation rows itself (a row-hash split, as reproducible as the holdout) and keeps its best trial's model.
+SEARCH_VALIDATION_FRACTION = 0.1  # FLAML's own share (flaml.config.SPLIT_RATIO)
+RARE_CLASS_ROWS = 20  # classes this rare stay whole in the search's training rows (FLAML's own threshold)
+
+
+def search_validation(keys: pl.DataFrame, y: np.ndarray, seed: int, classes: list[str] | None) -> np.ndarray:
+    """The rows FLAML validates its trials on (True), out of the training rows: a row-hash split like the holdout's
+    (with its own seed), without rows of classes under RARE_CLASS_ROWS, which the search's models must see."""
+    mask = holdout_mask(keys, SEARCH_VALIDATION_FRACTION, seed + 1)
+    if classes is not None:
+        counts = np.bincount(y[y >= 0], minlength=len(classes))
+        mask &= counts[np.clip(y, 0, None)] >= RARE_CLASS_ROWS
+    return mask
+
+
+def _holds_out(rows: int, cols: int, budget_s: float, y_val: np.ndarray, classes: list[str] | None) -> bool:
+    """Whether FLAML would validate on a held-out share rather than cross-validate (its own rule,
+    AutoML._decide_eval_method), and the validation rows have every class."""
+    from flaml.config import CV_HOLDOUT_THRESHOLD, SMALL_LARGE_THRES
+
+    if rows * cols / 0.9 < SMALL_LARGE_THRES * (budget_s / 3600) and rows < CV_HOLDOUT_THRESHOLD:
+        return False
+    return classes is None or len(np.unique(y_val)) == len(classes)
+
+
 def train(
     frame: pl.DataFrame, encoding: Encoding, contract: Contract, *,
+    validation: np.ndarray | None = None,
     starting_points: dict[str, dict[str, Any]] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -344,11 +378,23 @@ def train(
     The artifact is the best learner's own format (LightGBM text or XGBoost JSON): loading it runs no code.
     Before it is returned, the stored form is loaded back through `Predictor` and must predict exactly what
     FLAML's in-memory model predicts on training rows.
+
+    `validation` (search_validation's rows of `frame`): when FLAML would validate on held-out rows, it validates
+    on these and the model is its best trial's, fitted on the others; otherwise it cross-validates on all rows.
     """
     from flaml.automl import AutoML
 
     spec = contract.training
+    budget_s = time_budget_s or spec.time_budget_s
     X, y = encoding.features(frame), encoding.labels(frame)
+    held: dict[str, Any] = {}
+    if validation is not None and validation.any() and _holds_out(
+            X.shape[0], X.shape[1], budget_s, y[validation], encoding.classes):
+        held = {"X_val": X[validation].reset_index(drop=True), "y_val": y[validation],
+                # No final refit of the winner by FLAML, and no duplicated rare-class rows (search_validation keeps
+                # them whole): the model is a trial's, fitted on exactly the rows `runs reproduce` recomputes.
+                "retrain_full": False, "auto_augment": False}
+        X, y, frame = X[~validation].reset_index(drop=True), y[~validation], frame.filter(pl.Series(~validation))
     automl = AutoML()  # type: ignore[no-untyped-call]
     for name in spec.estimators:
         if name in CUSTOM_LEARNERS:
@@ -365,10 +411,10 @@ def train(
         try:
             automl.fit(
                 X_train=X, y_train=y, task=task, metric=contract.metric,
-                time_budget=time_budget_s or spec.time_budget_s,
+                time_budget=budget_s,
                 estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=jobs, verbose=0,
                 log_file_name=str(log), log_type="all",
-                starting_points=search_starts(starting_points, list(spec.estimators)),
+                starting_points=search_starts(starting_points, list(spec.estimators)), **held,
             )
         finally:
             watcher.stop()
@@ -385,12 +431,28 @@ def train(
         raise TransientError(f"FLAML finished no trial within the {spec.time_budget_s:g}s budget (the worker may be "
                              "overloaded); retrying. If it keeps happening, raise training.time_budget_s.")
     model = automl.model
+    search = None
+    fit_rows = X.shape[0]
+    if held:
+        fit_rows = int(automl._search_states[automl.best_estimator].best_config_sample_size or fit_rows)
+        if fit_rows < X.shape[0]:
+            # The winner was found on FLAML's sample of the rows (its shuffled first rows): fitted again on all of
+            # them, as FLAML's final retrain would have, so that the model's rows are the ones recorded.
+            started_again = time.perf_counter()
+            model = _Fitted(refit_template(model.estimator).fit(X, y))
+            fit_seconds += time.perf_counter() - started_again
+            fit_rows = X.shape[0]
+        search = {"validation": {"method": "row-hash", "version": SPLIT_VERSION,
+                                 "fraction": SEARCH_VALIDATION_FRACTION, "seed": spec.seed + 1,
+                                 "rare_class_rows": RARE_CLASS_ROWS, "rows": len(held["y_val"])},
+                  "train_rows": fit_rows, **_rounds(model.estimator, automl.best_config)}
     data, fmt = export(automl.best_estimator, model, extensions)
     # The promise behind the stored artifact: loaded back, it predicts exactly what FLAML's own model predicts.
     sample = frame.head(min(frame.height, 200))
     ours = Predictor(fmt, data, contract.task, encoding, extensions).score(sample)
     X_sample = X.head(sample.height)
-    theirs = automl.predict_proba(X_sample) if task == "classification" else automl.predict(X_sample)  # type: ignore[no-untyped-call]
+    predictor = automl if model is automl.model else model.estimator  # FLAML's, or the winner fitted again
+    theirs = predictor.predict_proba(X_sample) if task == "classification" else predictor.predict(X_sample)
     theirs = np.asarray(theirs)[:, 1] if contract.task == "binary" else np.asarray(theirs)
     if not np.allclose(ours, theirs, atol=1e-6):
         if fmt.startswith(CUSTOM):
@@ -405,7 +467,17 @@ def train(
                    estimator=getattr(model, "estimator", None),
                    templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
                    learner_losses=losses, best_fit_s=float(automl.best_config_train_time or 0.0),
-                   best_fit_rows=X.shape[0])
+                   best_fit_rows=fit_rows, search=search)
+
+
+def _rounds(fitted: Any, config: dict[str, Any]) -> dict[str, int]:
+    """{"rounds": n} when a boosted model ran fewer rounds than its configuration asks (FLAML stopped the trial
+    early to keep its budget), else {}."""
+    booster = getattr(fitted, "booster_", None)
+    rounds = (booster.current_iteration() if booster is not None
+              else fitted.get_booster().num_boosted_rounds() if hasattr(fitted, "get_booster") else None)
+    wanted = config.get("n_estimators")
+    return {"rounds": int(rounds)} if rounds is not None and wanted is not None and rounds != wanted else {}
 
 
 def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:

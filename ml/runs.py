@@ -120,10 +120,23 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     estimator_cls = (modeling.CUSTOM_LEARNERS[learner]() if learner in modeling.CUSTOM_LEARNERS
                      else getattr(flaml_models, ESTIMATORS[learner]))
     task = "regression" if contract.task == "regression" else "classification"
-    X_train = encoding.features(train_frame)
+    X_train, y_train = encoding.features(train_frame), encoding.labels(train_frame)
+    config = dict(run["best_config"])
+    search = run.get("search") or {}
+    if search.get("validation"):  # FLAML validated on some of train's rows; the judged model saw the others
+        recorded_split = {k: search["validation"].get(k) for k in ("version", "fraction", "seed", "rare_class_rows")}
+        if recorded_split != {"version": modeling.SPLIT_VERSION, "fraction": modeling.SEARCH_VALIDATION_FRACTION,
+                              "seed": spec.seed + 1, "rare_class_rows": modeling.RARE_CLASS_ROWS}:
+            raise SluiceError(f"run {run['run_id']}: its search validated on a split this Sluice does not make "
+                              f"({recorded_split}); reproduce it with the Sluice version that trained it")
+        validation = modeling.search_validation(train_frame.select(row_key_columns(contract, train_frame)),
+                                                y_train, spec.seed, encoding.classes)
+        X_train, y_train = X_train[~validation], y_train[~validation]
+    if search.get("rounds"):  # FLAML stopped the trial's boosting early, for its budget
+        config["n_estimators"] = search["rounds"]
     jobs = modeling.worker_jobs(spec.n_jobs, X_train.shape[0] * max(X_train.shape[1], 1))
-    estimator = estimator_cls(task=task, n_jobs=jobs, **run["best_config"])
-    estimator.fit(X_train, encoding.labels(train_frame))
+    estimator = estimator_cls(task=task, n_jobs=jobs, **config)
+    estimator.fit(X_train, y_train)
     y = encoding.labels(holdout)
     known = y >= 0
     X = encoding.features(holdout.filter(pl.Series(known)))

@@ -64,6 +64,12 @@ def test_a_run_is_tracked_reproducible_and_comparable(runtime: Runtime) -> None:
 
     result = runs.reproduce(runtime.store, run1)
     assert result["match"], result
+    # FLAML validated on some of train's rows and the judged model is its trial's, fitted on the others (no final
+    # retrain of its own): the run says which, and reproducing fits those rows, not all of train's.
+    search = run1["search"]
+    assert search["validation"]["rows"] > 0
+    assert search["train_rows"] + search["validation"]["rows"] == run1["holdout"]["train_rows"]
+    assert not runs.reproduce(runtime.store, {k: v for k, v in run1.items() if k != "search"})["match"]
     # The run records its split, and reproducing recomputes that one: told it used version 1, it gets other rows.
     assert run1["holdout"]["split"] == {"method": "row-hash", "version": modeling.SPLIT_VERSION}
     as_v1 = {**run1, "holdout": {**run1["holdout"], "split": {"method": "row-hash", "version": 1}}}
@@ -159,6 +165,18 @@ def test_split_version_2_depends_only_on_the_row_and_the_seed() -> None:
     assert not (smaller & ~full).any()  # a smaller fraction holds out a subset
     with pytest.raises(ValueError, match="version"):
         modeling.holdout_mask(frame, 0.2, 42, version=3)
+
+
+def test_the_search_validates_on_rows_of_its_own_and_never_on_a_rare_class() -> None:
+    rng = np.random.default_rng(0)
+    frame = pl.DataFrame({"x": rng.normal(size=2000), "c": rng.choice(["a", "b"], 2000)})
+    y = np.where(np.arange(2000) < 15, 2, rng.integers(0, 2, 2000))  # class 2: 15 rows, too rare to hold out
+    mask = modeling.search_validation(frame, y, 42, ["no", "yes", "rare"])
+    assert 0.07 < mask.mean() < 0.13 and not mask[y == 2].any()
+    assert np.array_equal(mask, modeling.search_validation(frame, y, 42, ["no", "yes", "rare"]))  # stable
+    plain = modeling.search_validation(frame, y, 42, None)  # regression: no classes to keep whole
+    assert np.array_equal(mask, plain & (y != 2))
+    assert not np.array_equal(plain, modeling.holdout_mask(frame, 0.1, 42))  # its own seed, not the holdout's
 
 
 def test_labels_name_classes_as_before() -> None:
