@@ -432,20 +432,25 @@ def train(
                              "overloaded); retrying. If it keeps happening, raise training.time_budget_s.")
     model = automl.model
     search = None
-    fit_rows = X.shape[0]
+    fit_rows, best_fit_s = X.shape[0], float(automl.best_config_train_time or 0.0)
     if held:
-        fit_rows = int(automl._search_states[automl.best_estimator].best_config_sample_size or fit_rows)
-        if fit_rows < X.shape[0]:
-            # The winner was found on FLAML's sample of the rows (its shuffled first rows): fitted again on all of
-            # them, as FLAML's final retrain would have, so that the model's rows are the ones recorded.
+        sample_rows = automl._search_states[automl.best_estimator].best_config_sample_size
+        again = None
+        if sample_rows is not None and sample_rows < X.shape[0]:
+            # The winner was found on FLAML's sample of the rows (its shuffled first rows, on a short budget):
+            # fitted again on all of them, as FLAML's final retrain would have, so that its rows are the recorded.
+            again = f"found on a sample of {sample_rows:,} of the {X.shape[0]:,} rows"
             started_again = time.perf_counter()
             model = _Fitted(refit_template(model.estimator).fit(X, y))
-            fit_seconds += time.perf_counter() - started_again
-            fit_rows = X.shape[0]
+            best_fit_s = time.perf_counter() - started_again
+            fit_seconds += best_fit_s
+        # FLAML may stop a trial's boosting early to keep its budget: the rounds it ran are the model it scored.
+        rounds = boosted_rounds(model.estimator)
         search = {"validation": {"method": "row-hash", "version": SPLIT_VERSION,
                                  "fraction": SEARCH_VALIDATION_FRACTION, "seed": spec.seed + 1,
                                  "rare_class_rows": RARE_CLASS_ROWS, "rows": len(held["y_val"])},
-                  "train_rows": fit_rows, **_rounds(model.estimator, automl.best_config)}
+                  "train_rows": fit_rows, **({"fitted_again": again} if again else {}),
+                  **({"rounds": rounds} if rounds != automl.best_config.get("n_estimators", rounds) else {})}
     data, fmt = export(automl.best_estimator, model, extensions)
     # The promise behind the stored artifact: loaded back, it predicts exactly what FLAML's own model predicts.
     sample = frame.head(min(frame.height, 200))
@@ -465,22 +470,20 @@ def train(
     return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
                    fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
                    estimator=getattr(model, "estimator", None),
-                   templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
-                   learner_losses=losses, best_fit_s=float(automl.best_config_train_time or 0.0),
-                   best_fit_rows=fit_rows, search=search)
+                   templates=_templates(automl, model, list(spec.estimators), contract.task, jobs, spec.seed),
+                   learner_losses=losses, best_fit_s=best_fit_s, best_fit_rows=fit_rows, search=search)
 
 
-def _rounds(fitted: Any, config: dict[str, Any]) -> dict[str, int]:
-    """{"rounds": n} when a boosted model ran fewer rounds than its configuration asks (FLAML stopped the trial
-    early to keep its budget), else {}."""
+def boosted_rounds(fitted: Any) -> int | None:
+    """The rounds a fitted LightGBM or XGBoost model ran (None for other learners)."""
     booster = getattr(fitted, "booster_", None)
-    rounds = (booster.current_iteration() if booster is not None
-              else fitted.get_booster().num_boosted_rounds() if hasattr(fitted, "get_booster") else None)
-    wanted = config.get("n_estimators")
-    return {"rounds": int(rounds)} if rounds is not None and wanted is not None and rounds != wanted else {}
+    if booster is not None:
+        return int(booster.current_iteration())
+    return int(fitted.get_booster().num_boosted_rounds()) if hasattr(fitted, "get_booster") else None
 
 
-def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:
+def _templates(automl: Any, model: Any, estimators: list[str], task: str, n_jobs: int, seed: int
+               ) -> dict[str, Any]:
     """Unfitted scikit-learn models of each blendable learner's best configuration, the search's winner first,
     then the fixed members (ml/blend.py) when LightGBM is searched."""
     out: dict[str, Any] = {}
@@ -489,7 +492,7 @@ def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed:
         if name in out or name not in blend.BLENDABLE or not (automl.best_config_per_estimator or {}).get(name):
             continue
         if name == automl.best_estimator:
-            out[name] = refit_template(automl.model.estimator)
+            out[name] = refit_template(model.estimator)
             continue
         flaml_estimator = automl.best_model_for_estimator(name)
         if flaml_estimator is None:
@@ -507,11 +510,9 @@ def refit_template(fitted: Any) -> Any:
     from sklearn.base import clone
 
     estimator = clone(fitted)
-    booster = getattr(fitted, "booster_", None)
-    if booster is not None:
-        estimator.set_params(n_estimators=booster.current_iteration())
-    elif hasattr(fitted, "get_booster"):
-        estimator.set_params(n_estimators=fitted.get_booster().num_boosted_rounds())
+    rounds = boosted_rounds(fitted)
+    if rounds is not None:
+        estimator.set_params(n_estimators=rounds)
     return estimator
 
 

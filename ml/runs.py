@@ -121,7 +121,6 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
                      else getattr(flaml_models, ESTIMATORS[learner]))
     task = "regression" if contract.task == "regression" else "classification"
     X_train, y_train = encoding.features(train_frame), encoding.labels(train_frame)
-    config = dict(run["best_config"])
     search = run.get("search") or {}
     if search.get("validation"):  # FLAML validated on some of train's rows; the judged model saw the others
         recorded_split = {k: search["validation"].get(k) for k in ("version", "fraction", "seed", "rare_class_rows")}
@@ -132,9 +131,9 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
         validation = modeling.search_validation(train_frame.select(row_key_columns(contract, train_frame)),
                                                 y_train, spec.seed, encoding.classes)
         X_train, y_train = X_train[~validation], y_train[~validation]
-    if search.get("rounds"):  # FLAML stopped the trial's boosting early, for its budget
-        config["n_estimators"] = search["rounds"]
     jobs = modeling.worker_jobs(spec.n_jobs, X_train.shape[0] * max(X_train.shape[1], 1))
+    # The rounds the judged model ran, when FLAML stopped its trial's boosting early for the budget.
+    config = run["best_config"] | ({"n_estimators": search["rounds"]} if search.get("rounds") else {})
     estimator = estimator_cls(task=task, n_jobs=jobs, **config)
     estimator.fit(X_train, y_train)
     y = encoding.labels(holdout)
