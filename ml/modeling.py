@@ -54,14 +54,33 @@ def holdout_mask(frame: pl.DataFrame, fraction: float, seed: int, version: int =
     """
     if version not in (1, 2):
         raise ValueError(f"unknown holdout split version {version!r} (this Sluice knows 1 and 2)")
+    if version == 2:
+        return split(frame, fraction, seed)[0]
     cols = sorted(frame.columns)
     if not cols or frame.height == 0:
         return np.zeros(frame.height, dtype=bool)
-    threshold = int(fraction * 2**64)
+    return _below(_row_keys_v1(frame, cols, seed), fraction)
+
+
+def split(frame: pl.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The current split (SPLIT_VERSION): (True for holdout rows, each row's 64-bit key). The keys also give the
+    search's validation rows (search_validation), without hashing the rows again."""
+    cols = sorted(frame.columns)
+    if not cols or frame.height == 0:
+        return np.zeros(frame.height, dtype=bool), np.full(frame.height, np.iinfo(np.uint64).max, dtype=np.uint64)
+    keys = _row_keys_v2(frame, cols, seed)
+    return _below(keys, fraction), keys
+
+
+def _threshold(fraction: float) -> int:
+    return max(int(fraction * 2**64), 0)
+
+
+def _below(keys: np.ndarray, fraction: float) -> np.ndarray:
+    threshold = _threshold(fraction)
     if threshold >= 2**64:  # every 8-byte value is below it
-        return np.ones(frame.height, dtype=bool)
-    firsts = _row_keys_v1(frame, cols, seed) if version == 1 else _row_keys_v2(frame, cols, seed)
-    return np.asarray(firsts < np.uint64(max(threshold, 0)))
+        return np.ones(len(keys), dtype=bool)
+    return np.asarray(keys < np.uint64(threshold))
 
 
 def _row_keys_v1(frame: pl.DataFrame, cols: list[str], seed: int) -> np.ndarray:
@@ -157,11 +176,11 @@ class Encoding:
         categorical: dict[str, list[str]] = {}
         numeric: list[str] = []
         medians: dict[str, float] = {}
-        for name in frame.columns:
-            if name == contract.target or name in skip:
-                continue
+        names = [n for n in frame.columns if n != contract.target and n not in skip]
+        # Every column's count of distinct values in one select: polars counts them in parallel.
+        counts = frame.select(pl.col(n).drop_nulls().n_unique() for n in names).row(0) if names else ()
+        for name, distinct in zip(names, counts, strict=True):
             s = frame[name]
-            distinct = s.drop_nulls().n_unique()
             if distinct < 2:
                 continue  # constant: nothing to learn, and FLAML would drop it behind our back
             if s.dtype == pl.Utf8:
@@ -343,14 +362,18 @@ SEARCH_VALIDATION_FRACTION = 0.1  # FLAML's own share (flaml.config.SPLIT_RATIO)
 RARE_CLASS_ROWS = 20  # classes this rare stay whole in the search's training rows (FLAML's own threshold)
 
 
-def search_validation(keys: pl.DataFrame, y: np.ndarray, seed: int, classes: list[str] | None) -> np.ndarray:
-    """The rows FLAML validates its trials on (True), out of the training rows: a row-hash split like the holdout's
-    (with its own seed), without rows of classes under RARE_CLASS_ROWS, which the search's models must see."""
-    mask = holdout_mask(keys, SEARCH_VALIDATION_FRACTION, seed + 1)
+def search_validation(keys: np.ndarray, y: np.ndarray, holdout_fraction: float, classes: list[str] | None
+                      ) -> np.ndarray:
+    """The training rows FLAML validates its trials on (True), from their split keys (`split`): the band of
+    SEARCH_VALIDATION_FRACTION of the keys just above the holdout's, so a row's side depends only on the row, as
+    the holdout's does. Rows of classes under RARE_CLASS_ROWS stay out of it: the search's models must see them."""
+    low = min(_threshold(holdout_fraction), 2**64 - 1)
+    high = min(low + int(SEARCH_VALIDATION_FRACTION * (2**64 - low)), 2**64 - 1)
+    mask = (keys >= np.uint64(low)) & (keys < np.uint64(high))
     if classes is not None:
         counts = np.bincount(y[y >= 0], minlength=len(classes))
         mask &= counts[np.clip(y, 0, None)] >= RARE_CLASS_ROWS
-    return mask
+    return np.asarray(mask)
 
 
 def _holds_out(rows: int, cols: int, budget_s: float, y_val: np.ndarray, classes: list[str] | None) -> bool:
@@ -446,8 +469,8 @@ def train(
             fit_seconds += best_fit_s
         # FLAML may stop a trial's boosting early to keep its budget: the rounds it ran are the model it scored.
         rounds = boosted_rounds(model.estimator)
-        search = {"validation": {"method": "row-hash", "version": SPLIT_VERSION,
-                                 "fraction": SEARCH_VALIDATION_FRACTION, "seed": spec.seed + 1,
+        search = {"validation": {"method": "row-hash-band", "version": SPLIT_VERSION,
+                                 "fraction": SEARCH_VALIDATION_FRACTION, "seed": spec.seed,
                                  "rare_class_rows": RARE_CLASS_ROWS, "rows": len(held["y_val"])},
                   "train_rows": fit_rows, **({"fitted_again": again} if again else {}),
                   **({"rounds": rounds} if rounds != automl.best_config.get("n_estimators", rounds) else {})}

@@ -170,13 +170,18 @@ def test_split_version_2_depends_only_on_the_row_and_the_seed() -> None:
 def test_the_search_validates_on_rows_of_its_own_and_never_on_a_rare_class() -> None:
     rng = np.random.default_rng(0)
     frame = pl.DataFrame({"x": rng.normal(size=2000), "c": rng.choice(["a", "b"], 2000)})
-    y = np.where(np.arange(2000) < 15, 2, rng.integers(0, 2, 2000))  # class 2: 15 rows, too rare to hold out
-    mask = modeling.search_validation(frame, y, 42, ["no", "yes", "rare"])
-    assert 0.07 < mask.mean() < 0.13 and not mask[y == 2].any()
-    assert np.array_equal(mask, modeling.search_validation(frame, y, 42, ["no", "yes", "rare"]))  # stable
-    plain = modeling.search_validation(frame, y, 42, None)  # regression: no classes to keep whole
+    y = rng.integers(0, 2, 2000)
+    holdout, keys = modeling.split(frame, 0.2, 42)
+    assert np.array_equal(holdout, modeling.holdout_mask(frame, 0.2, 42))
+    plain = modeling.search_validation(keys, y, 0.2, None)  # regression: no classes to keep whole
+    assert not (plain & holdout).any() and 0.07 < plain[~holdout].mean() < 0.13  # a tenth of train's rows
+    y[np.flatnonzero(plain)[:5]] = y[np.flatnonzero(~plain & ~holdout)[:10]] = 2  # 15 rows: too rare to validate on
+    mask = modeling.search_validation(keys, y, 0.2, ["no", "yes", "rare"])
+    assert not mask[y == 2].any()
     assert np.array_equal(mask, plain & (y != 2))
-    assert not np.array_equal(plain, modeling.holdout_mask(frame, 0.1, 42))  # its own seed, not the holdout's
+    order = rng.permutation(2000)  # a row's side depends on the row, not on its position
+    assert np.array_equal(modeling.search_validation(modeling.split(frame[order], 0.2, 42)[1], y[order], 0.2, None),
+                          plain[order])
 
 
 def test_labels_name_classes_as_before() -> None:
