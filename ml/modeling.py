@@ -209,14 +209,15 @@ class Encoding:
 
     def features(self, frame: pl.DataFrame) -> pd.DataFrame:
         """Model input for FLAML, as pandas; unseen categories map to the `__NAN__` slot."""
+        # Every column in one select: polars computes them in parallel (one select per column cost 6 ms each at
+        # 100,000 rows on a loaded machine, the train stage calling this four times).
+        encoded = frame.select(self._code_expr(name) if name in self.categorical else self._number_expr(frame, name)
+                               for name in self.columns)
         out: dict[str, Any] = {}
         for name in self.columns:
-            if name in self.categorical:
-                cats = self.categorical[name]
-                codes = self._codes(frame, name).to_numpy()
-                out[name] = pd.Categorical.from_codes(codes, categories=cats)
-            else:
-                out[name] = self._numbers(frame, name).to_numpy()
+            values = encoded[name].to_numpy()
+            out[name] = (pd.Categorical.from_codes(values, categories=self.categorical[name])
+                         if name in self.categorical else values)
         return pd.DataFrame(out, columns=self.columns)
 
     def matrix(self, frame: pl.DataFrame) -> np.ndarray:
