@@ -377,14 +377,31 @@ def search_validation(keys: np.ndarray, y: np.ndarray, holdout_fraction: float, 
     return np.asarray(mask)
 
 
-def _holds_out(rows: int, cols: int, budget_s: float, y_val: np.ndarray, classes: list[str] | None) -> bool:
+def _holds_out(X: pd.DataFrame, validation: np.ndarray, budget_s: float, y_val: np.ndarray,
+               classes: list[str] | None) -> bool:
     """Whether FLAML would validate on a held-out share rather than cross-validate (its own rule,
-    AutoML._decide_eval_method), and the validation rows have every class."""
+    AutoML._decide_eval_method), the validation rows have every class, and FLAML keeps every column of the
+    search's training rows (a column that varies in train may be constant without the validation rows)."""
     from flaml.config import CV_HOLDOUT_THRESHOLD, SMALL_LARGE_THRES
 
+    rows, cols = X.shape
     if rows * cols / 0.9 < SMALL_LARGE_THRES * (budget_s / 3600) and rows < CV_HOLDOUT_THRESHOLD:
         return False
-    return classes is None or len(np.unique(y_val)) == len(classes)
+    if classes is not None and len(np.unique(y_val)) != len(classes):
+        return False
+    return all(_flaml_keeps(X[name], ~validation) for name in X.columns)
+
+
+def _flaml_keeps(column: pd.Series, rows: np.ndarray) -> bool:
+    """Whether FLAML's DataTransformer keeps `column` fitted on `rows` of it (flaml.automl.data): not constant,
+    and, for a categorical, not unique per row."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = np.asarray(column.cat.codes)[rows]
+        return len(codes) > 0 and codes.min() != codes.max() and not (
+            len(column.cat.categories) >= len(codes) and len(np.unique(codes)) == len(codes))
+    values = np.asarray(column, dtype=np.float64)[rows]
+    values = values[~np.isnan(values)]
+    return len(values) > 0 and values.min() != values.max()
 
 
 def train(
@@ -412,8 +429,8 @@ def train(
     budget_s = time_budget_s or spec.time_budget_s
     X, y = encoding.features(frame), encoding.labels(frame)
     held: dict[str, Any] = {}
-    if validation is not None and validation.any() and _holds_out(
-            X.shape[0], X.shape[1], budget_s, y[validation], encoding.classes):
+    if validation is not None and validation.any() and _holds_out(X, validation, budget_s, y[validation],
+                                                                   encoding.classes):
         held = {"X_val": X[validation].reset_index(drop=True), "y_val": y[validation],
                 # No final refit of the winner by FLAML, and no duplicated rare-class rows (search_validation keeps
                 # them whole): the model is a trial's, fitted on exactly the rows `runs reproduce` recomputes.

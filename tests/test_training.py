@@ -184,6 +184,29 @@ def test_the_search_validates_on_rows_of_its_own_and_never_on_a_rare_class() -> 
                           plain[order])
 
 
+def test_a_column_constant_without_the_validation_rows_keeps_flaml_on_every_row() -> None:
+    """FLAML drops a column constant in the rows it trains on: when one varies only in the search's validation
+    rows, FLAML gets every training row as before (and the stored model keeps the encoding's columns)."""
+    from sluice.ml.contract import infer_contract
+
+    rng = np.random.default_rng(1)
+    frame = pl.DataFrame({"a": rng.normal(size=2000), "b": rng.normal(size=2000)})
+    frame = frame.with_columns(y=pl.when(pl.col("a") + rng.normal(size=2000) > 0).then(pl.lit("p")).otherwise(
+        pl.lit("n")))
+    contract = infer_contract(frame, "t", "y", 1.0, debounce_s=0)  # too many cells to cross-validate in 1 s
+    _, keys = modeling.split(frame.select("a", "b", "y"), 0.2, 42)
+    encoding = modeling.Encoding.fit(frame, contract)
+    validation = modeling.search_validation(keys, encoding.labels(frame), 0.2, encoding.classes)
+    assert modeling.train(frame, encoding, contract, validation=validation).search is not None
+    spike = np.zeros(2000)
+    spike[np.flatnonzero(validation)[0]] = 1.0  # varies only on one validation row
+    spiked = frame.with_columns(spike=pl.Series(spike))
+    encoding = modeling.Encoding.fit(spiked, contract)
+    assert "spike" in encoding.columns
+    trained = modeling.train(spiked, encoding, contract, validation=validation)
+    assert trained.search is None and trained.best_fit_rows == 2000
+
+
 def test_labels_name_classes_as_before() -> None:
     """Labels are mapped per distinct value, named by Python's str(): True, 1.0, 1e-05 stay what they were."""
     cases = [(["no", "yes"], ["no", "yes", None, "maybe", "yes"], [0, 1, -1, -1, 1]),
