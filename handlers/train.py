@@ -254,10 +254,11 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
                         "blend": round(t_blend - t_fit, 3), "leakage_check": round(leak_s, 3),
                         "refit_and_store": round(refit_s, 3),
                         # Model work besides the search (benchmarks/training_overhead.py counts the rest as the
-                        # framework's): the blend's fits (with the timed fit that sized its share before the
+                        # framework's): the blend's fits (with the timed fits that sized its share before the
                         # search, `blend_probe`), and the refit's own fit.
                         "blend_fit": round(blend_fit_s + probe_s, 3), "blend_probe": round(probe_s, 3),
-                        "blend_estimate": round(blend_estimate_s, 3) if blend_estimate_s != float("inf") else None, "refit_fit": round(refit["fit_s"] if refit else 0.0, 3),
+                        "blend_estimate": round(blend_estimate_s, 3) if blend_estimate_s != float("inf") else None,
+                        "refit_fit": round(refit["fit_s"] if refit else 0.0, 3),
                         "evaluate_and_store": round(t_done - t_fit, 3), "total": round(t_done - t0, 3)},
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
                         "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
