@@ -41,7 +41,6 @@ from sluice.events.s3 import ObjectCreated
 from sluice.ml import bundle, leakage, modeling
 from sluice.ml.blend import BLEND_JSON, BLENDABLE, FEWER_FOLDS
 from sluice.ml.blend import build as build_blend
-from sluice.ml.blend import estimate as estimate_blend
 from sluice.ml.contract import Contract, load_contract
 from sluice.ml.drift import reference_profile
 from sluice.ml.features import (
@@ -134,12 +133,7 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
                      "-" if p.best_loss is None else f"{p.best_loss:.4f}", p.elapsed_s, spec.time_budget_s)
 
     blending = _blends(contract)
-    blend_estimate_s, probe_s = (estimate_blend(encoding.features(train_frame), encoding.labels(train_frame),
-                                                contract.task, modeling.worker_jobs(spec.n_jobs, cells), spec.seed,
-                                                "linear" in spec.estimators)
-                                 if blending else (0.0, 0.0))
-    search_s = _search_budget(spec.time_budget_s, leak_s + probe_s, _kept_back(spec.time_budget_s, blending,
-                                                                                blend_estimate_s))
+    search_s = _search_budget(spec.time_budget_s, leak_s, blending)
     try:
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
                                  time_budget_s=search_s,
@@ -254,11 +248,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
                         "blend": round(t_blend - t_fit, 3), "leakage_check": round(leak_s, 3),
                         "refit_and_store": round(refit_s, 3),
                         # Model work besides the search (benchmarks/training_overhead.py counts the rest as the
-                        # framework's): the blend's fits (with the timed fits that sized its share before the
-                        # search, `blend_probe`), and the refit's own fit.
-                        "blend_fit": round(blend_fit_s + probe_s, 3), "blend_probe": round(probe_s, 3),
-                        "blend_estimate": round(blend_estimate_s, 3) if blend_estimate_s != float("inf") else None,
-                        "refit_fit": round(refit["fit_s"] if refit else 0.0, 3),
+                        # framework's): the blend's fits, and the refit's own fit.
+                        "blend_fit": round(blend_fit_s, 3), "refit_fit": round(refit["fit_s"] if refit else 0.0, 3),
                         "evaluate_and_store": round(t_done - t_fit, 3), "total": round(t_done - t0, 3)},
         "environment": {"python": platform.python_version(), "platform": platform.platform(),
                         "packages": {p: _version(p) for p in PACKAGES}, "code": code_version()},
@@ -377,21 +368,19 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 
 
 # The share of the budget kept back from the search for what follows it: the blend's out-of-fold fits and the
-# refit (with a blend), or the refit alone. With a blend, what is kept is sized by the data (`_kept_back`): the
-# blend's cost estimated from timed fits before the search (ml/blend.estimate), times BLEND_SAFETY, plus
-# REFIT_SHARE of the budget for the search's own overrun (FLAML's final retrain of its winner comes after its
-# budget: 1.9-2.7 s at 30 s on 2 cores at load 5-7), between MIN_BLEND_SHARE and BLEND_SHARE of the budget.
-# Why: a flat 40 % gave the blend and refit of a few hundred rows about 12 s of a 30 s budget that they used 1-5 s
-# of; the stage ended after 19-26 s, and the search had 18 s instead of 24-27 (benchmarks/model_quality.py, see
-# the README row). The estimate is rough: on a loaded machine the blend took 0.8-1.9 x its estimate (members the
-# search tuned cost more than library defaults: logistic regression with a large C; the weight search and the
-# bootstrap come on top), and a blend short of time cuts its folds to 3, which on wine's 114 rows changed its
-# choice for the worse (log loss 0.077 against 0.040 with 5 folds): hence the safety factor and the floor.
-# BLEND_SHARE stays the most kept (measured at 10 s at load 6-8, where 25 % left the blend skipped or short of
-# members in 9 of 18 runs), for data where the blend is dear.
+# refit (with a blend), or the refit alone. Measured with benchmarks/model_quality.py (10 s, 2 shared cores at
+# load 6-8): with 25 % kept, the blend was skipped or lost members for time in 9 of 18 runs (digits and churn
+# every time), as the search overran its share by up to 1.5 s; on a few hundred rows the fixed members and the
+# blend are worth more than the last quarter of a search that runs 10 to 60 trials.
+# Sizing the share by the data instead was tried and measured (30 s, one split, 2 shared cores at load 5-9,
+# 2026-11-29): the blend's cost estimated before the search from timed fits of LightGBM's defaults and the linear
+# model on up to 2,000 rows, 1.5-2 x that plus 5 % kept, 10-15 % at least. The search got 25-27 s instead of 18
+# on diabetes, wine and breast cancer, and gained nothing: diabetes 49.31 RMSE (49.32 with 40 %), sales 33.18
+# (33.18). It lost where the estimate fell short: members the search tunes cost more than library defaults (a
+# logistic regression with a large C took 1.0 s on breast cancer's 364 rows), FLAML overran its share by 2-3 s
+# under load, so wine's blend cut its folds to 3 and chose the linear model alone (log loss 0.077 against 0.040
+# for plain FLAML) and breast cancer's blend was skipped (ROC AUC 0.9941 against LightGBM's 0.9984).
 BLEND_SHARE = 0.4
-MIN_BLEND_SHARE = 0.15
-BLEND_SAFETY = 2.0
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.
 STAGE_SHARE = 1.05
@@ -408,19 +397,12 @@ def _blends(contract: Contract) -> bool:
     return contract.training.blend and ("lgbm" in estimators or sum(e in BLENDABLE for e in estimators) >= 2)
 
 
-def _kept_back(budget_s: float, blending: bool, blend_estimate_s: float) -> float:
-    """Seconds of the budget kept from the search for the blend and the refit (see BLEND_SHARE)."""
-    if not blending:
-        return budget_s * REFIT_SHARE
-    wanted = BLEND_SAFETY * blend_estimate_s + budget_s * REFIT_SHARE
-    return min(max(wanted, budget_s * MIN_BLEND_SHARE), budget_s * BLEND_SHARE)
-
-
-def _search_budget(budget_s: float, spent_s: float, keep_s: float) -> float:
-    """The search gets the budget less what the checks before it took and `keep_s`, kept for the blend and the
+def _search_budget(budget_s: float, spent_s: float, blending: bool = False) -> float:
+    """The search gets the budget less what the checks before it took and the share kept for the blend and the
     refit after it (never under 50 % of it: a search cut shorter can end with no model at all), so checks,
     search, blend and refit together stay close to the budget."""
-    return max(budget_s - keep_s - spent_s, budget_s * 0.5)
+    keep = BLEND_SHARE if blending else REFIT_SHARE
+    return max(budget_s * (1 - keep) - spent_s, budget_s * 0.5)
 
 
 def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFrame, holdout: pl.DataFrame,

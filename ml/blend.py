@@ -294,43 +294,6 @@ def plan(costs: dict[str, float], left_s: float, n_folds: int = FOLDS) -> tuple[
     return names, 0
 
 
-# What a blend costs is estimated before the search from one timed fit of LightGBM's defaults (and the linear
-# member) on at most PROBE_ROWS training rows, scaled to the rows: the search's own fit times only exist after it.
-PROBE_ROWS = 2000
-# The search's LightGBM winner is assumed to cost up to this many default fits (a short search mostly ends on
-# smaller models; a costlier winner makes `plan` drop members or use fewer folds, as before).
-WINNER_COST = 2.0
-
-
-def estimate(X: Any, y: np.ndarray, task: str, n_jobs: int, seed: int, linear_member: bool) -> tuple[float, float]:
-    """(seconds a blend of the search's members and the fixed ones is expected to take, with its refit; seconds
-    this estimate took). Every member is fitted once on the training rows, then FOLDS times on (FOLDS-1)/FOLDS of
-    them, then once more on train + holdout (125 %): 1 + (FOLDS - 1) + 1.25 fits of each, as `plan` counts."""
-    from sluice.ml.linear import LinearModel
-
-    started = time.perf_counter()
-    n = len(y)
-    rows = np.random.default_rng(seed).choice(n, PROBE_ROWS, replace=False) if n > PROBE_ROWS else np.arange(n)
-    Xs, ys = X.iloc[rows], y[rows]
-    scale = n / len(rows)
-    def timed(model: Any) -> float:  # the faster of two fits: a process's first LightGBM fit also warms it up
-        times = []
-        for _ in range(2):
-            t = time.perf_counter()
-            model.fit(Xs, ys)
-            times.append(time.perf_counter() - t)
-        return min(times) * scale
-
-    try:
-        lgbm_s = timed(fixed_templates(task, n_jobs, seed)["lgbm_default"])
-        linear_s = timed(LinearModel("regression" if task == "regression" else "classification")
-                         ) if linear_member else 0.0
-    except ValueError:  # e.g. one class among the sampled rows: no estimate, the caller keeps its largest share
-        return float("inf"), time.perf_counter() - started
-    per = lgbm_s * (WINNER_COST + len(FIXED)) + linear_s
-    return per * (1 + (FOLDS - 1) + 1.25), time.perf_counter() - started
-
-
 def _window(members: list[str], oof: list[np.ndarray], crossed: np.ndarray, best_single: str, y: np.ndarray,
             metric: str, n_classes: int | None, seed: int) -> tuple[list[str], list[float] | None, bool]:
     """Occam's window: the members not clearly worse out of fold than the best alone; their even weights (None

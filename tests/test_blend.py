@@ -245,28 +245,3 @@ def test_a_member_the_rows_show_is_worse_is_left_out_of_the_window() -> None:
     gains, se = blend.noise([X["a"].to_numpy(), X["b"].to_numpy()], y, "rmse", None, seed=0)
     assert blend.clearly_worse(gains, se, 1, 0) and not blend.clearly_worse(gains, se, 0, 1)
     assert not blend.clearly_worse(gains, se, 0, 0)
-
-
-def test_the_share_kept_for_the_blend_follows_the_data_within_bounds() -> None:
-    """What the search gives up for the blend and the refit is sized by an estimate of the blend's cost (a timed
-    fit before the search), kept between MIN_BLEND_SHARE and BLEND_SHARE of the budget; without a blend, only the
-    refit's share is kept. The search never gets under half the budget."""
-    from sluice.handlers import train as train_stage
-
-    budget = 30.0
-    assert train_stage._kept_back(budget, False, 100.0) == pytest.approx(budget * train_stage.REFIT_SHARE)
-    assert train_stage._kept_back(budget, True, 0.0) == pytest.approx(budget * train_stage.MIN_BLEND_SHARE)
-    assert train_stage._kept_back(budget, True, float("inf")) == pytest.approx(budget * train_stage.BLEND_SHARE)
-    cheap, dear = train_stage._kept_back(budget, True, 2.0), train_stage._kept_back(budget, True, 4.0)
-    assert budget * train_stage.MIN_BLEND_SHARE < cheap < dear < budget * train_stage.BLEND_SHARE
-    assert train_stage._search_budget(budget, 1.0, cheap) == pytest.approx(budget - 1.0 - cheap)
-    assert train_stage._search_budget(1.0, 0.9, 0.4) == pytest.approx(0.5)  # a 1 s budget still searches half
-
-    contract = shop("multiclass", ["lgbm", "linear"])
-    frame = rows(contract, 300, 0)
-    encoding = modeling.Encoding.fit(frame, contract)
-    X, y = encoding.features(frame), encoding.labels(frame)
-    with_linear, took = blend.estimate(X, y, contract.task, 1, 42, linear_member=True)
-    assert 0 < with_linear < float("inf") and took > 0
-    # One class among the sampled rows: no estimate, so the caller keeps its largest share.
-    assert blend.estimate(X, np.zeros(len(y), dtype=int), "binary", 1, 42, linear_member=True)[0] == float("inf")
