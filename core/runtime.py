@@ -29,6 +29,7 @@ from sluice.core.errors import (
     InputError,
     IntegrityError,
     ModelInputError,
+    WorkerKilled,
     clip,
     examples,
     summarize,
@@ -82,7 +83,11 @@ def publish_once(publisher: Publisher, store: ObjectStore, event: ModelEvent, *,
                                   {"published_at": datetime.now(UTC).isoformat(), "event": event.to_cloudevent()})
     return True
 # Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
-PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError)
+PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError, WorkerKilled)
+# Deliveries of one attempt (a message and its retry count) that began and never ended before it is dead-lettered:
+# Dramatiq redelivers a dead worker's messages without counting them as retries, so a file that kills its worker
+# (out of memory, a native crash) would otherwise kill every worker that takes it, forever.
+MAX_KILLED_ATTEMPTS = 3
 
 
 def handler_effects(stage: str, result: Any) -> list[ModelEvent | NewObject]:
@@ -109,6 +114,13 @@ def _trace() -> dict[str, str]:
     """`{"trace_id": ...}` of the stage being run, for the records it writes; empty outside a traced stage."""
     trace_id = tracing.current().get("trace_id")
     return {"trace_id": trace_id} if trace_id else {}
+
+
+def _attempt(proxy: Any) -> str:
+    """The id of one attempt: the Dramatiq message's and its retry count (a random one when run directly)."""
+    if proxy is not None:
+        return f"{proxy.message_id[:8]}.{int(proxy.options.get('retries', 0))}"
+    return uuid.uuid4().hex[:8]
 
 
 def object_id(event: ObjectCreated) -> str:
@@ -291,10 +303,15 @@ class Runtime:
         ctx = Context(self.settings, store, self.state, self.online, extensions=self.pipeline.extensions)
         self.on_event("start", {"stage": name, "key": event.key, "owner": owner})
         started_at = tracing.now()
+        attempt = _attempt(message)
+        # Replaced by the attempt's end; if the worker is killed, this is what says the attempt began.
+        self._span(name, event, message, started_at, tracing.STARTED, ended=False, attempt=attempt,
+                   owner=owner)
         if pause := self.settings.fault_delay_s(name):
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
             time.sleep(pause)
         try:
+            self._refuse_a_killer(name, event, attempt, message)
             try:
                 if is_signed(event.key):
                     # Woken by a document: act only on one a Sluice stage wrote (core/provenance.py).
@@ -304,20 +321,20 @@ class Runtime:
                 result = {**self.refuse(ctx, name, event, err), "outputs": sorted(store.written)}
                 # Completed, naming the refusal record: `sluice refused redrive` forgets it to run the stage again.
                 self.state.complete(key, owner, result, COMPLETED_TTL_S)
-                self._span(name, event, message, started_at, tracing.REFUSED, record=result["record"],
-                           message=str(err))
+                self._span(name, event, message, started_at, tracing.REFUSED, attempt=attempt,
+                           record=result["record"], message=str(err))
                 return result
             except Defer as later:
                 self.state.release(key, owner)
-                self._span(name, event, message, started_at, tracing.DEFERRED, retry_in_s=round(later.delay_s, 3),
-                           message=str(later))
+                self._span(name, event, message, started_at, tracing.DEFERRED, attempt=attempt,
+                           retry_in_s=round(later.delay_s, 3), message=str(later))
                 raise self._retry(message, later.delay_s) from None
             except InputError as err:
                 result = self.quarantine(ctx, name, event, err)
                 # Released, not completed: the same bytes dropped again after a contract fix are validated again.
                 self.state.release(key, owner)
-                self._span(name, event, message, started_at, tracing.QUARANTINED, report=result["report"],
-                           reason=err.reason)
+                self._span(name, event, message, started_at, tracing.QUARANTINED, attempt=attempt,
+                           report=result["report"], reason=err.reason)
                 return result
             published = []
             for effect in effects:
@@ -331,17 +348,33 @@ class Runtime:
             raise  # a deferral, recorded above
         except BaseException as exc:
             self.state.release(key, owner)  # let the retry run
-            self._span(name, event, message, started_at, tracing.FAILED,
+            self._span(name, event, message, started_at, tracing.FAILED, attempt=attempt,
                        error=f"{type(exc).__name__}: {clip(str(exc), 500)}", outputs=sorted(store.written))
             raise
         result = {"outcome": "done", "published": published, "outputs": sorted(store.written)}
-        self._span(name, event, message, started_at, tracing.DONE, outputs=result["outputs"], published=published)
+        self._span(name, event, message, started_at, tracing.DONE, attempt=attempt, outputs=result["outputs"],
+                   published=published)
         if not store.written:
             self.state.release(key, owner)  # nothing to check a duplicate against: running it again is cheap
         elif not self.state.complete(key, owner, result, COMPLETED_TTL_S):
             log.warning("lease %s was lost while the stage ran; its outputs are in the bucket all the same", key)
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
+
+    def _refuse_a_killer(self, stage: str, event: ObjectCreated, attempt: str, message: Any) -> None:
+        """Raise WorkerKilled when this very delivery (message and retry count) began MAX_KILLED_ATTEMPTS times
+        before and never ended: their `started` spans are all that is left of them (one listing of the trace)."""
+        trace_id = _trace().get("trace_id")
+        if message is None or not trace_id:
+            return
+        mine = f"-{stage}-{attempt}.json"
+        began = sum(k.endswith(mine) for k in self.store.keys(keys.Span.prefix(trace_id))) - 1  # this one too
+        if began >= MAX_KILLED_ATTEMPTS:
+            raise WorkerKilled(
+                f"{stage} on {event.key} began {began} times before and never finished: each time its worker "
+                "died (out of memory? a crash in a native library? kill -9?). Not run again, so it kills no more "
+                f"workers. Look at the workers' logs and memory (`sluice trace {trace_id[:16]}` lists the attempts); "
+                "fix the cause or the input, then `sluice deadletter redrive`.")
 
     def _write(self, store: ObjectStore, stage: str, effect: NewObject) -> None:
         """A handler's new object, written through the stage's recording store (signed where stages sign)."""
@@ -365,24 +398,24 @@ class Runtime:
         self.on_event("published", effect.to_cloudevent())
         log.info("sent %-10s %s v%s -> topic %s", effect.type, effect.model, effect.version, self.settings.topic)
 
-    def _span(self, stage: str, event: ObjectCreated, proxy: Any, started_at: str, outcome: str,
-              **detail: Any) -> None:
+    def _span(self, stage: str, event: ObjectCreated, proxy: Any, started_at: str, outcome: str, *,
+              ended: bool = True, attempt: str | None = None, **detail: Any) -> None:
         """Record one attempt of a stage in its drop's trace (`traces/<trace id>/`); never fails the stage.
-        `proxy`: the Dramatiq message being processed (None when run directly)."""
+        `proxy`: the Dramatiq message being processed (None when run directly). `ended=False`: the attempt's
+        beginning, at the key its end then replaces (not announced: a listener sees each attempt once)."""
         trace_id = _trace().get("trace_id")
         if not trace_id:
             return  # woken by a document that carries no trace (written before correlation ids)
-        if proxy is not None:
-            attempt = f"{proxy.message_id[:8]}.{int(proxy.options.get('retries', 0))}"
-        else:
-            attempt = uuid.uuid4().hex[:8]
-        doc = tracing.span_record(trace_id, stage, event.key, started_at=started_at, ended_at=tracing.now(),
-                                  outcome=outcome, attempt=attempt, worker=WORKER_ID,
-                                  message_id=None if proxy is None else proxy.message_id, **detail)
+        attempt = attempt or _attempt(proxy)
+        doc = tracing.span_record(trace_id, stage, event.key, started_at=started_at,
+                                  ended_at=tracing.now() if ended else None, outcome=outcome, attempt=attempt,
+                                  worker=WORKER_ID, message_id=None if proxy is None else proxy.message_id, **detail)
         try:
             self.store.put_json(keys.Span(trace_id, tracing.span_name(started_at, stage, attempt)).key, doc)
         except Exception as exc:  # the bucket may be what failed; the stage's own outcome matters more
             log.warning("could not record the span of %s on %s: %s", stage, event.key, exc)
+        if not ended:
+            return
         try:
             self.on_event("span", doc)
         except Exception:

@@ -41,6 +41,8 @@ def refused_list(as_json: bool) -> None:
     for r in records:
         click.echo(f"{r['id']}  {r['at']}  {r['stage']:<10} {r['event']['key']}")
         click.echo(f"      {r['message']}")
+        for done in r.get("redriven", []):
+            click.echo(f"      re-driven by {done.get('by')} at {done.get('at')}")
 
 
 @refused.command("redrive")
@@ -61,5 +63,8 @@ def refused_redrive(ident: str, app_spec: str | None) -> None:
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
     runtime = build_runtime(settings, load_app(app_spec), store=store)
-    event = redrive(runtime, key, record, by=_who(), at=datetime.now(UTC).isoformat(timespec="seconds"))
+    try:
+        event = redrive(runtime, key, record, by=_who(), at=datetime.now(UTC).isoformat(timespec="seconds"))
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"re-sent {event.key} to stage {record['stage']}")
