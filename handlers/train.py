@@ -374,12 +374,12 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 # blend are worth more than the last quarter of a search that runs 10 to 60 trials.
 # Sizing the share by the data instead was tried and measured (30 s, one split, 2 shared cores at load 5-9,
 # 2026-11-29): the blend's cost estimated before the search from timed fits of LightGBM's defaults and the linear
-# model on up to 2,000 rows, 1.5-2 x that plus 5 % kept, 10-15 % at least. The search got 25-27 s instead of 18
-# on diabetes, wine and breast cancer, and gained nothing: diabetes 49.31 RMSE (49.32 with 40 %), sales 33.18
-# (33.18). It lost where the estimate fell short: members the search tunes cost more than library defaults (a
-# logistic regression with a large C took 1.0 s on breast cancer's 364 rows), FLAML overran its share by 2-3 s
-# under load, so wine's blend cut its folds to 3 and chose the linear model alone (log loss 0.077 against 0.040
-# for plain FLAML) and breast cancer's blend was skipped (ROC AUC 0.9941 against LightGBM's 0.9984).
+# model on up to 2,000 rows, 1.5-2 x that plus 5 % kept, 10-15 % at least. The search got 21-27 s instead of 18
+# on diabetes, wine and breast cancer, and gained nothing where the goal was missed: diabetes 49.31 RMSE (27 s of
+# search; 49.32 with 40 %). It lost where the estimate fell short: members the search tunes cost more than
+# library defaults (a logistic regression with a large C took 1.0 s on breast cancer's 364 rows) and FLAML
+# overran its share by 2-3 s under load, so wine's blend cut its folds to 3 and chose the linear model alone (log loss 0.077; with 40 %
+# kept, an even blend: 0.0395) and breast cancer's blend was skipped (ROC AUC 0.9941 against LightGBM's 0.9984).
 BLEND_SHARE = 0.4
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.
