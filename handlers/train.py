@@ -378,8 +378,9 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 # on diabetes, wine and breast cancer, and gained nothing where the goal was missed: diabetes 49.31 RMSE (27 s of
 # search; 49.32 with 40 %). It lost where the estimate fell short: members the search tunes cost more than
 # library defaults (a logistic regression with a large C took 1.0 s on breast cancer's 364 rows) and FLAML
-# overran its share by 2-3 s under load, so wine's blend cut its folds to 3 and chose the linear model alone (log loss 0.077; with 40 %
-# kept, an even blend: 0.0395) and breast cancer's blend was skipped (ROC AUC 0.9941 against LightGBM's 0.9984).
+# overran its share by 2-3 s under load, so wine's blend cut its folds to 3 and chose the linear model alone
+# (log loss 0.077; with 40 % kept, an even blend: 0.0395) and breast cancer's blend was skipped (ROC AUC 0.9941
+# against LightGBM's 0.9984).
 BLEND_SHARE = 0.4
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.
