@@ -3,16 +3,19 @@
     candidates/<run>.candidate.json  the benchmark's verdict on a run, before it has a number
     versions/000001.json             one immutable document per version (run, gate, benchmark, artifact, lineage)
     versions/000001.md               its model card
-    history/00000001.json            append-only transitions, one object each, never overwritten
+    history/00000001.json            append-only transitions, one object per write, never overwritten
     aliases/champion.json            which version serves, since when, and the one before it
     aliases/challenger.json          the version waiting for a decision (absent when there is none)
 
-Lifecycle of a version: candidate -> challenger -> champion -> archived, or rejected. Every transition is a
-history record saying what changed, what caused it, who made it and why, and what the aliases were after it;
-the history is the truth, the alias objects are a cache of its last record.
+Lifecycle of a version: candidate -> challenger -> champion -> archived, or rejected. Every transition is recorded
+in the history: what changed, what caused it, who made it and why, and what the aliases were after it. A
+registration's transitions (registered, the gate's verdict, a promotion) share one record, which says their net
+effect, lists them in `steps`, and holds the version document it registers (`version_document`), so that a write
+appends once and the document is written after it; records of the format before, one per transition, read the
+same. The history is the truth; the version documents, the alias objects and the index are written from it.
 
 The history is tamper-evident: each record carries `prev`, the sha256 of the record before it (a hash chain), and a
-`registered` record carries the sha256 of the version document it registered; every object here is signed by the
+registration's record carries the sha256 of the version document it registered; every object here is signed by the
 stage that wrote it (core/provenance.py). `verify` checks all of it, and the artifacts against the versions.
 
 Every write runs under a per-model lock, each version document and history record is created with a

@@ -145,13 +145,14 @@ def models_history(name: str, last: int, every: bool, as_json: bool) -> None:
         return
     if total > len(records):
         click.echo(f"the newest {len(records)} of {total} records (--last N, or --all)")
-    from sluice.ml.registry_index import actions
+    from sluice.ml.registry_index import actions, steps
 
     for r in records:
         changes = ", ".join(f"v{c['version']} {c['from'] or 'new'}->{c['to']}" for c in r["changes"])
         click.echo(f"{r['sequence']:>4}  {r['at']}  {actions(r):<11} v{r['version']:<4} {changes}")
-        click.echo(f"      by {r['by']} ({r['cause']}): {r['reason']}; champion after: "
-                   f"{'v' + str(r['champion']) if r['champion'] else '-'}")
+        for step in steps(r):  # a registration's record holds its transitions, each with its cause and reason
+            click.echo(f"      by {r['by']} ({step['cause']}): {step['reason']}; champion after: "
+                       f"{'v' + str(step['champion']) if step['champion'] else '-'}")
 
 
 @models.command("verify")
