@@ -35,7 +35,8 @@ def find(store: ObjectStore, ident: str) -> tuple[str, dict[str, Any]]:
 def redrive(runtime: Runtime, key: str, record: dict[str, Any], *, by: str, at: str) -> ObjectCreated:
     """Send a refused event to its stage again, and note on the record who did and when."""
     event = ObjectCreated.from_dict(record["event"])
+    # Noted before sending: a worker that refuses it again rewrites the record, and that one must stay open.
+    runtime.store.put_json(key, {**record, "redriven": [*record.get("redriven", []), {"by": by, "at": at}]})
     runtime.state.forget(f"{record['stage']}#{event.idempotency_key}")
     runtime.actors[record["stage"]].send(event.to_dict())
-    runtime.store.put_json(key, {**record, "redriven": [*record.get("redriven", []), {"by": by, "at": at}]})
     return event

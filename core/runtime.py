@@ -111,6 +111,13 @@ def _trace() -> dict[str, str]:
     return {"trace_id": trace_id} if trace_id else {}
 
 
+def _attempt(proxy: Any) -> str:
+    """The id of one attempt: the Dramatiq message's and its retry count (a random one when run directly)."""
+    if proxy is not None:
+        return f"{proxy.message_id[:8]}.{int(proxy.options.get('retries', 0))}"
+    return uuid.uuid4().hex[:8]
+
+
 def object_id(event: ObjectCreated) -> str:
     """A short stable id for one write of one key (the ledger and quarantine entry name)."""
     return hashlib.sha256(event.idempotency_key.encode()).hexdigest()[:16]
@@ -291,6 +298,10 @@ class Runtime:
         ctx = Context(self.settings, store, self.state, self.online, extensions=self.pipeline.extensions)
         self.on_event("start", {"stage": name, "key": event.key, "owner": owner})
         started_at = tracing.now()
+        attempt = _attempt(message)
+        # Replaced by the attempt's end; if the worker is killed, this is what says the attempt began.
+        self._span(name, event, message, started_at, tracing.STARTED, ended=False, attempt=attempt,
+                   owner=owner)
         if pause := self.settings.fault_delay_s(name):
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
             time.sleep(pause)
@@ -304,20 +315,20 @@ class Runtime:
                 result = {**self.refuse(ctx, name, event, err), "outputs": sorted(store.written)}
                 # Completed, naming the refusal record: `sluice refused redrive` forgets it to run the stage again.
                 self.state.complete(key, owner, result, COMPLETED_TTL_S)
-                self._span(name, event, message, started_at, tracing.REFUSED, record=result["record"],
-                           message=str(err))
+                self._span(name, event, message, started_at, tracing.REFUSED, attempt=attempt,
+                           record=result["record"], message=str(err))
                 return result
             except Defer as later:
                 self.state.release(key, owner)
-                self._span(name, event, message, started_at, tracing.DEFERRED, retry_in_s=round(later.delay_s, 3),
-                           message=str(later))
+                self._span(name, event, message, started_at, tracing.DEFERRED, attempt=attempt,
+                           retry_in_s=round(later.delay_s, 3), message=str(later))
                 raise self._retry(message, later.delay_s) from None
             except InputError as err:
                 result = self.quarantine(ctx, name, event, err)
                 # Released, not completed: the same bytes dropped again after a contract fix are validated again.
                 self.state.release(key, owner)
-                self._span(name, event, message, started_at, tracing.QUARANTINED, report=result["report"],
-                           reason=err.reason)
+                self._span(name, event, message, started_at, tracing.QUARANTINED, attempt=attempt,
+                           report=result["report"], reason=err.reason)
                 return result
             published = []
             for effect in effects:
@@ -331,11 +342,12 @@ class Runtime:
             raise  # a deferral, recorded above
         except BaseException as exc:
             self.state.release(key, owner)  # let the retry run
-            self._span(name, event, message, started_at, tracing.FAILED,
+            self._span(name, event, message, started_at, tracing.FAILED, attempt=attempt,
                        error=f"{type(exc).__name__}: {clip(str(exc), 500)}", outputs=sorted(store.written))
             raise
         result = {"outcome": "done", "published": published, "outputs": sorted(store.written)}
-        self._span(name, event, message, started_at, tracing.DONE, outputs=result["outputs"], published=published)
+        self._span(name, event, message, started_at, tracing.DONE, attempt=attempt, outputs=result["outputs"],
+                   published=published)
         if not store.written:
             self.state.release(key, owner)  # nothing to check a duplicate against: running it again is cheap
         elif not self.state.complete(key, owner, result, COMPLETED_TTL_S):
@@ -365,24 +377,24 @@ class Runtime:
         self.on_event("published", effect.to_cloudevent())
         log.info("sent %-10s %s v%s -> topic %s", effect.type, effect.model, effect.version, self.settings.topic)
 
-    def _span(self, stage: str, event: ObjectCreated, proxy: Any, started_at: str, outcome: str,
-              **detail: Any) -> None:
+    def _span(self, stage: str, event: ObjectCreated, proxy: Any, started_at: str, outcome: str, *,
+              ended: bool = True, attempt: str | None = None, **detail: Any) -> None:
         """Record one attempt of a stage in its drop's trace (`traces/<trace id>/`); never fails the stage.
-        `proxy`: the Dramatiq message being processed (None when run directly)."""
+        `proxy`: the Dramatiq message being processed (None when run directly). `ended=False`: the attempt's
+        beginning, at the key its end then replaces (not announced: a listener sees each attempt once)."""
         trace_id = _trace().get("trace_id")
         if not trace_id:
             return  # woken by a document that carries no trace (written before correlation ids)
-        if proxy is not None:
-            attempt = f"{proxy.message_id[:8]}.{int(proxy.options.get('retries', 0))}"
-        else:
-            attempt = uuid.uuid4().hex[:8]
-        doc = tracing.span_record(trace_id, stage, event.key, started_at=started_at, ended_at=tracing.now(),
-                                  outcome=outcome, attempt=attempt, worker=WORKER_ID,
-                                  message_id=None if proxy is None else proxy.message_id, **detail)
+        attempt = attempt or _attempt(proxy)
+        doc = tracing.span_record(trace_id, stage, event.key, started_at=started_at,
+                                  ended_at=tracing.now() if ended else None, outcome=outcome, attempt=attempt,
+                                  worker=WORKER_ID, message_id=None if proxy is None else proxy.message_id, **detail)
         try:
             self.store.put_json(keys.Span(trace_id, tracing.span_name(started_at, stage, attempt)).key, doc)
         except Exception as exc:  # the bucket may be what failed; the stage's own outcome matters more
             log.warning("could not record the span of %s on %s: %s", stage, event.key, exc)
+        if not ended:
+            return
         try:
             self.on_event("span", doc)
         except Exception:

@@ -57,6 +57,9 @@ def parse_traceparent(value: object) -> str | None:
 # How a stage attempt ended (a span's `outcome`).
 DONE, QUARANTINED, REFUSED, DEFERRED, FAILED, DUPLICATE_DELIVERY = (
     "done", "quarantined", "refused", "deferred", "failed", "duplicate-delivery")
+# Written when an attempt begins and replaced by its end: one that stays was still running, or its worker died
+# (kill -9, a lost machine) with no chance to record anything.
+STARTED = "started"
 
 
 def now() -> str:
@@ -70,15 +73,16 @@ def span_name(started_at: str, stage: str, attempt: str) -> str:
     return f"{compact}-{stage}-{attempt}"
 
 
-def span_record(trace_id: str, stage: str, key: str, *, started_at: str, ended_at: str, outcome: str,
+def span_record(trace_id: str, stage: str, key: str, *, started_at: str, ended_at: str | None, outcome: str,
                 attempt: str, **detail: object) -> dict[str, object]:
-    """One attempt of one stage on one object, in a drop's trace: the document under `traces/<trace id>/`."""
+    """One attempt of one stage on one object, in a drop's trace: the document under `traces/<trace id>/`
+    (`ended_at` None: the attempt has begun, `STARTED`)."""
     started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
-    ended = datetime.fromisoformat(ended_at.replace("Z", "+00:00"))
+    ended = None if ended_at is None else datetime.fromisoformat(ended_at.replace("Z", "+00:00"))
     return {"trace_id": trace_id, "span_id": span_id(trace_id, stage, key), "stage": stage, "key": key,
             "started_at": started_at, "ended_at": ended_at,
-            "duration_s": round((ended - started).total_seconds(), 3), "outcome": outcome, "attempt": attempt,
-            **{k: v for k, v in detail.items() if v not in (None, [], {})}}
+            "duration_s": None if ended is None else round((ended - started).total_seconds(), 3),
+            "outcome": outcome, "attempt": attempt, **{k: v for k, v in detail.items() if v not in (None, [], {})}}
 
 
 def current() -> dict[str, str]:

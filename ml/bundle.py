@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sluice.core import keys
 from sluice.core.app import Extensions
 from sluice.core.errors import AppError, IntegrityError, ModelInputError
 from sluice.core.ports import ObjectStore
@@ -640,6 +641,8 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
     for name in names:
         values = [None if _is_missing(v) else v for v in (r.get(name) for r in rows)]
         kinds = {type(v) for v in values if v is not None}
+        if int in kinds and any(type(v) is int and not -2**63 <= v < 2**63 for v in values):
+            kinds.add(str)  # beyond 64 bits (JSON has no bound): as text, refused by the contract's type with it
         if kinds == {float} or kinds == {int, float}:
             values = [None if v is None else float(v) for v in values]
             columns.append(pl.Series(name, values, dtype=pl.Float64))
@@ -670,19 +673,28 @@ def read_bundle(read: Callable[[str], bytes], manifest_key: str, *, expected_sha
                              "bucket's version history, or retrain.")
     try:
         manifest = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise IntegrityError(f"{manifest_key}: not a bundle manifest ({exc})") from exc
+        listed = {str(role): (str(meta["path"]), str(meta["sha256"])) for role, meta in manifest["files"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IntegrityError(f"{manifest_key}: not a bundle manifest ({type(exc).__name__}: {exc})") from exc
     folder = manifest_key.rsplit("/", 1)[0] + "/" if "/" in manifest_key else ""
     files: dict[str, bytes] = {}
-    for role, meta in manifest.get("files", {}).items():
-        path = str(meta["path"])
+    for role, (path, expected) in listed.items():
         if "/" in path or path.startswith("."):
             raise IntegrityError(f"{manifest_key}: file {path!r} is outside the bundle")
-        data = read(folder + path)
-        if sha256(data) != meta["sha256"]:
+        try:
+            data = read(folder + path)
+        except (OSError, LookupError) as exc:  # a local file, or the store's NoSuchKey
+            raise IntegrityError(f"{folder}{path}: named by the bundle manifest, and cannot be read ({exc}); "
+                                 "download the bundle again, or restore it from the bucket's version history") \
+                from exc
+        if sha256(data) != expected:
             raise IntegrityError(f"{folder}{path}: sha256 does not match the bundle manifest; refusing to load it. "
                                  "Restore the object from the bucket's version history, or retrain.")
         files[role] = data
+    missing = {"model", "encoding", "contract", "signature", "transforms"} - set(files)
+    if missing or "model_format" not in manifest:
+        raise IntegrityError(f"{manifest_key}: not a bundle manifest (it lists no "
+                             f"{', '.join(sorted(missing)) or 'model_format'})")
     return Model(manifest, files, bundle_sha256=digest, version=version, extensions=extensions)
 
 
@@ -816,6 +828,12 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
         return read_local_bundle(ref, expected, extensions)
     if isinstance(ref, str) and ref.startswith("s3://"):
         bucket, _, key = ref[5:].partition("/")
+        if not key.startswith(keys.RUNS):
+            # Only under runs/ does every read check a stage's signature; elsewhere (incoming/, a bucket of
+            # anyone's) a bundle and the sha256 beside it could both be someone else's.
+            raise IntegrityError(f"{ref}: a model bundle is loaded only from runs/, where Sluice stages write and "
+                                 "sign bundles; this one is elsewhere. Load the model by name (NAME@champion, "
+                                 "NAME:3), or find out who sent the event or URI")
         s3 = store if store is not None and store.bucket == bucket else _open(open_bucket, bucket)
         model = read_bundle(s3.get, key, expected_sha256=expected, version=version, extensions=extensions)
         return model

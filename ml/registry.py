@@ -247,9 +247,11 @@ class ModelRegistry:
         return dict(zip(unique, _pool().map(one, unique), strict=True))
 
     def version_numbers(self, model: str) -> list[int]:
-        """All version numbers, ascending (a listing of every version: prefer `current(model).head['versions']`)."""
+        """All version numbers, ascending (a listing of every version: prefer `current(model).head['versions']`).
+        A key no stage would write (`versions/evil.json`) is no version: `models verify` names it."""
         prefix = f"{self.base(model)}/versions/"
-        return sorted(int(k[len(prefix):].split(".")[0]) for k in self.store.keys(prefix) if k.endswith(".json"))
+        names = (k[len(prefix):].removesuffix(".json") for k in self.store.keys(prefix) if k.endswith(".json"))
+        return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
     def version(self, model: str, number: int) -> dict[str, Any] | None:
         """One version document: one GET. A version registered by a writer that died before writing its document
@@ -291,7 +293,7 @@ class ModelRegistry:
 
     def known(self, model: str) -> bool:
         """True when the model has an index or any version."""
-        if self.store.get_json_or_none(Index.head_key(model)) is not None:
+        if self.store.exists(Index.head_key(model)):  # a head that fails its signature still names a model
             return True
         return next(iter(self.store.keys(f"{self.base(model)}/versions/")), None) is not None
 
@@ -415,21 +417,48 @@ class ModelRegistry:
             record = self.store.get_json_or_none(self._history_key(model, idx.next_sequence))
 
     def _rebuild(self, model: str) -> Index:
-        """The index folded from the whole history (checked as a chain) and every version document."""
+        """The index folded from the whole history (checked as a chain) and every version document that a stage
+        signed and the history's registration matches; any other is left out and named in `idx.skipped` (one
+        planted version document must not stop every registration and every reader of the model). A registration
+        whose record holds its document indexes that one (and writes it when its file is missing)."""
         idx = Index(self.store, model, empty_head(model), fresh=True)
-        versions = {int(v["version"]): v for v in self._stored_versions(model)}
-        for record in self.history(model):
-            if registers(record):
-                number = int(record["version"])
-                if number not in versions and isinstance(record.get("version_document"), dict):
-                    versions[number] = record["version_document"]  # its writer died before writing it
-                    idx.restore.append(versions[number])
-                if number in versions:
-                    idx.set_doc(versions[number])
+        history = self.history(model)
+        versions: dict[int, dict[str, Any]] = {}
+        present: set[int] = set()
+        for number in self.version_numbers(model):
+            key = self._version_key(model, number)
+            present.add(number)
+            try:
+                version = self._immutable(key)
+            except IntegrityError as exc:
+                idx.skipped.append(str(exc).split("; ", 1)[0])
+                continue
+            if version is not None and version.get("version") == number:
+                versions[number] = version
+            elif version is not None:
+                idx.skipped.append(f"{key}: says it is v{version.get('version')}")
+        for record in history:
+            number = int(record["version"]) if registers(record) else 0
+            if number in versions and "document" in record and record["document"] != digest(versions[number]):
+                idx.skipped.append(f"{self._version_key(model, number)}: v{number} was edited after history "
+                                   f"record {record['sequence']} registered it")
+                del versions[number]
+            held = record.get("version_document") if number else None
+            if (number not in versions and isinstance(held, dict) and held.get("version") == number
+                    and record.get("document") == digest(held)):
+                versions[number] = held  # the history holds the document it registered
+                if number not in present:
+                    idx.restore.append(held)  # its writer died before writing it
+            if number in versions:
+                idx.set_doc(versions[number])
             idx.apply(record)
         for version in versions.values():
             if idx.doc(int(version["version"])) is None:
                 idx.set_doc(version)  # created by a writer that died before registering it
+        for problem in idx.skipped:
+            log.warning("%s; left out of the index of %s (`sluice models verify %s` lists every problem; restore "
+                        "the version from the bucket's version history, or delete it, then `sluice models reindex "
+                        "%s`)", problem, model, model, model)
         idx.rebuilt = idx.probed = True
         return idx
 
@@ -778,15 +807,32 @@ class ModelRegistry:
             why = self.store.signature_problem(key)
             if why is not None:
                 problems.append(f"{key}: not written by a Sluice stage ({why})")
-            doc: dict[str, Any] = self.store.get_json_unverified(key)
+            try:
+                doc = self.store.get_json_unverified(key)
+            except ValueError:
+                doc = None
+            if not isinstance(doc, dict):  # planted bytes are a finding, never a crash of the check
+                problems.append(f"{key}: not a JSON document")
+                return {}
             return doc
 
-        records = sorted((read(k) for k in self.store.keys(f"{base}/history/") if k.endswith(".json")),
-                         key=lambda d: int(d["sequence"]))
+        records = []
+        for key in self.store.keys(f"{base}/history/"):
+            record = read(key) if key.endswith(".json") else {}
+            if isinstance(record.get("sequence"), int):
+                records.append(record)
+            elif record:
+                problems.append(f"{key}: not a history record (no sequence number)")
+        records.sort(key=lambda d: int(d["sequence"]))
         problems += chain_problems(records)
         snap = Snapshot()
-        for record in records:
-            snap.apply(record)
+        try:
+            for record in records:
+                snap.apply(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            problems.append(f"history record {record['sequence']}: not a record Sluice writes (field {exc}); "
+                            "nothing after it can be checked")
+            return problems
         registered = {r["version"]: r for r in records if registers(r)}
         for r in registered.values():
             held = r.get("version_document")
@@ -795,8 +841,8 @@ class ModelRegistry:
                                 f"not the one it registered (its sha256 differs)")
         versions = {}
         for key in self.store.keys(f"{base}/versions/"):
-            if key.endswith(".json"):
-                versions[key] = read(key)
+            if key.endswith(".json") and (doc := read(key)):
+                versions[key] = doc
         for key, version in versions.items():
             number = version.get("version")
             registration = registered.get(number)

@@ -91,6 +91,7 @@ class Index:
         self.head_dirty = False
         self.folded = False  # history records the stored head did not cover were folded in
         self.rebuilt = False
+        self.skipped: list[str] = []  # version documents a rebuild left out, and why
         self.appended = 0  # records this writer appended
         self.probed = False  # looked for a history record newer than the head (or read the whole history)
 

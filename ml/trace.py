@@ -193,7 +193,8 @@ def _timed(step: Step, attempts: list[dict[str, Any]]) -> Step:
     after the work was done is listed among the attempts but does not stretch the step."""
     if attempts:
         worked = [a for a in attempts if a["outcome"] != tracing.DUPLICATE_DELIVERY] or attempts
-        step.started_at, step.ended_at = str(worked[0]["started_at"]), str(worked[-1]["ended_at"])
+        last_end = worked[-1].get("ended_at")  # None: the last attempt began and recorded no end (yet)
+        step.started_at, step.ended_at = str(worked[0]["started_at"]), str(last_end) if last_end else None
         step.attempts = [{k: a.get(k) for k in ("outcome", "started_at", "ended_at", "duration_s", "attempt",
                                                   "worker", "error", "retry_in_s") if a.get(k) is not None}
                          for a in attempts]
@@ -217,7 +218,7 @@ def _arrival(store: ObjectStore, trace_id: str, dataset: str | None, entry: dict
             return []
         last = attempts[-1]
         outcome = "in progress" if last["outcome"] in (tracing.DEFERRED, tracing.FAILED) else str(last["outcome"])
-        return [_timed(Step(stage, outcome, "no ledger entry yet"), attempts)]
+        return [_timed(Step(stage, outcome, "no ledger entry yet" if outcome != tracing.STARTED else ""), attempts)]
     ledger_key = keys.Ledger(dataset or keys.dataset_of(entry["key"]), trace_id[:16]).key
     step = Step(stage, str(entry["outcome"]), key=str(entry["key"]), documents=[ledger_key])
     outcome = entry["outcome"]

@@ -198,16 +198,20 @@ def status(as_json: bool, app_spec: str | None) -> None:
     settings = _settings()
     app = load_app(app_spec)
     store = _store(settings)
-    state = make_state(settings)
+    state, redis_down = _state_or_none(settings, make_state)
     report: dict[str, Any] = {
         "bucket": settings.bucket,
         "datasets": [dataset_status(store, state, d, pipeline=app) for d in datasets(store)],
         "dead_letters": dead_letters(store),
         "sqs_dead_letters": _sqs_dlq_depth(settings),
+        **({"redis": redis_down} if redis_down else {}),
     }
     if as_json:
         _echo_json(report)
         return
+    if redis_down:
+        click.echo(f"{redis_down}: work in progress shows as waiting (its claims are in Redis); the rest is read "
+                   "from the bucket")
     for ds in report["datasets"]:
         m = ds["model"]
         plural = "" if m["versions"] == 1 else "s"
@@ -263,6 +267,21 @@ def status(as_json: bool, app_spec: str | None) -> None:
     for d in report["dead_letters"]:
         last = (d.get("traceback") or "").strip().splitlines()[-1:] or [""]
         click.echo(f"  {d['actor']} {d['message_id']} after {d.get('attempts', d['retries'])} attempts: {last[0]}")
+
+
+def _state_or_none(settings: Settings, make_state: Any) -> tuple[Any, str | None]:
+    """Redis's state, or, when Redis cannot be reached, an empty one and why: `status` reads the bucket, and an
+    operator needs it most on the day Redis is down."""
+    import redis
+
+    from sluice.core.memory import MemoryState
+
+    state = make_state(settings)
+    try:
+        state.record("status-probe")
+    except redis.exceptions.ConnectionError as exc:
+        return MemoryState(), f"Redis is unreachable at {settings.broker_url} ({exc})"
+    return state, None
 
 
 def _sqs_dlq_depth(settings: Settings) -> int | None:

@@ -133,13 +133,18 @@ class ModelServer:
             model = self.model  # read once: this request is answered by this version only
             if model is None:
                 return JSONResponse({"error": f"no version of {self.name}@{self.alias} is loaded yet"}, 503)
-            body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                return JSONResponse({"error": f"the body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}"}, 413)
+            body = await _bounded_body(request)
+            if body is None:  # read no further than the limit: a huge body must not fill the server's memory
+                return JSONResponse({"error": f"the body is over {MAX_BODY_BYTES} bytes, the limit; send at most "
+                                     f"{MAX_ROWS} rows per request, in several requests"}, 413)
             try:
                 doc = json.loads(body)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 return JSONResponse({"error": f"the body is not JSON: {exc}",
+                                     "expected": '{"rows": [{"column": value, ...}, ...]}'}, 400)
+            except RecursionError:
+                return JSONResponse({"error": "the body nests arrays or objects deeper than Python's JSON reader "
+                                     "goes; rows are one level of objects",
                                      "expected": '{"rows": [{"column": value, ...}, ...]}'}, 400)
             rows = doc.get("rows") if isinstance(doc, dict) and "rows" in doc else doc
             if isinstance(rows, dict):
@@ -180,6 +185,20 @@ class ModelServer:
 
         return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health),
                                  Route("/ready", ready), Route("/model", info)])
+
+
+async def _bounded_body(request: Any) -> bytes | None:
+    """The request's body, or None as soon as it is known to be over MAX_BODY_BYTES (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def serve(name: str, alias: str, host: str, port: int, settings: Settings | None = None,

@@ -467,3 +467,31 @@ def test_a_date_with_a_time_of_day_is_refused_with_the_reason(shop_model: bundle
     frame = pd.DataFrame([{**row, "visits": 2.5}])
     [why] = shop_model.predict(frame).unscored
     assert why["column"] == "visits" and "2.5" in why["reason"], why
+
+
+def test_a_tampered_or_broken_downloaded_bundle_is_refused_with_what_is_wrong(tmp_path: Any) -> None:
+    """A bundle folder edited by hand: a changed file, a manifest that is not one, a file it names that is gone.
+    Each is an IntegrityError naming the file (a manifest of the wrong shape was an AttributeError or KeyError,
+    a missing file a FileNotFoundError)."""
+    import json as _json
+
+    from sluice import load_model
+    from sluice.core.errors import IntegrityError
+    from tests import mixed
+
+    manifest, files = mixed.trained_bundle(300, 0.5)
+    (tmp_path / "manifest-x.json").write_bytes(manifest)
+    for path, data in files.items():
+        (tmp_path / path).write_bytes(data)
+    assert load_model(str(tmp_path)).task == "regression"
+    model_file = _json.loads(manifest)["files"]["model"]["path"]
+    (tmp_path / model_file).write_bytes(files[model_file] + b"\n")
+    with pytest.raises(IntegrityError, match=f"{model_file}: sha256 does not match"):
+        load_model(str(tmp_path))
+    (tmp_path / model_file).unlink()
+    with pytest.raises(IntegrityError, match=f"{model_file}: named by the bundle manifest, and cannot be read"):
+        load_model(str(tmp_path))
+    for broken in ('{"files": 3}', '{"files": {"model": {"path": "x"}}}', "[1, 2]", '{"files": {}}'):
+        (tmp_path / "manifest-x.json").write_text(broken)
+        with pytest.raises(IntegrityError, match=r"manifest-x\.json: not a bundle manifest"):
+            load_model(str(tmp_path))

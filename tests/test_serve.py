@@ -187,3 +187,49 @@ def test_serve_says_what_it_serves(tmp_path: Any, monkeypatch: pytest.MonkeyPatc
     assert calls and calls[0][-1] == str(tmp_path)
     got = CliRunner().invoke(main, ["serve", "shop", "--alias", "challenger"])
     assert "sluice serve: shop@challenger on" in got.output
+
+
+def test_hostile_requests_get_a_4xx_and_a_huge_body_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deep JSON, integers beyond 64 bits and bodies over the limit used to answer 500 or to be read whole into
+    memory before the limit was checked (a client declaring a terabyte made the server wait for it)."""
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    import sluice.serve
+    from sluice.ml import bundle
+    from sluice.serve import ModelServer
+
+    manifest, files = mixed.trained_bundle(300, 0.5)
+    server = ModelServer(mixed.DATASET, watch=False)
+    server.model = bundle.model_from_files(manifest, files)
+    client = TestClient(server.app(), raise_server_exceptions=False)
+    row = json.loads(json.dumps(mixed.frame(1, 5).to_dicts()[0], default=str))
+    deep = client.post("/predict", content=b'{"rows": [' + b"[" * 100_000 + b"]" * 100_000 + b"]}")
+    assert deep.status_code == 400 and "nests arrays or objects deeper" in deep.text, deep.text
+    for name in ("visits", "zone"):  # an int and a text column of the contract
+        huge = client.post("/predict", json={"rows": [{**row, name: 10**400}, row]})
+        assert huge.status_code == 200, huge.text
+        [bad, good] = huge.json()["predictions"]
+        assert bad["unscored"].startswith(f"{name}:") and "prediction" in good
+
+    monkeypatch.setattr(sluice.serve, "MAX_BODY_BYTES", 1000)
+    port = _free_port()
+    http = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=port, log_level="warning"))
+    threading.Thread(target=http.run, daemon=True).start()
+    try:
+        for _ in range(200):
+            if http.started:
+                break
+            time.sleep(0.05)
+        head = "POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        for request in (f"{head}Content-Length: {10**12}\r\n\r\n".encode(),  # declared, and never sent
+                        f"{head}Transfer-Encoding: chunked\r\n\r\n".encode() + b"400\r\n" + b" " * 1024 + b"\r\n"
+                        + b"400\r\n" + b" " * 1024 + b"\r\n"):  # streamed past the limit, never finished
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+                conn.sendall(request)
+                answer = ""
+                while "}" not in answer and (chunk := conn.recv(65536)):  # the headers, then the JSON body
+                    answer += chunk.decode()
+            assert answer.startswith("HTTP/1.1 413") and "the limit" in answer, answer[:300]
+    finally:
+        http.should_exit = True

@@ -365,3 +365,74 @@ def test_a_drop_recorded_before_correlation_ids_is_traced_from_its_documents(run
     assert (step.stage, step.outcome, step.started_at, step.ended_at) == ("validate", "validated", None, entry["at"])
     assert step.duration_s is None and not step.attempts
     assert trace(runtime.store, MemoryState(), path.trace_id[:12]).trace_id == path.trace_id
+
+
+_KILLED_WORKER = """
+import sys
+from dramatiq.brokers.stub import StubBroker
+from sluice.core.settings import Settings
+from sluice.events.s3 import ObjectCreated
+from sluice.handlers import build_pipeline
+from sluice.infra.online import MemoryOnline
+from sluice.infra.state import MemoryState
+from sluice.service import build_runtime
+
+settings = Settings.from_env()
+rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState(), online=MemoryOnline())
+info = rt.store.head(sys.argv[1])
+rt.execute("validate", ObjectCreated(settings.bucket, sys.argv[1], info.size, info.etag, info.version_id).to_dict())
+"""
+
+
+def test_an_attempt_killed_mid_stage_shows_in_the_trace(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch,
+                                                        tmp_path: Any) -> None:
+    """A worker killed with SIGKILL records nothing at its end: the attempt's beginning is recorded when it starts,
+    so `sluice trace` shows that it began and never finished, beside the attempt that then ran it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    from dramatiq.brokers.stub import StubBroker
+
+    from sluice.handlers import build_pipeline
+    from sluice.infra.online import MemoryOnline
+    from sluice.infra.state import MemoryState
+    from sluice.service import build_runtime
+    from tests.chain import prepare, wait_for
+    from tests.conftest import ROOT, unique_settings
+
+    settings = replace(unique_settings(moto_endpoint), signing_key="7ace" * 16)
+    _, store = prepare(settings)
+    key = f"incoming/{DATASET}/killed.csv"
+    store.put(key, sample_bytes())
+    env = {**os.environ, "AWS_ENDPOINT_URL": moto_endpoint, "SLUICE_BUCKET": settings.bucket,
+           "SLUICE_SIGNING_KEY": "7ace" * 16, "SLUICE_BROKER_URL": "memory://",
+           "SLUICE_FAULT_DELAY": "validate=60", "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen([sys.executable, "-c", _KILLED_WORKER, key], env=env, cwd=tmp_path)
+    try:
+        wait_for(lambda: list(store.keys("traces/")) or worker.poll() is not None, 60, "the attempt to begin")
+        assert worker.poll() is None, "the worker ended before it could be killed"
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+    for name, value in env.items():
+        if name.startswith(("SLUICE_", "AWS_ENDPOINT")) and name != "SLUICE_FAULT_DELAY":
+            monkeypatch.setenv(name, value)
+    out = _cli("trace", key)
+    assert out.exit_code == 0, out.output
+    assert "validate" in out.output and "started: no end recorded: still running, or its worker died" \
+        in out.output, out.output
+
+    rt = build_runtime(settings, build_pipeline(), broker=StubBroker(), state=MemoryState(), online=MemoryOnline())
+    info = store.head(key)
+    assert info is not None
+    rt.execute("validate", ObjectCreated(settings.bucket, key, info.size, info.etag, info.version_id).to_dict())
+    out = _cli("trace", key)
+    assert out.exit_code == 0, out.output
+    assert "validated: data version" in out.output and "after 1 earlier attempts (never finished (its worker " \
+        "died" in out.output, out.output
+    found = _cli("trace", key, "--json")
+    [step] = [s for s in json.loads(found.output)["steps"] if s["stage"] == "validate"]
+    assert [a["outcome"] for a in step["attempts"]] == ["started", "done"]

@@ -557,3 +557,107 @@ def test_the_newest_history_records_are_read_alone_and_checked_against_the_head(
     registry.store.delete(H.format(total - 2))
     with pytest.raises(IntegrityError, match="is gone"):
         fresh(registry).history_tail("m", 3)
+
+
+def test_reindex_leaves_out_planted_and_forged_version_documents_and_says_so(
+        registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted version document (a new number, a forged registered one, a name no stage writes) used to fail
+    the rebuild, so `models reindex` and every reader whose index head was refused stopped on it."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    v2 = raw_get(registry, "registry/m/versions/000002.json")
+    raw_put(registry, "registry/m/versions/000009.json", {**v2, "version": 9})
+    raw_put(registry, "registry/m/versions/000002.json", {**v2, "reasons": ["trust me"]})
+    registry.store.s3.put_object(Bucket=registry.store.bucket, Key="registry/m/versions/evil.json", Body=b"{")
+    registry.store.s3.put_object(Bucket=registry.store.bucket, Key="registry/m/index/head.json", Body=b"{}")
+    reader = fresh(registry).current("m")  # the head refused: rebuilt in memory from the signed history
+    assert (reader.champion, reader.head["versions"], reader.sequence) == (2, 3, registry.current("m").sequence)
+    assert reader.doc(1) == registry.version("m", 1) and reader.doc(9) is None
+    # v2's file is refused; the history's record of its registration holds the document, which is indexed instead.
+    assert reader.doc(2) == v2 == registry.history("m")[1]["version_document"]
+    monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    result = CliRunner().invoke(main, ["models", "reindex", "m"])
+    assert result.exit_code == 0, result.output
+    assert "index rebuilt from 3 history records and 3 versions" in result.output
+    assert "registry/m/versions/000009.json: not written by a Sluice stage" in result.output
+    assert "registry/m/versions/000002.json: not written by a Sluice stage" in result.output
+    problems = registry.verify("m", artifacts=False)  # names all three, and does not stop on the unparseable one
+    assert "registry/m/versions/evil.json: not a JSON document" in problems
+    assert "registry/m/versions/000009.json: v9 has no `registered` record in the history" in problems
+    # Re-signed by someone holding the key: still not the version the history registered, so still left out.
+    registry.store.put_json("registry/m/versions/000002.json", {**v2, "reasons": ["trust me"]})
+    idx = fresh(registry).reindex("m")
+    assert sorted(idx.skipped) == [
+        "registry/m/versions/000002.json: v2 was edited after history record 2 registered it",
+        "registry/m/versions/000009.json: not written by a Sluice stage (it has no signature)"]
+    registry.store.put_json("registry/m/versions/000002.json", v2)
+    registry.store.delete("registry/m/versions/000009.json")
+    registry.store.delete("registry/m/versions/evil.json")
+    assert fresh(registry).reindex("m").skipped == [] and registry.verify("m", artifacts=False) == []
+
+
+def test_a_refusal_leaves_status_once_its_object_is_restored_and_re_driven_by_reconcile(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The object a stage refused, restored from the bucket's version history (other bytes than the refused
+    ones), is re-driven by reconcile, not by `sluice refused redrive`: its refusal used to stay in `sluice status`
+    after the stage had run."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.ml.reconcile import reconcile
+
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert runtime.execute("validate", dropped.to_dict())["outcome"] == "done"
+    [manifest] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json")]
+    s3, bucket = runtime.store.s3, runtime.store.bucket
+    saved = s3.get_object(Bucket=bucket, Key=manifest)
+    original, metadata = saved["Body"].read(), saved["Metadata"]
+    edited = plant(runtime, manifest, {**json.loads(original), "rows": 1})
+    assert runtime.execute("features", edited.to_dict())["outcome"] == "refused"
+    monkeypatch.setenv("SLUICE_BUCKET", bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    assert f"refused     features {manifest}" in CliRunner().invoke(main, ["status"]).output
+
+    s3.put_object(Bucket=bucket, Key=manifest, Body=original, Metadata=metadata)  # restored
+    sent: list[tuple[str, str]] = []
+    runtime.send = lambda stage, ev: sent.append((stage, ev.key))  # type: ignore[method-assign]
+    reconcile(runtime, min_age_s=0)
+    assert sent == [("features", manifest)]
+    info = runtime.store.head(manifest)
+    assert info is not None
+    restored = ObjectCreated(bucket, manifest, info.size, info.etag, info.version_id)
+    assert runtime.execute("features", restored.to_dict())["outcome"] == "done"
+    shown = CliRunner().invoke(main, ["status"]).output
+    assert "refused     features" not in shown and f"featurized  incoming/{DATASET}/a.csv" in shown, shown
+
+
+def test_a_bundle_named_by_an_event_outside_runs_is_never_loaded(runtime: Runtime) -> None:
+    """A CloudEvent (or s3:// URI) names a bundle and its sha256: both come from whoever sent it. A bundle planted
+    where producers write (incoming/) carries no signature check on read, so it used to load and score."""
+    import hashlib
+
+    from sluice import load_model
+    from tests import mixed
+
+    manifest, files = mixed.trained_bundle(300, 0.5)
+    name = json.loads(manifest)["files"]["model"]["path"]
+    for key, body in [("incoming/shop/bundle/manifest.json", manifest),
+                      *((f"incoming/shop/bundle/{path}", data) for path, data in files.items())]:
+        plant(runtime, key, body)
+    uri = f"s3://{runtime.settings.bucket}/incoming/shop/bundle/manifest.json"
+    event = {"type": "sluice.model.promoted", "data": {"model": "shop", "version": 1,
+                                                       "bundle": {"uri": uri, "sha256": hashlib.sha256(manifest)
+                                                                  .hexdigest()}}}
+    for ref in (event, uri):
+        with pytest.raises(IntegrityError, match="loaded only from runs/"):
+            load_model(ref, settings=runtime.settings, store=runtime.store)
+    # Under runs/, the same planted bytes fail their signature.
+    for path, data in [("manifest.json", manifest), *files.items()]:
+        plant(runtime, f"runs/shop/run-evil/bundle/{path}", data)
+    assert name in files
+    with pytest.raises(IntegrityError, match="not written by a Sluice stage"):
+        load_model(f"s3://{runtime.settings.bucket}/runs/shop/run-evil/bundle/manifest.json",
+                   settings=runtime.settings, store=runtime.store)

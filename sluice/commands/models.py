@@ -193,6 +193,11 @@ def models_reindex(name: str) -> None:
     n = idx.head["versions"]
     click.echo(f"{name}: index rebuilt from {idx.sequence} history record{'' if idx.sequence == 1 else 's'} and {n} "
                f"version{'' if n == 1 else 's'}")
+    if idx.skipped:
+        click.echo(f"left out, not what a Sluice stage registered (restore each from the bucket's version history, "
+                   f"or delete it, then run this again; `sluice models verify {name}` lists every problem):")
+        for problem in idx.skipped:
+            click.echo(f"  - {problem}")
 
 
 def _lifecycle(name: str, operation: str, **kwargs: Any) -> None:

@@ -19,6 +19,11 @@ def _when(text: str | None) -> str:
     return text[11:23] if text and len(text) >= 23 else (text or "-")
 
 
+UNFINISHED = "never finished (its worker died: killed, or the machine lost)"
+RUNNING = ("no end recorded: still running, or its worker died (a redelivery, or `sluice reconcile`, runs it "
+           "again; `sluice status` says which)")
+
+
 def render(found: Trace) -> list[str]:
     """The text of a drop's path (ml/trace.py's `Trace`), as `sluice trace` prints it."""
     out: list[str] = []
@@ -35,11 +40,13 @@ def render(found: Trace) -> list[str]:
         took = "" if step.duration_s is None else f"{step.duration_s:.1f}s"
         tries = [a["outcome"] for a in step.attempts if a["outcome"] != "duplicate-delivery"]
         again = len(step.attempts) - len(tries)
-        retried = f" after {len(tries) - 1} earlier attempts ({', '.join(tries[:-1])})" if len(tries) > 1 else ""
+        earlier = [UNFINISHED if t == "started" else t for t in tries[:-1]]
+        retried = f" after {len(tries) - 1} earlier attempts ({', '.join(earlier)})" if len(tries) > 1 else ""
         retried += f" (delivered again {again}x since, nothing redone)" if again and tries else ""
         via = f"  [trace {step.trace_id[:16]}]" if step.trace_id else ""
+        detail = step.detail or (RUNNING if step.outcome == "started" else "")
         out.append(f"  {step.stage:<10} {_when(step.started_at):<12} {_when(step.ended_at):<12} {took:>8}  "
-                   f"{step.outcome}{': ' + step.detail if step.detail else ''}{retried}{via}")
+                   f"{step.outcome}{': ' + detail if detail else ''}{retried}{via}")
     if found.linked:
         out.append("its data went on in a run that coalesced it with other drops: "
                    + ", ".join(f"trace {t}" for t in found.linked))

@@ -41,6 +41,8 @@ def refused_list(as_json: bool) -> None:
     for r in records:
         click.echo(f"{r['id']}  {r['at']}  {r['stage']:<10} {r['event']['key']}")
         click.echo(f"      {r['message']}")
+        for done in r.get("redriven", []):
+            click.echo(f"      re-driven by {done.get('by')} at {done.get('at')}")
 
 
 @refused.command("redrive")
