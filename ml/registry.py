@@ -533,11 +533,14 @@ class ModelRegistry:
                 idx.spill()
         writes: list[tuple[str, dict[str, Any] | None]] = [(k, idx.page_doc(k)) for k in sorted(idx.dirty)]
         writes += self._pointers(idx)
-        restores, idx.restore = idx.restore, []
+        restores, idx.restore = [*idx.created, *idx.restore], []
+        required = len(idx.created)
+        idx.created = []
         for name, doc in idx.alias_docs().items():
             if aliases_before is None or aliases_before.get(name) != doc:
                 writes.append((self._alias_key(model, name), doc))
-        self._put_all(writes, [partial(self._restore, model, v) for v in restores])
+        self._put_all(writes, [partial(self._restore, model, v, required=i < required)
+                               for i, v in enumerate(restores)])
         if idx.head_dirty or idx.rebuilt:
             idx.head["format"] = FORMAT  # a format-2 head read is written as 3: code that ignores tails rebuilds
             self._put_all([(Index.head_key(model), idx.head)])
@@ -724,7 +727,7 @@ class ModelRegistry:
             if created or snap.doc(number) is None:
                 snap.set_doc(existing)
             if created:
-                snap.restore.append(existing)  # written with the aliases, before the head
+                snap.created.append(existing)  # written with the aliases, before the head
             return Registration(existing, created, self._record(model, int(snap.entry(number)[1])))
 
         return self._write(model, op, extra=(run_key,))
@@ -857,7 +860,7 @@ class ModelRegistry:
         for number in set(registered) - {v.get("version") for v in versions.values()}:
             held = "version_document" in registered[number]
             problems.append(f"v{number} is in the history but its version document is gone" + (
-                f" (the history holds it: the next write to {model}, or `sluice models reindex {model}`, writes it "
+                f" (the history holds it, and readers read it from there: `sluice models reindex {model}` writes it "
                 "again)" if held else ""))
         for name, wanted in ((CHAMPION, snap.champion), (CHALLENGER, snap.challenger)):
             key = f"{base}/aliases/{name}.json"
@@ -960,13 +963,23 @@ class ModelRegistry:
         return {**doc, "model": model, "version": number, "registered_at": at, "decision": outcome,
                 "card": self.store.uri(self.card_key(model, number))}
 
-    def _restore(self, model: str, version: dict[str, Any]) -> None:
-        """Write a version document the history registered (If-None-Match: its number is the history's).
+    def _restore(self, model: str, version: dict[str, Any], *, required: bool = True) -> None:
+        """Write a version document the history registered (If-None-Match: its number is the history's); one
+        that is not `required` (repaired for a writer that died) is left out when this writer cannot write it
+        (an operator's role does not write versions/): readers read it from the history record that holds it.
 
         Taken by another document: one no history record registered (a writer of the format before one record
         per registration died between the two) or someone outside the lock; the history is the truth, so the
         document it registered replaces it."""
         key = self._version_key(model, int(version["version"]))
+        if not required:
+            try:
+                self._restore(model, version)
+            except Exception as exc:  # a cache of the history: the write goes on without it
+                log.warning("%s is not written (%s); readers read it from the history record that holds it, "
+                            "and `sluice models reindex %s` by a role that writes versions/ (a worker's) writes it",
+                            key, exc, model)
+            return
         if self.store.put_json(key, version, if_absent=True):
             return
         try:

@@ -87,7 +87,8 @@ class Index:
         self.pages: dict[str, list[Any]] = {}
         self.dirty: set[str] = set()
         self.runs: dict[str, int] = {}  # run pointers to write
-        self.restore: list[dict[str, Any]] = []  # version documents to write (registered by the history already)
+        self.created: list[dict[str, Any]] = []  # version documents this write registered, to write
+        self.restore: list[dict[str, Any]] = []  # version documents the history holds, written again (repairs)
         self.head_dirty = False
         self.folded = False  # history records the stored head did not cover were folded in
         self.rebuilt = False

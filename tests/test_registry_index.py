@@ -545,3 +545,28 @@ def test_models_show_prints_one_page_newest_first(registry: ModelRegistry, monke
     assert "v4 " not in text and "page 1 of 3 (7 versions, 3 a page; --page N for more)" in text
     missing = CliRunner().invoke(main, ["models", "show", "nope"])
     assert missing.exit_code == 1 and "no model 'nope'" in missing.output
+
+
+def test_a_lifecycle_command_by_a_role_that_cannot_write_versions_after_a_killed_writer(
+        moto_endpoint: str, small_pages: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The killed writer left its registration's record and nothing else; the operator's role (core/iam.py) does
+    # not write versions/, so its command leaves the document unwritten, says so, and readers read it anyway.
+    reg = killed_writer(moto_endpoint, "after-history", monkeypatch)
+    real_put = reg.store.put
+
+    def operator_put(key: str, data: bytes, **kw: Any) -> bool:
+        if "/versions/" in key:
+            raise PermissionError(f"AccessDenied: {key}")
+        return real_put(key, data, **kw)
+
+    with monkeypatch.context() as mp:
+        mp.setattr(reg.store, "put", operator_put)
+        fresh(reg).rollback("m", reason="alarms", by="ana", at="2026-03-01T12:00:05Z")
+    assert "versions/000006.json is not written (AccessDenied" in caplog.text
+    assert not reg.store.exists("registry/m/versions/000006.json")
+    assert fresh(reg).version("m", 6) == fresh(reg).history("m")[-2]["version_document"]
+    assert fresh(reg).snapshot("m").stages[6] == "archived" == fresh(reg).page("m")["stages"][6]
+    reg.reindex("m")  # by a role that writes versions/
+    assert reg.store.exists("registry/m/versions/000006.json")
+    assert_index_answers_like_the_history(reg)
