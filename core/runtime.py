@@ -29,6 +29,7 @@ from sluice.core.errors import (
     InputError,
     IntegrityError,
     ModelInputError,
+    WorkerKilled,
     clip,
     examples,
     summarize,
@@ -82,7 +83,11 @@ def publish_once(publisher: Publisher, store: ObjectStore, event: ModelEvent, *,
                                   {"published_at": datetime.now(UTC).isoformat(), "event": event.to_cloudevent()})
     return True
 # Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
-PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError)
+PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError, WorkerKilled)
+# Deliveries of one attempt (a message and its retry count) that began and never ended before it is dead-lettered:
+# Dramatiq redelivers a dead worker's messages without counting them as retries, so a file that kills its worker
+# (out of memory, a native crash) would otherwise kill every worker that takes it, forever.
+MAX_KILLED_ATTEMPTS = 3
 
 
 def handler_effects(stage: str, result: Any) -> list[ModelEvent | NewObject]:
@@ -306,6 +311,7 @@ class Runtime:
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
             time.sleep(pause)
         try:
+            self._refuse_a_killer(name, event, attempt, message)
             try:
                 if is_signed(event.key):
                     # Woken by a document: act only on one a Sluice stage wrote (core/provenance.py).
@@ -354,6 +360,21 @@ class Runtime:
             log.warning("lease %s was lost while the stage ran; its outputs are in the bucket all the same", key)
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
+
+    def _refuse_a_killer(self, stage: str, event: ObjectCreated, attempt: str, message: Any) -> None:
+        """Raise WorkerKilled when this very delivery (message and retry count) began MAX_KILLED_ATTEMPTS times
+        before and never ended: their `started` spans are all that is left of them (one listing of the trace)."""
+        trace_id = _trace().get("trace_id")
+        if message is None or not trace_id:
+            return
+        mine = f"-{stage}-{attempt}.json"
+        began = sum(k.endswith(mine) for k in self.store.keys(keys.Span.prefix(trace_id))) - 1  # this one too
+        if began >= MAX_KILLED_ATTEMPTS:
+            raise WorkerKilled(
+                f"{stage} on {event.key} began {began} times before and never finished: each time its worker "
+                "died (out of memory? a crash in a native library? kill -9?). Not run again, so it kills no more "
+                f"workers. Look at the workers' logs and memory (`sluice trace {trace_id[:16]}` lists the attempts); "
+                "fix the cause or the input, then `sluice deadletter redrive`.")
 
     def _write(self, store: ObjectStore, stage: str, effect: NewObject) -> None:
         """A handler's new object, written through the stage's recording store (signed where stages sign)."""

@@ -38,13 +38,23 @@ class _Sluice(click.Group):
     """Turns the failures a user can fix (no emulator, no credentials, no Redis) into one line saying how."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import sys
+
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Printable(sys.stdout), _Printable(sys.stderr)
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:  # shown by click after this returns, past the escaping streams
+            from sluice.core.errors import printable
+
+            if type(exc) is not click.ClickException or printable(exc.message) == exc.message:
+                raise  # usage errors quote what the user typed
+            raise click.ClickException(printable(exc.message)) from exc
         except Exception as exc:
-            from sluice.core.errors import IntegrityError
+            from sluice.core.errors import IntegrityError, printable
 
             if isinstance(exc, IntegrityError):  # a document no stage wrote, or changed bytes: say which
-                raise click.ClickException(str(exc)) from exc
+                raise click.ClickException(printable(str(exc))) from exc
             # botocore and redis are imported only when one of their errors is in hand: `sluice X --help` and
             # the commands that never touch them start without paying for them.
             if not any(c.__module__.partition(".")[0] in ("botocore", "redis") for c in type(exc).__mro__):
@@ -53,6 +63,24 @@ class _Sluice(click.Group):
             if hint is None:
                 raise
             raise click.ClickException(hint) from exc
+        finally:
+            sys.stdout, sys.stderr = streams
+
+
+class _Printable:
+    """A text stream that prints control characters as escapes (`errors.printable`): every command prints keys,
+    column names and values that producers chose."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from sluice.core.errors import printable
+
+        return int(self._stream.write(printable(text) if isinstance(text, str) else text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _how_to_fix(exc: Exception) -> str | None:

@@ -225,3 +225,12 @@ def test_status_reads_the_bucket_while_redis_is_down(env: Settings, monkeypatch:
     assert json.loads(run("status", "--json"))["redis"].startswith("Redis is unreachable")
     result = CliRunner().invoke(main, ["reconcile", "--min-age", "0"])  # re-driving needs Redis: one line
     assert result.exit_code == 1 and "cannot reach Redis at redis://127.0.0.1:9/0" in result.output
+
+
+def test_a_redrive_of_an_unknown_dead_letter_says_so(env: Settings) -> None:
+    """`sluice deadletter redrive ID` with a mistyped or already re-driven id printed "re-driven 0 records" and
+    exited 0, as if it had worked."""
+    run("up")
+    result = CliRunner().invoke(main, ["deadletter", "redrive", "--no-sqs", "0123abcd"])
+    assert result.exit_code == 1 and "no dead letter matches '0123abcd'" in result.output, result.output
+    assert "sluice deadletter list" in result.output

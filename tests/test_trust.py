@@ -661,3 +661,53 @@ def test_a_bundle_named_by_an_event_outside_runs_is_never_loaded(runtime: Runtim
     with pytest.raises(IntegrityError, match="not written by a Sluice stage"):
         load_model(f"s3://{runtime.settings.bucket}/runs/shop/run-evil/bundle/manifest.json",
                    settings=runtime.settings, store=runtime.store)
+
+
+def test_names_and_values_a_producer_chose_cannot_drive_the_operators_terminal(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A file name (or a cell value) with terminal control sequences was printed raw by `sluice status`, `trace`
+    and the worker's log lines: an OSC sequence retitles the operator's terminal, `\\r` rewrites the line."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core.tracing import TextFormatter
+
+    osc = "\x1b]0;all fine\x07"
+    key = f"incoming/{DATASET}/{osc}ok\rgood.csv"
+    lines = sample_bytes().decode().splitlines()
+    at = lines[0].split(",").index("diagnosis")
+    row = lines[1].split(",")
+    row[at] = f"{osc}benign"
+    lines[1] = ",".join(row)
+    with caplog.at_level(logging.INFO, logger="sluice"):
+        assert runtime.execute("validate", plant(runtime, key, ("\n".join(lines) + "\n").encode()).to_dict())[
+            "outcome"] == "quarantined"
+    logged = "\n".join(TextFormatter().format(r) for r in caplog.records)
+    assert "\\x1b]0;all fine\\x07ok\\x0dgood.csv" in logged and "\x1b" not in logged and "\r" not in logged
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    for args in (["status"], ["trace", key], ["quarantine", "list", DATASET]):
+        out = CliRunner().invoke(main, args).output
+        assert "\\x1b]0;all fine\\x07" in out and "\x1b" not in out and "\r" not in out, (args, out)
+
+
+def test_a_refusal_of_a_stage_this_app_lacks_says_which_app_to_run(runtime: Runtime,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refusal written by an app's own stage, re-driven with another app (the built-in chain): a KeyError
+    traceback, now a line naming the stage and `--app`."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    event = ObjectCreated(runtime.settings.bucket, f"incoming/{DATASET}/a.csv", 1, "etag")
+    runtime.store.put_json(f"refused/{DATASET}/00112233aabbccdd.json", {
+        "stage": "enrich", "dataset": DATASET, "id": "00112233aabbccdd", "event": event.to_dict(),
+        "message": "x", "at": "2026-03-01T12:00:00Z"})
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    result = CliRunner().invoke(main, ["refused", "redrive", "00112233"])
+    assert result.exit_code == 1 and "of stage 'enrich', which this app does not run" in result.output, result.output
+    assert "--app" in result.output and "redriven" not in json.loads(
+        runtime.store.get(f"refused/{DATASET}/00112233aabbccdd.json"))
