@@ -13,6 +13,7 @@
     ├── RegistryError         a lifecycle command that the registry refuses (says which command would work)
     ├── IntegrityError        stored bytes are not what Sluice recorded (never retried, never loaded)
     ├── ModelInputError       rows handed to a loaded model that it cannot score at all (names what is wrong)
+    ├── WorkerKilled          the same delivery of a stage's message killed its worker again and again (dead-lettered)
     ├── TransientError        a fault worth retrying (the worker retries it with backoff)
     └── Defer                 not a fault: run the stage again after a delay (e.g. to coalesce drops)
 """
@@ -36,6 +37,18 @@ def clip(value: Any, limit: int = CLIP_BYTES) -> str:
     raw = text.encode("utf-8", "replace")
     head = raw[: limit // 2].decode("utf-8", "ignore")
     return f"{head}… ({len(raw)} bytes, sha256 {hashlib.sha256(raw).hexdigest()[:16]})"
+
+
+# Control characters (but newline and tab) and the bidirectional overrides, as visible escapes: a file name or a
+# cell value is the producer's text, and printed raw it could drive the operator's terminal (retitle it, erase
+# lines, move the cursor) or reorder what a line appears to say.
+_UNPRINTABLE = {cp: f"\\x{cp:02x}" for cp in [*range(0x00, 0x20), *range(0x7f, 0xa0)] if cp not in (0x09, 0x0a)}
+_UNPRINTABLE |= {cp: f"\\u{cp:04x}" for cp in [*range(0x202a, 0x202f), *range(0x2066, 0x206a)]}
+
+
+def printable(text: str) -> str:
+    """`text` safe to print on a terminal: control characters and bidi overrides become visible escapes."""
+    return text.translate(_UNPRINTABLE)
 
 
 class SluiceError(Exception):
@@ -137,6 +150,11 @@ class IntegrityError(SluiceError):
 
 class ModelInputError(SluiceError):
     """Input a loaded model cannot take at all (an unknown format, a file that is not a table)."""
+
+
+class WorkerKilled(SluiceError):
+    """A stage's message began several times and never ended: each time its worker died (out of memory, a crash in
+    a native library, kill -9). Running it again would kill the next worker; it is dead-lettered instead."""
 
 
 @dataclass

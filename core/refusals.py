@@ -35,6 +35,9 @@ def find(store: ObjectStore, ident: str) -> tuple[str, dict[str, Any]]:
 def redrive(runtime: Runtime, key: str, record: dict[str, Any], *, by: str, at: str) -> ObjectCreated:
     """Send a refused event to its stage again, and note on the record who did and when."""
     event = ObjectCreated.from_dict(record["event"])
+    if record.get("stage") not in runtime.actors:
+        raise SluiceError(f"refusal {record.get('id')} is of stage {record.get('stage')!r}, which this app does not "
+                          f"run (stages: {', '.join(sorted(runtime.actors))}); pass the app that refused it (--app)")
     # Noted before sending: a worker that refuses it again rewrites the record, and that one must stay open.
     runtime.store.put_json(key, {**record, "redriven": [*record.get("redriven", []), {"by": by, "at": at}]})
     runtime.state.forget(f"{record['stage']}#{event.idempotency_key}")

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -29,6 +30,7 @@ from sluice.core.errors import (
     InputError,
     IntegrityError,
     ModelInputError,
+    WorkerKilled,
     clip,
     examples,
     summarize,
@@ -82,7 +84,12 @@ def publish_once(publisher: Publisher, store: ObjectStore, event: ModelEvent, *,
                                   {"published_at": datetime.now(UTC).isoformat(), "event": event.to_cloudevent()})
     return True
 # Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
-PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError)
+PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError, WorkerKilled)
+# Deliveries of one attempt (a message and its retry count) that began and never ended before it is dead-lettered:
+# Dramatiq redelivers a dead worker's messages without counting them as retries, so a file that kills its worker
+# (out of memory, a native crash) would otherwise kill every worker that takes it, forever.
+MAX_KILLED_ATTEMPTS = 3
+KILLED_COUNT_TTL_S = 24 * 3600
 
 
 def handler_effects(stage: str, result: Any) -> list[ModelEvent | NewObject]:
@@ -305,7 +312,9 @@ class Runtime:
         if pause := self.settings.fault_delay_s(name):
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
             time.sleep(pause)
+        began = f"{key}#{attempt}"
         try:
+            self._refuse_a_killer(name, event, began, message)
             try:
                 if is_signed(event.key):
                     # Woken by a document: act only on one a Sluice stage wrote (core/provenance.py).
@@ -345,6 +354,10 @@ class Runtime:
             self._span(name, event, message, started_at, tracing.FAILED, attempt=attempt,
                        error=f"{type(exc).__name__}: {clip(str(exc), 500)}", outputs=sorted(store.written))
             raise
+        finally:
+            if message is not None:  # any end a process lives to see: only deaths leave the count growing
+                with contextlib.suppress(Exception):
+                    self.state.ended(began)
         result = {"outcome": "done", "published": published, "outputs": sorted(store.written)}
         self._span(name, event, message, started_at, tracing.DONE, attempt=attempt, outputs=result["outputs"],
                    published=published)
@@ -354,6 +367,22 @@ class Runtime:
             log.warning("lease %s was lost while the stage ran; its outputs are in the bucket all the same", key)
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
+
+    def _refuse_a_killer(self, stage: str, event: ObjectCreated, began_key: str, message: Any) -> None:
+        """Raise WorkerKilled when this very delivery (message and retry count) began MAX_KILLED_ATTEMPTS times
+        before and never ended: a counter in the state backend, cleared by any end a process records (`_run`'s
+        finally), so only deaths leave it counting."""
+        if message is None:
+            return  # run directly: no redelivery to count
+        before = self.state.began(began_key, KILLED_COUNT_TTL_S) - 1
+        if before >= MAX_KILLED_ATTEMPTS:
+            trace_id = _trace().get("trace_id")
+            where = f"`sluice trace {trace_id[:16]}` lists the attempts" if trace_id else "the workers' logs"
+            raise WorkerKilled(
+                f"{stage} on {event.key} began {before} times before and never finished: each time its worker "
+                "died (out of memory? a crash in a native library? kill -9?). Not run again, so it kills no more "
+                f"workers. Look at the workers' logs and memory ({where}); fix the cause or the input, then "
+                "`sluice deadletter redrive`.")
 
     def _write(self, store: ObjectStore, stage: str, effect: NewObject) -> None:
         """A handler's new object, written through the stage's recording store (signed where stages sign)."""

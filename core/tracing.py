@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
+from sluice.core.errors import printable
+
 TRACEPARENT = "traceparent"  # the Dramatiq message option (and the CloudEvents distributed-tracing attribute)
 FIELDS = ("trace_id", "stage", "dataset", "key")
 _TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -120,7 +122,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         """The line, with the trace's short id when the record belongs to one."""
-        line = super().format(record)
+        line = printable(super().format(record))  # keys and values in messages are producers' text
         trace = getattr(record, "trace_id", "")
         return f"{line}  [trace {trace[:16]}]" if trace else line
 

@@ -384,6 +384,15 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 # load 6-8): with 25 % kept, the blend was skipped or lost members for time in 9 of 18 runs (digits and churn
 # every time), as the search overran its share by up to 1.5 s; on a few hundred rows the fixed members and the
 # blend are worth more than the last quarter of a search that runs 10 to 60 trials.
+# Sizing the share by the data instead was tried and measured (30 s, one split, 2 shared cores at load 5-9,
+# 2026-11-29): the blend's cost estimated before the search from timed fits of LightGBM's defaults and the linear
+# model on up to 2,000 rows, 1.5-2 x that plus 5 % kept, 10-15 % at least. The search got 21-27 s instead of 18
+# on diabetes, wine and breast cancer, and gained nothing where the goal was missed: diabetes 49.31 RMSE (27 s of
+# search; 49.32 with 40 %). It lost where the estimate fell short: members the search tunes cost more than
+# library defaults (a logistic regression with a large C took 1.0 s on breast cancer's 364 rows) and FLAML
+# overran its share by 2-3 s under load, so wine's blend cut its folds to 3 and chose the linear model alone
+# (log loss 0.077; with 40 % kept, an even blend: 0.0395) and breast cancer's blend was skipped (ROC AUC 0.9941
+# against LightGBM's 0.9984).
 BLEND_SHARE = 0.4
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.

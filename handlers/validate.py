@@ -145,9 +145,11 @@ def _publish(ctx: Context, event: ObjectCreated, metadata: dict[str, str], contr
     ctx.store.put_json(f"{base}manifest.json", manifest.to_dict(), if_absent=True)
     ctx.store.put_json(keys.Ledger(dataset, object_id(event)).key, {
         **ledger, "outcome": "validated", "kind": kind, "rows": split.rows_valid,
-        "rows_quarantined": split.rows_invalid, "drifted": bool(summary and summary["drifted"]), "at": ctx.timestamp()})
-    ctx.log.info("wrote validate   %s -> data version %s (%d rows valid, %d quarantined%s)", event.key,
+        "rows_quarantined": split.rows_invalid, "drifted": bool(summary and summary["drifted"]), "at": ctx.timestamp(),
+        **({"rows_empty": split.rows_empty} if split.rows_empty else {})})
+    ctx.log.info("wrote validate   %s -> data version %s (%d rows valid, %d quarantined%s%s)", event.key,
                  data_version[:12], split.rows_valid, split.rows_invalid,
+                 f", {split.rows_empty} empty lines left out" if split.rows_empty else "",
                  "" if summary is None else f", drift share {summary['drifted_share']:.0%}")
     return []
 

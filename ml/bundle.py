@@ -590,6 +590,11 @@ def _read_csv(path: Path) -> pl.DataFrame:
         hint = " (save it as UTF-8)" if "utf-8" in what.lower() else ""
         raise ModelInputError(f"{path} cannot be read as CSV: {what}{hint}") from None
     _refuse_ragged(path, frame.width)
+    # polars 2 reads a blank line as a row of nulls: in a file with blank lines, rows with no value at all are left
+    # out, as pandas' reader and validation leave blank lines out.
+    blank = pl.col("line").str.strip_chars_end("\r").str.len_bytes() == 0
+    if pl.scan_lines(path).filter(blank).head(1).collect().height:
+        frame = frame.filter(~pl.all_horizontal(pl.all().is_null()))
     return frame
 
 

@@ -80,6 +80,7 @@ class Split:
     rows_total: int = 0
     rows_valid: int = 0
     rows_invalid: int = 0
+    rows_empty: int = 0  # blank lines and lines of empty cells, left out (not in rows_total)
     columns: list[str] = field(default_factory=list)
     valid_path: Path | None = None
     invalid_path: Path | None = None
@@ -118,17 +119,19 @@ def validate_file(path: Path, key: str, contract: Contract, workdir: Path, *, ba
         return validate_file(plain, key.removesuffix(".gz"), contract, workdir, batch_rows=batch_rows,
                              extensions=extensions)
     if name.endswith(".parquet"):
-        frame, is_text, cells_fit = _scan_parquet(path, key, contract), False, False
+        frame, is_text, cells_fit, skip_empty = _scan_parquet(path, key, contract), False, False, False
     elif name.endswith(".csv"):
         frame, lines = _scan_csv(path, key, contract)
         is_text = True
         # No line longer than a cell may be, and no quote (a quoted cell may span lines): no cell is too long.
         cells_fit = not lines.quoted and lines.longest <= contract.limits.max_cell_bytes
+        skip_empty = lines.empty_rows
     else:
         raise UnreadableFile(f"{key}: Sluice reads {', '.join(SUPPORTED)} files.",
                              hint="Rename or convert the file and drop it again.")
     try:
-        return _split(frame, key, contract, workdir, is_text, batch_rows, extensions, cells_fit=cells_fit)
+        return _split(frame, key, contract, workdir, is_text, batch_rows, extensions, cells_fit=cells_fit,
+                      skip_empty=skip_empty)
     except UnreadableFile as exc:
         if is_text and isinstance(exc.__cause__, pl.exceptions.PolarsError):
             _check_ragged(path, key, len(frame.collect_schema()))  # a line with too many fields: name it
@@ -208,6 +211,9 @@ class _Lines:
     ragged: tuple[int, int, int, int] | None = None  # (line number, byte offset, length, commas) of the first one
     longest: int = 0  # bytes, without the newline
     quoted: bool = False
+    # A row line no longer than the header's commas (and a \r): a blank line, or one of empty cells (",,,"), which
+    # the reader gives as a row of nulls (polars 2 does not skip blank lines). `_split` leaves such rows out.
+    empty_rows: bool = False
 
 
 def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
@@ -252,7 +258,8 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                 lengths = ends - np.concatenate(([line_start], ends[:-1] + 1))
                 seen.longest = max(seen.longest, int(lengths.max()))
                 last = int(newlines[-1])
-                # An empty line (or a lone \r) is skipped by the reader; a quoted line is left to the parser.
+                # An empty line (or a lone \r) is not ragged (`_split` leaves its row out); a quoted line is left to the
+                # parser.
                 blank = (lengths == 0) | ((lengths == 1) & (data[np.maximum(newlines - 1, 0)] == 13))
                 commas = quotes = None
                 # Every line of a chunk has the header's comma count if their sum is right, since a line with more
@@ -271,6 +278,10 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                                          "max_header_field_bytes")
                     seen.header_commas = int(commas[0])
                     max_line = (seen.header_commas + 1) * (limits.max_cell_bytes + 3) + 2
+                short = lengths <= seen.header_commas + 1
+                if lines == 0:
+                    short[0] = False
+                seen.empty_rows = seen.empty_rows or bool(short.any())
                 long = np.flatnonzero(lengths > (max_line or header_cap))
                 long = long[long > 0] if lines == 0 else long
                 if long.size:
@@ -307,6 +318,8 @@ def _check_text(path: Path, key: str, contract: Contract) -> _Lines:
                 and carry_quotes == 0 and carry_commas != seen.header_commas):
             seen.ragged = (lines + 1, line_start, offset - line_start, carry_commas)
         seen.longest = max(seen.longest, offset - line_start)
+        if lines > 0 and 0 < offset - line_start <= seen.header_commas + 1:  # the last line, unended
+            seen.empty_rows = True
     return seen
 
 
@@ -477,9 +490,12 @@ def _batches(frame: pl.LazyFrame, batch_rows: int) -> Iterator[pl.DataFrame]:
 
 
 def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_text: bool,
-           batch_rows: int, extensions: Extensions | None = None, *, cells_fit: bool = False) -> Split:
+           batch_rows: int, extensions: Extensions | None = None, *, cells_fit: bool = False,
+           skip_empty: bool = False) -> Split:
     """Type and check the rows batch by batch; valid rows stream into polars' Parquet sink (one file, bounded
-    memory), quarantined rows (usually few) into a second file with their reasons."""
+    memory), quarantined rows (usually few) into a second file with their reasons. `skip_empty`: the text has
+    blank lines or lines of empty cells; rows with no value at all are counted in `rows_empty` and left out, as
+    pandas' reader skips blank lines (row numbers count the rows kept)."""
     schema = build_schema(contract, extensions)
     split = Split()
     read = frame.collect_schema()
@@ -497,6 +513,11 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
         offset = 0
         try:
             for raw in _batches(frame, batch_rows):
+                if skip_empty:
+                    empty = raw.select(pl.all_horizontal(pl.all().is_null())).to_series()
+                    if n_empty := int(empty.sum()):
+                        split.rows_empty += n_empty
+                        raw = raw.filter(~empty)
                 if not cells_fit:
                     _check_cells(raw, key, contract, offset)
                 if contract.extra_columns == "drop":
@@ -902,4 +923,7 @@ def read_sample(key: str, data: bytes) -> pl.DataFrame:
         return pl.read_parquet(io.BytesIO(data))
     if name.endswith(".gz"):
         data = gzip.decompress(data)
-    return pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
+    frame = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
+    # Blank lines (and lines of empty cells) are rows of nulls to polars 2: left out, as validation leaves them out,
+    # or they would make every column look nullable.
+    return frame.filter(~pl.all_horizontal(pl.all().is_null())) if frame.width else frame

@@ -38,13 +38,23 @@ class _Sluice(click.Group):
     """Turns the failures a user can fix (no emulator, no credentials, no Redis) into one line saying how."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import sys
+
+        streams = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Printable(sys.stdout), _Printable(sys.stderr)
         try:
             return super().invoke(ctx)
+        except click.ClickException as exc:  # shown by click after this returns, past the escaping streams
+            from sluice.core.errors import printable
+
+            if type(exc) is not click.ClickException or printable(exc.message) == exc.message:
+                raise  # usage errors quote what the user typed
+            raise click.ClickException(printable(exc.message)) from exc
         except Exception as exc:
-            from sluice.core.errors import IntegrityError
+            from sluice.core.errors import IntegrityError, printable
 
             if isinstance(exc, IntegrityError):  # a document no stage wrote, or changed bytes: say which
-                raise click.ClickException(str(exc)) from exc
+                raise click.ClickException(printable(str(exc))) from exc
             # botocore and redis are imported only when one of their errors is in hand: `sluice X --help` and
             # the commands that never touch them start without paying for them.
             if not any(c.__module__.partition(".")[0] in ("botocore", "redis") for c in type(exc).__mro__):
@@ -53,6 +63,24 @@ class _Sluice(click.Group):
             if hint is None:
                 raise
             raise click.ClickException(hint) from exc
+        finally:
+            sys.stdout, sys.stderr = streams
+
+
+class _Printable:
+    """A text stream that prints control characters as escapes (`errors.printable`): every command prints keys,
+    column names and values that producers chose."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        from sluice.core.errors import printable
+
+        return int(self._stream.write(printable(text) if isinstance(text, str) else text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 def _how_to_fix(exc: Exception) -> str | None:
@@ -72,7 +100,13 @@ def _how_to_fix(exc: Exception) -> str | None:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "NotFound", "404"):
             return f"{code} at {where}: bucket {settings.bucket!r} or its queues are missing; run `sluice up` first."
-        return None
+        operation = getattr(exc, "operation_name", "the request")
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in ("AccessDenied", "AccessDeniedException", "AuthorizationError", "Forbidden", "403"):
+            return (f"{operation} was denied at {where} ({code}: {message}): these credentials lack the permission. "
+                    "`sluice iam` prints the policy of each role (producer, contract-owner, worker, model-reader, "
+                    "operator).")
+        return f"{operation} failed at {where}: {code}: {message}"
     if isinstance(exc, redis.exceptions.ConnectionError):
         return f"cannot reach Redis at {settings.broker_url} ({exc}); start it or set SLUICE_BROKER_URL."
     return None
@@ -167,6 +201,9 @@ def ui(host: str, port: int) -> None:
     run_ui(host, port, _settings())
 
 
+MAX_PUT_BYTES = 5 * 2**30  # S3's limit for one PUT (`put_file` sends one, so its checksum covers the object)
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dataset", required=True, callback=dataset_name,
@@ -183,6 +220,12 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
         raise click.ClickException(
             f"{name or file.name}: Sluice reads {', '.join(DROP_FORMATS)} files, so the worker would quarantine this "
             "one. Export it as CSV or Parquet, or name it for its content with --as (e.g. --as data.csv).")
+    size = file.stat().st_size
+    if size > MAX_PUT_BYTES:
+        raise click.ClickException(
+            f"{file} is {size / 2**30:.1f} GiB: S3 takes at most 5 GiB in one upload, and a worker reads at most "
+            "2 GiB by default (the contract's limits.max_file_bytes). Split it into several files (each is its own "
+            "drop, and the debounce trains on them together), or compress it (.csv.gz).")
     sha = _store(settings).put_file(key, file)
     click.echo(f"dropped {file} -> s3://{settings.bucket}/{key} (sha256 {sha[:12]}…, the data version if it validates)")
 
@@ -198,16 +241,20 @@ def status(as_json: bool, app_spec: str | None) -> None:
     settings = _settings()
     app = load_app(app_spec)
     store = _store(settings)
-    state = make_state(settings)
+    state, redis_down = _state_or_none(settings, make_state)
     report: dict[str, Any] = {
         "bucket": settings.bucket,
         "datasets": [dataset_status(store, state, d, pipeline=app) for d in datasets(store)],
         "dead_letters": dead_letters(store),
         "sqs_dead_letters": _sqs_dlq_depth(settings),
+        **({"redis": redis_down} if redis_down else {}),
     }
     if as_json:
         _echo_json(report)
         return
+    if redis_down:
+        click.echo(f"{redis_down}: work in progress shows as waiting (its claims are in Redis); the rest is read "
+                   "from the bucket")
     for ds in report["datasets"]:
         m = ds["model"]
         plural = "" if m["versions"] == 1 else "s"
@@ -263,6 +310,21 @@ def status(as_json: bool, app_spec: str | None) -> None:
     for d in report["dead_letters"]:
         last = (d.get("traceback") or "").strip().splitlines()[-1:] or [""]
         click.echo(f"  {d['actor']} {d['message_id']} after {d.get('attempts', d['retries'])} attempts: {last[0]}")
+
+
+def _state_or_none(settings: Settings, make_state: Any) -> tuple[Any, str | None]:
+    """Redis's state, or, when Redis cannot be reached, an empty one and why: `status` reads the bucket, and an
+    operator needs it most on the day Redis is down."""
+    import redis
+
+    from sluice.core.memory import MemoryState
+
+    state = make_state(settings)
+    try:
+        state.record("status-probe")
+    except redis.exceptions.ConnectionError as exc:
+        return MemoryState(), f"Redis is unreachable at {settings.broker_url} ({exc})"
+    return state, None
 
 
 def _sqs_dlq_depth(settings: Settings) -> int | None:

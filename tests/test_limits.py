@@ -123,3 +123,65 @@ def test_training_learns_from_a_seeded_sample_above_the_training_row_limit(runti
     assert run["training_rows_limit"] == 150
     assert run["holdout"]["rows"] + run["holdout"]["train_rows"] == 150
     assert runs.reproduce(runtime.store, run)["match"]  # the same sample again
+
+
+def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_forever() -> None:
+    """Dramatiq redelivers a dead worker's messages without counting a retry: a file that kills its worker (out of
+    memory, a native crash) would kill every worker that takes it, forever. Each delivery counts its beginning in
+    the state backend and clears it at any end a process lives to see; after MAX_KILLED_ATTEMPTS deaths the
+    message is dead-lettered, with the ledger's `failed` outcome saying why, and `sluice deadletter redrive` runs
+    it again once fixed."""
+    from dataclasses import replace
+
+    import dramatiq
+    from dramatiq import Worker
+    from dramatiq.brokers.stub import StubBroker
+    from moto import mock_aws
+
+    from sluice.core import deadletters
+    from sluice.core.runtime import MAX_KILLED_ATTEMPTS, claim_key
+    from sluice.core.settings import Settings
+    from sluice.handlers import build_pipeline
+    from sluice.infra.online import MemoryOnline
+    from sluice.infra.state import MemoryState
+    from sluice.service import build_runtime
+    from tests.chain import ledger, prepare
+
+    with mock_aws():
+        settings = replace(Settings(), bucket="sluice-killer", broker_url="memory://", min_backoff_ms=10)
+        prepare(settings)
+        broker = StubBroker()
+        broker.emit_after("process_boot")
+        rt = build_runtime(settings, build_pipeline(), broker=broker, state=MemoryState(), online=MemoryOnline())
+        key = f"incoming/{DATASET}/killer.csv"
+        rt.store.put(key, sample_bytes())
+        info = rt.store.head(key)
+        assert info is not None
+        event = ObjectCreated(settings.bucket, key, info.size, info.etag, info.version_id)
+        rt.dispatch(event)
+        [raw] = list(broker.queues[rt.queue_name].queue)
+        message = dramatiq.Message.decode(raw)
+        began = f"{claim_key('validate', event)}#{message.message_id[:8]}.0"
+        for _ in range(MAX_KILLED_ATTEMPTS):  # what three deliveries killed with kill -9 leave behind
+            rt.state.began(began, 60)
+
+        def run_worker() -> None:
+            worker = Worker(broker, worker_timeout=50)
+            worker.start()
+            try:
+                broker.join(rt.queue_name, fail_fast=False)
+                worker.join()
+            finally:
+                worker.stop()
+
+        run_worker()
+        [record] = deadletters.records(rt.store)
+        entry = ledger(rt.store, key)
+        assert entry is not None and entry["outcome"] == "failed", entry
+        assert f"began {MAX_KILLED_ATTEMPTS} times before and never finished" in entry["message"]
+        assert "deadletter redrive" in entry["what_to_do"]
+        assert not list(rt.store.keys("validated/"))  # not run: it would have killed this worker too
+        deadletters.redrive(rt, [record["message_id"]])  # a new message: its own count
+        run_worker()
+        entry = ledger(rt.store, key)
+        assert entry is not None and entry["outcome"] == "validated", entry

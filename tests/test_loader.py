@@ -299,6 +299,19 @@ def test_a_csv_to_score_that_is_ragged_or_unreadable_is_refused_with_its_line(
     assert bundle.as_frame(_written(tmp_path / "ok.csv", b'a,b,c\n1,,3\n"4,5",6,\n')).height == 2
 
 
+def test_blank_lines_in_a_csv_to_score_are_left_out_as_pandas_leaves_them(shop_model: bundle.Model,
+                                                                          tmp_path: Path) -> None:
+    # polars 2 reads a blank line as a row of nulls: a CRLF export ending in a blank line got one prediction too many.
+    csv = tmp_path / "rows.csv"
+    mixed.frame(5, 3).write_csv(csv)
+    lines = csv.read_bytes().splitlines()
+    blanked = _written(tmp_path / "blank.csv", b"\r\n".join([*lines[:3], b"", *lines[3:]]) + b"\r\n\r\n")
+    assert pl.read_csv(blanked, infer_schema=False).height == 7  # what the reader gives
+    assert bundle.as_frame(blanked).height == 5
+    assert np.array_equal(shop_model.predict(blanked).scores, shop_model.predict(csv).scores)
+    assert bundle.as_frame(_written(tmp_path / "empty_cells.csv", b"a,b\n1,2\n,\n")).height == 2  # no blank line
+
+
 def _written(path: Path, text: bytes) -> Path:
     path.write_bytes(text)
     return path

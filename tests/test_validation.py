@@ -49,6 +49,7 @@ def test_corpus(case: str, runtime: Runtime) -> None:
     assert entry["outcome"] == spec["outcome"], entry
     if spec["outcome"] == "validated":
         assert (entry["rows"], entry["rows_quarantined"]) == (spec["valid"], spec["quarantined"])
+        assert entry.get("rows_empty", 0) == spec.get("empty", 0)
         if spec["quarantined"]:
             report = runtime.store.get_json(f"quarantine/people/{entry['data_version']}/report.json")
             rows = pl.read_parquet(__import__("io").BytesIO(runtime.store.get(report["rows_file"])))
@@ -475,3 +476,14 @@ def test_a_pandas_parquet_drop_passes_the_contract_inferred_from_its_csv(runtime
     assert "06:00:00" in json.dumps(report) and "signup" in json.dumps(report)
     data = pl.read_parquet(io.BytesIO(runtime.store.get(f"validated/shop/{entry['data_version']}/data.parquet")))
     assert data.schema["signup"] == pl.Date and data.schema["visits"] == pl.Int64
+
+
+def test_contract_infer_leaves_blank_lines_out() -> None:
+    # polars 2 reads a blank line as a row of nulls, which the inferred contract counted as missing values.
+    from sluice.ml.validation import read_sample
+
+    text = b"age,city,score,label\r\n30,paris,1.5,yes\r\n\r\n40,rome,2.5,no\r\n50,rome,3.5,yes\r\n\r\n"
+    frame = read_sample("people.csv", text)
+    assert frame.height == 3
+    text_yaml = infer_contract(frame, "people", "label").to_yaml()
+    assert text_yaml.count("# 0 missing of 3") == 3, text_yaml  # the features; the target says its classes

@@ -99,4 +99,10 @@ def deadletter_redrive(message_ids: tuple[str, ...], no_sqs: bool, app_spec: str
         runtime.broker.close()
     for why in done.skipped:
         click.echo(f"skipped {why}")
+    unmatched = [m for m in message_ids if not any(str(r).startswith(m) for r in done.records)
+                 and not any(str(s).startswith(m) for s in done.skipped)]
     click.echo(f"re-driven {len(done.records)} records and {done.sqs} SQS dead letters")
+    if unmatched:
+        raise click.ClickException(f"no dead letter matches {', '.join(map(repr, unmatched))}; "
+                                   "`sluice deadletter list` shows their ids (already re-driven ones are under "
+                                   "redriven/)")

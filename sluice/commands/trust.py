@@ -63,5 +63,8 @@ def refused_redrive(ident: str, app_spec: str | None) -> None:
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
     runtime = build_runtime(settings, load_app(app_spec), store=store)
-    event = redrive(runtime, key, record, by=_who(), at=datetime.now(UTC).isoformat(timespec="seconds"))
+    try:
+        event = redrive(runtime, key, record, by=_who(), at=datetime.now(UTC).isoformat(timespec="seconds"))
+    except SluiceError as exc:
+        raise click.ClickException(str(exc)) from exc
     click.echo(f"re-sent {event.key} to stage {record['stage']}")
