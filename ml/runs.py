@@ -125,7 +125,8 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     task = "regression" if contract.task == "regression" else "classification"
     X_train, y_train = encoding.features(train_frame), encoding.labels(train_frame)
     search = run.get("search") or {}
-    if search.get("validation"):  # FLAML validated on some of train's rows; the judged model saw the others
+    blended = run.get("model_format") == BLEND_JSON  # the blend fitted its members on every training row
+    if search.get("validation") and not blended:  # FLAML validated on some of train's rows; the model saw the rest
         recorded_split = {k: search["validation"].get(k) for k in ("method", "version", "fraction", "rare_class_rows")}
         if split_keys is None or recorded_split != {
                 "method": "row-hash-band", "version": modeling.SPLIT_VERSION,

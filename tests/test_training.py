@@ -82,7 +82,8 @@ def test_a_run_is_tracked_reproducible_and_comparable(runtime: Runtime) -> None:
     assert run2["warm_start"] is not None and run2["warm_start"]["used"] is True  # FLAML honoured the champion
     diff = runs.compare(run1, run2)
     assert diff["data_versions"]["shared"] == 1 and len(diff["data_versions"]["only_b"]) == 1
-    assert runs.reproduce(runtime.store, run2)["match"]
+    again = runs.reproduce(runtime.store, run2)
+    assert again["match"], (again, run2.get("search"), run2["best_estimator"], run2.get("model_format"))
     # Holdout rows never reach training, and a row held out once stays held out in every later snapshot.
     h1 = pl.read_parquet(io.BytesIO(artifact(runtime.store, run1, "holdout")))
     h2 = pl.read_parquet(io.BytesIO(artifact(runtime.store, run2, "holdout")))
