@@ -11,19 +11,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from sluice.core import keys
-from sluice.core.errors import IntegrityError, SluiceError
+from sluice.core.errors import ContractError, IntegrityError, SluiceError
 from sluice.core.ports import ObjectStore
 from sluice.events.run import read as read_run
 from sluice.ml import modeling
 from sluice.ml.blend import BLEND_JSON
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.features import row_key_columns, training_columns, training_rows
+
+log = logging.getLogger("sluice")
 
 ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator",
               "xgb_limitdepth": "XGBoostLimitDepthEstimator"}
@@ -167,7 +170,11 @@ def contract_of(store: ObjectStore, run: dict[str, Any]) -> Contract:
     """The contract version the run was trained under (kept under contract-versions/), else the current one."""
     dataset = run["dataset"]
     for key in store.keys(f"contract-versions/{dataset}/"):
-        contract = parse_contract(store.get(key), source=key)
+        try:
+            contract = parse_contract(store.get(key), source=key)
+        except ContractError as exc:  # not a contract: it cannot be the one sought, and must not hide it
+            log.warning("skipped %s: %s", key, str(exc).splitlines()[0])
+            continue
         if contract.fingerprint() == run["contract_version"]:
             return contract
     current = parse_contract(store.get(keys.Contract(dataset).key))

@@ -711,3 +711,16 @@ def test_a_refusal_of_a_stage_this_app_lacks_says_which_app_to_run(runtime: Runt
     assert result.exit_code == 1 and "of stage 'enrich', which this app does not run" in result.output, result.output
     assert "--app" in result.output and "redriven" not in json.loads(
         runtime.store.get(f"refused/{DATASET}/00112233aabbccdd.json"))
+
+
+def test_a_planted_contract_version_does_not_hide_the_one_a_run_was_trained_under(runtime: Runtime) -> None:
+    """`contract-versions/` is the contract owner's, unsigned: a file there that is not a contract stopped the
+    search for a run's contract (a ContractError) instead of being passed over."""
+    from sluice.ml.runs import contract_of
+    from tests.chain import sample_contract
+
+    contract = sample_contract()
+    runtime.store.put(f"contract-versions/{DATASET}/000000000000.yaml", b"dataset: [unclosed")
+    runtime.store.put(f"contract-versions/{DATASET}/{contract.fingerprint()[:12]}.yaml", contract.to_yaml().encode())
+    run = {"dataset": DATASET, "run_id": "run-x", "contract_version": contract.fingerprint()}
+    assert contract_of(runtime.store, run).fingerprint() == contract.fingerprint()
