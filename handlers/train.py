@@ -82,7 +82,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         return []
 
     frame = training_rows(ctx.store, contract, features.feature_set_version, label_ids)
-    mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
+    mask, split_keys = modeling.split(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
     encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
     if train_frame.height < MIN_TRAIN_ROWS or holdout.height == 0 or (encoding.classes and len(encoding.classes) < 2):
@@ -95,12 +95,13 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         )
     with ThreadPoolExecutor(4, thread_name_prefix="train-side") as side:
         return _train(ctx, contract, features, labels, label_ids, run_id, base, frame, train_frame, holdout, encoding,
-                      side, t0)
+                      split_keys[~mask], side, t0)
 
 
 def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
            label_ids: list[str], run_id: str, base: str, frame: pl.DataFrame, train_frame: pl.DataFrame,
-           holdout: pl.DataFrame, encoding: modeling.Encoding, side: ThreadPoolExecutor, t0: float) -> list[Any]:
+           holdout: pl.DataFrame, encoding: modeling.Encoding, train_keys: np.ndarray, side: ThreadPoolExecutor,
+           t0: float) -> list[Any]:
     """The run itself. Work the search does not need (the drift profile, the holdout's Parquet, the category
     frequencies, the leakage check unless it decides the columns, the plots and their uploads) runs on `side`,
     beside the search and the refit: on data where a fit uses one thread, the worker's other core is idle
@@ -135,8 +136,10 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     blending = _blends(contract)
     search_s = _search_budget(spec.time_budget_s, leak_s, blending)
     try:
+        validation = modeling.search_validation(train_keys, encoding.labels(train_frame), spec.holdout_fraction,
+                                                encoding.classes)
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
-                                 time_budget_s=search_s,
+                                 time_budget_s=search_s, validation=validation,
                                  on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"),
                                  extensions=ctx.extensions)
     except modeling.TrainingCancelled:
@@ -167,19 +170,25 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=model_bytes, model_format=model_format,
         frequencies=frequencies_future.result(), run_id=run_id, members=members)
-    loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
-    y_holdout = encoding.labels(holdout)
-    known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
-    scores = loaded.score_features(holdout.filter(pl.Series(known)))
-    n_classes = len(encoding.classes) if encoding.classes else None
-    metrics = modeling.holdout_metrics(contract.task, y_holdout[known], scores, n_classes)
-    baseline_scores = modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task,
-                                               n_classes)
-    baseline = modeling.holdout_metrics(contract.task, y_holdout[known], baseline_scores, n_classes)
-
-    _put_many(ctx, [(f"{base}bundle/{name}", data) for name, data in files.items()])
     manifest_key = f"{base}bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
-    ctx.store.put(manifest_key, manifest_bytes)
+    n_classes = len(encoding.classes) if encoding.classes else None
+
+    def evaluate() -> tuple[np.ndarray, dict[str, float], np.ndarray, dict[str, float]]:
+        """The holdout scored through the stored bundle, the naive baseline's scores, and the bundle's uploads."""
+        loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
+        y_holdout = encoding.labels(holdout)
+        known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
+        scores = loaded.score_features(holdout.filter(pl.Series(known)))
+        metrics = modeling.holdout_metrics(contract.task, y_holdout[known], scores, n_classes)
+        baseline_scores = modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task,
+                                                   n_classes)
+        baseline = modeling.holdout_metrics(contract.task, y_holdout[known], baseline_scores, n_classes)
+        _put_many(ctx, [(f"{base}bundle/{name}", data) for name, data in files.items()])
+        ctx.store.put(manifest_key, manifest_bytes)
+        return known, metrics, baseline_scores, baseline
+
+    # Beside the refit, as the artifacts below: its fit leaves the other core idle on data this size.
+    evaluated_future = beside(evaluate)
     listing = json.loads(manifest_bytes)["files"]
     artifacts = {role: {"key": f"{base}bundle/{listing[role]['path']}", "sha256": listing[role]["sha256"],
                         "bytes": listing[role]["bytes"]} for role in ("model", "encoding")}
@@ -207,6 +216,7 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
                                   frequencies_future.result())
     refit_s = time.perf_counter() - t_refit
     artifacts |= stored_future.result()
+    known, metrics, baseline_scores, baseline = evaluated_future.result()
     t_done = time.perf_counter()
     run = {
         "run_id": run_id,
@@ -224,6 +234,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
         "best_config": trained.best_config,
         "best_loss": trained.best_loss,
         "best_loss_per_learner": trained.learner_losses,
+        # The rows FLAML validated on and fitted the judged model on, when they were not all of train's.
+        **({"search": trained.search} if trained.search else {}),
         "model_format": model_format,
         # The blend of each learner's best model: its weights, why it ships or not (ml/blend.py).
         **({"blend": blend_record} if blend_record else {}),
