@@ -20,6 +20,7 @@ class MemoryState:
         self._records: dict[str, tuple[float, str]] = {}  # key -> (monotonic expiry, stored JSON)
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
+        self._began: dict[str, tuple[float, int]] = {}  # key -> (monotonic expiry, count)
 
     def _live(self, key: str) -> IdempotencyRecord | None:
         found = self._records.get(key)
@@ -77,6 +78,19 @@ class MemoryState:
             rec = self._live(key)
             if rec is not None and rec.status == COMPLETED:
                 del self._records[key]
+
+    def began(self, key: str, ttl_s: float) -> int:
+        """Count one more beginning (the count expires `ttl_s` after the last)."""
+        with self._guard:
+            expiry, count = self._began.get(key, (0.0, 0))
+            count = count + 1 if expiry > time.monotonic() else 1
+            self._began[key] = (time.monotonic() + ttl_s, count)
+            return count
+
+    def ended(self, key: str) -> None:
+        """Forget the beginnings."""
+        with self._guard:
+            self._began.pop(key, None)
 
     @contextmanager
     def lock(self, name: str, timeout_s: int) -> Iterator[None]:

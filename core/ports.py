@@ -173,6 +173,12 @@ class StateBackend(Protocol):
     def lock(self, name: str, timeout_s: int) -> AbstractContextManager[None]:
         """A mutual-exclusion lock shared by every worker of the deployment."""
 
+    def began(self, key: str, ttl_s: float) -> int:
+        """Count one more beginning of `key` (the count lives `ttl_s`); how many there are, this one included."""
+
+    def ended(self, key: str) -> None:
+        """`key` ended (in any way a process can record): forget its beginnings."""
+
 
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -88,6 +89,7 @@ PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppErro
 # Dramatiq redelivers a dead worker's messages without counting them as retries, so a file that kills its worker
 # (out of memory, a native crash) would otherwise kill every worker that takes it, forever.
 MAX_KILLED_ATTEMPTS = 3
+KILLED_COUNT_TTL_S = 24 * 3600
 
 
 def handler_effects(stage: str, result: Any) -> list[ModelEvent | NewObject]:
@@ -310,8 +312,9 @@ class Runtime:
         if pause := self.settings.fault_delay_s(name):
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
             time.sleep(pause)
+        began = f"{key}#{attempt}"
         try:
-            self._refuse_a_killer(name, event, attempt, message)
+            self._refuse_a_killer(name, event, began, message)
             try:
                 if is_signed(event.key):
                     # Woken by a document: act only on one a Sluice stage wrote (core/provenance.py).
@@ -351,6 +354,10 @@ class Runtime:
             self._span(name, event, message, started_at, tracing.FAILED, attempt=attempt,
                        error=f"{type(exc).__name__}: {clip(str(exc), 500)}", outputs=sorted(store.written))
             raise
+        finally:
+            if message is not None:  # any end a process lives to see: only deaths leave the count growing
+                with contextlib.suppress(Exception):
+                    self.state.ended(began)
         result = {"outcome": "done", "published": published, "outputs": sorted(store.written)}
         self._span(name, event, message, started_at, tracing.DONE, attempt=attempt, outputs=result["outputs"],
                    published=published)
@@ -361,20 +368,21 @@ class Runtime:
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
 
-    def _refuse_a_killer(self, stage: str, event: ObjectCreated, attempt: str, message: Any) -> None:
+    def _refuse_a_killer(self, stage: str, event: ObjectCreated, began_key: str, message: Any) -> None:
         """Raise WorkerKilled when this very delivery (message and retry count) began MAX_KILLED_ATTEMPTS times
-        before and never ended: their `started` spans are all that is left of them (one listing of the trace)."""
-        trace_id = _trace().get("trace_id")
-        if message is None or not trace_id:
-            return
-        mine = f"-{stage}-{attempt}.json"
-        began = sum(k.endswith(mine) for k in self.store.keys(keys.Span.prefix(trace_id))) - 1  # this one too
-        if began >= MAX_KILLED_ATTEMPTS:
+        before and never ended: a counter in the state backend, cleared by any end a process records (`_run`'s
+        finally), so only deaths leave it counting."""
+        if message is None:
+            return  # run directly: no redelivery to count
+        before = self.state.began(began_key, KILLED_COUNT_TTL_S) - 1
+        if before >= MAX_KILLED_ATTEMPTS:
+            trace_id = _trace().get("trace_id")
+            where = f"`sluice trace {trace_id[:16]}` lists the attempts" if trace_id else "the workers' logs"
             raise WorkerKilled(
-                f"{stage} on {event.key} began {began} times before and never finished: each time its worker "
+                f"{stage} on {event.key} began {before} times before and never finished: each time its worker "
                 "died (out of memory? a crash in a native library? kill -9?). Not run again, so it kills no more "
-                f"workers. Look at the workers' logs and memory (`sluice trace {trace_id[:16]}` lists the attempts); "
-                "fix the cause or the input, then `sluice deadletter redrive`.")
+                f"workers. Look at the workers' logs and memory ({where}); fix the cause or the input, then "
+                "`sluice deadletter redrive`.")
 
     def _write(self, store: ObjectStore, stage: str, effect: NewObject) -> None:
         """A handler's new object, written through the stage's recording store (signed where stages sign)."""

@@ -82,7 +82,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         return []
 
     frame = training_rows(ctx.store, contract, features.feature_set_version, label_ids)
-    mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
+    mask, split_keys = modeling.split(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
     train_frame, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
     encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
     if train_frame.height < MIN_TRAIN_ROWS or holdout.height == 0 or (encoding.classes and len(encoding.classes) < 2):
@@ -95,12 +95,13 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         )
     with ThreadPoolExecutor(4, thread_name_prefix="train-side") as side:
         return _train(ctx, contract, features, labels, label_ids, run_id, base, frame, train_frame, holdout, encoding,
-                      side, t0)
+                      split_keys[~mask], side, t0)
 
 
 def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
            label_ids: list[str], run_id: str, base: str, frame: pl.DataFrame, train_frame: pl.DataFrame,
-           holdout: pl.DataFrame, encoding: modeling.Encoding, side: ThreadPoolExecutor, t0: float) -> list[Any]:
+           holdout: pl.DataFrame, encoding: modeling.Encoding, train_keys: np.ndarray, side: ThreadPoolExecutor,
+           t0: float) -> list[Any]:
     """The run itself. Work the search does not need (the drift profile, the holdout's Parquet, the category
     frequencies, the leakage check unless it decides the columns, the plots and their uploads) runs on `side`,
     beside the search and the refit: on data where a fit uses one thread, the worker's other core is idle
@@ -135,8 +136,10 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     blending = _blends(contract)
     search_s = _search_budget(spec.time_budget_s, leak_s, blending)
     try:
+        validation = modeling.search_validation(train_keys, encoding.labels(train_frame), spec.holdout_fraction,
+                                                encoding.classes)
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
-                                 time_budget_s=search_s,
+                                 time_budget_s=search_s, validation=validation,
                                  on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"),
                                  extensions=ctx.extensions)
     except modeling.TrainingCancelled:
@@ -167,19 +170,25 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=model_bytes, model_format=model_format,
         frequencies=frequencies_future.result(), run_id=run_id, members=members)
-    loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
-    y_holdout = encoding.labels(holdout)
-    known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
-    scores = loaded.score_features(holdout.filter(pl.Series(known)))
-    n_classes = len(encoding.classes) if encoding.classes else None
-    metrics = modeling.holdout_metrics(contract.task, y_holdout[known], scores, n_classes)
-    baseline_scores = modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task,
-                                               n_classes)
-    baseline = modeling.holdout_metrics(contract.task, y_holdout[known], baseline_scores, n_classes)
-
-    _put_many(ctx, [(f"{base}bundle/{name}", data) for name, data in files.items()])
     manifest_key = f"{base}bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
-    ctx.store.put(manifest_key, manifest_bytes)
+    n_classes = len(encoding.classes) if encoding.classes else None
+
+    def evaluate() -> tuple[np.ndarray, dict[str, float], np.ndarray, dict[str, float]]:
+        """The holdout scored through the stored bundle, the naive baseline's scores, and the bundle's uploads."""
+        loaded = bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)
+        y_holdout = encoding.labels(holdout)
+        known = y_holdout >= 0  # rows of a class never seen in training cannot be scored by this model
+        scores = loaded.score_features(holdout.filter(pl.Series(known)))
+        metrics = modeling.holdout_metrics(contract.task, y_holdout[known], scores, n_classes)
+        baseline_scores = modeling.baseline_scores(encoding.labels(train_frame), int(known.sum()), contract.task,
+                                                   n_classes)
+        baseline = modeling.holdout_metrics(contract.task, y_holdout[known], baseline_scores, n_classes)
+        _put_many(ctx, [(f"{base}bundle/{name}", data) for name, data in files.items()])
+        ctx.store.put(manifest_key, manifest_bytes)
+        return known, metrics, baseline_scores, baseline
+
+    # Beside the refit, as the artifacts below: its fit leaves the other core idle on data this size.
+    evaluated_future = beside(evaluate)
     listing = json.loads(manifest_bytes)["files"]
     artifacts = {role: {"key": f"{base}bundle/{listing[role]['path']}", "sha256": listing[role]["sha256"],
                         "bytes": listing[role]["bytes"]} for role in ("model", "encoding")}
@@ -207,6 +216,7 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
                                   frequencies_future.result())
     refit_s = time.perf_counter() - t_refit
     artifacts |= stored_future.result()
+    known, metrics, baseline_scores, baseline = evaluated_future.result()
     t_done = time.perf_counter()
     run = {
         "run_id": run_id,
@@ -224,6 +234,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
         "best_config": trained.best_config,
         "best_loss": trained.best_loss,
         "best_loss_per_learner": trained.learner_losses,
+        # The rows FLAML validated on and fitted the judged model on, when they were not all of train's.
+        **({"search": trained.search} if trained.search else {}),
         "model_format": model_format,
         # The blend of each learner's best model: its weights, why it ships or not (ml/blend.py).
         **({"blend": blend_record} if blend_record else {}),
@@ -372,6 +384,15 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 # load 6-8): with 25 % kept, the blend was skipped or lost members for time in 9 of 18 runs (digits and churn
 # every time), as the search overran its share by up to 1.5 s; on a few hundred rows the fixed members and the
 # blend are worth more than the last quarter of a search that runs 10 to 60 trials.
+# Sizing the share by the data instead was tried and measured (30 s, one split, 2 shared cores at load 5-9,
+# 2026-11-29): the blend's cost estimated before the search from timed fits of LightGBM's defaults and the linear
+# model on up to 2,000 rows, 1.5-2 x that plus 5 % kept, 10-15 % at least. The search got 21-27 s instead of 18
+# on diabetes, wine and breast cancer, and gained nothing where the goal was missed: diabetes 49.31 RMSE (27 s of
+# search; 49.32 with 40 %). It lost where the estimate fell short: members the search tunes cost more than
+# library defaults (a logistic regression with a large C took 1.0 s on breast cancer's 364 rows) and FLAML
+# overran its share by 2-3 s under load, so wine's blend cut its folds to 3 and chose the linear model alone
+# (log loss 0.077; with 40 % kept, an even blend: 0.0395) and breast cancer's blend was skipped (ROC AUC 0.9941
+# against LightGBM's 0.9984).
 BLEND_SHARE = 0.4
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.

@@ -92,6 +92,17 @@ class RedisState:
         """Delete a completed record (never a lease)."""
         self._forget(keys=[self._key(key)])
 
+    def began(self, key: str, ttl_s: float) -> int:
+        """INCR and PEXPIRE, in one round trip."""
+        pipe = self.redis.pipeline()
+        pipe.incr(self.prefix + "began:" + key)
+        pipe.pexpire(self.prefix + "began:" + key, _ms(ttl_s))
+        return int(pipe.execute()[0])
+
+    def ended(self, key: str) -> None:
+        """DEL."""
+        self.redis.delete(self.prefix + "began:" + key)
+
     def lock(self, name: str, timeout_s: int) -> AbstractContextManager[None]:
         """redis-py's Lock; `timeout` bounds how long a dead holder blocks others."""
         lock = self.redis.lock(self.prefix + "lock:" + name, timeout=timeout_s, blocking_timeout=timeout_s)

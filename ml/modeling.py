@@ -59,14 +59,33 @@ def holdout_mask(frame: pl.DataFrame, fraction: float, seed: int, version: int =
     """
     if version not in (1, 2):
         raise ValueError(f"unknown holdout split version {version!r} (this Sluice knows 1 and 2)")
+    if version == 2:
+        return split(frame, fraction, seed)[0]
     cols = sorted(frame.columns)
     if not cols or frame.height == 0:
         return np.zeros(frame.height, dtype=bool)
-    threshold = int(fraction * 2**64)
+    return _below(_row_keys_v1(frame, cols, seed), fraction)
+
+
+def split(frame: pl.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The current split (SPLIT_VERSION): (True for holdout rows, each row's 64-bit key). The keys also give the
+    search's validation rows (search_validation), without hashing the rows again."""
+    cols = sorted(frame.columns)
+    if not cols or frame.height == 0:
+        return np.zeros(frame.height, dtype=bool), np.full(frame.height, np.iinfo(np.uint64).max, dtype=np.uint64)
+    keys = _row_keys_v2(frame, cols, seed)
+    return _below(keys, fraction), keys
+
+
+def _threshold(fraction: float) -> int:
+    return max(int(fraction * 2**64), 0)
+
+
+def _below(keys: np.ndarray, fraction: float) -> np.ndarray:
+    threshold = _threshold(fraction)
     if threshold >= 2**64:  # every 8-byte value is below it
-        return np.ones(frame.height, dtype=bool)
-    firsts = _row_keys_v1(frame, cols, seed) if version == 1 else _row_keys_v2(frame, cols, seed)
-    return np.asarray(firsts < np.uint64(max(threshold, 0)))
+        return np.ones(len(keys), dtype=bool)
+    return np.asarray(keys < np.uint64(threshold))
 
 
 def _row_keys_v1(frame: pl.DataFrame, cols: list[str], seed: int) -> np.ndarray:
@@ -162,11 +181,11 @@ class Encoding:
         categorical: dict[str, list[str]] = {}
         numeric: list[str] = []
         medians: dict[str, float] = {}
-        for name in frame.columns:
-            if name == contract.target or name in skip:
-                continue
+        names = [n for n in frame.columns if n != contract.target and n not in skip]
+        # Every column's count of distinct values in one select: polars counts them in parallel.
+        counts = frame.select(pl.col(n).drop_nulls().n_unique() for n in names).row(0) if names else ()
+        for name, distinct in zip(names, counts, strict=True):
             s = frame[name]
-            distinct = s.drop_nulls().n_unique()
             if distinct < 2:
                 continue  # constant: nothing to learn, and FLAML would drop it behind our back
             if s.dtype == pl.Utf8:
@@ -205,14 +224,15 @@ class Encoding:
 
     def features(self, frame: pl.DataFrame) -> pd.DataFrame:
         """Model input for FLAML, as pandas; unseen categories map to the `__NAN__` slot."""
+        # Every column in one select: polars computes them in parallel (one select per column cost 6 ms each at
+        # 100,000 rows on a loaded machine, the train stage calling this four times).
+        encoded = frame.select(self._code_expr(name) if name in self.categorical else self._number_expr(frame, name)
+                               for name in self.columns)
         out: dict[str, Any] = {}
         for name in self.columns:
-            if name in self.categorical:
-                cats = self.categorical[name]
-                codes = self._codes(frame, name).to_numpy()
-                out[name] = pd.Categorical.from_codes(codes, categories=cats)
-            else:
-                out[name] = self._numbers(frame, name).to_numpy()
+            values = encoded[name].to_numpy()
+            out[name] = (pd.Categorical.from_codes(values, categories=self.categorical[name])
+                         if name in self.categorical else values)
         # Learners get names they keep as they are; `column_of` maps a stored model's names back.
         return pd.DataFrame({feature_name(n): v for n, v in out.items()}, columns=[feature_name(n) for n in out])
 
@@ -334,7 +354,12 @@ class Trained:
     # Seconds FLAML took to train the winning configuration (its `best_config_train_time`): what one more fit of
     # it costs, about, before the blend decides whether it has time.
     best_fit_s: float = 0.0
-    best_fit_rows: int = 0  # the rows of that fit: FLAML's final retrain of the winner sees all of X
+    best_fit_rows: int = 0  # the rows of that fit
+    # How the model the gate judges was fitted, when it is the search's own trial model (`search_validation`):
+    # the rows FLAML validated on, the rows it was fitted on, and the boosting rounds it ran (FLAML may stop a
+    # trial's boosting early to keep its budget). What `runs reproduce` needs to fit it again. None: FLAML
+    # cross-validated and fitted the winner once more on every row.
+    search: dict[str, Any] | None = None
 
 
 @dataclass
@@ -346,8 +371,58 @@ class Progress:
     elapsed_s: float = 0.0
 
 
+# FLAML validates on a held-out share of the rows when the data is too large to cross-validate in the budget; it
+# then fits the winner once more on every row ("retrain_full"). Sluice refits the winner on train + holdout anyway,
+# so that extra fit (3 s of a 10 s budget at 100,000 rows, and past the budget) is left out: FLAML is given the
+# validation rows itself (a row-hash split, as reproducible as the holdout) and keeps its best trial's model.
+SEARCH_VALIDATION_FRACTION = 0.1  # FLAML's own share (flaml.config.SPLIT_RATIO)
+RARE_CLASS_ROWS = 20  # classes this rare stay whole in the search's training rows (FLAML's own threshold)
+
+
+def search_validation(keys: np.ndarray, y: np.ndarray, holdout_fraction: float, classes: list[str] | None
+                      ) -> np.ndarray:
+    """The training rows FLAML validates its trials on (True), from their split keys (`split`): the band of
+    SEARCH_VALIDATION_FRACTION of the keys just above the holdout's, so a row's side depends only on the row, as
+    the holdout's does. Rows of classes under RARE_CLASS_ROWS stay out of it: the search's models must see them."""
+    low = min(_threshold(holdout_fraction), 2**64 - 1)
+    high = min(low + int(SEARCH_VALIDATION_FRACTION * (2**64 - low)), 2**64 - 1)
+    mask = (keys >= np.uint64(low)) & (keys < np.uint64(high))
+    if classes is not None:
+        counts = np.bincount(y[y >= 0], minlength=len(classes))
+        mask &= counts[np.clip(y, 0, None)] >= RARE_CLASS_ROWS
+    return np.asarray(mask)
+
+
+def _holds_out(X: pd.DataFrame, validation: np.ndarray, budget_s: float, y_val: np.ndarray,
+               classes: list[str] | None) -> bool:
+    """Whether FLAML would validate on a held-out share rather than cross-validate (its own rule,
+    AutoML._decide_eval_method), the validation rows have every class, and FLAML keeps every column of the
+    search's training rows (a column that varies in train may be constant without the validation rows)."""
+    from flaml.config import CV_HOLDOUT_THRESHOLD, SMALL_LARGE_THRES
+
+    rows, cols = X.shape
+    if rows * cols / 0.9 < SMALL_LARGE_THRES * (budget_s / 3600) and rows < CV_HOLDOUT_THRESHOLD:
+        return False
+    if classes is not None and len(np.unique(y_val)) != len(classes):
+        return False
+    return all(_flaml_keeps(X[name], ~validation) for name in X.columns)
+
+
+def _flaml_keeps(column: pd.Series, rows: np.ndarray) -> bool:
+    """Whether FLAML's DataTransformer keeps `column` fitted on `rows` of it (flaml.automl.data): not constant,
+    and, for a categorical, not unique per row."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = np.asarray(column.cat.codes)[rows]
+        return len(codes) > 0 and codes.min() != codes.max() and not (
+            len(column.cat.categories) >= len(codes) and len(np.unique(codes)) == len(codes))
+    values = np.asarray(column, dtype=np.float64)[rows]
+    values = values[~np.isnan(values)]
+    return len(values) > 0 and values.min() != values.max()
+
+
 def train(
     frame: pl.DataFrame, encoding: Encoding, contract: Contract, *,
+    validation: np.ndarray | None = None,
     starting_points: dict[str, dict[str, Any]] | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
@@ -360,11 +435,23 @@ def train(
     The artifact is the best learner's own format (LightGBM text or XGBoost JSON): loading it runs no code.
     Before it is returned, the stored form is loaded back through `Predictor` and must predict exactly what
     FLAML's in-memory model predicts on training rows.
+
+    `validation` (search_validation's rows of `frame`): when FLAML would validate on held-out rows, it validates
+    on these and the model is its best trial's, fitted on the others; otherwise it cross-validates on all rows.
     """
     from flaml.automl import AutoML
 
     spec = contract.training
+    budget_s = time_budget_s or spec.time_budget_s
     X, y = encoding.features(frame), encoding.labels(frame)
+    held: dict[str, Any] = {}
+    if validation is not None and validation.any() and _holds_out(X, validation, budget_s, y[validation],
+                                                                   encoding.classes):
+        held = {"X_val": X[validation].reset_index(drop=True), "y_val": y[validation],
+                # No final refit of the winner by FLAML, and no duplicated rare-class rows (search_validation keeps
+                # them whole): the model is a trial's, fitted on exactly the rows `runs reproduce` recomputes.
+                "retrain_full": False, "auto_augment": False}
+        X, y, frame = X[~validation].reset_index(drop=True), y[~validation], frame.filter(pl.Series(~validation))
     automl = AutoML()  # type: ignore[no-untyped-call]
     for name in spec.estimators:
         if name in CUSTOM_LEARNERS:
@@ -381,10 +468,10 @@ def train(
         try:
             automl.fit(
                 X_train=X, y_train=y, task=task, metric=contract.metric,
-                time_budget=time_budget_s or spec.time_budget_s,
+                time_budget=budget_s,
                 estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=jobs, verbose=0,
                 log_file_name=str(log), log_type="all",
-                starting_points=search_starts(starting_points, list(spec.estimators)),
+                starting_points=search_starts(starting_points, list(spec.estimators)), **held,
             )
         finally:
             watcher.stop()
@@ -401,12 +488,33 @@ def train(
         raise TransientError(f"FLAML finished no trial within the {spec.time_budget_s:g}s budget (the worker may be "
                              "overloaded); retrying. If it keeps happening, raise training.time_budget_s.")
     model = automl.model
+    search = None
+    fit_rows, best_fit_s = X.shape[0], float(automl.best_config_train_time or 0.0)
+    if held:
+        sample_rows = automl._search_states[automl.best_estimator].best_config_sample_size
+        again = None
+        if sample_rows is not None and sample_rows < X.shape[0]:
+            # The winner was found on FLAML's sample of the rows (its shuffled first rows, on a short budget):
+            # fitted again on all of them, as FLAML's final retrain would have, so that its rows are the recorded.
+            again = f"found on a sample of {sample_rows:,} of the {X.shape[0]:,} rows"
+            started_again = time.perf_counter()
+            model = _Fitted(refit_template(model.estimator).fit(X, y))
+            best_fit_s = time.perf_counter() - started_again
+            fit_seconds += best_fit_s
+        # FLAML may stop a trial's boosting early to keep its budget: the rounds it ran are the model it scored.
+        rounds = boosted_rounds(model.estimator)
+        search = {"validation": {"method": "row-hash-band", "version": SPLIT_VERSION,
+                                 "fraction": SEARCH_VALIDATION_FRACTION, "seed": spec.seed,
+                                 "rare_class_rows": RARE_CLASS_ROWS, "rows": len(held["y_val"])},
+                  "train_rows": fit_rows, **({"fitted_again": again} if again else {}),
+                  **({"rounds": rounds} if rounds != automl.best_config.get("n_estimators", rounds) else {})}
     data, fmt = export(automl.best_estimator, model, extensions)
     # The promise behind the stored artifact: loaded back, it predicts exactly what FLAML's own model predicts.
     sample = frame.head(min(frame.height, 200))
     ours = Predictor(fmt, data, contract.task, encoding, extensions).score(sample)
     X_sample = X.head(sample.height)
-    theirs = automl.predict_proba(X_sample) if task == "classification" else automl.predict(X_sample)  # type: ignore[no-untyped-call]
+    predictor = automl if model is automl.model else model.estimator  # FLAML's, or the winner fitted again
+    theirs = predictor.predict_proba(X_sample) if task == "classification" else predictor.predict(X_sample)
     theirs = np.asarray(theirs)[:, 1] if contract.task == "binary" else np.asarray(theirs)
     if not np.allclose(ours, theirs, atol=1e-6):
         if fmt.startswith(CUSTOM):
@@ -419,12 +527,20 @@ def train(
     return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
                    fit_seconds, trial_log, _importance(model, encoding.columns), warm,
                    estimator=getattr(model, "estimator", None),
-                   templates=_templates(automl, list(spec.estimators), contract.task, jobs, spec.seed),
-                   learner_losses=losses, best_fit_s=float(automl.best_config_train_time or 0.0),
-                   best_fit_rows=X.shape[0])
+                   templates=_templates(automl, model, list(spec.estimators), contract.task, jobs, spec.seed),
+                   learner_losses=losses, best_fit_s=best_fit_s, best_fit_rows=fit_rows, search=search)
 
 
-def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed: int) -> dict[str, Any]:
+def boosted_rounds(fitted: Any) -> int | None:
+    """The rounds a fitted LightGBM or XGBoost model ran (None for other learners)."""
+    booster = getattr(fitted, "booster_", None)
+    if booster is not None:
+        return int(booster.current_iteration())
+    return int(fitted.get_booster().num_boosted_rounds()) if hasattr(fitted, "get_booster") else None
+
+
+def _templates(automl: Any, model: Any, estimators: list[str], task: str, n_jobs: int, seed: int
+               ) -> dict[str, Any]:
     """Unfitted scikit-learn models of each blendable learner's best configuration, the search's winner first,
     then the fixed members (ml/blend.py) when LightGBM is searched."""
     out: dict[str, Any] = {}
@@ -433,7 +549,7 @@ def _templates(automl: Any, estimators: list[str], task: str, n_jobs: int, seed:
         if name in out or name not in blend.BLENDABLE or not (automl.best_config_per_estimator or {}).get(name):
             continue
         if name == automl.best_estimator:
-            out[name] = refit_template(automl.model.estimator)
+            out[name] = refit_template(model.estimator)
             continue
         flaml_estimator = automl.best_model_for_estimator(name)
         if flaml_estimator is None:
@@ -451,11 +567,9 @@ def refit_template(fitted: Any) -> Any:
     from sklearn.base import clone
 
     estimator = clone(fitted)
-    booster = getattr(fitted, "booster_", None)
-    if booster is not None:
-        estimator.set_params(n_estimators=booster.current_iteration())
-    elif hasattr(fitted, "get_booster"):
-        estimator.set_params(n_estimators=fitted.get_booster().num_boosted_rounds())
+    rounds = boosted_rounds(fitted)
+    if rounds is not None:
+        estimator.set_params(n_estimators=rounds)
     return estimator
 
 

@@ -3,16 +3,19 @@
     candidates/<run>.candidate.json  the benchmark's verdict on a run, before it has a number
     versions/000001.json             one immutable document per version (run, gate, benchmark, artifact, lineage)
     versions/000001.md               its model card
-    history/00000001.json            append-only transitions, one object each, never overwritten
+    history/00000001.json            append-only transitions, one object per write, never overwritten
     aliases/champion.json            which version serves, since when, and the one before it
     aliases/challenger.json          the version waiting for a decision (absent when there is none)
 
-Lifecycle of a version: candidate -> challenger -> champion -> archived, or rejected. Every transition is a
-history record saying what changed, what caused it, who made it and why, and what the aliases were after it;
-the history is the truth, the alias objects are a cache of its last record.
+Lifecycle of a version: candidate -> challenger -> champion -> archived, or rejected. Every transition is recorded
+in the history: what changed, what caused it, who made it and why, and what the aliases were after it. A
+registration's transitions (registered, the gate's verdict, a promotion) share one record, which says their net
+effect, lists them in `steps`, and holds the version document it registers (`version_document`), so that a write
+appends once and the document is written after it; records of the format before, one per transition, read the
+same. The history is the truth; the version documents, the alias objects and the index are written from it.
 
 The history is tamper-evident: each record carries `prev`, the sha256 of the record before it (a hash chain), and a
-`registered` record carries the sha256 of the version document it registered; every object here is signed by the
+registration's record carries the sha256 of the version document it registered; every object here is signed by the
 stage that wrote it (core/provenance.py). `verify` checks all of it, and the artifacts against the versions.
 
 Every write runs under a per-model lock, each version document and history record is created with a
@@ -26,15 +29,16 @@ import json
 import logging
 import threading
 from bisect import bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from sluice.core.errors import IntegrityError, RegistryError, SluiceError, TransientError
 from sluice.core.ports import ObjectStore, StateBackend
-from sluice.ml.registry_index import FORMAT, PAGE, READABLE, Index, digest, empty_head
+from sluice.ml.registry_index import FORMAT, PAGE, READABLE, Index, digest, empty_head, registers
 
 log = logging.getLogger("sluice")
 _T = TypeVar("_T")
@@ -145,6 +149,50 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+# What every transition says; anything else a step carries (the version's digest, the gate's reasons, the trace)
+# is copied to the top of a record of several steps.
+_STEP_FIELDS = ("action", "version", "changes", "cause", "reason", "previous_champion", "champion", "challenger")
+_KEEP: Any = object()
+
+
+class _Steps:
+    """The transitions one write decides, in order, each checked against the lifecycle on the state the ones
+    before it left; recorded as one history record (ModelRegistry._commit)."""
+
+    def __init__(self, model: str, snap: Index):
+        self.model = model
+        self.snap = snap
+        self.stages: dict[int, str] = {}
+        self.champion: int | None = snap.champion
+        self.challenger: int | None = snap.challenger
+        self.steps: list[dict[str, Any]] = []
+
+    def stage(self, number: int) -> str | None:
+        """A version's stage after the steps so far."""
+        return self.stages[number] if number in self.stages else self.snap.stage(number)
+
+    def add(self, action: str, number: int, changes: dict[int, str], *, cause: str, reason: str,
+            champion: Any = _KEEP, challenger: Any = _KEEP, **extra: Any) -> None:
+        """One transition (RegistryError when the lifecycle does not allow it)."""
+        for v, to in changes.items():
+            if (self.stage(v), to) not in ALLOWED:
+                raise RegistryError(f"{self.model} v{v} cannot go from {self.stage(v) or 'unregistered'} to {to}")
+        step = {"action": action, "version": number,
+                "changes": [{"version": v, "from": self.stage(v), "to": to} for v, to in changes.items()],
+                "cause": cause, "reason": reason, "previous_champion": self.champion,
+                "champion": self.champion if champion is _KEEP else champion,
+                "challenger": self.challenger if challenger is _KEEP else challenger, **extra}
+        self.stages.update(changes)
+        self.champion, self.challenger = step["champion"], step["challenger"]
+        self.steps.append(step)
+
+    def net(self) -> list[dict[str, Any]]:
+        """The stages the steps changed: from before the first, to after the last."""
+        touched = dict.fromkeys(c["version"] for step in self.steps for c in step["changes"])
+        return [{"version": v, "from": self.snap.stage(v), "to": self.stages[v]} for v in touched
+                if self.snap.stage(v) != self.stages[v]]
+
+
 class _Stale(Exception):
     """The index did not cover the newest history record: fold it in and decide again."""
 
@@ -206,12 +254,23 @@ class ModelRegistry:
         return sorted(int(n) for n in names if n.isascii() and n.isdigit())
 
     def version(self, model: str, number: int) -> dict[str, Any] | None:
-        """One version document."""
-        return self._immutable(self._version_key(model, number))
+        """One version document: one GET. A version registered by a writer that died before writing its document
+        (or being written now, by a writer whose alias went first) is read from the index, which folds it in from
+        the history record that registered it."""
+        found = self._immutable(self._version_key(model, number))
+        if found is None and number >= 1:
+            found = self.current(model).doc(number)
+            if found is not None and int(found.get("version", 0)) != number:
+                found = None
+        return found
 
     def versions(self, model: str) -> list[dict[str, Any]]:
-        """Every version document, ascending (one request each: prefer `page`)."""
-        return [v for n in self.version_numbers(model) if (v := self.version(model, n)) is not None]
+        """Every version document written, ascending (one request each: prefer `page`)."""
+        return self._stored_versions(model)
+
+    def _stored_versions(self, model: str) -> list[dict[str, Any]]:
+        return [v for n in self.version_numbers(model)
+                if (v := self._immutable(self._version_key(model, n))) is not None]
 
     def alias(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
         """The alias document ({version, since, previous}), or None: one GET.
@@ -327,13 +386,6 @@ class ModelRegistry:
                 self._fold(idx, found[probe_key], write=write)
         return idx, extras
 
-    def _current(self, idx: Index) -> None:
-        """Raise _Stale (fold, decide again) when a history record newer than the index exists."""
-        if not idx.probed:
-            idx.probed = True
-            if self._behind(idx):
-                raise _Stale(self._history_key(idx.model, idx.next_sequence))
-
     def _behind(self, idx: Index) -> bool:
         """True when a history record newer than the index exists (its writer died before the head)."""
         return self.store.get_json_or_none(self._history_key(idx.model, idx.next_sequence)) is not None
@@ -350,8 +402,14 @@ class ModelRegistry:
                     f"`sluice models verify {model}` lists every problem.")
             key = self._history_key(model, idx.next_sequence)
             self._cache[key] = record
-            if write and record["action"] == "registered":
-                version = self.version(model, int(record["version"]))
+            if isinstance(record.get("version_document"), dict):
+                # The history holds the document: indexed for readers too, and written again by a writer (its
+                # writer may have died before writing it).
+                idx.set_doc(record["version_document"])
+                if write:
+                    idx.restore.append(record["version_document"])
+            elif write and registers(record):
+                version = self._immutable(self._version_key(model, int(record["version"])))
                 if version is not None:
                     idx.set_doc(version)
             idx.apply(record)
@@ -361,14 +419,17 @@ class ModelRegistry:
     def _rebuild(self, model: str) -> Index:
         """The index folded from the whole history (checked as a chain) and every version document that a stage
         signed and the history's registration matches; any other is left out and named in `idx.skipped` (one
-        planted version document must not stop every registration and every reader of the model)."""
+        planted version document must not stop every registration and every reader of the model). A registration
+        whose record holds its document indexes that one (and writes it when its file is missing)."""
         idx = Index(self.store, model, empty_head(model), fresh=True)
         history = self.history(model)
         versions: dict[int, dict[str, Any]] = {}
+        present: set[int] = set()
         for number in self.version_numbers(model):
             key = self._version_key(model, number)
+            present.add(number)
             try:
-                version = self.version(model, number)
+                version = self._immutable(key)
             except IntegrityError as exc:
                 idx.skipped.append(str(exc).split("; ", 1)[0])
                 continue
@@ -377,14 +438,19 @@ class ModelRegistry:
             elif version is not None:
                 idx.skipped.append(f"{key}: says it is v{version.get('version')}")
         for record in history:
-            number = int(record["version"]) if record["action"] == "registered" else 0
+            number = int(record["version"]) if registers(record) else 0
+            if number in versions and "document" in record and record["document"] != digest(versions[number]):
+                idx.skipped.append(f"{self._version_key(model, number)}: v{number} was edited after history "
+                                   f"record {record['sequence']} registered it")
+                del versions[number]
+            held = record.get("version_document") if number else None
+            if (number not in versions and isinstance(held, dict) and held.get("version") == number
+                    and record.get("document") == digest(held)):
+                versions[number] = held  # the history holds the document it registered
+                if number not in present:
+                    idx.restore.append(held)  # its writer died before writing it
             if number in versions:
-                if "document" in record and record["document"] != digest(versions[number]):
-                    idx.skipped.append(f"{self._version_key(model, number)}: v{number} was edited after history "
-                                       f"record {record['sequence']} registered it")
-                    del versions[number]
-                else:
-                    idx.set_doc(versions[number])
+                idx.set_doc(versions[number])
             idx.apply(record)
         for version in versions.values():
             if idx.doc(int(version["version"])) is None:
@@ -410,8 +476,9 @@ class ModelRegistry:
         The head and the `extra` documents are read in one round. A writer does not look for a history record
         newer than the head first: its own first record is created with If-None-Match at the head's next number,
         which fails when one exists (then the newer records are folded in and the write decided again). A write
-        that appends nothing, or fails, looks for one before it returns (a decision on a stale head), and so does
-        one about to write anything else first (`_current`: a new version's document)."""
+        that appends nothing, or fails, looks for one before it returns (a decision on a stale head). Nothing is
+        written before a write's record: a registration's version document comes after the record that registers
+        it (and holds it), with the aliases, before the head."""
         def targets(idx: Index) -> list[str]:
             return idx.missing(("stages", n - 1) for n in versions)
 
@@ -466,10 +533,14 @@ class ModelRegistry:
                 idx.spill()
         writes: list[tuple[str, dict[str, Any] | None]] = [(k, idx.page_doc(k)) for k in sorted(idx.dirty)]
         writes += self._pointers(idx)
+        restores, idx.restore = [*idx.created, *idx.restore], []
+        required = len(idx.created)
+        idx.created = []
         for name, doc in idx.alias_docs().items():
             if aliases_before is None or aliases_before.get(name) != doc:
                 writes.append((self._alias_key(model, name), doc))
-        self._put_all(writes)
+        self._put_all(writes, [partial(self._restore, model, v, required=i < required)
+                               for i, v in enumerate(restores)])
         if idx.head_dirty or idx.rebuilt:
             idx.head["format"] = FORMAT  # a format-2 head read is written as 3: code that ignores tails rebuilds
             self._put_all([(Index.head_key(model), idx.head)])
@@ -485,9 +556,13 @@ class ModelRegistry:
         idx.runs.clear()
         return found
 
-    def _put_all(self, writes: list[tuple[str, dict[str, Any] | None]]) -> None:
-        """Write (or, for None, delete) documents at once; an index document compact."""
-        def write(item: tuple[str, dict[str, Any] | None]) -> None:
+    def _put_all(self, writes: list[tuple[str, dict[str, Any] | None]],
+                 calls: Sequence[Callable[[], None]] = ()) -> None:
+        """Write (or, for None, delete) documents at once, an index document compact, and make `calls` with them."""
+        def write(item: tuple[str, dict[str, Any] | None] | Callable[[], None]) -> None:
+            if callable(item):
+                item()
+                return
             key, doc = item
             if doc is None:
                 self.store.delete(key)
@@ -496,10 +571,11 @@ class ModelRegistry:
             else:
                 self.store.put_json(key, doc)
 
-        if len(writes) > 1:
-            list(_pool().map(write, writes))
+        items: list[tuple[str, dict[str, Any] | None] | Callable[[], None]] = [*writes, *calls]
+        if len(items) > 1:
+            list(_pool().map(write, items))
         else:
-            for item in writes:
+            for item in items:
                 write(item)
 
     def _put_compact(self, key: str, doc: dict[str, Any]) -> None:
@@ -603,15 +679,16 @@ class ModelRegistry:
         def op(snap: Index, found: dict[str, Any]) -> Registration:
             pointer = found.get(run_key)
             # In the head's tail (registered since the pointers were last written), or indexed just now (a
-            # rebuild, or a version a dead writer left).
+            # rebuild, or a registration a dead writer left).
             if (number := snap.run(str(doc["run_id"]))) is not None:
                 pointer = {"version": number}
-            existing = self._run_version(model, str(doc["run_id"]), pointer)
+            existing = self._run_version(model, str(doc["run_id"]), pointer, snap)
             created = existing is None
             if existing is None:
-                # The version document is immutable and says what the gate decided against which champion: it is
-                # written only on a state known to be current (no history record newer than the head).
-                self._current(snap)
+                # The version document is immutable and says what the gate decided against which champion. It is
+                # decided on the head, and recorded in the history record that registers it, created with
+                # If-None-Match at the head's next number: if that fails, the head was stale, and this is decided
+                # again on the newer records. The document itself is written after the record.
                 reasons = list(doc.get("reasons", []))
                 gate_outcome = outcome
                 if outcome == PROMOTE and snap.champion != compared_with:
@@ -620,42 +697,48 @@ class ModelRegistry:
                     reasons.append(f"the champion changed (v{compared_with} -> v{snap.champion}) while this candidate "
                                    "was benchmarked, so it was not compared with the current champion; promote it "
                                    "by hand or drop new data to compare again")
-                existing = self._create_version(snap, model, {**doc, "reasons": reasons,
-                                                              "compared_with": compared_with}, gate_outcome, at)
+                existing = self._new_version(snap, model, {**doc, "reasons": reasons, "compared_with": compared_with},
+                                             gate_outcome, at)
             number = existing["version"]
-            if created or snap.doc(number) is None:  # a new version's page is not read: it is not there yet
-                snap.set_doc(existing)
-            # The drop that caused the run (core/tracing.py), on every record the gate wrote; absent before it.
+            # The drop that caused the run (core/tracing.py), on every step the gate took; absent before it.
             trace = {"trace_id": existing["trace_id"]} if existing.get("trace_id") else {}
-            if snap.stage(number) is None:
-                self._append(model, snap, "registered", number, {number: CANDIDATE}, cause="benchmark", by=by,
-                             reason=f"run {doc['run_id']} registered", at=at, document=digest(existing), **trace)
-            if snap.stage(number) == CANDIDATE:
-                gate = {"cause": "gate", "by": by, "reasons": existing.get("reasons", []), "at": at, **trace}
+            steps = _Steps(model, snap)
+            if steps.stage(number) is None:
+                steps.add("registered", number, {number: CANDIDATE}, cause="benchmark",
+                          reason=f"run {doc['run_id']} registered", document=digest(existing), **trace)
+            if steps.stage(number) == CANDIDATE:
+                gate = {"cause": "gate", "reasons": existing.get("reasons", []), **trace}
                 if existing["decision"] == REJECT:
-                    self._append(model, snap, "rejected", number, {number: REJECTED},
-                                 reason="the gate rejected it", **gate)
+                    steps.add("rejected", number, {number: REJECTED}, reason="the gate rejected it", **gate)
                 else:
                     changes = {number: CHALLENGER}
-                    if snap.challenger is not None:
-                        changes[snap.challenger] = ARCHIVED  # one challenger at a time: the newer one replaces it
-                    self._append(model, snap, "challenger", number, changes, challenger=number,
-                                 reason="the gate found it worth challenging the champion"
-                                 if existing["decision"] == PROMOTE else "the evidence is not sufficient to decide",
-                                 **gate)
-            if (snap.stage(number) == CHALLENGER and existing["decision"] == PROMOTE
-                    and snap.champion == existing.get("compared_with")):
-                self._promote(model, snap, number, cause="gate", by=by, reason="the gate promoted it",
-                              reasons=existing.get("reasons", []), at=at, **trace)
+                    if steps.challenger is not None:
+                        changes[steps.challenger] = ARCHIVED  # one challenger at a time: the newer one replaces it
+                    steps.add("challenger", number, changes, challenger=number,
+                              reason="the gate found it worth challenging the champion"
+                              if existing["decision"] == PROMOTE else "the evidence is not sufficient to decide",
+                              **gate)
+            if (steps.stage(number) == CHALLENGER and existing["decision"] == PROMOTE
+                    and steps.champion == existing.get("compared_with")):
+                self._promote(steps, number, cause="gate", reason="the gate promoted it",
+                              reasons=existing.get("reasons", []), **trace)
+            registers = any(step["action"] == "registered" for step in steps.steps)
+            self._commit(model, snap, steps, by=by, at=at, document=existing if registers else None)
+            if created or snap.doc(number) is None:
+                snap.set_doc(existing)
+            if created:
+                snap.created.append(existing)  # written with the aliases, before the head
             return Registration(existing, created, self._record(model, int(snap.entry(number)[1])))
 
         return self._write(model, op, extra=(run_key,))
 
-    def _run_version(self, model: str, run_id: str, pointer: Any) -> dict[str, Any] | None:
+    def _run_version(self, model: str, run_id: str, pointer: Any, snap: Index) -> dict[str, Any] | None:
         """The version a run became, from its pointer (None: not registered yet, or not indexed yet)."""
         if pointer is None:
             return None
-        version = self.version(model, int(pointer["version"]))
+        number = int(pointer["version"])
+        # The index's copy when the head holds it (a dead writer's document may not be written yet), else the file.
+        version = (snap.doc(number) if snap.in_tail("docs", number - 1) else None) or self.version(model, number)
         if version is None or version.get("run_id") != run_id:
             raise IntegrityError(f"{Index.run_key(model, run_id)} points at v{pointer['version']}, which is not run "
                                  f"{run_id}'s version; `sluice models verify {model}`, then `sluice models reindex "
@@ -676,7 +759,11 @@ class ModelRegistry:
                 raise RegistryError(f"the gate did not pass {model} v{number} ({why}). Pass --force to promote it "
                                     "anyway; the history records that you did.")
             cause = "manual, forced past the gate" if refused else "manual"
-            return version, self._promote(model, snap, number, cause=cause, by=by, reason=reason, at=at)
+            steps = _Steps(model, snap)
+            self._promote(steps, number, cause=cause, reason=reason)
+            record = self._commit(model, snap, steps, by=by, at=at)
+            assert record is not None
+            return version, record
 
         return self._write(model, op, versions=(number,), extra=(self._version_key(model, number),))
 
@@ -749,7 +836,12 @@ class ModelRegistry:
             problems.append(f"history record {record['sequence']}: not a record Sluice writes (field {exc}); "
                             "nothing after it can be checked")
             return problems
-        registered = {r["version"]: r for r in records if r["action"] == "registered"}
+        registered = {r["version"]: r for r in records if registers(r)}
+        for r in registered.values():
+            held = r.get("version_document")
+            if held is not None and ("document" not in r or digest(held) != r["document"]):
+                problems.append(f"{self._history_key(model, int(r['sequence']))}: the version document it holds is "
+                                f"not the one it registered (its sha256 differs)")
         versions = {}
         for key in self.store.keys(f"{base}/versions/"):
             if key.endswith(".json") and (doc := read(key)):
@@ -766,7 +858,10 @@ class ModelRegistry:
                 problems += self._artifact_problems(version)
         problems += self._index_problems(model, records, read)
         for number in set(registered) - {v.get("version") for v in versions.values()}:
-            problems.append(f"v{number} is in the history but its version document is gone")
+            held = "version_document" in registered[number]
+            problems.append(f"v{number} is in the history but its version document is gone" + (
+                f" (the history holds it, and readers read it from there: `sluice models reindex {model}` writes it "
+                "again)" if held else ""))
         for name, wanted in ((CHAMPION, snap.champion), (CHALLENGER, snap.challenger)):
             key = f"{base}/aliases/{name}.json"
             alias = read(key) if self.store.exists(key) else None
@@ -827,7 +922,7 @@ class ModelRegistry:
                     continue
                 if (stored[offset] if offset < len(stored) else None) != entry:
                     problems.append(f"{page_key}: entry {start + offset + 1} disagrees with the history; {fix}")
-        registered = {r["version"]: r.get("document") for r in records if r["action"] == "registered"}
+        registered = {r["version"]: r.get("document") for r in records if registers(r)}
         copies = [(page_key, doc) for page_key in self.store.keys(f"{self.base(model)}/index/docs/")
                   for doc in (read(page_key) or {}).get("entries", [])]
         copies += [(key, doc) for doc in (tail.get("docs") or {}).values()]
@@ -859,47 +954,89 @@ class ModelRegistry:
             raise RegistryError(f"{model} has no version {number} (versions: {known})")
         return version
 
-    def _create_version(self, snap: Index, model: str, doc: dict[str, Any], outcome: str,
-                        at: str) -> dict[str, Any]:
+    def _new_version(self, snap: Index, model: str, doc: dict[str, Any], outcome: str, at: str) -> dict[str, Any]:
+        """The next version's document (written after the history record that registers it, which holds it)."""
         number = int(snap.head["versions"]) + 1
-        while True:
-            version = {**doc, "model": model, "version": number, "registered_at": at, "decision": outcome,
-                       "card": self.store.uri(self.card_key(model, number))}
-            if self.store.put_json(self._version_key(model, number), version, if_absent=True):
-                self._cache[self._version_key(model, number)] = version
-                # Known without reading its page: no history record can name a number that was free till now.
-                snap.set("stages", number - 1, [None, None, None, None])
-                return version
-            # Taken: by this run before a crash (then it is ours), or by a writer that died before registering it
-            # (indexed as a version without a stage, as a listing would show it), or by someone outside the lock.
-            taken = self.version(model, number)
-            if taken is not None:
-                if taken.get("run_id") == doc["run_id"]:
-                    return taken
-                snap.set_doc(taken)
-            number += 1
+        # Its stage is known without reading its page: no record the head covers names a number past its versions
+        # (and a newer record makes this write's own fail, and the write is decided again).
+        snap.set("stages", number - 1, [None, None, None, None])
+        return {**doc, "model": model, "version": number, "registered_at": at, "decision": outcome,
+                "card": self.store.uri(self.card_key(model, number))}
 
-    def _promote(self, model: str, snap: Index, number: int, **details: Any) -> dict[str, Any]:
+    def _restore(self, model: str, version: dict[str, Any], *, required: bool = True) -> None:
+        """Write a version document the history registered (If-None-Match: its number is the history's); one
+        that is not `required` (repaired for a writer that died) is left out when this writer cannot write it
+        (an operator's role does not write versions/): readers read it from the history record that holds it.
+
+        Taken by another document: one no history record registered (a writer of the format before one record
+        per registration died between the two) or someone outside the lock; the history is the truth, so the
+        document it registered replaces it."""
+        key = self._version_key(model, int(version["version"]))
+        if not required:
+            try:
+                self._restore(model, version)
+            except Exception as exc:  # a cache of the history: the write goes on without it
+                log.warning("%s is not written (%s); readers read it from the history record that holds it, "
+                            "and `sluice models reindex %s` by a role that writes versions/ (a worker's) writes it",
+                            key, exc, model)
+            return
+        if self.store.put_json(key, version, if_absent=True):
+            return
+        try:
+            stored = self.store.get_json_or_none(key)
+        except IntegrityError:
+            stored = None  # planted: replaced like any document the history does not name
+        if stored is not None and digest(stored) == digest(version):
+            return
+        log.warning("%s is not the document the history registered as v%s; writing the registered one",
+                    key, version["version"])
+        self.store.put_json(key, version)
+
+    def _promote(self, steps: _Steps, number: int, **details: Any) -> None:
         changes = {number: CHAMPION}
-        if snap.champion is not None:
-            changes[snap.champion] = ARCHIVED
-        return self._append(model, snap, "promoted", number, changes, champion=number,
-                            challenger=None if snap.challenger == number else snap.challenger, **details)
+        if steps.champion is not None:
+            changes[steps.champion] = ARCHIVED
+        steps.add("promoted", number, changes, champion=number,
+                  challenger=None if steps.challenger == number else steps.challenger, **details)
 
     def _append(self, model: str, snap: Index, action: str, number: int, changes: dict[int, str], *, cause: str,
                 by: str, reason: str, at: str, **extra: Any) -> dict[str, Any]:
-        for v, to in changes.items():
-            if (snap.stage(v), to) not in ALLOWED:
-                raise RegistryError(f"{model} v{v} cannot go from {snap.stage(v) or 'unregistered'} to {to}")
+        """Record one transition (a history record of its own)."""
+        steps = _Steps(model, snap)
+        steps.add(action, number, changes, cause=cause, reason=reason, **extra)
+        record = self._commit(model, snap, steps, by=by, at=at)
+        assert record is not None
+        return record
+
+    def _commit(self, model: str, snap: Index, steps: _Steps, *, by: str, at: str,
+                document: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Append the transitions in `steps` as one history record, created with If-None-Match at the index's
+        next number (which is how a writer finds a record newer than its index: see _write); None when there are
+        none. One transition is written as it always was; several (a registration's) as one record whose fields
+        are their net effect (the stages they changed, the champion before and after, the last one's action and
+        cause) with the transitions themselves in `steps`, and `version_document`: the version document it
+        registers, so that the history holds it before it is written (ModelRegistry._restore)."""
+        if not steps.steps:
+            return None
         if snap.head["at"] and parse_time(at) < parse_time(snap.head["at"]):
             at = snap.head["at"]  # worker clocks differ; the history's order is the truth, keep times monotonic
-        record = {
-            "model": model, "sequence": snap.next_sequence, "version": number, "action": action,
-            "changes": [{"version": v, "from": snap.stage(v), "to": to} for v, to in changes.items()],
-            "cause": cause, "by": by, "reason": reason, "at": at,
-            "previous_champion": snap.champion, "champion": snap.champion, "challenger": snap.challenger, **extra,
-            "prev": snap.head["digest"],
-        }
+        head = {"model": model, "sequence": snap.next_sequence}
+        if len(steps.steps) == 1:
+            step = steps.steps[0]
+            record = {**head, **{k: step[k] for k in ("version", "action", "changes", "cause")}, "by": by,
+                      "reason": step["reason"], "at": at, **{k: v for k, v in step.items() if k not in head}}
+        else:
+            last = steps.steps[-1]
+            extra: dict[str, Any] = {}
+            for step in steps.steps:
+                extra.update({k: v for k, v in step.items() if k not in _STEP_FIELDS})
+            record = {**head, "version": last["version"], "action": last["action"], "changes": steps.net(),
+                      "cause": last["cause"], "by": by, "reason": last["reason"], "at": at,
+                      "previous_champion": snap.champion, "champion": steps.champion,
+                      "challenger": steps.challenger, **extra, "steps": steps.steps}
+        if document is not None:
+            record["version_document"] = document
+        record["prev"] = snap.head["digest"]
         key = self._history_key(model, record["sequence"])
         if not self.store.put_json(key, record, if_absent=True):
             if not snap.appended:

@@ -51,6 +51,23 @@ def digest(doc: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(normal, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+def steps(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The transitions a history record holds, in order: a registration's one record holds all of its own (its
+    `steps`: registered, the gate's verdict, a promotion), any other record is one transition."""
+    found = record.get("steps")
+    return list(found) if isinstance(found, list) else [record]
+
+
+def registers(record: dict[str, Any]) -> bool:
+    """True when a history record registers its version (on its own, or as the first of its steps)."""
+    return any(step.get("action") == "registered" for step in steps(record))
+
+
+def actions(record: dict[str, Any]) -> str:
+    """What a history record did, for people: `registered+challenger+promoted` for a registration's record."""
+    return "+".join(str(step.get("action")) for step in steps(record))
+
+
 def empty_head(model: str) -> dict[str, Any]:
     """The index of a model with no history."""
     return {"format": FORMAT, "model": model, "sequence": 0, "digest": None, "at": None, "versions": 0,
@@ -70,6 +87,8 @@ class Index:
         self.pages: dict[str, list[Any]] = {}
         self.dirty: set[str] = set()
         self.runs: dict[str, int] = {}  # run pointers to write
+        self.created: list[dict[str, Any]] = []  # version documents this write registered, to write
+        self.restore: list[dict[str, Any]] = []  # version documents the history holds, written again (repairs)
         self.head_dirty = False
         self.folded = False  # history records the stored head did not cover were folded in
         self.rebuilt = False
@@ -276,7 +295,7 @@ class Index:
             entry = self.entry(number)
             entry[2] = sequence
             self.set("stages", number - 1, entry)
-        if record["action"] == "registered" and number > int(head["versions"]):
+        if registers(record) and number > int(head["versions"]):
             head["versions"] = number
         if record["action"] == "promoted":
             self.set("champions", int(head["depth"]), number)

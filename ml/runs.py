@@ -11,19 +11,22 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 from typing import Any
 
 import numpy as np
 import polars as pl
 
 from sluice.core import keys
-from sluice.core.errors import IntegrityError, SluiceError
+from sluice.core.errors import ContractError, IntegrityError, SluiceError
 from sluice.core.ports import ObjectStore
 from sluice.events.run import read as read_run
 from sluice.ml import modeling
 from sluice.ml.blend import BLEND_JSON
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.features import row_key_columns, training_columns, training_rows
+
+log = logging.getLogger("sluice")
 
 ESTIMATORS = {"lgbm": "LGBMEstimator", "xgboost": "XGBoostSklearnEstimator",
               "xgb_limitdepth": "XGBoostLimitDepthEstimator"}
@@ -102,8 +105,11 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     spec = contract.training
     # The split the run used: runs recorded before `holdout.split` used version 1.
     version = int(((run.get("holdout") or {}).get("split") or {}).get("version", 1))
-    mask = modeling.holdout_mask(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed,
-                                 version)
+    key_frame = frame.select(row_key_columns(contract, frame))
+    if version == modeling.SPLIT_VERSION:
+        mask, split_keys = modeling.split(key_frame, spec.holdout_fraction, spec.seed)
+    else:
+        mask, split_keys = modeling.holdout_mask(key_frame, spec.holdout_fraction, spec.seed, version), None
     train_frame = frame.filter(pl.Series(~mask))
     holdout = pl.read_parquet(io.BytesIO(artifact(store, run, "holdout")))
     from sluice.ml.bundle import load_run
@@ -120,10 +126,23 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
     estimator_cls = (modeling.CUSTOM_LEARNERS[learner]() if learner in modeling.CUSTOM_LEARNERS
                      else getattr(flaml_models, ESTIMATORS[learner]))
     task = "regression" if contract.task == "regression" else "classification"
-    X_train = encoding.features(train_frame)
+    X_train, y_train = encoding.features(train_frame), encoding.labels(train_frame)
+    search = run.get("search") or {}
+    blended = run.get("model_format") == BLEND_JSON  # the blend fitted its members on every training row
+    if search.get("validation") and not blended:  # FLAML validated on some of train's rows; the model saw the rest
+        recorded_split = {k: search["validation"].get(k) for k in ("method", "version", "fraction", "rare_class_rows")}
+        if split_keys is None or recorded_split != {
+                "method": "row-hash-band", "version": modeling.SPLIT_VERSION,
+                "fraction": modeling.SEARCH_VALIDATION_FRACTION, "rare_class_rows": modeling.RARE_CLASS_ROWS}:
+            raise SluiceError(f"run {run['run_id']}: its search validated on a split this Sluice does not make "
+                              f"({recorded_split}); reproduce it with the Sluice version that trained it")
+        validation = modeling.search_validation(split_keys[~mask], y_train, spec.holdout_fraction, encoding.classes)
+        X_train, y_train = X_train[~validation], y_train[~validation]
     jobs = modeling.worker_jobs(spec.n_jobs, X_train.shape[0] * max(X_train.shape[1], 1))
-    estimator = estimator_cls(task=task, n_jobs=jobs, **run["best_config"])
-    estimator.fit(X_train, encoding.labels(train_frame))
+    # The rounds the judged model ran, when FLAML stopped its trial's boosting early for the budget.
+    config = run["best_config"] | ({"n_estimators": search["rounds"]} if search.get("rounds") else {})
+    estimator = estimator_cls(task=task, n_jobs=jobs, **config)
+    estimator.fit(X_train, y_train)
     y = encoding.labels(holdout)
     known = y >= 0
     X = encoding.features(holdout.filter(pl.Series(known)))
@@ -151,7 +170,11 @@ def contract_of(store: ObjectStore, run: dict[str, Any]) -> Contract:
     """The contract version the run was trained under (kept under contract-versions/), else the current one."""
     dataset = run["dataset"]
     for key in store.keys(f"contract-versions/{dataset}/"):
-        contract = parse_contract(store.get(key), source=key)
+        try:
+            contract = parse_contract(store.get(key), source=key)
+        except ContractError as exc:  # not a contract: it cannot be the one sought, and must not hide it
+            log.warning("skipped %s: %s", key, str(exc).splitlines()[0])
+            continue
         if contract.fingerprint() == run["contract_version"]:
             return contract
     current = parse_contract(store.get(keys.Contract(dataset).key))

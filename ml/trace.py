@@ -20,6 +20,7 @@ from sluice.core.errors import SluiceError
 from sluice.core.ports import ObjectStore, StateBackend
 from sluice.events.run import read as read_run
 from sluice.ml.registry import ModelRegistry
+from sluice.ml.registry_index import actions
 
 # The stages of the built-in chain, in order; spans of other stages (an app's own) follow them.
 ORDER = ("validate", "labels", "features", "train", "benchmark", "register", "event", "backtest")
@@ -366,7 +367,7 @@ def _run_path(store: ObjectStore, state: StateBackend, trace_id: str, run: dict[
     stage_now = registry.snapshot(model).stages.get(version["version"])
     register = Step("register", f"v{version['version']}", trace_id=via,
                     detail=f"decision {version.get('decision')}; "
-                    + ", ".join(f"{r['action']} (history {r['sequence']})" for r in records)
+                    + ", ".join(f"{actions(r)} (history {r['sequence']})" for r in records)
                     + f"; now {stage_now}",
                     documents=[f"{registry.base(model)}/versions/{version['version']:06d}.json",
                                *(f"{registry.base(model)}/history/{r['sequence']:08d}.json" for r in records)])

@@ -100,7 +100,13 @@ def _how_to_fix(exc: Exception) -> str | None:
         code = exc.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchBucket", "AWS.SimpleQueueService.NonExistentQueue", "NotFound", "404"):
             return f"{code} at {where}: bucket {settings.bucket!r} or its queues are missing; run `sluice up` first."
-        return None
+        operation = getattr(exc, "operation_name", "the request")
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code in ("AccessDenied", "AccessDeniedException", "AuthorizationError", "Forbidden", "403"):
+            return (f"{operation} was denied at {where} ({code}: {message}): these credentials lack the permission. "
+                    "`sluice iam` prints the policy of each role (producer, contract-owner, worker, model-reader, "
+                    "operator).")
+        return f"{operation} failed at {where}: {code}: {message}"
     if isinstance(exc, redis.exceptions.ConnectionError):
         return f"cannot reach Redis at {settings.broker_url} ({exc}); start it or set SLUICE_BROKER_URL."
     return None
@@ -195,6 +201,9 @@ def ui(host: str, port: int) -> None:
     run_ui(host, port, _settings())
 
 
+MAX_PUT_BYTES = 5 * 2**30  # S3's limit for one PUT (`put_file` sends one, so its checksum covers the object)
+
+
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--dataset", required=True, callback=dataset_name,
@@ -211,6 +220,12 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
         raise click.ClickException(
             f"{name or file.name}: Sluice reads {', '.join(DROP_FORMATS)} files, so the worker would quarantine this "
             "one. Export it as CSV or Parquet, or name it for its content with --as (e.g. --as data.csv).")
+    size = file.stat().st_size
+    if size > MAX_PUT_BYTES:
+        raise click.ClickException(
+            f"{file} is {size / 2**30:.1f} GiB: S3 takes at most 5 GiB in one upload, and a worker reads at most "
+            "2 GiB by default (the contract's limits.max_file_bytes). Split it into several files (each is its own "
+            "drop, and the debounce trains on them together), or compress it (.csv.gz).")
     sha = _store(settings).put_file(key, file)
     click.echo(f"dropped {file} -> s3://{settings.bucket}/{key} (sha256 {sha[:12]}…, the data version if it validates)")
 

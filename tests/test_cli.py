@@ -234,3 +234,30 @@ def test_a_redrive_of_an_unknown_dead_letter_says_so(env: Settings) -> None:
     result = CliRunner().invoke(main, ["deadletter", "redrive", "--no-sqs", "0123abcd"])
     assert result.exit_code == 1 and "no dead letter matches '0123abcd'" in result.output, result.output
     assert "sluice deadletter list" in result.output
+
+
+def test_drop_refuses_a_file_too_big_for_one_upload_and_names_a_denied_request(
+        env: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file over S3's 5 GiB for one PUT was hashed, then failed with a botocore traceback; so did any S3 error
+    other than a missing bucket (a producer's AccessDenied)."""
+    from botocore.exceptions import ClientError
+
+    from sluice.infra.store import S3Store
+
+    run("up")
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as f:  # sparse: no disk used, nothing read
+        f.truncate(6 * 2**30)
+    result = CliRunner().invoke(main, ["drop", str(huge), "--dataset", DATASET])
+    assert result.exit_code == 1 and "6.0 GiB: S3 takes at most 5 GiB in one upload" in result.output
+    assert "Split it into several files" in result.output
+
+    def denied(*args: Any, **kwargs: Any) -> str:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not yours"}}, "PutObject")
+
+    monkeypatch.setattr(S3Store, "put_file", denied)
+    small = tmp_path / "a.csv"
+    small.write_bytes(sample_bytes())
+    result = CliRunner().invoke(main, ["drop", str(small), "--dataset", DATASET])
+    assert result.exit_code == 1 and "PutObject was denied" in result.output and "sluice iam" in result.output
+    assert "Traceback" not in result.output

@@ -12,6 +12,7 @@ from sluice.events.s3 import ObjectCreated
 from sluice.infra.state import MemoryState, RedisState, StateBackend
 from sluice.infra.store import S3Store
 from sluice.ml.registry import ModelRegistry
+from sluice.ml.registry_index import steps
 from tests.chain import DATASET, sample_bytes, versions
 
 
@@ -106,7 +107,8 @@ def test_the_chain_stage_by_stage_and_each_stage_twice(runtime: Runtime) -> None
     assert v1["decision"] == "promote" and v1["version"] == 1
     registry = ModelRegistry(runtime.store, MemoryState())
     assert registry.alias(DATASET)["version"] == 1
-    assert [h["action"] for h in registry.history(DATASET)] == ["registered", "challenger", "promoted"]
+    assert [s["action"] for h in registry.history(DATASET) for s in steps(h)] == ["registered", "challenger",
+                                                                                  "promoted"]
     assert v1["lineage"]["sources"][0]["key"] == f"incoming/{DATASET}/a.csv"
     assert v1["scores"]["candidate"] > v1["scores"]["baseline"]
 
@@ -156,8 +158,9 @@ def test_twenty_concurrent_registrations_get_twenty_distinct_numbers(runtime: Ru
     # The history is one gap-free sequence; every version was registered once and decided once.
     history = registry.history("m")
     assert [r["sequence"] for r in history] == list(range(1, len(history) + 1))
-    assert sorted(r["version"] for r in history if r["action"] == "registered") == list(range(1, 21))
-    assert sorted(r["version"] for r in history if r["cause"] == "gate" and r["action"] != "promoted") == list(
+    taken = [s for r in history for s in steps(r)]
+    assert sorted(s["version"] for s in taken if s["action"] == "registered") == list(range(1, 21))
+    assert sorted(s["version"] for s in taken if s["cause"] == "gate" and s["action"] != "promoted") == list(
         range(1, 21))
     snap = registry.snapshot("m")
     assert list(snap.stages.values()).count("champion") == 1 and registry.alias("m")["version"] == snap.champion

@@ -50,6 +50,14 @@ def test_a_lease_is_its_owners_alone(state: StateBackend) -> None:
     assert state.record("k") is None
 
 
+def test_beginnings_count_until_an_end_is_recorded(state: StateBackend) -> None:
+    """What the runtime counts to stop a message that kills its worker: deliveries that began and never ended."""
+    assert [state.began("k#m.0", 60) for _ in range(3)] == [1, 2, 3]
+    assert state.began("k#m.1", 60) == 1  # another attempt (a retry) counts on its own
+    state.ended("k#m.0")
+    assert state.began("k#m.0", 60) == 1
+
+
 def test_a_lease_not_renewed_lapses_and_the_next_claim_wins(state: StateBackend) -> None:
     assert state.claim("k", "dead", 0.3) is None
     time.sleep(0.5)

@@ -127,9 +127,10 @@ def test_training_learns_from_a_seeded_sample_above_the_training_row_limit(runti
 
 def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_forever() -> None:
     """Dramatiq redelivers a dead worker's messages without counting a retry: a file that kills its worker (out of
-    memory, a native crash) would kill every worker that takes it, forever. The deliveries that began and never
-    ended are in the trace (their `started` spans); after MAX_KILLED_ATTEMPTS the message is dead-lettered, with
-    the ledger's `failed` outcome saying why, and `sluice deadletter redrive` runs it again once fixed."""
+    memory, a native crash) would kill every worker that takes it, forever. Each delivery counts its beginning in
+    the state backend and clears it at any end a process lives to see; after MAX_KILLED_ATTEMPTS deaths the
+    message is dead-lettered, with the ledger's `failed` outcome saying why, and `sluice deadletter redrive` runs
+    it again once fixed."""
     from dataclasses import replace
 
     import dramatiq
@@ -137,8 +138,8 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
     from dramatiq.brokers.stub import StubBroker
     from moto import mock_aws
 
-    from sluice.core import deadletters, keys, tracing
-    from sluice.core.runtime import MAX_KILLED_ATTEMPTS
+    from sluice.core import deadletters
+    from sluice.core.runtime import MAX_KILLED_ATTEMPTS, claim_key
     from sluice.core.settings import Settings
     from sluice.handlers import build_pipeline
     from sluice.infra.online import MemoryOnline
@@ -160,13 +161,9 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
         rt.dispatch(event)
         [raw] = list(broker.queues[rt.queue_name].queue)
         message = dramatiq.Message.decode(raw)
-        trace_id = tracing.trace_id_of(event.idempotency_key)
-        for i in range(MAX_KILLED_ATTEMPTS):  # what three deliveries killed with kill -9 leave behind
-            started = f"2026-11-29T10:0{i}:00.000Z"
-            name = tracing.span_name(started, "validate", f"{message.message_id[:8]}.0")
-            rt.store.put_json(keys.Span(trace_id, name).key, tracing.span_record(
-                trace_id, "validate", key, started_at=started, ended_at=None, outcome=tracing.STARTED,
-                attempt=f"{message.message_id[:8]}.0"))
+        began = f"{claim_key('validate', event)}#{message.message_id[:8]}.0"
+        for _ in range(MAX_KILLED_ATTEMPTS):  # what three deliveries killed with kill -9 leave behind
+            rt.state.began(began, 60)
 
         def run_worker() -> None:
             worker = Worker(broker, worker_timeout=50)

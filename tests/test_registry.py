@@ -15,6 +15,7 @@ from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
 from sluice.infra.store import S3Store
 from sluice.ml.registry import ModelRegistry, parse_time
+from sluice.ml.registry_index import actions, digest, steps
 
 
 @pytest.fixture
@@ -73,11 +74,22 @@ def test_lifecycle_aliases_and_who_why_of_every_transition(registry: ModelRegist
         registry.promote("m", 9, reason="x", by="ana", at=t(9))
 
     history = registry.history("m")
-    assert [(r["action"], r["version"]) for r in history] == [
+    # Every transition is recorded; a registration's together, in one record (what `models history` prints).
+    assert [actions(r) for r in history] == [
+        "registered+challenger+promoted", "registered+challenger", "registered+rejected", "promoted", "promoted",
+        "rolled_back", "rolled_back", "registered+challenger", "archived"]
+    assert [(s["action"], s["version"]) for r in history for s in steps(r)] == [
         ("registered", 1), ("challenger", 1), ("promoted", 1), ("registered", 2), ("challenger", 2),
         ("registered", 3), ("rejected", 3), ("promoted", 2), ("promoted", 3), ("rolled_back", 2),
         ("rolled_back", 1), ("registered", 4), ("challenger", 4), ("archived", 4)]
     assert all(r["by"] and r["cause"] and r["reason"] for r in history)
+    assert all(s["cause"] and s["reason"] for r in history for s in steps(r))
+    # A registration's record says its net effect, and holds the version document it registered.
+    first = history[0]
+    assert first["changes"] == [{"version": 1, "from": None, "to": "champion"}]
+    assert (first["previous_champion"], first["champion"], first["challenger"]) == (None, 1, None)
+    assert first["version_document"] == registry.version("m", 1)
+    assert first["document"] == digest(first["version_document"])
     assert registry.snapshot("m").stages == {1: "champion", 2: "archived", 3: "archived", 4: "archived"}
 
 
@@ -131,15 +143,18 @@ def test_a_stale_comparison_is_not_promoted(registry: ModelRegistry) -> None:
 
 
 def test_registration_resumes_after_a_crash(registry: ModelRegistry) -> None:
-    """A version document without its history (the worker died in between) is completed by the retry."""
+    """A version document without its history (a writer of the format before one record per registration died
+    in between) is replaced by the one the retry registers: the run still becomes one version."""
     registry.store.put_json("registry/m/versions/000001.json", {
         "run_id": "r1", "model": "m", "version": 1, "registered_at": t(1), "decision": "promote",
         "compared_with": None, "reasons": []})
     reg = registry.register("m", {"run_id": "r1"}, outcome="promote", compared_with=None, at=t(2))
-    assert not reg.created and reg.record["action"] == "promoted"
-    assert [r["action"] for r in registry.history("m")] == ["registered", "challenger", "promoted"]
+    assert reg.version["version"] == 1 and reg.record["action"] == "promoted"
+    assert [actions(r) for r in registry.history("m")] == ["registered+challenger+promoted"]
+    assert ModelRegistry(registry.store, registry.state).version("m", 1) == reg.version
     again = registry.register("m", {"run_id": "r1"}, outcome="promote", compared_with=None, at=t(3))
-    assert again.record == reg.record and len(registry.history("m")) == 3
+    assert not again.created and again.record == reg.record and len(registry.history("m")) == 1
+    assert registry.verify("m", artifacts=False) == []
 
 
 def test_parse_time_names_the_format() -> None:

@@ -64,6 +64,12 @@ def test_a_run_is_tracked_reproducible_and_comparable(runtime: Runtime) -> None:
 
     result = runs.reproduce(runtime.store, run1)
     assert result["match"], result
+    # FLAML validated on some of train's rows and the judged model is its trial's, fitted on the others (no final
+    # retrain of its own): the run says which, and reproducing fits those rows, not all of train's.
+    search = run1["search"]
+    assert search["validation"]["rows"] > 0
+    assert search["train_rows"] + search["validation"]["rows"] == run1["holdout"]["train_rows"]
+    assert not runs.reproduce(runtime.store, {k: v for k, v in run1.items() if k != "search"})["match"]
     # The run records its split, and reproducing recomputes that one: told it used version 1, it gets other rows.
     assert run1["holdout"]["split"] == {"method": "row-hash", "version": modeling.SPLIT_VERSION}
     as_v1 = {**run1, "holdout": {**run1["holdout"], "split": {"method": "row-hash", "version": 1}}}
@@ -76,7 +82,8 @@ def test_a_run_is_tracked_reproducible_and_comparable(runtime: Runtime) -> None:
     assert run2["warm_start"] is not None and run2["warm_start"]["used"] is True  # FLAML honoured the champion
     diff = runs.compare(run1, run2)
     assert diff["data_versions"]["shared"] == 1 and len(diff["data_versions"]["only_b"]) == 1
-    assert runs.reproduce(runtime.store, run2)["match"]
+    again = runs.reproduce(runtime.store, run2)
+    assert again["match"], (again, run2.get("search"), run2["best_estimator"], run2.get("model_format"))
     # Holdout rows never reach training, and a row held out once stays held out in every later snapshot.
     h1 = pl.read_parquet(io.BytesIO(artifact(runtime.store, run1, "holdout")))
     h2 = pl.read_parquet(io.BytesIO(artifact(runtime.store, run2, "holdout")))
@@ -159,6 +166,46 @@ def test_split_version_2_depends_only_on_the_row_and_the_seed() -> None:
     assert not (smaller & ~full).any()  # a smaller fraction holds out a subset
     with pytest.raises(ValueError, match="version"):
         modeling.holdout_mask(frame, 0.2, 42, version=3)
+
+
+def test_the_search_validates_on_rows_of_its_own_and_never_on_a_rare_class() -> None:
+    rng = np.random.default_rng(0)
+    frame = pl.DataFrame({"x": rng.normal(size=2000), "c": rng.choice(["a", "b"], 2000)})
+    y = rng.integers(0, 2, 2000)
+    holdout, keys = modeling.split(frame, 0.2, 42)
+    assert np.array_equal(holdout, modeling.holdout_mask(frame, 0.2, 42))
+    plain = modeling.search_validation(keys, y, 0.2, None)  # regression: no classes to keep whole
+    assert not (plain & holdout).any() and 0.07 < plain[~holdout].mean() < 0.13  # a tenth of train's rows
+    y[np.flatnonzero(plain)[:5]] = y[np.flatnonzero(~plain & ~holdout)[:10]] = 2  # 15 rows: too rare to validate on
+    mask = modeling.search_validation(keys, y, 0.2, ["no", "yes", "rare"])
+    assert not mask[y == 2].any()
+    assert np.array_equal(mask, plain & (y != 2))
+    order = rng.permutation(2000)  # a row's side depends on the row, not on its position
+    assert np.array_equal(modeling.search_validation(modeling.split(frame[order], 0.2, 42)[1], y[order], 0.2, None),
+                          plain[order])
+
+
+def test_a_column_constant_without_the_validation_rows_keeps_flaml_on_every_row() -> None:
+    """FLAML drops a column constant in the rows it trains on: when one varies only in the search's validation
+    rows, FLAML gets every training row as before (and the stored model keeps the encoding's columns)."""
+    from sluice.ml.contract import infer_contract
+
+    rng = np.random.default_rng(1)
+    frame = pl.DataFrame({"a": rng.normal(size=2000), "b": rng.normal(size=2000)})
+    frame = frame.with_columns(y=pl.when(pl.col("a") + rng.normal(size=2000) > 0).then(pl.lit("p")).otherwise(
+        pl.lit("n")))
+    contract = infer_contract(frame, "t", "y", 1.0, debounce_s=0)  # too many cells to cross-validate in 1 s
+    _, keys = modeling.split(frame.select("a", "b", "y"), 0.2, 42)
+    encoding = modeling.Encoding.fit(frame, contract)
+    validation = modeling.search_validation(keys, encoding.labels(frame), 0.2, encoding.classes)
+    assert modeling.train(frame, encoding, contract, validation=validation).search is not None
+    spike = np.zeros(2000)
+    spike[np.flatnonzero(validation)[0]] = 1.0  # varies only on one validation row
+    spiked = frame.with_columns(spike=pl.Series(spike))
+    encoding = modeling.Encoding.fit(spiked, contract)
+    assert "spike" in encoding.columns
+    trained = modeling.train(spiked, encoding, contract, validation=validation)
+    assert trained.search is None and trained.best_fit_rows == 2000
 
 
 def test_labels_name_classes_as_before() -> None:

@@ -25,6 +25,7 @@ from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
 from sluice.infra.store import S3Store
 from sluice.ml.registry import ModelRegistry
+from sluice.ml.registry_index import steps
 from sluice.service import build_runtime
 from tests.chain import DATASET, sample_bytes
 
@@ -286,7 +287,7 @@ def test_a_deleted_history_record_is_detected(registry: ModelRegistry) -> None:
     s3.put_object(Bucket=bucket, Key=H.format(2), Body=saved["Body"].read(), Metadata=saved["Metadata"])
     assert registry.verify("m", artifacts=False) == []
     # Deleting the newest records shortens the chain without breaking it; the versions and aliases give it away.
-    for n in range(8, 3, -1):
+    for n in range(3, 1, -1):  # one record per registration
         registry.store.delete(H.format(n))
     problems = registry.verify("m", artifacts=False)
     assert "registry/m/versions/000002.json: v2 has no `registered` record in the history" in problems
@@ -318,7 +319,16 @@ def test_an_edited_version_is_refused_and_reported(registry: ModelRegistry) -> N
     assert any(p.startswith(f"{key}: not written by a Sluice stage") for p in registry.verify("m", artifacts=False))
     registry.store.put_json(key, {**version, "decision": "promote", "reasons": ["trust me"]})
     assert registry.verify("m", artifacts=False) == [
-        f"{key}: v2 was edited after history record 4 registered it"]
+        f"{key}: v2 was edited after history record 2 registered it"]
+
+
+def test_a_version_document_the_history_holds_is_checked_against_the_digest_it_registered(
+        registry: ModelRegistry) -> None:
+    last = registry.history("m")[-1]
+    held = {**last["version_document"], "decision": "promote"}
+    registry.store.put_json(H.format(last["sequence"]), {**last, "version_document": held})  # by a key holder
+    problems = registry.verify("m", artifacts=False)
+    assert f"{H.format(3)}: the version document it holds is not the one it registered (its sha256 differs)" in problems
 
 
 @pytest.mark.slow
@@ -407,10 +417,10 @@ def test_the_cli_names_a_forged_document_instead_of_a_traceback(registry: ModelR
 
     monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
     monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
-    raw_put(registry, H.format(9), {**raw_get(registry, H.format(8)), "sequence": 9, "by": "mallory"})
+    raw_put(registry, H.format(4), {**raw_get(registry, H.format(3)), "sequence": 4, "by": "mallory"})
     result = CliRunner().invoke(main, ["models", "history", "m"])
     assert result.exit_code == 1 and result.exception is not None and isinstance(result.exception, SystemExit)
-    assert f"{H.format(9)}: not written by a Sluice stage" in result.output
+    assert f"{H.format(4)}: not written by a Sluice stage" in result.output
 
 
 
@@ -515,6 +525,8 @@ def test_the_newest_history_records_are_read_alone_and_checked_against_the_head(
 
     from sluice.cli import main
 
+    # One record per registration: a fourth, so that a window of three is not the whole history.
+    registry.register("m", {"run_id": "r4"}, outcome="reject", compared_with=2, at="2026-03-01T10:00:04Z")
     every = fresh(registry).history("m")
     reader = fresh(registry)
     gets: list[str] = []
@@ -526,8 +538,10 @@ def test_the_newest_history_records_are_read_alone_and_checked_against_the_head(
     monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
     monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
     out = CliRunner().invoke(main, ["models", "history", "m", "--last", "2"]).output
-    assert f"the newest 2 of {total} records" in out and out.count(" by ") == 2
-    assert CliRunner().invoke(main, ["models", "history", "m", "--all"]).output.count(" by ") == total
+    # A line per transition: a registration's record holds two or three.
+    assert f"the newest 2 of {total} records" in out and out.count(" by ") == sum(len(steps(r)) for r in every[-2:])
+    assert CliRunner().invoke(main, ["models", "history", "m", "--all"]).output.count(" by ") == sum(
+        len(steps(r)) for r in every)
     # Edited in the window (and re-signed by someone holding the key): the chain breaks at the next record.
     key = H.format(total - 1)
     registry.store.put_json(key, {**raw_get(registry, key), "reason": "rewritten"})
@@ -560,12 +574,14 @@ def test_reindex_leaves_out_planted_and_forged_version_documents_and_says_so(
     registry.store.s3.put_object(Bucket=registry.store.bucket, Key="registry/m/index/head.json", Body=b"{}")
     reader = fresh(registry).current("m")  # the head refused: rebuilt in memory from the signed history
     assert (reader.champion, reader.head["versions"], reader.sequence) == (2, 3, registry.current("m").sequence)
-    assert reader.doc(1) == registry.version("m", 1) and reader.doc(2) is None and reader.doc(9) is None
+    assert reader.doc(1) == registry.version("m", 1) and reader.doc(9) is None
+    # v2's file is refused; the history's record of its registration holds the document, which is indexed instead.
+    assert reader.doc(2) == v2 == registry.history("m")[1]["version_document"]
     monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
     monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
     result = CliRunner().invoke(main, ["models", "reindex", "m"])
     assert result.exit_code == 0, result.output
-    assert "index rebuilt from 8 history records and 3 versions" in result.output
+    assert "index rebuilt from 3 history records and 3 versions" in result.output
     assert "registry/m/versions/000009.json: not written by a Sluice stage" in result.output
     assert "registry/m/versions/000002.json: not written by a Sluice stage" in result.output
     problems = registry.verify("m", artifacts=False)  # names all three, and does not stop on the unparseable one
@@ -575,7 +591,7 @@ def test_reindex_leaves_out_planted_and_forged_version_documents_and_says_so(
     registry.store.put_json("registry/m/versions/000002.json", {**v2, "reasons": ["trust me"]})
     idx = fresh(registry).reindex("m")
     assert sorted(idx.skipped) == [
-        "registry/m/versions/000002.json: v2 was edited after history record 4 registered it",
+        "registry/m/versions/000002.json: v2 was edited after history record 2 registered it",
         "registry/m/versions/000009.json: not written by a Sluice stage (it has no signature)"]
     registry.store.put_json("registry/m/versions/000002.json", v2)
     registry.store.delete("registry/m/versions/000009.json")
@@ -695,3 +711,16 @@ def test_a_refusal_of_a_stage_this_app_lacks_says_which_app_to_run(runtime: Runt
     assert result.exit_code == 1 and "of stage 'enrich', which this app does not run" in result.output, result.output
     assert "--app" in result.output and "redriven" not in json.loads(
         runtime.store.get(f"refused/{DATASET}/00112233aabbccdd.json"))
+
+
+def test_a_planted_contract_version_does_not_hide_the_one_a_run_was_trained_under(runtime: Runtime) -> None:
+    """`contract-versions/` is the contract owner's, unsigned: a file there that is not a contract stopped the
+    search for a run's contract (a ContractError) instead of being passed over."""
+    from sluice.ml.runs import contract_of
+    from tests.chain import sample_contract
+
+    contract = sample_contract()
+    runtime.store.put(f"contract-versions/{DATASET}/000000000000.yaml", b"dataset: [unclosed")
+    runtime.store.put(f"contract-versions/{DATASET}/{contract.fingerprint()[:12]}.yaml", contract.to_yaml().encode())
+    run = {"dataset": DATASET, "run_id": "run-x", "contract_version": contract.fingerprint()}
+    assert contract_of(runtime.store, run).fingerprint() == contract.fingerprint()

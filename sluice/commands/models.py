@@ -62,6 +62,7 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
     """Versions with their stage (one page, newest first), the champion and challenger, gate decisions and lineage
     of model NAME."""
     from sluice.ml.registry import parse_time
+    from sluice.ml.registry_index import actions
 
     settings = _settings()
     registry = _registry(settings)
@@ -79,7 +80,7 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
         else:
             assert record is not None
             click.echo(f"model {name} at {when.isoformat()}: champion v{number}, since {record['at']} "
-                       f"({record['action']} by {record['by']}, {record['cause']}: {record['reason']})")
+                       f"({actions(record)} by {record['by']}, {record['cause']}: {record['reason']})")
         return
     listing = registry.page(name, page=page, limit=limit)
     if listing["total"] == 0 and listing["sequence"] == 0:
@@ -144,11 +145,14 @@ def models_history(name: str, last: int, every: bool, as_json: bool) -> None:
         return
     if total > len(records):
         click.echo(f"the newest {len(records)} of {total} records (--last N, or --all)")
+    from sluice.ml.registry_index import actions, steps
+
     for r in records:
         changes = ", ".join(f"v{c['version']} {c['from'] or 'new'}->{c['to']}" for c in r["changes"])
-        click.echo(f"{r['sequence']:>4}  {r['at']}  {r['action']:<11} v{r['version']:<4} {changes}")
-        click.echo(f"      by {r['by']} ({r['cause']}): {r['reason']}; champion after: "
-                   f"{'v' + str(r['champion']) if r['champion'] else '-'}")
+        click.echo(f"{r['sequence']:>4}  {r['at']}  {actions(r):<11} v{r['version']:<4} {changes}")
+        for step in steps(r):  # a registration's record holds its transitions, each with its cause and reason
+            click.echo(f"      by {r['by']} ({step['cause']}): {step['reason']}; champion after: "
+                       f"{'v' + str(step['champion']) if step['champion'] else '-'}")
 
 
 @models.command("verify")
