@@ -6,9 +6,8 @@ from typing import Any
 
 import click
 
-from sluice.commands.common import app_option, load_app
+from sluice.commands.common import app_option, load_app, num
 from sluice.commands.common import echo_json as _echo_json
-from sluice.commands.common import num
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
 from sluice.core import keys
