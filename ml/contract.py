@@ -421,12 +421,14 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     if task != "regression" and _dtype_of(y.dtype) == "bool":
         # A bool target stays bool: validation reads it however the file spells it (pandas writes True/False,
         # other tools true/false or 1/0), where pinned text categories would refuse every row of the sample.
-        columns[target] = ColumnSpec(dtype="bool", nullable=False)
+        columns[target] = ColumnSpec(dtype="bool", nullable=columns[target].nullable)
         notes[f"columns.{target}"] = "target: true or false (True/False, 1/0 are read the same)."
     elif task != "regression":
         # Labels are classes, not a range: pin them so an unseen class is caught at validation.
         classes = [str(v) for v in y.cast(pl.Utf8).unique().sort().to_list()]
-        columns[target] = ColumnSpec(dtype="str", nullable=False, categories=classes)
+        # Nullable as the sample is (as for a regression target): rows without a label pass validation and are
+        # left out of training, where a pinned `nullable: false` quarantined the very file this was inferred from.
+        columns[target] = ColumnSpec(dtype="str", nullable=columns[target].nullable, categories=classes)
         notes[f"columns.{target}"] = (f"target: the {len(classes)} classes of the sample; a row with another class "
                                       "is quarantined. Add a class here before data with it arrives.")
     notes[""] = (f"Inferred by `sluice contract infer` from {frame.height} rows. Review it, then "

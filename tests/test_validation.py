@@ -512,3 +512,20 @@ def test_a_bool_target_written_by_pandas_passes_the_contract_inferred_from_it(fm
     split = validate_file(tmp_path / f"x.{fmt}", f"incoming/fair/x.{fmt}", contract, tmp_path)
     assert (split.rows_valid, split.rows_invalid) == (40, 0), split.summary()
     assert pl.read_parquet(split.valid_path)["had_affair"].to_list() == df["had_affair"].tolist()
+
+
+def test_a_class_target_with_missing_labels_passes_the_contract_inferred_from_it(tmp_path: Path) -> None:
+    # Real exports have rows whose label is not known yet (vega's cars has no mpg for 8 of 406 cars); for a
+    # classification target the inferred contract said `nullable: false`, and with 5 % missing the whole file it
+    # was inferred from was quarantined.
+    from sluice.ml.validation import read_sample
+
+    text = "size,label\n" + "".join(f"{i},{'' if i % 20 == 0 else ('big' if i > 50 else 'small')}\n"
+                                     for i in range(100))
+    contract = parse_contract(infer_contract(read_sample("x.csv", text.encode()), "d", "label").to_yaml())
+    assert contract.task == "binary" and contract.columns["label"].nullable
+    (tmp_path / "x.csv").write_text(text)
+    split = validate_file(tmp_path / "x.csv", "incoming/d/x.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (100, 0), split.summary()
+    complete = infer_contract(read_sample("y.csv", b"size,label\n1,a\n2,b\n3,a\n"), "d", "label")
+    assert not complete.columns["label"].nullable  # a sample with every label keeps requiring one
