@@ -849,8 +849,17 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
         doc = registry.alias(name, alias)
         if doc is None:
             known = registry.version_numbers(name)
-            raise ModelInputError(f"{name} has no {alias}" + (f" (versions: {', '.join(f'v{n}' for n in known)})"
-                                                               if known else "; is the model name right?"))
+            if not known:
+                raise ModelInputError(f"{name} has no {alias}; is the model name right?")
+            latest = registry.version(name, max(known))
+            why = ""
+            if latest is not None:
+                reasons = "; ".join(str(r) for r in latest.get("reasons") or [])
+                why = (f"; v{max(known)}'s gate decision: {latest.get('decision')}"
+                       + (f" ({reasons})" if reasons else ""))
+            raise ModelInputError(f"{name} has no {alias} (versions: {', '.join(f'v{n}' for n in known)}){why}. "
+                                  f"Load a version by number ('{name}:{max(known)}'), or see `sluice models show "
+                                  f"{name}`")
         number = int(doc["version"])
     assert number is not None
     found = registry.version(name, number)

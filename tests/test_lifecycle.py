@@ -307,3 +307,19 @@ def test_a_first_versions_card_names_the_naive_baseline_once(env: Runtime) -> No
     assert card.count("| naive baseline |") == 1 and "| naive baseline | 0.5000 | [0.5000, 0.5000] |" in card
     doc["gate"]["reference"] = "champion v1"
     assert render_card(doc).count("| naive baseline | 0.5000 | |") == 1  # a later version still shows it
+
+
+def test_loading_a_champion_that_is_not_there_says_why_and_what_to_load(env: Runtime) -> None:
+    # vega's la-riots (50 rows): the gate found the evidence insufficient, and `load_model("riots@champion")` said
+    # only "riots has no champion (versions: v1)".
+    import sluice
+    from sluice.core.errors import ModelInputError
+
+    doc = {**_version_doc(env, 1), "reasons": ["6 holdout rows, fewer than min_holdout_rows 30"]}
+    ModelRegistry(env.store, MemoryState()).register(DATASET, doc, outcome="insufficient_evidence",
+                                                     compared_with=None, at="2026-01-01T00:00:01.000Z")
+    with pytest.raises(ModelInputError) as info:
+        sluice.load_model(f"{DATASET}@champion", settings=env.settings, store=env.store)
+    text = str(info.value)
+    assert "no champion (versions: v1)" in text and "insufficient_evidence (6 holdout rows" in text
+    assert f"'{DATASET}:1'" in text and f"sluice models show {DATASET}" in text
