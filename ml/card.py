@@ -74,7 +74,8 @@ def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None)
                 f"| candidate v{n} | {_f(metric.get('candidate'))} | {_ci(diff.get('candidate_ci'))} |",
                 f"| {gate.get('reference')} | {_f(metric.get('reference'))} | {_ci(diff.get('reference_ci'))} |",
                 f"| improvement | {_f(diff.get('estimate'), 4)} | {_ci([diff.get('low'), diff.get('high')])} |",
-                f"| naive baseline | {_f(metric.get('baseline'))} | |",
+                *([f"| naive baseline | {_f(metric.get('baseline'))} | |"]
+                  if gate.get("reference") != "naive baseline" else []),  # else it is the reference row above
                 "", f"On {metric.get('holdout_rows')} holdout rows, {diff.get('resamples')} paired resamples. "
                 "Improvement is in the metric's good direction."]
         if gate.get("guardrails"):

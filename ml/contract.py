@@ -418,7 +418,12 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         task = "multiclass"
     else:
         task = "regression"
-    if task != "regression":
+    if task != "regression" and _dtype_of(y.dtype) == "bool":
+        # A bool target stays bool: validation reads it however the file spells it (pandas writes True/False,
+        # other tools true/false or 1/0), where pinned text categories would refuse every row of the sample.
+        columns[target] = ColumnSpec(dtype="bool", nullable=False)
+        notes[f"columns.{target}"] = "target: true or false (True/False, 1/0 are read the same)."
+    elif task != "regression":
         # Labels are classes, not a range: pin them so an unseen class is caught at validation.
         classes = [str(v) for v in y.cast(pl.Utf8).unique().sort().to_list()]
         columns[target] = ColumnSpec(dtype="str", nullable=False, categories=classes)

@@ -4,8 +4,8 @@ A model that learns from a leak looks perfect on the holdout (the leak is there 
 where the column is not known at prediction time. Three signs, each measured on one column alone with a small
 decision tree, on a third of the rows it was not fitted on (a column only counts when it predicts unseen rows):
 
-    identifier        a near-unique integer column (a row id, an order number) that predicts the target: the rows
-                      were numbered in an order that follows the label
+    identifier        a near-unique integer column dense in its range (a row id, an order number) that predicts
+                      the target: the rows were numbered in an order that follows the label
     determines_target the target is a function of the column: every value of it has one class, or a tree on it
                       explains the regression target to R² >= 0.999
     predicts_target   the column alone predicts the target almost perfectly (balanced accuracy or R² >= 0.98)
@@ -110,8 +110,7 @@ def _column(name: str, x: np.ndarray, y: np.ndarray, encoding: Encoding, raw: pl
         measure, score = "r2", float(r2_score(y_out, predicted))
     if not score >= THRESHOLD:
         return None
-    distinct = raw.drop_nulls().n_unique()
-    if raw.dtype.is_integer() and distinct >= 0.95 * raw.len():
+    if _identifier(raw):
         kind = "identifier"
         message = (f"column {name!r} is unique per row, like an identifier, yet alone predicts the target "
                    f"({measure} {score:.3f} on held-out rows): the rows were numbered in an order that follows the "
@@ -127,6 +126,16 @@ def _column(name: str, x: np.ndarray, y: np.ndarray, encoding: Encoding, raw: pl
                    "rows): check that it is known at prediction time. Drop it, or set training.leakage: warn if "
                    "it is legitimate.")
     return Finding(name, kind, measure, round(score, 6), message)
+
+
+def _identifier(raw: pl.Series) -> bool:
+    """Near-unique integers that number the rows: dense in their range (a row id, an order number). A count or an
+    amount (employment in thousands, a price in cents) is unique per row too, but spread thin over its range."""
+    values = raw.drop_nulls()
+    if not raw.dtype.is_integer() or values.n_unique() < 0.95 * raw.len():
+        return False
+    span = int(values.max()) - int(values.min()) + 1  # type: ignore[arg-type]
+    return values.n_unique() >= 0.25 * span
 
 
 def _determines(x: np.ndarray, y: np.ndarray, classify: bool, score: float) -> bool:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 import time
@@ -33,6 +34,10 @@ from sluice.ml.contract import Contract
 from sluice.ml.linear import LINEAR_JSON
 
 NAN_CATEGORY = "__NAN__"  # FLAML's sentinel for missing and unseen categories
+# Characters a learner refuses or rewrites in a feature name: LightGBM turns a space into `_` (the stored model
+# then names columns the encoding does not know) and refuses `"`, `,`, `:`, `[`, `]`, `{`, `}`; XGBoost refuses
+# `[`, `]`, `<`.
+_UNSAFE_NAME = re.compile(r'[\s",:\[\]{}<>]')
 
 
 # The holdout split's method. Runs record the one they used (`holdout.split`) and `runs reproduce` recomputes that
@@ -200,6 +205,16 @@ class Encoding:
         """Model input columns, in the order the model was trained on."""
         return list(self.order) or [*self.categorical, *self.numeric]
 
+    def column_of(self, model_name: str) -> str:
+        """The column a model's feature name stands for (`model_name` of it, or the column itself)."""
+        if model_name in self.columns:
+            return model_name
+        named = {feature_name(c): c for c in self.columns}
+        if model_name not in named:
+            raise ModelMismatch(f"the model's feature {model_name!r} is none of the encoding's columns "
+                                f"{self.columns}")
+        return named[model_name]
+
     def with_order(self, names: list[str]) -> Encoding:
         """The same encoding with the model's own column order; refuses names it does not know."""
         if sorted(names) != sorted(self.columns):
@@ -218,7 +233,8 @@ class Encoding:
             values = encoded[name].to_numpy()
             out[name] = (pd.Categorical.from_codes(values, categories=self.categorical[name])
                          if name in self.categorical else values)
-        return pd.DataFrame(out, columns=self.columns)
+        # Learners get names they keep as they are; `column_of` maps a stored model's names back.
+        return pd.DataFrame({feature_name(n): v for n, v in out.items()}, columns=[feature_name(n) for n in out])
 
     def matrix(self, frame: pl.DataFrame) -> np.ndarray:
         """Model input as a float matrix in `columns` order: category codes (what LightGBM and FLAML's XGBoost
@@ -509,7 +525,7 @@ def train(
     losses = {name: float(loss) for name, loss in (automl.best_loss_per_estimator or {}).items()
               if loss is not None and math.isfinite(float(loss))}
     return Trained(data, fmt, _jsonable(automl.best_config), automl.best_estimator, float(automl.best_loss),
-                   fit_seconds, trial_log, _importance(model, list(X.columns)), warm,
+                   fit_seconds, trial_log, _importance(model, encoding.columns), warm,
                    estimator=getattr(model, "estimator", None),
                    templates=_templates(automl, model, list(spec.estimators), contract.task, jobs, spec.seed),
                    learner_losses=losses, best_fit_s=best_fit_s, best_fit_rows=fit_rows, search=search)
@@ -739,8 +755,8 @@ class Predictor:
                 if meta["format"] == BLEND_JSON:
                     raise ModelMismatch("a blend's member cannot be a blend")
                 member = Predictor(meta["format"], raw, task, encoding, extensions)
-                self.parts.append((float(meta["weight"]), member,
-                                   np.asarray([position[n] for n in member.feature_names], dtype=np.int64)))
+                self.parts.append((float(meta["weight"]), member, np.asarray(
+                    [position[encoding.column_of(n)] for n in member.feature_names], dtype=np.int64)))
             self.booster = None
         elif fmt.startswith(CUSTOM):
             name = fmt.removeprefix(CUSTOM)
@@ -768,8 +784,8 @@ class Predictor:
         else:
             raise ModelMismatch(f"model format {fmt!r} is not one Sluice loads (it loads {sorted(EXTENSION)}; "
                                 "pickled models are never loaded)")
-        self.encoding = encoding.with_order(names)
-        self.feature_names = names
+        self.encoding = encoding.with_order([encoding.column_of(n) for n in names])
+        self.feature_names = names  # as the model knows them: a custom learner's frame and XGBoost's DMatrix
 
     def score(self, frame: pl.DataFrame) -> np.ndarray:
         """Scores for the rows of an encoded-ready frame (typed, with the contract's features)."""
@@ -853,6 +869,14 @@ class _Watcher:
                     losses = [t["loss"] for t in trials if t["loss"] is not None]
                     self.on_progress(Progress(len(trials), min(losses) if losses else None,
                                               time.perf_counter() - self.started))
+
+
+def feature_name(column: str) -> str:
+    """The name a learner is given for a column: the column's own, unless a learner would refuse or rewrite it;
+    then one with `_` for those characters and a short hash of the original, so that no two columns share one."""
+    if not _UNSAFE_NAME.search(column):
+        return column
+    return f"{_UNSAFE_NAME.sub('_', column)}_{hashlib.sha256(column.encode()).hexdigest()[:8]}"
 
 
 def _importance(model: Any, columns: list[str]) -> dict[str, float]:

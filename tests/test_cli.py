@@ -261,3 +261,31 @@ def test_drop_refuses_a_file_too_big_for_one_upload_and_names_a_denied_request(
     result = CliRunner().invoke(main, ["drop", str(small), "--dataset", DATASET])
     assert result.exit_code == 1 and "PutObject was denied" in result.output and "sluice iam" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_models_show_and_runs_read_a_holdout_where_roc_auc_is_undefined(runtime: Any,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # vega's la-riots (50 rows, gender): the holdout's few rows were all of one class, roc_auc was None, and
+    # `sluice models show`, `runs list` and `runs show` died on a TypeError.
+    import polars as pl
+
+    from sluice.ml.contract import contract_key, infer_contract
+    from tests.chain import run_chain
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    from sluice.ml.modeling import holdout_mask
+
+    ages = [float(20 + i) for i in range(50)]
+    # A row's side of the split depends on its content alone: three Female rows that all land in training.
+    as_female = holdout_mask(pl.DataFrame({"age": ages, "gender": ["Female"] * 50}), 0.2, 42)
+    female = [i for i in range(50) if not as_female[i]][:3]
+    frame = pl.DataFrame({"age": ages, "gender": ["Female" if i in female else "Male" for i in range(50)]})
+    contract = infer_contract(frame, DATASET, "gender", time_budget_s=1, debounce_s=0)
+    runtime.store.put(contract_key(DATASET), contract.to_yaml().encode())
+    done = run_chain(runtime, f"incoming/{DATASET}/riots.csv", frame.write_csv().encode())
+    assert done["holdout"]["metrics"]["roc_auc"] is None  # the case itself: one class in the holdout
+    assert "roc_auc=n/a (baseline n/a" in run("models", "show", DATASET)
+    assert "roc_auc=n/a (baseline n/a)" in run("runs", "list", DATASET)
+    assert "roc_auc=n/a (baseline n/a)" in run("runs", "show", done["run_id"])

@@ -87,3 +87,16 @@ def test_a_planted_leak_under_each_policy(runtime: Runtime, policy: str) -> None
     assert event["data"]["leakage"]["columns"] == ["referral_ward"]
     [arrival] = dataset_status(runtime.store, MemoryState(), DATASET, pipeline=runtime.pipeline)["arrivals"]
     assert arrival["leakage"][0]["columns"] == ["referral_ward"]
+
+
+def test_a_count_unique_per_row_is_not_called_an_identifier() -> None:
+    # vega's us-employment: `private` (thousands employed, an integer, unique per row) alone predicts `nonfarm`;
+    # the finding said it was "like an identifier ... the rows were numbered in an order that follows the label".
+    rng = np.random.default_rng(1)
+    private = np.sort(rng.choice(np.arange(90_000, 130_000), 400, replace=False)).astype(np.int64)
+    frame = pl.DataFrame({"private": private, "noise": rng.normal(size=400),
+                          "nonfarm": private * 1.18 + rng.normal(scale=50, size=400)})
+    [finding] = findings_of(frame, "nonfarm")
+    assert finding.column == "private" and finding.kind != "identifier" and "identifier" not in finding.message
+    numbered = frame.with_columns(pl.Series("private", np.arange(400, dtype=np.int64) + 1000))  # a dense row id
+    assert [f.kind for f in findings_of(numbered, "nonfarm")] == ["identifier"]

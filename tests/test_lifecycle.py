@@ -293,3 +293,17 @@ def _version_doc(rt: Runtime, i: int) -> dict[str, Any]:
                                      "sha256": sha}],
                         "data_versions": [sha], "feature_set_version": "fs-1", "run_id": f"run-{i}",
                         "contract_version": "c"}}
+
+
+def test_a_first_versions_card_names_the_naive_baseline_once(env: Runtime) -> None:
+    # The card of every first version listed `| naive baseline |` twice: as the reference and again below.
+    from sluice.ml.card import render_card
+
+    doc = _version_doc(env, 1)
+    doc["gate"]["metric"].update({"name": "roc_auc", "candidate": 0.9, "reference": 0.5, "baseline": 0.5})
+    doc.update({"model": DATASET, "version": 1, "registered_at": "2026-01-01T00:00:01.000Z", "decision": "promote",
+                "benchmark": {}})
+    card = render_card(doc)
+    assert card.count("| naive baseline |") == 1 and "| naive baseline | 0.5000 | [0.5000, 0.5000] |" in card
+    doc["gate"]["reference"] = "champion v1"
+    assert render_card(doc).count("| naive baseline | 0.5000 | |") == 1  # a later version still shows it

@@ -388,3 +388,24 @@ def test_a_refit_that_would_overrun_the_budget_is_skipped_and_the_judged_model_s
 
     shown = CliRunner().invoke(main, ["runs", "show", run["run_id"]])
     assert shown.exit_code == 0 and "ships: the evaluated model, not refitted: no time left" in shown.output
+
+
+@pytest.mark.parametrize("column", ["précip mm", "temp [C]", "price, usd", "a:b"])
+def test_a_column_name_lightgbm_would_rewrite_or_refuse_trains_and_scores(column: str) -> None:
+    # vega's seattle-weather with a column renamed `précip mm`: LightGBM stored `précip_mm`, the loader refused the
+    # model ("the model's features ... are not the encoding's columns") and every train attempt was dead-lettered;
+    # `[`, `,` and `:` LightGBM refuses outright.
+    rng = np.random.default_rng(0)
+    x = rng.random(300)
+    frame = pl.DataFrame({column: x, "noise": rng.random(300), "y": np.where(x > 0.5, "yes", "no")})
+    spec = sample_contract().columns["mean_radius"].model_copy(update={"min": None, "max": None})
+    contract = with_training(sample_contract(), time_budget_s=1, estimators=["lgbm"], n_jobs=1).model_copy(update={
+        "target": "y", "features": [], "columns": {column: spec, "noise": spec, "y": sample_contract().columns[
+            "diagnosis"].model_copy(update={"categories": ["no", "yes"]})}})
+    encoding = modeling.Encoding.fit(frame, contract)
+    trained = modeling.train(frame, encoding, contract)  # checks the stored model against FLAML's own
+    predictor = modeling.Predictor(trained.model_format, trained.model_bytes, "binary", encoding)
+    assert set(predictor.encoding.columns) == {column, "noise"}
+    scores = predictor.score(frame)
+    assert modeling.score("roc_auc", encoding.labels(frame), scores, None) > 0.9
+    assert column in trained.feature_importance

@@ -487,3 +487,28 @@ def test_contract_infer_leaves_blank_lines_out() -> None:
     assert frame.height == 3
     text_yaml = infer_contract(frame, "people", "label").to_yaml()
     assert text_yaml.count("# 0 missing of 3") == 3, text_yaml  # the features; the target says its classes
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_bool_target_written_by_pandas_passes_the_contract_inferred_from_it(fmt: str, tmp_path: Path) -> None:
+    # statsmodels' `fair` with `had_affair = affairs > 0`: pandas writes True/False, the inferred contract pinned
+    # the classes as 'false'/'true', and every row of the very file it was inferred from was quarantined.
+    import io
+
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    df = pd.DataFrame({"age": [32.0, 27.0, 22.0, 37.0] * 10, "had_affair": [True, False, False, True] * 10})
+    if fmt == "csv":
+        data = df.to_csv(index=False).encode()
+    else:
+        buf = io.BytesIO()
+        df.to_parquet(buf)
+        data = buf.getvalue()
+    contract = parse_contract(infer_contract(read_sample(f"x.{fmt}", data), "fair", "had_affair").to_yaml())
+    assert contract.task == "binary"
+    (tmp_path / f"x.{fmt}").write_bytes(data)
+    split = validate_file(tmp_path / f"x.{fmt}", f"incoming/fair/x.{fmt}", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (40, 0), split.summary()
+    assert pl.read_parquet(split.valid_path)["had_affair"].to_list() == df["had_affair"].tolist()

@@ -32,6 +32,12 @@ def dataset_name(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+def num(value: Any) -> str:
+    """A score as a person reads it: four decimals, or `n/a` where the metric is undefined (roc_auc on a holdout
+    of one class)."""
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def echo_json(doc: Any) -> None:
     """Pretty, sorted JSON on stdout."""
     click.echo(json.dumps(doc, indent=2, sort_keys=True, default=str))

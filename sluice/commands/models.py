@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from sluice.commands.common import app_option, load_app
+from sluice.commands.common import app_option, load_app, num
 from sluice.commands.common import echo_json as _echo_json
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
@@ -101,7 +101,7 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
         then = "" if s.get("champion") is None else f", champion then {s['champion']:.4f}"
         diff = ((v.get("gate") or {}).get("metric") or {}).get("difference")
         click.echo(f" {mark}v{v['version']}  {stages.get(v['version']) or '?':<10} gate {v['decision']:<21} "
-                   f"{v['metric']}={s['candidate']:.4f} (baseline {s['baseline']:.4f}{then}; "
+                   f"{v['metric']}={num(s['candidate'])} (baseline {num(s['baseline'])}{then}; "
                    f"improvement{_ci(diff)})  run {v['run_id']}  {v['registered_at']}")
         b = v.get("benchmark")
         if b:
@@ -119,7 +119,7 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
     if page == 1:
         for key in registry.store.keys(keys.Backtest.prefix(name)):
             bt = registry.store.get_json(key)
-            scores = ", ".join(f"v{r['version']} ({r['role']}) {r['metrics'][bt['metric']]:.4f}"
+            scores = ", ".join(f"v{r['version']} ({r['role']}) {num(r['metrics'][bt['metric']])}"
                                for r in bt["results"] if "metrics" in r)
             click.echo(f"  backtest on {bt['labels']} labels arrived {bt['at']}: {bt['metric']} {scores}")
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from sluice.commands.common import echo_json as _echo_json
+from sluice.commands.common import num
 from sluice.commands.common import settings as _settings
 from sluice.commands.common import store as _store
 from sluice.core import keys
@@ -41,7 +42,7 @@ def runs_list(dataset: str, as_json: bool) -> None:
             continue
         m = run["metric"]
         click.echo(f"{run['run_id']}  {run['finished_at']}  {run['best_estimator']:<10} {m}="
-                   f"{run['holdout']['metrics'][m]:.4f} (baseline {run['holdout']['baseline'][m]:.4f})  "
+                   f"{num(run['holdout']['metrics'][m])} (baseline {num(run['holdout']['baseline'][m])})  "
                    f"{run.get('trials', {}).get('count', '?')} trials  features {run['feature_set_version']}  "
                    f"{len(run['data_versions'])} data versions")
 
@@ -67,7 +68,7 @@ def runs_show(run_id: str, as_json: bool) -> None:
     click.echo(f"  {run.get('trials', {}).get('count', '?')} trials, budget {run['params']['time_budget_s']}s, "
                f"warm start {'-' if not warm else ('used' if warm['used'] else 'requested, NOT used')}")
     click.echo(f"  holdout {h['rows']} rows (train {h['train_rows']}): " + ", ".join(
-        f"{k}={v:.4f} (baseline {h['baseline'][k]:.4f})" for k, v in h["metrics"].items()))
+        f"{k}={num(v)} (baseline {num(h['baseline'][k])})" for k, v in h["metrics"].items()))
     if run.get("refit"):
         click.echo(f"  ships: refitted on all {run['refit']['rows']} labelled rows (the holdout scores above are of "
                    "the model fitted on the training rows)")
