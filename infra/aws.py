@@ -7,10 +7,25 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+from botocore.utils import determine_content_length
 
 from sluice.core.settings import Settings
 
 _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=5, read_timeout=30)
+# botocore sends every PUT with `Expect: 100-continue`, so the body waits a round trip for the server's go-ahead.
+# That saves re-sending a large upload the server refuses; a small document costs less to send than to wait for
+# (one round trip of a registration's four, every PUT of a signed document). Larger bodies keep it.
+CONTINUE_ABOVE_BYTES = 1 << 20
+
+
+def _continue_only_when_large(params: dict[str, Any], **_: Any) -> None:
+    """Drop `Expect: 100-continue` from a request whose body is small (registered after botocore adds it)."""
+    headers = params.get("headers") or {}
+    if "Expect" not in headers:
+        return
+    size = determine_content_length(params.get("body"))
+    if size is not None and size <= CONTINUE_ABOVE_BYTES:
+        del headers["Expect"]
 
 
 def client(service: str, settings: Settings) -> Any:
@@ -21,4 +36,7 @@ def client(service: str, settings: Settings) -> Any:
         # Emulators accept any credentials; spare the user from inventing some.
         if not os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_PROFILE"):
             kwargs.update(aws_access_key_id="test", aws_secret_access_key="test")
-    return boto3.client(service, **kwargs)  # type: ignore[call-overload]
+    made = boto3.client(service, **kwargs)  # type: ignore[call-overload]
+    if service == "s3":
+        made.meta.events.register_last("before-call.s3", _continue_only_when_large)
+    return made
