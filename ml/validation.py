@@ -749,7 +749,10 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
             midnight = s.str.extract(ISO_MIDNIGHT.pattern, 1).str.to_date("%Y-%m-%d", strict=False)
             typed = pl.when(typed.is_null()).then(midnight).otherwise(typed)
         elif spec.dtype == "datetime":
-            typed = s.str.to_datetime(strict=False, time_unit="us")
+            # Read in UTC: a value with an offset (pandas writes `2024-03-01 08:00:00+01:00` for a zoned column)
+            # is its instant in UTC, as a zoned Parquet timestamp is, where reading it with no zone raised for the
+            # whole file; a value without one stays as written.
+            typed = s.str.to_datetime(strict=False, time_unit="us", time_zone="UTC").dt.replace_time_zone(None)
         elif spec.dtype == "int":
             # "3.0" is an integer written by a tool that went through floats (pandas does, for a column with nulls).
             as_float = s.cast(pl.Float64, strict=False)

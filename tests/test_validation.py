@@ -529,3 +529,28 @@ def test_a_class_target_with_missing_labels_passes_the_contract_inferred_from_it
     assert (split.rows_valid, split.rows_invalid) == (100, 0), split.summary()
     complete = infer_contract(read_sample("y.csv", b"size,label\n1,a\n2,b\n3,a\n"), "d", "label")
     assert not complete.columns["label"].nullable  # a sample with every label keeps requiring one
+
+
+def test_a_zoned_datetime_column_written_by_pandas_reads_as_its_parquet_does(tmp_path: Path) -> None:
+    # pandas writes a zoned column as `2024-03-01 08:00:00+01:00`; polars refused to read it with no zone and the
+    # whole CSV was quarantined as unparseable ("check the delimiter"), while its Parquet twin passed.
+    import io
+
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    df = pd.DataFrame({"when": pd.date_range("2024-03-01 08:00", periods=60, freq="7h", tz="Europe/Paris"),
+                       "y": ["b", "a", "c"] * 20})
+    df.loc[7, "when"] = pd.NaT
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    typed = {}
+    for fmt, data in (("csv", df.to_csv(index=False).encode()), ("parquet", buf.getvalue())):
+        contract = parse_contract(infer_contract(read_sample(f"x.{fmt}", data), "tz", "y").to_yaml())
+        assert contract.columns["when"].dtype == "datetime"
+        (tmp_path / f"x.{fmt}").write_bytes(data)
+        split = validate_file(tmp_path / f"x.{fmt}", f"incoming/tz/x.{fmt}", contract, tmp_path)
+        assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+        typed[fmt] = pl.read_parquet(split.valid_path)["when"].to_list()
+    assert typed["csv"] == typed["parquet"] and typed["csv"][0] == datetime(2024, 3, 1, 7, 0)  # the UTC instant
