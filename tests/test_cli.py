@@ -289,3 +289,18 @@ def test_models_show_and_runs_read_a_holdout_where_roc_auc_is_undefined(runtime:
     assert "roc_auc=n/a (baseline n/a" in run("models", "show", DATASET)
     assert "roc_auc=n/a (baseline n/a)" in run("runs", "list", DATASET)
     assert "roc_auc=n/a (baseline n/a)" in run("runs", "show", done["run_id"])
+
+
+def test_runs_reproduce_prints_a_blended_run_whose_other_metrics_were_not_recorded(
+        env: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A blend records its search winner's score on the run's metric only (ml/runs.reproduce); the command printed
+    # every reproduced metric against the recorded ones and raised KeyError on the first it lacked.
+    from sluice.ml import runs as r
+
+    result = {"run_id": "run-x", "recorded": {"roc_auc": 0.99}, "reproduced": {"roc_auc": 0.99, "log_loss": 0.1},
+              "max_abs_difference": 0.0, "match": True, "train_rows": 10, "holdout_rows": 5, "estimator": "lgbm",
+              "config": {}}
+    monkeypatch.setattr(r, "find_run", lambda store, run_id: {"run_id": run_id})
+    monkeypatch.setattr(r, "reproduce", lambda store, run: result)
+    out = run("runs", "reproduce", "run-x")
+    assert "log_loss   recorded (not recorded)  reproduced 0.100000" in out and "MATCH" in out

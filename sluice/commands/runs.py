@@ -156,10 +156,15 @@ def runs_reproduce(run_id: str, as_json: bool) -> None:
         _echo_json(result)
     else:
         for m, v in result["reproduced"].items():
-            click.echo(f"{m:10} recorded {result['recorded'][m]:.6f}  reproduced {v:.6f}")
+            # A blend recorded its search winner's score on the run's metric only: the others have nothing to match.
+            recorded = result["recorded"].get(m)
+            was = "(not recorded)" if recorded is None else f"{recorded:.6f}"
+            click.echo(f"{m:10} recorded {was:>14}  reproduced {v:.6f}")
         verdict = "MATCH" if result["match"] else "DIFFERENT"
-        click.echo(f"{verdict}: max |difference| {result['max_abs_difference']:.2e} on {result['holdout_rows']} "
-                   f"holdout rows ({result['estimator']} refitted on {result['train_rows']} rows)")
+        diff = result["max_abs_difference"]
+        click.echo(f"{verdict}: max |difference| {'n/a' if diff is None else f'{diff:.2e}'} on "
+                   f"{result['holdout_rows']} holdout rows ({result['estimator']} refitted on {result['train_rows']} "
+                   "rows)")
     if not result["match"]:
         sys.exit(1)
 
