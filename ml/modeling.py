@@ -874,7 +874,7 @@ class _Watcher:
 def feature_name(column: str) -> str:
     """The name a learner is given for a column: the column's own, unless a learner would refuse or rewrite it;
     then one with `_` for those characters and a short hash of the original, so that no two columns share one."""
-    if not _UNSAFE_NAME.search(column):
+    if column and not _UNSAFE_NAME.search(column):  # "" (pandas' unnamed index column): LightGBM's model text loses it
         return column
     return f"{_UNSAFE_NAME.sub('_', column)}_{hashlib.sha256(column.encode()).hexdigest()[:8]}"
 

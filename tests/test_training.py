@@ -391,7 +391,7 @@ def test_a_refit_that_would_overrun_the_budget_is_skipped_and_the_judged_model_s
     assert shown.exit_code == 0 and "ships: the evaluated model, not refitted: no time left" in shown.output
 
 
-@pytest.mark.parametrize("column", ["précip mm", "temp [C]", "price, usd", "a:b"])
+@pytest.mark.parametrize("column", ["précip mm", "temp [C]", "price, usd", "a:b", ""])
 def test_a_column_name_lightgbm_would_rewrite_or_refuse_trains_and_scores(column: str) -> None:
     # vega's seattle-weather with a column renamed `précip mm`: LightGBM stored `précip_mm`, the loader refused the
     # model ("the model's features ... are not the encoding's columns") and every train attempt was dead-lettered;

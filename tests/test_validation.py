@@ -554,3 +554,30 @@ def test_a_zoned_datetime_column_written_by_pandas_reads_as_its_parquet_does(tmp
         assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
         typed[fmt] = pl.read_parquet(split.valid_path)["when"].to_list()
     assert typed["csv"] == typed["parquet"] and typed["csv"][0] == datetime(2024, 3, 1, 7, 0)  # the UTC instant
+
+
+def test_contract_infer_leaves_out_pandas_index_column(tmp_path: Path) -> None:
+    # `df.to_csv(path)` without index=False writes pandas' index as a first column named "": inferred as a feature,
+    # it numbered the rows in the file's order (sorted by class in many public datasets: a leak the gate refused),
+    # and LightGBM lost its empty name (training was dead-lettered).
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    frame = pd.DataFrame({"age": [30, 40, 50, 60], "city": ["rome", "paris", "rome", "paris"],
+                          "score": [1.5, 2.5, 3.5, 4.5], "label": ["no", "no", "yes", "yes"]})
+    path = tmp_path / "people.csv"
+    frame.to_csv(path)
+    assert path.read_text().startswith(",age,")
+    contract = infer_contract(read_sample(path.name, path.read_bytes()), "people", "label")
+    assert list(contract.columns) == ["age", "city", "score", "label"] and contract.extra_columns == "drop"
+    assert "pandas' index" in contract.to_yaml()
+    split = validate_file(path, "incoming/people/people.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid, split.columns) == (4, 0, ["age", "city", "score", "label"])
+    # a split keeps the original rows' numbers (here in class order: a leak if it were a feature)
+    frame.index = [7, 2, 90, 41]
+    frame.to_csv(path)
+    assert "" not in infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").columns
+    # a named first column is data
+    frame.rename_axis("n").to_csv(path)
+    assert "n" in infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").columns
