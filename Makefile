@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: install browser demo test lint typecheck layers localstack-venv localstack-up localstack-down bench clean
+.PHONY: install browser redis-binary demo test lint typecheck layers localstack-venv localstack-up localstack-down bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ browser:
 	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }; } \
 	  || echo "make browser: could not install chromium and chromium-driver; the browser tests will skip"; }
 
+# The redis-server binary test_faults.py starts on its own port (it kills and restarts it): Debian's package, when
+# missing (idempotent). The Redis the other tests use at 127.0.0.1:6379 is a service, not started here.
+redis-binary:
+	@command -v redis-server >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  command -v apt-get >/dev/null && { $$SUDO apt-get install -y -qq redis-server >/dev/null 2>&1 || \
+	    { $$SUDO apt-get update -qq >/dev/null 2>&1 && $$SUDO apt-get install -y -qq redis-server >/dev/null; }; } \
+	  || echo "make redis-binary: could not install redis-server; the fault tests will skip"; }
+
 localstack-venv:
 	$(PYTHON) localstack/localstack_host.py venv
 
@@ -46,7 +55,7 @@ typecheck: $(STAMP)
 layers: $(STAMP)
 	$(VENV)/bin/lint-imports
 
-test: $(STAMP) browser localstack-venv lint typecheck layers
+test: $(STAMP) browser redis-binary localstack-venv lint typecheck layers
 	$(PY) -m pytest
 
 # A quick look at the framework's own costs; every script in benchmarks/ says in its docstring what it measures.

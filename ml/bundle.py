@@ -45,7 +45,7 @@ from sluice.ml.blend import MEMBER
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
-from sluice.ml.validation import ISO_MIDNIGHT, POLARS_TYPES, typed_exprs
+from sluice.ml.validation import ISO_MIDNIGHT, POLARS_TYPES, no_value, shown, typed_exprs
 
 BUNDLE_FORMAT = "sluice-model-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -317,7 +317,7 @@ class Model:
                     if rec.get(f"_bad_type {name}"):
                         expected = self.contract.columns[name].dtype
                         problems.setdefault(i, []).append(
-                            (name, f"{name}: expected {expected}, got {_short(_shown(frame[name][i]))}"
+                            (name, f"{name}: expected {expected}, got {_short(shown(frame[name][i]))}"
                                    + (DATE_HAS_NO_TIME if expected == "date" else "")))
                 for j, (_, name, what) in enumerate(rules):
                     if rec[f"_rule {j}"]:
@@ -536,11 +536,6 @@ def _as_text(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
     return col.cast(pl.Utf8)
 
 
-def _shown(value: Any) -> Any:
-    """A timestamp as its ISO text (what the user sent), not datetime.datetime(...)."""
-    return value.isoformat(sep=" ") if isinstance(value, datetime) else value
-
-
 def _short(value: Any, limit: int = 60) -> str:
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
@@ -589,12 +584,10 @@ def _read_csv(path: Path) -> pl.DataFrame:
         what = str(exc).strip().splitlines()[0]
         hint = " (save it as UTF-8)" if "utf-8" in what.lower() else ""
         raise ModelInputError(f"{path} cannot be read as CSV: {what}{hint}") from None
-    _refuse_ragged(path, frame.width)
-    # polars 2 reads a blank line as a row of nulls: in a file with blank lines, rows with no value at all are left
-    # out, as pandas' reader and validation leave blank lines out.
-    blank = pl.col("line").str.strip_chars_end("\r").str.len_bytes() == 0
-    if pl.scan_lines(path).filter(blank).head(1).collect().height:
-        frame = frame.filter(~pl.all_horizontal(pl.all().is_null()))
+    if _refuse_ragged(path, frame.width):
+        # polars 2 reads a blank line as a row of nulls: in a file with blank lines, rows with no value at all are
+        # left out, as pandas' reader and validation leave blank lines out.
+        frame = frame.filter(~no_value())
     return frame
 
 
@@ -603,17 +596,20 @@ def _header_width(path: Path) -> int:
     return header["line"][0].count(",") + 1 if header.height else 0
 
 
-def _refuse_ragged(path: Path, width: int) -> None:
-    """The first line whose field count is not the header's (lines with quotes are left to the reader)."""
-    bad = (pl.scan_lines(path, row_index_name="i")
-           .filter((pl.col("i") > 0) & (pl.col("line").str.len_bytes() > 0)
-                   & ~pl.col("line").str.contains('"', literal=True)
-                   & (pl.col("line").str.count_matches(",", literal=True) != width - 1))
-           .head(1).collect())
-    if bad.height:
-        text = bad["line"][0]
-        raise ModelInputError(f"{path} line {int(bad['i'][0]) + 1} has {text.count(',') + 1} fields, the header has "
-                              f"{width}: {text[:80]!r}; quote fields that contain commas, or fix the line")
+def _refuse_ragged(path: Path, width: int) -> bool:
+    """Refuse the first line whose field count is not the header's (lines with quotes are left to the reader).
+    True when the file has a blank line: found in the same pass over the lines."""
+    line = pl.col("line")
+    odd = ((pl.col("i") > 0) & (line.str.len_bytes() > 0) & ~line.str.contains('"', literal=True)
+           & (line.str.count_matches(",", literal=True) != width - 1))
+    found = pl.scan_lines(path, row_index_name="i").select(
+        pl.col("i").filter(odd).first().alias("at"), line.filter(odd).first().alias("text"),
+        (line.str.strip_chars_end("\r").str.len_bytes() == 0).any().alias("blank")).collect()
+    if found["at"][0] is not None:
+        text = found["text"][0]
+        raise ModelInputError(f"{path} line {int(found['at'][0]) + 1} has {text.count(',') + 1} fields, the header "
+                              f"has {width}: {text[:80]!r}; quote fields that contain commas, or fix the line")
+    return bool(found["blank"][0])
 
 
 def _absent_keys(rows: list[Any]) -> dict[str, list[int]]:

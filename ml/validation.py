@@ -514,7 +514,7 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
         try:
             for raw in _batches(frame, batch_rows):
                 if skip_empty:
-                    empty = raw.select(pl.all_horizontal(pl.all().is_null())).to_series()
+                    empty = raw.select(no_value()).to_series()
                     if n_empty := int(empty.sum()):
                         split.rows_empty += n_empty
                         raw = raw.filter(~empty)
@@ -659,7 +659,7 @@ class _Typing:
                     again = again.slice(1)
                 out = out.with_columns(typed.scatter(at, again[name].cast(typed.dtype, strict=False)))
                 rows, non_finite_rows = at.gather(again["f"].arg_true()), at.gather(again["n"].arg_true())
-            failures += [Failure(name, f"dtype {spec.dtype}", row=offset + i + 1, value=_cell(raw[name][i]))
+            failures += [Failure(name, f"dtype {spec.dtype}", row=offset + i + 1, value=shown(raw[name][i]))
                          for i in rows.to_list()]
             if spec.dtype == "float":
                 failures += [Failure(name, "finite number", row=offset + i + 1, value=str(raw[name][i]))
@@ -905,9 +905,15 @@ class _Sampler:
         return None if self.kept is None else self.kept.drop("_u")
 
 
-def _cell(value: Any) -> Any:
-    """A cell as a failure shows it: a Parquet timestamp as its ISO text (a repr would be datetime.datetime(...))."""
+def shown(value: Any) -> Any:
+    """A cell as a failure shows it: a timestamp as its ISO text (what the user sent; a repr would be
+    datetime.datetime(...)). Shared with the model loader's refusals (ml/bundle.py)."""
     return value.isoformat(sep=" ") if isinstance(value, datetime) else value
+
+
+def no_value() -> pl.Expr:
+    """True for a row with no value at all: what polars 2 reads a blank line as (and a line of empty cells)."""
+    return pl.all_horizontal(pl.all().is_null())
 
 
 def _jsonable(value: Any) -> Any:
@@ -929,4 +935,4 @@ def read_sample(key: str, data: bytes) -> pl.DataFrame:
     frame = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
     # Blank lines (and lines of empty cells) are rows of nulls to polars 2: left out, as validation leaves them out,
     # or they would make every column look nullable.
-    return frame.filter(~pl.all_horizontal(pl.all().is_null())) if frame.width else frame
+    return frame.filter(~no_value()) if frame.width else frame

@@ -87,3 +87,16 @@ def run_chain(rt: Runtime, key: str, data: bytes) -> dict[str, Any]:
     [new] = [k for k in rt.store.keys("") if k.endswith("run.json") and k not in before]
     run: dict[str, Any] = rt.store.get_json(new)
     return run
+
+
+def drain(broker: Any, queue: str) -> None:
+    """Run a Dramatiq worker on `broker` (a StubBroker) until `queue` is empty, failures and retries included."""
+    from dramatiq import Worker
+
+    worker = Worker(broker, worker_timeout=50)
+    worker.start()
+    try:
+        broker.join(queue, fail_fast=False)
+        worker.join()
+    finally:
+        worker.stop()

@@ -134,7 +134,6 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
     from dataclasses import replace
 
     import dramatiq
-    from dramatiq import Worker
     from dramatiq.brokers.stub import StubBroker
     from moto import mock_aws
 
@@ -145,7 +144,7 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
     from sluice.infra.online import MemoryOnline
     from sluice.infra.state import MemoryState
     from sluice.service import build_runtime
-    from tests.chain import ledger, prepare
+    from tests.chain import drain, ledger, prepare
 
     with mock_aws():
         settings = replace(Settings(), bucket="sluice-killer", broker_url="memory://", min_backoff_ms=10)
@@ -165,16 +164,7 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
         for _ in range(MAX_KILLED_ATTEMPTS):  # what three deliveries killed with kill -9 leave behind
             rt.state.began(began, 60)
 
-        def run_worker() -> None:
-            worker = Worker(broker, worker_timeout=50)
-            worker.start()
-            try:
-                broker.join(rt.queue_name, fail_fast=False)
-                worker.join()
-            finally:
-                worker.stop()
-
-        run_worker()
+        drain(broker, rt.queue_name)
         [record] = deadletters.records(rt.store)
         entry = ledger(rt.store, key)
         assert entry is not None and entry["outcome"] == "failed", entry
@@ -182,6 +172,6 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
         assert "deadletter redrive" in entry["what_to_do"]
         assert not list(rt.store.keys("validated/"))  # not run: it would have killed this worker too
         deadletters.redrive(rt, [record["message_id"]])  # a new message: its own count
-        run_worker()
+        drain(broker, rt.queue_name)
         entry = ledger(rt.store, key)
         assert entry is not None and entry["outcome"] == "validated", entry

@@ -177,11 +177,11 @@ def test_a_stored_contract_that_does_not_parse_quarantines_the_drop(runtime: Run
 
 
 def test_permanent_errors_are_not_retried_and_transient_ones_are() -> None:
-    from dramatiq import Worker
     from dramatiq.brokers.stub import StubBroker
 
     from sluice.core.app import Pipeline
     from sluice.core.errors import TransientError
+    from tests.chain import drain
 
     calls: dict[str, int] = {"permanent": 0, "transient": 0}
 
@@ -205,13 +205,7 @@ def test_permanent_errors_are_not_retried_and_transient_ones_are() -> None:
         rt = build_runtime(settings, pipeline, broker=broker, state=MemoryState())
         for key in ("incoming/p/a.csv", "incoming/t/a.csv"):
             rt.dispatch(ObjectCreated(settings.bucket, key, 1, "etag"))
-        worker = Worker(broker, worker_timeout=50)
-        worker.start()
-        try:
-            broker.join(settings.namespace, fail_fast=False)
-            worker.join()
-        finally:
-            worker.stop()
+        drain(broker, settings.namespace)
         dead = sorted(json.loads(rt.store.get(k))["actor"] for k in rt.store.keys("deadletter/"))
     assert calls == {"permanent": 1, "transient": 3}  # the first attempt and two retries
     assert dead == [f"{settings.namespace}.permanent", f"{settings.namespace}.transient"]
