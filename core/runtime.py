@@ -85,9 +85,10 @@ def publish_once(publisher: Publisher, store: ObjectStore, event: ModelEvent, *,
     return True
 # Retrying cannot fix these; they are recorded (quarantine, refusal, dead letter) on the first failure.
 PERMANENT = (InputError, IntegrityError, ContractError, ModelInputError, AppError, WorkerKilled)
-# Deliveries of one attempt (a message and its retry count) that began and never ended before it is dead-lettered:
-# Dramatiq redelivers a dead worker's messages without counting them as retries, so a file that kills its worker
-# (out of memory, a native crash) would otherwise kill every worker that takes it, forever.
+# Deliveries of one message that began and never ended before it is dead-lettered: Dramatiq redelivers a dead
+# worker's messages without counting them as retries, so a file that kills its worker (out of memory, a native
+# crash) would otherwise kill every worker that takes it, forever. Counted per message id, not per retry: a
+# redelivery that finds the dead worker's lease still held is retried (a new retry count) before it runs.
 MAX_KILLED_ATTEMPTS = 3
 KILLED_COUNT_TTL_S = 24 * 3600
 
@@ -123,6 +124,12 @@ def _attempt(proxy: Any) -> str:
     if proxy is not None:
         return f"{proxy.message_id[:8]}.{int(proxy.options.get('retries', 0))}"
     return uuid.uuid4().hex[:8]
+
+
+def began_key(claim: str, message: Any) -> str:
+    """What counts the beginnings of a stage's message (`StateBackend.began`): its claim key and message id. Only
+    the ends a process records clear it; a busy retry neither begins nor ends."""
+    return f"{claim}#{message.message_id if message is not None else uuid.uuid4().hex[:8]}"
 
 
 def object_id(event: ObjectCreated) -> str:
@@ -312,7 +319,7 @@ class Runtime:
         if pause := self.settings.fault_delay_s(name):
             log.warning("fault injection: holding %s on %s for %gs", name, event.key, pause)
             time.sleep(pause)
-        began = f"{key}#{attempt}"
+        began = began_key(key, message)
         try:
             self._refuse_a_killer(name, event, began, message)
             try:
@@ -368,13 +375,13 @@ class Runtime:
         self.on_event("done", {"stage": name, "key": event.key, "object_id": object_id(event)})
         return result
 
-    def _refuse_a_killer(self, stage: str, event: ObjectCreated, began_key: str, message: Any) -> None:
-        """Raise WorkerKilled when this very delivery (message and retry count) began MAX_KILLED_ATTEMPTS times
+    def _refuse_a_killer(self, stage: str, event: ObjectCreated, counter: str, message: Any) -> None:
+        """Raise WorkerKilled when this very message began MAX_KILLED_ATTEMPTS times
         before and never ended: a counter in the state backend, cleared by any end a process records (`_run`'s
         finally), so only deaths leave it counting."""
         if message is None:
             return  # run directly: no redelivery to count
-        before = self.state.began(began_key, KILLED_COUNT_TTL_S) - 1
+        before = self.state.began(counter, KILLED_COUNT_TTL_S) - 1
         if before >= MAX_KILLED_ATTEMPTS:
             trace_id = _trace().get("trace_id")
             where = f"`sluice trace {trace_id[:16]}` lists the attempts" if trace_id else "the workers' logs"

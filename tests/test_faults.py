@@ -241,6 +241,48 @@ def test_a_worker_killed_in_each_stage_is_taken_over_by_the_next(deployment: tup
             assert f"fault injection: holding {stage}" in logs
 
 
+def began_count(settings: Settings, stage: str) -> int:
+    """How many times a `stage` message began and did not end (core/runtime.py began_key), in the deployment's Redis."""
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url)
+    counts = [int(client.get(k) or 0) for k in client.scan_iter(f"{settings.namespace}:began:{stage}#*")]
+    return max(counts, default=0)
+
+
+def test_a_message_that_kills_its_worker_three_times_is_dead_lettered_then_redriven(
+        deployment: tuple[Settings, Workers]) -> None:
+    """A fit killed with SIGKILL three times, each in a new worker: the fourth delivery is not run (it would kill
+    that worker too) but dead-lettered as WorkerKilled; `sluice deadletter redrive` then runs it to one version."""
+    from sluice.core import deadletters
+    from sluice.core.runtime import MAX_KILLED_ATTEMPTS
+
+    settings, workers = deployment
+    store = S3Store(settings)
+    key = f"incoming/{DATASET}/cancer.csv"
+    store.put(key, sample_bytes())
+    try:
+        for n in range(1, MAX_KILLED_ATTEMPTS + 1):
+            doomed = workers.start()
+            wait_for(lambda n=n: began_count(settings, "train") >= n, CONVERGE_S,  # type: ignore[misc]
+                     f"train to begin a {n}. time")
+            doomed.send_signal(signal.SIGKILL)
+            doomed.wait()
+        workers.start()
+        wait_for(lambda: any("train" in r["actor"] for r in deadletters.records(store)), CONVERGE_S,
+                 "the train message dead-lettered")
+    except AssertionError:
+        raise AssertionError(workers.logs()) from None
+    [record] = [r for r in deadletters.records(store) if "train" in r["actor"]]
+    assert "WorkerKilled" in record["traceback"] and f"began {MAX_KILLED_ATTEMPTS} times before" in record["traceback"]
+    assert not versions(store)
+    cli(settings, "deadletter", "redrive", str(record["message_id"]))
+    try:
+        wait_for(lambda: len(versions(store)) == 1, CONVERGE_S, "one version after the redrive")
+    except AssertionError:
+        raise AssertionError(workers.logs()) from None
+
+
 def test_redis_and_worker_lost_while_train_waits_then_reconcile_restores_the_chain(
         deployment: tuple[Settings, Workers], redis_server: RedisServer) -> None:
     settings, workers = deployment

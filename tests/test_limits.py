@@ -138,7 +138,7 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
     from moto import mock_aws
 
     from sluice.core import deadletters
-    from sluice.core.runtime import MAX_KILLED_ATTEMPTS, claim_key
+    from sluice.core.runtime import MAX_KILLED_ATTEMPTS, began_key, claim_key
     from sluice.core.settings import Settings
     from sluice.handlers import build_pipeline
     from sluice.infra.online import MemoryOnline
@@ -160,7 +160,7 @@ def test_a_drop_that_kills_its_worker_again_and_again_is_dead_lettered_not_run_f
         rt.dispatch(event)
         [raw] = list(broker.queues[rt.queue_name].queue)
         message = dramatiq.Message.decode(raw)
-        began = f"{claim_key('validate', event)}#{message.message_id[:8]}.0"
+        began = began_key(claim_key("validate", event), message)
         for _ in range(MAX_KILLED_ATTEMPTS):  # what three deliveries killed with kill -9 leave behind
             rt.state.began(began, 60)
 
