@@ -53,6 +53,12 @@ def test_a_stored_model_scores_mixed_data_exactly_as_in_memory_through_every_loa
     runtime.store.put(f"contracts/{mixed.DATASET}.yaml", contract.to_yaml().encode())
     run = run_chain(runtime, f"incoming/{mixed.DATASET}/a.csv", mixed.csv_bytes(mixed.frame(800, 0)))
     assert run["best_estimator"] == "lgbm"
+    # The run reproduces on this data too: the search's rows (its validation band) and rounds, the split, the
+    # encoding of three categorical columns out of alphabetical order, dates and nulls.
+    from sluice.ml import runs
+
+    assert run.get("search"), "FLAML validated on the search's band here: what reproducing must recompute"
+    assert runs.reproduce(runtime.store, run)["match"]
 
     new = mixed.frame(300, 1, unseen=True)  # brands b98/b99 were never seen in training
     expected = _reference(runtime, run, contract, new)
