@@ -55,8 +55,6 @@ def test_a_stored_model_scores_mixed_data_exactly_as_in_memory_through_every_loa
     assert run["best_estimator"] == "lgbm"
     # The run reproduces on this data too: the search's rows (its validation band) and rounds, the split, the
     # encoding of three categorical columns out of alphabetical order, dates and nulls.
-    from sluice.ml import runs
-
     assert run.get("search"), "FLAML validated on the search's band here: what reproducing must recompute"
     assert runs.reproduce(runtime.store, run)["match"]
 
