@@ -414,10 +414,14 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         columns[name], notes[f"columns.{name}"] = spec, note
     y = frame[target].drop_nulls()
     distinct = y.n_unique()
+    # pandas writes an integer column that has a missing value as floats (1.0, 2.0, ...): labels with a gap must not
+    # turn a classifier into a regression, so whole-number floats count as the integers they are.
+    whole = _dtype_of(y.dtype) == "int" or (_dtype_of(y.dtype) == "float" and y.len() > 0
+                                             and bool((y == y.round(0)).all()) and bool(y.is_finite().all()))
     task: Task
     if distinct <= 2:
         task = "binary"
-    elif _dtype_of(y.dtype) in ("str", "bool") or (_dtype_of(y.dtype) == "int" and distinct <= 20):
+    elif _dtype_of(y.dtype) in ("str", "bool") or (whole and distinct <= 20):
         task = "multiclass"
     else:
         task = "regression"
@@ -443,7 +447,10 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         "quarantined. Tighten them to the observed range to be strict. Features are nullable (the model handles "
         "missing values): set `nullable: false` to require a value. Text features accept any value (an unseen one "
         "scores as missing): add `categories: [...]` to quarantine rows with other values.")
-    notes["task"] = f"{task}: from the target's {distinct} distinct values and type."
+    notes["task"] = f"{task}: from the target's {distinct} distinct values and type." + (
+        " They are whole numbers written as decimals (pandas writes an integer column with missing values so): "
+        "set `task: regression` and drop the target's `categories` if they are amounts, not classes."
+        if whole and _dtype_of(y.dtype) == "float" and task == "multiclass" else "")
     notes["max_invalid_fraction"] = (
         f"Up to {INFERRED_MAX_INVALID_FRACTION:.0%} of a file's rows may break a rule: they are quarantined with a "
         "report (file, row, column, rule) and the rest goes on; above it the whole file stops. One bad row in a "

@@ -581,3 +581,34 @@ def test_contract_infer_leaves_out_pandas_index_column(tmp_path: Path) -> None:
     # a named first column is data
     frame.rename_axis("n").to_csv(path)
     assert "n" in infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").columns
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_class_labels_with_a_gap_written_as_floats_stay_classes(fmt: str, tmp_path: Path) -> None:
+    # pandas turns an integer column with a missing value into floats: wine's classes 0, 1, 2 with three labels not
+    # known yet were written 0.0, 1.0, 2.0 and inferred as a regression, so the user got an RMSE and a regressor.
+    import io
+
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    df = pd.DataFrame({"x": [float(i) for i in range(60)], "y": [float(i % 3) for i in range(60)]})
+    df.loc[[4, 31], "y"] = None
+    if fmt == "csv":
+        data = df.to_csv(index=False).encode()
+    else:
+        buf = io.BytesIO()
+        df.to_parquet(buf)
+        data = buf.getvalue()
+    contract = parse_contract(infer_contract(read_sample(f"x.{fmt}", data), "w", "y").to_yaml())
+    assert (contract.task, contract.metric) == ("multiclass", "log_loss")
+    assert contract.columns["y"].categories == ["0.0", "1.0", "2.0"] and contract.columns["y"].nullable
+    (tmp_path / f"x.{fmt}").write_bytes(data)
+    split = validate_file(tmp_path / f"x.{fmt}", f"incoming/w/x.{fmt}", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+    # amounts stay a regression: decimals, or more whole values than classes usually have
+    amounts = pd.DataFrame({"x": range(60), "y": [i * 0.5 for i in range(60)]})
+    assert infer_contract(read_sample("a.csv", amounts.to_csv(index=False).encode()), "a", "y").task == "regression"
+    counts = pd.DataFrame({"x": range(60), "y": [float(i) for i in range(60)]})
+    assert infer_contract(read_sample("c.csv", counts.to_csv(index=False).encode()), "c", "y").task == "regression"
