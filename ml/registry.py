@@ -618,6 +618,12 @@ class ModelRegistry:
                 "aliases": idx.alias_docs(), "sequence": idx.sequence,
                 "stages": {int(d["version"]): idx.stage(int(d["version"])) for d in docs}, "versions": docs}
 
+    def stage(self, model: str, number: int) -> str | None:
+        """A version's lifecycle stage (None: not registered), from the index: the head and at most one page."""
+        idx, _ = self._load(model, write=False, pages=lambda i: i.missing([("stages", number - 1)]) if number >= 1
+                            else [])
+        return idx.stage(number)
+
     def indexed_versions(self, model: str) -> tuple[Index, dict[int, dict[str, Any]]]:
         """The index and every version document, from the index's pages (one request per 20 versions, in
         parallel) rather than one per version; a version missing from its page is read on its own."""
