@@ -617,3 +617,28 @@ def test_the_dashboards_model_and_version_pages_cost_the_same_at_any_length(
     with pytest.raises(SluiceError, match="not 10"):
         board.model("m", None, page=10)
     assert f'<span class="pill {snap.stages[2]}">' in board.version("m", 2)
+
+
+def test_a_runs_version_stage_and_gate_record_cost_the_same_at_any_length(registry: ModelRegistry) -> None:
+    # `sluice trace` found a drop's version by reading every version and replaying the history twice.
+    def answer(run_id: str) -> tuple[Any, ...]:
+        found = fresh(registry).run_state("m", run_id)
+        assert found is not None
+        version, stage, record = found
+        return version["version"], stage, record["sequence"] if record else None
+
+    def replayed(run_id: str) -> tuple[Any, ...]:
+        [version] = [v for v in registry.versions("m") if v["run_id"] == run_id]
+        n = version["version"]
+        gate = [r for r in registry.history("m") if r["version"] == n and r.get("cause") == "gate"]
+        return n, registry.snapshot("m").stages[n], gate[-1]["sequence"]
+
+    populate(registry, 6)
+    small = count_requests(registry, lambda: answer("r2"))
+    populate(registry, 30, start=6)
+    registry.rollback("m", reason="r", by="me", at=t(90))
+    large = count_requests(registry, lambda: answer("r2"))
+    assert sum(large.values()) <= sum(small.values()) + 2 and "ListObjectsV2" not in large, (small, large)
+    for run_id in ("r0", "r2", "r33", "r35"):
+        assert answer(run_id) == replayed(run_id)
+    assert fresh(registry).run_state("m", "never-registered") is None
