@@ -45,7 +45,7 @@ from sluice.ml.blend import MEMBER
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
-from sluice.ml.validation import ISO_MIDNIGHT, POLARS_TYPES, no_value, shown, typed_exprs
+from sluice.ml.validation import ISO_MIDNIGHT, MISSING_MARKERS, POLARS_TYPES, no_value, shown, typed_exprs
 
 BUNDLE_FORMAT = "sluice-model-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -464,7 +464,7 @@ def _fast_value(v: Any, dtype: str) -> Any:
         if dtype == "str":
             return v
         s = v.strip()
-        if not s:
+        if not s or s in MISSING_MARKERS:  # a blank, or NA, N/A, null, -, ?: missing, as validation reads it
             return None
         if dtype == "int":
             if _INT.fullmatch(s):

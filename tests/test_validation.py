@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -554,6 +555,44 @@ def test_a_zoned_datetime_column_written_by_pandas_reads_as_its_parquet_does(tmp
         assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
         typed[fmt] = pl.read_parquet(split.valid_path)["when"].to_list()
     assert typed["csv"] == typed["parquet"] and typed["csv"][0] == datetime(2024, 3, 1, 7, 0)  # the UTC instant
+
+
+@pytest.mark.parametrize("marker", ["NA", "N/A", "null", "-", "?", "#N/A"])
+def test_numbers_with_missing_markers_are_numbers_to_infer_and_to_validation(marker: str, tmp_path: Path) -> None:
+    # vega's cars with its missing mpg and horsepower written as R (NA), Excel (-, #N/A), SQL (null) or UCI (?) write
+    # them: the columns were inferred as text, so the model took horsepower for a category (an unseen value scored
+    # as missing).
+    from sluice.ml.validation import read_sample
+
+    rows = [f"{i},{'' if i % 7 == 0 else 100 + i},{'' if i % 5 == 0 else i / 4},{'NA' if i % 2 else 'EU'}"
+            for i in range(60)]
+    text = ("id,horsepower,mpg,origin\n" + "\n".join(rows) + "\n").replace(",,", f",{marker},")
+    text = text.replace(",\n", f",{marker}\n")
+    assert marker in text
+    contract = parse_contract(infer_contract(read_sample("cars.csv", text.encode()), "cars", "origin").to_yaml())
+    assert (contract.columns["horsepower"].dtype, contract.columns["mpg"].dtype) == ("int", "float")
+    assert contract.columns["origin"].categories == ["EU", "NA"]  # a text column keeps "NA" as written
+    (tmp_path / "cars.csv").write_text(text)
+    split = validate_file(tmp_path / "cars.csv", "incoming/cars/cars.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+    data = pl.read_parquet(split.valid_path)
+    assert (data["horsepower"].null_count(), data["mpg"].null_count()) == (9, 12)
+    assert data["origin"].to_list().count("NA") == 30
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"name;price;label\nx;1,5;a\ny;2,5;b\n", "separated by ';', not a comma"),
+    ("name,label\ncafé,a\nthé,b\n".encode("latin-1"), "is not UTF-8: line 2"),
+    (b"a,b,a,label\n1,2,3,x\n4,5,6,y\n", "duplicate column names: ['a']"),
+    (b'a,label\n"1,x\n', "could not be parsed as CSV"),
+])
+def test_contract_infer_refuses_what_validation_refuses_without_a_traceback(data: bytes, message: str) -> None:
+    # Excel's French export (; and decimal commas) and its Windows "CSV" (cp1252) made `sluice contract infer` print
+    # polars' traceback; duplicate names were renamed (a_duplicated_0) into a contract every drop then broke.
+    from sluice.ml.validation import read_sample
+
+    with pytest.raises(UnreadableFile, match=re.escape(message)):
+        read_sample("export.csv", data)
 
 
 def test_contract_infer_leaves_out_pandas_index_column(tmp_path: Path) -> None:
