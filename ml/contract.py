@@ -408,7 +408,7 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     notes: dict[str, str] = {}
     index = _pandas_index(frame, target)
     for name in frame.columns:
-        if name == index:
+        if name in index:
             continue
         spec, note = _infer_column(frame[name], is_target=name == target)
         columns[name], notes[f"columns.{name}"] = spec, note
@@ -467,30 +467,41 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     if features:
         notes["features"] = ("Date parts (month, day of month, weekday, and hour for datetimes) as features: the "
                              "date itself only gives the model a trend. Remove any that should not matter.")
-    if index is not None:
-        notes["extra_columns"] = (f"drop: the sample's first column {index!r} is unnamed and numbers its rows (pandas' "
-                                  "index, written by `to_csv()` without `index=False`): it is not data, so it is "
-                                  "left out of `columns`, and columns the contract does not name are dropped. Set "
-                                  "`reject` once files come without it.")
+    if index:
+        where = (f"the sample's first column {index[0]!r} is unnamed and numbers its rows (pandas' index, written by "
+                 "`to_csv()` without `index=False`)" if not PARQUET_INDEX.match(index[0]) else
+                 f"the sample's column {index[0]!r} is pandas' index (written by `to_parquet()` for a frame whose "
+                 "index is not 0, 1, 2, ...: filtered, sampled or sorted; `reset_index(drop=True)` leaves it out)")
+        notes["extra_columns"] = (f"drop: {where}: it is not data, so it is left out of `columns`, and columns the "
+                                  "contract does not name are dropped. Set `reject` once files come without it.")
     return Contract(
         dataset=dataset, target=target, task=task, metric=DEFAULT_METRIC[task],  # type: ignore[arg-type]
         columns=columns, max_invalid_fraction=INFERRED_MAX_INVALID_FRACTION, features=features,
         training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
-        extra_columns="drop" if index is not None else "reject",
+        extra_columns="drop" if index else "reject",
     ).with_notes(notes)
 
 
-def _pandas_index(frame: pl.DataFrame, target: str) -> str | None:
-    """The name of a first column that is pandas' index written into the file (`to_csv()` without `index=False`):
-    unnamed ("" or pandas' own "Unnamed: 0") and whole numbers. Not always 0, 1, 2, ... in order: a split or a
-    sample keeps the original rows' numbers, which in a file sorted by class tell the class."""
+# pandas' to_parquet() writes an unnamed index that is not a plain 0..n-1 range as a column of this name.
+PARQUET_INDEX = re.compile(r"^__index_level_[0-9]+__$")
+
+
+def _pandas_index(frame: pl.DataFrame, target: str) -> list[str]:
+    """The columns that are pandas' index written into the file: a first column, unnamed ("" or pandas' own
+    "Unnamed: 0") and whole numbers (`to_csv()` without `index=False`), or the `__index_level_N__` columns of
+    `to_parquet()`. Not always 0, 1, 2, ... in order: a split or a sample keeps the original rows' numbers, which in
+    a file sorted by class tell the class, and a model that needs them cannot score a frame (pandas and polars leave
+    the index out of its columns)."""
+    parquet = [c for c in frame.columns if PARQUET_INDEX.match(c) and c != target]
+    if parquet:
+        return parquet
     if frame.width < 3 or frame.height == 0:
-        return None
+        return []
     name = frame.columns[0]
     s = frame[name]
     if name not in ("", "Unnamed: 0") or name == target or not s.dtype.is_integer() or s.null_count():
-        return None
-    return name
+        return []
+    return [name]
 
 
 def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:

@@ -622,6 +622,29 @@ def test_contract_infer_leaves_out_pandas_index_column(tmp_path: Path) -> None:
     assert "n" in infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").columns
 
 
+def test_contract_infer_leaves_out_pandas_index_in_a_parquet_file(tmp_path: Path) -> None:
+    # `df.to_parquet()` of a filtered or split frame (its index not 0..n-1) writes the index as `__index_level_0__`:
+    # inferred as a feature, the model then refused every row of a frame or file without it ("column
+    # '__index_level_0__' is missing"), and the numbers told the class in a file sorted by it.
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    frame = pd.DataFrame({"age": [30, 40, 50, 60, 70, 80], "score": [1.5, 2.5, 3.5, 4.5, 5.5, 6.5],
+                          "label": ["no", "no", "no", "yes", "yes", "yes"]})
+    kept = frame[frame["age"] != 40]
+    path = tmp_path / "people.parquet"
+    kept.to_parquet(path)
+    assert "__index_level_0__" in pl.read_parquet(path).columns
+    contract = infer_contract(read_sample(path.name, path.read_bytes()), "people", "label")
+    assert list(contract.columns) == ["age", "score", "label"] and contract.extra_columns == "drop"
+    assert "to_parquet()" in contract.to_yaml()
+    split = validate_file(path, "incoming/people/people.parquet", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid, split.columns) == (5, 0, ["age", "score", "label"])
+    kept.reset_index(drop=True).to_parquet(path)  # a plain range index is not written
+    assert infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").extra_columns == "reject"
+
+
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
 def test_class_labels_with_a_gap_written_as_floats_stay_classes(fmt: str, tmp_path: Path) -> None:
     # pandas turns an integer column with a missing value into floats: wine's classes 0, 1, 2 with three labels not
