@@ -372,8 +372,9 @@ class _FastRows:
         self.codes = {name: {c: i for i, c in enumerate(cats)} for name, cats in encoding.categorical.items()}
         self.category_codes = {t.name: {c: i for i, c in enumerate(contract.columns[t.columns[0]].categories or [])}
                                for t in contract.features if t.op == "category_code"}
-        if any(spec.dtype == "datetime" for _, spec in self.columns):
-            self.columns = []  # datetimes take the general path (time zones, epoch rounding)
+        if any(spec.dtype == "datetime" or spec.format is not None for _, spec in self.columns):
+            # datetimes take the general path (time zones, epoch rounding), and so do dates in a contract's layout
+            self.columns = []
             self.enabled = False
         else:
             self.enabled = True

@@ -13,7 +13,17 @@ from typing import Any, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sluice.core import keys
 from sluice.core.errors import ContractError, SluiceError
@@ -50,6 +60,24 @@ class ColumnSpec(_Strict):
     # Checks the app registers (`@app.check`), by name, or as {name: {parameter: value}}: the user's own code,
     # never code from the bucket. A row failing one is quarantined like any other rule.
     checks: list[str | dict[str, dict[str, Any]]] = Field(default_factory=list)
+    # A date or datetime column's layout when it is not one polars reads unaided (`%m/%d/%Y`: US dates, which it
+    # reads as day first where it can and not at all where it cannot). Written by `contract infer`; validation and
+    # every scoring path read the column with it (ISO dates are taken too).
+    format: str | None = Field(default=None, pattern=r"^(%[dmYyHMS]|%\.f|[-/. :T])+$")
+
+    @model_validator(mode="after")
+    def _format_for_dates(self) -> ColumnSpec:
+        if self.format is not None and self.dtype not in ("date", "datetime"):
+            raise ValueError(f"format {self.format!r} is for a date or datetime column, not {self.dtype}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_format(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A contract without formats dumps (and fingerprints) as it did before the field existed.
+        out: dict[str, Any] = handler(self)
+        if out.get("format") is None:
+            out.pop("format", None)
+        return out
 
     @field_validator("checks")
     @classmethod
@@ -411,6 +439,11 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         if name in index:
             continue
         spec, note = _infer_column(frame[name], is_target=name == target)
+        if spec.dtype == "str" and name != target and (found := _date_layout(frame[name])) is not None:
+            dtype, layout = found
+            spec = ColumnSpec(dtype=dtype, nullable=True, format=layout)  # type: ignore[arg-type]
+            note = (f"{frame[name].null_count()} missing of {frame.height}; every value reads as {layout} (kept as "
+                    "`format`, so a day that could be a month is never read the other way)")
         columns[name], notes[f"columns.{name}"] = spec, note
     y = frame[target].drop_nulls()
     distinct = y.n_unique()
@@ -550,6 +583,28 @@ def _comment(text: str | None, indent: int) -> list[str]:
     import textwrap
 
     return [" " * indent + "# " + line for line in textwrap.wrap(text, 110 - indent)]
+
+
+# Layouts `contract infer` recognises in a text column that polars did not read as dates: the first that reads every
+# value wins (day first before month first: a sample with a day above 12 tells them apart).
+DATE_LAYOUTS = (("date", "%d/%m/%Y"), ("date", "%m/%d/%Y"), ("date", "%d-%m-%Y"), ("date", "%m-%d-%Y"),
+                ("date", "%d.%m.%Y"), ("date", "%Y/%m/%d"),
+                ("datetime", "%d/%m/%Y %H:%M:%S"), ("datetime", "%m/%d/%Y %H:%M:%S"), ("datetime", "%d/%m/%Y %H:%M"),
+                ("datetime", "%m/%d/%Y %H:%M"), ("datetime", "%Y/%m/%d %H:%M:%S"))
+
+
+def _date_layout(s: pl.Series) -> tuple[str, str] | None:
+    """(dtype, format) when every value of a text column reads as one date layout."""
+    values = s.drop_nulls().str.strip_chars()
+    values = values.filter(values.str.len_bytes() > 0)
+    if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
+        return None
+    for dtype, layout in DATE_LAYOUTS:
+        read = (values.str.to_date(layout, strict=False) if dtype == "date"
+                else values.str.to_datetime(layout, strict=False, time_unit="us"))
+        if not read.null_count():
+            return dtype, layout
+    return None
 
 
 def _dtype_of(dtype: pl.DataType) -> DType:

@@ -683,7 +683,7 @@ class _Typing:
                                        "False": False, "TRUE": True, "FALSE": False}, default=None,
                                       return_dtype=pl.Boolean)
         if spec.dtype in ("date", "datetime"):
-            fmt = self._format(raw[name], spec.dtype)
+            fmt = spec.format or self._format(raw[name], spec.dtype)
             if fmt is None:
                 return None
             if spec.dtype == "date":
@@ -750,6 +750,12 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
         elif spec.dtype == "bool":
             typed = s.str.to_lowercase().replace_strict(
                 {"true": True, "false": False, "1": True, "0": False}, default=None, return_dtype=pl.Boolean)
+        elif spec.dtype == "date" and spec.format is not None:
+            # the contract's layout (US dates), or an ISO date: never polars' guess, which reads 02/03 as 2 March
+            typed = pl.coalesce(s.str.to_date(spec.format, strict=False), s.str.to_date("%Y-%m-%d", strict=False),
+                                s.str.extract(ISO_MIDNIGHT.pattern, 1).str.to_date("%Y-%m-%d", strict=False))
+        elif spec.dtype == "datetime" and spec.format is not None:
+            typed = s.str.to_datetime(spec.format, strict=False, time_unit="us")
         elif spec.dtype == "date":
             typed = s.str.to_date(strict=False)
             # An ISO datetime at exactly midnight ("2025-04-05T00:00:00", what pandas' to_json and many APIs write)

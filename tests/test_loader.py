@@ -341,9 +341,12 @@ def test_a_pandas_frame_as_row_dicts_scores_as_the_frame_does(shop_model: bundle
 
 @pytest.fixture(scope="module")
 def shop_model() -> bundle.Model:
+    return _shop_model(mixed.contract())
+
+
+def _shop_model(contract: Contract) -> bundle.Model:
     from sluice.ml.transforms import apply_transforms, frequency_tables
 
-    contract = mixed.contract()
     train = apply_transforms(mixed.frame(600, 0), contract)
     encoding = modeling.Encoding.fit(train, contract)
     booster = _booster(train, encoding, contract)
@@ -488,6 +491,26 @@ def test_missing_markers_in_numbers_score_as_missing_on_every_path(shop_model: b
         assert fast is not None and np.array_equal(fast.scores, blank.scores[:1]), marker
     # a text column keeps the marker as written: "NA" may be a value (North America)
     assert shop_model.predict({**rows.to_dicts()[1], "brand": "NA"}).unscored == []
+
+
+def test_a_date_column_with_a_layout_scores_in_that_layout_on_every_path(shop_model: bundle.Model,
+                                                                          tmp_path: Path) -> None:
+    # A contract inferred from US dates says `format: "%m/%d/%Y"`: the model must read new rows so (02/03/2024 is
+    # 3 February, not polars' guess of 2 March), from a file, a frame, row dicts and one row as `sluice serve` does.
+    contract = mixed.contract()
+    us = contract.model_copy(update={"columns": {**contract.columns, "signup": contract.columns["signup"].model_copy(
+        update={"format": "%m/%d/%Y"})}})
+    model = _shop_model(us)
+    assert model.contract.columns["signup"].format == "%m/%d/%Y"  # it travels in the bundle
+    rows = mixed.frame(40, 8).filter(pl.col("signup").dt.day() <= 12)
+    expected = shop_model.predict(rows)
+    assert expected.unscored == [] and rows.height > 5
+    written = rows.with_columns(pl.col("signup").dt.strftime("%m/%d/%Y"))
+    for got in (model.predict(_written(tmp_path / "us.csv", mixed.csv_bytes(written))), model.predict(written),
+                model.predict(written.to_dicts()), model.predict(written.to_dicts()[0])):
+        assert got.unscored == [], got.unscored[:2]
+        assert np.array_equal(got.scores, expected.scores[: len(got.scores)])
+    assert model.predict({**rows.to_dicts()[0], "signup": "2024-02-03"}).unscored == []  # ISO is taken too
 
 
 def test_a_date_with_a_time_of_day_is_refused_with_the_reason(shop_model: bundle.Model, tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -620,6 +620,32 @@ def test_contract_infer_leaves_out_pandas_index_column(tmp_path: Path) -> None:
     # a named first column is data
     frame.rename_axis("n").to_csv(path)
     assert "n" in infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").columns
+
+
+def test_us_dates_are_dates_in_their_layout_to_infer_and_to_validation(tmp_path: Path) -> None:
+    # vega's seattle-weather with its dates written mm/dd/yyyy (Excel in the US): polars did not read them, so
+    # `contract infer` made the column text (a category per day: new days scored as missing); and a contract that
+    # said `date` had them guessed per value, day first where a day could be a month (02/03/2024 read as 2 March).
+    from sluice.ml.validation import read_sample
+
+    days = [date(2024, 1, 25) + timedelta(days=9 * i) for i in range(40)]
+    text = "day,rain,weather\n" + "".join(f"{d:%m/%d/%Y},{i % 5},{'sun' if i % 3 else 'rain'}\n"
+                                           for i, d in enumerate(days))
+    contract = parse_contract(infer_contract(read_sample("w.csv", text.encode()), "w", "weather").to_yaml())
+    assert (contract.columns["day"].dtype, contract.columns["day"].format) == ("date", "%m/%d/%Y")
+    assert {t.name for t in contract.features} >= {"day_month", "day_dayofweek"}
+    (tmp_path / "w.csv").write_text(text)
+    split = validate_file(tmp_path / "w.csv", "incoming/w/w.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (40, 0), split.summary()
+    assert pl.read_parquet(split.valid_path)["day"].to_list() == days
+    # the next file's days are all 12 or under: still month first, as the contract says
+    (tmp_path / "w2.csv").write_text("day,rain,weather\n02/03/2024,1,sun\n12/01/2024,2,rain\n2024-05-06,0,sun\n")
+    split = validate_file(tmp_path / "w2.csv", "incoming/w/w2.csv", contract, tmp_path)
+    assert pl.read_parquet(split.valid_path)["day"].to_list() == [date(2024, 2, 3), date(2024, 12, 1), date(2024, 5, 6)]
+    day_first = infer_contract(read_sample("d.csv", b"day,y\n25/01/2024,a\n03/02/2024,b\n"), "d", "y").columns["day"]
+    assert day_first.dtype == "date"
+    with pytest.raises(ContractError, match="format"):
+        parse_contract(contract.to_yaml().replace("dtype: date", "dtype: str", 1))
 
 
 def test_contract_infer_leaves_out_pandas_index_in_a_parquet_file(tmp_path: Path) -> None:
