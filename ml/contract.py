@@ -568,7 +568,17 @@ def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
         seen = values.unique().sort().to_list()
         shown = ", ".join(str(v) for v in seen[:8]) + (", ..." if len(seen) > 8 else "")
         parts.append(f"{len(seen)} distinct: {shown}")
+        written = values.str.strip_chars()
+        if values.len() and bool(written.str.contains(NUMBER_AS_TEXT).all()):
+            parts.append("NUMBERS WRITTEN AS TEXT: every value is a number with thousands separators or a % sign "
+                         "(1,234 or 12%), so the model takes each value for a category and scores an unseen one as "
+                         "missing. Export the column as plain numbers (1234, 0.12) and infer again to train on it "
+                         "as a number")
     return ColumnSpec(**spec), "; ".join(parts)
+
+
+# A number as spreadsheets display it: thousands separators (1,234.5) or a percent sign (12%, 12.5 %).
+NUMBER_AS_TEXT = r"^-?(?:[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?\s?%)$"
 
 
 def _round(v: float) -> float:

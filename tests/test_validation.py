@@ -648,6 +648,19 @@ def test_us_dates_are_dates_in_their_layout_to_infer_and_to_validation(tmp_path:
         parse_contract(contract.to_yaml().replace("dtype: date", "dtype: str", 1))
 
 
+def test_contract_infer_says_when_a_text_column_holds_numbers_written_for_people() -> None:
+    # "3,504" lbs and "9.5%" (a spreadsheet's display format) were inferred as text without a word: the user got a
+    # model that took each weight for a category.
+    from sluice.ml.validation import read_sample
+
+    text = b'weight,share,code,y\n"3,504",9.5%,"1,2",a\n"12,000,100",12 %,"3,4",b\n"1,230.5",100%,"5,6",a\n'
+    doc = infer_contract(read_sample("x.csv", text), "x", "y").to_yaml()
+    weight, share, code = (doc.split(f"\n  {c}:")[0].rsplit("\n  # 0 missing", 1)[1]
+                           for c in ("weight", "share", "code"))
+    assert "NUMBERS WRITTEN AS TEXT" in weight and "NUMBERS WRITTEN AS TEXT" in share, doc
+    assert "NUMBERS WRITTEN AS TEXT" not in code  # "1,2" is not a thousands separator
+
+
 def test_contract_infer_leaves_out_pandas_index_in_a_parquet_file(tmp_path: Path) -> None:
     # `df.to_parquet()` of a filtered or split frame (its index not 0..n-1) writes the index as `__index_level_0__`:
     # inferred as a feature, the model then refused every row of a frame or file without it ("column
