@@ -742,9 +742,6 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
     else:
         s = raw.str.strip_chars()
         blank = s.str.len_bytes() == 0  # a blank cell is a null, not a type error
-        if spec.dtype != "str":
-            blank = blank | s.is_in(list(MISSING_MARKERS))
-            s = pl.when(blank).then(None).otherwise(s)
         if spec.dtype == "str":
             typed = raw
         elif spec.dtype == "bool":
@@ -777,6 +774,9 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
             typed = s.cast(target, strict=False)
     failed = typed.is_null() & raw.is_not_null()
     if is_text and spec.dtype != "str":
+        # A blank cell, or NA, N/A, null, -, ? (which no type reads: they are null already), is missing, not a
+        # type error.
+        blank = blank | s.is_in(list(MISSING_MARKERS))
         failed = failed & ~blank.fill_null(False)
     non_finite = (typed.is_nan() | typed.is_infinite()).fill_null(False) if spec.dtype == "float" else pl.lit(False)
     if spec.dtype == "float":
