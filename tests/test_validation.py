@@ -494,19 +494,13 @@ def test_contract_infer_leaves_blank_lines_out() -> None:
 def test_a_bool_target_written_by_pandas_passes_the_contract_inferred_from_it(fmt: str, tmp_path: Path) -> None:
     # statsmodels' `fair` with `had_affair = affairs > 0`: pandas writes True/False, the inferred contract pinned
     # the classes as 'false'/'true', and every row of the very file it was inferred from was quarantined.
-    import io
 
     import pandas as pd
 
     from sluice.ml.validation import read_sample
 
     df = pd.DataFrame({"age": [32.0, 27.0, 22.0, 37.0] * 10, "had_affair": [True, False, False, True] * 10})
-    if fmt == "csv":
-        data = df.to_csv(index=False).encode()
-    else:
-        buf = io.BytesIO()
-        df.to_parquet(buf)
-        data = buf.getvalue()
+    data = _written_by_pandas(df, fmt)
     contract = parse_contract(infer_contract(read_sample(f"x.{fmt}", data), "fair", "had_affair").to_yaml())
     assert contract.task == "binary"
     (tmp_path / f"x.{fmt}").write_bytes(data)
@@ -708,7 +702,6 @@ def test_contract_infer_leaves_out_pandas_index_in_a_parquet_file(tmp_path: Path
 def test_class_labels_with_a_gap_written_as_floats_stay_classes(fmt: str, tmp_path: Path) -> None:
     # pandas turns an integer column with a missing value into floats: wine's classes 0, 1, 2 with three labels not
     # known yet were written 0.0, 1.0, 2.0 and inferred as a regression, so the user got an RMSE and a regressor.
-    import io
 
     import pandas as pd
 
@@ -716,12 +709,7 @@ def test_class_labels_with_a_gap_written_as_floats_stay_classes(fmt: str, tmp_pa
 
     df = pd.DataFrame({"x": [float(i) for i in range(60)], "y": [float(i % 3) for i in range(60)]})
     df.loc[[4, 31], "y"] = None
-    if fmt == "csv":
-        data = df.to_csv(index=False).encode()
-    else:
-        buf = io.BytesIO()
-        df.to_parquet(buf)
-        data = buf.getvalue()
+    data = _written_by_pandas(df, fmt)
     contract = parse_contract(infer_contract(read_sample(f"x.{fmt}", data), "w", "y").to_yaml())
     assert (contract.task, contract.metric) == ("multiclass", "log_loss")
     assert contract.columns["y"].categories == ["0.0", "1.0", "2.0"] and contract.columns["y"].nullable
@@ -733,3 +721,14 @@ def test_class_labels_with_a_gap_written_as_floats_stay_classes(fmt: str, tmp_pa
     assert infer_contract(read_sample("a.csv", amounts.to_csv(index=False).encode()), "a", "y").task == "regression"
     counts = pd.DataFrame({"x": range(60), "y": [float(i) for i in range(60)]})
     assert infer_contract(read_sample("c.csv", counts.to_csv(index=False).encode()), "c", "y").task == "regression"
+
+
+def _written_by_pandas(df: Any, fmt: str) -> bytes:
+    """`df` as pandas writes it: CSV without the index, or Parquet."""
+    import io
+
+    if fmt == "csv":
+        return str(df.to_csv(index=False)).encode()
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    return buf.getvalue()
