@@ -190,10 +190,7 @@ def _scan_csv(path: Path, key: str, contract: Contract) -> tuple[pl.LazyFrame, _
         sep = next(d for d in ";\t|" if d in header[0])
         raise UnreadableFile(f"{key} has a single column {header[0][:60]!r}: it is separated by {sep!r}, not a comma.",
                              hint="Export the file comma-separated and drop it again.")
-    duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
-    if duplicates:
-        raise UnreadableFile(f"{key} has duplicate column names: {[clip(d, 60) for d in duplicates[:20]]}.",
-                             hint="Rename the columns so each name appears once, then drop the file again.")
+    _check_duplicates(key, header, " and drop the file again")
     _check_columns(key, header, contract)
     if lines.header_commas != len(header) - 1:
         _check_ragged(path, key, len(header))  # quoted commas in the header: its comma count is no guide
@@ -991,7 +988,21 @@ def _check_sample_text(key: str, data: bytes) -> None:
         raise UnreadableFile(f"{key} has a single column {header[0][:60]!r}: it is separated by {sep!r}, not a comma.",
                              hint="Export the file comma-separated (in Excel: Save As, 'CSV UTF-8 (Comma "
                                   "delimited)').")
+    _check_duplicates(key, header, "")
+
+
+def _check_duplicates(key: str, header: list[str], then: str) -> None:
+    """Refuse a header that names a column twice; several unnamed columns are told as what they usually are: the
+    empty columns a spreadsheet exports after the last one used (every line ends in `,,`)."""
+    unnamed = [i + 1 for i, c in enumerate(header) if not c.strip()]
+    if len(unnamed) > 1:
+        raise UnreadableFile(f"{key} has {len(unnamed)} columns without a name (columns "
+                             f"{', '.join(map(str, unnamed[:10]))}{', ...' if len(unnamed) > 10 else ''} of "
+                             f"{len(header)}), so their names repeat.",
+                             hint="If they are empty columns a spreadsheet exported (every line ends in commas), "
+                                  "delete those columns in the sheet and export again; otherwise give each a name"
+                                  f"{then}.")
     duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
     if duplicates:
         raise UnreadableFile(f"{key} has duplicate column names: {[clip(d, 60) for d in duplicates[:20]]}.",
-                             hint="Rename the columns so each name appears once.")
+                             hint=f"Rename the columns so each name appears once{then}.")
