@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.base import clone
 
 from sluice.core.errors import IntegrityError
 from sluice.ml import blend, bundle, modeling
@@ -23,15 +24,20 @@ def _blended(task: str) -> tuple[Any, ...]:
     encoding = modeling.Encoding.fit(train, contract)
     trained = modeling.train(train, encoding, contract)
     # The search's best lgbm and linear (each when the 1 s search reached it), then LightGBM's defaults and extra
-    # trees; the round trip below wants a linear member too, so one is added when a loaded machine left it out.
+    # trees, and the linear model's twin on rows scaled to one norm; the round trip below wants the linear members
+    # too, so they are added when a loaded machine left them out.
     assert {"lgbm_default", "lgbm_extra"} <= set(trained.templates) <= {"lgbm", "linear", "lgbm_default",
-                                                                         "lgbm_extra"}
+                                                                         "lgbm_extra", blend.LINEAR_ROWS}
     assert next(iter(trained.templates)) == trained.best_estimator
+    assert ("linear" in trained.templates) == (blend.LINEAR_ROWS in trained.templates)
     if "linear" not in trained.templates:
         from sluice.ml.linear import LinearModel
 
         kind = "regression" if contract.task == "regression" else "classification"
-        trained.templates = {"linear": LinearModel(kind), **trained.templates}
+        trained.templates = {"linear": LinearModel(kind), **trained.templates,
+                             blend.LINEAR_ROWS: LinearModel(kind, row_norm=True)}
+    twin = trained.templates[blend.LINEAR_ROWS]
+    assert twin.row_norm and twin.get_params() == {**trained.templates["linear"].get_params(), "row_norm": True}
     k = len(encoding.classes) if encoding.classes else None
     chosen = blend.build(trained.templates, encoding.features(train), encoding.labels(train),
                          encoding.features(holdout), encoding.labels(holdout), task=contract.task,
@@ -39,11 +45,14 @@ def _blended(task: str) -> tuple[Any, ...]:
     assert chosen.folds == blend.FOLDS and np.isclose(sum(chosen.weights), 1.0)
     assert set(chosen.oof) - {"even"} == {*chosen.learners, "blend"} == set(chosen.holdout)
     if not chosen.kept:  # the decision is measured; the storage is what this test checks, so keep it anyway
-        from sklearn.base import clone
-
         X, y = encoding.features(train), encoding.labels(train)
         chosen.fitted = {n: clone(trained.templates[n]).fit(X, y) for n in chosen.learners}
         chosen.weights = [0.5, 0.5] + [0.0] * (len(chosen.learners) - 2)
+    if chosen.weights[chosen.learners.index(blend.LINEAR_ROWS)] == 0:  # its stored form is round-tripped too
+        chosen.fitted[blend.LINEAR_ROWS] = clone(trained.templates[blend.LINEAR_ROWS]).fit(
+            encoding.features(train), encoding.labels(train))
+        chosen.weights = [w / 2 for w in chosen.weights]
+        chosen.weights[chosen.learners.index(blend.LINEAR_ROWS)] += 0.5
     return contract, train, encoding, trained, chosen
 
 
