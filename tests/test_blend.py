@@ -254,3 +254,18 @@ def test_a_member_the_rows_show_is_worse_is_left_out_of_the_window() -> None:
     gains, se = blend.noise([X["a"].to_numpy(), X["b"].to_numpy()], y, "rmse", None, seed=0)
     assert blend.clearly_worse(gains, se, 1, 0) and not blend.clearly_worse(gains, se, 0, 1)
     assert not blend.clearly_worse(gains, se, 0, 0)
+
+
+def test_the_linear_model_and_its_twin_share_one_share_of_an_even_blend() -> None:
+    # Three members the rows cannot tell apart; two are the linear model and its twin on rows scaled to one norm
+    # (the same model on another view of the rows), so they split one share rather than take two of three.
+    twin = blend.LINEAR_ROWS
+    members = {"a": _OneColumn("a"), "linear": _OneColumn("linear"), twin: _OneColumn(twin)}
+    noise = {"a": 0.2, "linear": 0.2, twin: 0.2}
+    X, y = _noisy_copies(150, noise, seed=12, shared=0.5)
+    Xh, yh = _noisy_copies(60, noise, seed=13, shared=0.5)
+    chosen = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
+    assert chosen.kept and chosen.weights == [0.5, 0.25, 0.25], chosen
+    assert blend.even_weights(["a", "b", "linear"], ["a", "linear"]) == [0.5, 0.0, 0.5]
+    assert blend.even_weights(["linear", twin], ["linear", twin]) == [0.5, 0.5]
+    assert blend.learner_of(twin) == "linear" and blend.learner_of("lgbm_extra") == "lgbm"
