@@ -29,13 +29,15 @@ def _blended(task: str) -> tuple[Any, ...]:
     assert {"lgbm_default", "lgbm_extra"} <= set(trained.templates) <= {"lgbm", "linear", "lgbm_default",
                                                                          "lgbm_extra", blend.LINEAR_ROWS}
     assert next(iter(trained.templates)) == trained.best_estimator
-    assert ("linear" in trained.templates) == (blend.LINEAR_ROWS in trained.templates)
+    # The twin is a regression member (ml/blend.py); classification's round trip below adds one all the same.
+    assert (blend.LINEAR_ROWS in trained.templates) == ("linear" in trained.templates and task == "regression")
+    kind = "regression" if contract.task == "regression" else "classification"
     if "linear" not in trained.templates:
         from sluice.ml.linear import LinearModel
 
-        kind = "regression" if contract.task == "regression" else "classification"
-        trained.templates = {"linear": LinearModel(kind), **trained.templates,
-                             blend.LINEAR_ROWS: LinearModel(kind, row_norm=True)}
+        trained.templates = {"linear": LinearModel(kind), **trained.templates}
+    if blend.LINEAR_ROWS not in trained.templates:
+        trained.templates[blend.LINEAR_ROWS] = blend.linear_rows(trained.templates["linear"])
     twin = trained.templates[blend.LINEAR_ROWS]
     assert twin.row_norm and twin.get_params() == {**trained.templates["linear"].get_params(), "row_norm": True}
     k = len(encoding.classes) if encoding.classes else None
