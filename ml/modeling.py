@@ -182,20 +182,20 @@ class Encoding:
         numeric: list[str] = []
         medians: dict[str, float] = {}
         names = [n for n in frame.columns if n != contract.target and n not in skip]
-        # Every column's count of distinct values in one select: polars counts them in parallel.
-        counts = frame.select(pl.col(n).drop_nulls().n_unique() for n in names).row(0) if names else ()
-        for name, distinct in zip(names, counts, strict=True):
+        # Every column's statistics in one select: polars computes them in parallel.
+        stats = frame.select(_column_stats(n, frame.schema[n]) for n in names).row(0) if names else ()
+        for name, stat in zip(names, stats, strict=True):
             s = frame[name]
-            if distinct < 2:
-                continue  # constant: nothing to learn, and FLAML would drop it behind our back
             if s.dtype == pl.Utf8:
-                if distinct == frame.height - s.null_count():
-                    continue  # an identifier: unique per row, FLAML would drop it too
+                if stat["distinct"] < 2 or stat["distinct"] == frame.height - s.null_count():
+                    continue  # constant, or an identifier (unique per row): FLAML would drop it behind our back
                 categorical[name] = [*sorted(str(v) for v in s.drop_nulls().unique().to_list()), NAN_CATEGORY]
-            else:
-                numeric.append(name)
-                values = _as_float(s).drop_nulls().drop_nans()
-                medians[name] = float(np.median(values.to_numpy()))
+                continue
+            median = _median(s, stat)
+            if median is None:
+                continue  # constant: nothing to learn
+            numeric.append(name)
+            medians[name] = median
         # Categoricals first: the order FLAML's DataTransformer leaves them in.
         return cls(contract.target, contract.task, classes, categorical, numeric, medians,
                    [*categorical, *numeric])
@@ -320,6 +320,55 @@ TASK_METRICS = {"binary": ("roc_auc", "log_loss", "accuracy", "f1"), "multiclass
 
 class TrainingCancelled(Exception):
     """Raised inside a running fit when `sluice runs cancel` asked for it."""
+
+
+def _summarised(dtype: pl.DataType) -> bool:
+    """Columns `_column_stats` summarises without counting their distinct values."""
+    return dtype.is_integer() or dtype.is_float() or dtype == pl.Boolean or dtype == pl.Date or isinstance(
+        dtype, pl.Datetime)
+
+
+def _column_stats(name: str, dtype: pl.DataType) -> pl.Expr:
+    """What `Encoding.fit` learns of a column, as a struct: a text column's count of distinct values (is it
+    constant, or an identifier?); a number's count of values and NaNs, its least and greatest value besides NaN
+    (is it constant?) and the two middle values of it as floats (its median). Counting distinct numbers hashes
+    every value and np.median went column by column: together 70 ms of the train stage at 100,000 rows x 20."""
+    col = pl.col(name)
+    if not _summarised(dtype):
+        return pl.struct(col.drop_nulls().n_unique().alias("distinct")).alias(name)
+    own = col.fill_nan(None) if dtype.is_float() else col
+    numbers = _float_expr(col, dtype).fill_nan(None)
+    return pl.struct(
+        col.count().alias("values"),
+        (col.is_nan().sum() if dtype.is_float() else pl.lit(0)).cast(pl.Int64).alias("nans"),
+        own.min().alias("least"), own.max().alias("greatest"),
+        numbers.count().alias("numbers"),
+        numbers.quantile(0.5, "lower").alias("low"), numbers.quantile(0.5, "higher").alias("high"),
+    ).alias(name)
+
+
+def _median(s: pl.Series, stat: dict[str, Any]) -> float | None:
+    """A non-text column's median as float (np.median of its numbers besides NaN), or None when it is constant
+    (at most one distinct value besides nulls, NaN counting as one; -0.0 is 0.0)."""
+    if "distinct" in stat:  # a column `_column_stats` does not summarise
+        if stat["distinct"] < 2:
+            return None
+        return float(np.median(_as_float(s).drop_nulls().drop_nans().to_numpy()))
+    values, nans = stat["values"], stat["nans"]
+    if values == 0 or nans == values or (nans == 0 and stat["least"] == stat["greatest"]):
+        return None
+    low, high = float(stat["low"]), float(stat["high"])
+    # np.median's own arithmetic: the middle value, or the mean of the two; + 0.0 as its sum never gives -0.0.
+    return (low if stat["numbers"] % 2 else (low + high) / 2) + 0.0
+
+
+def _float_expr(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """`_as_float` as an expression."""
+    if dtype == pl.Date:
+        col = col.cast(pl.Int32)
+    elif isinstance(dtype, pl.Datetime):
+        col = col.dt.epoch("s")
+    return col.cast(pl.Float64)
 
 
 def _as_float(s: pl.Series) -> pl.Series:
