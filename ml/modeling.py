@@ -477,6 +477,7 @@ def train(
     should_cancel: Callable[[], bool] | None = None,
     time_budget_s: float | None = None,
     extensions: Extensions | None = None,
+    on_search_start: Callable[[], None] | None = None,
 ) -> Trained:
     """FLAML AutoML over the contract's estimators and budget (or `time_budget_s`: what is left of it), on the
     encoded rows of `frame`.
@@ -487,6 +488,9 @@ def train(
 
     `validation` (search_validation's rows of `frame`): when FLAML would validate on held-out rows, it validates
     on these and the model is its best trial's, fitted on the others; otherwise it cross-validates on all rows.
+
+    `on_search_start` is called once FLAML's input is ready, just before the search: work that can wait for it
+    (handlers/train.py) does not slow what the search waits for.
     """
     from flaml.automl import AutoML
 
@@ -512,6 +516,8 @@ def train(
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trials.jsonl"
         watcher = _Watcher(log, on_progress, should_cancel)
+        if on_search_start is not None:
+            on_search_start()
         started = time.perf_counter()
         watcher.start()
         try:
@@ -633,23 +639,39 @@ class Refit:
     members: dict[str, tuple[str, bytes]] | None = None  # a blend's member files: {role: (format, bytes)}
 
 
+@dataclass
+class RefitInput:
+    """A refit's rows encoded: every row of `frame` whose label the encoding knows, and the first 200 of them as a
+    frame, for the check of the stored model."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    sample: pl.DataFrame
+
+
+def refit_input(frame: pl.DataFrame, encoding: Encoding) -> RefitInput:
+    """What `refit` and `refit_blend` fit on (made beforehand, beside the search, by handlers/train.py)."""
+    X, y = encoding.features(frame), encoding.labels(frame)
+    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
+    return RefitInput(X[known], y[known], frame.filter(pl.Series(known)).head(200))
+
+
 def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: Contract,
-          extensions: Extensions | None = None) -> Refit:
-    """The search's best learner and hyperparameters, fitted on every row of `frame`, in a storable format.
+          extensions: Extensions | None = None, prepared: RefitInput | None = None) -> Refit:
+    """The search's best learner and hyperparameters, fitted on every row of `frame` (or `prepared`: its
+    `refit_input`), in a storable format.
 
     Same learner, same configuration, same encoding: only the rows differ. Like `train`, the stored form is loaded
     back and must predict what the fitted learner predicts."""
     if trained.estimator is None:
         raise ModelMismatch("nothing to refit: the search returned no fitted learner")
-    X, y = encoding.features(frame), encoding.labels(frame)
-    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
-    X, y = X[known], y[known]
+    rows = prepared or refit_input(frame, encoding)
+    X, y, sample = rows.X, rows.y, rows.sample
     estimator = refit_template(trained.estimator)
     started = time.perf_counter()
     estimator.fit(X, y)
     seconds = time.perf_counter() - started
     data, fmt = export(trained.best_estimator, _Fitted(estimator), extensions)
-    sample = frame.filter(pl.Series(known)).head(200)
     ours = Predictor(fmt, data, contract.task, encoding, extensions).score(sample)
     X_sample = X.head(sample.height)
     theirs = np.asarray(estimator.predict(X_sample) if contract.task == "regression"
@@ -657,26 +679,27 @@ def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: C
     theirs = theirs[:, 1] if contract.task == "binary" else theirs
     if not np.allclose(ours, theirs, atol=1e-6):
         raise RuntimeError("the stored refit model disagrees with the fitted learner's predictions")
-    return Refit(data, fmt, int(known.sum()), seconds)
+    return Refit(data, fmt, len(y), seconds)
 
 
 def refit_blend(chosen: blend.Blend, templates: dict[str, Any], frame: pl.DataFrame, encoding: Encoding,
-                contract: Contract, extensions: Extensions | None = None) -> Refit:
-    """A kept blend's members, each fitted again on every row of `frame`, with the same weights."""
+                contract: Contract, extensions: Extensions | None = None, prepared: RefitInput | None = None
+                ) -> Refit:
+    """A kept blend's members, each fitted again on every row of `frame` (or `prepared`: its `refit_input`), with
+    the same weights."""
     from dataclasses import replace
 
     from sklearn.base import clone
 
-    X, y = encoding.features(frame), encoding.labels(frame)
-    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
-    X, y = X[known], y[known]
+    rows = prepared or refit_input(frame, encoding)
+    X, y = rows.X, rows.y
     started = time.perf_counter()
     fitted = {n: clone(templates[n]).fit(X, y) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0}
     seconds = time.perf_counter() - started
     again = replace(chosen, fitted=fitted)
     doc, files = export_blend(again, contract.task, extensions)
-    check_blend(doc, files, again, frame.filter(pl.Series(known)), encoding, contract.task, extensions)
-    return Refit(doc, BLEND_JSON, int(known.sum()), seconds, members=files)
+    check_blend(doc, files, again, rows.sample, encoding, contract.task, extensions)
+    return Refit(doc, BLEND_JSON, len(y), seconds, members=files)
 
 
 @dataclass
