@@ -136,6 +136,7 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
             lambda: json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode())
         futures["holdout"] = beside(_parquet, holdout)
         futures["frequencies"] = beside(frequency_tables, frame, contract)
+        futures["contract_yaml"] = beside(lambda: contract.to_yaml().encode())  # both bundles' copy
         if spec.refit:
             futures["refit_input"] = beside(modeling.refit_input, frame, encoding)
 
@@ -182,7 +183,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     # The bundle is what every loader reads; the holdout is scored through it, exactly as the gate and users will.
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=model_bytes, model_format=model_format,
-        frequencies=futures["frequencies"].result(), run_id=run_id, members=members)
+        frequencies=futures["frequencies"].result(), run_id=run_id, members=members,
+        contract_yaml=futures["contract_yaml"].result())
     manifest_key = f"{base}bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
     n_classes = len(encoding.classes) if encoding.classes else None
 
@@ -226,7 +228,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     # The refit's share of the budget: what the checks, the search and the blend left (their I/O is not counted).
     refit_left_s = spec.time_budget_s * STAGE_SHARE - leak_s - (t_blend - t_prep)
     refit, refit_skipped = _refit(ctx, contract, frame, encoding, trained, base, run_id, chosen, refit_left_s,
-                                  futures["frequencies"].result(), futures.get("refit_input"))
+                                  futures["frequencies"].result(), futures.get("refit_input"),
+                                  futures["contract_yaml"].result())
     refit_s = time.perf_counter() - t_refit
     artifacts |= stored_future.result()
     known, metrics, baseline_scores, baseline = evaluated_future.result()
@@ -463,7 +466,8 @@ def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFr
 
 def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: modeling.Encoding,
            trained: modeling.Trained, base: str, run_id: str, chosen: Any, left_s: float, frequencies: Any,
-           prepared: Future[modeling.RefitInput] | None = None) -> tuple[dict[str, Any] | None, str | None]:
+           prepared: Future[modeling.RefitInput] | None = None, contract_yaml: bytes | None = None,
+           ) -> tuple[dict[str, Any] | None, str | None]:
     """The chosen configuration refitted on every labelled row, stored as a bundle of its own: (what the run
     records of it, or None and why it was skipped).
 
@@ -491,7 +495,7 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
             if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions, rows))
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
-        frequencies=frequencies, run_id=run_id, members=done.members)
+        frequencies=frequencies, run_id=run_id, members=done.members, contract_yaml=contract_yaml)
     bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     _put_many(ctx, [(f"{base}refit/{name}", data) for name, data in files.items()])
     key = f"{base}refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
