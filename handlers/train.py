@@ -113,8 +113,11 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     is written."""
     spec, dataset = contract.training, contract.dataset
 
+    stage_context = contextvars.copy_context()
+
     def beside(fn: Any, *args: Any) -> Future[Any]:
-        return side.submit(contextvars.copy_context().run, fn, *args)  # the stage's trace and log context
+        # In the stage's trace and log context, also when called from the search's watcher thread.
+        return side.submit(stage_context.copy().run, fn, *args)
 
     cells = train_frame.height * max(len(encoding.columns), 1)
     overlap = modeling.worker_jobs(spec.n_jobs, cells) < (os.cpu_count() or 1)
@@ -128,8 +131,9 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     futures: dict[str, Future[Any]] = {}
 
     def start_side_work() -> None:
-        """Submitted once FLAML's input is ready: before, on a worker's two cores, this work slowed the encoding
-        the search waits for (3 of 4 side threads busy at 100,000 rows)."""
+        """Submitted once the search has its first model (modeling.train's `on_search_start`): before, on a
+        worker's two cores, this work slowed the encoding the search waits for (0.5 s at 100,000 rows, at load
+        8), and at the search's start it cost 1 s budgets their first trial under load."""
         if leak_beside:
             futures["leak"] = beside(_check_leakage, ctx, contract, train_frame, encoding)
         futures["profile"] = beside(

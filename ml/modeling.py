@@ -489,8 +489,9 @@ def train(
     `validation` (search_validation's rows of `frame`): when FLAML would validate on held-out rows, it validates
     on these and the model is its best trial's, fitted on the others; otherwise it cross-validates on all rows.
 
-    `on_search_start` is called once FLAML's input is ready, just before the search: work that can wait for it
-    (handlers/train.py) does not slow what the search waits for.
+    `on_search_start` is called once the search has its first model (or has ended without one): work that can
+    wait for it (handlers/train.py) slows neither the encoding of FLAML's input nor the first trial, the one that
+    guarantees a model in a short budget.
     """
     from flaml.automl import AutoML
 
@@ -515,9 +516,7 @@ def train(
     jobs = worker_jobs(spec.n_jobs, X.shape[0] * max(X.shape[1], 1))
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trials.jsonl"
-        watcher = _Watcher(log, on_progress, should_cancel)
-        if on_search_start is not None:
-            on_search_start()
+        watcher = _Watcher(log, on_progress, should_cancel, on_first_trial=on_search_start)
         started = time.perf_counter()
         watcher.start()
         try:
@@ -530,6 +529,7 @@ def train(
             )
         finally:
             watcher.stop()
+            watcher.first_trial()  # when the search ended before the watcher saw its first trial
         fit_seconds = time.perf_counter() - started
         trial_log = log.read_text() if log.exists() else ""
     warm = None
@@ -907,19 +907,35 @@ def holdout_metrics(task: str, y: np.ndarray, scores: np.ndarray, n_classes: int
 
 
 class _Watcher:
-    """Tails FLAML's trial log during the fit: reports progress, and stops the fit on request."""
+    """Tails FLAML's trial log during the fit: reports progress, stops the fit on request, and calls
+    `on_first_trial` once, when the log has its first trial (looked for every FIRST_TRIAL_POLL_S)."""
+
+    FIRST_TRIAL_POLL_S = 0.05
 
     def __init__(self, log: Path, on_progress: Callable[[Progress], None] | None,
-                 should_cancel: Callable[[], bool] | None, every_s: float = 1.0):
+                 should_cancel: Callable[[], bool] | None, every_s: float = 1.0,
+                 on_first_trial: Callable[[], None] | None = None):
         self.log, self.on_progress, self.should_cancel, self.every_s = log, on_progress, should_cancel, every_s
+        self.on_first_trial = on_first_trial
+        self.first_lock = threading.Lock()  # held while `on_first_trial` runs: a caller waits until it is done
         self.target = threading.get_ident()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sluice-fit-watcher", daemon=True)
         self.started = time.perf_counter()
 
     def start(self) -> None:
-        if self.on_progress or self.should_cancel:
+        if self.on_progress or self.should_cancel or self.on_first_trial:
             self.thread.start()
+
+    def first_trial(self) -> None:
+        """Call `on_first_trial`, unless it was called already."""
+        with self.first_lock:
+            if self.on_first_trial is not None:
+                call, self.on_first_trial = self.on_first_trial, None
+                call()
+
+    def _trials(self) -> list[dict[str, Any]]:
+        return parse_trials(self.log.read_text(errors="ignore").rsplit("\n", 1)[0]) if self.log.exists() else []
 
     def stop(self) -> None:
         self.stopping.set()
@@ -927,15 +943,21 @@ class _Watcher:
             self.thread.join(timeout=5)
 
     def _run(self) -> None:
-        last = -1
-        while not self.stopping.wait(self.every_s):
+        last, due = -1, time.perf_counter() + self.every_s
+        while not self.stopping.wait(max(0.0, min(due - time.perf_counter(), self.FIRST_TRIAL_POLL_S)
+                                         if self.on_first_trial else due - time.perf_counter())):
+            if self.on_first_trial and self._trials():
+                self.first_trial()
+            if time.perf_counter() < due:
+                continue
+            due = time.perf_counter() + self.every_s
             if self.should_cancel and self.should_cancel():
                 # The same mechanism as Dramatiq's time limits: an exception raised in the fitting thread.
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target),
                                                            ctypes.py_object(TrainingCancelled))
                 return
             if self.on_progress and self.log.exists():
-                trials = parse_trials(self.log.read_text(errors="ignore").rsplit("\n", 1)[0])
+                trials = self._trials()
                 if len(trials) != last:
                     last = len(trials)
                     losses = [t["loss"] for t in trials if t["loss"] is not None]

@@ -312,6 +312,35 @@ def test_a_burst_of_drops_makes_one_run(moto_settings: Settings) -> None:
     assert len([k for k in store.keys(f"validated/{DATASET}/") if k.endswith("manifest.json")]) == 3
 
 
+def test_work_beside_the_search_starts_once_its_first_trial_is_logged(tmp_path: Any) -> None:
+    """train's `on_search_start` (handlers/train.py submits its side work there) is called once, by the watcher,
+    as soon as FLAML's log has a trial (not at the progress reports' pace); and once, after the fit, when the log
+    never had one."""
+    log = tmp_path / "trials.jsonl"
+    calls: list[str] = []
+    called = threading.Event()
+
+    def first() -> None:
+        calls.append(threading.current_thread().name)
+        called.set()
+
+    watcher = modeling._Watcher(log, None, None, every_s=3600, on_first_trial=first)
+    watcher.start()
+    assert not called.wait(0.3)  # no trial yet
+    log.write_text(json.dumps({"record_id": 0, "learner": "lgbm", "config": {}, "validation_loss": 0.5}) + "\n")
+    assert called.wait(30)
+    watcher.stop()
+    watcher.first_trial()  # what train does after the fit: no second call
+    assert calls == ["sluice-fit-watcher"]
+    quiet: list[str] = []
+    never = modeling._Watcher(tmp_path / "none.jsonl", None, None, on_first_trial=lambda: quiet.append("after"))
+    never.start()
+    never.stop()
+    never.first_trial()
+    never.first_trial()
+    assert quiet == ["after"]
+
+
 def test_encoding_keeps_the_columns_and_medians_that_counting_and_numpy_give() -> None:
     """`Encoding.fit` tells constant columns and medians from a few statistics per column; they must be what
     counting distinct values and np.median give, on NaN, signed zeros, infinities, nulls, large integers, booleans
