@@ -45,7 +45,7 @@ from sluice.ml.blend import MEMBER
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
-from sluice.ml.validation import ISO_MIDNIGHT, POLARS_TYPES, no_value, shown, typed_exprs
+from sluice.ml.validation import ISO_MIDNIGHT, MISSING_MARKERS, POLARS_TYPES, no_value, shown, typed_exprs
 
 BUNDLE_FORMAT = "sluice-model-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -375,8 +375,9 @@ class _FastRows:
         self.codes = {name: {c: i for i, c in enumerate(cats)} for name, cats in encoding.categorical.items()}
         self.category_codes = {t.name: {c: i for i, c in enumerate(contract.columns[t.columns[0]].categories or [])}
                                for t in contract.features if t.op == "category_code"}
-        if any(spec.dtype == "datetime" for _, spec in self.columns):
-            self.columns = []  # datetimes take the general path (time zones, epoch rounding)
+        if any(spec.dtype == "datetime" or spec.format is not None for _, spec in self.columns):
+            # datetimes take the general path (time zones, epoch rounding), and so do dates in a contract's layout
+            self.columns = []
             self.enabled = False
         else:
             self.enabled = True
@@ -467,7 +468,7 @@ def _fast_value(v: Any, dtype: str) -> Any:
         if dtype == "str":
             return v
         s = v.strip()
-        if not s:
+        if not s or s in MISSING_MARKERS:  # a blank, or NA, N/A, null, -, ?: missing, as validation reads it
             return None
         if dtype == "int":
             if _INT.fullmatch(s):

@@ -13,10 +13,20 @@ from typing import Any, Literal
 
 import polars as pl
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sluice.core import keys
-from sluice.core.errors import ContractError, SluiceError
+from sluice.core.errors import ContractError, SluiceError, clip
 from sluice.core.ports import ObjectStore
 
 DType = Literal["int", "float", "str", "bool", "date", "datetime"]
@@ -50,6 +60,24 @@ class ColumnSpec(_Strict):
     # Checks the app registers (`@app.check`), by name, or as {name: {parameter: value}}: the user's own code,
     # never code from the bucket. A row failing one is quarantined like any other rule.
     checks: list[str | dict[str, dict[str, Any]]] = Field(default_factory=list)
+    # A date or datetime column's layout when it is not one polars reads unaided (`%m/%d/%Y`: US dates, which it
+    # reads as day first where it can and not at all where it cannot). Written by `contract infer`; validation and
+    # every scoring path read the column with it (ISO dates are taken too).
+    format: str | None = Field(default=None, pattern=r"^(%[dmYyHMS]|%\.f|[-/. :T])+$")
+
+    @model_validator(mode="after")
+    def _format_for_dates(self) -> ColumnSpec:
+        if self.format is not None and self.dtype not in ("date", "datetime"):
+            raise ValueError(f"format {self.format!r} is for a date or datetime column, not {self.dtype}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_format(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A contract without formats dumps (and fingerprints) as it did before the field existed.
+        out: dict[str, Any] = handler(self)
+        if out.get("format") is None:
+            out.pop("format", None)
+        return out
 
     @field_validator("checks")
     @classmethod
@@ -408,16 +436,29 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     notes: dict[str, str] = {}
     index = _pandas_index(frame, target)
     for name in frame.columns:
-        if name == index:
+        if name in index:
             continue
         spec, note = _infer_column(frame[name], is_target=name == target)
+        if spec.dtype == "str" and name != target and (found := _date_layout(frame[name])) is not None:
+            dtype, layout = found
+            spec = ColumnSpec(dtype=dtype, nullable=True, format=layout)  # type: ignore[arg-type]
+            note = (f"{frame[name].null_count()} missing of {frame.height}; every value reads as {layout} (kept as "
+                    "`format`, so a day that could be a month is never read the other way)")
         columns[name], notes[f"columns.{name}"] = spec, note
     y = frame[target].drop_nulls()
+    if y.dtype == pl.Utf8 and _numbers_for_people(y):
+        raise ContractError(f"target {target!r} holds numbers written for people ({clip(str(y[0]), 40)!r}: thousands "
+                            "separators or a % sign), which would make every value a class of its own. Export the "
+                            "column as plain numbers (1234, 0.12) and infer again.")
     distinct = y.n_unique()
+    # pandas writes an integer column that has a missing value as floats (1.0, 2.0, ...): labels with a gap must not
+    # turn a classifier into a regression, so whole-number floats count as the integers they are.
+    whole = _dtype_of(y.dtype) == "int" or (_dtype_of(y.dtype) == "float" and y.len() > 0
+                                             and bool((y == y.round(0)).all()) and bool(y.is_finite().all()))
     task: Task
     if distinct <= 2:
         task = "binary"
-    elif _dtype_of(y.dtype) in ("str", "bool") or (_dtype_of(y.dtype) == "int" and distinct <= 20):
+    elif _dtype_of(y.dtype) in ("str", "bool") or (whole and distinct <= 20):
         task = "multiclass"
     else:
         task = "regression"
@@ -443,7 +484,10 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         "quarantined. Tighten them to the observed range to be strict. Features are nullable (the model handles "
         "missing values): set `nullable: false` to require a value. Text features accept any value (an unseen one "
         "scores as missing): add `categories: [...]` to quarantine rows with other values.")
-    notes["task"] = f"{task}: from the target's {distinct} distinct values and type."
+    notes["task"] = f"{task}: from the target's {distinct} distinct values and type." + (
+        " They are whole numbers written as decimals (pandas writes an integer column with missing values so): "
+        "set `task: regression` and drop the target's `categories` if they are amounts, not classes."
+        if whole and _dtype_of(y.dtype) == "float" and task == "multiclass" else "")
     notes["max_invalid_fraction"] = (
         f"Up to {INFERRED_MAX_INVALID_FRACTION:.0%} of a file's rows may break a rule: they are quarantined with a "
         "report (file, row, column, rule) and the rest goes on; above it the whole file stops. One bad row in a "
@@ -460,30 +504,41 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     if features:
         notes["features"] = ("Date parts (month, day of month, weekday, and hour for datetimes) as features: the "
                              "date itself only gives the model a trend. Remove any that should not matter.")
-    if index is not None:
-        notes["extra_columns"] = (f"drop: the sample's first column {index!r} is unnamed and numbers its rows (pandas' "
-                                  "index, written by `to_csv()` without `index=False`): it is not data, so it is "
-                                  "left out of `columns`, and columns the contract does not name are dropped. Set "
-                                  "`reject` once files come without it.")
+    if index:
+        where = (f"the sample's first column {index[0]!r} is unnamed and numbers its rows (pandas' index, written by "
+                 "`to_csv()` without `index=False`)" if not PARQUET_INDEX.match(index[0]) else
+                 f"the sample's column {index[0]!r} is pandas' index (written by `to_parquet()` for a frame whose "
+                 "index is not 0, 1, 2, ...: filtered, sampled or sorted; `reset_index(drop=True)` leaves it out)")
+        notes["extra_columns"] = (f"drop: {where}: it is not data, so it is left out of `columns`, and columns the "
+                                  "contract does not name are dropped. Set `reject` once files come without it.")
     return Contract(
         dataset=dataset, target=target, task=task, metric=DEFAULT_METRIC[task],  # type: ignore[arg-type]
         columns=columns, max_invalid_fraction=INFERRED_MAX_INVALID_FRACTION, features=features,
         training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
-        extra_columns="drop" if index is not None else "reject",
+        extra_columns="drop" if index else "reject",
     ).with_notes(notes)
 
 
-def _pandas_index(frame: pl.DataFrame, target: str) -> str | None:
-    """The name of a first column that is pandas' index written into the file (`to_csv()` without `index=False`):
-    unnamed ("" or pandas' own "Unnamed: 0") and whole numbers. Not always 0, 1, 2, ... in order: a split or a
-    sample keeps the original rows' numbers, which in a file sorted by class tell the class."""
+# pandas' to_parquet() writes an unnamed index that is not a plain 0..n-1 range as a column of this name.
+PARQUET_INDEX = re.compile(r"^__index_level_[0-9]+__$")
+
+
+def _pandas_index(frame: pl.DataFrame, target: str) -> list[str]:
+    """The columns that are pandas' index written into the file: a first column, unnamed ("" or pandas' own
+    "Unnamed: 0") and whole numbers (`to_csv()` without `index=False`), or the `__index_level_N__` columns of
+    `to_parquet()`. Not always 0, 1, 2, ... in order: a split or a sample keeps the original rows' numbers, which in
+    a file sorted by class tell the class, and a model that needs them cannot score a frame (pandas and polars leave
+    the index out of its columns)."""
+    parquet = [c for c in frame.columns if PARQUET_INDEX.match(c) and c != target]
+    if parquet:
+        return parquet
     if frame.width < 3 or frame.height == 0:
-        return None
+        return []
     name = frame.columns[0]
     s = frame[name]
     if name not in ("", "Unnamed: 0") or name == target or not s.dtype.is_integer() or s.null_count():
-        return None
-    return name
+        return []
+    return [name]
 
 
 def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
@@ -517,7 +572,23 @@ def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
         seen = values.unique().sort().to_list()
         shown = ", ".join(str(v) for v in seen[:8]) + (", ..." if len(seen) > 8 else "")
         parts.append(f"{len(seen)} distinct: {shown}")
+        if _numbers_for_people(values):
+            parts.append("NUMBERS WRITTEN AS TEXT: every value is a number, some with thousands separators or a % "
+                         "sign (1,234 or 12%), so the model takes each value for a category and scores an unseen one "
+                         "as missing. Export the column as plain numbers (1234, 0.12) and infer again to train on it "
+                         "as a number")
     return ColumnSpec(**spec), "; ".join(parts)
+
+
+# A number as spreadsheets display it: thousands separators (1,234.5) or a percent sign (12%, 12.5 %).
+NUMBER_AS_TEXT = r"^-?(?:[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?\s?%)$"
+
+
+def _numbers_for_people(s: pl.Series) -> bool:
+    """Every value a number, some with thousands separators or a percent sign (the rest plain: 512, 0)."""
+    written = s.drop_nulls().str.strip_chars()
+    people = written.str.contains(NUMBER_AS_TEXT)
+    return bool(people.any()) and bool((people | written.str.contains(r"^-?[0-9]+(?:\.[0-9]+)?$")).all())
 
 
 def _round(v: float) -> float:
@@ -532,6 +603,28 @@ def _comment(text: str | None, indent: int) -> list[str]:
     import textwrap
 
     return [" " * indent + "# " + line for line in textwrap.wrap(text, 110 - indent)]
+
+
+# Layouts `contract infer` recognises in a text column that polars did not read as dates: the first that reads every
+# value wins (day first before month first: a sample with a day above 12 tells them apart).
+DATE_LAYOUTS = (("date", "%d/%m/%Y"), ("date", "%m/%d/%Y"), ("date", "%d-%m-%Y"), ("date", "%m-%d-%Y"),
+                ("date", "%d.%m.%Y"), ("date", "%Y/%m/%d"),
+                ("datetime", "%d/%m/%Y %H:%M:%S"), ("datetime", "%m/%d/%Y %H:%M:%S"), ("datetime", "%d/%m/%Y %H:%M"),
+                ("datetime", "%m/%d/%Y %H:%M"), ("datetime", "%Y/%m/%d %H:%M:%S"))
+
+
+def _date_layout(s: pl.Series) -> tuple[str, str] | None:
+    """(dtype, format) when every value of a text column reads as one date layout."""
+    values = s.drop_nulls().str.strip_chars()
+    values = values.filter(values.str.len_bytes() > 0)
+    if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
+        return None
+    for dtype, layout in DATE_LAYOUTS:
+        read = (values.str.to_date(layout, strict=False) if dtype == "date"
+                else values.str.to_datetime(layout, strict=False, time_unit="us"))
+        if not read.null_count():
+            return dtype, layout
+    return None
 
 
 def _dtype_of(dtype: pl.DataType) -> DType:

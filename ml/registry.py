@@ -618,6 +618,27 @@ class ModelRegistry:
                 "aliases": idx.alias_docs(), "sequence": idx.sequence,
                 "stages": {int(d["version"]): idx.stage(int(d["version"])) for d in docs}, "versions": docs}
 
+    def stage(self, model: str, number: int) -> str | None:
+        """A version's lifecycle stage (None: not registered), from the index: the head and at most one page."""
+        idx, _ = self._load(model, write=False, pages=lambda i: i.missing([("stages", number - 1)]) if number >= 1
+                            else [])
+        return idx.stage(number)
+
+    def run_state(self, model: str, run_id: str) -> tuple[dict[str, Any], str | None, dict[str, Any] | None] | None:
+        """The version run `run_id` became, its stage now and the history record of the gate's verdict on it (the
+        one that registered it, since one record holds a registration), or None: from the index and the run's
+        pointer, a few requests at any history length (`sluice trace`)."""
+        run_key = Index.run_key(model, run_id)
+        idx, found = self._load(model, write=False, extra=(run_key,))
+        number = idx.run(run_id)
+        pointer = {"version": number} if number is not None else found.get(run_key)
+        version = self._run_version(model, run_id, pointer, idx)
+        if version is None:
+            return None
+        n = int(version["version"])
+        stage, gate_sequence = idx.entry(n)[:2]
+        return version, stage, self._record(model, int(gate_sequence)) if gate_sequence else None
+
     def indexed_versions(self, model: str) -> tuple[Index, dict[int, dict[str, Any]]]:
         """The index and every version document, from the index's pages (one request per 20 versions, in
         parallel) rather than one per version; a version missing from its page is read on its own."""

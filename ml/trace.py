@@ -356,15 +356,16 @@ def _run_path(store: ObjectStore, state: StateBackend, trace_id: str, run: dict[
                 step.ended_at = str(candidate.get("benchmarked_at"))
         steps.append(_timed(step, attempts))
     registry = ModelRegistry(store, state)
-    version = next((v for v in registry.versions(model) if v.get("run_id") == run["run_id"]), None)
+    # From the index and the run's pointer: a few requests whatever the registry's length (it read every version
+    # and replayed the whole history twice).
+    found = registry.run_state(model, str(run["run_id"])) if registry.known(model) else None
     attempts = spans.pop("register", [])
-    if version is None:
+    if found is None:
         if attempts:
             steps.append(_timed(Step("register", str(attempts[-1]["outcome"]), trace_id=via), attempts))
         return steps
-    records = [r for r in registry.history(model) if r.get("version") == version["version"]
-               and (r.get("trace_id") == trace_id or r.get("cause") in ("gate", "benchmark"))]
-    stage_now = registry.snapshot(model).stages.get(version["version"])
+    version, stage_now, gate_record = found
+    records = [gate_record] if gate_record is not None else []
     register = Step("register", f"v{version['version']}", trace_id=via,
                     detail=f"decision {version.get('decision')}; "
                     + ", ".join(f"{actions(r)} (history {r['sequence']})" for r in records)

@@ -66,6 +66,11 @@ DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S
 # An ISO datetime whose time is exactly midnight, optionally in UTC: group 1 is its date. Shared with the serving
 # fast path (ml/bundle.py), which must type a value exactly as this module does.
 ISO_MIDNIGHT = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]00:00(?::00(?:\.0+)?)?(?:Z|\+00:?00)?$")
+# How tools write a missing value in a text file: R and pandas (NA, <NA>), Excel (#N/A, -), SQL exports (NULL,
+# null, None), UCI's data sets (?). In a column of numbers, dates or booleans such a cell is missing (a blank),
+# as pandas' reader has it; a text column keeps it as written ("NA" may be North America). "NaN" stays a float's
+# non-finite value, refused as such.
+MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "na", "<NA>", "#N/A", "NULL", "null", "None", "none", "-", "?"})
 _FAILED, _NON_FINITE = "\x00failed", "\x00non-finite"
 ROW = "_sluice_row"  # 1-based data row number in the dropped file
 REASONS = "_sluice_reasons"
@@ -185,10 +190,7 @@ def _scan_csv(path: Path, key: str, contract: Contract) -> tuple[pl.LazyFrame, _
         sep = next(d for d in ";\t|" if d in header[0])
         raise UnreadableFile(f"{key} has a single column {header[0][:60]!r}: it is separated by {sep!r}, not a comma.",
                              hint="Export the file comma-separated and drop it again.")
-    duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
-    if duplicates:
-        raise UnreadableFile(f"{key} has duplicate column names: {[clip(d, 60) for d in duplicates[:20]]}.",
-                             hint="Rename the columns so each name appears once, then drop the file again.")
+    _check_duplicates(key, header, " and drop the file again")
     _check_columns(key, header, contract)
     if lines.header_commas != len(header) - 1:
         _check_ragged(path, key, len(header))  # quoted commas in the header: its comma count is no guide
@@ -678,7 +680,7 @@ class _Typing:
                                        "False": False, "TRUE": True, "FALSE": False}, default=None,
                                       return_dtype=pl.Boolean)
         if spec.dtype in ("date", "datetime"):
-            fmt = self._format(raw[name], spec.dtype)
+            fmt = spec.format or self._format(raw[name], spec.dtype)
             if fmt is None:
                 return None
             if spec.dtype == "date":
@@ -742,6 +744,12 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
         elif spec.dtype == "bool":
             typed = s.str.to_lowercase().replace_strict(
                 {"true": True, "false": False, "1": True, "0": False}, default=None, return_dtype=pl.Boolean)
+        elif spec.dtype == "date" and spec.format is not None:
+            # the contract's layout (US dates), or an ISO date: never polars' guess, which reads 02/03 as 2 March
+            typed = pl.coalesce(s.str.to_date(spec.format, strict=False), s.str.to_date("%Y-%m-%d", strict=False),
+                                s.str.extract(ISO_MIDNIGHT.pattern, 1).str.to_date("%Y-%m-%d", strict=False))
+        elif spec.dtype == "datetime" and spec.format is not None:
+            typed = s.str.to_datetime(spec.format, strict=False, time_unit="us")
         elif spec.dtype == "date":
             typed = s.str.to_date(strict=False)
             # An ISO datetime at exactly midnight ("2025-04-05T00:00:00", what pandas' to_json and many APIs write)
@@ -763,6 +771,9 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
             typed = s.cast(target, strict=False)
     failed = typed.is_null() & raw.is_not_null()
     if is_text and spec.dtype != "str":
+        # A blank cell, or NA, N/A, null, -, ? (which no type reads: they are null already), is missing, not a
+        # type error.
+        blank = blank | s.is_in(list(MISSING_MARKERS))
         failed = failed & ~blank.fill_null(False)
     non_finite = (typed.is_nan() | typed.is_infinite()).fill_null(False) if spec.dtype == "float" else pl.lit(False)
     if spec.dtype == "float":
@@ -926,13 +937,72 @@ def _first_line(exc: BaseException) -> str:
 
 
 def read_sample(key: str, data: bytes) -> pl.DataFrame:
-    """A small sample file as a frame with inferred types (for `sluice contract infer`)."""
+    """A small sample file as a frame with inferred types (for `sluice contract infer`). A file validation would
+    refuse as a whole (not UTF-8, another delimiter, duplicate column names, unparseable) is refused here with the
+    same words, not with the reader's traceback."""
     name = key.lower()
     if name.endswith(".parquet"):
-        return pl.read_parquet(io.BytesIO(data))
+        try:
+            return pl.read_parquet(io.BytesIO(data))
+        except Exception as exc:  # polars raises several kinds for a broken file
+            raise UnreadableFile(f"{key} is not a readable Parquet file ({type(exc).__name__}: {_first_line(exc)}).",
+                                 hint="Re-export it as Parquet or CSV.") from exc
     if name.endswith(".gz"):
-        data = gzip.decompress(data)
-    frame = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as exc:
+            raise UnreadableFile(f"{key} is not valid gzip ({exc}).", hint="Compress it again.") from exc
+    _check_sample_text(key, data)
+    try:
+        frame = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
+        # A number or date column that writes its missing values as NA, N/A, null, - or ? (R, Excel, UCI): those
+        # cells are missing, as validation reads them (typed_exprs), not a reason to call the column text.
+        marked = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True,
+                             null_values=list(MISSING_MARKERS))
+    except pl.exceptions.PolarsError as exc:
+        raise UnreadableFile(f"{key} could not be parsed as CSV: {_first_line(exc)}",
+                             hint="Check the delimiter (Sluice reads comma-separated files), the quoting, and that "
+                                  "every line has as many fields as the header.") from exc
+    frame = frame.with_columns(marked[c] for c in frame.columns
+                               if frame.schema[c] == pl.Utf8 and marked.schema[c] not in (pl.Utf8, pl.Null))
     # Blank lines (and lines of empty cells) are rows of nulls to polars 2: left out, as validation leaves them out,
     # or they would make every column look nullable.
     return frame.filter(~no_value()) if frame.width else frame
+
+
+def _check_sample_text(key: str, data: bytes) -> None:
+    """What `_check_text` and `_scan_csv` refuse in a dropped file, for a sample in memory."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UnreadableFile(f"{key} is UTF-16 text, not UTF-8 (it starts with a UTF-16 byte order mark).",
+                             hint="Save it as CSV UTF-8 (in Excel: Save As, 'CSV UTF-8').")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UnreadableFile(f"{key} is not UTF-8: line {line}, byte offset {exc.start} (byte "
+                             f"0x{data[exc.start]:02x}).",
+                             hint="Save it as UTF-8 (in Excel: Save As, 'CSV UTF-8').") from exc
+    header = next(csv.reader([text.split("\n", 1)[0].rstrip("\r")]), [])
+    if len(header) == 1 and any(d in header[0] for d in ";\t|"):
+        sep = next(d for d in ";\t|" if d in header[0])
+        raise UnreadableFile(f"{key} has a single column {header[0][:60]!r}: it is separated by {sep!r}, not a comma.",
+                             hint="Export the file comma-separated (in Excel: Save As, 'CSV UTF-8 (Comma "
+                                  "delimited)').")
+    _check_duplicates(key, header, "")
+
+
+def _check_duplicates(key: str, header: list[str], then: str) -> None:
+    """Refuse a header that names a column twice; several unnamed columns are told as what they usually are: the
+    empty columns a spreadsheet exports after the last one used (every line ends in `,,`)."""
+    unnamed = [i + 1 for i, c in enumerate(header) if not c.strip()]
+    if len(unnamed) > 1:
+        raise UnreadableFile(f"{key} has {len(unnamed)} columns without a name (columns "
+                             f"{', '.join(map(str, unnamed[:10]))}{', ...' if len(unnamed) > 10 else ''} of "
+                             f"{len(header)}), so their names repeat.",
+                             hint="If they are empty columns a spreadsheet exported (every line ends in commas), "
+                                  "delete those columns in the sheet and export again; otherwise give each a name"
+                                  f"{then}.")
+    duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
+    if duplicates:
+        raise UnreadableFile(f"{key} has duplicate column names: {[clip(d, 60) for d in duplicates[:20]]}.",
+                             hint=f"Rename the columns so each name appears once{then}.")

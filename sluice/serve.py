@@ -125,6 +125,7 @@ class ModelServer:
     def app(self) -> Any:
         """The Starlette application."""
         from starlette.applications import Starlette
+        from starlette.concurrency import run_in_threadpool
         from starlette.requests import Request
         from starlette.responses import JSONResponse
         from starlette.routing import Route
@@ -138,7 +139,10 @@ class ModelServer:
                 return JSONResponse({"error": f"the body is over {MAX_BODY_BYTES} bytes, the limit; send at most "
                                      f"{MAX_ROWS} rows per request, in several requests"}, 413)
             try:
-                doc = json.loads(body)
+                # Parsing up to 16 MiB and scoring up to 10,000 rows take CPU time: in a worker thread, so the event
+                # loop keeps answering /health, /ready and other requests meanwhile (a probe that times out behind
+                # a large request would have the orchestrator restart a healthy server).
+                doc = await run_in_threadpool(json.loads, body)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 return JSONResponse({"error": f"the body is not JSON: {exc}",
                                      "expected": '{"rows": [{"column": value, ...}, ...]}'}, 400)
@@ -155,7 +159,7 @@ class ModelServer:
             if len(rows) > MAX_ROWS:
                 return JSONResponse({"error": f"{len(rows)} rows; the limit is {MAX_ROWS} per request"}, 413)
             try:
-                result = model.predict(rows)
+                result = await run_in_threadpool(model.predict, rows)
             except SluiceError as exc:
                 return JSONResponse({"error": str(exc)}, 422)
             payload = {**result.describe(), "predictions": result.to_dicts(),

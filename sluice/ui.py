@@ -10,7 +10,8 @@ nothing: every route is a GET. Pages:
     /runs/{dataset}                    runs with metrics; pick two to compare
     /runs/{dataset}/{run}              one run: metrics, configuration, top features, its plots
     /compare?a=RUN&b=RUN               two runs side by side
-    /models/{model}?at=TIME            versions, stages, gate intervals, the history timeline, the champion at TIME
+    /models/{model}?at=TIME&page=N     versions (20 a page), stages, gate intervals, the newest 50 history records,
+                                       the champion at TIME
     /models/{model}/{version}          one version: the gate's verdict and its lineage as a graph
     /artifact/{run}/{name}             a run's PNG plot, checked against the sha256 the run recorded
     /trace/{id or key}                 one drop's path (`sluice trace`): each stage's start, end and outcome
@@ -29,6 +30,8 @@ log = logging.getLogger("sluice.ui")
 PLOTS = ("loss_curve", "importance")  # the only artifacts served: images the run rendered itself
 TOP_FEATURES = 10
 EXAMPLE_ROWS = 20
+VERSIONS_SHOWN = 20  # a model page lists this many versions, newest first, with links to older pages
+HISTORY_SHOWN = 50  # and this many of the newest history records (`sluice models history NAME --all`: every one)
 
 
 def top_features(importance: dict[str, float], n: int = TOP_FEATURES) -> list[tuple[str, float]]:
@@ -179,31 +182,37 @@ class Dashboard:
         return self.render("compare.html", diff=compare(ra, rb), a=ra, b=rb,
                            plots=[p for p in PLOTS if p in ra["artifacts"] and p in rb["artifacts"]])
 
-    def model(self, name: str, at: str | None) -> str:
-        """Versions with stages and gate intervals, the history, and the champion at a time."""
+    def model(self, name: str, at: str | None, page: int = 1) -> str:
+        """One page of versions with stages and gate intervals, the newest history records, and the champion at a
+        time: a few requests whatever the history's length (the index's page and the history's tail)."""
         from sluice.ml.registry import parse_time
 
-        versions = self.registry.versions(name)
-        if not versions:
+        listing = self.registry.page(name, page=page, limit=VERSIONS_SHOWN) if page >= 1 else None
+        if listing is None or not listing["total"]:
             raise SluiceError(f"no model {name!r}; models: {', '.join(self.registry.models()) or 'none'}")
-        snap = self.registry.snapshot(name)
+        if not listing["versions"]:
+            raise SluiceError(f"{name} has {listing['pages']} page(s) of versions, not {page}")
+        history, records = self.registry.history_tail(name, HISTORY_SHOWN)
         answer: dict[str, Any] | None = None
         if at:
             when = parse_time(at)
             number, cause = self.registry.champion_at(name, when)
             answer = {"at": when.isoformat(), "champion": number, "cause": cause}
-        return self.render("model.html", name=name, versions=list(reversed(versions)), snap=snap,
-                           history=list(reversed(snap.records)), at=at or "", answer=answer,
+        return self.render("model.html", name=name, listing=listing, history=list(reversed(history)),
+                           records=records, at=at or "", answer=answer,
                            now=datetime.now(UTC).isoformat(timespec="seconds"))
 
     def version(self, name: str, number: int) -> str:
-        """One version: the gate's verdict and the lineage graph."""
+        """One version: the gate's verdict and the lineage graph (its stage from the index, its records among the
+        newest history records)."""
         version = self.registry.version(name, number)
         if version is None:
             raise SluiceError(f"{name} has no version {number}")
-        snap = self.registry.snapshot(name)
-        return self.render("version.html", v=version, stage=snap.stages.get(number, "-"),
-                           graph=lineage_graph(version), history=[r for r in snap.records if r["version"] == number])
+        history, records = self.registry.history_tail(name, HISTORY_SHOWN)
+        return self.render("version.html", v=version, stage=self.registry.stage(name, number) or "-",
+                           graph=lineage_graph(version), history=[r for r in history if r["version"] == number
+                                    or any(c.get("version") == number for c in r.get("changes") or [])],
+                           records=records, shown=len(history))
 
     def trace(self, ref: str) -> str:
         """One drop's path: each stage's start, end and outcome, with links to what it wrote."""
@@ -256,12 +265,18 @@ class Dashboard:
             Route("/runs/{dataset}", page(lambda r: self.runs(p(r, "dataset")))),
             Route("/runs/{dataset}/{run}", page(lambda r: self.run(p(r, "run")))),
             Route("/compare", page(lambda r: self.compare(r.query_params.get("a", ""), r.query_params.get("b", "")))),
-            Route("/models/{model}", page(lambda r: self.model(p(r, "model"), r.query_params.get("at")))),
+            Route("/models/{model}", page(lambda r: self.model(p(r, "model"), r.query_params.get("at"),
+                                                               _page_number(r.query_params.get("page", "1"))))),
             Route("/models/{model}/{version:int}", page(lambda r: self.version(p(r, "model"), p(r, "version")))),
             Route("/artifact/{run}/{name}", page(lambda r: self.plot(p(r, "run"), p(r, "name")))),
             Route("/trace/{ref:path}", page(lambda r: self.trace(p(r, "ref")))),
         ]
         return Starlette(routes=routes)
+
+
+def _page_number(text: str) -> int:
+    """A `?page=` value; anything that is not a whole number from 1 is page 0, which no model has."""
+    return int(text) if text.isdigit() and len(text) < 10 else 0
 
 
 def run_ui(host: str, port: int, settings: Settings | None = None) -> None:

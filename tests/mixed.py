@@ -3,6 +3,7 @@ categories, integers written as floats. All-numeric test data hid a column-order
 
 from __future__ import annotations
 
+import functools
 import io
 from datetime import date, timedelta
 
@@ -77,15 +78,25 @@ def csv_bytes(df: pl.DataFrame, *, ints_as_floats: bool = False) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=4)
 def trained_bundle(rows: int, budget_s: float) -> tuple[bytes, dict[str, bytes]]:
-    """A model trained in-process on `rows` shop rows with FLAML, as a bundle: (manifest, {file: bytes})."""
+    """A model trained in-process on `rows` shop rows with FLAML, as a bundle: (manifest, {file: bytes}). Bytes only,
+    so tests share one per size. A loaded machine can finish no trial in a small budget: then, as the worker's
+    retry would, the budget is doubled (twice at most)."""
+    from sluice.core.errors import TransientError
     from sluice.ml import bundle, modeling
     from sluice.ml.transforms import apply_transforms, frequency_tables
 
-    shop = contract(budget_s)
-    train = apply_transforms(frame(rows, 0), shop)
-    encoding = modeling.Encoding.fit(train, shop)
-    trained = modeling.train(train, encoding, shop)
+    for attempt in range(3):
+        shop = contract(budget_s * 2 ** attempt)
+        train = apply_transforms(frame(rows, 0), shop)
+        encoding = modeling.Encoding.fit(train, shop)
+        try:
+            trained = modeling.train(train, encoding, shop)
+            break
+        except TransientError:
+            if attempt == 2:
+                raise
     return bundle.bundle_files(contract=shop, encoding=encoding, model_bytes=trained.model_bytes,
                                model_format=trained.model_format, frequencies=frequency_tables(train, shop),
                                run_id="in-process")

@@ -341,9 +341,12 @@ def test_a_pandas_frame_as_row_dicts_scores_as_the_frame_does(shop_model: bundle
 
 @pytest.fixture(scope="module")
 def shop_model() -> bundle.Model:
+    return _shop_model(mixed.contract())
+
+
+def _shop_model(contract: Contract) -> bundle.Model:
     from sluice.ml.transforms import apply_transforms, frequency_tables
 
-    contract = mixed.contract()
     train = apply_transforms(mixed.frame(600, 0), contract)
     encoding = modeling.Encoding.fit(train, contract)
     booster = _booster(train, encoding, contract)
@@ -363,9 +366,10 @@ CELL = {
                                "2024-03-05T00:00:00.000", "2024-03-05T13:00:00", "2024-03-05T00:00+02:00",
                                "2025-02-30T00:00:00", datetime(2024, 7, 1), datetime(2024, 7, 1, 13),
                                date(2024, 7, 1)]),
-    "visits": st.one_of(st.integers(-2, 50), st.sampled_from(["3", "3.0", " 4 ", "3.5", "-1", "x", None, 2.0, 2.5])),
+    "visits": st.one_of(st.integers(-2, 50), st.sampled_from(["3", "3.0", " 4 ", "3.5", "-1", "x", None, 2.0, 2.5,
+                                                              "NA", "?", "-"])),
     "amount": st.one_of(st.floats(-5, 1e4, allow_nan=False), st.sampled_from(["12.5", "1e3", "nan", "inf", None,
-                                                                              "", "-0.5", 7])),
+                                                                              "", "-0.5", 7, "N/A", "null"])),
 }
 
 
@@ -468,6 +472,45 @@ def test_csv_parquet_from_pandas_and_json_rows_with_iso_dates_score_the_same(sho
         assert np.array_equal(got.scores, expected.scores)
     one = shop_model._predict_fast(utc[:1])  # what `sluice serve` gets: one row, the fast path
     assert one is not None and np.array_equal(one.scores, expected.scores[:1])
+
+
+def test_missing_markers_in_numbers_score_as_missing_on_every_path(shop_model: bundle.Model, tmp_path: Path) -> None:
+    # R writes NA, Excel #N/A or -, SQL exports NULL, UCI's files ?: in a number column such a cell is a missing
+    # value, as validation reads it. It was a type error: the row was refused (file, frame) or bailed (one row).
+    rows = mixed.frame(30, 5).with_columns(pl.when(pl.int_range(pl.len()) % 3 == 0).then(None)
+                                           .otherwise(pl.col(c)).alias(c) for c in ("visits", "amount"))
+    blank = shop_model.predict(_written(tmp_path / "blank.csv", mixed.csv_bytes(rows)))
+    assert blank.unscored == [] and len(blank.scored) == 30
+    for marker in ("NA", "N/A", "null", "-", "?", "#N/A"):
+        text = mixed.csv_bytes(rows.with_columns(pl.col("visits", "amount").cast(pl.Utf8).fill_null(marker)))
+        got = shop_model.predict(_written(tmp_path / "marked.csv", text))
+        assert got.unscored == [], (marker, got.unscored[:2])
+        assert np.array_equal(got.scores, blank.scores), marker
+        one = {**rows.to_dicts()[0], "visits": marker, "amount": marker}
+        fast = shop_model._predict_fast([one])
+        assert fast is not None and np.array_equal(fast.scores, blank.scores[:1]), marker
+    # a text column keeps the marker as written: "NA" may be a value (North America)
+    assert shop_model.predict({**rows.to_dicts()[1], "brand": "NA"}).unscored == []
+
+
+def test_a_date_column_with_a_layout_scores_in_that_layout_on_every_path(shop_model: bundle.Model,
+                                                                          tmp_path: Path) -> None:
+    # A contract inferred from US dates says `format: "%m/%d/%Y"`: the model must read new rows so (02/03/2024 is
+    # 3 February, not polars' guess of 2 March), from a file, a frame, row dicts and one row as `sluice serve` does.
+    contract = mixed.contract()
+    us = contract.model_copy(update={"columns": {**contract.columns, "signup": contract.columns["signup"].model_copy(
+        update={"format": "%m/%d/%Y"})}})
+    model = _shop_model(us)
+    assert model.contract.columns["signup"].format == "%m/%d/%Y"  # it travels in the bundle
+    rows = mixed.frame(40, 8).filter(pl.col("signup").dt.day() <= 12)
+    expected = shop_model.predict(rows)
+    assert expected.unscored == [] and rows.height > 5
+    written = rows.with_columns(pl.col("signup").dt.strftime("%m/%d/%Y"))
+    for got in (model.predict(_written(tmp_path / "us.csv", mixed.csv_bytes(written))), model.predict(written),
+                model.predict(written.to_dicts()), model.predict(written.to_dicts()[0])):
+        assert got.unscored == [], got.unscored[:2]
+        assert np.array_equal(got.scores, expected.scores[: len(got.scores)])
+    assert model.predict({**rows.to_dicts()[0], "signup": "2024-02-03"}).unscored == []  # ISO is taken too
 
 
 def test_a_date_with_a_time_of_day_is_refused_with_the_reason(shop_model: bundle.Model, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from moto import mock_aws
 
-from sluice.core.errors import RegistryError
+from sluice.core.errors import RegistryError, SluiceError
 from sluice.core.settings import Settings
 from sluice.infra.provision import provision
 from sluice.infra.state import MemoryState
@@ -570,3 +570,75 @@ def test_a_lifecycle_command_by_a_role_that_cannot_write_versions_after_a_killed
     reg.reindex("m")  # by a role that writes versions/
     assert reg.store.exists("registry/m/versions/000006.json")
     assert_index_answers_like_the_history(reg)
+
+
+def test_the_dashboards_model_and_version_pages_cost_the_same_at_any_length(
+        registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The model page read every version document and replayed the whole history (two requests per version: minutes
+    # at 10,000 versions); the version page replayed the history too. Now: the index's page, the history's tail.
+    import sluice.ui
+    from sluice.ui import Dashboard
+
+    monkeypatch.setattr(sluice.ui, "VERSIONS_SHOWN", 4)
+    monkeypatch.setattr(sluice.ui, "HISTORY_SHOWN", 5)
+    board = Dashboard(replace(Settings(), bucket="sluice-index", broker_url="memory://", signing_key=KEY),
+                      store=registry.store, state=registry.state)
+
+    def costs() -> list[int]:
+        board.registry = fresh(registry)
+        model = count_requests(registry, lambda: board.model("m", None))
+        board.registry = fresh(registry)
+        version = count_requests(registry, lambda: board.version("m", 2))
+        return [sum(model.values()), sum(version.values())]
+
+    def versions(n: int, start: int = 0) -> None:  # as the register stage writes them (lineage, scores)
+        for i in range(start, start + n):
+            lineage = {"run_id": f"r{i}", "contract_version": "c" * 64, "feature_set_version": "f" * 16,
+                       "data_versions": [], "sources": []}
+            registry.register("m", {"run_id": f"r{i}", "dataset": "m", "artifact": {"sha256": "a" * 64},
+                                    "lineage": lineage, "scores": {"candidate": 0.9, "champion": None}},
+                              outcome="promote" if i % 3 else "insufficient_evidence",
+                              compared_with=registry.current("m").champion, at=t(i))
+
+    versions(6)
+    small = costs()
+    versions(30, start=6)
+    large = costs()
+    assert all(after <= before + 2 for before, after in zip(small, large, strict=True)), (small, large)
+    snap = registry.snapshot("m")
+    page = board.model("m", None)
+    assert page.count('<a href="/models/m/') >= 4 and "v36" in page and "v32" not in page.split("<h2>History")[0]
+    assert "The newest 5 of 36 records" in page and 'href="/models/m?page=2"' in page
+    older = board.model("m", None, page=9)  # 36 versions, 4 a page: the oldest page holds versions 4 to 1
+    rows = older.split('<table id="versions">')[1].split("</table>")[0]
+    assert [f"v{n}" in rows for n in (5, 4, 1)] == [False, True, True]
+    for n in (1, 4):  # each version's stage is the history's
+        assert f'<span class="pill {snap.stages[n]}">{snap.stages[n]}</span>' in rows
+    with pytest.raises(SluiceError, match="not 10"):
+        board.model("m", None, page=10)
+    assert f'<span class="pill {snap.stages[2]}">' in board.version("m", 2)
+
+
+def test_a_runs_version_stage_and_gate_record_cost_the_same_at_any_length(registry: ModelRegistry) -> None:
+    # `sluice trace` found a drop's version by reading every version and replaying the history twice.
+    def answer(run_id: str) -> tuple[Any, ...]:
+        found = fresh(registry).run_state("m", run_id)
+        assert found is not None
+        version, stage, record = found
+        return version["version"], stage, record["sequence"] if record else None
+
+    def replayed(run_id: str) -> tuple[Any, ...]:
+        [version] = [v for v in registry.versions("m") if v["run_id"] == run_id]
+        n = version["version"]
+        gate = [r for r in registry.history("m") if r["version"] == n and r.get("cause") == "gate"]
+        return n, registry.snapshot("m").stages[n], gate[-1]["sequence"]
+
+    populate(registry, 6)
+    small = count_requests(registry, lambda: answer("r2"))
+    populate(registry, 30, start=6)
+    registry.rollback("m", reason="r", by="me", at=t(90))
+    large = count_requests(registry, lambda: answer("r2"))
+    assert sum(large.values()) <= sum(small.values()) + 2 and "ListObjectsV2" not in large, (small, large)
+    for run_id in ("r0", "r2", "r33", "r35"):
+        assert answer(run_id) == replayed(run_id)
+    assert fresh(registry).run_state("m", "never-registered") is None

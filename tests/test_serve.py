@@ -233,3 +233,50 @@ def test_hostile_requests_get_a_4xx_and_a_huge_body_is_not_read(monkeypatch: pyt
             assert answer.startswith("HTTP/1.1 413") and "the limit" in answer, answer[:300]
     finally:
         http.should_exit = True
+
+
+def test_a_long_request_does_not_hold_up_health_probes_or_other_requests() -> None:
+    """Scoring ran on the event loop: while a 10,000-row request was scored, `/health` and `/ready` waited behind it,
+    so an orchestrator's probe could time out and restart a healthy server."""
+    import asyncio
+
+    from sluice.ml import bundle
+    from sluice.serve import ModelServer
+
+    manifest, files = mixed.trained_bundle(300, 0.5)
+    server = ModelServer(mixed.DATASET, watch=False)
+    server.model = bundle.model_from_files(manifest, files)
+    scoring, release = threading.Event(), threading.Event()
+    real_predict = server.model.predict
+
+    def slow_predict(rows: Any) -> Any:  # a scoring that holds its thread until the probes are answered
+        scoring.set()
+        release.wait(timeout=20)
+        return real_predict(rows)
+
+    server.model.predict = slow_predict  # type: ignore[method-assign]
+    row = json.loads(json.dumps(mixed.frame(1, 5).to_dicts()[0], default=str))
+    order: list[str] = []
+
+    async def scenario() -> None:
+        transport = httpx.ASGITransport(app=server.app())
+        async with httpx.AsyncClient(transport=transport, base_url="http://serve") as client:
+            async def score() -> None:
+                r = await client.post("/predict", json={"rows": [row]})
+                order.append(f"predict {r.status_code}")
+
+            async def probe() -> None:
+                while not scoring.is_set():
+                    await asyncio.sleep(0.01)
+                for path in ("/health", "/ready"):
+                    r = await client.get(path)
+                    order.append(f"{path} {r.status_code}")
+                release.set()
+
+            await asyncio.wait_for(asyncio.gather(score(), probe()), timeout=30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+    assert order == ["/health 200", "/ready 200", "predict 200"], order

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from datetime import date, datetime
+import re
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -493,19 +494,13 @@ def test_contract_infer_leaves_blank_lines_out() -> None:
 def test_a_bool_target_written_by_pandas_passes_the_contract_inferred_from_it(fmt: str, tmp_path: Path) -> None:
     # statsmodels' `fair` with `had_affair = affairs > 0`: pandas writes True/False, the inferred contract pinned
     # the classes as 'false'/'true', and every row of the very file it was inferred from was quarantined.
-    import io
 
     import pandas as pd
 
     from sluice.ml.validation import read_sample
 
     df = pd.DataFrame({"age": [32.0, 27.0, 22.0, 37.0] * 10, "had_affair": [True, False, False, True] * 10})
-    if fmt == "csv":
-        data = df.to_csv(index=False).encode()
-    else:
-        buf = io.BytesIO()
-        df.to_parquet(buf)
-        data = buf.getvalue()
+    data = _written_by_pandas(df, fmt)
     contract = parse_contract(infer_contract(read_sample(f"x.{fmt}", data), "fair", "had_affair").to_yaml())
     assert contract.task == "binary"
     (tmp_path / f"x.{fmt}").write_bytes(data)
@@ -556,6 +551,45 @@ def test_a_zoned_datetime_column_written_by_pandas_reads_as_its_parquet_does(tmp
     assert typed["csv"] == typed["parquet"] and typed["csv"][0] == datetime(2024, 3, 1, 7, 0)  # the UTC instant
 
 
+@pytest.mark.parametrize("marker", ["NA", "N/A", "null", "-", "?", "#N/A"])
+def test_numbers_with_missing_markers_are_numbers_to_infer_and_to_validation(marker: str, tmp_path: Path) -> None:
+    # vega's cars with its missing mpg and horsepower written as R (NA), Excel (-, #N/A), SQL (null) or UCI (?) write
+    # them: the columns were inferred as text, so the model took horsepower for a category (an unseen value scored
+    # as missing).
+    from sluice.ml.validation import read_sample
+
+    rows = [f"{i},{'' if i % 7 == 0 else 100 + i},{'' if i % 5 == 0 else i / 4},{'NA' if i % 2 else 'EU'}"
+            for i in range(60)]
+    text = ("id,horsepower,mpg,origin\n" + "\n".join(rows) + "\n").replace(",,", f",{marker},")
+    text = text.replace(",\n", f",{marker}\n")
+    assert marker in text
+    contract = parse_contract(infer_contract(read_sample("cars.csv", text.encode()), "cars", "origin").to_yaml())
+    assert (contract.columns["horsepower"].dtype, contract.columns["mpg"].dtype) == ("int", "float")
+    assert contract.columns["origin"].categories == ["EU", "NA"]  # a text column keeps "NA" as written
+    (tmp_path / "cars.csv").write_text(text)
+    split = validate_file(tmp_path / "cars.csv", "incoming/cars/cars.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+    data = pl.read_parquet(split.valid_path)
+    assert (data["horsepower"].null_count(), data["mpg"].null_count()) == (9, 12)
+    assert data["origin"].to_list().count("NA") == 30
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"name;price;label\nx;1,5;a\ny;2,5;b\n", "separated by ';', not a comma"),
+    ("name,label\ncafé,a\nthé,b\n".encode("latin-1"), "is not UTF-8: line 2"),
+    (b"a,b,a,label\n1,2,3,x\n4,5,6,y\n", "duplicate column names: ['a']"),
+    (b'a,label\n"1,x\n', "could not be parsed as CSV"),
+    (b"a,label,,\n1,x,,\n2,y,,\n", "2 columns without a name (columns 3, 4 of 4)"),
+])
+def test_contract_infer_refuses_what_validation_refuses_without_a_traceback(data: bytes, message: str) -> None:
+    # Excel's French export (; and decimal commas) and its Windows "CSV" (cp1252) made `sluice contract infer` print
+    # polars' traceback; duplicate names were renamed (a_duplicated_0) into a contract every drop then broke.
+    from sluice.ml.validation import read_sample
+
+    with pytest.raises(UnreadableFile, match=re.escape(message)):
+        read_sample("export.csv", data)
+
+
 def test_contract_infer_leaves_out_pandas_index_column(tmp_path: Path) -> None:
     # `df.to_csv(path)` without index=False writes pandas' index as a first column named "": inferred as a feature,
     # it numbered the rows in the file's order (sorted by class in many public datasets: a leak the gate refused),
@@ -581,3 +615,120 @@ def test_contract_infer_leaves_out_pandas_index_column(tmp_path: Path) -> None:
     # a named first column is data
     frame.rename_axis("n").to_csv(path)
     assert "n" in infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").columns
+
+
+def test_us_dates_are_dates_in_their_layout_to_infer_and_to_validation(tmp_path: Path) -> None:
+    # vega's seattle-weather with its dates written mm/dd/yyyy (Excel in the US): polars did not read them, so
+    # `contract infer` made the column text (a category per day: new days scored as missing); and a contract that
+    # said `date` had them guessed per value, day first where a day could be a month (02/03/2024 read as 2 March).
+    from sluice.ml.validation import read_sample
+
+    days = [date(2024, 1, 25) + timedelta(days=9 * i) for i in range(40)]
+    text = "day,rain,weather\n" + "".join(f"{d:%m/%d/%Y},{i % 5},{'sun' if i % 3 else 'rain'}\n"
+                                           for i, d in enumerate(days))
+    contract = parse_contract(infer_contract(read_sample("w.csv", text.encode()), "w", "weather").to_yaml())
+    assert (contract.columns["day"].dtype, contract.columns["day"].format) == ("date", "%m/%d/%Y")
+    assert {t.name for t in contract.features} >= {"day_month", "day_dayofweek"}
+    (tmp_path / "w.csv").write_text(text)
+    split = validate_file(tmp_path / "w.csv", "incoming/w/w.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (40, 0), split.summary()
+    assert pl.read_parquet(split.valid_path)["day"].to_list() == days
+    # the next file's days are all 12 or under: still month first, as the contract says
+    (tmp_path / "w2.csv").write_text("day,rain,weather\n02/03/2024,1,sun\n12/01/2024,2,rain\n2024-05-06,0,sun\n")
+    split = validate_file(tmp_path / "w2.csv", "incoming/w/w2.csv", contract, tmp_path)
+    assert pl.read_parquet(split.valid_path)["day"].to_list() == [date(2024, 2, 3), date(2024, 12, 1), date(2024, 5, 6)]
+    day_first = infer_contract(read_sample("d.csv", b"day,y\n25/01/2024,a\n03/02/2024,b\n"), "d", "y").columns["day"]
+    assert day_first.dtype == "date"
+    with pytest.raises(ContractError, match="format"):
+        parse_contract(contract.to_yaml().replace("dtype: date", "dtype: str", 1))
+
+
+def test_contract_infer_says_when_a_text_column_holds_numbers_written_for_people() -> None:
+    # "3,504" lbs and "9.5%" (a spreadsheet's display format) were inferred as text without a word: the user got a
+    # model that took each weight for a category.
+    from sluice.ml.validation import read_sample
+
+    text = b'weight,share,code,y\n"3,504",9.5%,"1,2",a\n"12,000,100",12 %,"3,4",b\n"1,230.5",100%,"5,6",a\n'
+    doc = infer_contract(read_sample("x.csv", text), "x", "y").to_yaml()
+    weight, share, code = (doc.split(f"\n  {c}:")[0].rsplit("\n  # 0 missing", 1)[1]
+                           for c in ("weight", "share", "code"))
+    assert "NUMBERS WRITTEN AS TEXT" in weight and "NUMBERS WRITTEN AS TEXT" in share, doc
+    assert "NUMBERS WRITTEN AS TEXT" not in code  # "1,2" is not a thousands separator
+
+
+def test_a_csv_with_the_empty_columns_a_spreadsheet_exports_is_refused_saying_so(tmp_path: Path) -> None:
+    # Every line ending in ",," (columns once touched in the sheet): refused as "duplicate column names: ['']",
+    # which named nothing the user could see.
+    contract = parse_contract(infer_contract(pl.DataFrame({"a": [1, 2], "label": ["x", "y"]}), "s", "label").to_yaml())
+    (tmp_path / "s.csv").write_bytes(b"a,label,,\r\n1,x,,\r\n2,y,,\r\n")
+    with pytest.raises(UnreadableFile, match=r"2 columns without a name \(columns 3, 4 of 4\)") as caught:
+        validate_file(tmp_path / "s.csv", "incoming/s/s.csv", contract, tmp_path)
+    assert "empty columns a spreadsheet exported" in caught.value.hint
+
+
+def test_contract_infer_refuses_a_target_of_numbers_written_for_people() -> None:
+    # A price column exported as "12,340": the target was text, so every price became a class of its own.
+    from sluice.ml.validation import read_sample
+
+    text = "x,price\n" + "".join(f'{i},"{i * 1234:,}"\n' for i in range(60))
+    with pytest.raises(ContractError, match="target 'price' holds numbers written for people"):
+        infer_contract(read_sample("p.csv", text.encode()), "p", "price")
+
+
+def test_contract_infer_leaves_out_pandas_index_in_a_parquet_file(tmp_path: Path) -> None:
+    # `df.to_parquet()` of a filtered or split frame (its index not 0..n-1) writes the index as `__index_level_0__`:
+    # inferred as a feature, the model then refused every row of a frame or file without it ("column
+    # '__index_level_0__' is missing"), and the numbers told the class in a file sorted by it.
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    frame = pd.DataFrame({"age": [30, 40, 50, 60, 70, 80], "score": [1.5, 2.5, 3.5, 4.5, 5.5, 6.5],
+                          "label": ["no", "no", "no", "yes", "yes", "yes"]})
+    kept = frame[frame["age"] != 40]
+    path = tmp_path / "people.parquet"
+    kept.to_parquet(path)
+    assert "__index_level_0__" in pl.read_parquet(path).columns
+    contract = infer_contract(read_sample(path.name, path.read_bytes()), "people", "label")
+    assert list(contract.columns) == ["age", "score", "label"] and contract.extra_columns == "drop"
+    assert "to_parquet()" in contract.to_yaml()
+    split = validate_file(path, "incoming/people/people.parquet", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid, split.columns) == (5, 0, ["age", "score", "label"])
+    kept.reset_index(drop=True).to_parquet(path)  # a plain range index is not written
+    assert infer_contract(read_sample(path.name, path.read_bytes()), "people", "label").extra_columns == "reject"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_class_labels_with_a_gap_written_as_floats_stay_classes(fmt: str, tmp_path: Path) -> None:
+    # pandas turns an integer column with a missing value into floats: wine's classes 0, 1, 2 with three labels not
+    # known yet were written 0.0, 1.0, 2.0 and inferred as a regression, so the user got an RMSE and a regressor.
+
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    df = pd.DataFrame({"x": [float(i) for i in range(60)], "y": [float(i % 3) for i in range(60)]})
+    df.loc[[4, 31], "y"] = None
+    data = _written_by_pandas(df, fmt)
+    contract = parse_contract(infer_contract(read_sample(f"x.{fmt}", data), "w", "y").to_yaml())
+    assert (contract.task, contract.metric) == ("multiclass", "log_loss")
+    assert contract.columns["y"].categories == ["0.0", "1.0", "2.0"] and contract.columns["y"].nullable
+    (tmp_path / f"x.{fmt}").write_bytes(data)
+    split = validate_file(tmp_path / f"x.{fmt}", f"incoming/w/x.{fmt}", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+    # amounts stay a regression: decimals, or more whole values than classes usually have
+    amounts = pd.DataFrame({"x": range(60), "y": [i * 0.5 for i in range(60)]})
+    assert infer_contract(read_sample("a.csv", amounts.to_csv(index=False).encode()), "a", "y").task == "regression"
+    counts = pd.DataFrame({"x": range(60), "y": [float(i) for i in range(60)]})
+    assert infer_contract(read_sample("c.csv", counts.to_csv(index=False).encode()), "c", "y").task == "regression"
+
+
+def _written_by_pandas(df: Any, fmt: str) -> bytes:
+    """`df` as pandas writes it: CSV without the index, or Parquet."""
+    import io
+
+    if fmt == "csv":
+        return str(df.to_csv(index=False)).encode()
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    return buf.getvalue()
