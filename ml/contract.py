@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from sluice.core import keys
-from sluice.core.errors import ContractError, SluiceError
+from sluice.core.errors import ContractError, SluiceError, clip
 from sluice.core.ports import ObjectStore
 
 DType = Literal["int", "float", "str", "bool", "date", "datetime"]
@@ -446,6 +446,10 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
                     "`format`, so a day that could be a month is never read the other way)")
         columns[name], notes[f"columns.{name}"] = spec, note
     y = frame[target].drop_nulls()
+    if y.dtype == pl.Utf8 and _numbers_for_people(y):
+        raise ContractError(f"target {target!r} holds numbers written for people ({clip(str(y[0]), 40)!r}: thousands "
+                            "separators or a % sign), which would make every value a class of its own. Export the "
+                            "column as plain numbers (1234, 0.12) and infer again.")
     distinct = y.n_unique()
     # pandas writes an integer column that has a missing value as floats (1.0, 2.0, ...): labels with a gap must not
     # turn a classifier into a regression, so whole-number floats count as the integers they are.
@@ -568,17 +572,25 @@ def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
         seen = values.unique().sort().to_list()
         shown = ", ".join(str(v) for v in seen[:8]) + (", ..." if len(seen) > 8 else "")
         parts.append(f"{len(seen)} distinct: {shown}")
-        written = values.str.strip_chars()
-        if values.len() and bool(written.str.contains(NUMBER_AS_TEXT).all()):
-            parts.append("NUMBERS WRITTEN AS TEXT: every value is a number with thousands separators or a % sign "
-                         "(1,234 or 12%), so the model takes each value for a category and scores an unseen one as "
-                         "missing. Export the column as plain numbers (1234, 0.12) and infer again to train on it "
+        if _numbers_for_people(values):
+            parts.append("NUMBERS WRITTEN AS TEXT: every value is a number, some with thousands separators or a % "
+                         "sign (1,234 or 12%), so the model takes each value for a category and scores an unseen one "
+                         "as missing. Export the column as plain numbers (1234, 0.12) and infer again to train on it "
                          "as a number")
     return ColumnSpec(**spec), "; ".join(parts)
 
 
 # A number as spreadsheets display it: thousands separators (1,234.5) or a percent sign (12%, 12.5 %).
 NUMBER_AS_TEXT = r"^-?(?:[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+)?\s?%)$"
+
+
+def _numbers_for_people(s: pl.Series) -> bool:
+    """Every value a number, some with thousands separators or a percent sign (the rest plain: 512, 0)."""
+    if s.dtype != pl.Utf8:
+        return False  # a categorical column (pandas' `category` in a Parquet file) is categories by choice
+    written = s.drop_nulls().str.strip_chars()
+    people = written.str.contains(NUMBER_AS_TEXT)
+    return bool(people.any()) and bool((people | written.str.contains(r"^-?[0-9]+(?:\.[0-9]+)?$")).all())
 
 
 def _round(v: float) -> float:
@@ -605,6 +617,8 @@ DATE_LAYOUTS = (("date", "%d/%m/%Y"), ("date", "%m/%d/%Y"), ("date", "%d-%m-%Y")
 
 def _date_layout(s: pl.Series) -> tuple[str, str] | None:
     """(dtype, format) when every value of a text column reads as one date layout."""
+    if s.dtype != pl.Utf8:
+        return None
     values = s.drop_nulls().str.strip_chars()
     values = values.filter(values.str.len_bytes() > 0)
     if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):

@@ -190,10 +190,7 @@ def _scan_csv(path: Path, key: str, contract: Contract) -> tuple[pl.LazyFrame, _
         sep = next(d for d in ";\t|" if d in header[0])
         raise UnreadableFile(f"{key} has a single column {header[0][:60]!r}: it is separated by {sep!r}, not a comma.",
                              hint="Export the file comma-separated and drop it again.")
-    duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
-    if duplicates:
-        raise UnreadableFile(f"{key} has duplicate column names: {[clip(d, 60) for d in duplicates[:20]]}.",
-                             hint="Rename the columns so each name appears once, then drop the file again.")
+    _check_duplicates(key, header, " and drop the file again")
     _check_columns(key, header, contract)
     if lines.header_commas != len(header) - 1:
         _check_ragged(path, key, len(header))  # quoted commas in the header: its comma count is no guide
@@ -742,9 +739,6 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
     else:
         s = raw.str.strip_chars()
         blank = s.str.len_bytes() == 0  # a blank cell is a null, not a type error
-        if spec.dtype != "str":
-            blank = blank | s.is_in(list(MISSING_MARKERS))
-            s = pl.when(blank).then(None).otherwise(s)
         if spec.dtype == "str":
             typed = raw
         elif spec.dtype == "bool":
@@ -777,6 +771,9 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
             typed = s.cast(target, strict=False)
     failed = typed.is_null() & raw.is_not_null()
     if is_text and spec.dtype != "str":
+        # A blank cell, or NA, N/A, null, -, ? (which no type reads: they are null already), is missing, not a
+        # type error.
+        blank = blank | s.is_in(list(MISSING_MARKERS))
         failed = failed & ~blank.fill_null(False)
     non_finite = (typed.is_nan() | typed.is_infinite()).fill_null(False) if spec.dtype == "float" else pl.lit(False)
     if spec.dtype == "float":
@@ -991,7 +988,21 @@ def _check_sample_text(key: str, data: bytes) -> None:
         raise UnreadableFile(f"{key} has a single column {header[0][:60]!r}: it is separated by {sep!r}, not a comma.",
                              hint="Export the file comma-separated (in Excel: Save As, 'CSV UTF-8 (Comma "
                                   "delimited)').")
+    _check_duplicates(key, header, "")
+
+
+def _check_duplicates(key: str, header: list[str], then: str) -> None:
+    """Refuse a header that names a column twice; several unnamed columns are told as what they usually are: the
+    empty columns a spreadsheet exports after the last one used (every line ends in `,,`)."""
+    unnamed = [i + 1 for i, c in enumerate(header) if not c.strip()]
+    if len(unnamed) > 1:
+        raise UnreadableFile(f"{key} has {len(unnamed)} columns without a name (columns "
+                             f"{', '.join(map(str, unnamed[:10]))}{', ...' if len(unnamed) > 10 else ''} of "
+                             f"{len(header)}), so their names repeat.",
+                             hint="If they are empty columns a spreadsheet exported (every line ends in commas), "
+                                  "delete those columns in the sheet and export again; otherwise give each a name"
+                                  f"{then}.")
     duplicates = sorted(c for c, n in Counter(header).items() if n > 1)
     if duplicates:
         raise UnreadableFile(f"{key} has duplicate column names: {[clip(d, 60) for d in duplicates[:20]]}.",
-                             hint="Rename the columns so each name appears once.")
+                             hint=f"Rename the columns so each name appears once{then}.")

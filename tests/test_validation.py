@@ -579,6 +579,7 @@ def test_numbers_with_missing_markers_are_numbers_to_infer_and_to_validation(mar
     ("name,label\ncafé,a\nthé,b\n".encode("latin-1"), "is not UTF-8: line 2"),
     (b"a,b,a,label\n1,2,3,x\n4,5,6,y\n", "duplicate column names: ['a']"),
     (b'a,label\n"1,x\n', "could not be parsed as CSV"),
+    (b"a,label,,\n1,x,,\n2,y,,\n", "2 columns without a name (columns 3, 4 of 4)"),
 ])
 def test_contract_infer_refuses_what_validation_refuses_without_a_traceback(data: bytes, message: str) -> None:
     # Excel's French export (; and decimal commas) and its Windows "CSV" (cp1252) made `sluice contract infer` print
@@ -653,6 +654,46 @@ def test_contract_infer_says_when_a_text_column_holds_numbers_written_for_people
                            for c in ("weight", "share", "code"))
     assert "NUMBERS WRITTEN AS TEXT" in weight and "NUMBERS WRITTEN AS TEXT" in share, doc
     assert "NUMBERS WRITTEN AS TEXT" not in code  # "1,2" is not a thousands separator
+
+
+def test_a_csv_with_the_empty_columns_a_spreadsheet_exports_is_refused_saying_so(tmp_path: Path) -> None:
+    # Every line ending in ",," (columns once touched in the sheet): refused as "duplicate column names: ['']",
+    # which named nothing the user could see.
+    contract = parse_contract(infer_contract(pl.DataFrame({"a": [1, 2], "label": ["x", "y"]}), "s", "label").to_yaml())
+    (tmp_path / "s.csv").write_bytes(b"a,label,,\r\n1,x,,\r\n2,y,,\r\n")
+    with pytest.raises(UnreadableFile, match=r"2 columns without a name \(columns 3, 4 of 4\)") as caught:
+        validate_file(tmp_path / "s.csv", "incoming/s/s.csv", contract, tmp_path)
+    assert "empty columns a spreadsheet exported" in caught.value.hint
+
+
+def test_contract_infer_refuses_a_target_of_numbers_written_for_people() -> None:
+    # A price column exported as "12,340": the target was text, so every price became a class of its own.
+    from sluice.ml.validation import read_sample
+
+    text = "x,price\n" + "".join(f'{i},"{i * 1234:,}"\n' for i in range(60))
+    with pytest.raises(ContractError, match="target 'price' holds numbers written for people"):
+        infer_contract(read_sample("p.csv", text.encode()), "p", "price")
+
+
+def test_a_pandas_parquet_with_category_nullable_int_and_zoned_datetime_passes_its_inferred_contract(
+        tmp_path: Path) -> None:
+    # vega's cars as a pandas user saves it: `category`, `Int64` and `datetime64[ns, UTC]` columns. contract infer
+    # asked a categorical column for its text (thousands separators, date layouts) and printed polars' traceback.
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    df = pd.DataFrame({"origin": pd.Categorical(["USA", "Europe", "Japan"] * 20),
+                       "cylinders": pd.array([4, 6, None, 8] * 15, dtype="Int64"),
+                       "year": pd.date_range("1970-01-01", periods=60, freq="90D", tz="UTC"),
+                       "mpg": [18.5 + 0.7 * (i % 37) for i in range(60)]})
+    path = tmp_path / "cars.parquet"
+    df.to_parquet(path)
+    contract = parse_contract(infer_contract(read_sample(path.name, path.read_bytes()), "cars", "mpg").to_yaml())
+    assert {n: c.dtype for n, c in contract.columns.items()} == {
+        "origin": "str", "cylinders": "int", "year": "datetime", "mpg": "float"}
+    split = validate_file(path, "incoming/cars/cars.parquet", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
 
 
 def test_contract_infer_leaves_out_pandas_index_in_a_parquet_file(tmp_path: Path) -> None:
