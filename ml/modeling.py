@@ -597,7 +597,8 @@ def boosted_rounds(fitted: Any) -> int | None:
 def _templates(automl: Any, model: Any, estimators: list[str], task: str, n_jobs: int, seed: int
                ) -> dict[str, Any]:
     """Unfitted scikit-learn models of each blendable learner's best configuration, the search's winner first,
-    then the fixed members (ml/blend.py) when LightGBM is searched."""
+    then the fixed members (ml/blend.py) when LightGBM is searched, and the linear model's twin on rows scaled to
+    one norm (blend.LINEAR_ROWS) when the linear model is, for regression."""
     out: dict[str, Any] = {}
     fixed = blend.fixed_templates(task, n_jobs, seed) if "lgbm" in estimators else {}
     for name in [automl.best_estimator, *estimators]:
@@ -613,7 +614,8 @@ def _templates(automl: Any, model: Any, estimators: list[str], task: str, n_jobs
         if name == "lgbm":
             params.setdefault("verbose", -1)
         out[name] = flaml_estimator.estimator_class(**params)
-    return out | fixed
+    twin = blend.linear_rows(out["linear"]) if "linear" in out and task in blend.LINEAR_ROWS_TASKS else None
+    return out | fixed | ({blend.LINEAR_ROWS: twin} if twin is not None else {})
 
 
 def refit_template(fitted: Any) -> Any:
