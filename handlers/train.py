@@ -81,50 +81,68 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
 
-    frame = training_rows(ctx.store, contract, features.feature_set_version, label_ids)
-    mask, split_keys = modeling.split(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction, spec.seed)
-    train_frame, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
-    encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
-    if train_frame.height < MIN_TRAIN_ROWS or holdout.height == 0 or (encoding.classes and len(encoding.classes) < 2):
-        raise ValidationFailed(
-            f"dataset {dataset!r} has {frame.height} labelled rows ({train_frame.height} for training, "
-            f"{holdout.height} held out){'' if not encoding.classes else f' and classes {encoding.classes}'}: "
-            "too little to train and evaluate a model.",
-            hint=f"Drop more rows (at least {MIN_TRAIN_ROWS * 2}, with every class represented).",
-            failures=[Failure(contract.target, "enough labelled rows to train", value=frame.height)],
-        )
     with ThreadPoolExecutor(4, thread_name_prefix="train-side") as side:
+        # The champion's configuration, read from the registry while the rows are read and split.
+        warm_future = side.submit(contextvars.copy_context().run, _warm_start, ctx, contract)
+        frame = training_rows(ctx.store, contract, features.feature_set_version, label_ids)
+        mask, split_keys = modeling.split(frame.select(row_key_columns(contract, frame)), spec.holdout_fraction,
+                                          spec.seed)
+        train_frame, holdout = frame.filter(pl.Series(~mask)), frame.filter(pl.Series(mask))
+        encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
+        if train_frame.height < MIN_TRAIN_ROWS or holdout.height == 0 or (
+                encoding.classes and len(encoding.classes) < 2):
+            raise ValidationFailed(
+                f"dataset {dataset!r} has {frame.height} labelled rows ({train_frame.height} for training, "
+                f"{holdout.height} held out){'' if not encoding.classes else f' and classes {encoding.classes}'}: "
+                "too little to train and evaluate a model.",
+                hint=f"Drop more rows (at least {MIN_TRAIN_ROWS * 2}, with every class represented).",
+                failures=[Failure(contract.target, "enough labelled rows to train", value=frame.height)],
+            )
         return _train(ctx, contract, features, labels, label_ids, run_id, base, frame, train_frame, holdout, encoding,
-                      split_keys[~mask], side, t0)
+                      split_keys[~mask], side, t0, warm_future)
 
 
 def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
            label_ids: list[str], run_id: str, base: str, frame: pl.DataFrame, train_frame: pl.DataFrame,
            holdout: pl.DataFrame, encoding: modeling.Encoding, train_keys: np.ndarray, side: ThreadPoolExecutor,
-           t0: float) -> list[Any]:
+           t0: float, warm_future: Future[dict[str, dict[str, Any]] | None]) -> list[Any]:
     """The run itself. Work the search does not need (the drift profile, the holdout's Parquet, the category
-    frequencies, the leakage check unless it decides the columns, the plots and their uploads) runs on `side`,
-    beside the search and the refit: on data where a fit uses one thread, the worker's other core is idle
-    there (benchmarks/training_overhead.py). Every result is awaited before the run document is written."""
+    frequencies, the leakage check unless it decides the columns, the refit's encoded rows, the plots and their
+    uploads) runs on `side`, beside the search and the refit: on data where a fit uses one thread, the worker's
+    other core is idle there (benchmarks/training_overhead.py). Every result is awaited before the run document
+    is written."""
     spec, dataset = contract.training, contract.dataset
 
+    stage_context = contextvars.copy_context()
+
     def beside(fn: Any, *args: Any) -> Future[Any]:
-        return side.submit(contextvars.copy_context().run, fn, *args)  # the stage's trace and log context
+        # In the stage's trace and log context, also when called from the search's watcher thread.
+        return side.submit(stage_context.copy().run, fn, *args)
 
     cells = train_frame.height * max(len(encoding.columns), 1)
     overlap = modeling.worker_jobs(spec.n_jobs, cells) < (os.cpu_count() or 1)
     t_leak = time.perf_counter()
-    leak_future = None
-    if overlap and spec.leakage != "exclude":  # only `exclude` changes what the search trains on
-        leak_future = beside(_check_leakage, ctx, contract, train_frame, encoding)
-    else:
+    leak_beside = overlap and spec.leakage != "exclude"  # only `exclude` changes what the search trains on
+    if not leak_beside:
         leaks, encoding = _check_leakage(ctx, contract, train_frame, encoding)
     leak_s = time.perf_counter() - t_leak
-    profile_future = beside(lambda: json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode())
-    holdout_future = beside(_parquet, holdout)
-    frequencies_future = beside(frequency_tables, frame, contract)
-    starting_points = _warm_start(ctx, contract)
+    starting_points = warm_future.result()
     t_prep = time.perf_counter()
+    futures: dict[str, Future[Any]] = {}
+
+    def start_side_work() -> None:
+        """Submitted once the search has its first model (modeling.train's `on_search_start`): before, on a
+        worker's two cores, this work slowed the encoding the search waits for (0.5 s at 100,000 rows, at load
+        8), and at the search's start it cost 1 s budgets their first trial under load."""
+        if leak_beside:
+            futures["leak"] = beside(_check_leakage, ctx, contract, train_frame, encoding)
+        futures["profile"] = beside(
+            lambda: json.dumps(reference_profile(train_frame, exclude=(contract.target,))).encode())
+        futures["holdout"] = beside(_parquet, holdout)
+        futures["frequencies"] = beside(frequency_tables, frame, contract)
+        futures["contract_yaml"] = beside(lambda: contract.to_yaml().encode())  # both bundles' copy
+        if spec.refit:
+            futures["refit_input"] = beside(modeling.refit_input, frame, encoding)
 
     def progress(p: modeling.Progress) -> None:
         ctx.store.put_json(f"{base}progress.json", {"run_id": run_id, "status": "running", "trials": p.trials,
@@ -141,14 +159,14 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
         trained = modeling.train(train_frame, encoding, contract, starting_points=starting_points,
                                  time_budget_s=search_s, validation=validation,
                                  on_progress=progress, should_cancel=lambda: ctx.store.exists(f"{base}cancel.json"),
-                                 extensions=ctx.extensions)
+                                 extensions=ctx.extensions, on_search_start=start_side_work)
     except modeling.TrainingCancelled:
         ctx.store.put_json(f"{base}cancelled.json", {"run_id": run_id, "at": ctx.timestamp()}, if_absent=True)
         ctx.log.warning("cancelled train %s on request", run_id)
         return []
     t_fit = time.perf_counter()
-    if leak_future is not None:
-        leaks, _ = leak_future.result()
+    if "leak" in futures:
+        leaks, _ = futures["leak"].result()
         leak_s = time.perf_counter() - t_fit  # what the stage waited for it after the search
     trials = modeling.parse_trials(trained.trial_log)
     plots_future = beside(lambda: (plot_loss_curve(trials, run_id), plot_importance(trained.feature_importance,
@@ -169,7 +187,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     # The bundle is what every loader reads; the holdout is scored through it, exactly as the gate and users will.
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=model_bytes, model_format=model_format,
-        frequencies=frequencies_future.result(), run_id=run_id, members=members)
+        frequencies=futures["frequencies"].result(), run_id=run_id, members=members,
+        contract_yaml=futures["contract_yaml"].result())
     manifest_key = f"{base}bundle/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"
     n_classes = len(encoding.classes) if encoding.classes else None
 
@@ -200,10 +219,10 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     def store_artifacts() -> dict[str, dict[str, Any]]:
         loss_curve, importance = plots_future.result()
         return _store_artifacts(ctx, base, [
-            ("holdout", "parquet", holdout_future.result()),
+            ("holdout", "parquet", futures["holdout"].result()),
             ("trials", "jsonl", trained.trial_log.encode()),
             # What drift of later data is measured against, should this run become the champion.
-            ("profile", "json", profile_future.result()),
+            ("profile", "json", futures["profile"].result()),
             ("loss_curve", "png", loss_curve),
             ("importance", "png", importance),
         ])
@@ -213,7 +232,8 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     # The refit's share of the budget: what the checks, the search and the blend left (their I/O is not counted).
     refit_left_s = spec.time_budget_s * STAGE_SHARE - leak_s - (t_blend - t_prep)
     refit, refit_skipped = _refit(ctx, contract, frame, encoding, trained, base, run_id, chosen, refit_left_s,
-                                  frequencies_future.result())
+                                  futures["frequencies"].result(), futures.get("refit_input"),
+                                  futures["contract_yaml"].result())
     refit_s = time.perf_counter() - t_refit
     artifacts |= stored_future.result()
     known, metrics, baseline_scores, baseline = evaluated_future.result()
@@ -450,6 +470,7 @@ def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFr
 
 def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: modeling.Encoding,
            trained: modeling.Trained, base: str, run_id: str, chosen: Any, left_s: float, frequencies: Any,
+           prepared: Future[modeling.RefitInput] | None = None, contract_yaml: bytes | None = None,
            ) -> tuple[dict[str, Any] | None, str | None]:
     """The chosen configuration refitted on every labelled row, stored as a bundle of its own: (what the run
     records of it, or None and why it was skipped).
@@ -473,11 +494,12 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
                       f"the budget was left; the model the gate judged ships. Raise training.time_budget_s to refit.")
             ctx.log.warning("train %s: %s", run_id, reason)
             return None, reason
-    done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions)
-            if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions))
+    rows = prepared.result() if prepared is not None else None  # encoded beside the search
+    done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions, rows)
+            if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions, rows))
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
-        frequencies=frequencies, run_id=run_id, members=done.members)
+        frequencies=frequencies, run_id=run_id, members=done.members, contract_yaml=contract_yaml)
     bundle.model_from_files(manifest_bytes, files, extensions=ctx.extensions)  # the shipped bundle must load
     _put_many(ctx, [(f"{base}refit/{name}", data) for name, data in files.items()])
     key = f"{base}refit/manifest-{bundle.sha256(manifest_bytes)[:12]}.json"

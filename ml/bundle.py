@@ -63,15 +63,18 @@ def sha256(data: bytes) -> str:
 
 def bundle_files(*, contract: Contract, encoding: Encoding, model_bytes: bytes, model_format: str,
                  frequencies: dict[str, dict[str, float]], run_id: str,
-                 members: Mapping[str, tuple[str, bytes]] | None = None) -> tuple[bytes, dict[str, bytes]]:
+                 members: Mapping[str, tuple[str, bytes]] | None = None, contract_yaml: bytes | None = None,
+                 ) -> tuple[bytes, dict[str, bytes]]:
     """A bundle's manifest and files, named by their sha256: (manifest bytes, {file name: bytes}).
 
-    A blend's `members` ({role: (format, bytes)}) are files of their own, listed with their sha256 like the rest."""
+    A blend's `members` ({role: (format, bytes)}) are files of their own, listed with their sha256 like the rest.
+    `contract_yaml`: the contract's `to_yaml()`, encoded, when the caller made it already (the train stage makes
+    two bundles of one contract, and makes it beside the search)."""
     contents = {
         "model": (extension_of(model_format), model_bytes),
         **{r: (extension_of(fmt), data) for r, (fmt, data) in (members or {}).items()},
         "encoding": ("json", json.dumps(encoding.to_dict()).encode()),
-        "contract": ("yaml", contract.to_yaml().encode()),
+        "contract": ("yaml", contract_yaml if contract_yaml is not None else contract.to_yaml().encode()),
         "signature": ("json", json.dumps(signature(contract, encoding)).encode()),
         "transforms": ("json", json.dumps({"frequency": frequencies}).encode()),
     }

@@ -586,6 +586,8 @@ NUMBER_AS_TEXT = r"^-?(?:[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?|[0-9]+(?:\.[0-9]+
 
 def _numbers_for_people(s: pl.Series) -> bool:
     """Every value a number, some with thousands separators or a percent sign (the rest plain: 512, 0)."""
+    if s.dtype != pl.Utf8:
+        return False  # a categorical column (pandas' `category` in a Parquet file) is categories by choice
     written = s.drop_nulls().str.strip_chars()
     people = written.str.contains(NUMBER_AS_TEXT)
     return bool(people.any()) and bool((people | written.str.contains(r"^-?[0-9]+(?:\.[0-9]+)?$")).all())
@@ -615,6 +617,8 @@ DATE_LAYOUTS = (("date", "%d/%m/%Y"), ("date", "%m/%d/%Y"), ("date", "%d-%m-%Y")
 
 def _date_layout(s: pl.Series) -> tuple[str, str] | None:
     """(dtype, format) when every value of a text column reads as one date layout."""
+    if s.dtype != pl.Utf8:
+        return None
     values = s.drop_nulls().str.strip_chars()
     values = values.filter(values.str.len_bytes() > 0)
     if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):

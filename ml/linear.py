@@ -6,6 +6,12 @@ a design matrix it builds itself, then keeps only numbers: per numeric column it
 categorical column one weight per category slot, and the intercepts. Scoring is a few numpy operations on those
 numbers, the same code in the search, in the stored model and in the loader, so they predict identically.
 
+`row_norm` scales each row's standardised numbers to one common L2 norm before the weights apply, as FLAML's `sgd`
+does with scikit-learn's Normalizer: the model then sees only the direction of a row's numbers, not their size.
+The flag is stored in the document and applied by the same scoring code at load. It is not searched: FLAML's
+cross-validation rarely picks it, and picking by folds did worse than never (diabetes, 12 test splits); the blend
+uses it as a second linear member instead (ml/blend.py, LINEAR_ROWS).
+
 Input is what `Encoding.features` hands FLAML (categoricals as pandas categories, the `__NAN__` slot last, numbers
 with missing values already filled) or, when loaded, what `Encoding.matrix` gives (category codes as floats).
 """
@@ -21,19 +27,25 @@ import pandas as pd
 from sklearn.base import BaseEstimator
 
 LINEAR_JSON = "sluice-linear-json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2 adds `row_norm`; a model without it is still written as v1, which older loaders read
+READS = (1, 2)
 
 
 class LinearModel(BaseEstimator):  # type: ignore[misc]
     """A standardised linear model: L2-regularised logistic regression (`C`) or ridge regression (`alpha`).
 
-    `task` is "regression" or "classification"; two classes give one logit (sigmoid), more a softmax."""
+    `task` is "regression" or "classification"; two classes give one logit (sigmoid), more a softmax.
+    `row_norm`: each row's standardised numbers scaled to the L2 norm sqrt(k), k numeric columns, which is the mean
+    squared norm of a standardised row, so that `C` and `alpha` weigh about the same either way (categories' slots
+    are left as they are)."""
 
-    def __init__(self, task: str = "classification", C: float = 1.0, alpha: float = 1.0, max_iter: int = 500):
+    def __init__(self, task: str = "classification", C: float = 1.0, alpha: float = 1.0, max_iter: int = 500,
+                 row_norm: bool = False):
         self.task = task
         self.C = C
         self.alpha = alpha
         self.max_iter = max_iter
+        self.row_norm = row_norm
 
     # -- fitting ------------------------------------------------------------------------------------------------
     def fit(self, X: pd.DataFrame, y: Any) -> LinearModel:
@@ -72,6 +84,7 @@ class LinearModel(BaseEstimator):  # type: ignore[misc]
         from scipy import sparse
 
         blocks = []
+        numbers = self._numbers(M)
         for j, name in enumerate(self.features_):
             if name in self.levels_:
                 k = self.levels_[name]
@@ -79,16 +92,29 @@ class LinearModel(BaseEstimator):  # type: ignore[misc]
                 blocks.append(sparse.csr_matrix((np.ones(len(codes)), (np.arange(len(codes)), codes)),
                                                 shape=(len(codes), k)))
             else:
-                blocks.append(sparse.csr_matrix(((M[:, j] - self.mean_[j]) / self.scale_[j])[:, None]))
+                blocks.append(sparse.csr_matrix(numbers[:, j][:, None]))
         if not blocks:
             return sparse.csr_matrix((len(M), 0))
         return sparse.hstack(blocks, format="csr")
+
+    def _numbers(self, M: np.ndarray) -> np.ndarray:
+        """The standardised numeric columns (category columns' entries are zeros), each row scaled to unit L2 norm
+        when `row_norm` to norm sqrt(k) (a row whose numbers are all at their means stays zero)."""
+        numeric = np.array([name not in self.levels_ for name in self.features_], dtype=bool)
+        Z = np.zeros((len(M), len(self.features_)))
+        if numeric.any():
+            Z[:, numeric] = (M[:, numeric] - self.mean_[numeric]) / self.scale_[numeric]
+        if self.row_norm:
+            norm = np.sqrt(np.sum(Z * Z, axis=1, keepdims=True))
+            Z = Z * (np.sqrt(numeric.sum()) / np.where(norm > 0, norm, np.inf))
+        return Z
 
     # -- scoring ------------------------------------------------------------------------------------------------
     def decision(self, M: np.ndarray) -> np.ndarray:
         """Linear scores (n rows x outputs) of a float matrix in `features_` order; category codes index their
         weights (a code outside the known slots counts as the last, `__NAN__`, slot)."""
         out = np.tile(self.intercept_, (len(M), 1))
+        numbers = self._numbers(M)
         offset = 0
         for j, name in enumerate(self.features_):
             if name in self.levels_:
@@ -97,7 +123,7 @@ class LinearModel(BaseEstimator):  # type: ignore[misc]
                 out += self.coef_[:, offset:offset + k].T[codes]
                 offset += k
             else:
-                out += np.outer((M[:, j] - self.mean_[j]) / self.scale_[j], self.coef_[:, offset])
+                out += np.outer(numbers[:, j], self.coef_[:, offset])
                 offset += 1
         return out
 
@@ -139,8 +165,11 @@ class LinearModel(BaseEstimator):  # type: ignore[misc]
     # -- storing ------------------------------------------------------------------------------------------------
     def to_json(self) -> bytes:
         """Every number the model scores with, as JSON (floats round-trip exactly through `repr`)."""
-        doc = {"format": LINEAR_JSON, "version": FORMAT_VERSION, "task": self.task,
-               "params": {"C": self.C, "alpha": self.alpha, "max_iter": self.max_iter},
+        params: dict[str, Any] = {"C": self.C, "alpha": self.alpha, "max_iter": self.max_iter}
+        if self.row_norm:
+            params["row_norm"] = True
+        doc = {"format": LINEAR_JSON, "version": FORMAT_VERSION if self.row_norm else 1, "task": self.task,
+               "params": params,
                "features": self.features_, "levels": self.levels_, "mean": self.mean_.tolist(),
                "scale": self.scale_.tolist(), "coef": self.coef_.tolist(), "intercept": self.intercept_.tolist(),
                "classes": None if self.classes_ is None else [int(c) for c in self.classes_]}
@@ -150,9 +179,13 @@ class LinearModel(BaseEstimator):  # type: ignore[misc]
     def from_json(cls, data: bytes) -> LinearModel:
         """The model `to_json` wrote; checks the shapes agree so a damaged document fails here, not in scoring."""
         doc = json.loads(data)
-        if doc.get("format") != LINEAR_JSON or doc.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a {LINEAR_JSON} v{FORMAT_VERSION} document")
-        model = cls(doc["task"], **doc["params"])
+        if doc.get("format") != LINEAR_JSON or doc.get("version") not in READS:
+            raise ValueError(f"not a {LINEAR_JSON} document of a version this Sluice reads ({READS})")
+        params = doc["params"]
+        row_norm = params.get("row_norm", False)
+        if not isinstance(row_norm, bool) or (row_norm and doc["version"] < 2):
+            raise ValueError(f"{LINEAR_JSON}: `row_norm` must be true or false (and true only from version 2)")
+        model = cls(doc["task"], **params)
         model.features_ = [str(f) for f in doc["features"]]
         model.levels_ = {str(k): int(v) for k, v in doc["levels"].items()}
         model.mean_ = np.asarray(doc["mean"], dtype=np.float64)

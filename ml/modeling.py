@@ -182,20 +182,20 @@ class Encoding:
         numeric: list[str] = []
         medians: dict[str, float] = {}
         names = [n for n in frame.columns if n != contract.target and n not in skip]
-        # Every column's count of distinct values in one select: polars counts them in parallel.
-        counts = frame.select(pl.col(n).drop_nulls().n_unique() for n in names).row(0) if names else ()
-        for name, distinct in zip(names, counts, strict=True):
+        # Every column's statistics in one select: polars computes them in parallel.
+        stats = frame.select(_column_stats(n, frame.schema[n]) for n in names).row(0) if names else ()
+        for name, stat in zip(names, stats, strict=True):
             s = frame[name]
-            if distinct < 2:
-                continue  # constant: nothing to learn, and FLAML would drop it behind our back
             if s.dtype == pl.Utf8:
-                if distinct == frame.height - s.null_count():
-                    continue  # an identifier: unique per row, FLAML would drop it too
+                if stat["distinct"] < 2 or stat["distinct"] == frame.height - s.null_count():
+                    continue  # constant, or an identifier (unique per row): FLAML would drop it behind our back
                 categorical[name] = [*sorted(str(v) for v in s.drop_nulls().unique().to_list()), NAN_CATEGORY]
-            else:
-                numeric.append(name)
-                values = _as_float(s).drop_nulls().drop_nans()
-                medians[name] = float(np.median(values.to_numpy()))
+                continue
+            median = _median(s, stat)
+            if median is None:
+                continue  # constant: nothing to learn
+            numeric.append(name)
+            medians[name] = median
         # Categoricals first: the order FLAML's DataTransformer leaves them in.
         return cls(contract.target, contract.task, classes, categorical, numeric, medians,
                    [*categorical, *numeric])
@@ -322,6 +322,55 @@ class TrainingCancelled(Exception):
     """Raised inside a running fit when `sluice runs cancel` asked for it."""
 
 
+def _summarised(dtype: pl.DataType) -> bool:
+    """Columns `_column_stats` summarises without counting their distinct values."""
+    return dtype.is_integer() or dtype.is_float() or dtype == pl.Boolean or dtype == pl.Date or isinstance(
+        dtype, pl.Datetime)
+
+
+def _column_stats(name: str, dtype: pl.DataType) -> pl.Expr:
+    """What `Encoding.fit` learns of a column, as a struct: a text column's count of distinct values (is it
+    constant, or an identifier?); a number's count of values and NaNs, its least and greatest value besides NaN
+    (is it constant?) and the two middle values of it as floats (its median). Counting distinct numbers hashes
+    every value and np.median went column by column: together 70 ms of the train stage at 100,000 rows x 20."""
+    col = pl.col(name)
+    if not _summarised(dtype):
+        return pl.struct(col.drop_nulls().n_unique().alias("distinct")).alias(name)
+    own = col.fill_nan(None) if dtype.is_float() else col
+    numbers = _float_expr(col, dtype).fill_nan(None)
+    return pl.struct(
+        col.count().alias("values"),
+        (col.is_nan().sum() if dtype.is_float() else pl.lit(0)).cast(pl.Int64).alias("nans"),
+        own.min().alias("least"), own.max().alias("greatest"),
+        numbers.count().alias("numbers"),
+        numbers.quantile(0.5, "lower").alias("low"), numbers.quantile(0.5, "higher").alias("high"),
+    ).alias(name)
+
+
+def _median(s: pl.Series, stat: dict[str, Any]) -> float | None:
+    """A non-text column's median as float (np.median of its numbers besides NaN), or None when it is constant
+    (at most one distinct value besides nulls, NaN counting as one; -0.0 is 0.0)."""
+    if "distinct" in stat:  # a column `_column_stats` does not summarise
+        if stat["distinct"] < 2:
+            return None
+        return float(np.median(_as_float(s).drop_nulls().drop_nans().to_numpy()))
+    values, nans = stat["values"], stat["nans"]
+    if values == 0 or nans == values or (nans == 0 and stat["least"] == stat["greatest"]):
+        return None
+    low, high = float(stat["low"]), float(stat["high"])
+    # np.median's own arithmetic: the middle value, or the mean of the two; + 0.0 as its sum never gives -0.0.
+    return (low if stat["numbers"] % 2 else (low + high) / 2) + 0.0
+
+
+def _float_expr(col: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """`_as_float` as an expression."""
+    if dtype == pl.Date:
+        col = col.cast(pl.Int32)
+    elif isinstance(dtype, pl.Datetime):
+        col = col.dt.epoch("s")
+    return col.cast(pl.Float64)
+
+
 def _as_float(s: pl.Series) -> pl.Series:
     """A numeric, date or datetime column as floats (days or seconds since the epoch for times)."""
     if s.dtype == pl.Date:
@@ -428,6 +477,7 @@ def train(
     should_cancel: Callable[[], bool] | None = None,
     time_budget_s: float | None = None,
     extensions: Extensions | None = None,
+    on_search_start: Callable[[], None] | None = None,
 ) -> Trained:
     """FLAML AutoML over the contract's estimators and budget (or `time_budget_s`: what is left of it), on the
     encoded rows of `frame`.
@@ -438,6 +488,10 @@ def train(
 
     `validation` (search_validation's rows of `frame`): when FLAML would validate on held-out rows, it validates
     on these and the model is its best trial's, fitted on the others; otherwise it cross-validates on all rows.
+
+    `on_search_start` is called once the search has its first model (or has ended without one): work that can
+    wait for it (handlers/train.py) slows neither the encoding of FLAML's input nor the first trial, the one that
+    guarantees a model in a short budget.
     """
     from flaml.automl import AutoML
 
@@ -462,7 +516,7 @@ def train(
     jobs = worker_jobs(spec.n_jobs, X.shape[0] * max(X.shape[1], 1))
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trials.jsonl"
-        watcher = _Watcher(log, on_progress, should_cancel)
+        watcher = _Watcher(log, on_progress, should_cancel, on_first_trial=on_search_start)
         started = time.perf_counter()
         watcher.start()
         try:
@@ -475,6 +529,7 @@ def train(
             )
         finally:
             watcher.stop()
+            watcher.first_trial()  # when the search ended before the watcher saw its first trial
         fit_seconds = time.perf_counter() - started
         trial_log = log.read_text() if log.exists() else ""
     warm = None
@@ -542,7 +597,8 @@ def boosted_rounds(fitted: Any) -> int | None:
 def _templates(automl: Any, model: Any, estimators: list[str], task: str, n_jobs: int, seed: int
                ) -> dict[str, Any]:
     """Unfitted scikit-learn models of each blendable learner's best configuration, the search's winner first,
-    then the fixed members (ml/blend.py) when LightGBM is searched."""
+    then the fixed members (ml/blend.py) when LightGBM is searched, and the linear model's twin on rows scaled to
+    one norm (blend.LINEAR_ROWS) when the linear model is, for regression."""
     out: dict[str, Any] = {}
     fixed = blend.fixed_templates(task, n_jobs, seed) if "lgbm" in estimators else {}
     for name in [automl.best_estimator, *estimators]:
@@ -558,7 +614,8 @@ def _templates(automl: Any, model: Any, estimators: list[str], task: str, n_jobs
         if name == "lgbm":
             params.setdefault("verbose", -1)
         out[name] = flaml_estimator.estimator_class(**params)
-    return out | fixed
+    twin = blend.linear_rows(out["linear"]) if "linear" in out and task in blend.LINEAR_ROWS_TASKS else None
+    return out | fixed | ({blend.LINEAR_ROWS: twin} if twin is not None else {})
 
 
 def refit_template(fitted: Any) -> Any:
@@ -584,23 +641,39 @@ class Refit:
     members: dict[str, tuple[str, bytes]] | None = None  # a blend's member files: {role: (format, bytes)}
 
 
+@dataclass
+class RefitInput:
+    """A refit's rows encoded: every row of `frame` whose label the encoding knows, and the first 200 of them as a
+    frame, for the check of the stored model."""
+
+    X: pd.DataFrame
+    y: np.ndarray
+    sample: pl.DataFrame
+
+
+def refit_input(frame: pl.DataFrame, encoding: Encoding) -> RefitInput:
+    """What `refit` and `refit_blend` fit on (made beforehand, beside the search, by handlers/train.py)."""
+    X, y = encoding.features(frame), encoding.labels(frame)
+    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
+    return RefitInput(X[known], y[known], frame.filter(pl.Series(known)).head(200))
+
+
 def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: Contract,
-          extensions: Extensions | None = None) -> Refit:
-    """The search's best learner and hyperparameters, fitted on every row of `frame`, in a storable format.
+          extensions: Extensions | None = None, prepared: RefitInput | None = None) -> Refit:
+    """The search's best learner and hyperparameters, fitted on every row of `frame` (or `prepared`: its
+    `refit_input`), in a storable format.
 
     Same learner, same configuration, same encoding: only the rows differ. Like `train`, the stored form is loaded
     back and must predict what the fitted learner predicts."""
     if trained.estimator is None:
         raise ModelMismatch("nothing to refit: the search returned no fitted learner")
-    X, y = encoding.features(frame), encoding.labels(frame)
-    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
-    X, y = X[known], y[known]
+    rows = prepared or refit_input(frame, encoding)
+    X, y, sample = rows.X, rows.y, rows.sample
     estimator = refit_template(trained.estimator)
     started = time.perf_counter()
     estimator.fit(X, y)
     seconds = time.perf_counter() - started
     data, fmt = export(trained.best_estimator, _Fitted(estimator), extensions)
-    sample = frame.filter(pl.Series(known)).head(200)
     ours = Predictor(fmt, data, contract.task, encoding, extensions).score(sample)
     X_sample = X.head(sample.height)
     theirs = np.asarray(estimator.predict(X_sample) if contract.task == "regression"
@@ -608,26 +681,27 @@ def refit(trained: Trained, frame: pl.DataFrame, encoding: Encoding, contract: C
     theirs = theirs[:, 1] if contract.task == "binary" else theirs
     if not np.allclose(ours, theirs, atol=1e-6):
         raise RuntimeError("the stored refit model disagrees with the fitted learner's predictions")
-    return Refit(data, fmt, int(known.sum()), seconds)
+    return Refit(data, fmt, len(y), seconds)
 
 
 def refit_blend(chosen: blend.Blend, templates: dict[str, Any], frame: pl.DataFrame, encoding: Encoding,
-                contract: Contract, extensions: Extensions | None = None) -> Refit:
-    """A kept blend's members, each fitted again on every row of `frame`, with the same weights."""
+                contract: Contract, extensions: Extensions | None = None, prepared: RefitInput | None = None
+                ) -> Refit:
+    """A kept blend's members, each fitted again on every row of `frame` (or `prepared`: its `refit_input`), with
+    the same weights."""
     from dataclasses import replace
 
     from sklearn.base import clone
 
-    X, y = encoding.features(frame), encoding.labels(frame)
-    known = y >= 0 if encoding.classes is not None else np.ones(len(y), dtype=bool)
-    X, y = X[known], y[known]
+    rows = prepared or refit_input(frame, encoding)
+    X, y = rows.X, rows.y
     started = time.perf_counter()
     fitted = {n: clone(templates[n]).fit(X, y) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0}
     seconds = time.perf_counter() - started
     again = replace(chosen, fitted=fitted)
     doc, files = export_blend(again, contract.task, extensions)
-    check_blend(doc, files, again, frame.filter(pl.Series(known)), encoding, contract.task, extensions)
-    return Refit(doc, BLEND_JSON, int(known.sum()), seconds, members=files)
+    check_blend(doc, files, again, rows.sample, encoding, contract.task, extensions)
+    return Refit(doc, BLEND_JSON, len(y), seconds, members=files)
 
 
 @dataclass
@@ -835,19 +909,35 @@ def holdout_metrics(task: str, y: np.ndarray, scores: np.ndarray, n_classes: int
 
 
 class _Watcher:
-    """Tails FLAML's trial log during the fit: reports progress, and stops the fit on request."""
+    """Tails FLAML's trial log during the fit: reports progress, stops the fit on request, and calls
+    `on_first_trial` once, when the log has its first trial (looked for every FIRST_TRIAL_POLL_S)."""
+
+    FIRST_TRIAL_POLL_S = 0.05
 
     def __init__(self, log: Path, on_progress: Callable[[Progress], None] | None,
-                 should_cancel: Callable[[], bool] | None, every_s: float = 1.0):
+                 should_cancel: Callable[[], bool] | None, every_s: float = 1.0,
+                 on_first_trial: Callable[[], None] | None = None):
         self.log, self.on_progress, self.should_cancel, self.every_s = log, on_progress, should_cancel, every_s
+        self.on_first_trial = on_first_trial
+        self.first_lock = threading.Lock()  # held while `on_first_trial` runs: a caller waits until it is done
         self.target = threading.get_ident()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="sluice-fit-watcher", daemon=True)
         self.started = time.perf_counter()
 
     def start(self) -> None:
-        if self.on_progress or self.should_cancel:
+        if self.on_progress or self.should_cancel or self.on_first_trial:
             self.thread.start()
+
+    def first_trial(self) -> None:
+        """Call `on_first_trial`, unless it was called already."""
+        with self.first_lock:
+            if self.on_first_trial is not None:
+                call, self.on_first_trial = self.on_first_trial, None
+                call()
+
+    def _trials(self) -> list[dict[str, Any]]:
+        return parse_trials(self.log.read_text(errors="ignore").rsplit("\n", 1)[0]) if self.log.exists() else []
 
     def stop(self) -> None:
         self.stopping.set()
@@ -855,15 +945,21 @@ class _Watcher:
             self.thread.join(timeout=5)
 
     def _run(self) -> None:
-        last = -1
-        while not self.stopping.wait(self.every_s):
+        last, due = -1, time.perf_counter() + self.every_s
+        while not self.stopping.wait(max(0.0, min(due - time.perf_counter(), self.FIRST_TRIAL_POLL_S)
+                                         if self.on_first_trial else due - time.perf_counter())):
+            if self.on_first_trial and self._trials():
+                self.first_trial()
+            if time.perf_counter() < due:
+                continue
+            due = time.perf_counter() + self.every_s
             if self.should_cancel and self.should_cancel():
                 # The same mechanism as Dramatiq's time limits: an exception raised in the fitting thread.
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.target),
                                                            ctypes.py_object(TrainingCancelled))
                 return
             if self.on_progress and self.log.exists():
-                trials = parse_trials(self.log.read_text(errors="ignore").rsplit("\n", 1)[0])
+                trials = self._trials()
                 if len(trials) != last:
                     last = len(trials)
                     losses = [t["loss"] for t in trials if t["loss"] is not None]

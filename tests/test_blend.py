@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.base import clone
 
 from sluice.core.errors import IntegrityError
 from sluice.ml import blend, bundle, modeling
@@ -23,15 +24,22 @@ def _blended(task: str) -> tuple[Any, ...]:
     encoding = modeling.Encoding.fit(train, contract)
     trained = modeling.train(train, encoding, contract)
     # The search's best lgbm and linear (each when the 1 s search reached it), then LightGBM's defaults and extra
-    # trees; the round trip below wants a linear member too, so one is added when a loaded machine left it out.
+    # trees, and the linear model's twin on rows scaled to one norm; the round trip below wants the linear members
+    # too, so they are added when a loaded machine left them out.
     assert {"lgbm_default", "lgbm_extra"} <= set(trained.templates) <= {"lgbm", "linear", "lgbm_default",
-                                                                         "lgbm_extra"}
+                                                                         "lgbm_extra", blend.LINEAR_ROWS}
     assert next(iter(trained.templates)) == trained.best_estimator
+    # The twin is a regression member (ml/blend.py); classification's round trip below adds one all the same.
+    assert (blend.LINEAR_ROWS in trained.templates) == ("linear" in trained.templates and task == "regression")
+    kind = "regression" if contract.task == "regression" else "classification"
     if "linear" not in trained.templates:
         from sluice.ml.linear import LinearModel
 
-        kind = "regression" if contract.task == "regression" else "classification"
         trained.templates = {"linear": LinearModel(kind), **trained.templates}
+    if blend.LINEAR_ROWS not in trained.templates:
+        trained.templates[blend.LINEAR_ROWS] = blend.linear_rows(trained.templates["linear"])
+    twin = trained.templates[blend.LINEAR_ROWS]
+    assert twin.row_norm and twin.get_params() == {**trained.templates["linear"].get_params(), "row_norm": True}
     k = len(encoding.classes) if encoding.classes else None
     chosen = blend.build(trained.templates, encoding.features(train), encoding.labels(train),
                          encoding.features(holdout), encoding.labels(holdout), task=contract.task,
@@ -39,11 +47,14 @@ def _blended(task: str) -> tuple[Any, ...]:
     assert chosen.folds == blend.FOLDS and np.isclose(sum(chosen.weights), 1.0)
     assert set(chosen.oof) - {"even"} == {*chosen.learners, "blend"} == set(chosen.holdout)
     if not chosen.kept:  # the decision is measured; the storage is what this test checks, so keep it anyway
-        from sklearn.base import clone
-
         X, y = encoding.features(train), encoding.labels(train)
         chosen.fitted = {n: clone(trained.templates[n]).fit(X, y) for n in chosen.learners}
         chosen.weights = [0.5, 0.5] + [0.0] * (len(chosen.learners) - 2)
+    if chosen.weights[chosen.learners.index(blend.LINEAR_ROWS)] == 0:  # its stored form is round-tripped too
+        chosen.fitted[blend.LINEAR_ROWS] = clone(trained.templates[blend.LINEAR_ROWS]).fit(
+            encoding.features(train), encoding.labels(train))
+        chosen.weights = [w / 2 for w in chosen.weights]
+        chosen.weights[chosen.learners.index(blend.LINEAR_ROWS)] += 0.5
     return contract, train, encoding, trained, chosen
 
 
@@ -245,3 +256,18 @@ def test_a_member_the_rows_show_is_worse_is_left_out_of_the_window() -> None:
     gains, se = blend.noise([X["a"].to_numpy(), X["b"].to_numpy()], y, "rmse", None, seed=0)
     assert blend.clearly_worse(gains, se, 1, 0) and not blend.clearly_worse(gains, se, 0, 1)
     assert not blend.clearly_worse(gains, se, 0, 0)
+
+
+def test_the_linear_model_and_its_twin_share_one_share_of_an_even_blend() -> None:
+    # Three members the rows cannot tell apart; two are the linear model and its twin on rows scaled to one norm
+    # (the same model on another view of the rows), so they split one share rather than take two of three.
+    twin = blend.LINEAR_ROWS
+    members = {"a": _OneColumn("a"), "linear": _OneColumn("linear"), twin: _OneColumn(twin)}
+    noise = {"a": 0.2, "linear": 0.2, twin: 0.2}
+    X, y = _noisy_copies(150, noise, seed=12, shared=0.5)
+    Xh, yh = _noisy_copies(60, noise, seed=13, shared=0.5)
+    chosen = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
+    assert chosen.kept and chosen.weights == [0.5, 0.25, 0.25], chosen
+    assert blend.even_weights(["a", "b", "linear"], ["a", "linear"]) == [0.5, 0.0, 0.5]
+    assert blend.even_weights(["linear", twin], ["linear", twin]) == [0.5, 0.5]
+    assert blend.learner_of(twin) == "linear" and blend.learner_of("lgbm_extra") == "lgbm"

@@ -110,6 +110,43 @@ def test_a_damaged_linear_model_is_refused() -> None:
         linear.LinearModel.from_json(json.dumps(doc).encode())
 
 
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
+def test_a_linear_model_on_rows_scaled_to_one_norm_is_stored_with_its_flag_and_loads_identically(task: str) -> None:
+    contract = shop(task, ["linear"])
+    train = rows(contract, 200, 4)
+    encoding = modeling.Encoding.fit(train, contract)
+    X, y = encoding.features(train), encoding.labels(train)
+    kind = "regression" if task == "regression" else "classification"
+    scaled = linear.LinearModel(kind, row_norm=True).fit(X, y)
+    plain = linear.LinearModel(kind).fit(X, y)
+    doc = json.loads(scaled.to_json())
+    assert doc["version"] == 2 and doc["params"]["row_norm"] is True
+    assert json.loads(plain.to_json())["version"] == 1 and "row_norm" not in json.loads(plain.to_json())["params"]
+
+    # The stored model, loaded as the bundle loader loads it, scores new rows (unseen categories, nulls) exactly
+    # as the fitted one; and the flag matters: the same rows without it score differently.
+    fresh = rows(contract, 120, 9)
+    M = encoding.matrix(fresh)
+    loaded = modeling.Predictor(linear.LINEAR_JSON, scaled.to_json(), contract.task, encoding)
+    assert np.array_equal(loaded.score(fresh), scaled.scores(M))
+    assert np.allclose(scaled.scores(M), modeling.Predictor(linear.LINEAR_JSON, scaled.to_json(), contract.task,
+                                                            encoding).score(fresh))
+    proba = scaled.predict(encoding.features(fresh)) if task == "regression" else scaled.predict_proba(
+        encoding.features(fresh))
+    expected = proba if task == "regression" else proba[:, 1] if task == "binary" else proba
+    assert np.allclose(loaded.score(fresh), expected, atol=1e-12)
+    assert not np.allclose(loaded.score(fresh), plain.scores(M))
+    # Each numeric part of a design row has the norm of a standardised row (sqrt of the numeric columns).
+    numbers = scaled._numbers(M)
+    k = sum(name not in scaled.levels_ for name in scaled.features_)
+    norms = np.linalg.norm(numbers, axis=1)
+    assert np.allclose(norms[norms > 0], np.sqrt(k))
+
+    doc["version"] = 1  # a v1 reader would silently drop the flag: such a document is refused
+    with pytest.raises(ValueError, match="row_norm"):
+        linear.LinearModel.from_json(json.dumps(doc).encode())
+
+
 def test_the_contract_accepts_the_linear_learner_and_uses_every_core_by_default() -> None:
     contract = shop("regression", ["lgbm", "linear"])
     assert parse_contract(contract.to_yaml()).training.estimators == ["lgbm", "linear"]

@@ -312,6 +312,73 @@ def test_a_burst_of_drops_makes_one_run(moto_settings: Settings) -> None:
     assert len([k for k in store.keys(f"validated/{DATASET}/") if k.endswith("manifest.json")]) == 3
 
 
+def test_work_beside_the_search_starts_once_its_first_trial_is_logged(tmp_path: Any) -> None:
+    """train's `on_search_start` (handlers/train.py submits its side work there) is called once, by the watcher,
+    as soon as FLAML's log has a trial (not at the progress reports' pace); and once, after the fit, when the log
+    never had one."""
+    log = tmp_path / "trials.jsonl"
+    calls: list[str] = []
+    called = threading.Event()
+
+    def first() -> None:
+        calls.append(threading.current_thread().name)
+        called.set()
+
+    watcher = modeling._Watcher(log, None, None, every_s=3600, on_first_trial=first)
+    watcher.start()
+    assert not called.wait(0.3)  # no trial yet
+    log.write_text(json.dumps({"record_id": 0, "learner": "lgbm", "config": {}, "validation_loss": 0.5}) + "\n")
+    assert called.wait(30)
+    watcher.stop()
+    watcher.first_trial()  # what train does after the fit: no second call
+    assert calls == ["sluice-fit-watcher"]
+    quiet: list[str] = []
+    never = modeling._Watcher(tmp_path / "none.jsonl", None, None, on_first_trial=lambda: quiet.append("after"))
+    never.start()
+    never.stop()
+    never.first_trial()
+    never.first_trial()
+    assert quiet == ["after"]
+
+
+def test_encoding_keeps_the_columns_and_medians_that_counting_and_numpy_give() -> None:
+    """`Encoding.fit` tells constant columns and medians from a few statistics per column; they must be what
+    counting distinct values and np.median give, on NaN, signed zeros, infinities, nulls, large integers, booleans
+    and times (medians compared as text, so -0.0 and 0.0 differ)."""
+    from datetime import date, datetime, timedelta
+
+    def reference(frame: pl.DataFrame) -> tuple[list[str], dict[str, str]]:
+        numeric, medians = [], {}
+        for name in frame.columns:
+            s = frame[name]
+            if name == "y" or s.drop_nulls().n_unique() < 2:
+                continue
+            numeric.append(name)
+            medians[name] = str(float(np.median(modeling._as_float(s).drop_nulls().drop_nans().to_numpy())))
+        return numeric, medians
+
+    rng = np.random.default_rng(7)
+    floats = [0.0, -0.0, 1.5, -2.25, float("nan"), float("inf"), float("-inf"), None]
+    for n in [1, 2, 3, 4, 5, 8, 13] * 12:
+        columns: dict[str, pl.Series] = {
+            "f": pl.Series([floats[i] for i in rng.integers(0, len(floats), n)], dtype=pl.Float64),
+            "zeros": pl.Series([[0.0, -0.0, None][i] for i in rng.integers(0, 3, n)], dtype=pl.Float64),
+            "nan_or_one": pl.Series([[float("nan"), 1.0, None][i] for i in rng.integers(0, 3, n)], dtype=pl.Float64),
+            "f32": pl.Series(rng.normal(size=n).round(1), dtype=pl.Float32),
+            "big": pl.Series([2**60 + int(i) for i in rng.integers(0, 2, n)], dtype=pl.Int64),
+            "small": pl.Series([[1, 2, None][i] for i in rng.integers(0, 3, n)], dtype=pl.Int8),
+            "flag": pl.Series([[True, False, None][i] for i in rng.integers(0, 3, n)], dtype=pl.Boolean),
+            "day": pl.Series([date(2026, 1, 1) + timedelta(days=int(i)) for i in rng.integers(0, 3, n)]),
+            "at": pl.Series([datetime(2026, 1, 1) + timedelta(milliseconds=int(i)) for i in rng.integers(0, 3, n)]),
+            "empty": pl.Series([None] * n, dtype=pl.Float64),
+            "y": pl.Series(["a", "b"] * n)[:n],
+        }
+        frame = pl.DataFrame(columns)
+        encoding = modeling.Encoding.fit(frame, sample_contract().model_copy(update={"target": "y"}))
+        numeric, medians = reference(frame)
+        assert (encoding.numeric, {k: str(v) for k, v in encoding.medians.items()}) == (numeric, medians), frame
+
+
 @pytest.mark.slow
 def test_missing_numbers_reach_the_stored_model_as_flaml_saw_them() -> None:
     """FLAML imputes missing numbers with the training median before fitting; the stored model must agree."""

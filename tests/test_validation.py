@@ -675,6 +675,27 @@ def test_contract_infer_refuses_a_target_of_numbers_written_for_people() -> None
         infer_contract(read_sample("p.csv", text.encode()), "p", "price")
 
 
+def test_a_pandas_parquet_with_category_nullable_int_and_zoned_datetime_passes_its_inferred_contract(
+        tmp_path: Path) -> None:
+    # vega's cars as a pandas user saves it: `category`, `Int64` and `datetime64[ns, UTC]` columns. contract infer
+    # asked a categorical column for its text (thousands separators, date layouts) and printed polars' traceback.
+    import pandas as pd
+
+    from sluice.ml.validation import read_sample
+
+    df = pd.DataFrame({"origin": pd.Categorical(["USA", "Europe", "Japan"] * 20),
+                       "cylinders": pd.array([4, 6, None, 8] * 15, dtype="Int64"),
+                       "year": pd.date_range("1970-01-01", periods=60, freq="90D", tz="UTC"),
+                       "mpg": [18.5 + 0.7 * (i % 37) for i in range(60)]})
+    path = tmp_path / "cars.parquet"
+    df.to_parquet(path)
+    contract = parse_contract(infer_contract(read_sample(path.name, path.read_bytes()), "cars", "mpg").to_yaml())
+    assert {n: c.dtype for n, c in contract.columns.items()} == {
+        "origin": "str", "cylinders": "int", "year": "datetime", "mpg": "float"}
+    split = validate_file(path, "incoming/cars/cars.parquet", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+
+
 def test_contract_infer_leaves_out_pandas_index_in_a_parquet_file(tmp_path: Path) -> None:
     # `df.to_parquet()` of a filtered or split frame (its index not 0..n-1) writes the index as `__index_level_0__`:
     # inferred as a feature, the model then refused every row of a frame or file without it ("column
