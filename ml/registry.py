@@ -233,15 +233,17 @@ class ModelRegistry:
                 self._cache[key] = doc
         return doc
 
-    def _fetch(self, keys: list[str]) -> dict[str, Any]:
-        """Several documents at once (None when absent, the exception when a read failed)."""
+    def _fetch(self, keys: list[str], present: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Several documents at once (None when absent, the exception when a read failed); of the keys in
+        `present`, only whether they exist (a HEAD: an object that is usually absent costs less to ask about than
+        to GET, on S3 and on moto alike, whose missing-key GET is an error response to build and parse)."""
         def one(key: str) -> Any:
             try:
-                return self.store.get_json_or_none(key)
+                return self.store.exists(key) if key in present else self.store.get_json_or_none(key)
             except Exception as exc:  # handed back, so the caller decides which failures matter
                 return exc
 
-        unique = list(dict.fromkeys(keys))
+        unique = list(dict.fromkeys([*keys, *present]))
         if len(unique) <= 1:
             return {k: one(k) for k in unique}
         return dict(zip(unique, _pool().map(one, unique), strict=True))
@@ -348,29 +350,32 @@ class ModelRegistry:
         return self._load(model, write=False)[0]
 
     def _load(self, model: str, *, write: bool, pages: Callable[[Index], list[str]] | None = None,
-              extra: tuple[str, ...] = (), probe: bool = True) -> tuple[Index, dict[str, Any]]:
+              extra: tuple[str, ...] = (), present: tuple[str, ...] = (),
+              probe: bool = True) -> tuple[Index, dict[str, Any]]:
         """The index (rebuilt when missing or refused), with `pages` of it, and the `extra` documents read in the
-        same round as the head. Then, in one round of parallel requests, the pages and (with `probe`) the check
-        for a history record newer than the head; a writer's load also reads the pages of hot entries that the
+        same round as the head (for the keys in `present`, whether they exist: True or False). Then, in one round
+        of parallel requests, the pages and (with `probe`) the check for a history record newer than the head (a
+        HEAD; the record is read when there is one); a writer's load also reads the pages of hot entries that the
         head's tail lacks (none once the tail holds them)."""
         head_key = Index.head_key(model)
-        first = self._fetch([head_key, *extra])
+        first = self._fetch([head_key, *extra], present)
         head = first[head_key]
         if isinstance(head, IntegrityError):
             log.warning("%s; rebuilding the index of %s from its history", head, model)
             head = None
         elif isinstance(head, Exception):
             raise head
-        for key in extra:
+        for key in (*extra, *present):
             if isinstance(first[key], Exception):
                 raise first[key]
-        extras = {k: first[k] for k in extra}
+        extras = {k: first[k] for k in (*extra, *present)}
         if head is None or head.get("format") not in READABLE or head.get("model") != model:
             return self._rebuild(model), extras
         idx = Index(self.store, model, head)
         wanted = list(dict.fromkeys([*(pages(idx) if pages else []), *(idx.missing(idx.hot()) if write else [])]))
         probe_key = self._history_key(model, idx.next_sequence)
-        found = self._fetch([probe_key, *wanted] if probe else wanted)
+        # The look for a newer record asks only whether it exists (it almost never does); it is read when it does.
+        found = self._fetch(wanted, (probe_key,) if probe else ())
         for key in wanted:
             if isinstance(found[key], IntegrityError):
                 log.warning("%s; rebuilding the index of %s from its history", found[key], model)
@@ -382,13 +387,13 @@ class ModelRegistry:
             idx.probed = True
             if isinstance(found[probe_key], Exception):
                 raise found[probe_key]  # a newer record that no stage wrote: refused, like any forged document
-            if found[probe_key] is not None:
-                self._fold(idx, found[probe_key], write=write)
+            if found[probe_key]:
+                self._fold(idx, self.store.get_json_or_none(probe_key), write=write)
         return idx, extras
 
     def _behind(self, idx: Index) -> bool:
         """True when a history record newer than the index exists (its writer died before the head)."""
-        return self.store.get_json_or_none(self._history_key(idx.model, idx.next_sequence)) is not None
+        return self.store.exists(self._history_key(idx.model, idx.next_sequence))
 
     def _fold(self, idx: Index, record: dict[str, Any] | None, *, write: bool) -> None:
         """Fold in the history records after the index's last one (a writer died before writing the index)."""
@@ -470,22 +475,23 @@ class ModelRegistry:
             return idx
 
     def _write(self, model: str, op: Callable[[Index, dict[str, Any]], _T], *, versions: tuple[int, ...] = (),
-               extra: tuple[str, ...] = ()) -> _T:
+               extra: tuple[str, ...] = (), present: tuple[str, ...] = ()) -> _T:
         """Run a write under the model's lock on the current index, then write the index (the head last).
 
-        The head and the `extra` documents are read in one round. A writer does not look for a history record
-        newer than the head first: its own first record is created with If-None-Match at the head's next number,
-        which fails when one exists (then the newer records are folded in and the write decided again). A write
-        that appends nothing, or fails, looks for one before it returns (a decision on a stale head). Nothing is
-        written before a write's record: a registration's version document comes after the record that registers
-        it (and holds it), with the aliases, before the head."""
+        The head and the `extra` documents are read in one round (with whether the keys in `present` exist). A
+        writer does not look for a history record newer than the head first: its own first record is created with
+        If-None-Match at the head's next number, which fails when one exists (then the newer records are folded
+        in and the write decided again). A write that appends nothing, or fails, looks for one before it returns
+        (a decision on a stale head). Nothing is written before a write's record: a registration's version
+        document comes after the record that registers it (and holds it), with the aliases, before the head."""
         def targets(idx: Index) -> list[str]:
             return idx.missing(("stages", n - 1) for n in versions)
 
         probe = False
         with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
             for _ in range(3):
-                idx, found = self._load(model, write=True, pages=targets, extra=extra, probe=probe)
+                idx, found = self._load(model, write=True, pages=targets, extra=extra, present=present,
+                                        probe=probe)
                 for key, doc in found.items():
                     if "/versions/" in key and isinstance(doc, dict):
                         self._cache[key] = doc  # immutable
@@ -698,11 +704,14 @@ class ModelRegistry:
         run_key = Index.run_key(model, str(doc["run_id"]))
 
         def op(snap: Index, found: dict[str, Any]) -> Registration:
-            pointer = found.get(run_key)
             # In the head's tail (registered since the pointers were last written), or indexed just now (a
-            # rebuild, or a registration a dead writer left).
+            # rebuild, or a registration a dead writer left); else its pointer object, read only when the first
+            # round found one (a run registered before: a retry; a new run's pointer does not exist).
+            pointer: Any = None
             if (number := snap.run(str(doc["run_id"]))) is not None:
                 pointer = {"version": number}
+            elif found.get(run_key):
+                pointer = self.store.get_json_or_none(run_key)
             existing = self._run_version(model, str(doc["run_id"]), pointer, snap)
             created = existing is None
             if existing is None:
@@ -751,7 +760,7 @@ class ModelRegistry:
                 snap.created.append(existing)  # written with the aliases, before the head
             return Registration(existing, created, self._record(model, int(snap.entry(number)[1])))
 
-        return self._write(model, op, extra=(run_key,))
+        return self._write(model, op, present=(run_key,))
 
     def _run_version(self, model: str, run_id: str, pointer: Any, snap: Index) -> dict[str, Any] | None:
         """The version a run became, from its pointer (None: not registered yet, or not indexed yet)."""

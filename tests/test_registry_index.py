@@ -312,27 +312,36 @@ def test_reads_and_writes_take_the_same_requests_at_any_length(registry: ModelRe
         assert sum(after.values()) <= sum(before.values()) + 2, (small, large)
     register, alias, page, at = large
     assert alias == {"GetObject": 1}
-    # A registration reads the head and the run's pointer (at once) and no page; it writes one history record
-    # (registered, challenger, promoted: created with If-None-Match, which is its look for a record newer than
-    # the head), then the version, the champion alias (the challenger's is deleted) and the head, which says
-    # which version the run became (no pointer object yet).
-    assert register == {"GetObject": 2, "PutObject": 4, "DeleteObject": 1}, large
+    # A registration reads the head and asks whether the run's pointer exists (at once: a HEAD, not a GET of an
+    # object that a new run does not have) and no page; it writes one history record (registered, challenger,
+    # promoted: created with If-None-Match, which is its look for a record newer than the head), then the
+    # version, the champion alias (the challenger's is deleted) and the head, which says which version the run
+    # became (no pointer object yet).
+    assert register == {"GetObject": 1, "HeadObject": 1, "PutObject": 4, "DeleteObject": 1}, large
     assert not registry.store.exists("registry/m/index/runs/new-37.json")
     # Found through the head: the head and the (absent) pointer, its gate record (returned; the version is in the
-    # head), and the look for a newer record that a write appending nothing makes; nothing written.
-    assert retried == {"GetObject": 4}, retried
+    # head), and the look for a newer record that a write appending nothing makes (whether it exists: a HEAD);
+    # nothing written.
+    assert retried == {"GetObject": 2, "HeadObject": 2}, retried
     assert sum(page.values()) <= 6 and sum(at.values()) <= 4, large
     # Once the tail outgrows SMALL_TAIL, its entries move into their pages (read, then written before the head);
     # the head keeps only the hot entries, and the next write is back to reading no page.
     spilled = costs(38)[0]
     assert spilled["GetObject"] > 2 and spilled["PutObject"] > 4, spilled
     assert registry.store.exists("registry/m/index/runs/new-37.json")  # the tail's runs became pointers
+    # A run registered before the spill is found through its pointer, read because the first round found it (the
+    # pointer's HEAD, and the look for a newer record of a write that appends nothing); nothing written.
+    again_37 = count_requests(registry, lambda: fresh(registry).register(
+        "m", {"run_id": "new-37"}, outcome="promote", compared_with=None, at=t(99)))
+    assert again_37["HeadObject"] == 2 and "PutObject" not in again_37, again_37
+    found = fresh(registry).register("m", {"run_id": "new-37"}, outcome="promote", compared_with=None, at=t(99))
+    assert not found.created and found.version["run_id"] == "new-37" and found.version["version"] == 38, found
     tail = fresh(registry).current("m").head["tail"]
     assert sum(len(v) for v in tail.values()) <= 4 and "docs" not in tail, tail
     with monkeypatch.context() as mp:
         mp.setitem(registry_index.TAIL, "entries", 10**6)
         again = costs(39)[0]
-        assert again["GetObject"] == 2 and again["PutObject"] == 4, again
+        assert again == {"GetObject": 1, "HeadObject": 1, "PutObject": 4}, again
     assert_index_answers_like_the_history(registry)
 
 

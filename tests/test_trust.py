@@ -524,11 +524,14 @@ def test_the_newest_history_records_are_read_alone_and_checked_against_the_head(
     every = fresh(registry).history("m")
     reader = fresh(registry)
     gets: list[str] = []
-    real_get = reader.store.get_json_or_none
+    heads: list[str] = []
+    real_get, real_exists = reader.store.get_json_or_none, reader.store.exists
     monkeypatch.setattr(reader.store, "get_json_or_none", lambda key: gets.append(key) or real_get(key))
+    monkeypatch.setattr(reader.store, "exists", lambda key: heads.append(key) or real_exists(key))
     tail, total = reader.history_tail("m", 3)
     assert (tail, total) == (every[-3:], len(every)) and total > 3
-    assert sum("/history/" in k for k in gets) == 3 + 1  # the window, and the look for a newer record
+    assert sum("/history/" in k for k in gets) == 3  # the window
+    assert sum("/history/" in k for k in heads) == 1  # and the look for a newer record: whether it exists
     monkeypatch.setenv("SLUICE_BUCKET", registry.store.bucket)
     monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
     out = CliRunner().invoke(main, ["models", "history", "m", "--last", "2"]).output
