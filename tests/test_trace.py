@@ -436,3 +436,37 @@ def test_an_attempt_killed_mid_stage_shows_in_the_trace(moto_endpoint: str, monk
     found = _cli("trace", key, "--json")
     [step] = [s for s in json.loads(found.output)["steps"] if s["stage"] == "validate"]
     assert [a["outcome"] for a in step["attempts"]] == ["started", "done"]
+
+
+def test_a_run_finds_the_drops_it_is_first_to_train_on_in_the_same_requests_at_any_number_of_runs(
+        runtime: Any) -> None:
+    # The train stage read every earlier run of the dataset (two GETs each) to find the newest one's data versions:
+    # each run slower than the one before, outside the stage's measured time.
+    from sluice.core.context import Context
+    from sluice.events.pipeline import FeaturesMaterialized
+    from sluice.handlers.train import _trace_links
+
+    run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    [run_key] = [k for k in runtime.store.keys(f"runs/{DATASET}/") if k.endswith("/run.json")]
+    [fs_key] = [k for k in runtime.store.keys(f"features/{DATASET}/") if k.endswith("/manifest.json")]
+    features = FeaturesMaterialized.from_dict(runtime.store.get_json(fs_key))
+    ctx = Context(runtime.settings, runtime.store, runtime.state)
+    run = runtime.store.get_json(run_key)
+    assert run["data_versions"] == list(features.data_versions)
+
+    def gets() -> tuple[list[str], int]:
+        calls: list[str] = []
+        hook = lambda model, **_: calls.append(model.name)  # noqa: E731
+        runtime.store.s3.meta.events.register("before-call.s3", hook)
+        try:
+            links = _trace_links(ctx, DATASET, features)
+        finally:
+            runtime.store.s3.meta.events.unregister("before-call.s3", hook)
+        return links, calls.count("GetObject")
+
+    assert gets() == ([], 1)  # the only run trained on this data version already
+    for i in range(12):  # older runs on other data; the newest (written last) on none of this feature set's
+        runtime.store.put_json(f"runs/{DATASET}/run-old{i:02d}/run.json",
+                               {**run, "run_id": f"run-old{i:02d}", "data_versions": [f"{i:064x}"]})
+    links, n = gets()
+    assert n <= 3 and links == [run["trace_id"]], (links, n)  # the run, and this data version's manifest
