@@ -28,9 +28,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sluice.core import keys
+from sluice.core.ports import SAME_SECOND_S, newest_first
 from sluice.core.settings import Settings
 from sluice.events.run import read as read_run
 
+RUNS_LOOKED_AT = 20  # the newest runs read to find the one a train stage just wrote (the first, as a rule)
 log = logging.getLogger("sluice.metrics")
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 EventHook = Callable[[str, dict[str, Any]], None]
@@ -120,10 +122,20 @@ class Metrics:
         except ValueError:
             return None
         dataset, fsv = features.dataset, features.version
-        runs = [d for k in self.store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)
-                and (doc := self.store.get_json_or_none(k)) is not None
-                and (d := read_run(doc)).get("feature_set_version") == fsv]
-        return max(runs, key=lambda d: d.get("finished_at", "")) if runs else None
+        # Newest first by the listing's times: the run that just finished is read first, not every run.
+        runs: list[dict[str, Any]] = []
+        # A train stage that wrote no run (superseded, or waiting for labels) must not read them all: its run,
+        # when it wrote one, is among the few newest.
+        for listed in newest_first(self.store, keys.Run.prefix(dataset), "/" + keys.RUN)[:RUNS_LOOKED_AT]:
+            if runs and (runs[0]["_modified"] - listed.modified).total_seconds() >= SAME_SECOND_S:
+                break  # older than the newest match by more than the listing's resolution
+            doc = self.store.get_json_or_none(listed.key)
+            if doc is not None and (d := read_run(doc)).get("feature_set_version") == fsv:
+                runs.append({**d, "_modified": listed.modified})
+        if not runs:
+            return None
+        newest = max(runs, key=lambda d: d.get("finished_at", ""))
+        return {k: v for k, v in newest.items() if k != "_modified"}
 
     def middleware(self) -> StageMetrics:
         """The Dramatiq middleware that counts messages and times stages."""

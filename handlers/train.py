@@ -34,6 +34,7 @@ import polars as pl
 from sluice.core import keys, tracing
 from sluice.core.context import Context
 from sluice.core.errors import Defer, Failure, ValidationFailed
+from sluice.core.ports import newest_group
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.events.run import TrainingRun
@@ -385,9 +386,9 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 
     # The newest finished run from the listing's times (run.json is written as a run finishes), then one GET: one
     # LIST per 1,000 objects, where reading every run (two GETs each) made each run slower than the one before.
-    finished = [o for o in ctx.store.listing(keys.Run.prefix(dataset)) if o.key.endswith("/" + keys.RUN)]
-    finished.sort(key=lambda o: (o.modified, o.key))
-    latest = read_run(ctx.store.get_json(finished[-1].key)) if finished else None
+    newest = [read_run(ctx.store.get_json(o.key))
+              for o in newest_group(ctx.store, keys.Run.prefix(dataset), "/" + keys.RUN)]
+    latest = max(newest, key=lambda r: str(r.get("finished_at") or ""), default=None)
     before = set(latest.get("data_versions") or []) if latest else set()
     labels_before = set(latest.get("label_versions") or []) if latest else set()
     links = []

@@ -16,7 +16,7 @@ from typing import Any
 import polars as pl
 
 from sluice.core import keys
-from sluice.core.ports import ObjectStore
+from sluice.core.ports import ObjectStore, newest_group
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
 from sluice.ml.contract import ColumnSpec, Contract
 
@@ -71,8 +71,10 @@ def row_key_columns(contract: Contract, frame: pl.DataFrame) -> list[str]:
 
 def latest_feature_set(store: ObjectStore, dataset: str) -> FeaturesMaterialized | None:
     """The most recently materialized feature set of the dataset."""
-    docs = [FeaturesMaterialized.from_dict(store.get_json(k))
-            for k in store.keys(keys.FeatureSet.prefix(dataset)) if k.endswith("/manifest.json")]
+    # The newest manifests by the listing's times (a manifest is written once, as its set is materialized), then
+    # their own times: a GET or two, where reading every feature set made each train stage slower than the last.
+    docs = [FeaturesMaterialized.from_dict(store.get_json(o.key))
+            for o in newest_group(store, keys.FeatureSet.prefix(dataset), "/manifest.json")]
     return max(docs, key=lambda d: (d.materialized_at, len(d.data_versions)), default=None)
 
 

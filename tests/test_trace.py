@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -465,8 +466,37 @@ def test_a_run_finds_the_drops_it_is_first_to_train_on_in_the_same_requests_at_a
         return links, calls.count("GetObject")
 
     assert gets() == ([], 1)  # the only run trained on this data version already
-    for i in range(12):  # older runs on other data; the newest (written last) on none of this feature set's
-        runtime.store.put_json(f"runs/{DATASET}/run-old{i:02d}/run.json",
-                               {**run, "run_id": f"run-old{i:02d}", "data_versions": [f"{i:064x}"]})
+    def put_run(name: str, data_versions: list[str]) -> None:
+        runtime.store.put_json(f"runs/{DATASET}/{name}/run.json",
+                               {**run, "run_id": name, "data_versions": data_versions})
+
+    for i in range(12):  # older runs, one of them on this data version
+        put_run(f"run-old{i:02d}", [f"{i:064x}", *(run["data_versions"] if i == 5 else [])])
+    time.sleep(1.1)  # S3 lists times to the second: runs written within one are all read
+    put_run("run-newest", ["f" * 64])  # the newest, on none of this feature set's data versions
     links, n = gets()
-    assert n <= 3 and links == [run["trace_id"]], (links, n)  # the run, and this data version's manifest
+    assert n <= 3 and links == [run["trace_id"]], (links, n)  # the newest run, and this data version's manifest
+
+
+def test_the_latest_feature_set_is_found_in_the_same_requests_at_any_number_of_sets(runtime: Any) -> None:
+    # Every train stage read every feature set's manifest of the dataset to find the newest.
+    from sluice.ml.features import latest_feature_set
+
+    run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    [fs_key] = [k for k in runtime.store.keys(f"features/{DATASET}/") if k.endswith("/manifest.json")]
+    manifest = runtime.store.get_json(fs_key)
+    for i in range(12):
+        runtime.store.put_json(f"features/{DATASET}/fs-old{i:02d}/manifest.json",
+                               {**manifest, "feature_set_version": f"fs-old{i:02d}"})
+    time.sleep(1.1)
+    runtime.store.put_json(f"features/{DATASET}/fs-newest/manifest.json",
+                           {**manifest, "feature_set_version": "fs-newest", "materialized_at": "2999-01-01T00:00:00Z"})
+    calls: list[str] = []
+    hook = lambda model, **_: calls.append(model.name)  # noqa: E731
+    runtime.store.s3.meta.events.register("before-call.s3", hook)
+    try:
+        latest = latest_feature_set(runtime.store, DATASET)
+    finally:
+        runtime.store.s3.meta.events.unregister("before-call.s3", hook)
+    assert latest is not None and latest.feature_set_version == "fs-newest"
+    assert calls.count("GetObject") == 1, calls
