@@ -22,7 +22,9 @@ How a blend is chosen (`build`), so that nothing it is judged on was used to mak
   five did not help (wine 0.056, five folds 0.045, the window 0.039, on one shared search per split); the window
   gave breast cancer 0.9928 ROC AUC (0.9914 without), diabetes 51.72 RMSE (52.16), sales 33.095 (33.090) and
   churn the same choices: where thousands of rows make the differences clear, the window holds one member or
-  the weighted blend is clearly better than the even one, and the rules below decide, as before.
+  the weighted blend is clearly better than the even one, and the rules below decide, as before. When the
+  window holds two members or more, a member clearly worse alone still joins the even blend if its share does
+  not make that blend clearly worse out of fold (`widen`: extra trees beside diabetes's linear members).
 - otherwise kept only when the blend beats the best single member on rows that neither fitted: out of fold,
   each fold's rows blended with weights chosen on the other folds (a nested choice, so the weights' own fit is
   not counted in the blend's favour). Otherwise, when one member alone beats the search's winner on the same
@@ -358,22 +360,25 @@ def widen(members: list[str], oof: list[np.ndarray], near: list[str], gains: lis
 
 
 def _window(members: list[str], oof: list[np.ndarray], crossed: np.ndarray, best_single: str, y: np.ndarray,
-            metric: str, n_classes: int | None, seed: int) -> tuple[list[str], list[float] | None, bool]:
-    """Occam's window: the members not clearly worse out of fold than the best alone; their even weights (None
-    when fewer than two, or when the even blend is itself clearly worse than the best alone); and whether the
-    nested weighted blend (`crossed`) is clearly better than the even one."""
+            metric: str, n_classes: int | None, seed: int) -> tuple[list[str], list[float] | None, bool, list[str]]:
+    """Occam's window: the members not clearly worse out of fold than the best alone (and those `widen` let join
+    them); their even weights (None when fewer than two, or when the even blend is itself clearly worse than the
+    best alone); whether the nested weighted blend (`crossed`) is clearly better than the even one; and the
+    members `widen` let join."""
     gains, se = noise(oof, y, metric, n_classes, seed)
     b = members.index(best_single)
     near = [n for i, n in enumerate(members) if not clearly_worse(gains, se, i, b)]
+    alone = near
     if WIDEN and len(near) >= 2:
         near = widen(members, oof, near, gains, y, metric, n_classes, seed)
+    joined = [n for n in near if n not in alone]
     if len(near) < 2:
-        return near, None, False
+        return near, None, False, joined
     even = even_weights(members, near)
     gains, se = noise([oof[b], combine(oof, even), crossed], y, metric, n_classes, seed)
     if clearly_worse(gains, se, 1, 0):
-        return near, None, False
-    return near, even, clearly_worse(gains, se, 1, 2)
+        return near, None, False, joined
+    return near, even, clearly_worse(gains, se, 1, 2), joined
 
 
 def build(templates: dict[str, Any], X: Any, y: np.ndarray, X_holdout: Any, y_holdout: np.ndarray, *,
@@ -432,8 +437,8 @@ def build(templates: dict[str, Any], X: Any, y: np.ndarray, X_holdout: Any, y_ho
     hib = HIGHER_IS_BETTER[metric]
     winner = members[0]
     best_single = max(members, key=lambda n: oof_metrics[n] if hib else -oof_metrics[n])
-    near, even, weighted_wins = (_window(members, oof, crossed, best_single, y, metric, n_classes, seed) if WINDOW
-                                 else ([], None, False))
+    near, even, weighted_wins, joined = (_window(members, oof, crossed, best_single, y, metric, n_classes, seed)
+                                         if WINDOW else ([], None, False, []))
     if even is not None:
         oof_metrics["even"] = score(metric, y, combine(oof, even), n_classes)
     if even is not None and weighted_wins and sum(w > 0 for w in weights) >= 2:
@@ -444,7 +449,12 @@ def build(templates: dict[str, Any], X: Any, y: np.ndarray, X_holdout: Any, y_ho
     elif even is not None:
         weights = even
         kept, reason = True, (f"an even blend of {', '.join(near)}: out of fold none is clearly worse than "
-                              f"{best_single} alone (within {WINDOW_Z:g} standard errors on {len(y)} rows)")
+                              f"{best_single} alone (within {WINDOW_Z:g} standard errors on {len(y)} rows)"
+                              if not joined else
+                              f"an even blend of {', '.join(near)}: out of fold none of "
+                              f"{', '.join(n for n in near if n not in joined)} is clearly worse than {best_single} "
+                              f"alone, nor does {', '.join(joined)} make their even blend clearly worse (within "
+                              f"{WINDOW_Z:g} standard errors on {len(y)} rows)")
     elif sum(w > 0 for w in weights) >= 2 and better(oof_metrics["blend"], oof_metrics[best_single], hib):
         kept, reason = True, f"better than {best_single} alone out of fold"
     elif first_is_winner and best_single != winner and better(oof_metrics[best_single], oof_metrics[winner], hib):

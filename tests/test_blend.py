@@ -296,7 +296,8 @@ def test_a_member_clearly_worse_alone_joins_the_even_blend_when_its_share_does_n
     Xh, yh = _independent_copies(2000, seed=22)
     chosen = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
     assert chosen.kept and np.allclose(chosen.weights, [1 / 3, 1 / 3, 1 / 3, 0.0]), chosen
-    assert "even blend of a, b, c" in chosen.reason and chosen.oof["c"] > chosen.oof["a"]
+    assert "even blend of a, b, c" in chosen.reason and "nor does c make" in chosen.reason
+    assert chosen.oof["c"] > chosen.oof["a"]
     # The window alone (as before `widen`): a and b, evenly; on rows neither saw the wider blend is better.
     try:
         blend.WIDEN = False
