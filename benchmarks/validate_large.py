@@ -11,11 +11,11 @@ What it measures (figures are printed, never asserted):
 2. Comparison: on a ~200 MB slice of the same CSV (the header and the first lines), Sluice's `validate_file`, the
    reader, a baseline doing the same work with pandas + pandera (`read_csv`; the numeric columns typed with
    `to_numeric`, a cell that does not cast failing its row; a pandera pandas schema with the same checks,
-   `validate(lazy=True)`; rows split by the failure cases' index; the valid and the invalid rows written to snappy
-   Parquet), and pandas' `read_csv` alone, `--repeats` times each, interleaved. Reported: median times, CPU
-   seconds, peak RSS, the ratio baseline/sluice (goal >= 5), whether both found the same failing cells, and the
-   bare readers' times, which bound the ratio. pandas' reader raises on a line with too many fields and on bad
-   UTF-8 as Sluice does, but does not name a line with too few.
+   `validate(lazy=True)`; rows split by the failure cases' index; the valid rows written to LZ4 Parquet and the
+   invalid ones to snappy, as Sluice writes them), and pandas' `read_csv` alone, `--repeats` times each,
+   interleaved. Reported: median times, CPU seconds, peak RSS, the ratio baseline/sluice (goal >= 5), whether both
+   found the same failing cells, and the bare readers' times, which bound the ratio. pandas' reader raises on a
+   line with too many fields and on bad UTF-8 as Sluice does, but does not name a line with too few.
 
 The machine's load average is printed before and after: on a shared machine, compare the ratios of one run. Each
 operation's CPU seconds (user + system, all threads) are printed too: they depend far less on the load than wall time.
@@ -25,8 +25,9 @@ the parent also polls /proc/<pid>/status for the peak anonymous RSS, which leave
 input file. "op s" is the time of the operation inside the child (imports excluded), "proc s" the whole process.
 Before its measured run, each child runs its operation once on the file's first 2,000 lines (not timed), so what
 is timed is a warm process, as a worker's is after its first file: pandera imports its backends on the first
-validation, and with them hypothesis when it is installed (the test extras; a production install does not have it), which
-took 0.25 s of Sluice's first validation and 0.33 s of the baseline's (2026-11-29). `--cold` leaves the warm-up out.
+validation, and with them hypothesis when it is installed (the test extras; a production install does not have
+it), which took 0.25 s of Sluice's first validation and 0.33 s of the baseline's (2026-11-29). `--cold` leaves the
+warm-up out.
 
 The CSV is deterministic (seeded), generated in bounded memory a chunk at a time, and cached under `--workdir`
 (default /tmp/sluice-bench): it is reused while its size matches its sidecar .json.
@@ -255,7 +256,7 @@ def run_pandera(csv: Path, scratch: Path) -> dict[str, Any]:
     failure), so pandera's checks run on every column's values, as Sluice's do (with `coerce=True` alone, one bad
     cell in a float column fails its range check for the whole column, with no row, and the check never runs);
     pandera validate(lazy=True) with coercion for the rest; rows split by the failure cases' index; the valid rows
-    and the invalid ones (with their reasons) written to snappy Parquet, as Sluice writes them."""
+    (LZ4) and the invalid ones with their reasons (snappy) written to Parquet, as Sluice writes them."""
     import pandas as pd
     from pandera.errors import SchemaErrors
 
@@ -290,7 +291,7 @@ def run_pandera(csv: Path, scratch: Path) -> dict[str, Any]:
     valid = frame.drop(index=bad)
     split_s = time.perf_counter() - started - read_s - type_s - validate_s
     with tempfile.TemporaryDirectory(dir=scratch, prefix="pandas-out-") as out:
-        valid.to_parquet(Path(out) / "valid.parquet", compression="snappy", index=False)
+        valid.to_parquet(Path(out) / "valid.parquet", compression="lz4", index=False)
         invalid.astype(str).to_parquet(Path(out) / "invalid.parquet", compression="snappy")
         write_s = time.perf_counter() - started - read_s - type_s - validate_s - split_s
     seconds, cpu = time.perf_counter() - started, _cpu() - cpu
