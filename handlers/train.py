@@ -81,7 +81,30 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if ctx.store.exists(f"{base}run.json") or ctx.store.exists(f"{base}cancelled.json"):
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
+    # One training at a time in this worker (modeling.ONE_SEARCH says why). A turn that does not come while this
+    # message's time limit still leaves room for its own work goes back to the queue, for any worker.
+    waiting = time.perf_counter()
+    if not modeling.ONE_SEARCH.acquire(timeout=turn_wait_s(spec.time_limit_s, spec.time_budget_s)):
+        raise Defer(min(spec.time_budget_s, 60), f"another training is running in this worker; {dataset} waits "
+                                                 "its turn")
+    try:
+        waited = time.perf_counter() - waiting
+        if waited > 1:
+            ctx.log.info("wait  train      %s: waited %.1fs for another training in this worker", dataset, waited)
+        return _prepare_and_train(ctx, contract, features, labels, label_ids, run_id, base, t0 + waited)
+    finally:
+        modeling.ONE_SEARCH.release()
 
+
+def turn_wait_s(time_limit_s: float, budget_s: float) -> float:
+    """How long a training waits for its turn: what its time limit leaves beyond twice its budget and a minute."""
+    return max(time_limit_s - 2 * budget_s - 60, 1.0)
+
+
+def _prepare_and_train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
+                       label_ids: list[str], run_id: str, base: str, t0: float) -> list[Any]:
+    """The rows, their split and encoding, then the run (`t0`: the stage's start, less any wait for its turn)."""
+    dataset, spec = contract.dataset, contract.training
     with ThreadPoolExecutor(4, thread_name_prefix="train-side") as side:
         # The champion's configuration, read from the registry while the rows are read and split.
         warm_future = side.submit(contextvars.copy_context().run, _warm_start, ctx, contract)
