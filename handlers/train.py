@@ -33,7 +33,7 @@ import polars as pl
 
 from sluice.core import keys, tracing
 from sluice.core.context import Context
-from sluice.core.errors import Defer, Failure, ValidationFailed
+from sluice.core.errors import Defer, Failure, IntegrityError, ValidationFailed
 from sluice.core.ports import newest_group
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
@@ -409,8 +409,12 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 
     # The newest finished run from the listing's times (run.json is written as a run finishes), then one GET: one
     # LIST per 1,000 objects, where reading every run (two GETs each) made each run slower than the one before.
-    newest = [read_run(ctx.store.get_json(o.key))
-              for o in newest_group(ctx.store, keys.Run.prefix(dataset), "/" + keys.RUN)]
+    newest = []
+    for listed in newest_group(ctx.store, keys.Run.prefix(dataset), "/" + keys.RUN):
+        try:
+            newest.append(read_run(ctx.store.get_json(listed.key)))
+        except IntegrityError as exc:  # a planted run must not stop every later training: links are information
+            ctx.log.warning("skip  train      %s for the run's trace links: %s", listed.key, exc)
     latest = max(newest, key=lambda r: str(r.get("finished_at") or ""), default=None)
     before = set(latest.get("data_versions") or []) if latest else set()
     labels_before = set(latest.get("label_versions") or []) if latest else set()
@@ -560,7 +564,12 @@ def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] |
     champion = ModelRegistry(ctx.store, ctx.state).champion(contract.model)
     if champion is None:
         return None
-    run = ctx.store.get_json(champion["run_key"])
+    try:
+        run = ctx.store.get_json(champion["run_key"])
+    except IntegrityError as exc:  # a starting point only: a record no stage wrote is not used, nor does it stop
+        ctx.log.error("cold  train      %s: no warm start, the champion's training record cannot be trusted (%s) "
+                      "Run `sluice models verify %s`.", contract.dataset, exc, contract.model)
+        return None
     if run.get("best_estimator") not in contract.training.estimators:
         return None
     return {run["best_estimator"]: run["best_config"]}
