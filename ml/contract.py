@@ -446,6 +446,10 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
             spec = ColumnSpec(dtype=dtype, nullable=True, format=layout)  # type: ignore[arg-type]
             note = (f"{frame[name].null_count()} missing of {frame.height}; every value reads as {layout} (kept as "
                     "`format`, so a day that could be a month is never read the other way)")
+        elif spec.dtype == "str" and name != target and len(layouts := _date_layouts(frame[name])) > 1:
+            note += (f"; DATES IN {len(layouts)} LAYOUTS ({', '.join(layouts)}): kept as text, so the model takes "
+                     "each date for a category of its own. Export the column in one layout (2024-03-01) and infer "
+                     "again to read it as a date")
         columns[name], notes[f"columns.{name}"] = spec, note
     y = frame[target].drop_nulls()
     if y.dtype == pl.Utf8 and _numbers_for_people(y):
@@ -575,7 +579,7 @@ def _identifier(s: pl.Series, name: str) -> bool:
 
 def _free_text_id(values: pl.Series) -> bool:
     """Text that no two rows share and that is not a date: an email, a code, a name (dates are read as dates)."""
-    return _date_layout(values) is None
+    return _date_layout(values) is None and not _date_layouts(values)
 
 
 def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
@@ -666,6 +670,25 @@ def _date_layout(s: pl.Series) -> tuple[str, str] | None:
         if not read.null_count():
             return dtype, layout
     return None
+
+
+def _date_layouts(s: pl.Series) -> list[str]:
+    """The layouts that together read every value of a text column as a date, when no single one does (a file
+    stitched from two exports: 2024-03-01 and 03/01/2024); [] when some value is not a date in any."""
+    values = s.drop_nulls().str.strip_chars()
+    values = values.filter(values.str.len_bytes() > 0)
+    if s.dtype != pl.Utf8 or not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
+        return []
+    unread, used = values, []
+    for dtype, layout in (("date", "%Y-%m-%d"), ("datetime", "%Y-%m-%d %H:%M:%S"), *DATE_LAYOUTS):
+        read = (unread.str.to_date(layout, strict=False) if dtype == "date"
+                else unread.str.to_datetime(layout, strict=False, time_unit="us"))
+        if read.null_count() < unread.len():
+            used.append(layout)
+            unread = unread.filter(read.is_null())
+        if not unread.len():
+            return used
+    return []
 
 
 def _dtype_of(dtype: pl.DataType) -> DType:

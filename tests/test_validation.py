@@ -783,3 +783,19 @@ def test_contract_infer_leaves_identifiers_out_so_the_next_files_new_ids_pass(tm
     split = validate_file(second, "incoming/churn/april.csv", contract, tmp_path)
     assert (split.rows_valid, split.rows_invalid) == (n, 0)
     assert "customer_id" not in split.columns
+
+
+def test_contract_infer_says_when_a_date_column_mixes_layouts() -> None:
+    """A file stitched from two exports (ISO and US dates) was kept as text without a word: each date a category."""
+    days = ["2024-03-01", "03/15/2024", "2024-04-02", "12/31/2023"]
+    import datetime as dt
+
+    joined = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(40)]
+    frame = pl.DataFrame({"signup": [*days * 10], "joined": [d.strftime("%Y-%m-%d" if i % 2 else "%m/%d/%Y")
+                                                              for i, d in enumerate(joined)],
+                          "visits": list(range(40)), "churned": ["yes", "no"] * 20})
+    contract = infer_contract(frame, "churn", "churned")
+    text = re.sub(r"\n\s*#\s*", " ", contract.to_yaml())
+    assert "DATES IN 2 LAYOUTS (%Y-%m-%d, %m/%d/%Y)" in text
+    # unique per row, but dates: kept (as text, with the same warning), not taken for an identifier
+    assert {"signup", "joined"} <= set(contract.columns) and contract.columns["signup"].dtype == "str"
