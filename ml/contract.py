@@ -675,9 +675,11 @@ def _date_layout(s: pl.Series) -> tuple[str, str] | None:
 def _date_layouts(s: pl.Series) -> list[str]:
     """The layouts that together read every value of a text column as a date, when no single one does (a file
     stitched from two exports: 2024-03-01 and 03/01/2024); [] when some value is not a date in any."""
+    if s.dtype != pl.Utf8:
+        return []
     values = s.drop_nulls().str.strip_chars()
     values = values.filter(values.str.len_bytes() > 0)
-    if s.dtype != pl.Utf8 or not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
+    if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
         return []
     unread, used = values, []
     for dtype, layout in (("date", "%Y-%m-%d"), ("datetime", "%Y-%m-%d %H:%M:%S"), *DATE_LAYOUTS):
