@@ -264,6 +264,44 @@ def test_the_valid_rows_are_one_parquet_file_in_order_and_the_same_bytes_every_t
     assert (split.rows_valid, split.rows_invalid, split.columns) == (len(valid), len(bad), ["id", "age", "day"])
 
 
+def test_pandera_reports_many_batches_at_once_as_it_would_batch_by_batch(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sluice.ml.validation as validation
+
+    def cells(i: int) -> str:
+        age = "x" if i % 11 == 0 else ("150" if i % 7 == 0 else str(20 + i % 50))  # a cast failure, a range
+        seg = "gold" if i % 13 else "diamond"  # a category
+        score = "" if i % 17 == 0 else f"0.{i % 10}"  # a blank in a column that is not nullable
+        return f"{i},{age},{seg},{score}"
+
+    path = tmp_path / "f.csv"
+    path.write_text("id,age,segment,score\n" + "\n".join(cells(i) for i in range(1, 2001)) + "\n")
+    contract = Contract(dataset="t", target="segment", task="binary", metric="roc_auc", columns={
+        "id": ColumnSpec(dtype="int"), "age": ColumnSpec(dtype="int", min=18, max=100),
+        "segment": ColumnSpec(dtype="str", categories=["gold", "silver"]), "score": ColumnSpec(dtype="float")})
+    calls = []
+    check_batch = validation._check_batch
+    monkeypatch.setattr(validation, "_check_batch", lambda *a, **k: calls.append(1) or check_batch(*a, **k))
+
+    def run(held_rows: int) -> tuple[Any, ...]:
+        monkeypatch.setattr(validation, "HELD_ROWS", held_rows)
+        calls.clear()
+        work = tmp_path / f"w{held_rows}"
+        work.mkdir()
+        s = validate_file(path, "incoming/t/f.csv", contract, work, batch_rows=50)
+        assert s.valid_path is not None and s.invalid_path is not None
+        return (len(calls), s.rows_total, s.rows_valid, s.rows_invalid, list(s.rule_counts.items()), s.examples,
+                s.example_rows, s.null_counts, s.sample.to_dicts() if s.sample is not None else None,
+                s.valid_path.read_bytes(), s.invalid_path.read_bytes())
+
+    at_once, by_batch = run(validation.HELD_ROWS), run(0)  # 0: pandera reports every batch as it comes
+    assert (at_once[0], by_batch[0]) == (1, 40)
+    assert at_once[1:] == by_batch[1:]
+    counts = dict(at_once[4])
+    assert counts[("age", "dtype int")] == 181 and counts[("segment", "isin(['gold', 'silver'])")] == 153
+    assert at_once[3] == len({i for i in range(1, 2001) if i % 11 == 0 or i % 7 == 0 or i % 13 == 0 or i % 17 == 0})
+
+
 def test_a_ragged_line_is_found_across_the_text_pass_chunks(tmp_path: Path) -> None:
     row = "1,2,3\r\n"
     lines = 4_200_000 // len(row)  # past the first 4 MiB chunk
@@ -308,6 +346,13 @@ def test_element_wise_and_whole_column_checks_are_still_pandera_s() -> None:
     # An aggregate's output is not one value per row: pandera validates the whole batch, as it always did.
     assert _Rules(whole)._suspects(frame) is None
     assert _Rules(whole).check(frame, 0, already=[]) == _check_batch(whole, frame, 0, already=[])
+    # A check that reports only its first failure cases reports per validation: each batch is validated on its own.
+    extensions.checks["first"] = pa.Check(lambda v: v < 3, element_wise=True, name="first", n_failure_cases=1)
+    first = build_schema(contract.model_copy(update={"columns": {
+        **contract.columns, "x": ColumnSpec(dtype="int", nullable=True, checks=["first"])}}), extensions)
+    assert _Rules(schema).holds and not _Rules(first).holds
+    held = _Rules(first).hold(frame, 0, [])
+    assert held.failures == _check_batch(first, frame, 0, already=[]) and [f.row for f in held.failures] == [4]
 
 
 def test_a_character_split_across_the_text_pass_chunks_is_utf8_and_a_truncated_one_is_not(tmp_path: Path) -> None:
