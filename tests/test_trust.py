@@ -763,6 +763,18 @@ def test_a_planted_or_edited_run_document_does_not_stop_the_datasets_next_drops(
                                                                   "finished_at": "2099-01-01T00:00:00Z"})
     second = run_chain(runtime, f"incoming/{DATASET}/b.csv", parts[1])
     assert len(second["data_versions"]) == 2 and second["trace_links"]
+    # `sluice trace` of the drop reads every run of the dataset: it leaves the planted one out instead of failing.
+    from sluice.ml.trace import trace
+
+    steps = [s.stage for s in trace(runtime.store, runtime.state, f"incoming/{DATASET}/b.csv").steps]
+    assert "train" in steps and "register" in steps, steps
+    again = f"incoming/{DATASET}/again.csv"
+    runtime.store.put(again, parts[0])  # a duplicate: its trace looks through every run of the dataset
+    info = runtime.store.head(again)
+    assert info is not None
+    runtime.execute("validate", ObjectCreated(runtime.settings.bucket, again, info.size, info.etag).to_dict())
+    steps = [s.stage for s in trace(runtime.store, runtime.state, again).steps]
+    assert steps and steps[0] == "validate", steps
     # The champion's run document edited in place: validation cannot read its drift reference.
     champion = ModelRegistry(runtime.store, MemoryState()).champion(DATASET)
     assert champion is not None
