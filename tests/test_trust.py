@@ -483,6 +483,30 @@ def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
     assert "not written by a Sluice stage (it has no signature)" in result.output
 
 
+def test_status_says_why_a_drop_was_refused_and_how_to_run_it_again(runtime: Runtime,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop that validation refused (here: a planted manifest under its data version) showed in `status` as a bare
+    `refused` line, where a quarantine or a failure says what happened and what to do."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core.refusals import refusals as records
+
+    ahead = hashlib.sha256(sample_bytes()).hexdigest()
+    plant(runtime, f"validated/{DATASET}/{ahead}/manifest.json", {"dataset": DATASET, "data_version": ahead})
+    early = plant(runtime, f"incoming/{DATASET}/early.csv", sample_bytes())
+    assert runtime.execute("validate", early.to_dict())["outcome"] == "refused"
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    shown = CliRunner().invoke(main, ["status"]).output
+    [(_, record)] = records(runtime.store)
+    assert f"refused     incoming/{DATASET}/early.csv" in shown, shown
+    assert f"validated/{DATASET}/{ahead}/manifest.json: not written by a Sluice stage" in shown, shown
+    assert f"`sluice refused redrive {record['id']}`" in shown, shown
+
+
 def test_status_shows_work_a_later_stage_refused_until_it_is_re_driven(runtime: Runtime,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
