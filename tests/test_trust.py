@@ -483,6 +483,30 @@ def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
     assert "not written by a Sluice stage (it has no signature)" in result.output
 
 
+def test_status_says_why_a_drop_was_refused_and_how_to_run_it_again(runtime: Runtime,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop that validation refused (here: a planted manifest under its data version) showed in `status` as a bare
+    `refused` line, where a quarantine or a failure says what happened and what to do."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core.refusals import refusals as records
+
+    ahead = hashlib.sha256(sample_bytes()).hexdigest()
+    plant(runtime, f"validated/{DATASET}/{ahead}/manifest.json", {"dataset": DATASET, "data_version": ahead})
+    early = plant(runtime, f"incoming/{DATASET}/early.csv", sample_bytes())
+    assert runtime.execute("validate", early.to_dict())["outcome"] == "refused"
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    shown = CliRunner().invoke(main, ["status"]).output
+    [(_, record)] = records(runtime.store)
+    assert f"refused     incoming/{DATASET}/early.csv" in shown, shown
+    assert f"validated/{DATASET}/{ahead}/manifest.json: not written by a Sluice stage" in shown, shown
+    assert f"`sluice refused redrive {record['id']}`" in shown, shown
+
+
 def test_status_shows_work_a_later_stage_refused_until_it_is_re_driven(runtime: Runtime,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
@@ -763,6 +787,18 @@ def test_a_planted_or_edited_run_document_does_not_stop_the_datasets_next_drops(
                                                                   "finished_at": "2099-01-01T00:00:00Z"})
     second = run_chain(runtime, f"incoming/{DATASET}/b.csv", parts[1])
     assert len(second["data_versions"]) == 2 and second["trace_links"]
+    # `sluice trace` of the drop reads every run of the dataset: it leaves the planted one out instead of failing.
+    from sluice.ml.trace import trace
+
+    steps = [s.stage for s in trace(runtime.store, runtime.state, f"incoming/{DATASET}/b.csv").steps]
+    assert "train" in steps and "register" in steps, steps
+    again = f"incoming/{DATASET}/again.csv"
+    runtime.store.put(again, parts[0])  # a duplicate: its trace looks through every run of the dataset
+    info = runtime.store.head(again)
+    assert info is not None
+    runtime.execute("validate", ObjectCreated(runtime.settings.bucket, again, info.size, info.etag).to_dict())
+    steps = [s.stage for s in trace(runtime.store, runtime.state, again).steps]
+    assert steps and steps[0] == "validate", steps
     # The champion's run document edited in place: validation cannot read its drift reference.
     champion = ModelRegistry(runtime.store, MemoryState()).champion(DATASET)
     assert champion is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from sluice.core.errors import UnreadableFile
 from sluice.core.runtime import Runtime
 from sluice.events.s3 import ObjectCreated
 from sluice.ml.contract import ColumnSpec, Contract, ContractError, infer_contract, parse_contract
-from sluice.ml.validation import validate_file
+from sluice.ml.validation import read_sample, validate_file
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())
@@ -798,3 +799,48 @@ def _written_by_pandas(df: Any, fmt: str) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf)
     return buf.getvalue()
+
+
+def test_contract_infer_leaves_identifiers_out_so_the_next_files_new_ids_pass(tmp_path: Path) -> None:
+    """A customer number unique per row was inferred as a feature with a range: next month's customers (new, higher
+    numbers) were quarantined wholesale and could not be scored. Identifiers are left out of the features (and so
+    out of the ranges); a column that repeats, or one that is unique by chance but not named or shaped like an
+    id, stays."""
+    rng = np.random.default_rng(3)
+    n = 200
+
+    def month(first_id: int) -> pl.DataFrame:
+        return pl.DataFrame({
+            "customer_id": np.arange(first_id, first_id + n), "orderRef": [f"R-{first_id + i:07d}" for i in range(n)],
+            "email": [f"user{first_id + i}@example.com" for i in range(n)],
+            "plan": rng.choice(["pro", "basic", "team"], n), "visits": rng.integers(0, 30, n),
+            "balance": rng.normal(100, 20, n), "paid": rng.permutation(n),  # unique, but a count: not an id
+            "churned": rng.choice(["yes", "no"], n)})
+
+    first, second = tmp_path / "march.csv", tmp_path / "april.csv"
+    month(97_001).write_csv(first)
+    month(105_999).write_csv(second)
+    contract = infer_contract(read_sample(first.name, first.read_bytes()), "churn", "churned")
+    assert list(contract.columns) == ["plan", "visits", "balance", "paid", "churned"]
+    assert contract.extra_columns == "drop"
+    text = re.sub(r"\n\s*#\s*", " ", contract.to_yaml())  # the comments, unwrapped
+    assert "'customer_id', 'orderRef', 'email' are unique per row, like an identifier" in text
+    split = validate_file(second, "incoming/churn/april.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (n, 0)
+    assert "customer_id" not in split.columns
+
+
+def test_contract_infer_says_when_a_date_column_mixes_layouts() -> None:
+    """A file stitched from two exports (ISO and US dates) was kept as text without a word: each date a category."""
+    days = ["2024-03-01", "03/15/2024", "2024-04-02", "12/31/2023"]
+    import datetime as dt
+
+    joined = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(40)]
+    frame = pl.DataFrame({"signup": [*days * 10], "joined": [d.strftime("%Y-%m-%d" if i % 2 else "%m/%d/%Y")
+                                                              for i, d in enumerate(joined)],
+                          "visits": list(range(40)), "churned": ["yes", "no"] * 20})
+    contract = infer_contract(frame, "churn", "churned")
+    text = re.sub(r"\n\s*#\s*", " ", contract.to_yaml())
+    assert "DATES IN 2 LAYOUTS (%Y-%m-%d, %m/%d/%Y)" in text
+    # unique per row, but dates: kept (as text, with the same warning), not taken for an identifier
+    assert {"signup", "joined"} <= set(contract.columns) and contract.columns["signup"].dtype == "str"
