@@ -95,6 +95,7 @@ class Index:
         self.skipped: list[str] = []  # version documents a rebuild left out, and why
         self.appended = 0  # records this writer appended
         self.probed = False  # looked for a history record newer than the head (or read the whole history)
+        self.stored: str | None = None  # the digest of the head as stored (loaded, or written by this writer)
 
     # -- keys and pages ---------------------------------------------------------------------------------------
     def key(self, kind: str, page: int) -> str:
