@@ -302,11 +302,20 @@ class ModelRegistry:
                 if (v := self._immutable(self._version_key(model, n))) is not None]
 
     def alias(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
-        """The alias document ({version, since, previous}), or None: one GET.
+        """The alias ({version, since, previous}) as the signed index says it, or None: the head, then the look
+        for a newer history record (two rounds, whatever the history's length).
 
-        An alias file no stage signed (planted, edited) is not acted on: the alias is read from the index instead
-        (itself signed, and rebuilt from the history when it is not), so one planted object cannot stop every
-        drop of the dataset. `sluice models verify` reports the file and `sluice models reindex` rewrites it."""
+        Not the alias file alone. An alias file from an earlier state, signed by the stage that wrote it then and
+        copied back by someone with write access to the bucket, verifies: trusted, it rolled back every reader (the
+        gate judged candidates against the old champion, `sluice serve` swapped to it, validation measured drift
+        against it), and no later registration repaired it. A head copied back is found by the look for a newer
+        record. `alias_file` reads the file (one GET); `sluice models verify` reports a file that disagrees with
+        the index and `sluice models reindex` rewrites it."""
+        return self.current(model).alias_docs().get(name)
+
+    def alias_file(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
+        """aliases/<name>.json as stored, or None: one GET. A file no stage signed (planted, edited) is not acted
+        on: the alias is read from the index instead. Only for comparing with the index: see `alias`."""
         try:
             doc: dict[str, Any] | None = self.store.get_json_or_none(f"{self.base(model)}/aliases/{name}.json")
         except IntegrityError as exc:
