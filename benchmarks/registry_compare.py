@@ -10,7 +10,10 @@ reads each operation's setup makes, the same for both trees): CPU moves less wit
 
     git worktree add --detach /tmp/before COMMIT
     .venv/bin/python benchmarks/registry_compare.py /tmp/before . [--sizes 10,10000] [--rounds 20] [--k 3]
-        [--ops register,alias,show,at] [--redis redis://127.0.0.1:6379/0]
+        [--ops register,alias,show,at] [--redis redis://127.0.0.1:6379/0] [--own-models]
+
+With `--own-models` each tree writes a model of its own, both populated the same way: needed when the trees differ
+in what a write leaves for the next one (a tree would repair what the other tree's writes left).
 
 The server is this tree's; the trees must read and write the same registry format.
 """
@@ -61,8 +64,8 @@ def serve() -> None:
     registry_scale.serve()
 
 
-def client(tree: str, host: str, port: str, tag: str, redis: str | None) -> None:
-    """One tree's client: `OP K` on stdin, K cold operations, their (wall ms, CPU ms) on stdout."""
+def client(tree: str, host: str, port: str, tag: str, redis: str | None, model: str) -> None:
+    """One tree's client: `OP K` on stdin, K cold operations on `model`, their (wall ms, CPU ms) on stdout."""
     sys.path.insert(0, str(HERE.parent))
     import registry_scale as rs
 
@@ -89,18 +92,18 @@ def client(tree: str, host: str, port: str, tag: str, redis: str | None) -> None
         out = []
         for _ in range(int(k)):
             n += 1
-            champion = ModelRegistry(store, state).alias(rs.MODEL)
-            total = ModelRegistry(store, state).current(rs.MODEL).head["versions"]
+            champion = ModelRegistry(store, state).alias(model)
+            total = ModelRegistry(store, state).current(model).head["versions"]
             run = {"run_id": f"{tag}-{os.getpid()}-{n}", "metric": "roc_auc",
                    "scores": {"candidate": 0.9, "baseline": 0.5}}
             when = (rs.T0 + timedelta(hours=rng.uniform(0, total))).replace(tzinfo=UTC)
             ops: dict[str, Callable[[], Any]] = {
                 "register": lambda: ModelRegistry(store, state).register(
-                    rs.MODEL, run, outcome="promote", compared_with=champion and champion["version"],  # noqa: B023
+                    model, run, outcome="promote", compared_with=champion and champion["version"],  # noqa: B023
                     at=rs.at(total + 1)),  # noqa: B023
-                "alias": lambda: ModelRegistry(store, state).alias(rs.MODEL),
-                "show": lambda: ModelRegistry(store, state).page(rs.MODEL, 1, 20),
-                "at": lambda: ModelRegistry(store, state).champion_at(rs.MODEL, when),  # noqa: B023
+                "alias": lambda: ModelRegistry(store, state).alias(model),
+                "show": lambda: ModelRegistry(store, state).page(model, 1, 20),
+                "at": lambda: ModelRegistry(store, state).champion_at(model, when),  # noqa: B023
             }
             c, t = cpu_s(), time.perf_counter()
             ops[op]()
@@ -116,8 +119,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3, help="operations per turn")
     parser.add_argument("--ops", default="register,alias,show,at")
     parser.add_argument("--redis", default=None, metavar="URL", help="the registry's lock in Redis")
+    parser.add_argument("--own-models", action="store_true",
+                        help="each tree writes a model of its own (populated twice): for a change in what a write "
+                             "leaves for the next writer, whose repairs the other tree's writes would otherwise cause")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--client", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--client", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     import registry_scale
 
@@ -126,7 +132,8 @@ def main() -> None:
         serve()
         return
     if args.client:
-        client(*args.client, args.redis)
+        tree, host, port, tag, model = args.client
+        client(tree, host, port, tag, args.redis, model)
         return
     trees = [str(Path(t).resolve()) for t in args.trees]
     if len(trees) != 2:
@@ -148,7 +155,8 @@ def main() -> None:
     clients, loaded = [], []
     for i, tree in enumerate(trees):
         extra = ["--redis", args.redis] if args.redis else []
-        proc = start("--client", tree, host, port, f"t{i}", *extra, tree=tree)
+        model = f"{registry_scale.MODEL}-t{i}" if args.own_models else registry_scale.MODEL
+        proc = start("--client", tree, host, port, f"t{i}", model, *extra, tree=tree)
         assert proc.stdout is not None
         loaded.append(proc.stdout.readline().split()[1])  # the registry module that client imported
         clients.append(proc)
@@ -159,7 +167,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     try:
         for size in [int(s) for s in args.sizes.split(",")]:
-            ask(server, f"populate {size}")
+            for model in ([f"{registry_scale.MODEL}-t{i}" for i in range(2)] if args.own_models
+                          else [registry_scale.MODEL]):
+                ask(server, f"populate {size} {model}")
             for op in args.ops.split(","):
                 for proc in clients:
                     ask(proc, f"{op} 2")  # warm

@@ -227,7 +227,7 @@ def take_lock(state: Any) -> None:
 
 def serve() -> None:
     """The moto server, and the populating writer on its backend, in a process of their own: the timed client
-    then does not share a GIL with the server. Commands on stdin: `populate N`, `quit`."""
+    then does not share a GIL with the server. Commands on stdin: `populate N [MODEL]`, `quit`."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     from moto import mock_aws
     from moto.server import ThreadedMotoServer
@@ -256,19 +256,20 @@ def serve() -> None:
         if not command or command[0] == "quit":
             break
         size = int(command[1])
+        model = command[2] if len(command) > 2 else MODEL  # `populate N MODEL`: another model (registry_compare)
         t = time.perf_counter()
-        count = int(writer.current(MODEL).head["versions"])
+        count = int(writer.current(model).head["versions"])
         while count < size:
             count += 1
-            champion = writer.current(MODEL).champion
+            champion = writer.current(model).champion
             outcome = "reject" if count % 4 == 0 else "promote"
-            writer.register(MODEL, {"run_id": f"run-{count:06d}", "metric": "roc_auc",
+            writer.register(model, {"run_id": f"run-{count:06d}", "metric": "roc_auc",
                                     "scores": {"candidate": 0.9, "baseline": 0.5}},
                             outcome=outcome, compared_with=champion, at=at(count))
             if count % 100 == 0:
-                writer.rollback(MODEL, reason="p99 alarms", by="bench", at=at(count))
+                writer.rollback(model, reason="p99 alarms", by="bench", at=at(count))
         print(json.dumps({"populate_s": round(time.perf_counter() - t, 1),
-                          "records": writer.current(MODEL).sequence}), flush=True)
+                          "records": writer.current(model).sequence}), flush=True)
     mock.stop()
     server.stop()
 

@@ -21,6 +21,7 @@ class MemoryState:
         self._guard = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._began: dict[str, tuple[float, int]] = {}  # key -> (monotonic expiry, count)
+        self._notes: dict[str, tuple[float, str]] = {}  # key -> (monotonic expiry, value)
 
     def _live(self, key: str) -> IdempotencyRecord | None:
         found = self._records.get(key)
@@ -91,6 +92,17 @@ class MemoryState:
         """Forget the beginnings."""
         with self._guard:
             self._began.pop(key, None)
+
+    def note(self, key: str, value: str, ttl_s: float) -> None:
+        """Leave a note (it expires `ttl_s` from now)."""
+        with self._guard:
+            self._notes[key] = (time.monotonic() + ttl_s, value)
+
+    def take_note(self, key: str) -> str | None:
+        """The live note, removed."""
+        with self._guard:
+            found = self._notes.pop(key, None)
+            return found[1] if found is not None and found[0] > time.monotonic() else None
 
     @contextmanager
     def lock(self, name: str, timeout_s: int) -> Iterator[None]:

@@ -197,6 +197,12 @@ class StateBackend(Protocol):
     def ended(self, key: str) -> None:
         """`key` ended (in any way a process can record): forget its beginnings."""
 
+    def note(self, key: str, value: str, ttl_s: float) -> None:
+        """Leave a note for the next holder of a lock (it lives `ttl_s`). A cache: losing one must be safe."""
+
+    def take_note(self, key: str) -> str | None:
+        """The note left at `key`, removed in the same step (None when there is none)."""
+
 
 
 

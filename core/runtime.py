@@ -492,7 +492,8 @@ class Runtime:
         if not is_signed(event.key):  # an arrival (a drop): its one outcome
             ctx.store.put_json(keys.Ledger(dataset, oid).key, {
                 "key": event.key, "etag": event.etag, "version_id": event.version_id, "outcome": "refused",
-                "reason": "integrity", "message": str(err), "refusal": key, "at": ctx.timestamp(), **_trace()})
+                "reason": "integrity", "message": str(err), "refusal": key, "what_to_do": record["what_to_do"],
+                "at": ctx.timestamp(), **_trace()})
         log.error("refused %-10s %s: %s", stage, event.key, err)
         self.on_event("refused", record)
         return {"outcome": "refused", "record": key}

@@ -33,7 +33,7 @@ import polars as pl
 
 from sluice.core import keys, tracing
 from sluice.core.context import Context
-from sluice.core.errors import Defer, Failure, ValidationFailed
+from sluice.core.errors import Defer, Failure, IntegrityError, ValidationFailed
 from sluice.core.ports import newest_group
 from sluice.core.runtime import dataset_of
 from sluice.events.pipeline import DataValidated, FeaturesMaterialized
@@ -81,7 +81,30 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if ctx.store.exists(f"{base}run.json") or ctx.store.exists(f"{base}cancelled.json"):
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
+    # One training at a time in this worker (modeling.ONE_SEARCH says why). A turn that does not come while this
+    # message's time limit still leaves room for its own work goes back to the queue, for any worker.
+    waiting = time.perf_counter()
+    if not modeling.ONE_SEARCH.acquire(timeout=turn_wait_s(spec.time_limit_s, spec.time_budget_s)):
+        raise Defer(min(spec.time_budget_s, 60), f"another training is running in this worker; {dataset} waits "
+                                                 "its turn")
+    try:
+        waited = time.perf_counter() - waiting
+        if waited > 1:
+            ctx.log.info("wait  train      %s: waited %.1fs for another training in this worker", dataset, waited)
+        return _prepare_and_train(ctx, contract, features, labels, label_ids, run_id, base, t0 + waited)
+    finally:
+        modeling.ONE_SEARCH.release()
 
+
+def turn_wait_s(time_limit_s: float, budget_s: float) -> float:
+    """How long a training waits for its turn: what its time limit leaves beyond twice its budget and a minute."""
+    return max(time_limit_s - 2 * budget_s - 60, 1.0)
+
+
+def _prepare_and_train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
+                       label_ids: list[str], run_id: str, base: str, t0: float) -> list[Any]:
+    """The rows, their split and encoding, then the run (`t0`: the stage's start, less any wait for its turn)."""
+    dataset, spec = contract.dataset, contract.training
     with ThreadPoolExecutor(4, thread_name_prefix="train-side") as side:
         # The champion's configuration, read from the registry while the rows are read and split.
         warm_future = side.submit(contextvars.copy_context().run, _warm_start, ctx, contract)
@@ -386,8 +409,12 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 
     # The newest finished run from the listing's times (run.json is written as a run finishes), then one GET: one
     # LIST per 1,000 objects, where reading every run (two GETs each) made each run slower than the one before.
-    newest = [read_run(ctx.store.get_json(o.key))
-              for o in newest_group(ctx.store, keys.Run.prefix(dataset), "/" + keys.RUN)]
+    newest = []
+    for listed in newest_group(ctx.store, keys.Run.prefix(dataset), "/" + keys.RUN):
+        try:
+            newest.append(read_run(ctx.store.get_json(listed.key)))
+        except IntegrityError as exc:  # a planted run must not stop every later training: links are information
+            ctx.log.warning("skip  train      %s for the run's trace links: %s", listed.key, exc)
     latest = max(newest, key=lambda r: str(r.get("finished_at") or ""), default=None)
     before = set(latest.get("data_versions") or []) if latest else set()
     labels_before = set(latest.get("label_versions") or []) if latest else set()
@@ -537,7 +564,12 @@ def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] |
     champion = ModelRegistry(ctx.store, ctx.state).champion(contract.model)
     if champion is None:
         return None
-    run = ctx.store.get_json(champion["run_key"])
+    try:
+        run = ctx.store.get_json(champion["run_key"])
+    except IntegrityError as exc:  # a starting point only: a record no stage wrote is not used, nor does it stop
+        ctx.log.error("cold  train      %s: no warm start, the champion's training record cannot be trusted (%s) "
+                      "Run `sluice models verify %s`.", contract.dataset, exc, contract.model)
+        return None
     if run.get("best_estimator") not in contract.training.estimators:
         return None
     return {run["best_estimator"]: run["best_config"]}

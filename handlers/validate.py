@@ -18,7 +18,15 @@ import polars as pl
 
 from sluice.core import keys, tracing
 from sluice.core.context import Context
-from sluice.core.errors import Failure, InputError, TransientError, UnreadableFile, ValidationFailed, clip
+from sluice.core.errors import (
+    Failure,
+    InputError,
+    IntegrityError,
+    TransientError,
+    UnreadableFile,
+    ValidationFailed,
+    clip,
+)
 from sluice.core.runtime import object_id
 from sluice.events.pipeline import DataValidated
 from sluice.events.s3 import ObjectCreated
@@ -186,11 +194,18 @@ def _drift(ctx: Context, contract: Contract, sample: pl.DataFrame) -> dict[str, 
     champion = ModelRegistry(ctx.store, ctx.state).champion(contract.model)
     if champion is None:
         return None
-    run = ctx.store.get_json(champion["run_key"])
-    meta = run.get("artifacts", {}).get("profile")
-    if meta is None:
+    try:
+        run = ctx.store.get_json(champion["run_key"])
+        meta = run.get("artifacts", {}).get("profile")
+        if meta is None:
+            return None
+        reference = ctx.store.get_json(meta["key"])
+    except IntegrityError as exc:
+        # The reference is information, not input: a run document or profile no stage wrote must not refuse
+        # every later drop of the dataset. Drift goes unmeasured, so the drop trains and the gate decides.
+        ctx.log.error("drift unmeasured %s: the champion's training record cannot be trusted (%s) Run `sluice "
+                      "models verify %s`.", contract.dataset, exc, contract.model)
         return None
-    reference = ctx.store.get_json(meta["key"])
     return drift.summarize(reference, sample, contract.drift, run["run_id"])
 
 

@@ -103,6 +103,18 @@ class RedisState:
         """DEL."""
         self.redis.delete(self.prefix + "began:" + key)
 
+    def note(self, key: str, value: str, ttl_s: float) -> None:
+        """SET PX."""
+        self.redis.set(self.prefix + "note:" + key, value, px=_ms(ttl_s))
+
+    def take_note(self, key: str) -> str | None:
+        """GET and DEL in one transaction (one round trip)."""
+        pipe = self.redis.pipeline()
+        pipe.get(self.prefix + "note:" + key)
+        pipe.delete(self.prefix + "note:" + key)
+        raw = pipe.execute()[0]
+        return None if raw is None else bytes(raw).decode()
+
     def lock(self, name: str, timeout_s: int) -> AbstractContextManager[None]:
         """redis-py's Lock; `timeout` bounds how long a dead holder blocks others."""
         lock = self.redis.lock(self.prefix + "lock:" + name, timeout=timeout_s, blocking_timeout=timeout_s)

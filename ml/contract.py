@@ -435,8 +435,10 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     columns: dict[str, ColumnSpec] = {}
     notes: dict[str, str] = {}
     index = _pandas_index(frame, target)
+    identifiers = [name for name in frame.columns if name not in index and name != target
+                   and _identifier(frame[name], name)]
     for name in frame.columns:
-        if name in index:
+        if name in index or name in identifiers:
             continue
         spec, note = _infer_column(frame[name], is_target=name == target)
         if spec.dtype == "str" and name != target and (found := _date_layout(frame[name])) is not None:
@@ -444,6 +446,10 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
             spec = ColumnSpec(dtype=dtype, nullable=True, format=layout)  # type: ignore[arg-type]
             note = (f"{frame[name].null_count()} missing of {frame.height}; every value reads as {layout} (kept as "
                     "`format`, so a day that could be a month is never read the other way)")
+        elif spec.dtype == "str" and name != target and len(layouts := _date_layouts(frame[name])) > 1:
+            note += (f"; DATES IN {len(layouts)} LAYOUTS ({', '.join(layouts)}): kept as text, so the model takes "
+                     "each date for a category of its own. Export the column in one layout (2024-03-01) and infer "
+                     "again to read it as a date")
         columns[name], notes[f"columns.{name}"] = spec, note
     y = frame[target].drop_nulls()
     if y.dtype == pl.Utf8 and _numbers_for_people(y):
@@ -504,18 +510,28 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     if features:
         notes["features"] = ("Date parts (month, day of month, weekday, and hour for datetimes) as features: the "
                              "date itself only gives the model a trend. Remove any that should not matter.")
+    dropped = []
+    if identifiers:
+        dropped.append(
+            f"{', '.join(repr(n) for n in identifiers)} {'is' if len(identifiers) == 1 else 'are'} unique per row, "
+            "like an identifier (a customer or order number): left out of `columns`, so not model input. A model "
+            "that learns from ids does not carry over to new ones, and the next file's new ids would fall outside "
+            "any range inferred from this one. To train on one anyway, add it under `columns`")
     if index:
         where = (f"the sample's first column {index[0]!r} is unnamed and numbers its rows (pandas' index, written by "
                  "`to_csv()` without `index=False`)" if not PARQUET_INDEX.match(index[0]) else
                  f"the sample's column {index[0]!r} is pandas' index (written by `to_parquet()` for a frame whose "
                  "index is not 0, 1, 2, ...: filtered, sampled or sorted; `reset_index(drop=True)` leaves it out)")
-        notes["extra_columns"] = (f"drop: {where}: it is not data, so it is left out of `columns`, and columns the "
-                                  "contract does not name are dropped. Set `reject` once files come without it.")
+        dropped.append(f"{where}: it is not data, so it is left out of `columns`. Set `reject` once files come "
+                       "without it")
+    if dropped:
+        notes["extra_columns"] = ("drop: columns the contract does not name are dropped. " + "; ".join(dropped)
+                                  + ".")
     return Contract(
         dataset=dataset, target=target, task=task, metric=DEFAULT_METRIC[task],  # type: ignore[arg-type]
         columns=columns, max_invalid_fraction=INFERRED_MAX_INVALID_FRACTION, features=features,
         training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
-        extra_columns="drop" if index else "reject",
+        extra_columns="drop" if index or identifiers else "reject",
     ).with_notes(notes)
 
 
@@ -539,6 +555,31 @@ def _pandas_index(frame: pl.DataFrame, target: str) -> list[str]:
     if name not in ("", "Unnamed: 0") or name == target or not s.dtype.is_integer() or s.null_count():
         return []
     return [name]
+
+
+# A column named like an identifier: id, ID, customer_id, order-no, Ticket Number, uuid; or camelCase customerId.
+IDENTIFIER_NAME = re.compile(r"(?:^|[_\s.-])(?:id|uuid|guid|key|ref|no|nr|num|number)$", re.IGNORECASE)
+IDENTIFIER_CAMEL = re.compile(r"[a-z](?:Id|ID|Uuid|UUID|Key|Ref|No|Nr|Num|Number)$")
+MIN_IDENTIFIER_ROWS = 20
+
+
+def _identifier(s: pl.Series, name: str) -> bool:
+    """A column that identifies rows rather than describing them: every value different (nulls aside), on enough
+    rows to tell, and either named like an identifier (integers or text) or text no two rows share. The leakage
+    check catches an identifier that numbers rows in the label's order; this one keeps ids out of the features, where
+    each is seen once, and out of ranges that the next file's new ids would break."""
+    values = s.drop_nulls()
+    if values.len() < MIN_IDENTIFIER_ROWS or values.n_unique() != values.len():
+        return False
+    if s.dtype.is_integer() or s.dtype == pl.Utf8:
+        named = IDENTIFIER_NAME.search(name.strip()) or IDENTIFIER_CAMEL.search(name.strip())
+        return bool(named) or (s.dtype == pl.Utf8 and _free_text_id(values))
+    return False
+
+
+def _free_text_id(values: pl.Series) -> bool:
+    """Text that no two rows share and that is not a date: an email, a code, a name (dates are read as dates)."""
+    return _date_layout(values) is None and not _date_layouts(values)
 
 
 def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
@@ -629,6 +670,27 @@ def _date_layout(s: pl.Series) -> tuple[str, str] | None:
         if not read.null_count():
             return dtype, layout
     return None
+
+
+def _date_layouts(s: pl.Series) -> list[str]:
+    """The layouts that together read every value of a text column as a date, when no single one does (a file
+    stitched from two exports: 2024-03-01 and 03/01/2024); [] when some value is not a date in any."""
+    if s.dtype != pl.Utf8:
+        return []
+    values = s.drop_nulls().str.strip_chars()
+    values = values.filter(values.str.len_bytes() > 0)
+    if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
+        return []
+    unread, used = values, []
+    for dtype, layout in (("date", "%Y-%m-%d"), ("datetime", "%Y-%m-%d %H:%M:%S"), *DATE_LAYOUTS):
+        read = (unread.str.to_date(layout, strict=False) if dtype == "date"
+                else unread.str.to_datetime(layout, strict=False, time_unit="us"))
+        if read.null_count() < unread.len():
+            used.append(layout)
+            unread = unread.filter(read.is_null())
+        if not unread.len():
+            return used
+    return []
 
 
 def _dtype_of(dtype: pl.DataType) -> DType:

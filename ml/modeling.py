@@ -305,6 +305,13 @@ XGBOOST_JSON = "xgboost-json"
 FORMAT_OF_LEARNER = {"lgbm": LGBM_TEXT, "xgboost": XGBOOST_JSON, "xgb_limitdepth": XGBOOST_JSON,
                      "linear": LINEAR_JSON}
 EXTENSION = {LGBM_TEXT: "txt", XGBOOST_JSON: "json", LINEAR_JSON: "json", BLEND_JSON: "json"}
+# FLAML keeps the running search in module globals (flaml/tune/tune.py: `_runner`, `_running_trial`,
+# `_training_iteration`): two searches at once in one process break each other (a StopIteration inside FLAML in
+# one, the other recording a configuration of the first one's learner; tests/test_training.py). A worker runs
+# stages on several threads, so its searches take turns: `train` holds this lock, and the train stage holds it for
+# its whole model work (handlers/train.py), because two fits at once on a 2-core worker would also halve each
+# one's trials within its wall-clock budget. Reentrant: the stage's hold covers its own call of `train`.
+ONE_SEARCH = threading.RLock()
 # Sluice's own learners, added to FLAML's by name (`AutoML.add_learner`).
 CUSTOM_LEARNERS: dict[str, Callable[[], type]] = {"linear": linear.flaml_learner}
 CUSTOM = "custom:"  # + the learner's name: a model the app's learner saved (`app.learner(..., save=, load=)`)
@@ -517,20 +524,21 @@ def train(
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "trials.jsonl"
         watcher = _Watcher(log, on_progress, should_cancel, on_first_trial=on_search_start)
-        started = time.perf_counter()
-        watcher.start()
-        try:
-            automl.fit(
-                X_train=X, y_train=y, task=task, metric=contract.metric,
-                time_budget=budget_s,
-                estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=jobs, verbose=0,
-                log_file_name=str(log), log_type="all",
-                starting_points=search_starts(starting_points, list(spec.estimators)), **held,
-            )
-        finally:
-            watcher.stop()
-            watcher.first_trial()  # when the search ended before the watcher saw its first trial
-        fit_seconds = time.perf_counter() - started
+        with ONE_SEARCH:
+            started = time.perf_counter()
+            watcher.start()
+            try:
+                automl.fit(
+                    X_train=X, y_train=y, task=task, metric=contract.metric,
+                    time_budget=budget_s,
+                    estimator_list=list(spec.estimators), seed=spec.seed, n_jobs=jobs, verbose=0,
+                    log_file_name=str(log), log_type="all",
+                    starting_points=search_starts(starting_points, list(spec.estimators)), **held,
+                )
+            finally:
+                watcher.stop()
+                watcher.first_trial()  # when the search ended before the watcher saw its first trial
+            fit_seconds = time.perf_counter() - started
         trial_log = log.read_text() if log.exists() else ""
     warm = None
     if starting_points:

@@ -30,7 +30,7 @@ import logging
 import threading
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -42,8 +42,12 @@ from sluice.ml.registry_index import FORMAT, PAGE, READABLE, Index, digest, empt
 
 log = logging.getLogger("sluice")
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 
 LOCK_TIMEOUT_S = 60
+# How long the note that a head's writes all landed lives: a model written less often pays one repair (a few
+# requests) on its next write.
+SETTLED_TTL_S = 7 * 24 * 3600
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 CANDIDATE = "candidate"
@@ -149,6 +153,19 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+def _at_once(fn: Callable[[_A], _T], items: Sequence[_A]) -> list[_T]:
+    """`fn` of each item at once, in order: the first in the calling thread (which would only wait), the others
+    in the pool; the first exception is raised once all have ended."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    futures = [_pool().submit(fn, item) for item in items[1:]]
+    try:
+        first = fn(items[0])
+    finally:
+        wait(futures)  # none is left in flight when this returns or raises (the caller may release its lock)
+    return [first, *(f.result() for f in futures)]
+
+
 # What every transition says; anything else a step carries (the version's digest, the gate's reasons, the trace)
 # is copied to the top of a record of several steps.
 _STEP_FIELDS = ("action", "version", "changes", "cause", "reason", "previous_champion", "champion", "challenger")
@@ -191,6 +208,16 @@ class _Steps:
         touched = dict.fromkeys(c["version"] for step in self.steps for c in step["changes"])
         return [{"version": v, "from": self.snap.stage(v), "to": self.stages[v]} for v in touched
                 if self.snap.stage(v) != self.stages[v]]
+
+
+def _compact(doc: dict[str, Any]) -> bytes:
+    """An index document as stored: sorted keys, no indentation."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _compact_sha(doc: dict[str, Any]) -> str:
+    """The sha256 of an index document as stored (a head read back gives the same bytes)."""
+    return hashlib.sha256(_compact(doc)).hexdigest()
 
 
 class _Stale(Exception):
@@ -246,7 +273,7 @@ class ModelRegistry:
         unique = list(dict.fromkeys([*keys, *present]))
         if len(unique) <= 1:
             return {k: one(k) for k in unique}
-        return dict(zip(unique, _pool().map(one, unique), strict=True))
+        return dict(zip(unique, _at_once(one, unique), strict=True))
 
     def version_numbers(self, model: str) -> list[int]:
         """All version numbers, ascending (a listing of every version: prefer `current(model).head['versions']`).
@@ -275,11 +302,20 @@ class ModelRegistry:
                 if (v := self._immutable(self._version_key(model, n))) is not None]
 
     def alias(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
-        """The alias document ({version, since, previous}), or None: one GET.
+        """The alias ({version, since, previous}) as the signed index says it, or None: the head, then the look
+        for a newer history record (two rounds, whatever the history's length).
 
-        An alias file no stage signed (planted, edited) is not acted on: the alias is read from the index instead
-        (itself signed, and rebuilt from the history when it is not), so one planted object cannot stop every
-        drop of the dataset. `sluice models verify` reports the file and `sluice models reindex` rewrites it."""
+        Not the alias file alone. An alias file from an earlier state, signed by the stage that wrote it then and
+        copied back by someone with write access to the bucket, verifies: trusted, it rolled back every reader (the
+        gate judged candidates against the old champion, `sluice serve` swapped to it, validation measured drift
+        against it), and no later registration repaired it. A head copied back is found by the look for a newer
+        record. `alias_file` reads the file (one GET); `sluice models verify` reports a file that disagrees with
+        the index and `sluice models reindex` rewrites it."""
+        return self.current(model).alias_docs().get(name)
+
+    def alias_file(self, model: str, name: str = CHAMPION) -> dict[str, Any] | None:
+        """aliases/<name>.json as stored, or None: one GET. A file no stage signed (planted, edited) is not acted
+        on: the alias is read from the index instead. Only for comparing with the index: see `alias`."""
         try:
             doc: dict[str, Any] | None = self.store.get_json_or_none(f"{self.base(model)}/aliases/{name}.json")
         except IntegrityError as exc:
@@ -372,6 +408,8 @@ class ModelRegistry:
         if head is None or head.get("format") not in READABLE or head.get("model") != model:
             return self._rebuild(model), extras
         idx = Index(self.store, model, head)
+        if write:
+            idx.stored = _compact_sha(head)
         wanted = list(dict.fromkeys([*(pages(idx) if pages else []), *(idx.missing(idx.hot()) if write else [])]))
         probe_key = self._history_key(model, idx.next_sequence)
         # The look for a newer record asks only whether it exists (it almost never does); it is read when it does.
@@ -470,8 +508,10 @@ class ModelRegistry:
     def reindex(self, model: str) -> Index:
         """Rebuild the index of `model` from its whole history, under the model's lock."""
         with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
+            self.state.take_note(self._settled_key(model))
             idx = self._rebuild(model)
-            self._flush(idx, None)
+            self._flush(idx, None, settled=None)
+            self._settle(idx)
             return idx
 
     def _write(self, model: str, op: Callable[[Index, dict[str, Any]], _T], *, versions: tuple[int, ...] = (),
@@ -483,12 +523,15 @@ class ModelRegistry:
         If-None-Match at the head's next number, which fails when one exists (then the newer records are folded
         in and the write decided again). A write that appends nothing, or fails, looks for one before it returns
         (a decision on a stale head). Nothing is written before a write's record: a registration's version
-        document comes after the record that registers it (and holds it), with the aliases, before the head."""
+        document comes after the record that registers it (and holds it), with the aliases and the head (see
+        _flush for what a writer killed among those leaves, and how the next one repairs it)."""
         def targets(idx: Index) -> list[str]:
             return idx.missing(("stages", n - 1) for n in versions)
 
         probe = False
         with self.state.lock(f"registry:{model}", LOCK_TIMEOUT_S):
+            # Taken (read and removed) at once: a writer that dies from here on leaves none.
+            settled = self.state.take_note(self._settled_key(model))
             for _ in range(3):
                 idx, found = self._load(model, write=True, pages=targets, extra=extra, present=present,
                                         probe=probe)
@@ -506,21 +549,47 @@ class ModelRegistry:
                     if not idx.appended and not idx.probed and self._behind(idx):
                         probe = True
                         continue
+                    if not idx.appended and settled is not None:
+                        self.state.note(self._settled_key(model), settled, SETTLED_TTL_S)  # nothing written
                     raise
                 if not idx.appended and not idx.probed and self._behind(idx):
                     probe = True
                     continue
-                self._flush(idx, before)
+                self._flush(idx, before, settled=settled)
+                self._settle(idx)
                 return result
             raise TransientError(f"the registry history of {model} keeps changing under its lock; retrying")
 
-    def _flush(self, idx: Index, aliases_before: dict[str, Any] | None) -> None:
-        """Write the changed pages, run pointers and the aliases that differ from `aliases_before` (None: all of
-        them), then the head (what says they are valid).
+    def _settled_key(self, model: str) -> str:
+        """Where the note on the model's head is kept (the bucket in it: one Redis may serve several)."""
+        return "registry-settled:" + self.store.uri(Index.head_key(model))
+
+    def _settle(self, idx: Index) -> None:
+        """Note, for the next holder of the lock, that every write the stored head lists as `pending` landed."""
+        if idx.stored is not None:
+            self.state.note(self._settled_key(idx.model), idx.stored, SETTLED_TTL_S)
+
+    def _flush(self, idx: Index, aliases_before: dict[str, Any] | None, *, settled: str | None) -> None:
+        """Write the changed pages, run pointers, the aliases that differ from `aliases_before` (None: all of
+        them) and the version documents to write, and the head.
 
         The head carries the entries written since the pages were (its tail), run pointers too; when the tail has
-        grown, its entries move into their pages (read first, one round) and pointers, written before the head."""
+        grown, its entries move into their pages (read first, one round) and pointers, written before the head.
+        A write that moves no entry into a page (most: see TAIL) writes the head at once with the aliases and the
+        version documents, one round instead of two, and the head lists those as `pending`: it may land while
+        they do not (the writer killed, or a request failing). The next writer rewrites the pending aliases and
+        writes the pending version documents that are missing (from the head's copies), unless the note in the
+        state backend (`settled`, taken with the lock) says that this very head's writes all landed: a writer
+        leaves it after its own writes succeeded (`_settle`). No note (a writer died, a Redis restarted, a CLI
+        process with the in-memory state) costs a repair, never a missed one. Readers need no note: an alias
+        behind the head is an alias behind the history, which a writer killed after the history record leaves
+        too (the alias is a cache; `verify` reports it until the next write), and a version document not
+        written yet is read from the head's copy (ModelRegistry.version)."""
         model = idx.model
+        # A head written now lists its own pending writes (one not rewritten keeps its list: settled, or repaired
+        # below and then noted as settled).
+        pending = idx.head.pop("pending", None) or {}
+        repair = idx.stored is not None and settled != idx.stored
         idx.keep_hot()
         if idx.spilling():
             found = self._fetch([k for k in idx.spill_pages() if k not in idx.pages])
@@ -539,17 +608,36 @@ class ModelRegistry:
                 idx.spill()
         writes: list[tuple[str, dict[str, Any] | None]] = [(k, idx.page_doc(k)) for k in sorted(idx.dirty)]
         writes += self._pointers(idx)
+        before_head = bool(writes)  # pages and pointers the head relies on land before it
         restores, idx.restore = [*idx.created, *idx.restore], []
         required = len(idx.created)
         idx.created = []
+        if repair and not idx.rebuilt:  # a rebuild rewrites the aliases and writes the missing documents anyway
+            written = {int(v["version"]) for v in restores}
+            for number in pending.get("versions", []):
+                doc = idx.doc(int(number)) if int(number) not in written else None
+                if doc is not None and int(doc.get("version", 0)) == int(number):
+                    restores.append(doc)  # required=False: a role that cannot write versions/ goes on without
+        forced = set(pending.get("aliases", [])) if repair and not idx.rebuilt else set()
+        names = []
         for name, doc in idx.alias_docs().items():
-            if aliases_before is None or aliases_before.get(name) != doc:
+            if aliases_before is None or name in forced or aliases_before.get(name) != doc:
                 writes.append((self._alias_key(model, name), doc))
-        self._put_all(writes, [partial(self._restore, model, v, required=i < required)
-                               for i, v in enumerate(restores)])
-        if idx.head_dirty or idx.rebuilt:
+                names.append(name)
+        calls = [partial(self._restore, model, v, required=i < required) for i, v in enumerate(restores)]
+        head = idx.head_dirty or idx.rebuilt
+        if head:
             idx.head["format"] = FORMAT  # a format-2 head read is written as 3: code that ignores tails rebuilds
-            self._put_all([(Index.head_key(model), idx.head)])
+            if not before_head and (names or restores):
+                idx.head["pending"] = {"aliases": names, "versions": [int(v["version"]) for v in restores]}
+        if head and not before_head:
+            self._put_all([*writes, (Index.head_key(model), idx.head)], calls)
+        else:
+            self._put_all(writes, calls)
+            if head:
+                self._put_all([(Index.head_key(model), idx.head)])
+        if head:
+            idx.stored = _compact_sha(idx.head)
         idx.dirty.clear()
 
     def _alias_key(self, model: str, name: str) -> str:
@@ -578,16 +666,11 @@ class ModelRegistry:
                 self.store.put_json(key, doc)
 
         items: list[tuple[str, dict[str, Any] | None] | Callable[[], None]] = [*writes, *calls]
-        if len(items) > 1:
-            list(_pool().map(write, items))
-        else:
-            for item in items:
-                write(item)
+        _at_once(write, items)
 
     def _put_compact(self, key: str, doc: dict[str, Any]) -> None:
         """An index document without indentation: pages of 1,000 entries are read and rewritten often."""
-        data = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
-        self.store.put(key, data, content_type="application/json")
+        self.store.put(key, _compact(doc), content_type="application/json")
 
     def _record(self, model: str, sequence: int) -> dict[str, Any]:
         record = self._immutable(self._history_key(model, sequence))

@@ -14,10 +14,12 @@
     registry/<model>/index/runs/<run id>.json        which version a run became (registration is once per run)
 
 The history stays the truth; the index is a cache of a prefix of it, written under the model's lock after the
-history records it folds in, the head last. A write puts its entries in the head's tail, which stands over the
-pages: a registration writes one index object (the head) and reads none but the head. When the tail has grown
-past `TAIL`, its entries move into their pages (read, then written before the head; the entries every write reads,
-the champion's and the challenger's stages and the top of the champions stack, stay in the tail). Every entry is
+history records it folds in. A write puts its entries in the head's tail, which stands over the pages: a
+registration writes one index object (the head, at once with the aliases and the version document, which it lists
+as `pending` for the next writer to repair if they did not land: see ModelRegistry._flush) and reads none but the
+head. When the tail has grown past `TAIL`, its entries move into their pages (read, then written before the head;
+the entries every write reads, the champion's and the challenger's stages and the top of the champions stack,
+stay in the tail). Every entry is
 stored at a position (never appended), and only the head says how many are valid, so a writer killed between the
 history and the head leaves pages that agree with the history, and the next reader or writer folds in the records
 the head does not cover yet (a reader looks for record `sequence + 1` on every load; a writer's first record,
@@ -95,6 +97,7 @@ class Index:
         self.skipped: list[str] = []  # version documents a rebuild left out, and why
         self.appended = 0  # records this writer appended
         self.probed = False  # looked for a history record newer than the head (or read the whole history)
+        self.stored: str | None = None  # the digest of the head as stored (loaded, or written by this writer)
 
     # -- keys and pages ---------------------------------------------------------------------------------------
     def key(self, kind: str, page: int) -> str:

@@ -29,10 +29,17 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
     registry = ModelRegistry(store, state)
     model = runs[0]["model"] if runs else dataset
     # A planted alias is named here; the registry reads the champion from its index instead.
-    trusted(store, [f"{registry.base(model)}/aliases/champion.json"], untrusted, missing_ok=True)
+    alias_key = f"{registry.base(model)}/aliases/champion.json"
+    [alias_file, *_] = [*trusted(store, [alias_key], untrusted, missing_ok=True), None]
     try:
         versions = list(registry.indexed_versions(model)[1].values())  # a request per 20 versions, not one each
         champion = registry.alias(model)
+        if alias_file is not None and champion is not None and alias_file.get("version") != champion["version"]:
+            # A signed file of an earlier state, copied back: nothing follows it, but someone wrote it.
+            untrusted.append({"key": alias_key, "problem": (
+                f"{alias_key}: says v{alias_file.get('version')}, the signed index says v{champion['version']} "
+                f"(an earlier alias copied back, or a write that did not finish); every reader follows the index. "
+                f"`sluice models reindex {model}` rewrites it; `sluice models verify {model}` checks the rest")})
     except IntegrityError as exc:  # a forged alias or version: `models verify` lists the problems
         versions, champion = [], None
         named = str(exc).split(": ", 1)[0]  # the message starts with the document's key

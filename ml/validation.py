@@ -14,6 +14,7 @@ Only one batch is in memory at a time, plus a bounded sample for the profile.
 
 from __future__ import annotations
 
+import bisect
 import codecs
 import csv
 import dataclasses
@@ -59,6 +60,9 @@ RATIO_FLOOR = 64 << 20  # the compression ratio is judged once this much is deco
 RAISE_LIMIT = "If the file is what you meant to send, raise `limits.{name}` in contracts/{dataset}.yaml."
 SAMPLE_ROWS = 20_000
 ROW_GROUP_ROWS = 250_000
+# Quarantined rows held for pandera's reasons before it reports them: its cost is mostly per validation (~10 ms), so
+# it validates the suspect rows of many batches at once, and memory stays bounded by these rows (and one batch's).
+HELD_ROWS = 100_000
 FORMAT_SAMPLE = 1_000  # values a date column's format is settled on
 DATE_FORMATS = ("%Y-%m-%d", "%Y/%m/%d", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y", "%d.%m.%Y", "%Y%m%d")
 DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f",
@@ -508,10 +512,20 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
     batch_rows = min(batch_rows, max(1_000, CELLS_PER_BATCH // max(len(read), 1)))
     invalid_writer: pq.ParquetWriter | None = None
     errors: list[BaseException] = []
+    held: list[_Held] = []  # batches split already, their quarantined rows waiting for pandera's reasons
+
+    def report() -> None:
+        # pandera's reports of the held batches (one validation for them all), then per batch, in file order, as
+        # if each had been reported on its own: the tallies and examples, and the quarantined rows with reasons.
+        nonlocal invalid_writer
+        for h, failures in zip(held, rules.report(held), strict=True):
+            _count(split, failures, h.rejected)
+            if h.rejected.height:
+                invalid_writer = _write_rejected(h.rejected, failures, invalid_writer, workdir, split)
+        held.clear()
 
     def valid_batches(*_: Any) -> Iterator[pl.DataFrame]:
         # Runs inside the sink: an error is kept and raised after it, as itself, not as the sink's error.
-        nonlocal invalid_writer
         offset = 0
         try:
             for raw in _batches(frame, batch_rows):
@@ -525,32 +539,39 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
                 if contract.extra_columns == "drop":
                     raw = raw.select(names)
                 typed, failures = typing.batch(raw, offset)
-                failures += rules.check(typed, offset, already=failures)
+                batch = rules.hold(typed, offset, failures)
                 split.rows_total += raw.height
-                bad_rows = sorted({f.row for f in failures if f.row is not None})
+                bad_rows = sorted(batch.bad_rows())
                 split.rows_invalid += len(bad_rows)
                 split.rows_valid += raw.height - len(bad_rows)
-                _count(split, failures, raw, offset)
                 good = typed
                 if bad_rows:
                     bad = np.zeros(raw.height, dtype=bool)
                     bad[np.asarray(bad_rows) - offset - 1] = True
-                    invalid_writer = _write_rejected(raw, bad, failures, offset, invalid_writer, workdir, split)
+                    numbered = raw.with_columns(pl.int_range(offset + 1, offset + raw.height + 1, eager=True)
+                                                .alias(ROW))
+                    batch.rejected = _own(numbered.filter(pl.Series(bad)))
                     good = typed.filter(pl.Series(~bad))
+                held.append(batch)
+                if batch.failures is not None or sum(h.rejected.height for h in held) >= HELD_ROWS:
+                    report()
                 if good.height:
                     sampler.add(good)
                     for c in good.columns:
                         split.null_counts[c] += good[c].null_count()
                     yield good
                 offset += raw.height
+            report()
         except BaseException as exc:  # re-raised below, once the sink has closed its file
             errors.append(exc)
 
     valid_path = workdir / "valid.parquet"
     try:
-        # Snappy, as pyarrow wrote it; no min/max statistics: every reader of data.parquet reads it whole.
+        # LZ4 (LZ4_RAW): the size of snappy (+0.7 % on the benchmark's CSV), 10 % less CPU to write and 30 % less to
+        # read back (benchmarks/validate_large.py's data, 2026-11-29); zstd-1 is 17 % smaller and slower both ways. No
+        # min/max statistics: every reader of data.parquet reads it whole.
         register_io_source(valid_batches, schema=typed_schema).sink_parquet(
-            valid_path, compression="snappy", statistics=False, row_group_size=ROW_GROUP_ROWS)
+            valid_path, compression="lz4", statistics=False, row_group_size=ROW_GROUP_ROWS)
     except pl.exceptions.PolarsError as exc:
         errors.append(exc)
     finally:
@@ -573,24 +594,26 @@ def _split(frame: pl.LazyFrame, key: str, contract: Contract, workdir: Path, is_
     return split
 
 
-def _count(split: Split, failures: list[Failure], raw: pl.DataFrame, offset: int) -> None:
-    """Tally the rules broken, keeping the first examples of each (and the raw rows they came from)."""
+def _count(split: Split, failures: list[Failure], rejected: pl.DataFrame) -> None:
+    """Tally the rules broken, keeping the first examples of each (and the raw rows they came from: every failing
+    row is among the batch's `rejected` rows, numbered in ROW)."""
     for f in failures:
         rule = (f.column, f.check)
         split.rule_counts[rule] += 1
         if split.rule_counts[rule] <= EXAMPLES_PER_RULE:
             split.examples.append(f)
             if f.row is not None and f.row not in split.example_rows:
-                split.example_rows[f.row] = {k: _jsonable(v) for k, v in raw.row(f.row - offset - 1,
-                                                                                    named=True).items()}
+                at = bisect.bisect_left(rejected[ROW].to_list(), f.row)
+                split.example_rows[f.row] = {k: _jsonable(v) for k, v in rejected.drop(ROW).row(at,
+                                                                                              named=True).items()}
 
 
-def _write_rejected(raw: pl.DataFrame, bad: Any, failures: list[Failure], offset: int,
-                    writer: pq.ParquetWriter | None, workdir: Path, split: Split) -> pq.ParquetWriter:
-    """Append a batch's invalid rows, as their raw text with row numbers and reasons, to the quarantine file."""
+def _write_rejected(rejected: pl.DataFrame, failures: list[Failure], writer: pq.ParquetWriter | None, workdir: Path,
+                    split: Split) -> pq.ParquetWriter:
+    """Append a batch's invalid rows (`rejected`: their raw text with row numbers) with their reasons to the
+    quarantine file."""
     reasons = _reasons(failures)
-    rejected = raw.with_columns(pl.int_range(offset + 1, offset + raw.height + 1, eager=True).alias(ROW)
-                                ).filter(pl.Series(bad)).with_columns(
+    rejected = rejected.with_columns(
         pl.col(ROW).replace_strict(reasons, default="", return_dtype=pl.Utf8).alias(REASONS))
     table = rejected.with_columns(pl.exclude(ROW).cast(pl.Utf8)).to_arrow()
     if writer is None:
@@ -632,7 +655,7 @@ class _Typing:
                 typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text, raw.schema[name])
                 exprs += [typed_e, failed_e.alias(name + _FAILED), non_finite_e.alias(name + _NON_FINITE)]
                 slow.append(name)
-        out = raw.lazy().select(exprs).collect()
+        out = raw.select(exprs)  # eager: polars' streaming engine costs ~10 % more on a batch in memory
         failures: list[Failure] = []
         for name, spec in specs.items():
             if self.is_text and spec.dtype == "str":
@@ -786,13 +809,19 @@ class _Rules:
 
     pandera validating a whole batch cost as much as reading it (a collect per check, then its reports). Here the
     schema's checks, applied by pandera's own check backend (nulls pass unless `ignore_na=False`, as pandera
-    has it), and its nullability, run first in one polars pass, giving the rows that may break a rule; pandera
-    then validates those rows alone and reports them. A check whose output is not one value per row (an
-    aggregate), or a dataframe-level check, makes pandera validate the whole batch, as before."""
+    has it), and its nullability, run first in one polars pass, giving the rows that break a rule, so the batch is
+    split at once; pandera then validates those rows alone and reports them, for many batches in one validation
+    (`hold`, `report`: its cost is mostly per call). A check whose output is not one value per row (an aggregate),
+    a dataframe-level check, or one that reports only its first failure cases makes pandera validate each whole
+    batch, as before."""
 
     def __init__(self, schema: pa.DataFrameSchema):
         self.schema = schema
         self.row_wise = not schema.checks
+        # A check that reports only its first failure cases reports per validation: such a schema is validated
+        # batch by batch, as the rows it reports are the rows that fail.
+        self.holds = self.row_wise and all(check.n_failure_cases is None for column in schema.columns.values()
+                                           for check in column.checks)
         self.narrowed: dict[tuple[str, ...], pa.DataFrameSchema] = {}
         schema.register_default_backends(pl.LazyFrame)  # what validate() does first: the polars checks' backends
 
@@ -814,6 +843,40 @@ class _Rules:
             f = dataclasses.replace(f, row=offset + rows[f.row - 1] + 1)
             if (f.column, f.row) not in cast_failed:
                 out.append(f)
+        return out
+
+    def hold(self, typed: pl.DataFrame, offset: int, cast: list[Failure]) -> _Held:
+        """The batch with the rows a rule fails, found by pandera's check backend, for `report` to have pandera
+        report later (with other batches); or, for a schema whose checks are not all row-wise, with pandera's
+        failures of the whole batch now. `cast`: the batch's typing failures."""
+        suspects = self._suspects(typed) if self.holds else None
+        if suspects is None:
+            return _Held(offset, cast, failures=cast + self.check(typed, offset, already=cast))
+        mask, columns = suspects
+        at = mask.arg_true()
+        return _Held(offset, cast, suspects=_own(typed[at]), rows=(at + offset + 1).to_list(), columns=columns)
+
+    def report(self, held: list[_Held]) -> list[list[Failure]]:
+        """Each held batch's failures, its typing failures then pandera's: pandera validates the suspect rows of
+        all the batches at once, and each batch gets its own in the order pandera reports them (check by check,
+        row by row), as if it had validated that batch alone."""
+        out = [[*h.cast] if h.failures is None else h.failures for h in held]
+        waiting = [h for h in held if h.failures is None and h.suspects.height]
+        if not waiting:
+            return out
+        wanted = {c for h in waiting for c in h.columns}
+        schema = self._narrow(tuple(c for c in self.schema.columns if c in wanted))
+        failures = _check_batch(schema, pl.concat([h.suspects for h in waiting]), 0, [])
+        rows = [(i, row) for i, h in enumerate(held) if h.failures is None for row in h.rows]
+        cast_failed = [{(f.column, f.row) for f in h.cast} for h in held]
+        for f in failures:
+            assert f.row is not None  # a failure of the whole column sent the batch to pandera whole, in hold()
+            i, row = rows[f.row - 1]
+            if (f.column, row) not in cast_failed[i]:
+                out[i].append(dataclasses.replace(f, row=row))
+        for h, failures in zip(held, out, strict=True):
+            # the rows split out before pandera reported them are the rows it reports (or that did not cast)
+            assert h.failures is not None or set(h.rows) <= {f.row for f in failures}, "pandera and its checks differ"
         return out
 
     def _narrow(self, columns: tuple[str, ...]) -> pa.DataFrameSchema:
@@ -853,13 +916,42 @@ class _Rules:
                 owners.append(name)
         if not parts:
             return pl.Series([False] * typed.height), ()
-        masks = pl.collect_all(parts)
+        masks = pl.collect_all(parts, engine="in-memory")  # the batch is in memory: ~10 % less than streaming
         if any(m.height != typed.height for m in masks):
             return None
         frame = pl.DataFrame([m.to_series().alias(str(i)) for i, m in enumerate(masks)])
         hit = frame.select(pl.all().any()).row(0)
         columns = tuple(dict.fromkeys(name for name, h in zip(owners, hit, strict=True) if h))
         return frame.select(pl.any_horizontal(pl.all())).to_series(), columns
+
+
+@dataclass
+class _Held:
+    """A batch whose rows are split, waiting for pandera's report of its quarantined rows (`_Rules.report`)."""
+
+    offset: int
+    cast: list[Failure]  # the typing failures, in column then row order
+    failures: list[Failure] | None = None  # all of them, when pandera validated the batch at once
+    suspects: pl.DataFrame = field(default_factory=pl.DataFrame)  # typed rows a rule fails
+    rows: list[int] = field(default_factory=list)  # their row numbers
+    columns: tuple[str, ...] = ()  # the columns of the rules they fail
+    rejected: pl.DataFrame = field(default_factory=pl.DataFrame)  # the quarantined rows' raw text, numbered (ROW)
+
+    def bad_rows(self) -> set[int]:
+        """The rows that go to the quarantine: a cell did not cast, or a rule fails."""
+        failures = self.cast if self.failures is None else self.failures
+        return {f.row for f in failures if f.row is not None} | set(self.rows)
+
+
+def _own(rows: pl.DataFrame) -> pl.DataFrame:
+    """The rows with text of their own: a text column's rows taken out of a batch point into the whole batch's text,
+    which a held batch would keep alive (on a 2 GB file, peak RSS 1.55 GB instead of 1.0)."""
+    text = [c for c, t in rows.schema.items() if t == pl.Utf8]
+    if not text or not rows.height:
+        return rows
+    copied = pl.from_arrow(rows.select(text).to_arrow(compat_level=pl.CompatLevel.oldest()))
+    assert isinstance(copied, pl.DataFrame)
+    return rows.with_columns(copied.get_columns())
 
 
 def _check_batch(schema: pa.DataFrameSchema, typed: pl.DataFrame, offset: int, already: list[Failure]) -> list[Failure]:

@@ -277,7 +277,7 @@ def status(as_json: bool, app_spec: str | None) -> None:
             for leak in a.get("leakage", []):
                 extra += f" [LEAK? {', '.join(leak['columns'])}: {leak['action']}]"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
-            if a["outcome"] in ("quarantined", "failed"):
+            if a["outcome"] in ("quarantined", "failed", "refused"):
                 gist = a["message"].replace(a["key"], "<file>")
                 if gist in said:
                     click.echo(f"              the same problem as {said[gist]}")
@@ -286,6 +286,9 @@ def status(as_json: bool, app_spec: str | None) -> None:
                     click.echo(f"              {a['message']}")
             if a.get("what_to_do"):
                 click.echo(f"              {a['what_to_do']}")
+            elif a["outcome"] == "refused" and a.get("refusal"):  # recorded before the ledger said what to do
+                click.echo(f"              to run the stage again once it is fixed: `sluice refused redrive "
+                           f"{str(a['refusal']).rsplit('/', 1)[-1].removesuffix('.json')}`")
         if not ds["arrivals"]:
             click.echo("  (nothing dropped yet)")
         for r in ds.get("refused", []):

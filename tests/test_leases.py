@@ -58,6 +58,18 @@ def test_beginnings_count_until_an_end_is_recorded(state: StateBackend) -> None:
     assert state.began("k#m.0", 60) == 1
 
 
+def test_a_note_is_read_once_and_lapses(state: StateBackend) -> None:
+    """What the registry leaves for the next holder of its lock: taken (read and removed) in one step."""
+    assert state.take_note("n") is None
+    state.note("n", "head-digest", 60)
+    state.note("n", "newer", 60)  # the last one stands
+    assert state.take_note("n") == "newer"
+    assert state.take_note("n") is None  # taken: the next holder finds none
+    state.note("n", "short", 0.05)
+    time.sleep(0.15)
+    assert state.take_note("n") is None
+
+
 def test_a_lease_not_renewed_lapses_and_the_next_claim_wins(state: StateBackend) -> None:
     assert state.claim("k", "dead", 0.3) is None
     time.sleep(0.5)

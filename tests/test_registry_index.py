@@ -254,11 +254,11 @@ def test_a_head_of_the_format_before_tails_is_read_as_is_and_written_as_the_new_
 
 
 def logical(idx: registry_index.Index) -> tuple[dict[str, Any], dict[str, list[Any]]]:
-    """What an index says, whether an entry sits in the head's tail or in its page: the head without its tail,
-    and every valid entry of each kind."""
+    """What an index says, whether an entry sits in the head's tail or in its page: the head without its tail
+    (and without the writes its writer made with it, `pending`), and every valid entry of each kind."""
     head = idx.head
     versions, depth, timeline = int(head["versions"]), int(head["depth"]), int(head["timeline"])
-    return {k: v for k, v in head.items() if k not in ("tail", "format")}, {
+    return {k: v for k, v in head.items() if k not in ("tail", "format", "pending")}, {
         "stages": [idx.entry(n) for n in range(1, versions + 1)],
         "docs": [idx.doc(n) for n in range(1, versions + 1)],
         "timeline": [idx.get("timeline", i) for i in range(timeline)],
@@ -311,7 +311,9 @@ def test_reads_and_writes_take_the_same_requests_at_any_length(registry: ModelRe
     for before, after in zip(small, large, strict=True):
         assert sum(after.values()) <= sum(before.values()) + 2, (small, large)
     register, alias, page, at = large
-    assert alias == {"GetObject": 1}
+    # The alias as the signed index says it: the head, and the look for a newer record (a HEAD); not the alias
+    # file alone, which an earlier signed copy could replace (tests/test_trust.py).
+    assert alias == {"GetObject": 1, "HeadObject": 1}
     # A registration reads the head and asks whether the run's pointer exists (at once: a HEAD, not a GET of an
     # object that a new run does not have) and no page; it writes one history record (registered, challenger,
     # promoted: created with If-None-Match, which is its look for a record newer than the head), then the
@@ -419,6 +421,66 @@ def test_a_writer_failing_after_the_history_leaves_a_registry_that_reads_correct
     assert_index_answers_like_the_history(registry)
 
 
+def test_a_write_failing_with_its_head_landed_is_repaired_by_the_next_writer(
+        registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The head lands, the champion alias and the version document written with it fail: the writer raises and
+    # leaves no note, so the next writer of this very process (the same state backend) writes them again.
+    monkeypatch.setitem(registry_index.TAIL, "entries", 10**6)  # no page to write: the head goes with them
+    monkeypatch.setitem(registry_index.TAIL, "docs", 10**6)
+    populate(registry, 4)
+    real_put = registry.store.put
+
+    def failing(key: str, data: bytes, **kw: Any) -> bool:
+        if "/aliases/" in key or "/versions/" in key:
+            raise ConnectionError(f"the network went away writing {key}")
+        return real_put(key, data, **kw)
+
+    champion = fresh(registry).current("m").champion
+    with monkeypatch.context() as mp:
+        mp.setattr(registry.store, "put", failing)
+        with pytest.raises(ConnectionError):
+            registry.register("m", {"run_id": "late"}, outcome="promote", compared_with=champion, at=t(31))
+    assert registry.store.get_json(HEAD_KEY)["champion"] == 5
+    assert registry.store.get_json("registry/m/aliases/champion.json")["version"] == champion
+    assert not registry.store.exists("registry/m/versions/000005.json")
+    assert fresh(registry).version("m", 5)["run_id"] == "late"  # from the head's copy
+    # The next write changes no alias and registers nothing, and repairs both.
+    registry.record_rescore("m", 2, scores_before={}, scores_after={"candidate": 0.1}, by="ana", at=t(32),
+                            reason="a bug in the metric")
+    assert registry.store.get_json("registry/m/aliases/champion.json")["version"] == 5
+    assert registry.store.get_json("registry/m/versions/000005.json")["run_id"] == "late"
+    assert_index_answers_like_the_history(registry)
+
+
+def test_a_writer_repairs_what_the_head_lists_unless_a_note_says_it_landed(
+        registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(registry_index.TAIL, "entries", 10**6)
+    monkeypatch.setitem(registry_index.TAIL, "docs", 10**6)
+    populate(registry, 4)
+
+    def rescore(reg: ModelRegistry, n: int) -> dict[str, int]:
+        return count_requests(reg, lambda: reg.record_rescore(  # a version not rescored before: the same reads
+            "m", n, scores_before={}, scores_after={"candidate": n / 10}, by="ana", at=t(40 + n), reason="r"))
+
+    # The last registration's head lists the challenger alias and v4's document; its writer left a note that they
+    # landed, so the next writer writes only its own record and head (which lists nothing: nothing went with it).
+    assert registry.store.get_json(HEAD_KEY)["pending"] == {"aliases": ["challenger"], "versions": [4]}
+    assert rescore(fresh(registry), 1) == {"GetObject": 2, "PutObject": 2}
+    assert "pending" not in registry.store.get_json(HEAD_KEY)
+    # A writer with no note (a new process with the in-memory state, a Redis restarted: the same as after a writer
+    # that died) writes again what the head lists: the alias, and the version document (found, and checked).
+    registry.register("m", {"run_id": "r5"}, outcome="promote", compared_with=4, at=t(50))
+    unnoted = ModelRegistry(registry.store, MemoryState())
+    assert rescore(unnoted, 2) == {"GetObject": 3, "PutObject": 4}
+    assert registry.store.get_json(HEAD_KEY)["pending"] == {"aliases": ["challenger"], "versions": [5]}
+    assert rescore(ModelRegistry(registry.store, unnoted.state), 3) == {"GetObject": 2, "PutObject": 2}
+    # A note on another head (one written since by a writer outside this state backend) is no note on this one.
+    registry.register("m", {"run_id": "r6"}, outcome="promote", compared_with=5, at=t(51))
+    registry.state.note(registry._settled_key("m"), "the sha256 of another head", 60)
+    assert rescore(fresh(registry), 4) == {"GetObject": 3, "PutObject": 4}
+    assert_index_answers_like_the_history(registry)
+
+
 KILLED_WRITER = """
 import os, signal, sys, time
 from dataclasses import replace
@@ -437,31 +499,38 @@ store = S3Store(settings)
 where = sys.argv[3]
 put = store.put
 pages = []
-aliases = []
+# A registration that moves nothing into a page writes the champion alias, the version document and the head in one
+# round: which of them land before the process is killed (the others wait for the kill).
+LANDS = {{"alias-before-version": {{"alias"}}, "before-head": {{"alias", "version"}}, "head-only": {{"head"}},
+         "head-and-alias": {{"head", "alias"}}, "head-and-version": {{"head", "version"}}}}
+landed = []
+if where in LANDS:
+    for kind in registry_index.TAIL:
+        registry_index.TAIL[kind] = 10**6  # no page to write: the head goes in the same round
 def put_then_die(key, data, **kw):
     # Just after the history record: nothing derived from it is written.
     if where == "after-history" and "/history/" not in key:
         os.kill(os.getpid(), signal.SIGKILL)
-    # The champion alias (written at once with the version document) is written, the version document is not.
-    if where == "alias-before-version" and "/versions/" in key:
-        for _ in range(3000):
-            if aliases:
+    kind = ("alias" if "/aliases/" in key else "version" if "/versions/" in key
+            else "head" if key.endswith("/index/head.json") else None)
+    if where in LANDS and kind is not None:
+        if kind in LANDS[where]:
+            done = put(key, data, **kw)
+            landed.append(kind)
+            return done
+        for _ in range(3000):  # until the ones that land have
+            if LANDS[where] <= set(landed):
                 break
             time.sleep(0.01)
         os.kill(os.getpid(), signal.SIGKILL)
     if where == "before-index" and "/index/" in key and "/runs/" not in key:
-        os.kill(os.getpid(), signal.SIGKILL)
-    if where == "before-head" and key.endswith("/index/head.json"):
         os.kill(os.getpid(), signal.SIGKILL)
     # The head's tail has just moved into its pages (written), and the head that says so is not written yet.
     if where == "spilled-before-head" and key.endswith("/index/head.json") and pages:
         os.kill(os.getpid(), signal.SIGKILL)
     if "/index/" in key and "/runs/" not in key and not key.endswith("/head.json"):
         pages.append(key)
-    done = put(key, data, **kw)
-    if "/aliases/" in key:
-        aliases.append(key)
-    return done
+    return put(key, data, **kw)
 store.put = put_then_die
 reg = ModelRegistry(store, MemoryState())
 reg.register("m", {{"run_id": "killed-" + where}}, outcome="promote", compared_with=reg.current("m").champion,
@@ -512,6 +581,60 @@ def test_a_writer_killed_between_the_history_and_the_index_leaves_a_registry_tha
                                 compared_with=history[-1]["previous_champion"], at="2026-03-01T12:00:01Z")
     assert not again.created and again.version["version"] == 6
     assert reg.store.get_json("registry/m/versions/000006.json") == history[-1]["version_document"]
+    assert_index_answers_like_the_history(reg)
+
+
+HEAD_KEY = "registry/m/index/head.json"
+
+
+@pytest.mark.parametrize("where", ["head-only", "head-and-alias", "head-and-version"])
+def test_a_writer_killed_after_its_head_landed_leaves_a_state_the_next_writer_repairs(
+        moto_endpoint: str, small_pages: None, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The head, the champion alias and the version document are written in one round: the head can land while
+    # the others do not. The head lists them (`pending`); the next writer, finding no note that they landed (the
+    # killed process left none), writes them again.
+    reg = killed_writer(moto_endpoint, where, monkeypatch)
+    history = fresh(reg).history("m")
+    registered = history[-1]["version_document"]
+    head = reg.store.get_json(HEAD_KEY)
+    assert head["sequence"] == len(history) and head["champion"] == 6
+    assert head["pending"] == {"aliases": ["champion"], "versions": [6]}
+    alias_written = reg.store.get_json("registry/m/aliases/champion.json")["version"] == 6
+    version_written = reg.store.exists("registry/m/versions/000006.json")
+    assert (alias_written, version_written) == ("alias" in where, "version" in where)
+    # Readers: the index says v6 without folding anything; the version document not written is read from the
+    # head's copy; an alias not written lags, as after a writer killed just after the history record (a cache).
+    cold = fresh(reg)
+    assert cold.current("m").champion == 6 == cold.snapshot("m").champion and not cold.current("m").folded
+    assert fresh(reg).version("m", 6) == registered
+    assert fresh(reg).page("m")["versions"][0] == registered
+    problems = fresh(reg).verify("m", artifacts=False)
+    assert any("aliases/champion.json: says v5" in p for p in problems) == (not alias_written), problems
+    assert any("version document is gone" in p for p in problems) == (not version_written), problems
+    # The retry (the message is redelivered) registers nothing twice and repairs both.
+    again = fresh(reg).register("m", {"run_id": f"killed-{where}"}, outcome="promote",
+                                compared_with=history[-1]["previous_champion"], at="2026-03-01T12:00:01Z")
+    assert not again.created and again.version["version"] == 6
+    assert reg.store.get_json("registry/m/versions/000006.json") == registered
+    assert fresh(reg).alias("m")["version"] == 6
+    assert_index_answers_like_the_history(reg)
+
+
+@pytest.mark.parametrize("where", ["head-only", "head-and-version"])
+def test_a_lifecycle_command_after_a_writer_killed_after_its_head_repairs_what_it_does_not_change(
+        moto_endpoint: str, small_pages: None, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A rescore changes no alias: the champion alias the killed writer left unwritten is written all the same.
+    reg = killed_writer(moto_endpoint, where, monkeypatch)
+    assert reg.store.get_json("registry/m/aliases/champion.json")["version"] == 5
+    with monkeypatch.context() as mp:  # nothing moves into a page: the repairs go with the head
+        mp.setitem(registry_index.TAIL, "entries", 10**6)
+        mp.setitem(registry_index.TAIL, "docs", 10**6)
+        fresh(reg).record_rescore("m", 3, scores_before={"candidate": 0.9}, scores_after={"candidate": 0.8},
+                                  by="ana", at="2026-03-01T12:00:05Z", reason="a bug in the metric")
+    assert reg.store.get_json("registry/m/aliases/champion.json")["version"] == 6
+    assert reg.store.get_json("registry/m/versions/000006.json") == fresh(reg).history("m")[-2]["version_document"]
+    # The repairs went with the rescore's head, which lists them in turn (until a note says they landed).
+    assert reg.store.get_json(HEAD_KEY)["pending"] == {"aliases": ["champion"], "versions": [6]}
     assert_index_answers_like_the_history(reg)
 
 

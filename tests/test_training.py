@@ -477,3 +477,70 @@ def test_a_column_name_lightgbm_would_rewrite_or_refuse_trains_and_scores(column
     scores = predictor.score(frame)
     assert modeling.score("roc_auc", encoding.labels(frame), scores, None) > 0.9
     assert column in trained.feature_importance
+
+
+@pytest.mark.slow
+def test_two_searches_at_once_in_one_worker_keep_to_their_own_runs() -> None:
+    """A worker runs stages on several threads; FLAML keeps the running search in module globals (flaml/tune/tune.py:
+    `_runner`, `_running_trial`, `_training_iteration`), so two datasets' searches at once used to break each other:
+    a StopIteration inside FLAML in one, and the other recording a configuration of the first one's learner."""
+    from tests.test_linear import rows, shop
+
+    contracts = {"lgbm": shop("binary", ["lgbm"], n_jobs=1), "linear": shop("regression", ["linear"], n_jobs=1)}
+    data = {name: rows(c, 400, i) for i, (name, c) in enumerate(contracts.items())}
+    results: dict[str, Any] = {}
+
+    def search(name: str) -> None:
+        contract = contracts[name]
+        try:
+            encoding = modeling.Encoding.fit(data[name], contract)
+            results[name] = modeling.train(data[name], encoding, contract, time_budget_s=2.0)
+        except Exception as error:  # reported below, with the other search's outcome
+            results[name] = error
+
+    threads = [threading.Thread(target=search, args=(name,)) for name in contracts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, trained in results.items():
+        assert isinstance(trained, modeling.Trained), f"{name}: {trained!r}"
+        assert trained.best_estimator == name
+        learners = {json.loads(line).get("learner") for line in trained.trial_log.splitlines() if line.strip()}
+        assert learners <= {name, None}, f"{name}'s trial log holds another search's trials: {learners}"
+    assert "num_leaves" in results["lgbm"].best_config and "num_leaves" not in results["linear"].best_config
+
+
+def test_a_training_waits_for_the_workers_other_training_then_goes_back_to_the_queue(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The train stage takes its turn (modeling.ONE_SEARCH); one that does not come in time is deferred, not run
+    beside the other search and not failed."""
+    from dramatiq.errors import Retry
+
+    from sluice.handlers import train
+
+    assert train.turn_wait_s(3 * 30 + 120, 30) == 90  # the default limit leaves the budget and a minute beyond
+    monkeypatch.setattr(train, "turn_wait_s", lambda limit, budget: 0.2)
+    held, done = threading.Event(), threading.Event()
+
+    def other_training() -> None:
+        with modeling.ONE_SEARCH:
+            held.set()
+            done.wait(60)
+
+    other = threading.Thread(target=other_training)
+    other.start()
+    held.wait(10)
+    try:
+        with pytest.raises(Retry):
+            run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+        assert not [k for k in runtime.store.keys("runs/") if k.endswith("run.json")]
+    finally:
+        done.set()
+        other.join()
+    # Its turn come, the same drop's training runs (the message is re-driven as the broker would).
+    [manifest] = [k for k in runtime.store.keys("features/") if k.endswith("manifest.json")]
+    info = runtime.store.head(manifest)
+    assert info is not None
+    runtime.execute("train", ObjectCreated(runtime.settings.bucket, manifest, info.size, info.etag).to_dict())
+    assert [k for k in runtime.store.keys("runs/") if k.endswith("run.json")]

@@ -290,9 +290,12 @@ def test_a_deleted_history_record_is_detected(registry: ModelRegistry) -> None:
 
 def test_an_edited_alias_is_refused_and_reported(registry: ModelRegistry, caplog: pytest.LogCaptureFixture) -> None:
     raw_put(registry, "registry/m/aliases/champion.json", {"version": 3, "since": "2026-03-01T10:00:03Z"})
-    # Not acted on: the champion comes from the signed index (what the history says), with a warning naming it.
+    # Not acted on: the champion comes from the signed index (what the history says); the file read alone is
+    # refused with a warning naming it.
     champion = fresh(registry).champion("m")
     assert champion is not None and champion["version"] == 2
+    alias_file = fresh(registry).alias_file("m")
+    assert alias_file is not None and alias_file["version"] == 2
     assert "aliases/champion.json: not written by a Sluice stage" in caplog.text and "models reindex m" in caplog.text
     problems = registry.verify("m", artifacts=False)
     assert "registry/m/aliases/champion.json: says v3, the history says v2" in problems
@@ -302,6 +305,25 @@ def test_an_edited_alias_is_refused_and_reported(registry: ModelRegistry, caplog
     # Re-signed by someone with the key: still not what the history says.
     registry.store.put_json("registry/m/aliases/champion.json", {"version": 3})
     assert registry.verify("m", artifacts=False) == ["registry/m/aliases/champion.json: says v3, the history says v2"]
+
+
+def test_an_earlier_signed_alias_copied_back_rolls_nothing_back(registry: ModelRegistry) -> None:
+    """The alias file of an earlier state verifies (a stage signed it then). Copied back over the current one by
+    someone with write access, it used to be what the gate judged against, what `sluice serve` swapped to and what
+    `load_model('m@champion')` loaded. Readers take the alias from the signed index, so nothing follows it, and
+    `models verify` reports it."""
+    s3, bucket, key = registry.store.s3, registry.store.bucket, "registry/m/aliases/champion.json"
+    assert fresh(registry).alias("m") == fresh(registry).alias_file("m")
+    earlier = s3.get_object(Bucket=bucket, Key=key)  # v2's file, signed when v2 became the champion
+    body, metadata = earlier["Body"].read(), earlier["Metadata"]
+    fresh(registry).promote("m", 3, reason="by hand", by="ops", at="2026-03-01T10:00:04Z", force=True)
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata=metadata)  # copied back
+    assert fresh(registry).alias_file("m")["version"] == 2  # type: ignore[index]
+    assert fresh(registry).alias("m")["version"] == 3  # type: ignore[index]
+    champion = fresh(registry).champion("m")
+    assert champion is not None and champion["version"] == 3
+    assert "registry/m/aliases/champion.json: says v2, the history says v3" in fresh(registry).verify(
+        "m", artifacts=False)
 
 
 def test_an_edited_version_is_refused_and_reported(registry: ModelRegistry) -> None:
@@ -459,6 +481,30 @@ def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
     for key in [*PLANTED[:2], PLANTED[-1]]:  # status reads no data version without a drop of its own
         assert f"untrusted   {key}" in result.output, key
     assert "not written by a Sluice stage (it has no signature)" in result.output
+
+
+def test_status_says_why_a_drop_was_refused_and_how_to_run_it_again(runtime: Runtime,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drop that validation refused (here: a planted manifest under its data version) showed in `status` as a bare
+    `refused` line, where a quarantine or a failure says what happened and what to do."""
+    import hashlib
+
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.core.refusals import refusals as records
+
+    ahead = hashlib.sha256(sample_bytes()).hexdigest()
+    plant(runtime, f"validated/{DATASET}/{ahead}/manifest.json", {"dataset": DATASET, "data_version": ahead})
+    early = plant(runtime, f"incoming/{DATASET}/early.csv", sample_bytes())
+    assert runtime.execute("validate", early.to_dict())["outcome"] == "refused"
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    shown = CliRunner().invoke(main, ["status"]).output
+    [(_, record)] = records(runtime.store)
+    assert f"refused     incoming/{DATASET}/early.csv" in shown, shown
+    assert f"validated/{DATASET}/{ahead}/manifest.json: not written by a Sluice stage" in shown, shown
+    assert f"`sluice refused redrive {record['id']}`" in shown, shown
 
 
 def test_status_shows_work_a_later_stage_refused_until_it_is_re_driven(runtime: Runtime,
@@ -721,3 +767,47 @@ def test_a_planted_contract_version_does_not_hide_the_one_a_run_was_trained_unde
     runtime.store.put(f"contract-versions/{DATASET}/{contract.fingerprint()[:12]}.yaml", contract.to_yaml().encode())
     run = {"dataset": DATASET, "run_id": "run-x", "contract_version": contract.fingerprint()}
     assert contract_of(runtime.store, run).fingerprint() == contract.fingerprint()
+
+
+def test_a_planted_or_edited_run_document_does_not_stop_the_datasets_next_drops(runtime: Runtime) -> None:
+    """Two reads are only for information: the newest earlier run (which drops a run is the first to train on,
+    for its trace links) and the champion's run (validation's drift reference). A run document no stage wrote,
+    planted as the newest run or edited in the champion's place, used to refuse every later training or every
+    later drop of the dataset. Now it is left out, with a line naming it, and the chain goes on."""
+    from tests.chain import run_chain
+
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    parts = []
+    for rows in (frame.head(300), frame.slice(300, 150), frame.tail(119)):
+        buffer = io.BytesIO()
+        rows.write_csv(buffer)
+        parts.append(buffer.getvalue())
+    first = run_chain(runtime, f"incoming/{DATASET}/a.csv", parts[0])
+    plant(runtime, f"runs/{DATASET}/run-deadbeef0001/run.json", {"run_id": "run-deadbeef0001",
+                                                                  "finished_at": "2099-01-01T00:00:00Z"})
+    second = run_chain(runtime, f"incoming/{DATASET}/b.csv", parts[1])
+    assert len(second["data_versions"]) == 2 and second["trace_links"]
+    # `sluice trace` of the drop reads every run of the dataset: it leaves the planted one out instead of failing.
+    from sluice.ml.trace import trace
+
+    steps = [s.stage for s in trace(runtime.store, runtime.state, f"incoming/{DATASET}/b.csv").steps]
+    assert "train" in steps and "register" in steps, steps
+    again = f"incoming/{DATASET}/again.csv"
+    runtime.store.put(again, parts[0])  # a duplicate: its trace looks through every run of the dataset
+    info = runtime.store.head(again)
+    assert info is not None
+    runtime.execute("validate", ObjectCreated(runtime.settings.bucket, again, info.size, info.etag).to_dict())
+    steps = [s.stage for s in trace(runtime.store, runtime.state, again).steps]
+    assert steps and steps[0] == "validate", steps
+    # The champion's run document edited in place: validation cannot read its drift reference.
+    champion = ModelRegistry(runtime.store, MemoryState()).champion(DATASET)
+    assert champion is not None
+    edited = json.loads(runtime.store.get(champion["run_key"]))
+    plant(runtime, champion["run_key"], {**edited, "metrics": {"roc_auc": 1.0}})
+    third = run_chain(runtime, f"incoming/{DATASET}/c.csv", parts[2])
+    assert len(third["data_versions"]) == 3
+    assert not [r for r in refusals(runtime) if r["stage"] in ("validate", "train")]
+    [manifest] = [json.loads(runtime.store.get(k)) for k in runtime.store.keys(f"validated/{DATASET}/")
+                  if k.endswith("manifest.json") and third["data_versions"][-1] in k]
+    assert manifest["retrain"] and manifest.get("drift") is None
+    assert first["run_id"] != second["run_id"] != third["run_id"]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
+import numpy as np
 import polars as pl
 import pytest
 import yaml
@@ -19,7 +20,7 @@ from sluice.core.errors import UnreadableFile
 from sluice.core.runtime import Runtime
 from sluice.events.s3 import ObjectCreated
 from sluice.ml.contract import ColumnSpec, Contract, ContractError, infer_contract, parse_contract
-from sluice.ml.validation import validate_file
+from sluice.ml.validation import read_sample, validate_file
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED: dict[str, dict[str, Any]] = yaml.safe_load((CORPUS / "expected.yaml").read_text())
@@ -263,6 +264,44 @@ def test_the_valid_rows_are_one_parquet_file_in_order_and_the_same_bytes_every_t
     assert (split.rows_valid, split.rows_invalid, split.columns) == (len(valid), len(bad), ["id", "age", "day"])
 
 
+def test_pandera_reports_many_batches_at_once_as_it_would_batch_by_batch(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sluice.ml.validation as validation
+
+    def cells(i: int) -> str:
+        age = "x" if i % 11 == 0 else ("150" if i % 7 == 0 else str(20 + i % 50))  # a cast failure, a range
+        seg = "gold" if i % 13 else "diamond"  # a category
+        score = "" if i % 17 == 0 else f"0.{i % 10}"  # a blank in a column that is not nullable
+        return f"{i},{age},{seg},{score}"
+
+    path = tmp_path / "f.csv"
+    path.write_text("id,age,segment,score\n" + "\n".join(cells(i) for i in range(1, 2001)) + "\n")
+    contract = Contract(dataset="t", target="segment", task="binary", metric="roc_auc", columns={
+        "id": ColumnSpec(dtype="int"), "age": ColumnSpec(dtype="int", min=18, max=100),
+        "segment": ColumnSpec(dtype="str", categories=["gold", "silver"]), "score": ColumnSpec(dtype="float")})
+    calls = []
+    check_batch = validation._check_batch
+    monkeypatch.setattr(validation, "_check_batch", lambda *a, **k: calls.append(1) or check_batch(*a, **k))
+
+    def run(held_rows: int) -> tuple[Any, ...]:
+        monkeypatch.setattr(validation, "HELD_ROWS", held_rows)
+        calls.clear()
+        work = tmp_path / f"w{held_rows}"
+        work.mkdir()
+        s = validate_file(path, "incoming/t/f.csv", contract, work, batch_rows=50)
+        assert s.valid_path is not None and s.invalid_path is not None
+        return (len(calls), s.rows_total, s.rows_valid, s.rows_invalid, list(s.rule_counts.items()), s.examples,
+                s.example_rows, s.null_counts, s.sample.to_dicts() if s.sample is not None else None,
+                s.valid_path.read_bytes(), s.invalid_path.read_bytes())
+
+    at_once, by_batch = run(validation.HELD_ROWS), run(0)  # 0: pandera reports every batch as it comes
+    assert (at_once[0], by_batch[0]) == (1, 40)
+    assert at_once[1:] == by_batch[1:]
+    counts = dict(at_once[4])
+    assert counts[("age", "dtype int")] == 181 and counts[("segment", "isin(['gold', 'silver'])")] == 153
+    assert at_once[3] == len({i for i in range(1, 2001) if i % 11 == 0 or i % 7 == 0 or i % 13 == 0 or i % 17 == 0})
+
+
 def test_a_ragged_line_is_found_across_the_text_pass_chunks(tmp_path: Path) -> None:
     row = "1,2,3\r\n"
     lines = 4_200_000 // len(row)  # past the first 4 MiB chunk
@@ -307,6 +346,13 @@ def test_element_wise_and_whole_column_checks_are_still_pandera_s() -> None:
     # An aggregate's output is not one value per row: pandera validates the whole batch, as it always did.
     assert _Rules(whole)._suspects(frame) is None
     assert _Rules(whole).check(frame, 0, already=[]) == _check_batch(whole, frame, 0, already=[])
+    # A check that reports only its first failure cases reports per validation: each batch is validated on its own.
+    extensions.checks["first"] = pa.Check(lambda v: v < 3, element_wise=True, name="first", n_failure_cases=1)
+    first = build_schema(contract.model_copy(update={"columns": {
+        **contract.columns, "x": ColumnSpec(dtype="int", nullable=True, checks=["first"])}}), extensions)
+    assert _Rules(schema).holds and not _Rules(first).holds
+    held = _Rules(first).hold(frame, 0, [])
+    assert held.failures == _check_batch(first, frame, 0, already=[]) and [f.row for f in held.failures] == [4]
 
 
 def test_a_character_split_across_the_text_pass_chunks_is_utf8_and_a_truncated_one_is_not(tmp_path: Path) -> None:
@@ -753,3 +799,48 @@ def _written_by_pandas(df: Any, fmt: str) -> bytes:
     buf = io.BytesIO()
     df.to_parquet(buf)
     return buf.getvalue()
+
+
+def test_contract_infer_leaves_identifiers_out_so_the_next_files_new_ids_pass(tmp_path: Path) -> None:
+    """A customer number unique per row was inferred as a feature with a range: next month's customers (new, higher
+    numbers) were quarantined wholesale and could not be scored. Identifiers are left out of the features (and so
+    out of the ranges); a column that repeats, or one that is unique by chance but not named or shaped like an
+    id, stays."""
+    rng = np.random.default_rng(3)
+    n = 200
+
+    def month(first_id: int) -> pl.DataFrame:
+        return pl.DataFrame({
+            "customer_id": np.arange(first_id, first_id + n), "orderRef": [f"R-{first_id + i:07d}" for i in range(n)],
+            "email": [f"user{first_id + i}@example.com" for i in range(n)],
+            "plan": rng.choice(["pro", "basic", "team"], n), "visits": rng.integers(0, 30, n),
+            "balance": rng.normal(100, 20, n), "paid": rng.permutation(n),  # unique, but a count: not an id
+            "churned": rng.choice(["yes", "no"], n)})
+
+    first, second = tmp_path / "march.csv", tmp_path / "april.csv"
+    month(97_001).write_csv(first)
+    month(105_999).write_csv(second)
+    contract = infer_contract(read_sample(first.name, first.read_bytes()), "churn", "churned")
+    assert list(contract.columns) == ["plan", "visits", "balance", "paid", "churned"]
+    assert contract.extra_columns == "drop"
+    text = re.sub(r"\n\s*#\s*", " ", contract.to_yaml())  # the comments, unwrapped
+    assert "'customer_id', 'orderRef', 'email' are unique per row, like an identifier" in text
+    split = validate_file(second, "incoming/churn/april.csv", contract, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (n, 0)
+    assert "customer_id" not in split.columns
+
+
+def test_contract_infer_says_when_a_date_column_mixes_layouts() -> None:
+    """A file stitched from two exports (ISO and US dates) was kept as text without a word: each date a category."""
+    days = ["2024-03-01", "03/15/2024", "2024-04-02", "12/31/2023"]
+    import datetime as dt
+
+    joined = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(40)]
+    frame = pl.DataFrame({"signup": [*days * 10], "joined": [d.strftime("%Y-%m-%d" if i % 2 else "%m/%d/%Y")
+                                                              for i, d in enumerate(joined)],
+                          "visits": list(range(40)), "churned": ["yes", "no"] * 20})
+    contract = infer_contract(frame, "churn", "churned")
+    text = re.sub(r"\n\s*#\s*", " ", contract.to_yaml())
+    assert "DATES IN 2 LAYOUTS (%Y-%m-%d, %m/%d/%Y)" in text
+    # unique per row, but dates: kept (as text, with the same warning), not taken for an identifier
+    assert {"signup", "joined"} <= set(contract.columns) and contract.columns["signup"].dtype == "str"

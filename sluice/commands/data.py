@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import click
 
 from sluice.commands.common import echo_json as _echo_json
@@ -89,7 +91,9 @@ def quarantine_show(dataset: str, ident: str, as_json: bool, n_rows: int) -> Non
     r = entry.report
     click.echo(f"{r['source']['key']} ({entry.scope}, {r['reason']}), quarantined {r['quarantined_at']}")
     click.echo(f"  {r['message']}")
-    click.echo(f"  what to do: {r['what_to_do']}")
+    # The report's advice starts by pointing here (`Inspect them with sluice quarantine show ...`): said once.
+    advice = re.sub(r"^Inspect them with `sluice quarantine show [^`]*`\.\s*", "", str(r["what_to_do"]))
+    click.echo(f"  what to do: {advice}")
     lines = r.get("summary_text") or [f"{s['column']}: {s['check']} x{s['rows']}" for s in r.get("summary", [])]
     if lines:
         click.echo("  top failures:")
