@@ -34,9 +34,10 @@ from sluice.ml.transforms import apply_transforms
 from sluice.ml.validation import read_sample
 
 # name -> fold count for `n` training rows (None: the rule in ml/blend.py as checked out)
-POLICIES: dict[str, Any] = {"5 folds": (lambda n: 5, False), "5 window": (lambda n: 5, True)}
+POLICIES: dict[str, Any] = {"5 folds": (lambda n: 5, False, False), "5 window": (lambda n: 5, True, False),
+                            "5 widen": (lambda n: 5, True, True)}
 if os.environ.get("BLEND_FOLDS_TEN"):  # ten folds too (twice the fits; digits takes minutes on a loaded machine)
-    POLICIES.update({"10 folds": (lambda n: 10, False), "10 window": (lambda n: 10, True)})
+    POLICIES.update({"10 folds": (lambda n: 10, False, False), "10 window": (lambda n: 10, True, False)})
 
 
 def shipped(chosen: blend.Blend, templates: dict[str, Any], X: Any, y: np.ndarray, Xt: Any, task: str
@@ -91,8 +92,8 @@ def main() -> None:
                   + str({n: round(modeling.score(contract.metric, yt[kt], v, k), 4) for n, v in alone.items()})
                   + f" even blend of all {modeling.score(contract.metric, yt[kt], even, k):.4f}", flush=True)
             for name, policy in POLICIES.items():
-                saved, saved_window = blend.fold_count, blend.WINDOW
-                blend.fold_count, blend.WINDOW = policy  # type: ignore[assignment]
+                saved = blend.fold_count, blend.WINDOW, blend.WIDEN
+                blend.fold_count, blend.WINDOW, blend.WIDEN = policy  # type: ignore[assignment]
                 try:
                     t = time.perf_counter()
                     chosen = blend.build(trained.templates, X, y, Xh, y_h[known], task=contract.task,
@@ -100,7 +101,7 @@ def main() -> None:
                                          first_is_winner=trained.best_estimator in trained.templates)
                     seconds = time.perf_counter() - t
                 finally:
-                    blend.fold_count, blend.WINDOW = saved, saved_window
+                    blend.fold_count, blend.WINDOW, blend.WIDEN = saved
                 scores = shipped(chosen, trained.templates, Xa[ka], ya[ka], Xt[kt], contract.task)
                 value = modeling.score(contract.metric, yt[kt], scores, k)
                 row.setdefault(name, []).append(value)

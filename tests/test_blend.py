@@ -271,3 +271,42 @@ def test_the_linear_model_and_its_twin_share_one_share_of_an_even_blend() -> Non
     assert blend.even_weights(["a", "b", "linear"], ["a", "linear"]) == [0.5, 0.0, 0.5]
     assert blend.even_weights(["linear", twin], ["linear", twin]) == [0.5, 0.5]
     assert blend.learner_of(twin) == "linear" and blend.learner_of("lgbm_extra") == "lgbm"
+
+
+def _independent_copies(n: int, seed: int) -> tuple[Any, np.ndarray]:
+    """"a" and "b": the target plus noise they share (0.5) and a little of their own (0.2); "c": the target plus
+    noise of its own only (0.8), worse alone but independent of a's and b's; "d": the shared noise and much of its
+    own (2.0), worse alone and in any blend."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = rng.normal(size=n)
+    shared = rng.normal(scale=0.5, size=n)
+    columns = {"a": y + shared + rng.normal(scale=0.2, size=n), "b": y + shared + rng.normal(scale=0.2, size=n),
+               "c": y + rng.normal(scale=0.8, size=n), "d": y + shared + rng.normal(scale=2.0, size=n)}
+    return pd.DataFrame(columns), y
+
+
+def test_a_member_clearly_worse_alone_joins_the_even_blend_when_its_share_does_not_hurt_it() -> None:
+    # 100 rows. Alone, c is clearly worse than a (mean squared error 0.64 against 0.29), so the window leaves it
+    # out; in the even blend its independent errors dilute the noise a and b share (0.19 against 0.27): it joins.
+    # d is worse alone and in the blend (0.70): it stays out.
+    members = {n: _OneColumn(n) for n in "abcd"}
+    X, y = _independent_copies(100, seed=21)
+    Xh, yh = _independent_copies(2000, seed=22)
+    chosen = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
+    assert chosen.kept and np.allclose(chosen.weights, [1 / 3, 1 / 3, 1 / 3, 0.0]), chosen
+    assert "even blend of a, b, c" in chosen.reason and "nor does c make" in chosen.reason
+    assert chosen.oof["c"] > chosen.oof["a"]
+    # The window alone (as before `widen`): a and b, evenly; on rows neither saw the wider blend is better.
+    try:
+        blend.WIDEN = False
+        narrow = blend.build(members, X, y, Xh, yh, task="regression", metric="rmse", n_classes=None, seed=0)
+    finally:
+        blend.WIDEN = True
+    assert narrow.weights == [0.5, 0.5, 0.0, 0.0], narrow
+    assert chosen.holdout["blend"] < narrow.holdout["blend"] - 0.02
+    # Where the window holds one member (the rows tell the best apart), nothing widens it.
+    gains, _ = blend.noise([X[n].to_numpy() for n in "abcd"], y, "rmse", None, seed=0)
+    oof = [X[n].to_numpy() for n in "abcd"]
+    assert blend.widen(list("abcd"), oof, ["a", "b"], gains, y, "rmse", None, 0) == ["a", "b", "c"]
