@@ -324,6 +324,15 @@ def test_an_earlier_signed_alias_copied_back_rolls_nothing_back(registry: ModelR
     assert champion is not None and champion["version"] == 3
     assert "registry/m/aliases/champion.json: says v2, the history says v3" in fresh(registry).verify(
         "m", artifacts=False)
+    # The index head of that state copied back too: readers fold the newer record in; verify names the head.
+    head = "registry/m/index/head.json"
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=head).get("Versions", [])
+    older = [v for v in versions if not v["IsLatest"]]  # the bucket is versioned (sluice up): earlier heads stay
+    earlier_head = s3.get_object(Bucket=bucket, Key=head, VersionId=older[0]["VersionId"])
+    s3.put_object(Bucket=bucket, Key=head, Body=earlier_head["Body"].read(), Metadata=earlier_head["Metadata"])
+    assert fresh(registry).alias("m")["version"] == 3  # type: ignore[index]
+    assert any(p.startswith(f"{head}: the index covers 3 of the 4 history records")
+               for p in fresh(registry).verify("m", artifacts=False))
 
 
 def test_an_edited_version_is_refused_and_reported(registry: ModelRegistry) -> None:
