@@ -474,6 +474,22 @@ def test_reconcile_goes_on_past_a_planted_document(runtime: Runtime) -> None:
     assert ("validate", waiting) in [(g.stage, g.key) for g in find_gaps(runtime.store, runtime.state, min_age_s=0)]
 
 
+def test_reconcile_finds_a_training_gap_beside_a_planted_run(runtime: Runtime) -> None:
+    """A feature set whose training never came is a gap; a planted run document beside it used to stop the look
+    for the dataset's training gap altogether (and the warning read as if the training itself was skipped)."""
+    from sluice.ml.reconcile import find_gaps
+
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert runtime.execute("validate", dropped.to_dict())["outcome"] == "done"
+    [manifest] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json")]
+    info = runtime.store.head(manifest)
+    assert info is not None
+    runtime.execute("features", ObjectCreated(runtime.settings.bucket, manifest, info.size, info.etag).to_dict())
+    [features] = [k for k in runtime.store.keys("features/") if k.endswith("manifest.json")]
+    plant(runtime, f"runs/{DATASET}/run-evil/run.json", {"run_id": "run-evil", "dataset": DATASET})
+    assert ("train", features) in [(g.stage, g.key) for g in find_gaps(runtime.store, runtime.state, min_age_s=0)]
+
+
 def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
