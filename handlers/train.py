@@ -81,12 +81,13 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     if ctx.store.exists(f"{base}run.json") or ctx.store.exists(f"{base}cancelled.json"):
         ctx.log.info("same  train      %s already trained on %s", run_id, features.feature_set_version)
         return []
-    # One training at a time in this worker (modeling.ONE_SEARCH says why). A turn that does not come while this
-    # message's time limit still leaves room for its own work goes back to the queue, for any worker.
+    # One training at a time in this worker (modeling.ONE_SEARCH says why). A training that finds another one
+    # running goes back to the queue at once, for any worker: waiting here held a worker thread for the other's whole
+    # budget, and the worker's validation and features stalled behind it.
     waiting = time.perf_counter()
-    if not modeling.ONE_SEARCH.acquire(timeout=turn_wait_s(spec.time_limit_s, spec.time_budget_s)):
-        raise Defer(min(spec.time_budget_s, 60), f"another training is running in this worker; {dataset} waits "
-                                                 "its turn")
+    if not modeling.ONE_SEARCH.acquire(timeout=TURN_WAIT_S):
+        raise Defer(turn_retry_s(spec.time_budget_s), f"another training is running in this worker; {dataset} goes "
+                                                      "back to the queue")
     try:
         waited = time.perf_counter() - waiting
         if waited > 1:
@@ -96,9 +97,12 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         modeling.ONE_SEARCH.release()
 
 
-def turn_wait_s(time_limit_s: float, budget_s: float) -> float:
-    """How long a training waits for its turn: what its time limit leaves beyond twice its budget and a minute."""
-    return max(time_limit_s - 2 * budget_s - 60, 1.0)
+TURN_WAIT_S = 1.0  # how long a training waits for the worker's running one before going back to the queue
+
+
+def turn_retry_s(budget_s: float) -> float:
+    """When a training that found another one running is tried again: a quarter of its budget, 5 s to a minute."""
+    return min(max(budget_s / 4, 5.0), 60.0)
 
 
 def _prepare_and_train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],

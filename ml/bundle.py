@@ -27,7 +27,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -162,6 +162,23 @@ class Predictions:
         if len(proba) == 0:
             return []
         return [self.classes[i] for i in proba.argmax(axis=1)]
+
+    def per_row(self) -> list[Any]:
+        """The prediction of every input row, in its order: a class label or the value, None where it was not scored
+        (`unscored` says why). Also what `len()`, iteration and indexing give (`model.predict(frame)[:5]`)."""
+        out: list[Any] = [None] * self.rows
+        for i, label in zip(self.scored.tolist(), self.labels, strict=True):
+            out[i] = label
+        return out
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.per_row())
+
+    def __getitem__(self, index: int | slice) -> Any:
+        return self.per_row()[index]
 
     def to_polars(self) -> pl.DataFrame:
         """One row per input row: `row`, `prediction`, `probability_<class>`, `unscored_reason`."""

@@ -367,6 +367,12 @@ class Contract(_Strict):
         copy._notes = dict(notes)
         return copy
 
+    def attention(self) -> list[str]:
+        """The notes of `contract infer` a person should read before putting the contract: columns left out
+        (identifiers, pandas' index) and warnings in capitals (dates in several layouts, numbers written as text)."""
+        return [f"{key.removeprefix('columns.')}: {text}" for key, text in self._notes.items()
+                if key == "extra_columns" or re.search(r"\b[A-Z]{4,}(?: [A-Z]{2,})+\b", text)]
+
     def fingerprint(self) -> str:
         """sha256 of the canonical contract: the contract version recorded with every data version."""
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
@@ -681,16 +687,24 @@ def _date_layouts(s: pl.Series) -> list[str]:
     values = values.filter(values.str.len_bytes() > 0)
     if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
         return []
-    unread, used = values, []
-    for dtype, layout in (("date", "%Y-%m-%d"), ("datetime", "%Y-%m-%d %H:%M:%S"), *DATE_LAYOUTS):
-        read = (unread.str.to_date(layout, strict=False) if dtype == "date"
-                else unread.str.to_datetime(layout, strict=False, time_unit="us"))
-        if read.null_count() < unread.len():
-            used.append(layout)
-            unread = unread.filter(read.is_null())
-        if not unread.len():
-            return used
-    return []
+    def unread(layouts: list[tuple[str, str]]) -> pl.Series:
+        left = values
+        for dtype, layout in layouts:
+            read = (left.str.to_date(layout, strict=False) if dtype == "date"
+                    else left.str.to_datetime(layout, strict=False, time_unit="us"))
+            left = left.filter(read.is_null())
+        return left
+
+    used = []
+    for candidate in (("date", "%Y-%m-%d"), ("datetime", "%Y-%m-%d %H:%M:%S"), *DATE_LAYOUTS):
+        if unread([candidate]).len() < values.len():
+            used.append(candidate)
+    if unread(used).len():
+        return []
+    for candidate in list(used):  # the fewest: 01/02/2024 reads day first too, but 13/01 or 01/13 decide
+        if len(used) > 1 and not unread([u for u in used if u != candidate]).len():
+            used.remove(candidate)
+    return [layout for _, layout in used]
 
 
 def _dtype_of(dtype: pl.DataType) -> DType:

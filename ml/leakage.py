@@ -49,7 +49,11 @@ class Finding:
 
 
 def check(frame: pl.DataFrame, encoding: Encoding, *, seed: int = 42) -> list[Finding]:
-    """Columns of `frame` (training rows) that alone predict the target almost perfectly, worst first."""
+    """Columns of `frame` (training rows) that alone predict the target almost perfectly, worst first.
+
+    Rows that are the same in every column count once: a cumulative export sends earlier rows again, and copies of a
+    row on both sides of the check's split let a continuous column "predict" rows it had already seen."""
+    frame = frame.unique(maintain_order=True)
     y_all = encoding.labels(frame)
     keep = y_all >= 0 if encoding.classes is not None else ~np.isnan(y_all)
     rows = frame.filter(pl.Series(keep))

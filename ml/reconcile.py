@@ -93,7 +93,7 @@ def signed(store: ObjectStore, found: Iterable[str]) -> Iterator[tuple[str, dict
         try:
             yield key, store.get_json(key)
         except IntegrityError as exc:
-            log.warning("reconcile: skipped %s: %s", key, str(exc).removeprefix(f"{key}: ").split(";")[0])
+            log.warning("reconcile: left out %s: %s", key, str(exc).removeprefix(f"{key}: ").split(";")[0])
 
 
 def _guarded(what: str, find: Callable[..., Any], *args: Any, none: Any = ()) -> Any:
@@ -101,7 +101,7 @@ def _guarded(what: str, find: Callable[..., Any], *args: Any, none: Any = ()) ->
     try:
         return find(*args)
     except IntegrityError as exc:
-        log.warning("reconcile: skipped %s: %s", what, str(exc).split(";")[0])
+        log.warning("reconcile: could not look for gaps in %s this pass: %s", what, str(exc).split(";")[0])
         return none
 
 
@@ -210,14 +210,15 @@ def _training_gap(store: ObjectStore, ds: str, quarantined: set[Any], min_age_s:
     quiet_s = (now - datetime.fromisoformat(newest_at.replace("Z", "+00:00"))).total_seconds()
     if quiet_s < contract.training.debounce_s + min_age_s or trigger in quarantined:
         return [], contract.model
-    for k in store.keys(keys.Run.prefix(ds)):
-        if k.endswith("/cancelled.json"):
-            return [], contract.model  # a cancelled run was asked for; retraining is the user's call
-        if k.endswith("/run.json"):
-            run = read_run(store.get_json(k))
-            if run["feature_set_version"] == features.feature_set_version and set(labels) <= set(
-                    run.get("label_versions") or []):
-                return [], contract.model
+    found = list(store.keys(keys.Run.prefix(ds)))
+    if any(k.endswith("/cancelled.json") for k in found):
+        return [], contract.model  # a cancelled run was asked for; retraining is the user's call
+    # A planted run document is skipped (with a warning), not taken for the run: it must not hide a gap either.
+    for _, doc in signed(store, [k for k in found if k.endswith("/run.json")]):
+        run = read_run(doc)
+        if run["feature_set_version"] == features.feature_set_version and set(labels) <= set(
+                run.get("label_versions") or []):
+            return [], contract.model
     return [Gap(stage, trigger, ds, f"feature set {features.feature_set_version} has no run "
                                     f"{quiet_s:.0f}s after its inputs settled")], contract.model
 

@@ -1005,8 +1005,8 @@ class ModelRegistry:
         return []
 
     def _index_problems(self, model: str, records: list[dict[str, Any]], read: Callable[[str], Any]) -> list[str]:
-        """Where the stored index disagrees with the history it says it folds (a stale index is not a problem:
-        the next reader folds the newer records in)."""
+        """Where the stored index disagrees with the history it says it folds. A stale head is reported too (readers
+        fold the newer records in, but a head copied back from an earlier state looks just like it)."""
         key = Index.head_key(model)
         if not self.store.exists(key):
             return []
@@ -1016,6 +1016,9 @@ class ModelRegistry:
         if covered > len(records):
             return [f"{key}: the index covers {covered} history records, the history has {len(records)} (newest "
                     f"records deleted?); {fix}"]
+        stale = [] if covered == len(records) else [
+            f"{key}: the index covers {covered} of the {len(records)} history records (a writer that died before its "
+            f"head, or an older head copied back); readers fold the newer ones in, and the next registration or {fix}"]
         ref = Index(self.store, model, empty_head(model), fresh=True)
         for record in records[:covered]:
             ref.apply(record)
@@ -1045,7 +1048,7 @@ class ModelRegistry:
             if isinstance(doc, dict) and registered.get(doc.get("version")) not in (None, digest(doc)):
                 problems.append(f"{where}: its copy of v{doc.get('version')} is not the version the "
                                 f"history registered; {fix}")
-        return problems
+        return stale + problems
 
     def record_rescore(self, model: str, number: int, *, scores_before: dict[str, Any],
                        scores_after: dict[str, Any], by: str, at: str, reason: str) -> dict[str, Any] | None:

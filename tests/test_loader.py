@@ -289,6 +289,17 @@ def test_a_row_dict_without_a_column_is_refused_alone_or_beside_others(shop_mode
     assert np.array_equal(together.scores, shop_model.predict([full]).scores)
 
 
+def test_predictions_index_like_the_rows_they_score(shop_model: bundle.Model) -> None:
+    """`model.predict(frame)[:5]` raised "'Predictions' object is not subscriptable": they are one per input row,
+    in its order, the label or value, None where a row was not scored."""
+    full, lacking = json.loads(json.dumps(mixed.frame(2, 8).to_dicts(), default=str))
+    del lacking["zone"]
+    predictions = shop_model.predict([full, lacking, full])
+    assert len(predictions) == 3 and predictions[1] is None
+    assert predictions[0] == predictions[2] == predictions.labels[0] and list(predictions) == predictions[:]
+    assert predictions.per_row() == predictions.to_polars()["prediction"].to_list()
+
+
 @pytest.mark.parametrize(("text", "message"), [
     (b"a,b,c\n1,2,3\n4,5\n", "line 3 has 2 fields, the header has 3: '4,5'"),  # read as 4,5,null before
     (b"a,b,c\n1,2,3,4\n", "line 2 has 4 fields, the header has 3"),

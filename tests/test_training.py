@@ -513,14 +513,14 @@ def test_two_searches_at_once_in_one_worker_keep_to_their_own_runs() -> None:
 
 def test_a_training_waits_for_the_workers_other_training_then_goes_back_to_the_queue(
         runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The train stage takes its turn (modeling.ONE_SEARCH); one that does not come in time is deferred, not run
-    beside the other search and not failed."""
+    """The train stage takes its turn (modeling.ONE_SEARCH); one that finds another training running goes back to
+    the queue (deferred, not failed), instead of running beside the other search or holding a worker thread."""
     from dramatiq.errors import Retry
 
     from sluice.handlers import train
 
-    assert train.turn_wait_s(3 * 30 + 120, 30) == 90  # the default limit leaves the budget and a minute beyond
-    monkeypatch.setattr(train, "turn_wait_s", lambda limit, budget: 0.2)
+    assert (train.turn_retry_s(1), train.turn_retry_s(60), train.turn_retry_s(3600)) == (5, 15, 60)
+    monkeypatch.setattr(train, "TURN_WAIT_S", 0.2)
     held, done = threading.Event(), threading.Event()
 
     def other_training() -> None:

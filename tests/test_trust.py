@@ -324,6 +324,15 @@ def test_an_earlier_signed_alias_copied_back_rolls_nothing_back(registry: ModelR
     assert champion is not None and champion["version"] == 3
     assert "registry/m/aliases/champion.json: says v2, the history says v3" in fresh(registry).verify(
         "m", artifacts=False)
+    # The index head of that state copied back too: readers fold the newer record in; verify names the head.
+    head = "registry/m/index/head.json"
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=head).get("Versions", [])
+    older = [v for v in versions if not v["IsLatest"]]  # the bucket is versioned (sluice up): earlier heads stay
+    earlier_head = s3.get_object(Bucket=bucket, Key=head, VersionId=older[0]["VersionId"])
+    s3.put_object(Bucket=bucket, Key=head, Body=earlier_head["Body"].read(), Metadata=earlier_head["Metadata"])
+    assert fresh(registry).alias("m")["version"] == 3  # type: ignore[index]
+    assert any(p.startswith(f"{head}: the index covers 3 of the 4 history records")
+               for p in fresh(registry).verify("m", artifacts=False))
 
 
 def test_an_edited_version_is_refused_and_reported(registry: ModelRegistry) -> None:
@@ -463,6 +472,22 @@ def test_reconcile_goes_on_past_a_planted_document(runtime: Runtime) -> None:
     waiting = _quarantined_waiting_and_planted(runtime)
     # One planted object used to fail the whole pass, for every dataset, on every worker, every minute.
     assert ("validate", waiting) in [(g.stage, g.key) for g in find_gaps(runtime.store, runtime.state, min_age_s=0)]
+
+
+def test_reconcile_finds_a_training_gap_beside_a_planted_run(runtime: Runtime) -> None:
+    """A feature set whose training never came is a gap; a planted run document beside it used to stop the look
+    for the dataset's training gap altogether (and the warning read as if the training itself was skipped)."""
+    from sluice.ml.reconcile import find_gaps
+
+    dropped = plant(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert runtime.execute("validate", dropped.to_dict())["outcome"] == "done"
+    [manifest] = [k for k in runtime.store.keys("validated/") if k.endswith("manifest.json")]
+    info = runtime.store.head(manifest)
+    assert info is not None
+    runtime.execute("features", ObjectCreated(runtime.settings.bucket, manifest, info.size, info.etag).to_dict())
+    [features] = [k for k in runtime.store.keys("features/") if k.endswith("manifest.json")]
+    plant(runtime, f"runs/{DATASET}/run-evil/run.json", {"run_id": "run-evil", "dataset": DATASET})
+    assert ("train", features) in [(g.stage, g.key) for g in find_gaps(runtime.store, runtime.state, min_age_s=0)]
 
 
 def test_status_names_a_planted_document_and_reports_the_rest(runtime: Runtime,

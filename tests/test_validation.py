@@ -825,6 +825,8 @@ def test_contract_infer_leaves_identifiers_out_so_the_next_files_new_ids_pass(tm
     assert contract.extra_columns == "drop"
     text = re.sub(r"\n\s*#\s*", " ", contract.to_yaml())  # the comments, unwrapped
     assert "'customer_id', 'orderRef', 'email' are unique per row, like an identifier" in text
+    [attention] = contract.attention()
+    assert attention.startswith("extra_columns: drop") and "'customer_id'" in attention
     split = validate_file(second, "incoming/churn/april.csv", contract, tmp_path)
     assert (split.rows_valid, split.rows_invalid) == (n, 0)
     assert "customer_id" not in split.columns
@@ -842,5 +844,7 @@ def test_contract_infer_says_when_a_date_column_mixes_layouts() -> None:
     contract = infer_contract(frame, "churn", "churned")
     text = re.sub(r"\n\s*#\s*", " ", contract.to_yaml())
     assert "DATES IN 2 LAYOUTS (%Y-%m-%d, %m/%d/%Y)" in text
+    # `contract infer` prints these on stderr too: `> contract.yaml` would hide them in the file.
+    assert [line.split(":")[0] for line in contract.attention()] == ["signup", "joined"]
     # unique per row, but dates: kept (as text, with the same warning), not taken for an identifier
     assert {"signup", "joined"} <= set(contract.columns) and contract.columns["signup"].dtype == "str"

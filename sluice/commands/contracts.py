@@ -33,7 +33,11 @@ def contract_infer(file: Path, dataset: str, target: str, budget: float, debounc
 
     try:
         frame = read_sample(file.name, file.read_bytes())
-        click.echo(infer_contract(frame, dataset, target, budget, debounce).to_yaml(), nl=False)
+        inferred = infer_contract(frame, dataset, target, budget, debounce)
+        click.echo(inferred.to_yaml(), nl=False)
+        # Also on stderr: with stdout redirected to a file, what needs a look would otherwise go unseen.
+        for line in inferred.attention():
+            click.echo(f"contract infer: {line}", err=True)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
 

@@ -169,9 +169,13 @@ def models_verify(name: str, as_json: bool, no_artifacts: bool) -> None:
     if as_json:
         _echo_json({"model": name, "ok": not problems, "problems": problems})
     elif problems:
-        click.echo(f"{name}: {len(problems)} problem(s); act on nothing of it until it is restored:")
+        click.echo(f"{name}: {len(problems)} problem(s):")
         for p in problems:
             click.echo(f"  - {p}")
+        click.echo(f"Documents that disagree with the history (aliases, versions, the index) are rewritten from it by "
+                   f"`sluice models reindex {name}` (the next registration repairs what a writer that died left "
+                   "unwritten); a history record or artifact that is missing, edited or not signed has to be restored "
+                   "from the bucket's version history (or its writer found) before anything acts on it.")
     else:
         click.echo(f"{name}: registry verified (signatures, history chain, aliases, versions"
                    f"{'' if no_artifacts else ', artifacts'})")
