@@ -12,10 +12,17 @@ the chain leaves an object behind, so the gaps are found by listing the bucket:
     runs/<ds>/<run>/run.json      no candidate                             -> benchmark
     candidates/<run>              no version for the run                   -> register
     versions/<n>                  its gate decision was never published    -> register
+    history/<seq> (newest 20)     a promotion, rollback or archive by hand -> publish (reconcile sends it)
+                                  whose event was never published
 
 Each gap is re-driven once per pass, as a synthetic ObjectCreated for the object that wakes the stage, through
 the runtime, so claims and idempotent handlers make a re-drive of something already under way harmless. An
 object younger than `min_age_s` (or the debounce) is left alone: its own notification is probably on its way.
+
+A lifecycle command (`sluice models promote|rollback|archive`) writes its history record, then publishes its event:
+killed between the two, its change holds and nobody announces it, and no stage wakes on a history record. So
+reconcile publishes it itself, through `publish_once` with the id the command would have used (subscribers
+de-duplicate on it if both went out), and records it under `published/` like any other.
 """
 
 from __future__ import annotations
@@ -38,6 +45,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice")
 
 DEFAULT_MIN_AGE_S = 60.0
+PUBLISH = "publish"  # no stage: reconcile publishes the event of a history record itself
+# A model's newest history records each pass reads for an announcement never published (one round of parallel
+# GETs, not the whole history): a command killed before publishing is found while fewer records came after it.
+RECENT_RECORDS = 20
 
 
 @dataclass(frozen=True)
@@ -130,7 +141,7 @@ def find_gaps(store: ObjectStore, state: StateBackend | None = None, dataset: st
     for model in sorted(models):
         gaps += _guarded(f"the registry of {model}", _registry_gaps, store, state, model, min_age_s, now)
     if state is not None:  # something under way is not a gap (yet)
-        gaps = [g for g in gaps if not _in_progress(store, state, g)]
+        gaps = [g for g in gaps if g.stage == PUBLISH or not _in_progress(store, state, g)]
     return gaps
 
 
@@ -216,13 +227,13 @@ def _registry_gaps(store: ObjectStore, state: StateBackend | None, model: str, m
                    now: datetime) -> list[Gap]:
     from sluice.core.memory import MemoryState
     from sluice.events.model import EVENT_OF_ACTION, ModelEvent
-    from sluice.ml.registry import ModelRegistry
+    from sluice.ml.registry import ModelRegistry, parse_time
 
     # From the registry's index: a request per 20 versions and one per 1,000 stages, not one per version and per
     # history record (every worker runs this each SLUICE_RECONCILE_INTERVAL_S).
     registry = ModelRegistry(store, state or MemoryState())
-    idx, docs = registry.indexed_versions(model)
-    versions = {v["run_id"]: v for v in docs.values()}
+    idx, versions_by_number = registry.indexed_versions(model)
+    versions = {v["run_id"]: v for v in versions_by_number.values()}
     published = set(store.keys(keys.Published.prefix(model)))
     source = f"sluice://{store.bucket}"
     gaps = []
@@ -246,6 +257,23 @@ def _registry_gaps(store: ObjectStore, state: StateBackend | None, model: str, m
         if keys.Published(model, event.id).key not in published:
             gaps.append(Gap("register", obj.key, version["dataset"],
                             f"v{number}'s {event.type} event was never published"))
+    # The lifecycle commands' records (the gate's are the register stage's, re-driven above through their
+    # candidate): the newest few, in one round.
+    recent, _ = _guarded(f"the history of {model}", registry.history_tail, model, RECENT_RECORDS, idx,
+                         none=([], 0))
+    for record in recent:
+        action, sequence, number = record["action"], int(record["sequence"]), int(record["version"])
+        if record.get("cause") == "gate" or action not in EVENT_OF_ACTION:
+            continue  # a rescore announces nothing
+        if (now - parse_time(str(record["at"]))).total_seconds() < min_age_s:
+            continue  # its command is probably publishing it now
+        dataset = str((versions_by_number.get(number) or {}).get("dataset", "_unknown"))
+        event = ModelEvent(type=EVENT_OF_ACTION[action], model=model, dataset=dataset, version=number, time="",
+                           source=source, sequence=sequence)
+        if keys.Published(model, event.id).key not in published:
+            gaps.append(Gap(PUBLISH, registry.history_key(model, sequence), dataset,
+                            f"history record {sequence} ({action} v{number} by {record.get('by')}) was never "
+                            f"announced: its {event.type} event was never published"))
     return gaps
 
 
@@ -256,12 +284,36 @@ def _dataset(key: str, store: ObjectStore) -> str:
         return "_unknown"
 
 
+def _announce(runtime: Runtime, gap: Gap) -> None:
+    """Publish the event of the history record at `gap.key` as the command that wrote it would have: the same
+    CloudEvent (id included), through `publish_once`, so one already sent (since the gap was found) is not sent
+    again."""
+    from sluice.core.runtime import publish_once
+    from sluice.events.model import for_transition
+    from sluice.ml.registry import ModelRegistry
+
+    record = runtime.store.get_json(gap.key)  # signed: a planted record is refused here
+    registry = ModelRegistry(runtime.store, runtime.state)
+    version = registry.version(gap.key.split("/")[1], int(record["version"]))
+    if version is None:
+        log.warning("reconcile: %s names v%s, which has no version document; not announced", gap.key,
+                    record["version"])
+        return
+    publish_once(runtime.publisher, runtime.store, for_transition(version, record, f"sluice://{runtime.store.bucket}"))
+
+
 def reconcile(runtime: Runtime, dataset: str | None = None, *, dry_run: bool = False,
               min_age_s: float = DEFAULT_MIN_AGE_S) -> list[Gap]:
     """Find the gaps and (unless `dry_run`) re-drive each one once through the runtime."""
     gaps = find_gaps(runtime.store, runtime.state, dataset, min_age_s=min_age_s)
     refused = _refused(runtime.store, dataset) if gaps else {}
     for gap in gaps:
+        if gap.stage == PUBLISH:
+            if not dry_run:
+                _announce(runtime, gap)
+                runtime.on_event("redriven", gap.to_dict())
+            log.info("%s %-10s %s: %s", "gap " if dry_run else "sent", gap.stage, gap.key, gap.why)
+            continue
         info = runtime.store.head(gap.key)
         if info is None:
             continue

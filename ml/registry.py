@@ -249,7 +249,8 @@ class ModelRegistry:
     def _version_key(self, model: str, number: int) -> str:
         return f"{self.base(model)}/versions/{number:06d}.json"
 
-    def _history_key(self, model: str, sequence: int) -> str:
+    def history_key(self, model: str, sequence: int) -> str:
+        """Where history record `sequence` of `model` lives."""
         return f"{self.base(model)}/history/{sequence:08d}.json"
 
     def _immutable(self, key: str) -> dict[str, Any] | None:
@@ -345,14 +346,15 @@ class ModelRegistry:
                                  f"it until it is restored; `sluice models verify {model}` lists every problem.")
         return docs
 
-    def history_tail(self, model: str, last: int) -> tuple[list[dict[str, Any]], int]:
+    def history_tail(self, model: str, last: int, idx: Index | None = None) -> tuple[list[dict[str, Any]], int]:
         """The newest `last` history records, oldest first, and how many there are in all: `last` reads in one
         round, whatever the history's length. Each record's signature is checked, the window must be one unbroken
-        chain, and its newest record must be the one the signed index head names (`models verify` checks all)."""
-        idx = self.current(model)
+        chain, and its newest record must be the one the signed index head names (`models verify` checks all).
+        `idx`: the current index when the caller has just read it (saves reading it again)."""
+        idx = self.current(model) if idx is None else idx
         total = idx.sequence
         first = max(1, total - last + 1)
-        wanted = [self._history_key(model, s) for s in range(first, total + 1)]
+        wanted = [self.history_key(model, s) for s in range(first, total + 1)]
         found = self._fetch(wanted)
         docs = []
         for key in wanted:
@@ -411,7 +413,7 @@ class ModelRegistry:
         if write:
             idx.stored = _compact_sha(head)
         wanted = list(dict.fromkeys([*(pages(idx) if pages else []), *(idx.missing(idx.hot()) if write else [])]))
-        probe_key = self._history_key(model, idx.next_sequence)
+        probe_key = self.history_key(model, idx.next_sequence)
         # The look for a newer record asks only whether it exists (it almost never does); it is read when it does.
         found = self._fetch(wanted, (probe_key,) if probe else ())
         for key in wanted:
@@ -431,7 +433,7 @@ class ModelRegistry:
 
     def _behind(self, idx: Index) -> bool:
         """True when a history record newer than the index exists (its writer died before the head)."""
-        return self.store.exists(self._history_key(idx.model, idx.next_sequence))
+        return self.store.exists(self.history_key(idx.model, idx.next_sequence))
 
     def _fold(self, idx: Index, record: dict[str, Any] | None, *, write: bool) -> None:
         """Fold in the history records after the index's last one (a writer died before writing the index)."""
@@ -443,7 +445,7 @@ class ModelRegistry:
                     f"the registry history of {model} is broken: record {record['sequence']} does not follow "
                     f"record {idx.sequence} as the index recorded it. Nothing acts on it until it is restored; "
                     f"`sluice models verify {model}` lists every problem.")
-            key = self._history_key(model, idx.next_sequence)
+            key = self.history_key(model, idx.next_sequence)
             self._cache[key] = record
             if isinstance(record.get("version_document"), dict):
                 # The history holds the document: indexed for readers too, and written again by a writer (its
@@ -457,7 +459,7 @@ class ModelRegistry:
                     idx.set_doc(version)
             idx.apply(record)
             idx.folded = True
-            record = self.store.get_json_or_none(self._history_key(model, idx.next_sequence))
+            record = self.store.get_json_or_none(self.history_key(model, idx.next_sequence))
 
     def _rebuild(self, model: str) -> Index:
         """The index folded from the whole history (checked as a chain) and every version document that a stage
@@ -673,7 +675,7 @@ class ModelRegistry:
         self.store.put(key, _compact(doc), content_type="application/json")
 
     def _record(self, model: str, sequence: int) -> dict[str, Any]:
-        record = self._immutable(self._history_key(model, sequence))
+        record = self._immutable(self.history_key(model, sequence))
         if record is None:
             raise IntegrityError(f"history record {sequence} of {model} is gone; `sluice models verify {model}`")
         return record
@@ -953,7 +955,7 @@ class ModelRegistry:
         for r in registered.values():
             held = r.get("version_document")
             if held is not None and ("document" not in r or digest(held) != r["document"]):
-                problems.append(f"{self._history_key(model, int(r['sequence']))}: the version document it holds is "
+                problems.append(f"{self.history_key(model, int(r['sequence']))}: the version document it holds is "
                                 f"not the one it registered (its sha256 differs)")
         versions = {}
         for key in self.store.keys(f"{base}/versions/"):
@@ -1153,7 +1155,7 @@ class ModelRegistry:
         if document is not None:
             record["version_document"] = document
         record["prev"] = snap.head["digest"]
-        key = self._history_key(model, record["sequence"])
+        key = self.history_key(model, record["sequence"])
         if not self.store.put_json(key, record, if_absent=True):
             if not snap.appended:
                 raise _Stale(key)  # a record the index does not cover yet (its writer died): fold, decide again
