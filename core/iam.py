@@ -73,6 +73,9 @@ def policies(settings: Settings, routes: list[Route]) -> dict[str, dict[str, Any
                                                        f"{bucket}/registry/*/index/*",
                                                        f"{bucket}/registry/*/aliases/*",
                                                        f"{bucket}/runs/*/cancel.json",
+                                                       # the record that a command's model event went out (without
+                                                       # it, every worker's reconcile sends it again)
+                                                       f"{bucket}/published/*",
                                                        *_objects(settings, arrivals)]),  # quarantine replay
             _statement("DropAliases", ["s3:DeleteObject"], [f"{bucket}/registry/*/aliases/*"]),
             _statement("Publish", ["sns:Publish", "sns:CreateTopic"], [topic]),

@@ -138,6 +138,7 @@ def test_each_role_can_do_its_job_and_no_more(enforcing: tuple[Settings, dict[st
     operator = as_role(settings, keys, "operator")
     operator.put_object(Bucket=bucket, Key=f"runs/{DATASET}/{run['run_id']}/cancel.json", Body=b"{}")
     operator.put_object(Bucket=bucket, Key=f"registry/{DATASET}/index/probe.json", Body=b"{}")  # lifecycle commands
+    operator.put_object(Bucket=bucket, Key=f"published/{DATASET}/probe.json", Body=b"{}")  # its event went out
     assert denied(operator.put_object, Bucket=bucket, Key=f"validated/{DATASET}/{'f' * 64}/data.parquet", Body=b"x")
     assert denied(operator.put_object, Bucket=bucket, Key=f"registry/{DATASET}/versions/000002.json", Body=b"{}")
 
