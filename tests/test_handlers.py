@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -193,3 +194,34 @@ def test_the_drops_trace_id_is_in_the_validated_and_features_manifests(runtime: 
     assert (v1["trace_id"], v1["trace_links"]) == (tid, [tid])
     [published] = [runtime.store.get_json(k) for k in runtime.store.keys("published/")]
     assert tracing.parse_traceparent(published["event"]["traceparent"]) == tid
+
+
+def test_an_event_no_stage_of_the_worker_takes_stays_on_the_queue(runtime: Runtime,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A worker started before a stage was added (`sluice up --app` provisioned its notification) used to take the
+    event off the queue and drop it without a word. It now stays there for a worker with the stage (and goes to the
+    dead-letter queue after its receive limit); an event a stage takes is still handed over and deleted."""
+    import boto3
+
+    from sluice.core.runtime import SqsBridge
+
+    sqs = boto3.client("sqs", region_name=runtime.settings.region)
+    bridge = SqsBridge(runtime, sqs, wait_s=0)
+    url = bridge.queue_url
+
+    def notify(key: str) -> None:
+        body = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+            "bucket": {"name": runtime.settings.bucket}, "object": {"key": key, "size": 3, "eTag": "abc"}}}]}
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+
+    notify("custom/cancer/a.txt")  # a prefix only a newer app's stage takes
+    assert bridge.poll_once() == 0
+    assert "no stage of this worker takes custom/cancer/a.txt" in caplog.text
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"  # still there, in flight
+    sqs.purge_queue(QueueUrl=url)
+    notify(f"incoming/{DATASET}/a.csv")
+    assert bridge.poll_once() == 1
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                          "ApproximateNumberOfMessagesNotVisible"])
+    assert set(attributes["Attributes"].values()) == {"0"}
