@@ -225,3 +225,17 @@ def test_an_event_no_stage_of_the_worker_takes_stays_on_the_queue(runtime: Runti
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
                                                                           "ApproximateNumberOfMessagesNotVisible"])
     assert set(attributes["Attributes"].values()) == {"0"}
+
+
+def test_redriving_a_dead_letter_of_a_stage_the_loaded_app_lacks_says_to_load_the_app(runtime: Runtime) -> None:
+    """Run without `--app` (or outside the project's folder), `sluice deadletter redrive` said a custom stage's
+    message "cannot be re-driven ... delete it": the one advice that loses it. It now names the stage and `--app`."""
+    from sluice.core.deadletters import redrive
+
+    runtime._record_dead_letter({"message_id": "m-custom", "actor": f"{runtime.settings.namespace}.tsv_to_csv",
+                                 "queue": "default", "retries": 3, "traceback": "boom",
+                                 "args": [{"bucket": runtime.settings.bucket, "key": "raw/cancer/a.tsv"}]})
+    done = redrive(runtime, ["m-custom"])
+    [why] = done.skipped
+    assert "stage 'tsv_to_csv' is not a stage of the app loaded here" in why and "--app module:app" in why
+    assert "delete it" not in why and not done.records
