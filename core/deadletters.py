@@ -67,9 +67,15 @@ def redrive(runtime: Runtime, message_ids: list[str] | None = None, *,
     for rec in chosen:
         stage = str(rec["actor"]).removeprefix(f"{runtime.settings.namespace}.")
         payload = (rec.get("args") or [None])[0]
-        if stage not in runtime.actors or not isinstance(payload, dict):
+        if isinstance(payload, dict) and stage not in runtime.actors:
+            # A stage of the app this record's worker ran, not of the app loaded here (usually: no --app).
+            done.skipped.append(f"{rec['message_id']}: stage {stage!r} is not a stage of the app loaded here "
+                                f"(stages: {', '.join(sorted(runtime.actors))}); run the command from the project's "
+                                "folder or with `--app module:app`, as the worker runs")
+            continue
+        if not isinstance(payload, dict):
             done.skipped.append(f"{rec['message_id']}: a {rec['actor']} message cannot be re-driven (not an "
-                                "S3 event of a known stage); delete it once inspected")
+                                "S3 event of a stage); delete it once inspected")
             continue
         runtime.send(stage, ObjectCreated.from_dict(payload))
         store.put_json(REDRIVEN + rec["key"].removeprefix(PREFIX),

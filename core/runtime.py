@@ -568,11 +568,25 @@ class SqsBridge:
                     "args": [exc.body[:10_000]], "retries": 0, "traceback": str(exc),
                 })
                 events = []
+            unrouted = []
             for event in events:
-                for stage in self.runtime.dispatch(event):
+                stages = self.runtime.dispatch(event)
+                if not stages and event.bucket == self.runtime.settings.bucket:
+                    unrouted.append(event.key)
+                for stage in stages:
                     dispatched += 1
                     log.info("got  %-10s %s", stage, event.key)
                     self.runtime.on_event("object-created", {"stage": stage, "key": event.key})
+            if unrouted:
+                # The bucket notifies only for the stages `sluice up` provisioned: a key no stage of this worker takes
+                # means the worker runs another app (started before a stage was added). Deleting the message lost
+                # the event without a word; left on the queue, a worker with the stage takes it when SQS delivers it
+                # again, and after its receive limit it waits in the dead-letter queue.
+                log.error("no stage of this worker takes %s: is it running the app `sluice up` provisioned (restart "
+                          "it with that --app)? The message stays on %s; after its receive limit it moves to %s, and "
+                          "`sluice deadletter redrive` sends it back", ", ".join(unrouted),
+                          self.runtime.settings.events_queue, self.runtime.settings.dead_letter_queue)
+                continue
             self.sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
         return dispatched
 

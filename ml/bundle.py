@@ -350,6 +350,7 @@ class Model:
             if feature in self.encoding.columns:
                 for i in range(n):
                     problems.setdefault(i, []).append((feature, why))
+        featured = _supplied_numbers(self.contract, self.encoding, featured, problems)
         scored = np.array([i for i in range(n) if i not in problems], dtype=np.int64)
         ok = featured if len(scored) == n else featured[scored.tolist()]
         scores = self.predictor.score(ok) if len(scored) else _empty_scores(self.task, self.classes)
@@ -883,6 +884,29 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
     if found is None:
         raise ModelInputError(f"{name} has no version {number}")
     return load_version(store, found, extensions=extensions)
+
+
+def _supplied_numbers(contract: Contract, encoding: Encoding, frame: pl.DataFrame,
+                      problems: dict[int, list[tuple[str | None, str]]]) -> pl.DataFrame:
+    """Per-entity features come with the rows (the caller computes them from the entity's history): a value that
+    is not a number leaves its row unscored with the reason (it raised polars' cast error, a 500 in `serve`)."""
+    for t in contract.features:
+        if not t.per_entity or t.name not in frame.columns or t.name not in encoding.columns:
+            continue
+        col = frame[t.name]
+        if col.dtype.is_numeric():
+            continue
+        numbers = (col.cast(pl.Utf8, strict=False) if col.dtype != pl.Utf8 else col).str.strip_chars() \
+            .cast(pl.Float64, strict=False)
+        if col.dtype == pl.Boolean:
+            numbers = pl.Series(t.name, [None] * len(col), dtype=pl.Float64)
+        bad = (col.is_not_null() & numbers.is_null()).to_list()
+        for i, wrong in enumerate(bad):
+            if wrong:
+                problems.setdefault(i, []).append((t.name, f"feature {t.name!r} ({t.op} over the entity's "
+                                                            f"history) must be a number, got {shown(col[i])}"))
+        frame = frame.with_columns(numbers.alias(t.name))
+    return frame
 
 
 def _open(open_bucket: Callable[[str], ObjectStore] | None, bucket: str) -> ObjectStore:

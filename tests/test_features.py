@@ -183,6 +183,18 @@ def test_features_and_labels_dropped_separately_train_on_the_point_in_time_join(
     run_stage(runtime, "register", only(runtime, "registry/tx/candidates/", ".candidate.json"))
     assert ModelRegistry(runtime.store, MemoryState()).alias("tx") is not None
 
+    # Scoring: the window features come with the rows; one that is not a number leaves its row unscored, with the
+    # reason (polars' cast error was a traceback, a 500 in `sluice serve`).
+    from sluice.ml.bundle import load_model
+
+    model = load_model("tx@champion", store=runtime.store, settings=runtime.settings)
+    rows = apply_transforms(raw, parse_contract(CONTRACT)).head(3).to_dicts()
+    rows[1]["amount_sum_7d"] = "lots"
+    scored = model.predict(rows)
+    assert scored.scored.tolist() == [0, 2] and [u["row"] for u in scored.unscored] == [2]
+    assert "feature 'amount_sum_7d' (window_sum over the entity's history) must be a number, got lots" in \
+        scored.unscored[0]["reason"]
+
     # Later labels: a backtest of the champion on them, recorded in the registry.
     more = labels_for(apply_transforms(raw, parse_contract(CONTRACT)), seed=7, per_customer=1)
     runtime.store.put("labels/tx/batch2.csv", csv(more))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 
@@ -193,3 +194,48 @@ def test_the_drops_trace_id_is_in_the_validated_and_features_manifests(runtime: 
     assert (v1["trace_id"], v1["trace_links"]) == (tid, [tid])
     [published] = [runtime.store.get_json(k) for k in runtime.store.keys("published/")]
     assert tracing.parse_traceparent(published["event"]["traceparent"]) == tid
+
+
+def test_an_event_no_stage_of_the_worker_takes_stays_on_the_queue(runtime: Runtime,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A worker started before a stage was added (`sluice up --app` provisioned its notification) used to take the
+    event off the queue and drop it without a word. It now stays there for a worker with the stage (and goes to the
+    dead-letter queue after its receive limit); an event a stage takes is still handed over and deleted."""
+    import boto3
+
+    from sluice.core.runtime import SqsBridge
+
+    sqs = boto3.client("sqs", region_name=runtime.settings.region)
+    bridge = SqsBridge(runtime, sqs, wait_s=0)
+    url = bridge.queue_url
+
+    def notify(key: str) -> None:
+        body = {"Records": [{"eventSource": "aws:s3", "eventName": "ObjectCreated:Put", "s3": {
+            "bucket": {"name": runtime.settings.bucket}, "object": {"key": key, "size": 3, "eTag": "abc"}}}]}
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps(body))
+
+    notify("custom/cancer/a.txt")  # a prefix only a newer app's stage takes
+    assert bridge.poll_once() == 0
+    assert "no stage of this worker takes custom/cancer/a.txt" in caplog.text
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    assert attributes["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"  # still there, in flight
+    sqs.purge_queue(QueueUrl=url)
+    notify(f"incoming/{DATASET}/a.csv")
+    assert bridge.poll_once() == 1
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
+                                                                          "ApproximateNumberOfMessagesNotVisible"])
+    assert set(attributes["Attributes"].values()) == {"0"}
+
+
+def test_redriving_a_dead_letter_of_a_stage_the_loaded_app_lacks_says_to_load_the_app(runtime: Runtime) -> None:
+    """Run without `--app` (or outside the project's folder), `sluice deadletter redrive` said a custom stage's
+    message "cannot be re-driven ... delete it": the one advice that loses it. It now names the stage and `--app`."""
+    from sluice.core.deadletters import redrive
+
+    runtime._record_dead_letter({"message_id": "m-custom", "actor": f"{runtime.settings.namespace}.tsv_to_csv",
+                                 "queue": "default", "retries": 3, "traceback": "boom",
+                                 "args": [{"bucket": runtime.settings.bucket, "key": "raw/cancer/a.tsv"}]})
+    done = redrive(runtime, ["m-custom"])
+    [why] = done.skipped
+    assert "stage 'tsv_to_csv' is not a stage of the app loaded here" in why and "--app module:app" in why
+    assert "delete it" not in why and not done.records
