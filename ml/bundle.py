@@ -260,6 +260,21 @@ class Model:
         return f"<sluice Model {self.name}{v} {self.task} sha256={self.model_sha256[:12]}>"
 
     # -- scoring rows that come from outside -------------------------------------------------------------------
+    def _app_checks(self, name: str, spec: Any) -> list[tuple[pl.Expr, str, str]]:
+        """The contract's checks on column `name` that the loaded app registers (`@app.check`), as validation runs
+        them: a row whose value fails one is not scored. A check the loaded app lacks (`load_model` without `app=`,
+        `serve` without `--app`) cannot run here; one written as a `pandera.Check` runs in validation only."""
+        rules = []
+        for item in spec.checks:
+            check, params = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+            fn = self.extensions.checks.get(check)
+            if fn is None or not callable(fn) or type(fn).__module__.startswith("pandera"):
+                continue
+            expr = fn(pl.col(name), **(params or {}))  # as validation calls it (ml/validation.custom_check)
+            if isinstance(expr, pl.Expr):
+                rules.append((pl.col(name).is_not_null() & ~expr, name, f"fails the app's check {check!r}"))
+        return rules
+
     def predict(self, rows: Any) -> Predictions:
         """Score new rows: a polars or pandas frame, a list of dicts, one dict, or a path to CSV/Parquet."""
         if isinstance(rows, Mapping):
@@ -320,6 +335,7 @@ class Model:
             if spec.categories is not None:
                 rules.append((col.is_not_null() & ~col.cast(pl.Utf8).is_in(spec.categories), name,
                               "is not one of the contract's categories"))
+            rules += self._app_checks(name, spec)
         # Per-entity features come with the rows (they need the entity's history).
         extra = [c for c in frame.columns if c not in self.required and c not in self.contract.columns]
         plan = frame.lazy()
@@ -393,8 +409,9 @@ class _FastRows:
         self.codes = {name: {c: i for i, c in enumerate(cats)} for name, cats in encoding.categorical.items()}
         self.category_codes = {t.name: {c: i for i, c in enumerate(contract.columns[t.columns[0]].categories or [])}
                                for t in contract.features if t.op == "category_code"}
-        if any(spec.dtype == "datetime" or spec.format is not None for _, spec in self.columns):
+        if any(spec.dtype == "datetime" or spec.format is not None or spec.checks for _, spec in self.columns):
             # datetimes take the general path (time zones, epoch rounding), and so do dates in a contract's layout
+            # and columns with the app's checks (polars expressions)
             self.columns = []
             self.enabled = False
         else:

@@ -135,6 +135,13 @@ def test_a_check_a_feature_function_and_a_learner_of_the_app_work_through_the_wh
     rows = pl.read_csv(io.BytesIO(sample_bytes())).drop("diagnosis").head(5)
     result = model.predict(rows).to_polars()
     assert result.height == 5 and result["unscored_reason"].is_null().all()
+    # the app's check runs when scoring too: a row validation would quarantine is not scored (it was)
+    over = rows.with_columns(pl.when(pl.int_range(pl.len()) == 1).then(31.5).otherwise(pl.col("mean_radius"))
+                             .alias("mean_radius"))
+    checked = model.predict(over)
+    assert checked.scored.tolist() == [0, 2, 3, 4]
+    assert checked.unscored == [{"row": 2, "column": "mean_radius",
+                                 "reason": "mean_radius: 31.5 fails the app's check 'at_most'"}]
     # without the app, the model says what it needs
     with pytest.raises(AppError, match=r"feature function 'ratio' of its app.*sluice.load_model\(ref, app=app\)"):
         sluice.load_model(f"{DATASET}@champion", settings=rt.settings, store=rt.store)
