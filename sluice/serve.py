@@ -208,11 +208,22 @@ async def _bounded_body(request: Any) -> bytes | None:
 def serve(name: str, alias: str, host: str, port: int, settings: Settings | None = None,
           bundle: str | None = None, app: Any = None) -> None:
     """Run the service until interrupted."""
+    import signal
+    import threading
+
     import uvicorn
 
     server = ModelServer(name, alias, settings=settings, bundle=bundle, app=app)
     server.refresh()
     server.start()
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn shuts down gracefully on SIGTERM, then restores the handler it found and raises the signal again:
+        # with Python's default, the process died there and the `finally` below never removed the service's queue
+        # and subscription (one more left on the topic at each restart). Exiting as an exception runs it.
+        def exit_on_term(signum: int, frame: object) -> None:
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, exit_on_term)
     try:
         uvicorn.run(server.app(), host=host, port=port, log_level="warning", access_log=False)
     finally:

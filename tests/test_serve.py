@@ -15,6 +15,7 @@ import pytest
 
 from sluice import load_model
 from sluice.core.runtime import Runtime
+from sluice.core.settings import Settings
 from sluice.events.model import PROMOTED
 from sluice.infra.subscribe import TemporarySubscription, filter_policy
 from sluice.ml.registry import ModelRegistry
@@ -280,3 +281,55 @@ def test_a_long_request_does_not_hold_up_health_probes_or_other_requests() -> No
     finally:
         release.set()
     assert order == ["/health 200", "/ready 200", "predict 200"], order
+
+
+@pytest.mark.slow
+def test_sluice_serve_stopped_with_sigterm_removes_its_queue_and_subscription(moto_settings: Settings,
+                                                                              tmp_path: Any) -> None:
+    """uvicorn raises SIGTERM again after its graceful shutdown; with Python's default handler the process died
+    there, and each `sluice serve` stopped by its supervisor left its queue and topic subscription behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from dataclasses import replace
+
+    import boto3
+
+    from sluice.handlers import build_pipeline
+    from sluice.service import build_runtime
+    from tests.chain import DATASET, prepare, sample_bytes
+    from tests.test_faults import worker_env
+
+    settings = replace(moto_settings, signing_key="serve-sigterm-test-key-" + "0" * 32)
+    prepare(settings)
+    run_chain(build_runtime(settings, build_pipeline()), f"incoming/{DATASET}/a.csv", sample_bytes())
+    sqs = boto3.client("sqs", endpoint_url=settings.endpoint_url, region_name=settings.region)
+
+    def serving_queues() -> list[str]:
+        return [u for u in sqs.list_queues(QueueNamePrefix="sluice-serve-").get("QueueUrls", [])
+                if f"sluice-serve-{DATASET}-" in u]
+
+    before = serving_queues()
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "sluice.cli", "serve", DATASET, "--port", str(port)],
+                            env=worker_env(settings), stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError((tmp_path / "serve.log").read_text())
+        assert len(serving_queues()) == len(before) + 1
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert serving_queues() == before, (tmp_path / "serve.log").read_text()
