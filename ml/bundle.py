@@ -322,6 +322,8 @@ class Model:
                 prepare.append(_as_text(pl.col(name), dtype).alias(name))
                 dtype = pl.Utf8()
             typed_e, failed_e, non_finite_e = typed_exprs(name, spec, is_text=dtype == pl.Utf8, source=dtype)
+            if dtype == pl.Boolean and spec.dtype != "bool":  # JSON true is not the number 1 (nor a date)
+                failed_e = failed_e | pl.col(name).is_not_null()
             typed.append(typed_e)
             flags.append((failed_e | non_finite_e).alias(f"_bad_type {name}"))
             col = pl.col(name)

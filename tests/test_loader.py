@@ -289,6 +289,16 @@ def test_a_row_dict_without_a_column_is_refused_alone_or_beside_others(shop_mode
     assert np.array_equal(together.scores, shop_model.predict([full]).scores)
 
 
+def test_a_json_true_in_a_number_column_is_refused_with_its_row(shop_model: bundle.Model) -> None:
+    """`{"area": true}` scored as the number 1 (polars casts a bool column to floats)."""
+    full = json.loads(json.dumps(mixed.frame(2, 8).to_dicts(), default=str))[0]
+    number = next(n for n, spec in shop_model.contract.columns.items()
+                  if spec.dtype == "float" and n in shop_model.required)
+    flagged = shop_model.predict([{**full, number: True}])
+    assert flagged.scored.tolist() == [] and flagged.unscored[0]["column"] == number, flagged.unscored
+    assert shop_model.predict([full]).scored.tolist() == [0]
+
+
 def test_predictions_index_like_the_rows_they_score(shop_model: bundle.Model) -> None:
     """`model.predict(frame)[:5]` raised "'Predictions' object is not subscriptable": they are one per input row,
     in its order, the label or value, None where a row was not scored."""
