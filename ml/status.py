@@ -50,6 +50,11 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         dv = entry.get("data_version")
         stage = "labels" if entry.get("kind") == "labels" else entry["outcome"]
         detail: dict[str, Any] = {}
+        if entry["outcome"] == "quarantined" and str(entry.get("report", "")).endswith("/report.json"):
+            # Replayed after a contract fix: its rows went through again as a drop of their own (its own line).
+            replays = list(store.keys(str(entry["report"]).removesuffix("report.json") + "replays/"))
+            if replays:
+                stage, detail["replayed"] = "replayed", len(replays)
         if dv and entry["outcome"] == "validated" and entry.get("kind") != "labels":
             manifests = trusted(store, [keys.Validated(dataset, dv).key], untrusted, missing_ok=True)
             if manifests and manifests[0].get("drift"):

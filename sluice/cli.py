@@ -276,8 +276,10 @@ def status(as_json: bool, app_spec: str | None) -> None:
                 extra += f" (by {a['owner']})"
             for leak in a.get("leakage", []):
                 extra += f" [LEAK? {', '.join(leak['columns'])}: {leak['action']}]"
+            if a.get("replayed"):
+                extra += f" (quarantined, then replayed {a['replayed']}x after a contract fix: the replay has its line)"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
-            if a["outcome"] in ("quarantined", "failed", "refused"):
+            if a["outcome"] in ("quarantined", "failed", "refused") and not a.get("replayed"):
                 gist = a["message"].replace(a["key"], "<file>")
                 if gist in said:
                     click.echo(f"              the same problem as {said[gist]}")

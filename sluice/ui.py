@@ -187,8 +187,10 @@ class Dashboard:
         time: a few requests whatever the history's length (the index's page and the history's tail)."""
         from sluice.ml.registry import parse_time
 
-        listing = self.registry.page(name, page=page, limit=VERSIONS_SHOWN) if page >= 1 else None
-        if listing is None or not listing["total"]:
+        if page < 1:
+            raise SluiceError(f"?page= takes a page number from 1 (the model page of {name} is /models/{name})")
+        listing = self.registry.page(name, page=page, limit=VERSIONS_SHOWN)
+        if not listing["total"]:
             raise SluiceError(f"no model {name!r}; models: {', '.join(self.registry.models()) or 'none'}")
         if not listing["versions"]:
             raise SluiceError(f"{name} has {listing['pages']} page(s) of versions, not {page}")

@@ -93,3 +93,30 @@ def test_replay_after_a_contract_fix_links_back_to_the_original(runtime: Runtime
     replayed_rows = pl.read_parquet(io.BytesIO(runtime.store.get(f"validated/{DATASET}/{replayed.data_version}"
                                                                  "/data.parquet")))
     assert replayed_rows["mean_radius"].max() < 10.0  # type: ignore[operator]
+
+
+def test_status_says_a_quarantined_file_was_replayed(runtime: Runtime) -> None:
+    """After a contract fix and `quarantine replay`, `status` still showed the drop as quarantined, with its old
+    message, beside the replay that went through."""
+    from sluice.handlers import build_pipeline
+    from sluice.ml.status import dataset_status
+
+    strict = sample_contract()
+    strict = strict.model_copy(update={
+        "columns": {**strict.columns, "mean_radius": strict.columns["mean_radius"].model_copy(update={"min": 10.0})}})
+    runtime.store.put(f"contracts/{DATASET}.yaml", strict.to_yaml().encode())
+    runtime.store.put(f"incoming/{DATASET}/day1.csv", sample_bytes())
+    validate(runtime, f"incoming/{DATASET}/day1.csv")  # max_invalid_fraction 0: the whole file
+    [entry] = quarantine.entries(runtime.store, DATASET)
+    assert entry.scope == "file"
+
+    def stage_of(key: str) -> str:
+        status = dataset_status(runtime.store, runtime.state, DATASET, pipeline=build_pipeline())
+        return str(next(a for a in status["arrivals"] if a["key"] == key)["stage"])
+
+    assert stage_of(f"incoming/{DATASET}/day1.csv") == "quarantined"
+    runtime.store.put(f"contracts/{DATASET}.yaml", sample_contract().to_yaml().encode())
+    [key] = quarantine.replay(runtime.store, DATASET, entry.id[:8], at="2026-01-01T00:00:00Z")
+    validate(runtime, key)
+    assert stage_of(f"incoming/{DATASET}/day1.csv") == "replayed"
+    assert stage_of(key) == "validated"

@@ -748,6 +748,9 @@ def test_the_dashboards_model_and_version_pages_cost_the_same_at_any_length(
         assert f'<span class="pill {snap.stages[n]}">{snap.stages[n]}</span>' in rows
     with pytest.raises(SluiceError, match="not 10"):
         board.model("m", None, page=10)
+    # `?page=abc` or `?page=-1` said "no model 'm'; models: m"
+    with pytest.raises(SluiceError, match=r"\?page= takes a page number from 1"):
+        board.model("m", None, page=0)
     assert f'<span class="pill {snap.stages[2]}">' in board.version("m", 2)
 
 
