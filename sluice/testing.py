@@ -32,6 +32,8 @@ class LocalRuntime(Runtime):
         """Run `stage` on the object at `key` as if its notification had arrived; returns the stage's result."""
         from sluice.events.s3 import ObjectCreated
 
+        if stage not in self.routes:
+            raise KeyError(f"no stage {stage!r} in this app; its stages: {', '.join(sorted(self.routes))}")
         info = self.store.head(key)
         if info is None:
             raise KeyError(f"no object at {key!r} in bucket {self.settings.bucket!r}")

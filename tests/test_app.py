@@ -138,6 +138,8 @@ def test_new_objects_a_handler_returns_are_written_and_recorded(shop_runtime: An
     rt.store.put("exports/day1.json", json.dumps({"name": "day1", "rows": [1, 2, 3]}).encode())
     result = _run(rt, "summarize", "exports/day1.json")
     assert result["outputs"] == ["summaries/day1.json", "summaries/day1.txt"]
+    with pytest.raises(KeyError, match=r"no stage 'summarise' in this app; its stages: .*summarize"):
+        _run(rt, "summarise", "exports/day1.json")  # a bare KeyError: 'summarise' before
     assert rt.store.get_json("summaries/day1.json") == {"rows": 3}
     assert rt.store.get("summaries/day1.txt") == b"3 rows"
     assert _run(rt, "summarize", "exports/day1.json") == result  # a duplicate: already done
