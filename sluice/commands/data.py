@@ -117,13 +117,16 @@ def quarantine_replay(dataset: str, data_version: str | None) -> None:
 
     from sluice.ml import quarantine as q
 
+    store = _store(_settings())
     try:
-        keys = q.replay(_store(_settings()), dataset, data_version, datetime.now(UTC).isoformat())
+        keys = q.replay(store, dataset, data_version, datetime.now(UTC).isoformat())
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
     for key in keys:
         click.echo(f"replaying as {key}")
-    if not keys:
+    if not keys and not q.entries(store, dataset):
+        click.echo(f"nothing to replay: nothing of {dataset} is quarantined")
+    elif not keys:
         click.echo("nothing to replay (everything quarantined was already replayed under this contract)")
     else:
         click.echo("the worker validates them now; see `sluice status` or `sluice data list`")
