@@ -155,7 +155,8 @@ def csv(frame: pl.DataFrame) -> bytes:
 
 
 @pytest.mark.slow
-def test_features_and_labels_dropped_separately_train_on_the_point_in_time_join(runtime: Runtime) -> None:
+def test_features_and_labels_dropped_separately_train_on_the_point_in_time_join(runtime: Runtime,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     raw = events(n_customers=120)
     runtime.store.put("incoming/tx/events.csv", csv(raw))
     run_stage(runtime, "validate", "incoming/tx/events.csv")
@@ -175,6 +176,14 @@ def test_features_and_labels_dropped_separately_train_on_the_point_in_time_join(
     run_stage(runtime, "train-labels", only(runtime, "validated-labels/tx/", "manifest.json"))
     run = runtime.store.get_json(only(runtime, "runs/tx/", "run.json"))
     assert run["label_versions"] and run["feature_set_version"] in fs_key
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    shown = CliRunner().invoke(main, ["runs", "show", run["run_id"]]).output
+    assert f"label versions {run['label_versions'][0][:12]}" in shown, shown  # the lineage named only the events'
     assert run["holdout"]["rows"] + run["holdout"]["train_rows"] == labels.height
     encoding = runtime.store.get_json(run["artifacts"]["encoding"]["key"])
     inputs = encoding["order"]

@@ -77,8 +77,10 @@ def runs_show(run_id: str, as_json: bool) -> None:
     importance = run.get("feature_importance", {})
     top = sorted(importance.items(), key=lambda kv: (-kv[1], kv[0]))[:5]  # by gain, not by name
     click.echo("  top features: " + ", ".join(f"{k} {v:.1%}" for k, v in top))
+    labels = run.get("label_versions") or []
     click.echo(f"  inputs: features {run['feature_set_version']}, data versions "
-               + ", ".join(v[:12] for v in run["data_versions"]))
+               + ", ".join(v[:12] for v in run["data_versions"])
+               + ("" if not labels else ", label versions " + ", ".join(v[:12] for v in labels)))
     click.echo("  durations: " + ", ".join(f"{k} {v}s" for k, v in run["durations_s"].items()))
     env = run["environment"]
     click.echo(f"  environment: python {env['python']}, code {env.get('code', {})}, "
