@@ -8,13 +8,16 @@ core/, ml/ and handlers/ are written against these Protocols only. infra/ implem
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from sluice.core.errors import IntegrityError
 
 if TYPE_CHECKING:
     from sluice.events.model import ModelEvent
@@ -48,6 +51,18 @@ class Listed:
 
 # S3 lists LastModified to the second: objects written within a second of each other are not told apart by it.
 SAME_SECOND_S = 1.0
+
+
+def signed(store: ObjectStore, found: Iterable[str], reader: str) -> Iterator[tuple[str, Any]]:
+    """(key, document) for each of `found` whose signature holds. A planted or edited document is left out with a
+    warning naming it and `reader`: a reader that looks across many documents (reconcile's gaps, a trace) goes on,
+    and the stage the document would wake refuses it."""
+    for key in found:
+        try:
+            yield key, store.get_json(key)
+        except IntegrityError as exc:
+            logging.getLogger("sluice").warning("%s: left out %s: %s", reader, key,
+                                                str(exc).removeprefix(f"{key}: ").split(";")[0])
 
 
 def newest_first(store: ObjectStore, prefix: str, suffix: str) -> list[Listed]:

@@ -45,7 +45,15 @@ from sluice.ml.blend import MEMBER
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.modeling import EXTENSION, Encoding, Predictor, extension_of
 from sluice.ml.transforms import NULL_KEY, transforms_for_scoring
-from sluice.ml.validation import ISO_MIDNIGHT, MISSING_MARKERS, POLARS_TYPES, no_value, shown, typed_exprs
+from sluice.ml.validation import (
+    ISO_MIDNIGHT,
+    MISSING_MARKERS,
+    POLARS_TYPES,
+    check_parts,
+    no_value,
+    shown,
+    typed_exprs,
+)
 
 BUNDLE_FORMAT = "sluice-model-bundle"
 BUNDLE_SCHEMA_VERSION = 1
@@ -143,6 +151,7 @@ class Predictions:
     scored: np.ndarray  # 0-based positions of scored rows
     scores: np.ndarray  # regression values, P(class 1) for binary, class probabilities for multiclass
     unscored: list[dict[str, Any]] = field(default_factory=list)  # {row (1-based), column, reason}
+    _rows: list[Any] | None = field(default=None, init=False, repr=False, compare=False)  # per_row, made once
 
     @property
     def probabilities(self) -> np.ndarray | None:
@@ -166,10 +175,11 @@ class Predictions:
     def per_row(self) -> list[Any]:
         """The prediction of every input row, in its order: a class label or the value, None where it was not scored
         (`unscored` says why). Also what `len()`, iteration and indexing give (`model.predict(frame)[:5]`)."""
-        out: list[Any] = [None] * self.rows
-        for i, label in zip(self.scored.tolist(), self.labels, strict=True):
-            out[i] = label
-        return out
+        if self._rows is None:  # indexing row by row must not rebuild the list each time
+            self._rows = [None] * self.rows
+            for i, label in zip(self.scored.tolist(), self.labels, strict=True):
+                self._rows[i] = label
+        return list(self._rows)
 
     def __len__(self) -> int:
         return self.rows
@@ -178,15 +188,14 @@ class Predictions:
         return iter(self.per_row())
 
     def __getitem__(self, index: int | slice) -> Any:
-        return self.per_row()[index]
+        self.per_row()
+        assert self._rows is not None
+        return self._rows[index]
 
     def to_polars(self) -> pl.DataFrame:
         """One row per input row: `row`, `prediction`, `probability_<class>`, `unscored_reason`."""
         n = self.rows
-        pred: list[Any] = [None] * n
-        for i, label in zip(self.scored.tolist(), self.labels, strict=True):
-            pred[i] = label
-        columns: dict[str, Any] = {ROW: list(range(1, n + 1)), PREDICTION: pred}
+        columns: dict[str, Any] = {ROW: list(range(1, n + 1)), PREDICTION: self.per_row()}
         proba = self.probabilities
         if proba is not None and self.classes is not None:
             for j, cls in enumerate(self.classes):
@@ -266,11 +275,11 @@ class Model:
         `serve` without `--app`) cannot run here; one written as a `pandera.Check` runs in validation only."""
         rules = []
         for item in spec.checks:
-            check, params = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+            check, params = check_parts(item)
             fn = self.extensions.checks.get(check)
             if fn is None or not callable(fn) or type(fn).__module__.startswith("pandera"):
                 continue
-            expr = fn(pl.col(name), **(params or {}))  # as validation calls it (ml/validation.custom_check)
+            expr = fn(pl.col(name), **params)  # as validation calls it (ml/validation.custom_check)
             if isinstance(expr, pl.Expr):
                 rules.append((pl.col(name).is_not_null() & ~expr, name, f"fails the app's check {check!r}"))
         return rules

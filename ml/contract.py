@@ -585,7 +585,7 @@ def _identifier(s: pl.Series, name: str) -> bool:
 
 def _free_text_id(values: pl.Series) -> bool:
     """Text that no two rows share and that is not a date: an email, a code, a name (dates are read as dates)."""
-    return _date_layout(values) is None and not _date_layouts(values)
+    return not _date_layouts(values)  # ISO and every layout `_date_layout` knows, alone or together
 
 
 def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
@@ -662,47 +662,46 @@ DATE_LAYOUTS = (("date", "%d/%m/%Y"), ("date", "%m/%d/%Y"), ("date", "%d-%m-%Y")
                 ("datetime", "%m/%d/%Y %H:%M"), ("datetime", "%Y/%m/%d %H:%M:%S"))
 
 
-def _date_layout(s: pl.Series) -> tuple[str, str] | None:
-    """(dtype, format) when every value of a text column reads as one date layout."""
+def _date_cells(s: pl.Series) -> pl.Series | None:
+    """A text column's non-blank values, when each looks like a date (digits and separators); None otherwise."""
     if s.dtype != pl.Utf8:
         return None
     values = s.drop_nulls().str.strip_chars()
     values = values.filter(values.str.len_bytes() > 0)
     if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
         return None
-    for dtype, layout in DATE_LAYOUTS:
+    return values
+
+
+def _unread(values: pl.Series, layouts: list[tuple[str, str]]) -> pl.Series:
+    """The values none of `layouts` reads as a date (or datetime)."""
+    for dtype, layout in layouts:
         read = (values.str.to_date(layout, strict=False) if dtype == "date"
                 else values.str.to_datetime(layout, strict=False, time_unit="us"))
-        if not read.null_count():
-            return dtype, layout
-    return None
+        values = values.filter(read.is_null())
+    return values
+
+
+def _date_layout(s: pl.Series) -> tuple[str, str] | None:
+    """(dtype, format) when every value of a text column reads as one date layout."""
+    values = _date_cells(s)
+    if values is None:
+        return None
+    return next((layout for layout in DATE_LAYOUTS if not _unread(values, [layout]).len()), None)
 
 
 def _date_layouts(s: pl.Series) -> list[str]:
-    """The layouts that together read every value of a text column as a date, when no single one does (a file
-    stitched from two exports: 2024-03-01 and 03/01/2024); [] when some value is not a date in any."""
-    if s.dtype != pl.Utf8:
+    """The layouts that together read every value of a text column as a date, ISO's among them, fewest first found
+    (a file stitched from two exports: 2024-03-01 and 03/01/2024); [] when some value is not a date in any."""
+    values = _date_cells(s)
+    if values is None:
         return []
-    values = s.drop_nulls().str.strip_chars()
-    values = values.filter(values.str.len_bytes() > 0)
-    if not values.len() or not bool(values.str.contains(r"^[0-9][0-9./: T-]+$").all()):
-        return []
-    def unread(layouts: list[tuple[str, str]]) -> pl.Series:
-        left = values
-        for dtype, layout in layouts:
-            read = (left.str.to_date(layout, strict=False) if dtype == "date"
-                    else left.str.to_datetime(layout, strict=False, time_unit="us"))
-            left = left.filter(read.is_null())
-        return left
-
-    used = []
-    for candidate in (("date", "%Y-%m-%d"), ("datetime", "%Y-%m-%d %H:%M:%S"), *DATE_LAYOUTS):
-        if unread([candidate]).len() < values.len():
-            used.append(candidate)
-    if unread(used).len():
+    candidates = (("date", "%Y-%m-%d"), ("datetime", "%Y-%m-%d %H:%M:%S"), *DATE_LAYOUTS)
+    used = [c for c in candidates if _unread(values, [c]).len() < values.len()]
+    if _unread(values, used).len():
         return []
     for candidate in list(used):  # the fewest: 01/02/2024 reads day first too, but 13/01 or 01/13 decide
-        if len(used) > 1 and not unread([u for u in used if u != candidate]).len():
+        if len(used) > 1 and not _unread(values, [u for u in used if u != candidate]).len():
             used.remove(candidate)
     return [layout for _, layout in used]
 

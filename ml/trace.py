@@ -11,19 +11,16 @@ trained on it names it in `trace_links`, and its path goes on through that run's
 
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sluice.core import keys, tracing
-from sluice.core.errors import IntegrityError, SluiceError
-from sluice.core.ports import ObjectStore, StateBackend
+from sluice.core.errors import SluiceError
+from sluice.core.ports import ObjectStore, StateBackend, signed
 from sluice.events.run import read as read_run
 from sluice.ml.registry import ModelRegistry
 from sluice.ml.registry_index import actions
-
-log = logging.getLogger("sluice")
 
 # The stages of the built-in chain, in order; spans of other stages (an app's own) follow them.
 ORDER = ("validate", "labels", "features", "train", "benchmark", "register", "event", "backtest")
@@ -268,18 +265,6 @@ def _first_drop_of(store: ObjectStore, dataset: str, data_version: str) -> dict[
     return None
 
 
-def _readable(store: ObjectStore, found: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The documents among `found` whose signatures hold. A trace reports; it does not refuse: a planted or edited
-    one is left out with a warning naming it (a stage that meets it refuses it, and `sluice status` lists it)."""
-    docs = []
-    for key in found:
-        try:
-            docs.append((key, store.get_json(key)))
-        except IntegrityError as exc:
-            log.warning("trace: left out %s", exc)
-    return docs
-
-
 def _first_sentence(text: str, limit: int = 160) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
@@ -293,7 +278,7 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
     # The spans name what each attempt wrote: read those documents; scan only for paths recorded without spans.
     written = _written(attempts, keys.FEATURES, "/" + keys.MANIFEST) or [
         k for k in store.keys(keys.FeatureSet.prefix(dataset)) if k.endswith("/" + keys.MANIFEST)]
-    mine = [(k, f) for k, f in _readable(store, written) if f.get("trace_id") == trace_id]
+    mine = [(k, f) for k, f in signed(store, written, "trace") if f.get("trace_id") == trace_id]
     if mine or attempts:
         key, fs = mine[0] if mine else (None, None)
         step = Step("features", "materialized" if fs else (attempts[-1]["outcome"] if attempts else "?"),
@@ -309,9 +294,9 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
     # New labels wake training as `train-labels`: the same step of the path.
     attempts = sorted(by_stage.pop("train", []) + by_stage.pop("train-labels", []), key=lambda a: a["started_at"])
     own_keys = _written(attempts, keys.RUNS, "/" + keys.RUN)
-    own = [r for r in (read_run(d) for _, d in _readable(store, own_keys)) if r.get("trace_id") == trace_id]
-    runs = [] if own else [read_run(d) for _, d in _readable(
-        store, [k for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)])]
+    own = [r for r in (read_run(d) for _, d in signed(store, own_keys, "trace")) if r.get("trace_id") == trace_id]
+    runs = [] if own else [read_run(d) for _, d in signed(
+        store, [k for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/" + keys.RUN)], "trace")]
     own = own or [r for r in runs if r.get("trace_id") == trace_id]
     via = [r for r in runs if trace_id in (r.get("trace_links") or []) and r.get("trace_id") != trace_id]
     if not own and attempts:

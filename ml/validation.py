@@ -480,10 +480,18 @@ def build_schema(contract: Contract, extensions: Extensions | None = None) -> pa
     return pa.DataFrameSchema(columns, strict=False, name=contract.dataset)
 
 
+def check_parts(item: str | dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """A contract's `checks:` entry as (name, parameters): `positive`, or `{at_most: {limit: 30}}`."""
+    if isinstance(item, str):
+        return item, {}
+    name, params = next(iter(item.items()))
+    return name, params or {}
+
+
 def custom_check(extensions: Extensions, item: str | dict[str, dict[str, Any]]) -> pa.Check:
     """A check the app registers, as pandera runs it: a `pandera.Check` as is, or a function of the column (a polars
     expression) and the contract's parameters that gives true for valid rows. Nulls are left to `nullable`."""
-    name, params = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+    name, params = check_parts(item)
     fn = extensions.check(name)  # an AppError naming what is registered when it is not
     if isinstance(fn, pa.Check):
         return fn
