@@ -504,9 +504,11 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         f"Up to {INFERRED_MAX_INVALID_FRACTION:.0%} of a file's rows may break a rule: they are quarantined with a "
         "report (file, row, column, rule) and the rest goes on; above it the whole file stops. One bad row in a "
         "large export should not hold back the rest. Set 0 to stop any file with a bad row.")
-    notes["training"] = ("FLAML's search budget in seconds; debounce_s: drops within this many seconds of each "
-                         "other train once. leakage: refuse (no promotion), exclude (train without the column) or "
-                         "warn, when one column alone predicts the target.")
+    notes["training"] = ("FLAML's search budget in seconds; debounce_s: drops that arrive while earlier ones are "
+                         "still on their way train once, after this many quiet seconds; a drop when nothing else is "
+                         "pending trains at once (a file dropped after that training started makes a run of its "
+                         "own). leakage: refuse (no promotion), exclude (train without the column) or warn, when "
+                         "one column alone predicts the target.")
     # A date reaches the model as a day number: a trend, but no season or weekday. Their parts are declared
     # features, as a data scientist would add them (plain FLAML expands dates the same way).
     features = [Transform(name=f"{name}_{part}", op=part, columns=[name])  # type: ignore[arg-type]

@@ -409,6 +409,7 @@ def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> No
 
     run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
     assert run["refit"]["rows"] == run["holdout"]["rows"] + run["holdout"]["train_rows"] == 569
+    assert run["refit"]["bag"] == {"folds": 5, "seed": 42}  # each member fitted 5 times, each without a fold
     [version] = ModelRegistry(runtime.store, MemoryState()).versions(DATASET)
     assert version["bundle"] == run["refit"]["bundle"] and version["evaluated_bundle"] == run["bundle"]
     assert version["artifact"]["sha256"] == run["refit"]["model"]["sha256"] != run["artifacts"]["model"]["sha256"]
