@@ -40,7 +40,8 @@ def tables(extra: str | None) -> list[tuple[str, str, str, pd.DataFrame]]:
     out.append(("iris", "target", "multiclass", iris))
     if extra:
         for name, meta in json.loads((Path(extra) / "datasets.json").read_text()).items():
-            out.append((name, meta["target"], meta["task"], pd.read_parquet(Path(extra) / f"{name}.parquet")))
+            if name not in {t[0] for t in out}:
+                out.append((name, meta["target"], meta["task"], pd.read_parquet(Path(extra) / f"{name}.parquet")))
     return out
 
 
