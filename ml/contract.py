@@ -346,13 +346,13 @@ class Contract(_Strict):
         lines = [*_comment(self._notes.get(""), 0)]
         for key, value in doc.items():
             lines += _comment(self._notes.get(key), 0)
-            if key != "columns":
+            if not (isinstance(value, dict) and value and any(f"{key}.{name}" in self._notes for name in value)):
                 lines += yaml.safe_dump({key: value}, sort_keys=False).splitlines()
                 continue
-            lines.append("columns:")
-            for name, spec in value.items():
-                lines += _comment(self._notes.get(f"columns.{name}"), 2)
-                lines += ["  " + line for line in yaml.safe_dump({name: spec}, sort_keys=False).splitlines()]
+            lines.append(f"{key}:")  # a block with notes on its entries (columns, limits, promotion, drift)
+            for name, item in value.items():
+                lines += _comment(self._notes.get(f"{key}.{name}"), 2)
+                lines += ["  " + line for line in yaml.safe_dump({name: item}, sort_keys=False).splitlines()]
         return "\n".join(lines) + "\n"
 
     def __eq__(self, other: object) -> bool:
@@ -507,6 +507,7 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     notes["training"] = ("FLAML's search budget in seconds; debounce_s: drops within this many seconds of each "
                          "other train once. leakage: refuse (no promotion), exclude (train without the column) or "
                          "warn, when one column alone predicts the target.")
+    notes.update(_LIMIT_NOTES)
     # A date reaches the model as a day number: a trend, but no season or weekday. Their parts are declared
     # features, as a data scientist would add them (plain FLAML expands dates the same way).
     features = [Transform(name=f"{name}_{part}", op=part, columns=[name])  # type: ignore[arg-type]
@@ -539,6 +540,37 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
         extra_columns="drop" if index or identifiers else "reject",
     ).with_notes(notes)
+
+
+# What `contract infer` writes next to the blocks it leaves at their defaults: what each value means, how to tighten it.
+_LIMIT_NOTES = {
+    "promotion": ("The gate a new model passes to replace the champion (the first one: the naive baseline), on the "
+                  "held-out rows. Defaults; tighten by raising min_improvement or confidence, or adding slices and "
+                  "guardrails."),
+    "promotion.min_improvement": "promoted only when the whole confidence interval of the gain is above this",
+    "promotion.confidence": "of that paired-bootstrap interval; 0.99 asks for stronger evidence",
+    "promotion.bootstrap_resamples": "resamples behind the interval; more is steadier and slower",
+    "promotion.min_holdout_rows": "fewer held-out rows are insufficient evidence: no decision",
+    "promotion.slices": "feature columns whose every value (or quartile) must not get worse; e.g. [region]",
+    "promotion.non_inferiority_margin": "how much worse a slice may be before the candidate is rejected; lower is "
+                                        "stricter",
+    "promotion.min_slice_rows": "smaller slices are reported, not judged",
+    "promotion.guardrails": ("other metrics that must not get worse, e.g. {log_loss: {max_regression: 0.01}}; also "
+                             "max_model_bytes and max_p99_latency_ms (single-row predict) may be set"),
+    "drift": "When new data counts as drifted from the champion's training data, and what that triggers.",
+    "drift.psi_threshold": "a column has drifted when its PSI is above this; lower is more sensitive",
+    "drift.max_drifted_share": "the data has drifted when more than this share of its columns has; lower is stricter",
+    "drift.retrain": "always: every new data version trains; on_drift: only drifted data; never: only recorded",
+    "limits": ("What one file may cost a worker; a file over a limit is quarantined naming the limit. Defaults, far "
+               "above most files: lower them to what your files hold to refuse runaway ones sooner."),
+    "limits.max_file_bytes": "the file's size in bytes, after decompression",
+    "limits.max_compression_ratio": "decompressed over compressed size (a zip bomb is far above it)",
+    "limits.max_rows": "rows in one file",
+    "limits.max_columns": "columns in one file",
+    "limits.max_cell_bytes": "bytes in one cell (or one line of a text file)",
+    "limits.max_header_field_bytes": "bytes in one column name",
+    "limits.max_training_rows": "above it a run trains on a seeded sample of this many rows",
+}
 
 
 # pandas' to_parquet() writes an unnamed index that is not a plain 0..n-1 range as a column of this name.
