@@ -124,3 +124,52 @@ def test_rows_sent_again_are_not_taken_for_a_leak() -> None:
     # A real leak is still found among the copies.
     leaky = pl.concat([leaky_sample()] * 4)
     assert [f.column for f in findings_of(leaky, "diagnosis")] == ["referral_ward"]
+
+
+def test_a_function_of_a_skewed_column_is_flagged() -> None:
+    """A tester's `bill = 2 * usage + 1` with a lognormal usage, and cents from dollars, were promoted with holdout R²
+    1.0: the one-column tree cannot reach the sparse tail (R² 0.970 held out). The target's rank has no tail."""
+    rng = np.random.default_rng(7)
+    n = 400
+    usage = np.round(rng.lognormal(3, 1, n), 3)
+    noise = rng.normal(size=n)
+    lin = pl.DataFrame({"noise": noise, "usage": usage, "bill": np.round(2 * usage + 1, 3)})
+    [finding] = findings_of(lin, "bill")
+    assert (finding.column, finding.kind, finding.measure) == ("usage", "determines_target", "rank_r2")
+    assert "'usage'" in finding.message and "function of column" in finding.message
+    dollars = np.round(rng.lognormal(3, 1, n), 2)
+    cents = pl.DataFrame({"noise": noise, "price_usd": dollars,
+                          "price_cents": np.round(dollars * 100).astype(np.int64)})
+    assert [(f.column, f.kind) for f in findings_of(cents, "price_cents")] == [("price_usd", "determines_target")]
+    # A strong but legitimate column of the same skew (R² about 0.9 on the values and on the ranks) is not flagged.
+    strong = pl.DataFrame({"usage": usage, "bill": usage * np.exp(rng.normal(scale=0.3, size=n))})
+    assert findings_of(strong, "bill") == []
+
+
+def test_a_leak_missing_on_some_rows_is_flagged_where_present() -> None:
+    """A tester's `risk_score`, the label itself wherever recorded and missing on 30 % of rows at random, was promoted
+    (AUC 0.944): the missing values, filled with the median, kept its score on every row under the threshold."""
+    rng = np.random.default_rng(8)
+    n = 400
+    x = rng.normal(size=n)
+    y = np.where(x + rng.normal(scale=0.8, size=n) > 0, "yes", "no")
+    score = np.where(y == "yes", rng.uniform(60, 100, n), rng.uniform(0, 40, n))
+    for missing in (0.05, 0.3, 0.6):
+        leaky = pl.DataFrame({"x": x, "risk_score": np.where(rng.random(n) < missing, np.nan, score), "y": y})
+        [finding] = findings_of(leaky, "y")
+        assert (finding.column, finding.kind) == ("risk_score", "predicts_target")
+        assert finding.present_share is not None and abs(finding.present_share - (1 - missing)) < 0.1
+        assert "on the rows where it is present" in finding.message
+        assert f"present on {finding.present_share:.0%} of the rows" in finding.message
+        assert finding.to_dict()["present_share"] == finding.present_share
+    # Present on under a quarter of the rows: too few to tell a leak from a narrow rule.
+    rare = pl.DataFrame({"x": x, "risk_score": np.where(rng.random(n) < 0.85, np.nan, score), "y": y})
+    assert findings_of(rare, "y") == []
+    # A strong legitimate column (balanced accuracy about 0.9) with the same missing values is not flagged.
+    strong = np.where(rng.random(n) < 0.3, np.nan, x + rng.normal(scale=0.3, size=n))
+    assert findings_of(pl.DataFrame({"x": strong, "y": y}), "y") == []
+    # Text columns too: a missing category is not a value that predicts.
+    label = pl.Series(y).replace({"yes": "high", "no": "low"})
+    coded = pl.DataFrame({"x": x, "band": label, "y": y}).with_columns(
+        pl.when(pl.Series(rng.random(n) < 0.3)).then(None).otherwise(pl.col("band")).alias("band"))
+    assert [f.column for f in findings_of(coded, "y")] == ["band"]
