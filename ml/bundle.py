@@ -612,8 +612,8 @@ def as_frame(rows: Any) -> pl.DataFrame:
     if isinstance(rows, Sequence) and all(isinstance(r, Mapping) for r in rows):
         return _from_dicts(list(rows))
     module = type(rows).__module__
-    if module.startswith("pandas"):
-        return pl.from_pandas(rows)
+    if module.startswith("pandas") and hasattr(rows, "columns"):
+        return _from_pandas(rows)
     raise ModelInputError(f"cannot score a {type(rows).__name__}: pass a polars or pandas frame, a list of dicts, "
                           "or the path of a CSV or Parquet file")
 
@@ -688,26 +688,49 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
     for r in rows:
         for k in r:
             names.setdefault(str(k), None)
-    columns = []
-    for name in names:
-        values = [None if _is_missing(v) else v for v in (r.get(name) for r in rows)]
-        kinds = {type(v) for v in values if v is not None}
-        if int in kinds and any(type(v) is int and not -2**63 <= v < 2**63 for v in values):
-            kinds.add(str)  # beyond 64 bits (JSON has no bound): as text, refused by the contract's type with it
-        if kinds == {float} or kinds == {int, float}:
-            values = [None if v is None else float(v) for v in values]
-            columns.append(pl.Series(name, values, dtype=pl.Float64))
-        elif len(kinds) == 1 and kinds <= {int, bool, str}:
-            columns.append(pl.Series(name, values))
-        elif not kinds:
-            columns.append(pl.Series(name, values, dtype=pl.Utf8))
-        elif all(issubclass(k, datetime) for k in kinds):
-            # datetimes (pandas' Timestamps too: pandas has no date type, so its dates arrive as midnights) keep
-            # their type, as in a frame; as text ("2024-05-20 00:00:00") a date column would refuse them.
-            columns.append(pl.Series(name, values))
-        else:
-            columns.append(pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8))
-    return pl.DataFrame(columns)
+    return pl.DataFrame([_values_column(name, [r.get(name) for r in rows]) for name in names])
+
+
+def _values_column(name: str, cells: Sequence[Any]) -> pl.Series:
+    """One column of Python values (row dicts', a pandas object column's): one type keeps it, a mix is text."""
+    values = [None if _is_missing(v) else v for v in cells]
+    kinds = {type(v) for v in values if v is not None}
+    if int in kinds and any(type(v) is int and not -2**63 <= v < 2**63 for v in values):
+        kinds.add(str)  # beyond 64 bits (JSON has no bound): as text, refused by the contract's type with it
+    if kinds == {float} or kinds == {int, float}:
+        return pl.Series(name, [None if v is None else float(v) for v in values], dtype=pl.Float64)
+    if len(kinds) == 1 and kinds <= {int, bool, str}:
+        return pl.Series(name, values)
+    if not kinds:
+        return pl.Series(name, values, dtype=pl.Utf8)
+    if all(issubclass(k, datetime) for k in kinds):
+        # datetimes (pandas' Timestamps too: pandas has no date type, so its dates arrive as midnights) keep
+        # their type, as in a frame; as text ("2024-05-20 00:00:00") a date column would refuse them.
+        with contextlib.suppress(Exception):  # a mix of zones, or of zoned and naive, is text as any other mix
+            return pl.Series(name, values)
+    return pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8)
+
+
+def _from_pandas(frame: Any) -> pl.DataFrame:
+    """A pandas frame's columns as polars: its typed columns as `pl.from_pandas` converts them, its object columns
+    (Python values, any mix: `[52000.5, "41000.25"]`, which Arrow refused with a traceback) and any column Arrow
+    cannot take as row dicts' values are (`_values_column`). A mix is text, typed by the contract, so a value it
+    cannot read is that row's reason, as it is from dicts and CSV."""
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ModelInputError(f"the frame has columns named alike ({', '.join(map(repr, twice))}): name each once")
+    typed = [i for i, dtype in enumerate(frame.dtypes) if str(dtype) != "object"]
+    converted: dict[int, pl.Series] = {}
+    try:  # one conversion for the typed columns (per column only when one of them fails)
+        converted = dict(zip(typed, pl.from_pandas(frame.iloc[:, typed]).get_columns(), strict=True))
+    except Exception:
+        for i in typed:
+            with contextlib.suppress(Exception):  # Arrow has no type for it (complex numbers, periods, ...)
+                converted[i] = pl.from_pandas(frame.iloc[:, [i]]).to_series()
+    return pl.DataFrame([converted[i].rename(name) if i in converted
+                         else _values_column(name, frame.iloc[:, i].tolist()) for i, name in enumerate(names)],
+                        height=len(frame))
 
 
 # -- reading bundles ---------------------------------------------------------------------------------------------
