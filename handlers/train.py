@@ -559,10 +559,12 @@ def _check_leakage(ctx: Context, contract: Contract, train_frame: pl.DataFrame, 
     findings = leakage.check(train_frame, encoding, seed=contract.training.seed)
     for f in findings:
         ctx.log.warning("leak  train      %s: %s (training.leakage: %s)", contract.dataset, f.message, policy)
+    flagged = [f.column for f in findings]
+    derived = leakage.derived_from(contract, flagged)  # a leaky date's parts give the leak away too
     if findings and policy == "exclude":
-        encoding = modeling.Encoding.fit(train_frame, contract,
-                                         exclude=[*training_columns(contract), *(f.column for f in findings)])
-    return leakage.summary(findings, policy), encoding
+        encoding = modeling.Encoding.fit(train_frame, contract, exclude=[*training_columns(contract), *flagged,
+                                                                         *derived])
+    return leakage.summary(findings, policy, derived), encoding
 
 
 def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] | None:

@@ -121,6 +121,23 @@ def signature(contract: Contract, encoding: Encoding) -> dict[str, Any]:
             "feature_order": encoding.columns, "outputs": outputs}
 
 
+def needed_features(contract: Contract, encoding: Encoding) -> Contract:
+    """`contract` with only the declared features the model's input is computed from (directly, or through other
+    features), in their order: scoring computes no other, so a column that only feeds features the model was
+    trained without (a leak `training.leakage: exclude` left out, with what is derived from it) is not needed."""
+    derived = {t.name: t for t in contract.features}
+    keep: set[str] = set()
+    todo = [c for c in encoding.columns if c in derived]
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(c for c in derived[name].columns if c in derived)
+    if len(keep) == len(contract.features):
+        return contract
+    return contract.model_copy(update={"features": [t for t in contract.features if t.name in keep]})
+
+
 def required_columns(contract: Contract, encoding: Encoding) -> set[str]:
     """Contract columns the model's input is computed from (directly, or through declared features)."""
     derived = {t.name: t for t in contract.features}
@@ -262,7 +279,8 @@ class Model:
         self.encoding = self.predictor.encoding  # in the model's own column order
         self.classes = self.encoding.classes
         self.required = required_columns(self.contract, self.encoding)
-        self._fast = _FastRows(self.contract, self.encoding, self.frequencies, self.required)
+        self._scoring = needed_features(self.contract, self.encoding)  # the contract with only the model's features
+        self._fast = _FastRows(self._scoring, self.encoding, self.frequencies, self.required)
 
     def __repr__(self) -> str:
         v = f" v{self.version}" if self.version is not None else ""
@@ -371,7 +389,7 @@ class Model:
                         value = rec[name]
                         problems.setdefault(i, []).append(
                             (name, f"{name}: {_short(value)} {what}" if value is not None else f"{name} {what}"))
-        featured, missing = transforms_for_scoring(checked.drop(flag_names), self.contract, self.frequencies,
+        featured, missing = transforms_for_scoring(checked.drop(flag_names), self._scoring, self.frequencies,
                                                   self.extensions)
         for feature, why in missing.items():
             if feature in self.encoding.columns:

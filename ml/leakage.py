@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from sluice.ml.contract import Contract
 from sluice.ml.modeling import Encoding
 
 THRESHOLD = 0.98  # balanced accuracy or R² of one column alone, on rows the tree was not fitted on
@@ -251,12 +252,40 @@ def _determines(x: np.ndarray, y: np.ndarray, classify: bool, score: float) -> b
     return int(repeated["n"].sum()) >= 0.5 * len(y) and int(repeated["classes"].max()) == 1  # type: ignore[arg-type]
 
 
-def summary(findings: list[Finding], policy: str) -> dict[str, Any]:
-    """What the run records: the policy, what it did, and every finding."""
+def derived_from(contract: Contract, columns: list[str]) -> list[str]:
+    """The declared features computed from `columns`, directly or through other features, in the contract's order:
+    a date's parts, a ratio, a window over it. Excluding a leak excludes them too: `last_activity`'s day and
+    weekday carried on its leak (and made the model need the date to score) when only the date was left out."""
+    out: set[str] = set(columns)
+    grew = True
+    while grew:
+        grew = False
+        for t in contract.features:
+            if t.name not in out and any(c in out for c in t.columns):
+                out.add(t.name)
+                grew = True
+    return [t.name for t in contract.features if t.name in out and t.name not in columns]
+
+
+def summary(findings: list[Finding], policy: str, derived: list[str] | None = None) -> dict[str, Any]:
+    """What the run records: the policy, what it did, and every finding. `derived`: the features computed from
+    the flagged columns, which `exclude` leaves out with them (`excluded` lists both)."""
+    derived = list(derived or []) if policy == "exclude" and findings else []
     action = {"refuse": "promotion refused", "exclude": "columns excluded from training",
               "warn": "trained with the columns; promotion allowed"}[policy] if findings else "none"
-    return {"policy": policy, "action": action, "columns": [f.column for f in findings],
+    if derived:
+        action += f" with the features derived from them ({', '.join(derived)})"
+    columns = [f.column for f in findings]
+    return {"policy": policy, "action": action, "columns": columns,
+            **({"excluded": [*columns, *derived]} if policy == "exclude" and findings else {}),
             "findings": [f.to_dict() for f in findings]}
+
+
+def excluded(leakage: dict[str, Any] | None) -> list[str]:
+    """The columns a run left out of training as leaks (a run recorded before `excluded` left out its `columns`)."""
+    if not leakage or leakage.get("policy") != "exclude":
+        return []
+    return list(leakage.get("excluded", leakage.get("columns", [])))
 
 
 def reasons(leakage: dict[str, Any] | None) -> list[str]:

@@ -173,3 +173,37 @@ def test_a_leak_missing_on_some_rows_is_flagged_where_present() -> None:
     coded = pl.DataFrame({"x": x, "band": label, "y": y}).with_columns(
         pl.when(pl.Series(rng.random(n) < 0.3)).then(None).otherwise(pl.col("band")).alias("band"))
     assert [f.column for f in findings_of(coded, "y")] == ["band"]
+
+
+@pytest.mark.slow
+def test_exclude_leaves_out_what_is_derived_from_a_leak_and_scores_without_it(runtime: Runtime) -> None:
+    """A tester's leaky `last_activity` date under `exclude`: the date and its month were left out, its day and
+    weekday (declared features computed from it) were trained on, and a row without the date, as in production
+    where it is not known yet, came back unscored: "column 'last_activity' is missing"."""
+    from datetime import date, timedelta
+
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    rng = np.random.default_rng(5)
+    start = np.where(frame["diagnosis"].to_numpy() == "malignant", 0, 150) + rng.integers(0, 90, frame.height)
+    frame = frame.with_columns(pl.Series("last_activity", [date(2024, 1, 1) + timedelta(days=int(d)) for d in start]))
+    contract = infer_contract(frame, DATASET, "diagnosis", BUDGET_S, debounce_s=0)
+    derived = ["last_activity_month", "last_activity_day", "last_activity_dayofweek"]
+    assert [t.name for t in contract.features] == derived  # the date parts `contract infer` declares
+    contract = contract.model_copy(update={"training": contract.training.model_copy(update={"leakage": "exclude"})})
+    runtime.store.put(contract_key(DATASET), contract.to_yaml().encode())
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    run = run_chain(runtime, f"incoming/{DATASET}/leaky-date.csv", buffer.getvalue())
+
+    assert "last_activity" in run["leakage"]["columns"]
+    assert set(run["leakage"]["excluded"]) == {"last_activity", *derived}
+    assert "derived from them" in run["leakage"]["action"]
+    model = bundle.load_run(runtime.store, run)
+    assert not {"last_activity", *derived} & set(model.encoding.columns)
+    assert "last_activity" not in model.required
+    rows = frame.drop("diagnosis", "last_activity").head(5)
+    for scored in (model.predict(rows), model.predict(rows.to_dicts()), model.predict(rows.to_dicts()[0])):
+        assert scored.unscored == [] and len(scored.scored) == len(scored)
+    from sluice.ml import runs
+
+    assert runs.reproduce(runtime.store, run)["match"]
