@@ -572,6 +572,42 @@ def test_a_class_target_with_missing_labels_passes_the_contract_inferred_from_it
     assert not complete.columns["label"].nullable  # a sample with every label keeps requiring one
 
 
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_the_next_batch_with_its_whole_number_labels_written_as_decimals_passes(fmt: str, tmp_path: Path) -> None:
+    # `contract infer` on a file labelled 0/1 pinned the classes ['0', '1']; the next file of the same source,
+    # written by pandas once one label was missing, holds 0.0/1.0 and every row of it was quarantined ("got '0.0'").
+    # Inferred from 0.0/1.0, the next file's 0/1 was refused alike. The classes keep the first file's spelling.
+    import pandas as pd
+
+    from sluice.ml.modeling import Encoding
+    from sluice.ml.validation import read_sample
+
+    labels = [0, 1, 1, 0, 1] * 8
+    ints = pd.DataFrame({"x": [float(i) for i in range(40)], "churned": labels})
+    floats = pd.DataFrame({"x": [float(i) for i in range(40)], "churned": list(map(float, labels))})
+    for first, then, classes in ((ints, floats, ["0", "1"]), (floats, ints, ["0.0", "1.0"])):
+        sample = read_sample("first.csv", _written_by_pandas(first, "csv"))
+        contract = parse_contract(infer_contract(sample, "churn", "churned").to_yaml())
+        assert contract.columns["churned"].categories == classes
+        (tmp_path / f"next.{fmt}").write_bytes(_written_by_pandas(then, fmt))
+        split = validate_file(tmp_path / f"next.{fmt}", f"incoming/churn/next.{fmt}", contract, tmp_path)
+        assert split.rows_invalid == 0, split.summary()
+        valid = pl.read_parquet(split.valid_path)
+        assert sorted(valid["churned"].drop_nulls().unique().to_list()) == classes
+        first_rows = pl.from_pandas(first).with_columns(pl.col("churned").cast(pl.Utf8))
+        if first["churned"].dtype.kind == "f":
+            first_rows = first_rows.with_columns(pl.col("churned").str.replace(r"^(\d+)$", "${1}.0"))
+        both = pl.concat([first_rows, valid], how="vertical_relaxed")
+        assert Encoding.fit(both, contract).classes == classes  # the model reports the first file's class names
+    # A class that is no whole number of a category stays refused; and a code with a leading zero is not a number.
+    contract = parse_contract(infer_contract(pl.DataFrame({"x": [1.0, 2.0, 3.0], "y": ["7", "8", "7"]}), "d", "y")
+                              .to_yaml())
+    (tmp_path / "odd.csv").write_text("x,y\n1,7.0\n2,8.5\n3,07\n4,9\n5, 8 \n")
+    split = validate_file(tmp_path / "odd.csv", "incoming/d/odd.csv", contract, tmp_path)
+    assert [(f.row, f.value) for f in split.examples] == [(2, "8.5"), (3, "07"), (4, "9")], split.examples
+    assert pl.read_parquet(split.valid_path)["y"].to_list() == ["7", "8"]  # ' 8 ' is the number 8, as for numbers
+
+
 def test_a_zoned_datetime_column_written_by_pandas_reads_as_its_parquet_does(tmp_path: Path) -> None:
     # pandas writes a zoned column as `2024-03-01 08:00:00+01:00`; polars refused to read it with no zone and the
     # whole CSV was quarantined as unparseable ("check the delimiter"), while its Parquet twin passed.
