@@ -430,6 +430,8 @@ def parse_contract(text: str | bytes, source: str = "contract") -> Contract:
 # never across zero), features may be missing, and a small share of bad rows is quarantined rather than stopping
 # the file. Every such choice is written next to the value, with how to tighten it.
 INFERRED_MAX_INVALID_FRACTION = 0.01
+UNLABELLED = (" A row without a label passes and is left out of training (its label may come later); set "
+              "`nullable: false` to quarantine such rows instead.")
 WIDEN_BY_SPAN = 1.0
 
 
@@ -477,16 +479,16 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     if task != "regression" and _dtype_of(y.dtype) == "bool":
         # A bool target stays bool: validation reads it however the file spells it (pandas writes True/False,
         # other tools true/false or 1/0), where pinned text categories would refuse every row of the sample.
-        columns[target] = ColumnSpec(dtype="bool", nullable=columns[target].nullable)
-        notes[f"columns.{target}"] = "target: true or false (True/False, 1/0 are read the same)."
+        columns[target] = ColumnSpec(dtype="bool", nullable=True)
+        notes[f"columns.{target}"] = "target: true or false (True/False, 1/0 are read the same)." + UNLABELLED
     elif task != "regression":
         # Labels are classes, not a range: pin them so an unseen class is caught at validation.
         classes = [str(v) for v in y.cast(pl.Utf8).unique().sort().to_list()]
-        # Nullable as the sample is (as for a regression target): rows without a label pass validation and are
-        # left out of training, where a pinned `nullable: false` quarantined the very file this was inferred from.
-        columns[target] = ColumnSpec(dtype="str", nullable=columns[target].nullable, categories=classes)
+        columns[target] = ColumnSpec(dtype="str", nullable=True, categories=classes)
         notes[f"columns.{target}"] = (f"target: the {len(classes)} classes of the sample; a row with another class "
-                                      "is quarantined. Add a class here before data with it arrives.")
+                                      "is quarantined. Add a class here before data with it arrives." + UNLABELLED)
+    else:
+        notes[f"columns.{target}"] = f"target: {notes[f'columns.{target}']}." + UNLABELLED
     notes[""] = (f"Inferred by `sluice contract infer` from {frame.height} rows. Review it, then "
                  "`sluice contract put`. Limits are deliberately loose so the next file of the same source passes; "
                  "the comments say how to tighten each one.")
@@ -625,9 +627,10 @@ def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
     dtype = _dtype_of(s.dtype)
     nulls = s.null_count()
     values = s.drop_nulls()
-    # A feature may be missing in the next file even if the sample had none; the model handles missing values.
-    # A target must be there to learn from, so it is nullable only when the sample already had gaps.
-    nullable = bool(nulls) or not is_target
+    # Any column may be missing in the next file even if the sample had none. The model handles a missing feature;
+    # a row without a label passes and is left out of training (labels that are not known yet are common: pandas
+    # then writes 0/1 as 0.0/1.0). Required, one such row in a next file of under 100 rows stopped it whole.
+    nullable = True
     parts = [f"{nulls} missing of {s.len()}"]
     spec: dict[str, Any] = {"dtype": dtype, "nullable": nullable}
     if dtype in ("int", "float") and values.len():
