@@ -34,13 +34,14 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from sluice.ml.contract import Contract
-from sluice.ml.modeling import Encoding
+if TYPE_CHECKING:  # annotations only: `sluice trace` and `runs show` import this module for `brief`
+    from sluice.ml.contract import Contract
+    from sluice.ml.modeling import Encoding
 
 THRESHOLD = 0.98  # balanced accuracy or R² of one column alone, on rows the tree was not fitted on
 DETERMINES = 0.999
@@ -294,3 +295,16 @@ def reasons(leakage: dict[str, Any] | None) -> list[str]:
         return []
     return [f"leakage: {f['message']} (training.leakage: refuse; set exclude to train without it)"
             for f in leakage["findings"]]
+
+
+def brief(leakage: dict[str, Any] | None) -> str | None:
+    """One line for `runs show`, `models show` and `trace`: the flagged columns, how, and the policy's action."""
+    if not leakage or not leakage.get("findings"):
+        return None
+
+    def one(f: dict[str, Any]) -> str:
+        where = f", where present ({f['present_share']:.0%} of rows)" if f.get("present_share") is not None else ""
+        return f"{f['column']!r} ({f['kind']}, {f['measure']} {f['score']:.3f}{where})"
+
+    return (f"leakage: {', '.join(one(f) for f in leakage['findings'])}; training.leakage: {leakage['policy']}, "
+            f"{leakage['action']}")

@@ -207,3 +207,38 @@ def test_exclude_leaves_out_what_is_derived_from_a_leak_and_scores_without_it(ru
     from sluice.ml import runs
 
     assert runs.reproduce(runtime.store, run)["match"]
+
+
+@pytest.mark.slow
+def test_runs_show_models_show_and_trace_name_the_leak_and_the_policy(runtime: Runtime,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rejected version said only "gate reject" in `models show`, `runs show` said nothing of the leak, and the
+    trace's benchmark line was cut before the column's name ("leakage: the targe…")."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from tests.chain import ledger
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    frame = leaky_sample()
+    contract = infer_contract(frame, DATASET, "diagnosis", BUDGET_S, debounce_s=0)
+    runtime.store.put(contract_key(DATASET), contract.to_yaml().encode())
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    key = f"incoming/{DATASET}/leaky.csv"
+    run = run_chain(runtime, key, buffer.getvalue())
+    entry = ledger(runtime.store, key)
+    assert entry is not None
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    said = "leakage: 'referral_ward' (determines_target, balanced_accuracy 1.000); training.leakage: refuse, " \
+           "promotion refused"
+    assert said in cli("runs", "show", run["run_id"])
+    assert said in cli("models", "show", DATASET)
+    [benchmark] = [line for line in cli("trace", entry["trace_id"]).splitlines() if line.startswith("  benchmark")]
+    assert "reject: " + said in benchmark, benchmark
