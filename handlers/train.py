@@ -97,6 +97,9 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         modeling.ONE_SEARCH.release()
 
 
+# Threads a training issues requests from besides its own (infra/aws.py sizes the S3 client's connections to them).
+SIDE_THREADS = 4
+UPLOAD_THREADS = 8
 TURN_WAIT_S = 1.0  # how long a training waits for the worker's running one before going back to the queue
 
 
@@ -109,7 +112,7 @@ def _prepare_and_train(ctx: Context, contract: Contract, features: FeaturesMater
                        label_ids: list[str], run_id: str, base: str, t0: float) -> list[Any]:
     """The rows, their split and encoding, then the run (`t0`: the stage's start, less any wait for its turn)."""
     dataset, spec = contract.dataset, contract.training
-    with ThreadPoolExecutor(4, thread_name_prefix="train-side") as side:
+    with ThreadPoolExecutor(SIDE_THREADS, thread_name_prefix="train-side") as side:
         # The champion's configuration, read from the registry while the rows are read and split.
         warm_future = side.submit(contextvars.copy_context().run, _warm_start, ctx, contract)
         frame = training_rows(ctx.store, contract, features.feature_set_version, label_ids)
@@ -574,10 +577,12 @@ def _check_leakage(ctx: Context, contract: Contract, train_frame: pl.DataFrame, 
     findings = leakage.check(train_frame, encoding, seed=contract.training.seed)
     for f in findings:
         ctx.log.warning("leak  train      %s: %s (training.leakage: %s)", contract.dataset, f.message, policy)
+    flagged = [f.column for f in findings]
+    derived = leakage.derived_from(contract, flagged)  # a leaky date's parts give the leak away too
     if findings and policy == "exclude":
-        encoding = modeling.Encoding.fit(train_frame, contract,
-                                         exclude=[*training_columns(contract), *(f.column for f in findings)])
-    return leakage.summary(findings, policy), encoding
+        encoding = modeling.Encoding.fit(train_frame, contract, exclude=[*training_columns(contract), *flagged,
+                                                                         *derived])
+    return leakage.summary(findings, policy, derived), encoding
 
 
 def _warm_start(ctx: Context, contract: Contract) -> dict[str, dict[str, Any]] | None:
@@ -621,7 +626,7 @@ def _put_many(ctx: Context, items: list[tuple[str, bytes]]) -> None:
         for key, data in items:
             ctx.store.put(key, data)
         return
-    with ThreadPoolExecutor(min(8, len(items))) as pool:
+    with ThreadPoolExecutor(min(UPLOAD_THREADS, len(items))) as pool:
         # Each upload in a copy of this thread's context: tracing and logging see the stage's trace.
         done = [pool.submit(contextvars.copy_context().run, ctx.store.put, key, data) for key, data in items]
         for future in done:

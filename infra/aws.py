@@ -16,6 +16,18 @@ _CONFIG = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeou
 # That saves re-sending a large upload the server refuses; a small document costs less to send than to wait for
 # (one round trip of a registration's four, every PUT of a signed document). Larger bodies keep it.
 CONTINUE_ABOVE_BYTES = 1 << 20
+# One client serves every thread of the process that made it (a worker's stages share its S3 client). urllib3 keeps
+# `max_pool_connections` connections per host and closes each one past that when it is handed back, logging
+# "Connection pool is full, discarding connection": botocore's default of 10 is fewer than a worker has in flight.
+# Each of its `worker_threads` stages issues requests from its own thread, training's side threads (4) and its
+# uploads (8, handlers/train.py); the registry's threads (8, ml/registry.py) are shared by the process.
+STAGE_REQUEST_THREADS = 1 + 4 + 8
+PROCESS_REQUEST_THREADS = 8
+
+
+def max_pool_connections(settings: Settings) -> int:
+    """Connections a client keeps open: one for each thread that may use it at once (never below botocore's 10)."""
+    return max(10, settings.worker_threads * STAGE_REQUEST_THREADS + PROCESS_REQUEST_THREADS)
 
 
 def _continue_only_when_large(params: dict[str, Any], **_: Any) -> None:
@@ -30,7 +42,8 @@ def _continue_only_when_large(params: dict[str, Any], **_: Any) -> None:
 
 def client(service: str, settings: Settings) -> Any:
     """A boto3 client for `service` ("s3", "sqs", "sns")."""
-    kwargs: dict[str, Any] = {"region_name": settings.region, "config": _CONFIG}
+    config = _CONFIG.merge(Config(max_pool_connections=max_pool_connections(settings)))
+    kwargs: dict[str, Any] = {"region_name": settings.region, "config": config}
     if settings.endpoint_url:
         kwargs["endpoint_url"] = settings.endpoint_url
         # Emulators accept any credentials; spare the user from inventing some.

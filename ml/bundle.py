@@ -121,6 +121,23 @@ def signature(contract: Contract, encoding: Encoding) -> dict[str, Any]:
             "feature_order": encoding.columns, "outputs": outputs}
 
 
+def needed_features(contract: Contract, encoding: Encoding) -> Contract:
+    """`contract` with only the declared features the model's input is computed from (directly, or through other
+    features), in their order: scoring computes no other, so a column that only feeds features the model was
+    trained without (a leak `training.leakage: exclude` left out, with what is derived from it) is not needed."""
+    derived = {t.name: t for t in contract.features}
+    keep: set[str] = set()
+    todo = [c for c in encoding.columns if c in derived]
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(c for c in derived[name].columns if c in derived)
+    if len(keep) == len(contract.features):
+        return contract
+    return contract.model_copy(update={"features": [t for t in contract.features if t.name in keep]})
+
+
 def required_columns(contract: Contract, encoding: Encoding) -> set[str]:
     """Contract columns the model's input is computed from (directly, or through declared features)."""
     derived = {t.name: t for t in contract.features}
@@ -262,7 +279,8 @@ class Model:
         self.encoding = self.predictor.encoding  # in the model's own column order
         self.classes = self.encoding.classes
         self.required = required_columns(self.contract, self.encoding)
-        self._fast = _FastRows(self.contract, self.encoding, self.frequencies, self.required)
+        self._scoring = needed_features(self.contract, self.encoding)  # the contract with only the model's features
+        self._fast = _FastRows(self._scoring, self.encoding, self.frequencies, self.required)
 
     def __repr__(self) -> str:
         v = f" v{self.version}" if self.version is not None else ""
@@ -371,7 +389,7 @@ class Model:
                         value = rec[name]
                         problems.setdefault(i, []).append(
                             (name, f"{name}: {_short(value)} {what}" if value is not None else f"{name} {what}"))
-        featured, missing = transforms_for_scoring(checked.drop(flag_names), self.contract, self.frequencies,
+        featured, missing = transforms_for_scoring(checked.drop(flag_names), self._scoring, self.frequencies,
                                                   self.extensions)
         for feature, why in missing.items():
             if feature in self.encoding.columns:
@@ -612,8 +630,8 @@ def as_frame(rows: Any) -> pl.DataFrame:
     if isinstance(rows, Sequence) and all(isinstance(r, Mapping) for r in rows):
         return _from_dicts(list(rows))
     module = type(rows).__module__
-    if module.startswith("pandas"):
-        return pl.from_pandas(rows)
+    if module.startswith("pandas") and hasattr(rows, "columns"):
+        return _from_pandas(rows)
     raise ModelInputError(f"cannot score a {type(rows).__name__}: pass a polars or pandas frame, a list of dicts, "
                           "or the path of a CSV or Parquet file")
 
@@ -688,26 +706,49 @@ def _from_dicts(rows: list[Mapping[str, Any]]) -> pl.DataFrame:
     for r in rows:
         for k in r:
             names.setdefault(str(k), None)
-    columns = []
-    for name in names:
-        values = [None if _is_missing(v) else v for v in (r.get(name) for r in rows)]
-        kinds = {type(v) for v in values if v is not None}
-        if int in kinds and any(type(v) is int and not -2**63 <= v < 2**63 for v in values):
-            kinds.add(str)  # beyond 64 bits (JSON has no bound): as text, refused by the contract's type with it
-        if kinds == {float} or kinds == {int, float}:
-            values = [None if v is None else float(v) for v in values]
-            columns.append(pl.Series(name, values, dtype=pl.Float64))
-        elif len(kinds) == 1 and kinds <= {int, bool, str}:
-            columns.append(pl.Series(name, values))
-        elif not kinds:
-            columns.append(pl.Series(name, values, dtype=pl.Utf8))
-        elif all(issubclass(k, datetime) for k in kinds):
-            # datetimes (pandas' Timestamps too: pandas has no date type, so its dates arrive as midnights) keep
-            # their type, as in a frame; as text ("2024-05-20 00:00:00") a date column would refuse them.
-            columns.append(pl.Series(name, values))
-        else:
-            columns.append(pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8))
-    return pl.DataFrame(columns)
+    return pl.DataFrame([_values_column(name, [r.get(name) for r in rows]) for name in names])
+
+
+def _values_column(name: str, cells: Sequence[Any]) -> pl.Series:
+    """One column of Python values (row dicts', a pandas object column's): one type keeps it, a mix is text."""
+    values = [None if _is_missing(v) else v for v in cells]
+    kinds = {type(v) for v in values if v is not None}
+    if int in kinds and any(type(v) is int and not -2**63 <= v < 2**63 for v in values):
+        kinds.add(str)  # beyond 64 bits (JSON has no bound): as text, refused by the contract's type with it
+    if kinds == {float} or kinds == {int, float}:
+        return pl.Series(name, [None if v is None else float(v) for v in values], dtype=pl.Float64)
+    if len(kinds) == 1 and kinds <= {int, bool, str}:
+        return pl.Series(name, values)
+    if not kinds:
+        return pl.Series(name, values, dtype=pl.Utf8)
+    if all(issubclass(k, datetime) for k in kinds):
+        # datetimes (pandas' Timestamps too: pandas has no date type, so its dates arrive as midnights) keep
+        # their type, as in a frame; as text ("2024-05-20 00:00:00") a date column would refuse them.
+        with contextlib.suppress(Exception):  # a mix of zones, or of zoned and naive, is text as any other mix
+            return pl.Series(name, values)
+    return pl.Series(name, [None if v is None else str(v) for v in values], dtype=pl.Utf8)
+
+
+def _from_pandas(frame: Any) -> pl.DataFrame:
+    """A pandas frame's columns as polars: its typed columns as `pl.from_pandas` converts them, its object columns
+    (Python values, any mix: `[52000.5, "41000.25"]`, which Arrow refused with a traceback) and any column Arrow
+    cannot take as row dicts' values are (`_values_column`). A mix is text, typed by the contract, so a value it
+    cannot read is that row's reason, as it is from dicts and CSV."""
+    names = [str(c) for c in frame.columns]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ModelInputError(f"the frame has columns named alike ({', '.join(map(repr, twice))}): name each once")
+    typed = [i for i, dtype in enumerate(frame.dtypes) if str(dtype) != "object"]
+    converted: dict[int, pl.Series] = {}
+    try:  # one conversion for the typed columns (per column only when one of them fails)
+        converted = dict(zip(typed, pl.from_pandas(frame.iloc[:, typed]).get_columns(), strict=True))
+    except Exception:
+        for i in typed:
+            with contextlib.suppress(Exception):  # Arrow has no type for it (complex numbers, periods, ...)
+                converted[i] = pl.from_pandas(frame.iloc[:, [i]]).to_series()
+    return pl.DataFrame([converted[i].rename(name) if i in converted
+                         else _values_column(name, frame.iloc[:, i].tolist()) for i, name in enumerate(names)],
+                        height=len(frame))
 
 
 # -- reading bundles ---------------------------------------------------------------------------------------------

@@ -346,13 +346,13 @@ class Contract(_Strict):
         lines = [*_comment(self._notes.get(""), 0)]
         for key, value in doc.items():
             lines += _comment(self._notes.get(key), 0)
-            if key != "columns":
+            if not (isinstance(value, dict) and value and any(f"{key}.{name}" in self._notes for name in value)):
                 lines += yaml.safe_dump({key: value}, sort_keys=False).splitlines()
                 continue
-            lines.append("columns:")
-            for name, spec in value.items():
-                lines += _comment(self._notes.get(f"columns.{name}"), 2)
-                lines += ["  " + line for line in yaml.safe_dump({name: spec}, sort_keys=False).splitlines()]
+            lines.append(f"{key}:")  # a block with notes on its entries (columns, limits, promotion, drift)
+            for name, item in value.items():
+                lines += _comment(self._notes.get(f"{key}.{name}"), 2)
+                lines += ["  " + line for line in yaml.safe_dump({name: item}, sort_keys=False).splitlines()]
         return "\n".join(lines) + "\n"
 
     def __eq__(self, other: object) -> bool:
@@ -430,6 +430,8 @@ def parse_contract(text: str | bytes, source: str = "contract") -> Contract:
 # never across zero), features may be missing, and a small share of bad rows is quarantined rather than stopping
 # the file. Every such choice is written next to the value, with how to tighten it.
 INFERRED_MAX_INVALID_FRACTION = 0.01
+UNLABELLED = (" A row without a label passes and is left out of training (its label may come later); set "
+              "`nullable: false` to quarantine such rows instead.")
 WIDEN_BY_SPAN = 1.0
 
 
@@ -477,16 +479,16 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
     if task != "regression" and _dtype_of(y.dtype) == "bool":
         # A bool target stays bool: validation reads it however the file spells it (pandas writes True/False,
         # other tools true/false or 1/0), where pinned text categories would refuse every row of the sample.
-        columns[target] = ColumnSpec(dtype="bool", nullable=columns[target].nullable)
-        notes[f"columns.{target}"] = "target: true or false (True/False, 1/0 are read the same)."
+        columns[target] = ColumnSpec(dtype="bool", nullable=True)
+        notes[f"columns.{target}"] = "target: true or false (True/False, 1/0 are read the same)." + UNLABELLED
     elif task != "regression":
         # Labels are classes, not a range: pin them so an unseen class is caught at validation.
         classes = [str(v) for v in y.cast(pl.Utf8).unique().sort().to_list()]
-        # Nullable as the sample is (as for a regression target): rows without a label pass validation and are
-        # left out of training, where a pinned `nullable: false` quarantined the very file this was inferred from.
-        columns[target] = ColumnSpec(dtype="str", nullable=columns[target].nullable, categories=classes)
+        columns[target] = ColumnSpec(dtype="str", nullable=True, categories=classes)
         notes[f"columns.{target}"] = (f"target: the {len(classes)} classes of the sample; a row with another class "
-                                      "is quarantined. Add a class here before data with it arrives.")
+                                      "is quarantined. Add a class here before data with it arrives." + UNLABELLED)
+    else:
+        notes[f"columns.{target}"] = f"target: {notes[f'columns.{target}']}." + UNLABELLED
     notes[""] = (f"Inferred by `sluice contract infer` from {frame.height} rows. Review it, then "
                  "`sluice contract put`. Limits are deliberately loose so the next file of the same source passes; "
                  "the comments say how to tighten each one.")
@@ -509,6 +511,7 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
                          "pending trains at once (a file dropped after that training started makes a run of its "
                          "own). leakage: refuse (no promotion), exclude (train without the column) or warn, when "
                          "one column alone predicts the target.")
+    notes.update(_LIMIT_NOTES)
     # A date reaches the model as a day number: a trend, but no season or weekday. Their parts are declared
     # features, as a data scientist would add them (plain FLAML expands dates the same way).
     features = [Transform(name=f"{name}_{part}", op=part, columns=[name])  # type: ignore[arg-type]
@@ -541,6 +544,37 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         training=TrainingSpec(time_budget_s=time_budget_s, debounce_s=debounce_s),
         extra_columns="drop" if index or identifiers else "reject",
     ).with_notes(notes)
+
+
+# What `contract infer` writes next to the blocks it leaves at their defaults: what each value means, how to tighten it.
+_LIMIT_NOTES = {
+    "promotion": ("The gate a new model passes to replace the champion (the first one: the naive baseline), on the "
+                  "held-out rows. Defaults; tighten by raising min_improvement or confidence, or adding slices and "
+                  "guardrails."),
+    "promotion.min_improvement": "promoted only when the whole confidence interval of the gain is above this",
+    "promotion.confidence": "of that paired-bootstrap interval; 0.99 asks for stronger evidence",
+    "promotion.bootstrap_resamples": "resamples behind the interval; more is steadier and slower",
+    "promotion.min_holdout_rows": "fewer held-out rows are insufficient evidence: no decision",
+    "promotion.slices": "feature columns whose every value (or quartile) must not get worse; e.g. [region]",
+    "promotion.non_inferiority_margin": "how much worse a slice may be before the candidate is rejected; lower is "
+                                        "stricter",
+    "promotion.min_slice_rows": "smaller slices are reported, not judged",
+    "promotion.guardrails": ("other metrics that must not get worse, e.g. {log_loss: {max_regression: 0.01}}; also "
+                             "max_model_bytes and max_p99_latency_ms (single-row predict) may be set"),
+    "drift": "When new data counts as drifted from the champion's training data, and what that triggers.",
+    "drift.psi_threshold": "a column has drifted when its PSI is above this; lower is more sensitive",
+    "drift.max_drifted_share": "the data has drifted when more than this share of its columns has; lower is stricter",
+    "drift.retrain": "always: every new data version trains; on_drift: only drifted data; never: only recorded",
+    "limits": ("What one file may cost a worker; a file over a limit is quarantined naming the limit. Defaults, far "
+               "above most files: lower them to what your files hold to refuse runaway ones sooner."),
+    "limits.max_file_bytes": "the file's size in bytes, after decompression",
+    "limits.max_compression_ratio": "decompressed over compressed size (a zip bomb is far above it)",
+    "limits.max_rows": "rows in one file",
+    "limits.max_columns": "columns in one file",
+    "limits.max_cell_bytes": "bytes in one cell (or one line of a text file)",
+    "limits.max_header_field_bytes": "bytes in one column name",
+    "limits.max_training_rows": "above it a run trains on a seeded sample of this many rows",
+}
 
 
 # pandas' to_parquet() writes an unnamed index that is not a plain 0..n-1 range as a column of this name.
@@ -595,9 +629,10 @@ def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
     dtype = _dtype_of(s.dtype)
     nulls = s.null_count()
     values = s.drop_nulls()
-    # A feature may be missing in the next file even if the sample had none; the model handles missing values.
-    # A target must be there to learn from, so it is nullable only when the sample already had gaps.
-    nullable = bool(nulls) or not is_target
+    # Any column may be missing in the next file even if the sample had none. The model handles a missing feature;
+    # a row without a label passes and is left out of training (labels that are not known yet are common: pandas
+    # then writes 0/1 as 0.0/1.0). Required, one such row in a next file of under 100 rows stopped it whole.
+    nullable = True
     parts = [f"{nulls} missing of {s.len()}"]
     spec: dict[str, Any] = {"dtype": dtype, "nullable": nullable}
     if dtype in ("int", "float") and values.len():

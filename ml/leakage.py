@@ -7,8 +7,23 @@ decision tree, on a third of the rows it was not fitted on (a column only counts
     identifier        a near-unique integer column dense in its range (a row id, an order number) that predicts
                       the target: the rows were numbered in an order that follows the label
     determines_target the target is a function of the column: every value of it has one class, or a tree on it
-                      explains the regression target to R² >= 0.999
-    predicts_target   the column alone predicts the target almost perfectly (balanced accuracy or R² >= 0.98)
+                      explains the regression target, or the target's rank, to R² >= 0.999
+    predicts_target   the column alone predicts the target almost perfectly (balanced accuracy, R² or rank R² >= 0.98),
+                      on every row, or on the rows where the column is present when it is missing on some
+
+A regression target is looked at twice: its values, and its rank among the rows (`rank_r2`). A tree on one column
+cannot extrapolate: on a skewed column (a lognormal usage, a price) its out-of-fold R² of an exact function of it
+(bill = 2 * usage + 1, cents = round(dollars * 100)) stayed at 0.97, as the rows in the sparse tail fall beyond the
+tree's last split. Ranks have no tail: the same function scores 0.9995 there, and a legitimately strong column scores
+about what it scores on the values (R² 0.92 gives rank R² 0.94 at 300 rows, 0.93 at 10,000). Tied targets get a
+seeded random order among themselves, so a column that only tells apart a value shared by many rows (zero or not)
+does not "rank" them.
+
+A column missing on some rows is also looked at on the rows where it is present, when they are at least
+MIN_PRESENT_SHARE of the rows: a score recorded only for some cases gives the answer away there, yet on every row its
+missing values (filled with the median) pull its score under the threshold (10 % missing: balanced accuracy 0.95).
+Under a quarter of the rows, a perfect fit on them is too easily chance or a narrow legitimate rule, and decides too
+little of the holdout to matter much.
 
 The contract's `training.leakage` says what happens: `refuse` (the default) trains but the gate never promotes,
 `exclude` trains without the flagged columns, `warn` only records the findings. Every finding names its column.
@@ -19,18 +34,24 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
-from sluice.ml.modeling import Encoding
+if TYPE_CHECKING:  # annotations only: `sluice trace` and `runs show` import this module for `brief`
+    from sluice.ml.contract import Contract
+    from sluice.ml.modeling import Encoding
 
 THRESHOLD = 0.98  # balanced accuracy or R² of one column alone, on rows the tree was not fitted on
 DETERMINES = 0.999
 MAX_ROWS = 10_000  # a sample is enough to see a near-perfect column; keeps the check to a second or two
 MIN_ROWS = 30
 FOLDS = 3  # the share held out of the tree's fit is 1 / FOLDS
+MIN_PRESENT_SHARE = 0.25  # a column missing on some rows is also checked on the rows where it is present, if that many
+# The extra looks (ranks, rows where present) fit a tree only where the column's neighbours agree this much (`_smooth`):
+# a leak scores near 1 there, and most columns far below, which keeps the check's cost near one tree per column.
+SMOOTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -39,13 +60,17 @@ class Finding:
 
     column: str
     kind: str  # identifier, determines_target, predicts_target
-    measure: str  # balanced_accuracy or r2
+    measure: str  # balanced_accuracy, r2 or rank_r2 (R² of the target's rank among the rows)
     score: float
     message: str
+    present_share: float | None = None  # measured on the rows where the column is present: their share of all rows
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form."""
-        return asdict(self)
+        out = asdict(self)
+        if self.present_share is None:
+            del out["present_share"]
+        return out
 
 
 def check(frame: pl.DataFrame, encoding: Encoding, *, seed: int = 42) -> list[Finding]:
@@ -76,10 +101,11 @@ def check(frame: pl.DataFrame, encoding: Encoding, *, seed: int = 42) -> list[Fi
     fit_rows, out_rows = train_test_split(np.arange(len(y)), test_size=1 / FOLDS, random_state=seed,
                                           stratify=stratify)
     split = (fit_rows, out_rows)
+    ranks = None if classify else _ranks(y, seed)
 
     def one(i: int) -> Finding | None:
         name = encoding.columns[i]
-        return _column(name, X[:, i], y, encoding, rows[name], seed, split)
+        return _column(name, X[:, i], y, ranks, encoding, rows[name], seed, split)
 
     # The trees are most of the check (a second at 10,000 rows and 20 columns); scikit-learn grows them without
     # the GIL, so they run side by side on the worker's cores. Each is seeded: the findings do not depend on it.
@@ -93,43 +119,117 @@ def check(frame: pl.DataFrame, encoding: Encoding, *, seed: int = 42) -> list[Fi
     return sorted(findings, key=lambda f: -f.score)
 
 
-def _column(name: str, x: np.ndarray, y: np.ndarray, encoding: Encoding, raw: pl.Series,
-            seed: int, split: tuple[np.ndarray, np.ndarray]) -> Finding | None:
+def _ranks(y: np.ndarray, seed: int) -> np.ndarray:
+    """Each row's rank of the target in [0, 1); tied values in a seeded random order."""
+    order = np.lexsort((np.random.default_rng(seed).random(len(y)), y))
+    ranks = np.empty(len(y))
+    ranks[order] = np.arange(len(y)) / len(y)
+    return ranks
+
+
+def _smooth(x: np.ndarray, t: np.ndarray | None, rows: np.ndarray, *, classes: bool = False) -> float:
+    """How alike the targets `t` of neighbouring rows by `x` are, among `rows`: 1 - E[(t_i+1 - t_i)²] / (2 Var t),
+    a class counting as its indicator vector. Near 1 when the target follows the column (a function of it, in any
+    order), near 0 when it does not; a sort instead of a tree's fit. Always 1 when `t` is None."""
+    if t is None or len(rows) < 3:
+        return 1.0
+    t = t[rows][np.argsort(x[rows], kind="stable")]
+    if classes:
+        shares = np.bincount(t) / len(t)
+        spread = 1 - float((shares ** 2).sum())
+        return 1.0 if spread == 0 else 1 - float(np.mean(t[1:] != t[:-1])) / spread
+    spread = float(np.var(t))
+    return 1.0 if spread == 0 else 1 - float(np.mean(np.diff(t) ** 2)) / (2 * spread)
+
+
+def _score(X: np.ndarray, y: np.ndarray, classify: bool, seed: int, fit_rows: np.ndarray, out_rows: np.ndarray
+           ) -> float:
+    """A one-column tree's balanced accuracy or R² on `out_rows`, fitted on `fit_rows`."""
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-    X = x.reshape(-1, 1)
-    classify = encoding.classes is not None
-    fit_rows, out_rows = split
-    X_fit, X_out, y_fit, y_out = X[fit_rows], X[out_rows], y[fit_rows], y[out_rows]
     tree: Any = (DecisionTreeClassifier if classify else DecisionTreeRegressor)(min_samples_leaf=2,
                                                                                random_state=seed)
-    predicted = tree.fit(X_fit, y_fit).predict(X_out)
+    predicted = tree.fit(X[fit_rows], y[fit_rows]).predict(X[out_rows])
     if classify:
         from sklearn.metrics import balanced_accuracy_score
 
-        measure, score = "balanced_accuracy", float(balanced_accuracy_score(y_out, predicted))
-    else:
-        from sklearn.metrics import r2_score
+        return float(balanced_accuracy_score(y[out_rows], predicted))
+    from sklearn.metrics import r2_score
 
-        measure, score = "r2", float(r2_score(y_out, predicted))
+    return float(r2_score(y[out_rows], predicted))
+
+
+def _measure(X: np.ndarray, y: np.ndarray, ranks: np.ndarray | None, seed: int, fit_rows: np.ndarray,
+             out_rows: np.ndarray) -> tuple[str, float, float | None]:
+    """(measure, its score, R² of the values when the measure is the rank's) of one column on these rows."""
+    if ranks is None:
+        return "balanced_accuracy", _score(X, y, True, seed, fit_rows, out_rows), None
+    r2 = _score(X, y, False, seed, fit_rows, out_rows)
+    if r2 >= DETERMINES or _smooth(X[:, 0], ranks, fit_rows) < SMOOTH:
+        return "r2", r2, None
+    rank_r2 = _score(X, ranks, False, seed, fit_rows, out_rows)
+    return ("rank_r2", rank_r2, r2) if rank_r2 > r2 else ("r2", r2, None)
+
+
+def _column(name: str, x: np.ndarray, y: np.ndarray, ranks: np.ndarray | None, encoding: Encoding, raw: pl.Series,
+            seed: int, split: tuple[np.ndarray, np.ndarray]) -> Finding | None:
+    X = x.reshape(-1, 1)
+    classify = encoding.classes is not None
+    fit_rows, out_rows = split
+    measure, score, values_r2 = _measure(X, y, ranks, seed, fit_rows, out_rows)
     if not score >= THRESHOLD:
-        return None
+        return _where_present(name, X, y, ranks, raw, seed, split)
+    how = (f"{measure} {score:.3f}" if values_r2 is None else
+           f"R² {score:.4f} of the target's rank among the rows, {values_r2:.3f} of its values")
     if _identifier(raw):
         kind = "identifier"
         message = (f"column {name!r} is unique per row, like an identifier, yet alone predicts the target "
-                   f"({measure} {score:.3f} on held-out rows): the rows were numbered in an order that follows the "
+                   f"({how} on held-out rows): the rows were numbered in an order that follows the "
                    "label. Drop it from the data or the contract.")
     elif _determines(x, y, classify, score):
         kind = "determines_target"
-        message = (f"the target is a function of column {name!r} ({measure} {score:.3f} on held-out rows from it "
+        message = (f"the target is a function of column {name!r} ({how} on held-out rows from it "
                    "alone): is it derived from the label, or recorded after it? Drop it from the data or the "
                    "contract, or set training.leakage: warn if it is known at prediction time.")
     else:
         kind = "predicts_target"
-        message = (f"column {name!r} alone predicts the target almost perfectly ({measure} {score:.3f} on held-out "
+        message = (f"column {name!r} alone predicts the target almost perfectly ({how} on held-out "
                    "rows): check that it is known at prediction time. Drop it, or set training.leakage: warn if "
                    "it is legitimate.")
     return Finding(name, kind, measure, round(score, 6), message)
+
+
+def _where_present(name: str, X: np.ndarray, y: np.ndarray, ranks: np.ndarray | None, raw: pl.Series, seed: int,
+                   split: tuple[np.ndarray, np.ndarray]) -> Finding | None:
+    """A column missing on some rows that predicts the target almost perfectly on the rows where it is present."""
+    missing = raw.is_null()
+    if raw.dtype.is_float():
+        missing = missing | raw.is_nan().fill_null(False)
+    present = ~missing.to_numpy()
+    share = float(present.mean())
+    if share == 1.0 or share < MIN_PRESENT_SHARE or int(present.sum()) < MIN_ROWS:
+        return None
+    fit_rows, out_rows = (rows[present[rows]] for rows in split)
+    if ranks is None and (len(np.unique(y[fit_rows])) < 2 or len(np.unique(y[out_rows])) < 2):
+        return None  # one class where present: the check on every row sees that
+    if min(len(fit_rows), len(out_rows)) < 2 or _smooth(X[:, 0], y if ranks is None else None, fit_rows,
+                                                         classes=ranks is None) < SMOOTH:
+        return None
+    if ranks is not None:
+        ranks = _ranks(y[present], seed)  # ranks among the rows where the column is present
+        full = np.full(len(y), np.nan)
+        full[present] = ranks
+        ranks = full
+    measure, score, values_r2 = _measure(X, y, ranks, seed, fit_rows, out_rows)
+    if not score >= THRESHOLD:
+        return None
+    how = (f"{measure} {score:.3f}" if values_r2 is None else
+           f"R² {score:.4f} of the target's rank, {values_r2:.3f} of its values")
+    message = (f"column {name!r} predicts the target almost perfectly on the rows where it is present ({how} on "
+               f"held-out rows; present on {share:.0%} of the rows, missing on the rest): check that it is known at "
+               "prediction time, and why it is missing where it is. Drop it, or set training.leakage: warn if it "
+               "is legitimate.")
+    return Finding(name, "predicts_target", measure, round(score, 6), message, present_share=round(share, 4))
 
 
 def _identifier(raw: pl.Series) -> bool:
@@ -153,12 +253,40 @@ def _determines(x: np.ndarray, y: np.ndarray, classify: bool, score: float) -> b
     return int(repeated["n"].sum()) >= 0.5 * len(y) and int(repeated["classes"].max()) == 1  # type: ignore[arg-type]
 
 
-def summary(findings: list[Finding], policy: str) -> dict[str, Any]:
-    """What the run records: the policy, what it did, and every finding."""
+def derived_from(contract: Contract, columns: list[str]) -> list[str]:
+    """The declared features computed from `columns`, directly or through other features, in the contract's order:
+    a date's parts, a ratio, a window over it. Excluding a leak excludes them too: `last_activity`'s day and
+    weekday carried on its leak (and made the model need the date to score) when only the date was left out."""
+    out: set[str] = set(columns)
+    grew = True
+    while grew:
+        grew = False
+        for t in contract.features:
+            if t.name not in out and any(c in out for c in t.columns):
+                out.add(t.name)
+                grew = True
+    return [t.name for t in contract.features if t.name in out and t.name not in columns]
+
+
+def summary(findings: list[Finding], policy: str, derived: list[str] | None = None) -> dict[str, Any]:
+    """What the run records: the policy, what it did, and every finding. `derived`: the features computed from
+    the flagged columns, which `exclude` leaves out with them (`excluded` lists both)."""
+    derived = list(derived or []) if policy == "exclude" and findings else []
     action = {"refuse": "promotion refused", "exclude": "columns excluded from training",
               "warn": "trained with the columns; promotion allowed"}[policy] if findings else "none"
-    return {"policy": policy, "action": action, "columns": [f.column for f in findings],
+    if derived:
+        action += f" with the features derived from them ({', '.join(derived)})"
+    columns = [f.column for f in findings]
+    return {"policy": policy, "action": action, "columns": columns,
+            **({"excluded": [*columns, *derived]} if policy == "exclude" and findings else {}),
             "findings": [f.to_dict() for f in findings]}
+
+
+def excluded(leakage: dict[str, Any] | None) -> list[str]:
+    """The columns a run left out of training as leaks (a run recorded before `excluded` left out its `columns`)."""
+    if not leakage or leakage.get("policy") != "exclude":
+        return []
+    return list(leakage.get("excluded", leakage.get("columns", [])))
 
 
 def reasons(leakage: dict[str, Any] | None) -> list[str]:
@@ -167,3 +295,16 @@ def reasons(leakage: dict[str, Any] | None) -> list[str]:
         return []
     return [f"leakage: {f['message']} (training.leakage: refuse; set exclude to train without it)"
             for f in leakage["findings"]]
+
+
+def brief(leakage: dict[str, Any] | None) -> str | None:
+    """One line for `runs show`, `models show` and `trace`: the flagged columns, how, and the policy's action."""
+    if not leakage or not leakage.get("findings"):
+        return None
+
+    def one(f: dict[str, Any]) -> str:
+        where = f", where present ({f['present_share']:.0%} of rows)" if f.get("present_share") is not None else ""
+        return f"{f['column']!r} ({f['kind']}, {f['measure']} {f['score']:.3f}{where})"
+
+    return (f"leakage: {', '.join(one(f) for f in leakage['findings'])}; training.leakage: {leakage['policy']}, "
+            f"{leakage['action']}")

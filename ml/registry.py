@@ -140,6 +140,7 @@ class Registration:
     record: dict[str, Any]
 
 
+REGISTRY_THREADS = 8  # one pool per process (infra/aws.py sizes the S3 client's connections to it)
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
@@ -149,7 +150,7 @@ def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sluice-registry")
+            _POOL = ThreadPoolExecutor(max_workers=REGISTRY_THREADS, thread_name_prefix="sluice-registry")
         return _POOL
 
 

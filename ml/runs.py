@@ -21,7 +21,7 @@ from sluice.core import keys
 from sluice.core.errors import ContractError, IntegrityError, SluiceError
 from sluice.core.ports import ObjectStore
 from sluice.events.run import read as read_run
-from sluice.ml import modeling
+from sluice.ml import leakage, modeling
 from sluice.ml.blend import BLEND_JSON
 from sluice.ml.contract import Contract, parse_contract
 from sluice.ml.features import row_key_columns, training_columns, training_rows
@@ -116,8 +116,7 @@ def reproduce(store: ObjectStore, run: dict[str, Any]) -> dict[str, Any]:
 
     # The stored model's own column order (older runs stored their encoding with sorted keys).
     encoding = load_run(store, run).encoding
-    leaks = run.get("leakage") or {}
-    excluded = leaks.get("columns", []) if leaks.get("policy") == "exclude" else []  # left out as leaks
+    excluded = leakage.excluded(run.get("leakage"))  # left out as leaks, with what is derived from them
     rebuilt = modeling.Encoding.fit(train_frame, contract, exclude=[*training_columns(contract), *excluded])
     if rebuilt.with_order(encoding.columns) != encoding:
         raise SluiceError(f"run {run['run_id']}: the recorded inputs no longer give the same training rows "

@@ -19,6 +19,7 @@ from sluice.core import keys, tracing
 from sluice.core.errors import SluiceError
 from sluice.core.ports import ObjectStore, StateBackend, signed
 from sluice.events.run import read as read_run
+from sluice.ml import leakage
 from sluice.ml.registry import ModelRegistry
 from sluice.ml.registry_index import actions
 
@@ -350,8 +351,11 @@ def _run_path(store: ObjectStore, state: StateBackend, trace_id: str, run: dict[
                     if candidate else str(attempts[-1]["outcome"]), documents=[candidate_key] if candidate else [],
                     trace_id=via)
         if candidate:
-            step.detail = _first_sentence("; ".join(str(r) for r in (candidate.get("reasons") or [])[1:3])
-                                          or "gate decided")
+            # The leak first, in brief (column, policy): its gate reason is long and was cut before the column.
+            leaks = leakage.brief(run.get("leakage"))
+            others = [str(r) for r in (candidate.get("reasons") or [])[1:] if not str(r).startswith("leakage: ")]
+            step.detail = _first_sentence("; ".join([*([leaks] if leaks else []), *others[:2]]) or "gate decided",
+                                          limit=240 if leaks else 160)
             if not attempts:
                 step.ended_at = str(candidate.get("benchmarked_at"))
         steps.append(_timed(step, attempts))

@@ -655,8 +655,10 @@ class _Typing:
         for name in raw.columns:
             spec = specs.get(name)
             fast = None if spec is None else self._fast(raw, name, spec)
-            if spec is None or (self.is_text and spec.dtype == "str"):
+            if spec is None:
                 exprs.append(pl.col(name))
+            elif self.is_text and spec.dtype == "str":  # text is text: no cell fails
+                exprs.append(as_categories(pl.col(name), spec.categories).alias(name))
             elif fast is not None:
                 exprs.append(fast.alias(name))
             else:  # typed the slow way on every row: its failures come with it
@@ -750,6 +752,29 @@ class _Typing:
         return self.formats[values.name]
 
 
+# A class written as a whole number: 0, 1, -2, and the same as decimals (1.0: pandas writes an integer column that has
+# a missing value as floats). No leading zeros: 007 and 7 are codes, not one number.
+WHOLE_NUMBER = r"^-?(?:0|[1-9][0-9]{0,14})(?:\.0+)?$"
+
+
+def as_categories(value: pl.Expr, categories: list[str] | None) -> pl.Expr:
+    """Text `value` with a whole-number category written another way (`1.0` for the class `1`, `0` for `0.0`)
+    spelled as the contract has it; any other value as it is. The contract inferred from one file of a source keeps
+    the labels as that file wrote them, and the next file, written by pandas once a label was missing, writes them
+    as decimals: the same classes, and the model's classes stay named as the user first wrote them."""
+    numbers: dict[int, list[str]] = {}
+    for c in categories or ():
+        if re.match(WHOLE_NUMBER, c):
+            numbers.setdefault(int(float(c)), []).append(c)
+    spelled = {n: cs[0] for n, cs in numbers.items() if len(cs) == 1}  # "1" and "1.0" both listed: left as written
+    if not spelled:
+        return value
+    s = value.str.strip_chars()
+    number = pl.when(s.str.contains(WHOLE_NUMBER)).then(s.cast(pl.Float64, strict=False).cast(pl.Int64))
+    respelled = number.replace_strict(list(spelled), list(spelled.values()), default=None, return_dtype=pl.Utf8)
+    return pl.when(value.is_in(categories or [])).then(value).otherwise(pl.coalesce(respelled, value))
+
+
 def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
                 source: pl.DataType | None = None) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
     """How column `name` becomes its contract type, as polars expressions: (typed value, cell did not cast,
@@ -800,6 +825,8 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
             typed = pl.when(direct.is_null() & whole).then(as_float.cast(pl.Int64, strict=False)).otherwise(direct)
         else:
             typed = s.cast(target, strict=False)
+    if spec.dtype == "str":
+        typed = as_categories(typed, spec.categories)
     failed = typed.is_null() & raw.is_not_null()
     if is_text and spec.dtype != "str":
         # A blank cell, or NA, N/A, null, -, ? (which no type reads: they are null already), is missing, not a

@@ -124,3 +124,121 @@ def test_rows_sent_again_are_not_taken_for_a_leak() -> None:
     # A real leak is still found among the copies.
     leaky = pl.concat([leaky_sample()] * 4)
     assert [f.column for f in findings_of(leaky, "diagnosis")] == ["referral_ward"]
+
+
+def test_a_function_of_a_skewed_column_is_flagged() -> None:
+    """A tester's `bill = 2 * usage + 1` with a lognormal usage, and cents from dollars, were promoted with holdout R²
+    1.0: the one-column tree cannot reach the sparse tail (R² 0.970 held out). The target's rank has no tail."""
+    rng = np.random.default_rng(7)
+    n = 400
+    usage = np.round(rng.lognormal(3, 1, n), 3)
+    noise = rng.normal(size=n)
+    lin = pl.DataFrame({"noise": noise, "usage": usage, "bill": np.round(2 * usage + 1, 3)})
+    [finding] = findings_of(lin, "bill")
+    assert (finding.column, finding.kind, finding.measure) == ("usage", "determines_target", "rank_r2")
+    assert "'usage'" in finding.message and "function of column" in finding.message
+    dollars = np.round(rng.lognormal(3, 1, n), 2)
+    cents = pl.DataFrame({"noise": noise, "price_usd": dollars,
+                          "price_cents": np.round(dollars * 100).astype(np.int64)})
+    assert [(f.column, f.kind) for f in findings_of(cents, "price_cents")] == [("price_usd", "determines_target")]
+    # A strong but legitimate column of the same skew (R² about 0.9 on the values and on the ranks) is not flagged.
+    strong = pl.DataFrame({"usage": usage, "bill": usage * np.exp(rng.normal(scale=0.3, size=n))})
+    assert findings_of(strong, "bill") == []
+
+
+def test_a_leak_missing_on_some_rows_is_flagged_where_present() -> None:
+    """A tester's `risk_score`, the label itself wherever recorded and missing on 30 % of rows at random, was promoted
+    (AUC 0.944): the missing values, filled with the median, kept its score on every row under the threshold."""
+    rng = np.random.default_rng(8)
+    n = 400
+    x = rng.normal(size=n)
+    y = np.where(x + rng.normal(scale=0.8, size=n) > 0, "yes", "no")
+    score = np.where(y == "yes", rng.uniform(60, 100, n), rng.uniform(0, 40, n))
+    for missing in (0.05, 0.3, 0.6):
+        leaky = pl.DataFrame({"x": x, "risk_score": np.where(rng.random(n) < missing, np.nan, score), "y": y})
+        [finding] = findings_of(leaky, "y")
+        assert (finding.column, finding.kind) == ("risk_score", "predicts_target")
+        assert finding.present_share is not None and abs(finding.present_share - (1 - missing)) < 0.1
+        assert "on the rows where it is present" in finding.message
+        assert f"present on {finding.present_share:.0%} of the rows" in finding.message
+        assert finding.to_dict()["present_share"] == finding.present_share
+    # Present on under a quarter of the rows: too few to tell a leak from a narrow rule.
+    rare = pl.DataFrame({"x": x, "risk_score": np.where(rng.random(n) < 0.85, np.nan, score), "y": y})
+    assert findings_of(rare, "y") == []
+    # A strong legitimate column (balanced accuracy about 0.9) with the same missing values is not flagged.
+    strong = np.where(rng.random(n) < 0.3, np.nan, x + rng.normal(scale=0.3, size=n))
+    assert findings_of(pl.DataFrame({"x": strong, "y": y}), "y") == []
+    # Text columns too: a missing category is not a value that predicts.
+    label = pl.Series(y).replace({"yes": "high", "no": "low"})
+    coded = pl.DataFrame({"x": x, "band": label, "y": y}).with_columns(
+        pl.when(pl.Series(rng.random(n) < 0.3)).then(None).otherwise(pl.col("band")).alias("band"))
+    assert [f.column for f in findings_of(coded, "y")] == ["band"]
+
+
+@pytest.mark.slow
+def test_exclude_leaves_out_what_is_derived_from_a_leak_and_scores_without_it(runtime: Runtime) -> None:
+    """A tester's leaky `last_activity` date under `exclude`: the date and its month were left out, its day and
+    weekday (declared features computed from it) were trained on, and a row without the date, as in production
+    where it is not known yet, came back unscored: "column 'last_activity' is missing"."""
+    from datetime import date, timedelta
+
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    rng = np.random.default_rng(5)
+    start = np.where(frame["diagnosis"].to_numpy() == "malignant", 0, 150) + rng.integers(0, 90, frame.height)
+    frame = frame.with_columns(pl.Series("last_activity", [date(2024, 1, 1) + timedelta(days=int(d)) for d in start]))
+    contract = infer_contract(frame, DATASET, "diagnosis", BUDGET_S, debounce_s=0)
+    derived = ["last_activity_month", "last_activity_day", "last_activity_dayofweek"]
+    assert [t.name for t in contract.features] == derived  # the date parts `contract infer` declares
+    contract = contract.model_copy(update={"training": contract.training.model_copy(update={"leakage": "exclude"})})
+    runtime.store.put(contract_key(DATASET), contract.to_yaml().encode())
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    run = run_chain(runtime, f"incoming/{DATASET}/leaky-date.csv", buffer.getvalue())
+
+    assert "last_activity" in run["leakage"]["columns"]
+    assert set(run["leakage"]["excluded"]) == {"last_activity", *derived}
+    assert "derived from them" in run["leakage"]["action"]
+    model = bundle.load_run(runtime.store, run)
+    assert not {"last_activity", *derived} & set(model.encoding.columns)
+    assert "last_activity" not in model.required
+    rows = frame.drop("diagnosis", "last_activity").head(5)
+    for scored in (model.predict(rows), model.predict(rows.to_dicts()), model.predict(rows.to_dicts()[0])):
+        assert scored.unscored == [] and len(scored.scored) == len(scored)
+    from sluice.ml import runs
+
+    assert runs.reproduce(runtime.store, run)["match"]
+
+
+@pytest.mark.slow
+def test_runs_show_models_show_and_trace_name_the_leak_and_the_policy(runtime: Runtime,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rejected version said only "gate reject" in `models show`, `runs show` said nothing of the leak, and the
+    trace's benchmark line was cut before the column's name ("leakage: the targe…")."""
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from tests.chain import ledger
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    frame = leaky_sample()
+    contract = infer_contract(frame, DATASET, "diagnosis", BUDGET_S, debounce_s=0)
+    runtime.store.put(contract_key(DATASET), contract.to_yaml().encode())
+    buffer = io.BytesIO()
+    frame.write_csv(buffer)
+    key = f"incoming/{DATASET}/leaky.csv"
+    run = run_chain(runtime, key, buffer.getvalue())
+    entry = ledger(runtime.store, key)
+    assert entry is not None
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    said = "leakage: 'referral_ward' (determines_target, balanced_accuracy 1.000); training.leakage: refuse, " \
+           "promotion refused"
+    assert said in cli("runs", "show", run["run_id"])
+    assert said in cli("models", "show", DATASET)
+    [benchmark] = [line for line in cli("trace", entry["trace_id"]).splitlines() if line.startswith("  benchmark")]
+    assert "reject: " + said in benchmark, benchmark

@@ -587,3 +587,27 @@ def test_a_tampered_or_broken_downloaded_bundle_is_refused_with_what_is_wrong(tm
         (tmp_path / "manifest-x.json").write_text(broken)
         with pytest.raises(IntegrityError, match=r"manifest-x\.json: not a bundle manifest"):
             load_model(str(tmp_path))
+
+
+def test_a_pandas_object_column_mixing_numbers_and_text_scores_as_its_row_dicts_do(shop_model: bundle.Model) -> None:
+    # A frame whose number column holds [52000.5, "41000.25"] (read from JSON, or filled from two sources) ended in
+    # Arrow's "Could not convert '41000.25' with type str" traceback; as row dicts, CSV or through serve the same
+    # rows were scored and the unreadable one explained.
+    import pandas as pd
+
+    rows = mixed.frame(4, 3).to_dicts()
+    number = next(n for n, spec in shop_model.contract.columns.items()
+                  if spec.dtype == "float" and n in shop_model.required)
+    frame = pd.DataFrame(rows)
+    frame[number] = pd.Series([52000.5, "41000.25", "lots", None], dtype=object)
+    frame["unused"] = [1 + 2j, 3j, 0j, 1j]  # a column Arrow has no type for, not one the model reads
+    got = shop_model.predict(frame)
+    as_dicts = shop_model.predict(frame.drop(columns="unused").to_dict("records"))
+    assert got.scored.tolist() == as_dicts.scored.tolist() == [0, 1, 3]
+    assert got.unscored == as_dicts.unscored and got.unscored[0]["row"] == 3 and "lots" in got.unscored[0]["reason"]
+    assert np.array_equal(got.scores, as_dicts.scores)
+    plain = frame.drop(columns="unused").iloc[[0, 3]].astype({number: "float64"})  # the same values, typed
+    assert np.array_equal(got.scores[[0, 2]], shop_model.predict(plain).scores)
+    twice = pd.DataFrame([[1, 2]], columns=["zone", "zone"])
+    with pytest.raises(ModelInputError, match="columns named alike"):
+        shop_model.predict(twice)

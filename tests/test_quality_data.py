@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import polars as pl
@@ -39,6 +40,23 @@ def test_the_tolerance_and_limits_come_with_their_reasons() -> None:
     text = contract.to_yaml()
     assert "# Up to 1% of a file's rows may break a rule" in text and "Set 0 to stop" in text
     assert "observed 1 to 3" in text and "Tighten them to the observed range" in text
+    assert parse_contract(text) == contract
+
+
+def test_the_limits_promotion_and_drift_blocks_say_what_each_value_means() -> None:
+    # The inferred YAML explained its columns and max_invalid_fraction, but left `limits:`, `promotion:` and `drift:`
+    # bare: a user tightening the contract had to find each value in the README.
+    frame = pl.DataFrame({"x": [1.0, 2.5, 3.0, None], "y": [0, 1, 0, 1]})
+    contract = infer_contract(frame, "demo", "y")
+    text = contract.to_yaml()
+    lines = text.splitlines()
+    for block in ("promotion", "drift", "limits"):
+        at = lines.index(f"{block}:")
+        assert lines[at - 1].startswith("# "), (block, lines[at - 1])
+        entries = [i for i, line in enumerate(lines) if i > at and re.match(r"^  [a-z_]+:", line)
+                   and not any(re.match(r"^[a-z_]+:", x) for x in lines[at + 1:i])]
+        assert entries and all(lines[i - 1].startswith("  # ") for i in entries), block
+    assert "# a column has drifted when its PSI is above this" in text and "lower them to what" in text
     assert parse_contract(text) == contract
 
 

@@ -179,3 +179,17 @@ def test_a_registration_sends_its_documents_without_waiting_for_100_continue(reg
     puts = [(key, expect) for method, key, expect in sent if method == "PUT"]
     assert len(puts) >= 4 and not any(expect for key, expect in puts if key != "large.bin")
     assert ("large.bin", True) in puts
+
+
+def test_the_s3_client_keeps_a_connection_for_each_thread_that_shares_it() -> None:
+    # A worker's stages share one S3 client; with botocore's 10 pooled connections a training's side threads and
+    # parallel uploads opened more, and urllib3 logged "Connection pool is full, discarding connection" (13 times
+    # in one tester's worker log) and closed each, to be reopened by the next request.
+    from sluice.handlers.train import SIDE_THREADS, UPLOAD_THREADS
+    from sluice.infra.aws import client
+    from sluice.ml.registry import REGISTRY_THREADS
+
+    for threads in (1, 2, 6):
+        s3 = client("s3", Settings(worker_threads=threads, endpoint_url="http://127.0.0.1:9"))
+        in_flight = threads * (1 + SIDE_THREADS + UPLOAD_THREADS) + REGISTRY_THREADS
+        assert s3.meta.config.max_pool_connections >= in_flight

@@ -61,6 +61,7 @@ def _ci(diff: dict[str, Any] | None) -> str:
 def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool) -> None:
     """Versions with their stage (one page, newest first), the champion and challenger, gate decisions and lineage
     of model NAME."""
+    from sluice.ml import leakage
     from sluice.ml.registry import parse_time
     from sluice.ml.registry_index import actions
 
@@ -103,6 +104,9 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
         click.echo(f" {mark}v{v['version']}  {stages.get(v['version']) or '?':<10} gate {v['decision']:<21} "
                    f"{v['metric']}={num(s['candidate'])} (baseline {num(s['baseline'])}{then}; "
                    f"improvement{_ci(diff)})  run {v['run_id']}  {v['registered_at']}")
+        leaks = leakage.brief(v.get("leakage"))
+        if leaks:
+            click.echo(f"      {leaks}")
         b = v.get("benchmark")
         if b:
             click.echo(f"      inference {b['rows_per_s']:,.0f} rows/s, single row p50 {b['p50_ms']:.3f} ms "

@@ -52,6 +52,7 @@ def runs_list(dataset: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def runs_show(run_id: str, as_json: bool) -> None:
     """One run: parameters, best configuration, metrics, inputs, durations, environment, artifacts."""
+    from sluice.ml import leakage
     from sluice.ml import runs as r
 
     try:
@@ -69,6 +70,9 @@ def runs_show(run_id: str, as_json: bool) -> None:
                f"warm start {'-' if not warm else ('used' if warm['used'] else 'requested, NOT used')}")
     click.echo(f"  holdout {h['rows']} rows (train {h['train_rows']}): " + ", ".join(
         f"{k}={num(v)} (baseline {num(h['baseline'][k])})" for k, v in h["metrics"].items()))
+    leaks = leakage.brief(run.get("leakage"))
+    if leaks:
+        click.echo(f"  {leaks}")
     if run.get("refit"):
         bag = run["refit"].get("bag")
         click.echo(f"  ships: refitted on all {run['refit']['rows']} labelled rows"
