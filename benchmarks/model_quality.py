@@ -233,6 +233,9 @@ def main() -> None:
                         help="seeded test splits per dataset; the table shows each system's mean (small test sets "
                              "swing from split to split)")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--extra", help="a folder of more datasets: DIR/NAME.parquet for each NAME that "
+                        'DIR/datasets.json lists as {"NAME": {"target": ..., "task": ...}} (e.g. statsmodels\' and '
+                        "vega_datasets' offline tables, exported in a virtualenv of their own); run by name")
     args = parser.parse_args()
 
     import logging
@@ -260,7 +263,7 @@ def main() -> None:
     load0 = os.getloadavg()
     rows: list[dict[str, Any]] = []
     try:
-        for data in all_datasets() + (extra_datasets() if args.datasets else []):
+        for data in all_datasets() + (extra_datasets() + folder_datasets(args.extra) if args.datasets else []):
             if args.datasets and data.name.split()[0] not in args.datasets:
                 continue
             for repeat in range(args.repeats):
@@ -272,6 +275,15 @@ def main() -> None:
         service.stop()
         server.stop()
     report(rows, args, load0)
+
+
+def folder_datasets(folder: str | None) -> list[Dataset]:
+    """The datasets of --extra."""
+    if not folder:
+        return []
+    meta = json.loads((Path(folder) / "datasets.json").read_text())
+    return [Dataset(name, m["target"], m["task"], pl.read_parquet(Path(folder) / f"{name}.parquet"))
+            for name, m in meta.items()]
 
 
 def measure(data: Dataset, dev: pl.DataFrame, test: pl.DataFrame, repeat: int, args: argparse.Namespace,
