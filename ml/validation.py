@@ -408,12 +408,16 @@ def _scan_parquet(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
                              hint="Re-export it as Parquet or CSV and drop it again.") from exc
     _check_parquet_limits(path, key, contract, list(schema.names()))
     _check_columns(key, list(schema.names()), contract)
-    wrong = []
+    wrong, as_text = [], []
     for name, spec in contract.columns.items():
         have = schema[name]
+        if spec.dtype != "str" and isinstance(have, (pl.Categorical, pl.Enum, pl.Null)):
+            as_text.append(name)  # read as the text it holds (a pandas category, a column of None)
+            continue
         # An int column may arrive as floats and a date column as timestamps (pandas writes them so): each value
-        # is then checked to be exactly of the contract's type, row by row, as a CSV file's cells are.
-        ok = (have == POLARS_TYPES[spec.dtype] or spec.dtype == "str"
+        # is then checked to be exactly of the contract's type, row by row, as a CSV file's cells are. A column of
+        # text (pandas writes an object column so: never parsed, or of mixed types) is read as a CSV cell is.
+        ok = (have == POLARS_TYPES[spec.dtype] or spec.dtype == "str" or have == pl.Utf8
               or (spec.dtype == "float" and have.is_numeric()) or (spec.dtype == "int" and have.is_integer())
               or (spec.dtype == "int" and have.is_float())
               or (spec.dtype in ("date", "datetime") and isinstance(have, pl.Datetime)))
@@ -423,11 +427,12 @@ def _scan_parquet(path: Path, key: str, contract: Contract) -> pl.LazyFrame:
         raise ValidationFailed(
             f"{key} has the wrong Parquet schema: " + "; ".join(f"column {f.column!r} is {f.value}, the contract "
                                                                  f"says {f.check.split()[-1]}" for f in wrong) + ".",
-            hint=f"Write the columns with the contract's types, or fix contracts/{contract.dataset}.yaml.",
+            hint="Write the columns with the contract's types (or as text, which is read as a CSV cell is), or fix "
+                 f"contracts/{contract.dataset}.yaml.",
             failures=wrong)
     if pq.ParquetFile(path).metadata.num_rows == 0:
         raise UnreadableFile(f"{key} has a schema but no rows.", hint="Drop a file with at least one row.")
-    return lf
+    return lf.with_columns(pl.col(as_text).cast(pl.Utf8)) if as_text else lf
 
 
 def _check_parquet_limits(path: Path, key: str, contract: Contract, names: list[str]) -> None:
@@ -657,18 +662,18 @@ class _Typing:
             fast = None if spec is None else self._fast(raw, name, spec)
             if spec is None:
                 exprs.append(pl.col(name))
-            elif self.is_text and spec.dtype == "str":  # text is text: no cell fails
+            elif self._text(raw, name) and spec.dtype == "str":  # text is text: no cell fails
                 exprs.append(as_categories(pl.col(name), spec.categories).alias(name))
             elif fast is not None:
                 exprs.append(fast.alias(name))
             else:  # typed the slow way on every row: its failures come with it
-                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text, raw.schema[name])
+                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self._text(raw, name), raw.schema[name])
                 exprs += [typed_e, failed_e.alias(name + _FAILED), non_finite_e.alias(name + _NON_FINITE)]
                 slow.append(name)
         out = raw.select(exprs)  # eager: polars' streaming engine costs ~10 % more on a batch in memory
         failures: list[Failure] = []
         for name, spec in specs.items():
-            if self.is_text and spec.dtype == "str":
+            if self._text(raw, name) and spec.dtype == "str":
                 continue
             if name in slow:
                 failed, non_finite = out[name + _FAILED], out[name + _NON_FINITE]
@@ -684,7 +689,7 @@ class _Typing:
                 at = redo.fill_null(False).arg_true()
                 if not at.len():
                     continue
-                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self.is_text, raw.schema[name])
+                typed_e, failed_e, non_finite_e = typed_exprs(name, spec, self._text(raw, name), raw.schema[name])
                 cells = source.gather(at)
                 anchor = self.anchors.get(name)
                 if anchor is not None:  # polars infers a date layout from the first value: the file's, as settled
@@ -701,10 +706,15 @@ class _Typing:
                              for i in non_finite_rows.to_list()]
         return out.select(raw.columns), failures
 
+    def _text(self, raw: pl.DataFrame, name: str) -> bool:
+        """Whether the column's cells are text, typed as a CSV file's are: every column of a CSV file, and a
+        Parquet file's text columns (pandas writes an object column as text: dates never parsed, mixed types)."""
+        return self.is_text or raw.schema[name] == pl.Utf8
+
     def _fast(self, raw: pl.DataFrame, name: str, spec: ColumnSpec) -> pl.Expr | None:
         """The direct cast of a text column, or None where only the slow way types it right."""
         col, target = pl.col(name), POLARS_TYPES[spec.dtype]
-        if not self.is_text:
+        if not self._text(raw, name):
             return None
         if spec.dtype in ("int", "float"):
             return col.cast(target, strict=False)

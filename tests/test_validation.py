@@ -889,3 +889,61 @@ def test_contract_infer_says_when_a_date_column_mixes_layouts() -> None:
     assert [line.split(":")[0] for line in contract.attention()] == ["signup", "joined"]
     # unique per row, but dates: kept (as text, with the same warning), not taken for an identifier
     assert {"signup", "joined"} <= set(contract.columns) and contract.columns["signup"].dtype == "str"
+
+
+def test_a_pandas_parquet_with_dates_numbers_and_bools_held_as_text_reads_them_as_its_csv_does(
+        tmp_path: Path) -> None:
+    # A CSV of US dates read with pandas and saved as Parquet keeps the dates as text (pandas writes an object column
+    # as strings): the whole file was refused ("column 'signup' is String, the contract says date") while the same
+    # rows as CSV passed. Text in a Parquet file is read as a CSV cell is, its bad values quarantined row by row.
+    import io
+
+    import pandas as pd
+
+    from sluice.core.errors import ValidationFailed
+    from sluice.ml.validation import read_sample
+
+    n = 60
+    df = pd.DataFrame({"signup": [f"{date(2024, 1, 1) + timedelta(days=7 * i):%m/%d/%Y}" for i in range(n)],
+                       "amount": [f"{41000.25 + i}" for i in range(n)],
+                       "visits": pd.Categorical([str(i % 7) for i in range(n)]),
+                       "active": ["true" if i % 3 else "False" for i in range(n)],
+                       "seen": [f"2024-03-{1 + i % 28:02d} 08:{i % 60:02d}:00" for i in range(n)],
+                       "label": ["yes" if i % 2 else "no" for i in range(n)]})
+    df.loc[1, "signup"] = None
+    contract = parse_contract(infer_contract(read_sample("x.csv", df.to_csv(index=False).encode()), "shop",
+                                             "label").to_yaml())
+    assert {c: s.dtype for c, s in contract.columns.items()} == {
+        "signup": "date", "amount": "float", "visits": "int", "active": "bool", "seen": "datetime", "label": "str"}
+    df.loc[4, "amount"] = "41,004.25"  # not a number to a CSV reader either
+    buf = io.BytesIO()
+    df.to_parquet(buf)
+    assert {c: str(t) for c, t in pl.read_parquet(buf.getvalue()).schema.items()} == {
+        "signup": "String", "amount": "String", "visits": "Categorical", "active": "String", "seen": "String",
+        "label": "String"}
+    splits = {}
+    for fmt, data in (("parquet", buf.getvalue()), ("csv", df.to_csv(index=False).encode())):
+        (tmp_path / f"x.{fmt}").write_bytes(data)
+        work = tmp_path / fmt
+        work.mkdir()
+        split = splits[fmt] = validate_file(tmp_path / f"x.{fmt}", f"incoming/shop/x.{fmt}", contract, work,
+                                            batch_rows=25)
+        assert (split.rows_total, split.rows_valid, split.rows_invalid) == (n, n - 1, 1), split.summary()
+        assert [(f.row, f.column, f.check, f.value) for f in split.examples] == [(5, "amount", "dtype float",
+                                                                                  "41,004.25")]
+        invalid = pl.read_parquet(split.invalid_path)
+        assert invalid["_sluice_row"].to_list() == [5]
+        assert invalid["_sluice_reasons"].to_list() == ["amount: dtype float (got '41,004.25')"]
+    valid = pl.read_parquet(splits["parquet"].valid_path)
+    assert valid.equals(pl.read_parquet(splits["csv"].valid_path))
+    assert valid.schema == pl.Schema({"signup": pl.Date, "amount": pl.Float64, "visits": pl.Int64,
+                                      "active": pl.Boolean, "seen": pl.Datetime("us"), "label": pl.Utf8})
+    assert valid.row(0) == (date(2024, 1, 1), 41000.25, 0, False, datetime(2024, 3, 1, 8, 0), "no")
+    assert valid["signup"][1] is None and valid["signup"][3] == date(2024, 1, 22)  # 01/22/2024: month first
+    assert valid["active"].to_list()[:3] == [False, True, True]
+
+    # A column that is no text and not of the contract's type is still refused, naming it.
+    df["visits"] = [[i] for i in range(n)]
+    df.to_parquet(tmp_path / "list.parquet")
+    with pytest.raises(ValidationFailed, match=r"column 'visits' is List\(Int64\), the contract says int"):
+        validate_file(tmp_path / "list.parquet", "incoming/shop/list.parquet", contract, tmp_path)
