@@ -53,8 +53,9 @@ def shipped(chosen: blend.Blend, templates: dict[str, Any], X: Any, y: np.ndarra
 
 def bagged(chosen: blend.Blend, templates: dict[str, Any], X: Any, y: np.ndarray, Xt: Any, task: str, seed: int
            ) -> np.ndarray:
-    """The same choice shipped as the stage ships it now (ml/modeling.BAG_FOLDS): each tree member fitted once per
-    seeded fold of the development rows, on all rows but that fold, averaged; linear members once on every row."""
+    """The same choice with its tree members bagged (ml/modeling.BAG_FOLDS): each fitted once per seeded fold of the
+    development rows, on all rows but that fold, averaged; linear members once on every row. The stage bags a single
+    tree model only: this column is the measurement that decided against bagging blends."""
     if chosen.kept:
         used = [(n, w) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
     else:

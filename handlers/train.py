@@ -515,9 +515,9 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     records of it, or None and why it was skipped).
 
     The holdout-evaluated model stays the run's `bundle`: the gate judges it, on rows it never saw. The refit
-    learns from the 20 % more rows the holdout held and is what a promoted version ships: a bag of
-    modeling.BAG_FOLDS fits of each member, each on all rows but one fold, when they fit in what is left of the
-    budget (measured: benchmarks/bag_refit.py), else one fit on every row (measured in
+    learns from the 20 % more rows the holdout held and is what a promoted version ships: for a single tree model,
+    a bag of modeling.BAG_FOLDS fits, each on all rows but one fold, when they fit in what is left of the budget
+    (measured: benchmarks/bag_refit.py, benchmarks/blend_folds.py), else one fit on every row (measured in
     benchmarks/model_quality.py: a clear gain on digits, a loss on 142-row wine, noise elsewhere).
     Same learner, hyperparameters and encoding: only the rows differ.
 
@@ -540,7 +540,9 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
         ctx.log.warning("train %s: %s", run_id, reason)
         return None, reason
     rows = prepared.result() if prepared is not None else None  # encoded beside the search
-    bag = bag or 0  # a kept blend planned a single refit's time itself
+    # Only a single model is bagged: a blend of two members or more already averages (modeling.BAG_FOLDS says what
+    # was measured). A kept blend planned a single refit's time itself.
+    bag = bag if bag and (chosen is None or sum(w > 0 for w in chosen.weights) == 1) else 0
     done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions, rows, bag)
             if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions, rows, bag))
     manifest_bytes, files = bundle.bundle_files(

@@ -638,19 +638,22 @@ def refit_template(fitted: Any) -> Any:
     return estimator
 
 
-# The shipped model is a bag: each member of what the gate judged (the search's winner, or a kept blend's members)
-# fitted BAG_FOLDS times, each time on all labelled rows but one fold of them (seeded folds, stratified for
-# classes), their predictions averaged, instead of fitted once on all of them. Every fit has the rows the
-# configuration was chosen on (the training rows are 4/5 of them), the average takes out much of a small fit's
-# variance, and it is what AutoGluon ships. Measured (benchmarks/bag_refit.py --extra: 15 datasets, scikit-learn's,
-# statsmodels', vega_datasets' and generated, 8 test splits each, LightGBM's defaults and a small configuration,
-# 2026-11-29, load 3-5 on 2 cores): the bag beat the single fit on 180 of 240 splits; mean test scores e.g. anes96
-# log loss 2.037 -> 1.761, cars' origin 0.519 -> 0.467, seattle weather 1.272 -> 1.199, wine 0.081 -> 0.042,
-# diabetes RMSE 61.9 -> 60.0, randhie (20,000 rows) 3.970 -> 3.970; worse on the mean in 3 of the 30 (dataset,
-# configuration) pairs: breast cancer's defaults (ROC AUC 0.9890 -> 0.9888), iris's small configuration (log loss
-# 0.158 -> 0.175) and modechoice's (ROC AUC 0.9941 -> 0.9937). It costs BAG_FOLDS - 1 times
-# a single refit's fit; when that does not fit in what is left of the budget, the refit is one fit, as before
-# (handlers/train.py).
+# A single tree model ships as a bag: fitted BAG_FOLDS times, each time on all labelled rows but one fold of them
+# (seeded folds, stratified for classes), their predictions averaged, instead of fitted once on all of them. Every
+# fit has as many rows as the configuration was chosen on (the training rows are 4/5 of them), and the average takes
+# out much of a tree model's variance on small data; it is what AutoGluon ships. Measured on single LightGBM models
+# (benchmarks/bag_refit.py --extra: 15 datasets, scikit-learn's, statsmodels', vega_datasets' and generated, 8 test
+# splits each, LightGBM's defaults and a small configuration, 2026-11-29, load 3-5 on 2 cores): the bag beat the
+# single fit on 180 of 240 splits; mean test scores e.g. anes96 log loss 2.037 -> 1.761, cars' origin 0.519 ->
+# 0.467, seattle weather 1.272 -> 1.199, wine 0.081 -> 0.042, diabetes RMSE 61.9 -> 60.0, randhie (20,000 rows)
+# 3.970 -> 3.970; worse on the mean in 3 of the 30 (dataset, configuration) pairs: breast cancer's defaults (ROC AUC
+# 0.9890 -> 0.9888), iris's small configuration (log loss 0.158 -> 0.175) and modechoice's (ROC AUC 0.9941 ->
+# 0.9937). A blend of two members or more is not bagged: it already averages. On the stage's own choices
+# (benchmarks/blend_folds.py, `5 widen bag`: one FLAML search per split, 4 splits of 7 datasets) bagging a kept
+# blend's tree members changed the test score by noise: better on 14 of 28 splits, worse on 11, the mean better on
+# 3 datasets (seattle weather 4 of 4 splits) and worse on 3 (wine 0.0578 -> 0.0620), for 4 times the refit's fits
+# and 5 times the models to score. It costs BAG_FOLDS - 1 times a single refit's fit; when that does not fit in
+# what is left of the budget, the refit is one fit, as before (handlers/train.py).
 BAG_FOLDS = 5
 BAG = "-bag"  # a bag's member: <member>-bag<i>
 # Only trees are bagged. A linear model varies little from fit to fit, so its fits on 4/5 of the rows average to a
