@@ -25,7 +25,7 @@ from sklearn.base import clone
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.model_quality import SPLIT_SEED, csv_bytes, split
+from benchmarks.model_quality import SPLIT_SEED, csv_bytes, folder_datasets, split
 from benchmarks.quality_data import all_datasets
 from sluice.ml import blend, modeling
 from sluice.ml.contract import HIGHER_IS_BETTER, infer_contract, parse_contract
@@ -51,16 +51,38 @@ def shipped(chosen: blend.Blend, templates: dict[str, Any], X: Any, y: np.ndarra
                          [w for _, w in used])
 
 
+def bagged(chosen: blend.Blend, templates: dict[str, Any], X: Any, y: np.ndarray, Xt: Any, task: str, seed: int
+           ) -> np.ndarray:
+    """The same choice with its tree members bagged (ml/modeling.BAG_FOLDS): each fitted once per seeded fold of the
+    development rows, on all rows but that fold, averaged; linear members once on every row. The stage bags a single
+    tree model only: this column is the measurement that decided against bagging blends."""
+    if chosen.kept:
+        used = [(n, w) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
+    else:
+        used = [(next(iter(templates)), 1.0)]
+    splits = blend.folds(y, task != "regression", seed, modeling.BAG_FOLDS)
+    if len(splits) < 2:
+        return shipped(chosen, templates, X, y, Xt, task)
+    everything = os.environ.get("BAG_EVERY_MEMBER")  # linear members bagged too, as first measured
+    fits = [(n, w / len(splits), rows) for n, w in used for rows, _ in splits
+            if everything or blend.learner_of(n) in modeling.BAGGED_LEARNERS]
+    fits += [(n, w, np.arange(len(y))) for n, w in used
+             if not everything and blend.learner_of(n) not in modeling.BAGGED_LEARNERS]
+    return blend.combine([blend.predict(clone(templates[n]).fit(X.iloc[rows], y[rows]), Xt, task)
+                          for n, _, rows in fits], [w for _, w, _ in fits])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--search", type=float, default=6.0, help="seconds of FLAML search per split")
     parser.add_argument("--datasets", nargs="*")
+    parser.add_argument("--extra", help="more datasets, as benchmarks/model_quality.py --extra takes them")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     load0 = os.getloadavg()
     table: dict[str, dict[str, list[float]]] = {}
-    for data in all_datasets():
+    for data in all_datasets() + folder_datasets(args.extra):
         short = data.name.split()[0]
         if args.datasets and short not in args.datasets:
             continue
@@ -109,10 +131,20 @@ def main() -> None:
                         if chosen.kept else f"search's {trained.best_estimator}")
                 print(f"{short:14} r{repeat} {name:9} {value:9.4f} {seconds:6.2f}s folds={chosen.folds:<3} {what}  "
                       f"oof={ {n: round(v, 4) for n, v in chosen.oof.items()} }", flush=True)
-    print(f"\n{'dataset':14} " + " ".join(f"{n:>10}" for n in POLICIES) + f"   (test score, mean of {args.repeats})")
+                if name == "5 widen":  # the policy the stage runs: its choice shipped as a bag, too
+                    bag = modeling.score(contract.metric, yt[kt], bagged(chosen, trained.templates, Xa[ka], ya[ka],
+                                                                         Xt[kt], contract.task,
+                                                                         contract.training.seed), k)
+                    row.setdefault("5 widen bag", []).append(bag)
+                    print(f"{short:14} r{repeat} {'  as a bag':9} {bag:9.4f}", flush=True)
+    names = [*POLICIES, "5 widen bag"]
+    print(f"\n{'dataset':14} " + " ".join(f"{n:>11}" for n in names) + f"   (test score, mean of {args.repeats})")
     for short, row in table.items():
-        metric = next(d for d in all_datasets() if d.name.split()[0] == short).task
-        print(f"{short:14} " + " ".join(f"{np.mean(v):10.4f}" for v in row.values()) + f"   {metric}")
+        task = next(d for d in all_datasets() + folder_datasets(args.extra) if d.name.split()[0] == short).task
+        better = sum((b > a) if task == "binary" else (b < a) for a, b in zip(row["5 widen"], row["5 widen bag"],
+                                                                             strict=True))
+        print(f"{short:14} " + " ".join(f"{np.mean(row[n]):11.4f}" for n in names)
+              + f"   {task}; the bag better on {better} of {len(row['5 widen'])} splits")
     print(f"load average at start {load0[0]:.1f}, at end {os.getloadavg()[0]:.1f} ({os.cpu_count()} cores); "
           f"higher is better for ROC AUC: {HIGHER_IS_BETTER['roc_auc']}")
 

@@ -44,7 +44,7 @@ import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.quality_data import Dataset, all_datasets
+from benchmarks.quality_data import Dataset, all_datasets, extra_datasets
 from sluice.ml import modeling
 from sluice.ml.contract import HIGHER_IS_BETTER, contract_key, infer_contract, parse_contract
 from sluice.ml.validation import read_sample
@@ -224,7 +224,8 @@ def _binary(scores: np.ndarray, task: str) -> np.ndarray:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--budget", type=float, default=30.0, help="seconds, the same for every AutoML")
-    parser.add_argument("--datasets", nargs="*", help="names (first word) to run; default all six")
+    parser.add_argument("--datasets", nargs="*",
+                        help="names (first word) to run; default the six (diamonds only by name)")
     parser.add_argument("--autogluon-python", help="a Python with autogluon.tabular installed")
     parser.add_argument("--estimators", nargs="*", help="override the contract's estimators (to measure)")
     parser.add_argument("--n-jobs", type=int, help="override the contract's training.n_jobs (to measure)")
@@ -232,6 +233,9 @@ def main() -> None:
                         help="seeded test splits per dataset; the table shows each system's mean (small test sets "
                              "swing from split to split)")
     parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--extra", help="a folder of more datasets: DIR/NAME.parquet for each NAME that "
+                        'DIR/datasets.json lists as {"NAME": {"target": ..., "task": ...}} (e.g. statsmodels\' and '
+                        "vega_datasets' offline tables, exported in a virtualenv of their own); run by name")
     args = parser.parse_args()
 
     import logging
@@ -259,7 +263,7 @@ def main() -> None:
     load0 = os.getloadavg()
     rows: list[dict[str, Any]] = []
     try:
-        for data in all_datasets():
+        for data in all_datasets() + (extra_datasets() + folder_datasets(args.extra) if args.datasets else []):
             if args.datasets and data.name.split()[0] not in args.datasets:
                 continue
             for repeat in range(args.repeats):
@@ -271,6 +275,15 @@ def main() -> None:
         service.stop()
         server.stop()
     report(rows, args, load0)
+
+
+def folder_datasets(folder: str | None) -> list[Dataset]:
+    """The datasets of --extra."""
+    if not folder:
+        return []
+    meta = json.loads((Path(folder) / "datasets.json").read_text())
+    return [Dataset(name, m["target"], m["task"], pl.read_parquet(Path(folder) / f"{name}.parquet"))
+            for name, m in meta.items()]
 
 
 def measure(data: Dataset, dev: pl.DataFrame, test: pl.DataFrame, repeat: int, args: argparse.Namespace,

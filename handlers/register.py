@@ -53,7 +53,7 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
         "training": {"params": run["params"], "best_estimator": run["best_estimator"],
                      "best_config": run["best_config"], "holdout": run["holdout"],
                      "durations_s": run["durations_s"],
-                     **({"refit": {k: refit[k] for k in ("rows", "fit_s")}} if refit else {}),
+                     **({"refit": {k: refit[k] for k in ("rows", "fit_s", "bag") if k in refit}} if refit else {}),
                      **({"refit_skipped": run["refit_skipped"]} if run.get("refit_skipped") else {}),
                      **({"blend": run["blend"]} if run.get("blend") else {}),
                      "environment": run["environment"]},

@@ -264,7 +264,7 @@ def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, lab
     refit_left_s = spec.time_budget_s * STAGE_SHARE - leak_s - (t_blend - t_prep)
     refit, refit_skipped = _refit(ctx, contract, frame, encoding, trained, base, run_id, chosen, refit_left_s,
                                   futures["frequencies"].result(), futures.get("refit_input"),
-                                  futures["contract_yaml"].result())
+                                  futures["contract_yaml"].result(), train_frame.height)
     refit_s = time.perf_counter() - t_refit
     artifacts |= stored_future.result()
     known, metrics, baseline_scores, baseline = evaluated_future.result()
@@ -510,32 +510,41 @@ def _blend(contract: Contract, trained: modeling.Trained, train_frame: pl.DataFr
 def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: modeling.Encoding,
            trained: modeling.Trained, base: str, run_id: str, chosen: Any, left_s: float, frequencies: Any,
            prepared: Future[modeling.RefitInput] | None = None, contract_yaml: bytes | None = None,
-           ) -> tuple[dict[str, Any] | None, str | None]:
+           train_rows: int = 0) -> tuple[dict[str, Any] | None, str | None]:
     """The chosen configuration refitted on every labelled row, stored as a bundle of its own: (what the run
     records of it, or None and why it was skipped).
 
     The holdout-evaluated model stays the run's `bundle`: the gate judges it, on rows it never saw. The refit
-    learns from the 20 % more rows the holdout held and is what a promoted version ships (measured in
+    learns from the 20 % more rows the holdout held and is what a promoted version ships: for a single tree model,
+    a bag of modeling.BAG_FOLDS fits, each on all rows but one fold, when they fit in what is left of the budget
+    (measured: benchmarks/bag_refit.py, benchmarks/blend_folds.py), else one fit on every row (measured in
     benchmarks/model_quality.py: a clear gain on digits, a loss on 142-row wine, noise elsewhere).
     Same learner, hyperparameters and encoding: only the rows differ.
 
     The budget is the user's: a refit that would take the stage past 1.1 x of it (estimated from the winner's own
-    fit, scaled to the rows; a refit under REFIT_ALWAYS_S is always made) is skipped, and the evaluated model
-    ships. A kept blend planned its refit's time itself."""
+    fit, or the blend's members' fits on the `train_rows` training rows, scaled to the rows; a refit under
+    REFIT_ALWAYS_S is always made) is skipped, and the evaluated model ships."""
     if not contract.training.refit:
         return None, None
-    if chosen is None and trained.best_fit_rows:
-        estimate_s = trained.best_fit_s * frame.height / trained.best_fit_rows
-        margin_s = (STAGE_LIMIT - STAGE_SHARE) * contract.training.time_budget_s
-        if estimate_s > max(left_s + margin_s, REFIT_ALWAYS_S):
-            reason = (f"no time left for the refit: it would take about {estimate_s:.1f}s ({trained.best_fit_s:.1f}s "
-                      f"for {trained.best_fit_rows:,} rows, scaled to {frame.height:,}), {max(left_s, 0):.1f}s of "
-                      f"the budget was left; the model the gate judged ships. Raise training.time_budget_s to refit.")
-            ctx.log.warning("train %s: %s", run_id, reason)
-            return None, reason
+    if chosen is not None:
+        used = [n for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
+        one_fit_s = sum(chosen.costs.get(n, 0.0) for n in used) * frame.height / max(train_rows, 1)
+    else:
+        one_fit_s = trained.best_fit_s * frame.height / max(trained.best_fit_rows, 1)
+    room_s = max(left_s + (STAGE_LIMIT - STAGE_SHARE) * contract.training.time_budget_s, REFIT_ALWAYS_S)
+    bag = refit_plan(one_fit_s, room_s)
+    if chosen is None and bag is None:
+        reason = (f"no time left for the refit: it would take about {one_fit_s:.1f}s ({trained.best_fit_s:.1f}s "
+                  f"for {trained.best_fit_rows:,} rows, scaled to {frame.height:,}), {max(left_s, 0):.1f}s of "
+                  f"the budget was left; the model the gate judged ships. Raise training.time_budget_s to refit.")
+        ctx.log.warning("train %s: %s", run_id, reason)
+        return None, reason
     rows = prepared.result() if prepared is not None else None  # encoded beside the search
-    done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions, rows)
-            if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions, rows))
+    # Only a single model is bagged: a blend of two members or more already averages (modeling.BAG_FOLDS says what
+    # was measured). A kept blend planned a single refit's time itself.
+    bag = bag if bag and (chosen is None or sum(w > 0 for w in chosen.weights) == 1) else 0
+    done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions, rows, bag)
+            if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions, rows, bag))
     manifest_bytes, files = bundle.bundle_files(
         contract=contract, encoding=encoding, model_bytes=done.model_bytes, model_format=done.model_format,
         frequencies=frequencies, run_id=run_id, members=done.members, contract_yaml=contract_yaml)
@@ -546,9 +555,20 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     model = json.loads(manifest_bytes)["files"]["model"]
     return {"rows": done.rows, "fit_s": round(done.fit_seconds, 3), "best_estimator": trained.best_estimator,
             **({"members": sorted(done.members)} if done.members else {}),
+            # A bag: each member fitted once per fold, on all rows but that fold (seeded folds), averaged.
+            **({"bag": {"folds": done.bag, "seed": contract.training.seed}} if done.bag else {}),
             "bundle": {"key": key, "sha256": bundle.sha256(manifest_bytes), "uri": ctx.store.uri(key)},
             "model": {"key": f"{base}refit/{model['path']}", "sha256": model["sha256"], "bytes": model["bytes"],
                       "format": done.model_format}}, None
+
+
+def refit_plan(one_fit_s: float, room_s: float) -> int | None:
+    """How the refit fits in `room_s`, given one fit on every row takes `one_fit_s`: a bag of
+    modeling.BAG_FOLDS fits (each on (k - 1) / k of the rows, so k - 1 single fits in all), else a single fit
+    (0), else None (no refit)."""
+    if one_fit_s * (modeling.BAG_FOLDS - 1) <= room_s:
+        return modeling.BAG_FOLDS
+    return 0 if one_fit_s <= room_s else None
 
 
 def _check_leakage(ctx: Context, contract: Contract, train_frame: pl.DataFrame, encoding: modeling.Encoding

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -246,6 +247,7 @@ class Blend:
     folds: int = 0
     fitted: dict[str, Any] = field(default_factory=dict, repr=False)  # member -> fitted scikit-learn model
     dropped: list[str] = field(default_factory=list)  # members left out for lack of time
+    costs: dict[str, float] = field(default_factory=dict)  # seconds of each member's fit on all training rows
 
     def summary(self) -> dict[str, Any]:
         """What the run, the version and the card record."""
@@ -280,6 +282,7 @@ def predict(model: Any, X: Any, task: str) -> np.ndarray:
 def learner_of(member: str) -> str:
     """The learner (and so the stored format) of a member: the fixed configurations are LightGBM's, the linear
     model's twin is linear."""
+    member = re.sub(r"-bag\d+$", "", member)  # one fit of a bag (ml/modeling.BAG_FOLDS) is its member's learner
     if member == LINEAR_ROWS:
         return "linear"
     return FIXED.get(member, (member, {}))[0]
@@ -421,7 +424,7 @@ def build(templates: dict[str, Any], X: Any, y: np.ndarray, X_holdout: Any, y_ho
                   else f"no time left for out-of-fold fits ({sum(costs.values()):.1f}s a fit of every member)"
                   if not n_folds else "too few rows per class for folds")
         return Blend(members, [1.0] + [0.0] * (len(members) - 1), False, reason,
-                     seconds=time.perf_counter() - started, dropped=dropped)
+                     seconds=time.perf_counter() - started, dropped=dropped, costs=costs)
     oof = []
     for name in members:
         out: np.ndarray | None = None
@@ -480,4 +483,4 @@ def build(templates: dict[str, Any], X: Any, y: np.ndarray, X_holdout: Any, y_ho
     holdout["blend"] = score(metric, y_holdout, combine(on_holdout, weights), n_classes)
     return Blend(members, [round(w, 6) for w in weights], kept, reason, oof_metrics, holdout,
                  time.perf_counter() - started, len(splits), {n: fitted[n] for n in members} if kept else {},
-                 dropped)
+                 dropped, costs)

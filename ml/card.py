@@ -59,8 +59,8 @@ def render_card(version: dict[str, Any], previous: dict[str, Any] | None = None)
                 f"- Best configuration: `{json.dumps(training.get('best_config'), sort_keys=True)}`",
                 *_blend(training.get("blend")),
                 *([f"- Shipped model: the same configuration refitted on all {training['refit']['rows']} labelled rows "
-                   "(training + holdout); the metrics below are of the model fitted on the training rows alone, "
-                   "scored on holdout rows it never saw"] if training.get("refit") else []),
+                   "(training + holdout)" + _bag(training["refit"]) + "; the metrics below are of the model fitted "
+                   "on the training rows alone, scored on holdout rows it never saw"] if training.get("refit") else []),
                 *([f"- Not refitted: {training['refit_skipped']}"] if training.get("refit_skipped") else []),
                 f"- Environment: Python {(training.get('environment') or {}).get('python')}, "
                 + ", ".join(f"{k} {v}" for k, v in sorted(((training.get('environment') or {})
@@ -139,3 +139,10 @@ def _blend(record: dict[str, Any] | None) -> list[str]:
                 f"rows; holdout {scores}: {record.get('reason')})"]
     return [f"- Blend of {', '.join(record.get('members') or [])} not shipped: {record.get('reason')}"
             + (f" (holdout {scores})" if scores else "")]
+
+
+def _bag(refit: dict[str, Any]) -> str:
+    """How a bagged refit was fitted (ml/modeling.BAG_FOLDS), or nothing."""
+    bag = refit.get("bag")
+    return (f", as a bag: each member fitted {bag['folds']} times, each time on all rows but one of "
+            f"{bag['folds']} folds (seed {bag['seed']}), the fits' predictions averaged") if bag else ""

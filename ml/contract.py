@@ -166,13 +166,19 @@ class PromotionSpec(_Strict):
 
     The candidate is promoted when the lower bound of the paired-bootstrap confidence interval of its improvement
     exceeds `min_improvement`, and rejected when the upper bound does not, or when a slice, guardrail, size or
-    latency limit fails; otherwise (or below `min_holdout_rows`) the evidence is insufficient.
+    latency limit fails; otherwise (or below `min_holdout_rows`) the evidence is insufficient, except for a model's
+    first version that beats the naive baseline (`first_model_needs_evidence`).
     """
 
     min_improvement: float = Field(default=0.0, ge=0.0)
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
     min_holdout_rows: int = Field(default=30, ge=1)
+    # A model's first version has no champion to protect: it is promoted when it beats the naive baseline on the
+    # holdout, even where the interval straddles min_improvement or the holdout is under min_holdout_rows (no model
+    # at all serves nobody; a noisy target or a small dataset left every version a challenger, and
+    # `load_model('m@champion')` failed). True asks the first version for the same evidence as a challenger.
+    first_model_needs_evidence: bool = False
     # Slices are contract columns: by value for text, booleans and small integers, by quartile otherwise.
     slices: list[str] = Field(default_factory=list)
     non_inferiority_margin: float = Field(default=0.02, ge=0.0)
@@ -506,9 +512,11 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
         f"Up to {INFERRED_MAX_INVALID_FRACTION:.0%} of a file's rows may break a rule: they are quarantined with a "
         "report (file, row, column, rule) and the rest goes on; above it the whole file stops. One bad row in a "
         "large export should not hold back the rest. Set 0 to stop any file with a bad row.")
-    notes["training"] = ("FLAML's search budget in seconds; debounce_s: drops within this many seconds of each "
-                         "other train once. leakage: refuse (no promotion), exclude (train without the column) or "
-                         "warn, when one column alone predicts the target.")
+    notes["training"] = ("FLAML's search budget in seconds; debounce_s: drops that arrive while earlier ones are "
+                         "still on their way train once, after this many quiet seconds; a drop when nothing else is "
+                         "pending trains at once (a file dropped after that training started makes a run of its "
+                         "own). leakage: refuse (no promotion), exclude (train without the column) or warn, when "
+                         "one column alone predicts the target.")
     notes.update(_LIMIT_NOTES)
     # A date reaches the model as a day number: a trend, but no season or weekday. Their parts are declared
     # features, as a data scientist would add them (plain FLAML expands dates the same way).
@@ -553,6 +561,8 @@ _LIMIT_NOTES = {
     "promotion.confidence": "of that paired-bootstrap interval; 0.99 asks for stronger evidence",
     "promotion.bootstrap_resamples": "resamples behind the interval; more is steadier and slower",
     "promotion.min_holdout_rows": "fewer held-out rows are insufficient evidence: no decision",
+    "promotion.first_model_needs_evidence": ("false: a first version better than the naive baseline is promoted "
+                                             "even when the evidence is short; true to ask for the whole interval"),
     "promotion.slices": "feature columns whose every value (or quartile) must not get worse; e.g. [region]",
     "promotion.non_inferiority_margin": "how much worse a slice may be before the candidate is rejected; lower is "
                                         "stricter",

@@ -7,7 +7,9 @@ Outcomes, each with its reasons:
                           lies at or below `min_improvement`: confidently not better by enough
     promote               every limit holds and the interval lies entirely above `min_improvement`
     insufficient_evidence the interval straddles `min_improvement`, or the holdout has fewer than
-                          `min_holdout_rows` rows: a larger holdout is needed to decide
+                          `min_holdout_rows` rows: a larger holdout is needed to decide. Not for a model's first
+                          version that beats the naive baseline on the holdout: it is promoted (no champion to
+                          keep; `promotion.first_model_needs_evidence: true` asks it for the whole interval)
 
 "Improvement" is always in the metric's good direction: candidate - reference for roc_auc, reference -
 candidate for log_loss. The reference is the champion, or the naive baseline for a model's first version.
@@ -283,6 +285,10 @@ def evaluate(contract: Contract, holdout: pl.DataFrame, y: np.ndarray, candidate
     else:
         outcome, reasons = INSUFFICIENT, [comparison, f"the {pct} interval straddles min_improvement {m}: "
                                                       f"{n} holdout rows are too few to tell"]
+    if outcome == INSUFFICIENT and first and not policy.first_model_needs_evidence and ci.estimate > m:
+        outcome, reasons = PROMOTE, [comparison, f"{reasons[-1]}; promoted as the model's first version: better "
+                                     "than the naive baseline on the holdout, and there is no champion to keep "
+                                     "(promotion.first_model_needs_evidence: true asks it for the whole interval)"]
     return GateResult(
         outcome=outcome, reasons=reasons, reference=reference_name,
         metric={"name": metric, "higher_is_better": hib, "candidate": _num(cand_score), "reference": _num(ref_score),

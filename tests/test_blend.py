@@ -310,3 +310,62 @@ def test_a_member_clearly_worse_alone_joins_the_even_blend_when_its_share_does_n
     gains, _ = blend.noise([X[n].to_numpy() for n in "abcd"], y, "rmse", None, seed=0)
     oof = [X[n].to_numpy() for n in "abcd"]
     assert blend.widen(list("abcd"), oof, ["a", "b"], gains, y, "rmse", None, 0) == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_the_refit_ships_a_bag_of_fold_fits_that_scores_as_their_average(task: str) -> None:
+    """Each weighted tree member fitted once per seeded fold on all rows but that fold, sharing its weight, and the
+    linear members once on every row: stored as a blend of the fits, it scores exactly as the average a plain
+    scikit-learn loop computes."""
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    contract, train, encoding, trained, chosen = _blended(task)
+    more = pl.concat([train, rows(contract, 100, 2)])
+    done = modeling.refit_blend(chosen, trained.templates, more, encoding, contract, bag=modeling.BAG_FOLDS)
+    used = [(n, w) for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
+    trees = [n for n, _ in used if blend.learner_of(n) == "lgbm"]
+    assert trees, "the blend of these rows has a LightGBM member"
+    assert done.bag == 5 and done.rows == more.height and done.model_format == blend.BLEND_JSON
+    assert len(done.members or {}) == 5 * len(trees) + len(used) - len(trees)
+    doc = json.loads(done.model_bytes)
+    assert {m["learner"] for m in doc["members"]} == {blend.learner_of(n) for n, _ in used}
+    prepared = modeling.refit_input(more, encoding)
+    X, y = prepared.X, prepared.y
+    splitter = (KFold(5, shuffle=True, random_state=contract.training.seed) if task == "regression"
+                else StratifiedKFold(5, shuffle=True, random_state=contract.training.seed))
+    expected = np.zeros_like(blend.predict(chosen.fitted[used[0][0]], X, task))
+    for name, weight in used:
+        if name not in trees:
+            expected += weight * blend.predict(clone(trained.templates[name]).fit(X, y), X, task)
+            continue
+        for fit_rows, _ in splitter.split(np.zeros(len(y)), y):
+            assert len(fit_rows) < len(y)  # every fit leaves its fold out
+            expected += weight / 5 * blend.predict(clone(trained.templates[name]).fit(X.iloc[fit_rows], y[fit_rows]),
+                                                   X, task)
+    loaded = modeling.Predictor(blend.BLEND_JSON, done.model_bytes, contract.task, encoding,
+                                members={r: data for r, (_, data) in (done.members or {}).items()})
+    assert np.allclose(loaded.score(more), expected, atol=1e-9)
+
+    # The search's single winner is bagged the same way when it is a tree: a blend of its fits alone; a linear
+    # winner is fitted once on every row.
+    single = modeling.refit(trained, more, encoding, contract, bag=modeling.BAG_FOLDS)
+    if trained.best_estimator == "lgbm":
+        assert single.bag == 5 and [m["learner"] for m in json.loads(single.model_bytes)["members"]] == ["lgbm"] * 5
+    else:
+        assert single.bag == 0 and single.model_format == modeling.FORMAT_OF_LEARNER[trained.best_estimator]
+
+    if task == "multiclass":  # a class with a single row cannot be in every fit: one fit on every row, as before
+        lone = modeling.RefitInput(X, np.where(np.arange(len(y)) == 0, 2, np.where(y == 2, 1, y)), prepared.sample)
+        assert int(np.bincount(lone.y)[2]) == 1
+        once = modeling.refit_blend(chosen, trained.templates, more, encoding, contract, prepared=lone,
+                                    bag=modeling.BAG_FOLDS)
+        assert once.bag == 0 and len(once.members or {}) == len(used)
+
+
+def test_the_refit_is_a_bag_when_its_fits_fit_in_what_is_left_of_the_budget() -> None:
+    from sluice.handlers.train import refit_plan
+
+    assert refit_plan(one_fit_s=0.5, room_s=2.0) == modeling.BAG_FOLDS == 5  # 4 fits' worth of rows
+    assert refit_plan(one_fit_s=0.6, room_s=2.0) == 0  # a single fit on every row
+    assert refit_plan(one_fit_s=2.5, room_s=2.0) is None  # none: the judged model ships

@@ -161,6 +161,34 @@ def test_insufficient_evidence_when_the_interval_straddles_or_the_holdout_is_sma
     assert result.outcome == "insufficient_evidence" and "fewer than min_holdout_rows 30" in result.reasons[-1]
 
 
+def test_a_first_version_better_than_the_naive_baseline_is_promoted_on_short_evidence() -> None:
+    """No champion to keep: a first version whose point estimate beats the naive baseline is promoted even where the
+    interval straddles min_improvement or the holdout is small, saying so; the contract can ask for the evidence."""
+    frame, y = data(300)
+    baseline = noisy(y, 1.0, 5)
+    slightly = baseline.copy()
+    slightly[:6] += 0.5 * (2 * y[:6] - 1)  # better on a few rows, worse on about as many
+    slightly[6:10] -= 0.5 * (2 * y[6:10] - 1)
+
+    def first(frame: pl.DataFrame, y: np.ndarray, candidate: np.ndarray, **policy: Any) -> gate.GateResult:
+        reference = baseline[: len(y)]
+        return gate.evaluate(contract(**policy), frame, y, candidate, reference, baseline=reference,
+                             reference_name="naive baseline", n_classes=None, benchmark=FAST)
+
+    result = first(frame, y, slightly)
+    d = result.metric["difference"]
+    assert d["low"] < 0 < d["high"] and d["estimate"] > 0
+    assert result.outcome == "promote" and "straddles" in result.reasons[-1]
+    assert "promoted as the model's first version" in result.reasons[-1]
+    assert first(frame, y, slightly, first_model_needs_evidence=True).outcome == "insufficient_evidence"
+    worse = baseline.copy()
+    worse[:10] -= 0.5 * (2 * y[:10] - 1)  # worse than the baseline on its point estimate: not promoted
+    assert first(frame, y, worse).outcome != "promote"
+    small, y_small = data(20)
+    result = first(small, y_small, y_small.astype(float))  # 20 rows: too few to decide, yet clearly better
+    assert result.outcome == "promote" and "fewer than min_holdout_rows 30" in result.reasons[-1]
+
+
 def test_a_slice_that_gets_worse_rejects_even_when_the_whole_improves() -> None:
     frame, y = data(400)
     south = (frame["region"] == "south").to_numpy()

@@ -242,3 +242,16 @@ def test_runs_show_models_show_and_trace_name_the_leak_and_the_policy(runtime: R
     assert said in cli("models", "show", DATASET)
     [benchmark] = [line for line in cli("trace", entry["trace_id"]).splitlines() if line.startswith("  benchmark")]
     assert "reject: " + said in benchmark, benchmark
+
+
+def test_a_strong_column_that_separates_one_split_by_luck_is_not_a_leak() -> None:
+    """On a hundred rows a third is a few dozen, which a strong legitimate column can separate perfectly: iris's petal
+    width did on this sample (one split: balanced accuracy 1.0), yet out of fold on all its rows it scores under
+    the threshold. A copy of the species on the same rows is still flagged."""
+    from sklearn.datasets import load_iris
+
+    iris = pl.from_pandas(load_iris(as_frame=True).frame).rename(lambda c: c.replace(" (cm)", "").replace(" ", "_"))
+    sample = iris.with_columns(pl.col("target").cast(pl.Utf8)).sample(96, seed=8)
+    assert findings_of(sample, "target") == []
+    leaky = sample.with_columns(pl.format("ward-{}", pl.col("target")).alias("ward"))
+    assert [(f.column, f.kind) for f in findings_of(leaky, "target")] == [("ward", "determines_target")]

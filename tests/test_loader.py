@@ -35,9 +35,18 @@ def _reference(runtime: Runtime, run: dict[str, Any], contract: Contract, new: p
                                 log_amount=pl.col("amount").log1p())
     featured = featured.join(shares, on="brand", how="left", nulls_equal=True)  # training counted missing brands
     featured = featured.with_columns(pl.col("brand_share").fill_null(0.0))
-    # The model a version ships: the refit on train + holdout (same encoding, fitted on the training rows).
-    booster = lgb.Booster(model_str=runtime.store.get(shipped(run)["model"]["key"]).decode())
-    return np.asarray(booster.predict(encoding.features(featured)))
+    # The model a version ships: the refit on train + holdout (same encoding, fitted on the training rows): a blend
+    # of LightGBM members or a bag of LightGBM fits, whose predictions are averaged with the weights its document
+    # gives.
+    ships = shipped(run)
+    assert ships["model"]["format"] == "sluice-blend-json"
+    prefix = ships["bundle"]["key"].rsplit("/", 1)[0]
+    files = runtime.store.get_json(ships["bundle"]["key"])["files"]
+    members = runtime.store.get_json(ships["model"]["key"])["members"]
+    assert len(members) >= 2 and all(m["format"] == "lightgbm-text" for m in members)
+    X = encoding.features(featured)
+    return np.sum([m["weight"] * lgb.Booster(model_str=runtime.store.get(
+        f"{prefix}/{files[m['role']]['path']}").decode()).predict(X) for m in members], axis=0)
 
 
 @pytest.mark.slow
@@ -141,13 +150,16 @@ def test_a_tampered_bundle_is_refused_and_never_loaded(runtime: Runtime) -> None
     assert version is not None and version["bundle"]["sha256"] == run_bundle_sha(runtime, version)
     key = version["bundle"]["key"]
     manifest = json.loads(runtime.store.get(key))
-    model_key = key.rsplit("/", 1)[0] + "/" + manifest["files"]["model"]["path"]
+    # A LightGBM file of the bundle changed: one fit of the shipped bag (a member of its blend document).
+    role = next(r for r in sorted(manifest["files"]) if r.startswith("member-lgbm"))
+    model_key = key.rsplit("/", 1)[0] + "/" + manifest["files"][role]["path"]
     original = runtime.store.get(model_key)
+    assert b"num_leaves" in original
     runtime.store.put(model_key, original.replace(b"num_leaves", b"num_leafs"))
     with pytest.raises(IntegrityError, match="does not match the bundle manifest"):
         bundle.load_model(f"{mixed.DATASET}:1", settings=runtime.settings, store=runtime.store)
     # Rewriting the manifest to match does not help: the registry recorded the manifest's sha256.
-    manifest["files"]["model"]["sha256"] = bundle.sha256(runtime.store.get(model_key))
+    manifest["files"][role]["sha256"] = bundle.sha256(runtime.store.get(model_key))
     runtime.store.put(key, json.dumps(manifest).encode())
     with pytest.raises(IntegrityError, match="the registry recorded"):
         bundle.load_model(f"{mixed.DATASET}:1", settings=runtime.settings, store=runtime.store)

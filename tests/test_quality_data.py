@@ -9,11 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from benchmarks.quality_data import all_datasets, halves
+from benchmarks.quality_data import all_datasets, diamonds, halves
 from sluice.ml.contract import infer_contract, parse_contract
 from sluice.ml.validation import read_sample, validate_file
 
-DATASETS = all_datasets()
+DATASETS = [*all_datasets(), diamonds(n=5000)]  # the larger one smaller: the same columns and rules
 
 
 @pytest.mark.parametrize("data", DATASETS, ids=[d.name.split()[0] for d in DATASETS])

@@ -409,6 +409,13 @@ def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> No
 
     run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
     assert run["refit"]["rows"] == run["holdout"]["rows"] + run["holdout"]["train_rows"] == 569
+    # A single tree model ships as a bag of 5 fits, each without one fold; a blend as one fit of each member.
+    from sluice.ml.blend import learner_of
+
+    kept = (run.get("blend") or {}).get("kept")
+    ships = [n for n, w in run["blend"]["weights"].items() if w > 0] if kept else [run["best_estimator"]]
+    single_tree = len(ships) == 1 and learner_of(ships[0]) == "lgbm"
+    assert run["refit"].get("bag") == ({"folds": 5, "seed": 42} if single_tree else None), (ships, run["refit"])
     [version] = ModelRegistry(runtime.store, MemoryState()).versions(DATASET)
     assert version["bundle"] == run["refit"]["bundle"] and version["evaluated_bundle"] == run["bundle"]
     assert version["artifact"]["sha256"] == run["refit"]["model"]["sha256"] != run["artifacts"]["model"]["sha256"]
@@ -420,6 +427,35 @@ def test_the_version_ships_a_refit_on_every_labelled_row(runtime: Runtime) -> No
     assert version["scores"]["candidate"] == pytest.approx(modeling.score("roc_auc", y, judged, None), abs=1e-6)
     assert not np.allclose(shipped, judged)
     assert (modeling.score("log_loss", y, shipped, None) < modeling.score("log_loss", y, judged, None))
+
+
+def test_a_single_tree_model_ships_as_a_bag_of_fold_fits(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No blend kept and LightGBM's winner: the version ships 5 fits of it, each without one fold of the labelled
+    rows, averaged; the champion scores as that average, and the card and `runs show` say so."""
+    import lightgbm as lgb
+
+    from sluice.handlers import train as train_stage
+    from sluice.ml import bundle, registry
+
+    monkeypatch.setattr(train_stage, "_blends", lambda contract: False)  # the single-model path
+    contract = with_training(sample_contract(), estimators=["lgbm"])
+    runtime.store.put(f"contracts/{DATASET}.yaml", contract.to_yaml().encode())
+    run = run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    assert run["best_estimator"] == "lgbm" and run["refit"]["bag"] == {"folds": 5, "seed": 42}
+    assert run["refit"]["members"] == [f"member-lgbm-bag{i}" for i in range(5)]
+    champion = bundle.load_model(f"{DATASET}@champion", settings=runtime.settings, store=runtime.store)
+    assert champion.model_sha256 == run["refit"]["model"]["sha256"]
+    holdout = pl.read_parquet(io.BytesIO(artifact(runtime.store, run, "holdout")))  # typed, with its features
+    manifest = runtime.store.get_json(run["refit"]["bundle"]["key"])
+    prefix = run["refit"]["bundle"]["key"].rsplit("/", 1)[0]
+    boosters = [lgb.Booster(model_str=runtime.store.get(f"{prefix}/{manifest['files'][f'member-lgbm-bag{i}']['path']}")
+                            .decode()) for i in range(5)]
+    assert len({b.model_to_string() for b in boosters}) == 5  # five different fits
+    X = champion.encoding.features(holdout)
+    np.testing.assert_allclose(champion.score_features(holdout), np.mean([b.predict(X) for b in boosters], axis=0),
+                               atol=1e-12)
+    card = runtime.store.get(registry.ModelRegistry(runtime.store, runtime.state).card_key(DATASET, 1)).decode()
+    assert "as a bag: each member fitted 5 times" in card
 
 
 def test_a_refit_that_would_overrun_the_budget_is_skipped_and_the_judged_model_ships(

@@ -74,8 +74,10 @@ def runs_show(run_id: str, as_json: bool) -> None:
     if leaks:
         click.echo(f"  {leaks}")
     if run.get("refit"):
-        click.echo(f"  ships: refitted on all {run['refit']['rows']} labelled rows (the holdout scores above are of "
-                   "the model fitted on the training rows)")
+        bag = run["refit"].get("bag")
+        click.echo(f"  ships: refitted on all {run['refit']['rows']} labelled rows"
+                   + (f", a bag of {bag['folds']} fits per member (each without one of {bag['folds']} folds)"
+                      if bag else "") + " (the holdout scores above are of the model fitted on the training rows)")
     elif run.get("refit_skipped"):
         click.echo(f"  ships: the evaluated model, not refitted: {run['refit_skipped']}")
     importance = run.get("feature_importance", {})
