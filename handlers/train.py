@@ -526,8 +526,8 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     REFIT_ALWAYS_S is always made) is skipped, and the evaluated model ships."""
     if not contract.training.refit:
         return None, None
+    used = [n for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0] if chosen is not None else []
     if chosen is not None:
-        used = [n for n, w in zip(chosen.learners, chosen.weights, strict=True) if w > 0]
         one_fit_s = sum(chosen.costs.get(n, 0.0) for n in used) * frame.height / max(train_rows, 1)
     else:
         one_fit_s = trained.best_fit_s * frame.height / max(trained.best_fit_rows, 1)
@@ -542,7 +542,7 @@ def _refit(ctx: Context, contract: Contract, frame: pl.DataFrame, encoding: mode
     rows = prepared.result() if prepared is not None else None  # encoded beside the search
     # Only a single model is bagged: a blend of two members or more already averages (modeling.BAG_FOLDS says what
     # was measured). A kept blend planned a single refit's time itself.
-    bag = bag if bag and (chosen is None or sum(w > 0 for w in chosen.weights) == 1) else 0
+    bag = bag if bag and len(used) <= 1 else 0
     done = (modeling.refit_blend(chosen, trained.templates, frame, encoding, contract, ctx.extensions, rows, bag)
             if chosen is not None else modeling.refit(trained, frame, encoding, contract, ctx.extensions, rows, bag))
     manifest_bytes, files = bundle.bundle_files(

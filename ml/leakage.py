@@ -143,21 +143,28 @@ def _smooth(x: np.ndarray, t: np.ndarray | None, rows: np.ndarray, *, classes: b
     return 1.0 if spread == 0 else 1 - float(np.mean(np.diff(t) ** 2)) / (2 * spread)
 
 
-def _score(X: np.ndarray, y: np.ndarray, classify: bool, seed: int, fit_rows: np.ndarray, out_rows: np.ndarray
-           ) -> float:
-    """A one-column tree's balanced accuracy or R² on `out_rows`, fitted on `fit_rows`."""
+def _tree(classify: bool, seed: int) -> Any:
+    """The small one-column decision tree every look fits."""
     from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-    tree: Any = (DecisionTreeClassifier if classify else DecisionTreeRegressor)(min_samples_leaf=2,
-                                                                               random_state=seed)
-    predicted = tree.fit(X[fit_rows], y[fit_rows]).predict(X[out_rows])
+    return (DecisionTreeClassifier if classify else DecisionTreeRegressor)(min_samples_leaf=2, random_state=seed)
+
+
+def _metric(classify: bool, truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Balanced accuracy (classes) or R² (values) of a tree's predictions."""
     if classify:
         from sklearn.metrics import balanced_accuracy_score
 
-        return float(balanced_accuracy_score(y[out_rows], predicted))
+        return float(balanced_accuracy_score(truth, predicted))
     from sklearn.metrics import r2_score
 
-    return float(r2_score(y[out_rows], predicted))
+    return float(r2_score(truth, predicted))
+
+
+def _score(X: np.ndarray, y: np.ndarray, classify: bool, seed: int, fit_rows: np.ndarray, out_rows: np.ndarray
+           ) -> float:
+    """A one-column tree's balanced accuracy or R² on `out_rows`, fitted on `fit_rows`."""
+    return _metric(classify, y[out_rows], _tree(classify, seed).fit(X[fit_rows], y[fit_rows]).predict(X[out_rows]))
 
 
 def _confirmed(X: np.ndarray, target: np.ndarray, classify: bool, seed: int, rows: np.ndarray) -> float:
@@ -168,7 +175,6 @@ def _confirmed(X: np.ndarray, target: np.ndarray, classify: bool, seed: int, row
     width did on 9 of 20 samples of 96 rows, scoring 0.94-0.97 out of fold on all of them), where a leak scores
     near 1 on any rows."""
     from sklearn.model_selection import KFold, StratifiedKFold
-    from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
     t, Xr = target[rows], X[rows]
     if classify:
@@ -179,18 +185,10 @@ def _confirmed(X: np.ndarray, target: np.ndarray, classify: bool, seed: int, row
         splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(Xr, t)
     else:
         splits = KFold(FOLDS, shuffle=True, random_state=seed).split(Xr)
-    predicted = np.empty(len(t), dtype=np.float64)
+    predicted = np.empty_like(t)
     for fit, out in splits:
-        tree: Any = (DecisionTreeClassifier if classify else DecisionTreeRegressor)(min_samples_leaf=2,
-                                                                                   random_state=seed)
-        predicted[out] = tree.fit(Xr[fit], t[fit]).predict(Xr[out])
-    if classify:
-        from sklearn.metrics import balanced_accuracy_score
-
-        return float(balanced_accuracy_score(t, predicted.astype(t.dtype)))
-    from sklearn.metrics import r2_score
-
-    return float(r2_score(t, predicted))
+        predicted[out] = _tree(classify, seed).fit(Xr[fit], t[fit]).predict(Xr[out])
+    return _metric(classify, t, predicted)
 
 
 def _measure(X: np.ndarray, y: np.ndarray, ranks: np.ndarray | None, seed: int, fit_rows: np.ndarray,
