@@ -432,13 +432,15 @@ def parse_contract(text: str | bytes, source: str = "contract") -> Contract:
 
 
 # `contract infer` sees one sample; the next file of the same source has other extremes, other categories and
-# the odd missing value. Inferred limits are therefore wide (the observed range widened by its span on each side,
-# never across zero), features may be missing, and a small share of bad rows is quarantined rather than stopping
-# the file. Every such choice is written next to the value, with how to tighten it.
+# the odd missing value. Inferred limits are therefore wide (the observed range widened on each side by its span or
+# by a tenth of its largest magnitude, whichever is more, never across zero: by its span alone, a narrow range far
+# from zero such as years 1931 to 1932 refused 1934), features may be missing, and a small share of bad rows is
+# quarantined rather than stopping the file. Every such choice is written next to the value, with how to tighten it.
 INFERRED_MAX_INVALID_FRACTION = 0.01
 UNLABELLED = (" A row without a label passes and is left out of training (its label may come later); set "
               "`nullable: false` to quarantine such rows instead.")
 WIDEN_BY_SPAN = 1.0
+WIDEN_BY_MAGNITUDE = 0.1
 
 
 def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s: float = 10.0,
@@ -499,11 +501,12 @@ def infer_contract(frame: pl.DataFrame, dataset: str, target: str, time_budget_s
                  "`sluice contract put`. Limits are deliberately loose so the next file of the same source passes; "
                  "the comments say how to tighten each one.")
     notes["columns"] = (
-        "Each column's comment says what the sample held. Numeric min/max are the observed range widened by its "
-        "span on each side (never across zero), so the next file of the same source passes; a row outside is "
-        "quarantined. Tighten them to the observed range to be strict. Features are nullable (the model handles "
-        "missing values): set `nullable: false` to require a value. Text features accept any value (an unseen one "
-        "scores as missing): add `categories: [...]` to quarantine rows with other values.")
+        "Each column's comment says what the sample held. Numeric min/max are the observed range widened on each "
+        f"side by its span or by {WIDEN_BY_MAGNITUDE:.0%} of its largest absolute value, whichever is more (never "
+        "across zero), so the next file of the same source passes, a year column's next seasons too; a row outside "
+        "is quarantined. Tighten them to the observed range to be strict. Features are nullable (the model "
+        "handles missing values): set `nullable: false` to require a value. Text features accept any value (an "
+        "unseen one scores as missing): add `categories: [...]` to quarantine rows with other values.")
     notes["task"] = f"{task}: from the target's {distinct} distinct values and type." + (
         " They are whole numbers written as decimals (pandas writes an integer column with missing values so): "
         "set `task: regression` and drop the target's `categories` if they are amounts, not classes."
@@ -649,7 +652,8 @@ def _infer_column(s: pl.Series, *, is_target: bool) -> tuple[ColumnSpec, str]:
             # A constant says nothing about the range of the next file; only its sign is kept.
             wide_lo, wide_hi = (0.0 if lo >= 0 else None), (0.0 if hi < 0 else None)
         else:
-            wide_lo, wide_hi = lo - WIDEN_BY_SPAN * (hi - lo), hi + WIDEN_BY_SPAN * (hi - lo)
+            margin = max(WIDEN_BY_SPAN * (hi - lo), WIDEN_BY_MAGNITUDE * max(abs(lo), abs(hi)))
+            wide_lo, wide_hi = lo - margin, hi + margin
             if lo >= 0:
                 wide_lo = max(wide_lo, 0.0)  # a count or amount does not turn negative in the next file
             if hi <= 0:

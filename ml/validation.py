@@ -1080,10 +1080,19 @@ def read_sample(key: str, data: bytes) -> pl.DataFrame:
     name = key.lower()
     if name.endswith(".parquet"):
         try:
-            return pl.read_parquet(io.BytesIO(data))
+            frame = pl.read_parquet(io.BytesIO(data))
         except Exception as exc:  # polars raises several kinds for a broken file
             raise UnreadableFile(f"{key} is not a readable Parquet file ({type(exc).__name__}: {_first_line(exc)}).",
                                  hint="Re-export it as Parquet or CSV.") from exc
+        # Validation reads a Parquet column of text as CSV cells (pandas writes an object column so: ISO dates or
+        # numbers never parsed): typed here as its CSV export would be, so both files infer the same contract (a
+        # date column inferred as text made each day a category, and a later real timestamp column passed as text).
+        text = [c for c in frame.columns if frame.schema[c] == pl.Utf8]
+        if text and frame.height:
+            blank_as_csv = [pl.when(pl.col(c) != "").then(pl.col(c)).alias(c) for c in text]  # "" is no value
+            cells = _read_csv_cells(frame.select(blank_as_csv).write_csv().encode())
+            frame = frame.with_columns(cells[c] for c in text if cells.schema[c] not in (pl.Utf8, pl.Null))
+        return frame
     if name.endswith(".gz"):
         try:
             data = gzip.decompress(data)
@@ -1091,20 +1100,25 @@ def read_sample(key: str, data: bytes) -> pl.DataFrame:
             raise UnreadableFile(f"{key} is not valid gzip ({exc}).", hint="Compress it again.") from exc
     _check_sample_text(key, data)
     try:
-        frame = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
-        # A number or date column that writes its missing values as NA, N/A, null, - or ? (R, Excel, UCI): those
-        # cells are missing, as validation reads them (typed_exprs), not a reason to call the column text.
-        marked = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True,
-                             null_values=list(MISSING_MARKERS))
+        frame = _read_csv_cells(data)
     except pl.exceptions.PolarsError as exc:
         raise UnreadableFile(f"{key} could not be parsed as CSV: {_first_line(exc)}",
                              hint="Check the delimiter (Sluice reads comma-separated files), the quoting, and that "
                                   "every line has as many fields as the header.") from exc
-    frame = frame.with_columns(marked[c] for c in frame.columns
-                               if frame.schema[c] == pl.Utf8 and marked.schema[c] not in (pl.Utf8, pl.Null))
     # Blank lines (and lines of empty cells) are rows of nulls to polars 2: left out, as validation leaves them out,
     # or they would make every column look nullable.
     return frame.filter(~no_value()) if frame.width else frame
+
+
+def _read_csv_cells(data: bytes) -> pl.DataFrame:
+    """CSV text as a frame with the types polars infers for its cells (dates, numbers, bools)."""
+    frame = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True)
+    # A number or date column that writes its missing values as NA, N/A, null, - or ? (R, Excel, UCI): those
+    # cells are missing, as validation reads them (typed_exprs), not a reason to call the column text.
+    marked = pl.read_csv(io.BytesIO(data), infer_schema_length=None, try_parse_dates=True,
+                         null_values=list(MISSING_MARKERS))
+    return frame.with_columns(marked[c] for c in frame.columns
+                              if frame.schema[c] == pl.Utf8 and marked.schema[c] not in (pl.Utf8, pl.Null))
 
 
 def _check_sample_text(key: str, data: bytes) -> None:

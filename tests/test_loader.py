@@ -612,3 +612,23 @@ def test_a_pandas_object_column_mixing_numbers_and_text_scores_as_its_row_dicts_
     twice = pd.DataFrame([[1, 2]], columns=["zone", "zone"])
     with pytest.raises(ModelInputError, match="columns named alike"):
         shop_model.predict(twice)
+
+
+@pytest.mark.slow
+def test_a_model_trained_with_an_inferred_contract_scores_a_year_columns_next_seasons(runtime: Runtime) -> None:
+    # `contract infer` on seasons 1931..1932 wrote `max: 1933` (the span, 1, on each side): the model left next
+    # season's rows unscored ("year: 1935 is above the contract's max 1933.0").
+    from sluice.ml.contract import infer_contract
+
+    def seasons(years: list[int], n: int) -> pl.DataFrame:
+        return pl.DataFrame({"year": [years[i % len(years)] for i in range(n)],
+                             "rain": [float((i * 37) % 50) for i in range(n)],
+                             "wins": [float((i * 37) % 50) * 0.4 + (i % len(years)) for i in range(n)]})
+
+    sample = seasons([1931, 1932], 200)
+    contract = infer_contract(sample, "league", "wins", time_budget_s=1.0, debounce_s=0)
+    runtime.store.put("contracts/league.yaml", contract.to_yaml().encode())
+    run_chain(runtime, "incoming/league/a.csv", sample.write_csv().encode())
+    model = bundle.load_model("league:1", settings=runtime.settings, store=runtime.store)
+    result = model.predict(seasons([1933, 1934, 1935, 1936], 8).drop("wins"))
+    assert result.unscored == [] and len(result.scored) == 8

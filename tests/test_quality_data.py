@@ -39,7 +39,8 @@ def test_the_tolerance_and_limits_come_with_their_reasons() -> None:
     assert 0 < contract.max_invalid_fraction <= 0.05
     text = contract.to_yaml()
     assert "# Up to 1% of a file's rows may break a rule" in text and "Set 0 to stop" in text
-    assert "observed 1 to 3" in text and "Tighten them to the observed range" in text
+    prose = re.sub(r"\n *# ", " ", text)  # the comments as written, whatever their line breaks
+    assert "observed 1 to 3" in text and "Tighten them to the observed range" in prose
     assert parse_contract(text) == contract
 
 
@@ -67,3 +68,27 @@ def test_dates_get_their_parts_as_features() -> None:
     contract = infer_contract(frame, "demo", "y")
     assert [(t.name, t.op) for t in contract.features] == [("d_month", "month"), ("d_day", "day"),
                                                           ("d_dayofweek", "dayofweek")]
+
+
+def _seasons(years: list[int], n: int = 120) -> pl.DataFrame:
+    return pl.DataFrame({"year": [years[i % len(years)] for i in range(n)],
+                         "rain": [float((i * 37) % 50) for i in range(n)],
+                         "wins": [float((i * 37) % 50) * 0.4 + (i % len(years)) for i in range(n)]})
+
+
+@pytest.mark.parametrize("years", [[1930, 1931, 1932, 1933], [1931, 1932]])
+def test_a_year_column_accepts_the_next_seasons(years: list[int], tmp_path: Path) -> None:
+    # Widened by its span alone, years 1931..1932 got max 1933 and 1930..1933 max 1936: next season's rows were
+    # quarantined ("year: 1935 is above the contract's max 1933.0").
+    inferred = infer_contract(_seasons(years), "league", "wins")
+    assert "10% of its largest absolute value" in re.sub(r"\n *# ", " ", inferred.to_yaml())
+    contract = parse_contract(inferred.to_yaml())
+    spec = contract.columns["year"]
+    assert spec.min is not None and spec.max is not None and spec.min <= 1900 and spec.max >= 1940
+    path = tmp_path / "next.csv"
+    _seasons(list(range(1934, 1940))).write_csv(path)
+    split = validate_file(path, "incoming/league/next.csv", contract, tmp_path)
+    assert split.rows_invalid == 0, split.summary()
+    # a range near zero is still widened by its span, never across zero
+    small = infer_contract(pl.DataFrame({"n": [3, 4, 5, 6], "y": [0.5, 1.5, 2.5, 3.5]}), "s", "y").columns["n"]
+    assert (small.min, small.max) == (0.0, 9.0)

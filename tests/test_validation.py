@@ -947,3 +947,36 @@ def test_a_pandas_parquet_with_dates_numbers_and_bools_held_as_text_reads_them_a
     df.to_parquet(tmp_path / "list.parquet")
     with pytest.raises(ValidationFailed, match=r"column 'visits' is List\(Int64\), the contract says int"):
         validate_file(tmp_path / "list.parquet", "incoming/shop/list.parquet", contract, tmp_path)
+
+
+def test_a_parquet_text_column_of_iso_dates_or_numbers_infers_as_its_csv(tmp_path: Path) -> None:
+    # vega's stocks saved by pandas: `date` an object column of "2008-11-01". From the Parquet file it was inferred
+    # as text (each day a category, a new day scored as missing) where the CSV copy gave a date.
+    import io
+
+    import pandas as pd
+
+    df = pd.DataFrame({"symbol": ["MSFT", "AMZN", "IBM"] * 20,
+                       "date": [f"{2000 + i // 12}-{i % 12 + 1:02d}-01" for i in range(60)],
+                       "price": [f"{30 + 0.25 * i}" for i in range(60)],
+                       "shares": [str(i) if i % 9 else "" for i in range(60)],
+                       "up": ["yes", "no", "no"] * 20})
+    parquet = tmp_path / "stocks.parquet"
+    df.to_parquet(parquet)
+    assert pl.read_parquet(parquet).schema["date"] == pl.Utf8
+    from_parquet = infer_contract(read_sample(parquet.name, parquet.read_bytes()), "stocks", "up")
+    from_csv = infer_contract(read_sample("stocks.csv", df.to_csv(index=False).encode()), "stocks", "up")
+    assert from_parquet.to_yaml() == from_csv.to_yaml()
+    assert {n: c.dtype for n, c in from_parquet.columns.items()} == {
+        "symbol": "str", "date": "date", "price": "float", "shares": "int", "up": "str"}
+    split = validate_file(parquet, "incoming/stocks/stocks.parquet", from_parquet, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+    assert pl.read_parquet(split.valid_path)["date"][0] == date(2000, 1, 1)
+    # a later export whose dates are timestamps passes as dates
+    later = df.assign(date=pd.to_datetime(df["date"]))
+    buffer = io.BytesIO()
+    later.to_parquet(buffer)
+    (tmp_path / "later.parquet").write_bytes(buffer.getvalue())
+    split = validate_file(tmp_path / "later.parquet", "incoming/stocks/later.parquet", from_parquet, tmp_path)
+    assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
+    assert pl.read_parquet(split.valid_path).schema["date"] == pl.Date
