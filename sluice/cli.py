@@ -51,9 +51,10 @@ class _Sluice(click.Group):
                 raise  # usage errors quote what the user typed
             raise click.ClickException(printable(exc.message)) from exc
         except Exception as exc:
-            from sluice.core.errors import IntegrityError, printable
+            from sluice.core.errors import ConfigError, IntegrityError, printable
 
-            if isinstance(exc, IntegrityError):  # a document no stage wrote, or changed bytes: say which
+            # A document no stage wrote, or changed bytes: say which. An unusable setting: say what to set.
+            if isinstance(exc, (IntegrityError, ConfigError)):
                 raise click.ClickException(printable(str(exc))) from exc
             # botocore and redis are imported only when one of their errors is in hand: `sluice X --help` and
             # the commands that never touch them start without paying for them.
