@@ -107,6 +107,12 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
         leaks = leakage.brief(v.get("leakage"))
         if leaks:
             click.echo(f"      {leaks}")
+        if v["decision"] == "insufficient_evidence":  # why the gate could not decide, and what to do about it
+            reasons = list(v.get("reasons") or [])
+            if reasons[:1] == [v["decision"]]:
+                reasons = reasons[2:]  # the outcome and the comparison, both on the line above
+            for reason in reasons:
+                click.echo(f"      {reason}")
         b = v.get("benchmark")
         if b:
             click.echo(f"      inference {b['rows_per_s']:,.0f} rows/s, single row p50 {b['p50_ms']:.3f} ms "
