@@ -334,9 +334,9 @@ def models_predict(ref: str, file: str, out: str | None, app_spec: str | None) -
     if result.rows and not len(result.scored):  # nothing to write: say why, and fail
         from collections import Counter
 
-        reasons = Counter(u["reason"] for u in result.unscored).most_common()
-        why = "; ".join(f"{reason} ({n} rows)" for reason, n in reasons[:3])
-        more = f"; and {len(reasons) - 3} more reasons" if len(reasons) > 3 else ""
+        common = Counter(u["reason"] for u in result.unscored).most_common()
+        why = "; ".join(f"{reason} ({n} rows)" for reason, n in common[:3])
+        more = f"; and {len(common) - 3} more reasons" if len(common) > 3 else ""
         raise click.ClickException(f"{model.name} v{model.version} could score none of the {result.rows} rows of "
                                    f"{file}: {why}{more}")
     scored = result.to_polars().drop("row")
