@@ -9,6 +9,7 @@
     │   ├── LimitExceeded     the file would cost more than the contract's `limits` allow (checked before the work)
     │   └── UnknownExtension  the contract names a check, feature function or learner the running app lacks
     ├── ContractError         a contract file is malformed (raised at `sluice contract put`)
+    ├── ConfigError           a setting from the environment is unusable (names the variable and how to fix it)
     ├── AppError              an app's registration or a handler's result is wrong (a programming error: fix the app)
     ├── RegistryError         a lifecycle command that the registry refuses (says which command would work)
     ├── IntegrityError        stored bytes are not what Sluice recorded (never retried, never loaded)
@@ -132,6 +133,11 @@ class UnknownExtension(InputError):
 
 class ContractError(SluiceError):
     """A contract document is malformed."""
+
+
+class ConfigError(SluiceError):
+    """A setting from the environment that Sluice cannot use (e.g. a too-short SLUICE_SIGNING_KEY): the command or
+    worker stops at once with what to set."""
 
 
 class AppError(SluiceError):

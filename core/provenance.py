@@ -19,7 +19,7 @@ import logging
 import secrets
 import threading
 
-from sluice.core.errors import IntegrityError
+from sluice.core.errors import ConfigError, IntegrityError
 
 log = logging.getLogger("sluice")
 
@@ -39,14 +39,16 @@ def is_signed(key: str) -> bool:
 
 
 def parse_key(text: str) -> bytes:
-    """A signing key from settings: hex when it looks like hex, else its UTF-8 bytes; at least 32 bytes."""
+    """A signing key from settings: hex when it looks like hex, else its UTF-8 bytes; at least 32 bytes (else a
+    ConfigError saying how to make one)."""
     try:
         raw = bytes.fromhex(text) if len(text) % 2 == 0 else text.encode()
     except ValueError:
         raw = text.encode()
     if len(raw) < MIN_KEY_BYTES:
-        raise ValueError(f"SLUICE_SIGNING_KEY is {len(raw)} bytes; use at least {MIN_KEY_BYTES} random bytes, e.g. "
-                         "`python -c 'import secrets; print(secrets.token_hex(32))'`")
+        raise ConfigError(f"SLUICE_SIGNING_KEY is {len(raw)} bytes; use at least {MIN_KEY_BYTES} random bytes, e.g. "
+                          "`export SLUICE_SIGNING_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')` "
+                          "(the same key for every worker and operator)")
     return raw
 
 

@@ -272,8 +272,9 @@ def evaluate(contract: Contract, holdout: pl.DataFrame, y: np.ndarray, candidate
     if failures:
         outcome, reasons = REJECT, [comparison, *failures]
     elif n < policy.min_holdout_rows:
-        outcome, reasons = INSUFFICIENT, [comparison, f"the holdout has {n} rows, fewer than min_holdout_rows "
-                                                      f"{policy.min_holdout_rows}: too few to decide"]
+        outcome, reasons = INSUFFICIENT, [comparison, f"the holdout has {n} rows, fewer than "
+                                                      f"promotion.min_holdout_rows {policy.min_holdout_rows}: too few "
+                                                      "to decide"]
     elif math.isnan(ci.low):
         outcome, reasons = INSUFFICIENT, [comparison, f"{metric} is undefined on most resamples of the {n} holdout "
                                                       "rows (one class): too few to decide"]
@@ -289,12 +290,22 @@ def evaluate(contract: Contract, holdout: pl.DataFrame, y: np.ndarray, candidate
         outcome, reasons = PROMOTE, [comparison, f"{reasons[-1]}; promoted as the model's first version: better "
                                      "than the naive baseline on the holdout, and there is no champion to keep "
                                      "(promotion.first_model_needs_evidence: true asks it for the whole interval)"]
+    if outcome == INSUFFICIENT and n < policy.min_holdout_rows:
+        reasons[-1] += f". {_more_holdout(policy.min_holdout_rows, contract.training.holdout_fraction)}"
     return GateResult(
         outcome=outcome, reasons=reasons, reference=reference_name,
         metric={"name": metric, "higher_is_better": hib, "candidate": _num(cand_score), "reference": _num(ref_score),
                 "baseline": _num(base_score), "difference": ci.to_dict(), "holdout_rows": n},
         slices=slice_docs, guardrails=guardrail_docs, limits=limit_docs, policy=policy.model_dump(mode="json"),
     )
+
+
+def _more_holdout(min_rows: int, fraction: float) -> str:
+    """What to do about a holdout under `promotion.min_holdout_rows` (the gate decides nothing until it is not)."""
+    return (f"For the gate to decide, drop more rows (a holdout of {min_rows} needs about "
+            f"{math.ceil(min_rows / fraction)} labelled rows at training.holdout_fraction {fraction:g}), raise "
+            "training.holdout_fraction, or lower promotion.min_holdout_rows in the contract; or promote this version "
+            "by hand (`sluice models promote`)")
 
 
 def inference_benchmark(model: Any, rows: pl.DataFrame, *, load_ms: float | None = None, single_rows: int = 200,

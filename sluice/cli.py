@@ -51,9 +51,10 @@ class _Sluice(click.Group):
                 raise  # usage errors quote what the user typed
             raise click.ClickException(printable(exc.message)) from exc
         except Exception as exc:
-            from sluice.core.errors import IntegrityError, printable
+            from sluice.core.errors import ConfigError, IntegrityError, printable
 
-            if isinstance(exc, IntegrityError):  # a document no stage wrote, or changed bytes: say which
+            # A document no stage wrote, or changed bytes: say which. An unusable setting: say what to set.
+            if isinstance(exc, (IntegrityError, ConfigError)):
                 raise click.ClickException(printable(str(exc))) from exc
             # botocore and redis are imported only when one of their errors is in hand: `sluice X --help` and
             # the commands that never touch them start without paying for them.
@@ -182,10 +183,13 @@ def serve(name: str, alias: str, host: str, port: int, bundle: str | None, app_s
     from sluice.core.errors import SluiceError
     from sluice.serve import serve as run
 
-    what = f"the bundle in {bundle} (no bucket, no swapping)" if bundle else f"{name}@{alias}"
-    click.echo(f"sluice serve: {what} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
+    def announce(model: Any) -> None:  # once the model is loaded: a name without one is only an error
+        what = (f"the bundle in {bundle} (v{model.version}; no bucket, no swapping)" if bundle
+                else f"{name}@{alias} (v{model.version})")
+        click.echo(f"sluice serve: {what} on http://{host}:{port} (POST /predict, GET /health /ready /model)")
+
     try:
-        run(name, alias, host, port, _settings(), bundle=bundle, app=load_app(app_spec))
+        run(name, alias, host, port, _settings(), bundle=bundle, app=load_app(app_spec), on_ready=announce)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
 

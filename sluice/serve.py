@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sluice.core.errors import SluiceError
@@ -206,8 +207,9 @@ async def _bounded_body(request: Any) -> bytes | None:
 
 
 def serve(name: str, alias: str, host: str, port: int, settings: Settings | None = None,
-          bundle: str | None = None, app: Any = None) -> None:
-    """Run the service until interrupted."""
+          bundle: str | None = None, app: Any = None, on_ready: Callable[[Model], None] | None = None) -> None:
+    """Run the service until interrupted; `on_ready` is told the model once it is loaded (a model that cannot be
+    loaded raises before it is called)."""
     import signal
     import threading
 
@@ -216,6 +218,8 @@ def serve(name: str, alias: str, host: str, port: int, settings: Settings | None
     server = ModelServer(name, alias, settings=settings, bundle=bundle, app=app)
     server.refresh()
     server.start()
+    if on_ready is not None and server.model is not None:
+        on_ready(server.model)
     if threading.current_thread() is threading.main_thread():
         # uvicorn shuts down gracefully on SIGTERM, then restores the handler it found and raises the signal again:
         # with Python's default, the process died there and the `finally` below never removed the service's queue

@@ -87,6 +87,23 @@ def test_an_unreachable_emulator_or_missing_bucket_says_what_to_do(env: Settings
     assert "Traceback" not in result.output
 
 
+def test_a_short_signing_key_is_one_error_line_in_every_command(env: Settings, monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    run("up")
+    sample = tmp_path / "cancer.csv"
+    sample.write_bytes(sample_bytes())
+    contract_file = tmp_path / "cancer.yaml"
+    contract_file.write_text(run("contract", "infer", str(sample), "--dataset", DATASET, "--target", "diagnosis"))
+    monkeypatch.setenv("SLUICE_SIGNING_KEY", "abc")
+    for args in (["models", "show", "cars"], ["contract", "put", str(contract_file)], ["worker"], ["status"]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, (args, result.output, result.exception)
+        assert result.output.strip().splitlines() == [
+            "Error: SLUICE_SIGNING_KEY is 3 bytes; use at least 32 random bytes, e.g. `export SLUICE_SIGNING_KEY="
+            "$(python -c 'import secrets; print(secrets.token_hex(32))')` (the same key for every worker and "
+            "operator)"], args
+
+
 @pytest.mark.slow
 def test_data_quarantine_and_runs_commands_on_a_trained_model(runtime: Any, monkeypatch: pytest.MonkeyPatch,
                                                                tmp_path: Path) -> None:

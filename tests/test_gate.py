@@ -158,7 +158,13 @@ def test_insufficient_evidence_when_the_interval_straddles_or_the_holdout_is_sma
 
     small, y_small = data(20)
     result = evaluate(small, y_small, y_small.astype(float), 1.0 - y_small)  # perfect vs. perfectly wrong
-    assert result.outcome == "insufficient_evidence" and "fewer than min_holdout_rows 30" in result.reasons[-1]
+    assert result.outcome == "insufficient_evidence"
+    # It says what to do: the contract's keys by their names, and how many rows give a big enough holdout.
+    assert result.reasons[-1] == (
+        "the holdout has 20 rows, fewer than promotion.min_holdout_rows 30: too few to decide. For the gate to "
+        "decide, drop more rows (a holdout of 30 needs about 150 labelled rows at training.holdout_fraction 0.2), "
+        "raise training.holdout_fraction, or lower promotion.min_holdout_rows in the contract; or promote this "
+        "version by hand (`sluice models promote`)")
 
 
 def test_a_first_version_better_than_the_naive_baseline_is_promoted_on_short_evidence() -> None:
@@ -186,7 +192,8 @@ def test_a_first_version_better_than_the_naive_baseline_is_promoted_on_short_evi
     assert first(frame, y, worse).outcome != "promote"
     small, y_small = data(20)
     result = first(small, y_small, y_small.astype(float))  # 20 rows: too few to decide, yet clearly better
-    assert result.outcome == "promote" and "fewer than min_holdout_rows 30" in result.reasons[-1]
+    assert result.outcome == "promote" and "fewer than promotion.min_holdout_rows 30" in result.reasons[-1]
+    assert "For the gate to decide" not in result.reasons[-1]  # it did
 
 
 def test_a_slice_that_gets_worse_rejects_even_when_the_whole_improves() -> None:

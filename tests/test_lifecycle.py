@@ -309,6 +309,23 @@ def test_a_first_versions_card_names_the_naive_baseline_once(env: Runtime) -> No
     assert render_card(doc).count("| naive baseline | 0.5000 | |") == 1  # a later version still shows it
 
 
+def test_models_show_says_why_the_gate_could_not_decide_and_what_to_do(env: Runtime) -> None:
+    # A 120-row dataset: a holdout of 23 rows, under promotion.min_holdout_rows; the reason said only "too few".
+    from sluice.ml.contract import PromotionSpec, TrainingSpec
+    from sluice.ml.gate import _more_holdout
+
+    why = ("the holdout has 23 rows, fewer than promotion.min_holdout_rows 30: too few to decide. "
+           + _more_holdout(PromotionSpec().min_holdout_rows, TrainingSpec().holdout_fraction))
+    doc = {**_version_doc(env, 1), "reasons": ["insufficient_evidence", "roc_auc 0.9 vs naive baseline 0.5", why],
+           "registered_at": "2026-01-01T00:00:01.000Z"}
+    doc["lineage"]["sources"][0].update(etag="e", version_id="1")
+    ModelRegistry(env.store, MemoryState()).register(DATASET, doc, outcome="insufficient_evidence",
+                                                     compared_with=None, at="2026-01-01T00:00:01.000Z")
+    shown = cli("models", "show", DATASET)
+    assert f"      {why}\n" in shown and "roc_auc 0.9 vs" not in shown
+    assert "lower promotion.min_holdout_rows in the contract" in why and "about 150 labelled rows" in why
+
+
 def test_loading_a_champion_that_is_not_there_says_why_and_what_to_load(env: Runtime) -> None:
     # vega's la-riots (50 rows): the gate found the evidence insufficient, and `load_model("riots@champion")` said
     # only "riots has no champion (versions: v1)".

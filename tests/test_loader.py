@@ -632,3 +632,25 @@ def test_a_model_trained_with_an_inferred_contract_scores_a_year_columns_next_se
     model = bundle.load_model("league:1", settings=runtime.settings, store=runtime.store)
     result = model.predict(seasons([1933, 1934, 1935, 1936], 8).drop("wins"))
     assert result.unscored == [] and len(result.scored) == 8
+
+
+def test_models_predict_fails_with_the_reasons_when_no_row_can_be_scored(
+        shop_model: bundle.Model, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from sluice.commands import models as models_command
+
+    monkeypatch.setattr(models_command, "_load", lambda *_: shop_model)
+    wrong = _written(tmp_path / "wrong.csv", b"foo,bar\n" + b"1,2\n" * 60)
+    got = CliRunner().invoke(main, ["models", "predict", "shop@champion", str(wrong)])
+    assert got.exit_code == 1, got.output
+    assert got.output.strip().splitlines() == [
+        f"Error: {shop_model.name} v{shop_model.version} could score none of the 60 rows of {wrong}: column 'amount' "
+        "is missing (60 rows); column 'brand' is missing (60 rows); column 'color' is missing (60 rows); and 3 more "
+        "reasons"]
+    # Some rows scored: the rows are written, the others say why, and the command succeeds.
+    partial = tmp_path / "partial.csv"
+    mixed.frame(2, 2).with_columns(pl.Series("visits", ["3", "many"])).write_csv(partial)
+    got = CliRunner().invoke(main, ["models", "predict", "shop@champion", str(partial)])
+    assert got.exit_code == 0 and "scored 1 of 2 rows" in got.output, got.output

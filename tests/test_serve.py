@@ -180,14 +180,36 @@ def test_serve_says_what_it_serves(tmp_path: Any, monkeypatch: pytest.MonkeyPatc
     from sluice.cli import main
 
     calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(sluice.serve, "serve", lambda *args, **kwargs: calls.append((*args, kwargs["bundle"])))
+
+    def fake_serve(*args: Any, **kwargs: Any) -> None:
+        calls.append((*args, kwargs["bundle"]))
+        kwargs["on_ready"](type("Loaded", (), {"version": 4})())
+
+    monkeypatch.setattr(sluice.serve, "serve", fake_serve)
     monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
     got = CliRunner().invoke(main, ["serve", "shop", "--bundle", str(tmp_path), "--port", "8123"])
     assert got.exit_code == 0, got.output
-    assert f"the bundle in {tmp_path}" in got.output and "@champion" not in got.output  # it was "shop@champion"
+    assert f"the bundle in {tmp_path} (v4;" in got.output and "@champion" not in got.output  # was "shop@champion"
     assert calls and calls[0][-1] == str(tmp_path)
     got = CliRunner().invoke(main, ["serve", "shop", "--alias", "challenger"])
-    assert "sluice serve: shop@challenger on" in got.output
+    assert "sluice serve: shop@challenger (v4) on" in got.output
+
+
+def test_serve_of_a_model_without_the_alias_prints_only_the_error(moto_settings: Settings,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from sluice.cli import main
+    from tests.chain import prepare
+
+    prepare(moto_settings)
+    for name, value in (("AWS_ENDPOINT_URL", moto_settings.endpoint_url or ""), ("SLUICE_BUCKET", moto_settings.bucket),
+                        ("SLUICE_TOPIC", moto_settings.topic), ("SLUICE_BROKER_URL", "memory://")):
+        monkeypatch.setenv(name, value)
+    got = CliRunner().invoke(main, ["serve", "nosuch", "--port", str(_free_port())])
+    assert got.exit_code == 1, got.output
+    [line] = got.output.strip().splitlines()  # it was "sluice serve: nosuch@champion on ...", then the error
+    assert line.startswith("Error: nosuch has no champion"), line
 
 
 def test_hostile_requests_get_a_4xx_and_a_huge_body_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:

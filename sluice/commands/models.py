@@ -107,6 +107,12 @@ def models_show(name: str, at: str | None, page: int, limit: int, as_json: bool)
         leaks = leakage.brief(v.get("leakage"))
         if leaks:
             click.echo(f"      {leaks}")
+        if v["decision"] == "insufficient_evidence":  # why the gate could not decide, and what to do about it
+            reasons = list(v.get("reasons") or [])
+            if reasons[:1] == [v["decision"]]:
+                reasons = reasons[2:]  # the outcome and the comparison, both on the line above
+            for reason in reasons:
+                click.echo(f"      {reason}")
         b = v.get("benchmark")
         if b:
             click.echo(f"      inference {b['rows_per_s']:,.0f} rows/s, single row p50 {b['p50_ms']:.3f} ms "
@@ -311,7 +317,8 @@ def models_predict(ref: str, file: str, out: str | None, app_spec: str | None) -
     """Score the rows of FILE (CSV or Parquet) with a registered model: the same rows, with their predictions.
 
     Rows the model cannot score (a column missing, a value the contract refuses) keep an empty prediction and
-    say why in `unscored_reason`; a summary goes to stderr.
+    say why in `unscored_reason`; a summary goes to stderr. When no row can be scored, nothing is written and the
+    command fails with the reasons.
     """
     import polars as pl
 
@@ -324,6 +331,14 @@ def models_predict(ref: str, file: str, out: str | None, app_spec: str | None) -
         result = model.predict(rows)
     except SluiceError as exc:
         raise click.ClickException(str(exc)) from exc
+    if result.rows and not len(result.scored):  # nothing to write: say why, and fail
+        from collections import Counter
+
+        common = Counter(u["reason"] for u in result.unscored).most_common()
+        why = "; ".join(f"{reason} ({n} rows)" for reason, n in common[:3])
+        more = f"; and {len(common) - 3} more reasons" if len(common) > 3 else ""
+        raise click.ClickException(f"{model.name} v{model.version} could score none of the {result.rows} rows of "
+                                   f"{file}: {why}{more}")
     scored = result.to_polars().drop("row")
     # A file scored before (an earlier output) has these columns already: this model's answers replace them.
     replaced = [c for c in scored.columns if c in rows.columns]
