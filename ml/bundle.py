@@ -335,6 +335,7 @@ class Model:
         # One lazy plan types every needed column and evaluates every contract rule on it: a handful of polars
         # calls per request instead of several per column (a single row then costs well under a millisecond).
         prepare, typed, flags, rules = [], [], [], []
+        lacking: set[tuple[int, str]] = set()
         for name in sorted(self.required):
             spec = self.contract.columns[name]
             if name not in schema:
@@ -344,6 +345,7 @@ class Model:
                 continue
             for i in (absent or {}).get(name, ()):  # as if the row came alone: its column is missing
                 problems.setdefault(i, []).append((name, f"column {name!r} is missing"))
+                lacking.add((i, name))
             dtype = schema[name]
             if dtype in (pl.Categorical, pl.Enum, pl.Null) or (spec.dtype == "str" and dtype != pl.Utf8):
                 prepare.append(_as_text(pl.col(name), dtype).alias(name))
@@ -383,9 +385,9 @@ class Model:
                         expected = self.contract.columns[name].dtype
                         problems.setdefault(i, []).append(
                             (name, f"{name}: expected {expected}, got {_short(shown(frame[name][i]))}"
-                                   + (DATE_HAS_NO_TIME if expected == "date" else "")))
+                                   + _type_hint(expected, schema[name])))
                 for j, (_, name, what) in enumerate(rules):
-                    if rec[f"_rule {j}"]:
+                    if rec[f"_rule {j}"] and (i, name) not in lacking:  # a lacking key: said once
                         value = rec[name]
                         problems.setdefault(i, []).append(
                             (name, f"{name}: {_short(value)} {what}" if value is not None else f"{name} {what}"))
@@ -424,6 +426,15 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 _EPOCH = date(1970, 1, 1)
 DATE_HAS_NO_TIME = " (a date column takes a date, or a datetime at exactly midnight such as 2025-04-05T00:00:00)"
+NUMBER_IS_NO_DATE = (" (a number is not a {0}: send it as text such as 2025-04-05{1}; pandas' to_json writes "
+                     "milliseconds unless given date_format='iso')")
+
+
+def _type_hint(expected: str, source: pl.DataType) -> str:
+    """What to send instead, for a value that is not of its column's type."""
+    if expected in ("date", "datetime") and source.is_numeric():
+        return NUMBER_IS_NO_DATE.format(expected, "" if expected == "date" else "T08:30:00")
+    return DATE_HAS_NO_TIME if expected == "date" else ""
 
 
 class _FastRows:
