@@ -154,6 +154,19 @@ def required_columns(contract: Contract, encoding: Encoding) -> set[str]:
     return out
 
 
+def typed_label(cls: str, dtype: str) -> Any:
+    """A class as the target column held it: the bool True for "True" (or "true", "1"), the int 3 for "3" (or
+    "3.0"); text stays text, and so does a class its type cannot read."""
+    if dtype == "bool" and cls.strip().lower() in ("true", "false", "1", "0"):
+        return cls.strip().lower() in ("true", "1")
+    if dtype == "int":
+        with contextlib.suppress(ValueError):
+            number = float(cls)
+            if number.is_integer() and abs(number) < 2.0**53:
+                return int(number)
+    return cls
+
+
 @dataclass
 class Predictions:
     """Scores with their meaning, for every input row: scored rows have a prediction, the others a reason."""
@@ -168,6 +181,8 @@ class Predictions:
     scored: np.ndarray  # 0-based positions of scored rows
     scores: np.ndarray  # regression values, P(class 1) for binary, class probabilities for multiclass
     unscored: list[dict[str, Any]] = field(default_factory=list)  # {row (1-based), column, reason}
+    # The target's contract type: a class is given back as the target held it (True, 3), not as its text ("True")
+    label_type: str = "str"
     _rows: list[Any] | None = field(default=None, init=False, repr=False, compare=False)  # per_row, made once
 
     @property
@@ -187,7 +202,8 @@ class Predictions:
             return [float(v) for v in self.scores]
         if len(proba) == 0:
             return []
-        return [self.classes[i] for i in proba.argmax(axis=1)]
+        typed = [typed_label(c, self.label_type) for c in self.classes]
+        return [typed[i] for i in proba.argmax(axis=1)]
 
     def per_row(self) -> list[Any]:
         """The prediction of every input row, in its order: a class label or the value, None where it was not scored
@@ -278,6 +294,7 @@ class Model:
                                    members=members)
         self.encoding = self.predictor.encoding  # in the model's own column order
         self.classes = self.encoding.classes
+        self.label_type = self.contract.target_spec.dtype
         self.required = required_columns(self.contract, self.encoding)
         self._scoring = needed_features(self.contract, self.encoding)  # the contract with only the model's features
         self._fast = _FastRows(self._scoring, self.encoding, self.frequencies, self.required)
@@ -324,7 +341,7 @@ class Model:
             return None
         scores = self.predictor.score_matrix(np.asarray(matrix, dtype=np.float64))
         return Predictions(self.name, self.version, self.model_sha256, self.bundle_sha256, self.task, self.classes,
-                           len(rows), np.arange(len(rows)), scores, [])
+                           len(rows), np.arange(len(rows)), scores, [], self.label_type)
 
     def _predict_frame(self, frame: pl.DataFrame, absent: Mapping[str, list[int]] | None = None) -> Predictions:
         """The general path: any number of rows, any input types; explains every row it cannot score. `absent`:
@@ -404,7 +421,7 @@ class Model:
         unscored = [{ROW: i + 1, "column": col, "reason": reason}
                     for i in sorted(problems) for col, reason in problems[i]]
         return Predictions(self.name, self.version, self.model_sha256, self.bundle_sha256, self.task, self.classes,
-                           n, scored, scores, unscored)
+                           n, scored, scores, unscored, self.label_type)
 
     # -- scoring rows Sluice already typed (holdouts, feature sets) ------------------------------------------------
     def score_features(self, frame: pl.DataFrame) -> np.ndarray:

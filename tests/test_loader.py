@@ -699,3 +699,22 @@ def test_models_predict_fails_with_the_reasons_when_no_row_can_be_scored(
     mixed.frame(2, 2).with_columns(pl.Series("visits", ["3", "many"])).write_csv(partial)
     got = CliRunner().invoke(main, ["models", "predict", "shop@champion", str(partial)])
     assert got.exit_code == 0 and "scored 1 of 2 rows" in got.output, got.output
+@pytest.mark.parametrize(("dtype", "values", "expected"), [
+    ("bool", [True, False], [True, False]), ("int", [3, 7], [3, 7]), ("str", ["no", "yes"], ["no", "yes"])])
+def test_a_class_comes_back_as_the_target_held_it(dtype: str, values: list[Any], expected: list[Any]) -> None:
+    """A bool target predicted the text "True" (and an int target "3") through Python, the CLI's files and serve."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=300)
+    frame = pl.DataFrame({"x": x, "y": [values[int(v > 0)] for v in x]})
+    contract = Contract(dataset="typed", target="y", task="binary", metric="roc_auc",
+                        columns={"x": ColumnSpec(dtype="float"), "y": ColumnSpec(dtype=dtype)})  # type: ignore[arg-type]
+    encoding = modeling.Encoding.fit(frame, contract)
+    manifest, files = bundle.bundle_files(contract=contract, encoding=encoding,
+                                          model_bytes=_booster(frame, encoding, contract).model_to_string().encode(),
+                                          model_format=modeling.LGBM_TEXT, frequencies={}, run_id="r")
+    model = bundle.model_from_files(manifest, files)
+    got = model.predict(pl.DataFrame({"x": [-2.0, 2.0]}))
+    assert got.labels == expected and [type(v) for v in got] == [type(v) for v in expected]
+    assert got.to_polars()["prediction"].to_list() == expected
+    assert [d["prediction"] for d in got.to_dicts()] == expected
+    assert model.predict([{"x": 2.0}])[0] == expected[1]  # the fast path
