@@ -154,6 +154,19 @@ def required_columns(contract: Contract, encoding: Encoding) -> set[str]:
     return out
 
 
+def typed_label(cls: str, dtype: str) -> Any:
+    """A class as the target column held it: the bool True for "True" (or "true", "1"), the int 3 for "3" (or
+    "3.0"); text stays text, and so does a class its type cannot read."""
+    if dtype == "bool" and cls.strip().lower() in ("true", "false", "1", "0"):
+        return cls.strip().lower() in ("true", "1")
+    if dtype == "int":
+        with contextlib.suppress(ValueError):
+            number = float(cls)
+            if number.is_integer() and abs(number) < 2.0**53:
+                return int(number)
+    return cls
+
+
 @dataclass
 class Predictions:
     """Scores with their meaning, for every input row: scored rows have a prediction, the others a reason."""
@@ -168,6 +181,8 @@ class Predictions:
     scored: np.ndarray  # 0-based positions of scored rows
     scores: np.ndarray  # regression values, P(class 1) for binary, class probabilities for multiclass
     unscored: list[dict[str, Any]] = field(default_factory=list)  # {row (1-based), column, reason}
+    # The target's contract type: a class is given back as the target held it (True, 3), not as its text ("True")
+    label_type: str = "str"
     _rows: list[Any] | None = field(default=None, init=False, repr=False, compare=False)  # per_row, made once
 
     @property
@@ -187,7 +202,8 @@ class Predictions:
             return [float(v) for v in self.scores]
         if len(proba) == 0:
             return []
-        return [self.classes[i] for i in proba.argmax(axis=1)]
+        typed = [typed_label(c, self.label_type) for c in self.classes]
+        return [typed[i] for i in proba.argmax(axis=1)]
 
     def per_row(self) -> list[Any]:
         """The prediction of every input row, in its order: a class label or the value, None where it was not scored
@@ -278,6 +294,7 @@ class Model:
                                    members=members)
         self.encoding = self.predictor.encoding  # in the model's own column order
         self.classes = self.encoding.classes
+        self.label_type = self.contract.target_spec.dtype
         self.required = required_columns(self.contract, self.encoding)
         self._scoring = needed_features(self.contract, self.encoding)  # the contract with only the model's features
         self._fast = _FastRows(self._scoring, self.encoding, self.frequencies, self.required)
@@ -324,7 +341,7 @@ class Model:
             return None
         scores = self.predictor.score_matrix(np.asarray(matrix, dtype=np.float64))
         return Predictions(self.name, self.version, self.model_sha256, self.bundle_sha256, self.task, self.classes,
-                           len(rows), np.arange(len(rows)), scores, [])
+                           len(rows), np.arange(len(rows)), scores, [], self.label_type)
 
     def _predict_frame(self, frame: pl.DataFrame, absent: Mapping[str, list[int]] | None = None) -> Predictions:
         """The general path: any number of rows, any input types; explains every row it cannot score. `absent`:
@@ -335,6 +352,7 @@ class Model:
         # One lazy plan types every needed column and evaluates every contract rule on it: a handful of polars
         # calls per request instead of several per column (a single row then costs well under a millisecond).
         prepare, typed, flags, rules = [], [], [], []
+        lacking: set[tuple[int, str]] = set()
         for name in sorted(self.required):
             spec = self.contract.columns[name]
             if name not in schema:
@@ -344,6 +362,7 @@ class Model:
                 continue
             for i in (absent or {}).get(name, ()):  # as if the row came alone: its column is missing
                 problems.setdefault(i, []).append((name, f"column {name!r} is missing"))
+                lacking.add((i, name))
             dtype = schema[name]
             if dtype in (pl.Categorical, pl.Enum, pl.Null) or (spec.dtype == "str" and dtype != pl.Utf8):
                 prepare.append(_as_text(pl.col(name), dtype).alias(name))
@@ -383,9 +402,9 @@ class Model:
                         expected = self.contract.columns[name].dtype
                         problems.setdefault(i, []).append(
                             (name, f"{name}: expected {expected}, got {_short(shown(frame[name][i]))}"
-                                   + (DATE_HAS_NO_TIME if expected == "date" else "")))
+                                   + _type_hint(expected, schema[name])))
                 for j, (_, name, what) in enumerate(rules):
-                    if rec[f"_rule {j}"]:
+                    if rec[f"_rule {j}"] and (i, name) not in lacking:  # a lacking key: said once
                         value = rec[name]
                         problems.setdefault(i, []).append(
                             (name, f"{name}: {_short(value)} {what}" if value is not None else f"{name} {what}"))
@@ -402,7 +421,7 @@ class Model:
         unscored = [{ROW: i + 1, "column": col, "reason": reason}
                     for i in sorted(problems) for col, reason in problems[i]]
         return Predictions(self.name, self.version, self.model_sha256, self.bundle_sha256, self.task, self.classes,
-                           n, scored, scores, unscored)
+                           n, scored, scores, unscored, self.label_type)
 
     # -- scoring rows Sluice already typed (holdouts, feature sets) ------------------------------------------------
     def score_features(self, frame: pl.DataFrame) -> np.ndarray:
@@ -424,6 +443,15 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 _EPOCH = date(1970, 1, 1)
 DATE_HAS_NO_TIME = " (a date column takes a date, or a datetime at exactly midnight such as 2025-04-05T00:00:00)"
+NUMBER_IS_NO_DATE = (" (a number is not a {0}: send it as text such as 2025-04-05{1}; pandas' to_json writes "
+                     "milliseconds unless given date_format='iso')")
+
+
+def _type_hint(expected: str, source: pl.DataType) -> str:
+    """What to send instead, for a value that is not of its column's type."""
+    if expected in ("date", "datetime") and source.is_numeric():
+        return NUMBER_IS_NO_DATE.format(expected, "" if expected == "date" else "T08:30:00")
+    return DATE_HAS_NO_TIME if expected == "date" else ""
 
 
 class _FastRows:

@@ -72,9 +72,12 @@ DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S
 ISO_MIDNIGHT = re.compile(r"^([0-9]{4}-[0-9]{2}-[0-9]{2})[T ]00:00(?::00(?:\.0+)?)?(?:Z|\+00:?00)?$")
 # How tools write a missing value in a text file: R and pandas (NA, <NA>), Excel (#N/A, -), SQL exports (NULL,
 # null, None), UCI's data sets (?). In a column of numbers, dates or booleans such a cell is missing (a blank),
-# as pandas' reader has it; a text column keeps it as written ("NA" may be North America). "NaN" stays a float's
-# non-finite value, refused as such.
-MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "na", "<NA>", "#N/A", "NULL", "null", "None", "none", "-", "?"})
+# as pandas' reader has it; a text column keeps it as written ("NA" may be North America). NaN is missing too, as
+# pandas, R and numpy users mean it (a pandas frame's NaN is its null): the text "NaN" in a CSV and a float NaN in
+# Parquet or a frame alike, so a row scores the same from a file and from `pd.read_csv` of it. An infinity is no
+# missing value: it stays refused.
+MISSING_MARKERS = frozenset({"NA", "N/A", "n/a", "na", "<NA>", "#N/A", "NULL", "null", "None", "none", "-", "?",
+                             "NaN", "nan", "NAN", "-nan", "-NaN"})
 _FAILED, _NON_FINITE = "\x00failed", "\x00non-finite"
 ROW = "_sluice_row"  # 1-based data row number in the dropped file
 REASONS = "_sluice_reasons"
@@ -799,6 +802,10 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
         # taken when its contract type holds it exactly, never truncated (3.5 is not the int 3, 13:00 not a date).
         if spec.dtype == "int" and source is not None and source.is_float():
             typed = pl.when(raw == raw.floor()).then(typed)
+        elif spec.dtype in ("date", "datetime") and source is not None and source.is_numeric():
+            # A number is no date: polars would read it as days (or microseconds) since 1970, where JSON writers
+            # send milliseconds (pandas' to_json) or seconds: a silent guess at the unit scored the wrong day.
+            typed = pl.lit(None, dtype=target)
         elif spec.dtype == "date" and isinstance(source, pl.Datetime):
             # the wall clock in the value's own time zone: a UTC cast would move a Paris midnight to the day before
             typed = pl.when(raw.dt.time() == pl.lit(time(0))).then(raw.dt.date())
@@ -843,9 +850,9 @@ def typed_exprs(name: str, spec: ColumnSpec, is_text: bool,
         # type error.
         blank = blank | s.is_in(list(MISSING_MARKERS))
         failed = failed & ~blank.fill_null(False)
-    non_finite = (typed.is_nan() | typed.is_infinite()).fill_null(False) if spec.dtype == "float" else pl.lit(False)
-    if spec.dtype == "float":
-        typed = pl.when(non_finite).then(None).otherwise(typed)
+    non_finite = typed.is_infinite().fill_null(False) if spec.dtype == "float" else pl.lit(False)
+    if spec.dtype == "float":  # NaN is missing (MISSING_MARKERS); an infinity is refused
+        typed = pl.when(non_finite | typed.is_nan().fill_null(False)).then(None).otherwise(typed)
     return typed.alias(name), failed, non_finite
 
 
