@@ -111,7 +111,7 @@ def turn_retry_s(budget_s: float) -> float:
 def _prepare_and_train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],
                        label_ids: list[str], run_id: str, base: str, t0: float) -> list[Any]:
     """The rows, their split and encoding, then the run (`t0`: the stage's start, less any wait for its turn)."""
-    dataset, spec = contract.dataset, contract.training
+    spec = contract.training
     with ThreadPoolExecutor(SIDE_THREADS, thread_name_prefix="train-side") as side:
         # The champion's configuration, read from the registry while the rows are read and split.
         warm_future = side.submit(contextvars.copy_context().run, _warm_start, ctx, contract)
@@ -122,15 +122,42 @@ def _prepare_and_train(ctx: Context, contract: Contract, features: FeaturesMater
         encoding = modeling.Encoding.fit(train_frame, contract, exclude=training_columns(contract))
         if train_frame.height < MIN_TRAIN_ROWS or holdout.height == 0 or (
                 encoding.classes and len(encoding.classes) < 2):
-            raise ValidationFailed(
-                f"dataset {dataset!r} has {frame.height} labelled rows ({train_frame.height} for training, "
-                f"{holdout.height} held out){'' if not encoding.classes else f' and classes {encoding.classes}'}: "
-                "too little to train and evaluate a model.",
-                hint=f"Drop more rows (at least {MIN_TRAIN_ROWS * 2}, with every class represented).",
-                failures=[Failure(contract.target, "enough labelled rows to train", value=frame.height)],
-            )
+            raise _too_little(contract, frame, train_frame.height, holdout.height, encoding.classes, split_keys,
+                              features, label_ids, run_id)
         return _train(ctx, contract, features, labels, label_ids, run_id, base, frame, train_frame, holdout, encoding,
                       split_keys[~mask], side, t0, warm_future)
+
+
+def _too_little(contract: Contract, frame: pl.DataFrame, train_rows: int, held_out: int, classes: list[Any] | None,
+                split_keys: np.ndarray, features: FeaturesMaterialized, label_ids: list[str],
+                run_id: str) -> ValidationFailed:
+    """Why these rows cannot make a run, as the quarantine tells it. The holdout keeps identical rows together (a
+    row's side is the hash of its contents): many rows that repeat a few are, for the split, those few, and the
+    message says so rather than ask for rows the user already dropped. The report names the feature set (and
+    label versions) it was about: `sluice status` shows it on the line of each drop in that set."""
+    dataset = contract.dataset
+    with_classes = "" if not classes else f" and classes {classes}"
+    distinct = int(np.unique(split_keys).size) if frame.height else 0
+    if distinct < frame.height and distinct < MIN_TRAIN_ROWS * 2:
+        inputs = [c for c in row_key_columns(contract, frame) if c != contract.target]
+        rows = frame.select(inputs).n_unique() if inputs else distinct
+        plural = "" if rows == 1 else "s"
+        message = (f"dataset {dataset!r} has {frame.height} labelled rows but only {distinct} distinct "
+                   f"({rows} distinct row{plural} of features){with_classes}: the holdout keeps identical rows "
+                   f"together (a row's side is the hash of its contents), so {train_rows} went to training and "
+                   f"{held_out} were held out: too little to train and evaluate a model.")
+        hint = (f"Drop rows that differ (at least {MIN_TRAIN_ROWS * 2} distinct rows, with every class "
+                "represented); repeating rows adds nothing to hold out.")
+    else:
+        message = (f"dataset {dataset!r} has {frame.height} labelled rows ({train_rows} for training, {held_out} "
+                   f"held out){with_classes}: too little to train and evaluate a model.")
+        hint = f"Drop more rows (at least {MIN_TRAIN_ROWS * 2}, with every class represented)."
+    return ValidationFailed(
+        message, hint=hint,
+        failures=[Failure(contract.target, "enough labelled rows to train", value=frame.height)],
+        details={"feature_set_version": features.feature_set_version, "data_versions": features.data_versions,
+                 "label_versions": label_ids, "run_id": run_id, "rows": frame.height, "distinct_rows": distinct},
+    )
 
 
 def _train(ctx: Context, contract: Contract, features: FeaturesMaterialized, labels: list[DataValidated],

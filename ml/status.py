@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -45,8 +45,17 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         named = str(exc).split(": ", 1)[0]  # the message starts with the document's key
         untrusted.append({"key": named if named.startswith(f"registry/{model}/") else f"registry/{model}/",
                           "problem": str(exc)})
+    reports = {k: doc for k in store.keys(keys.Quarantine.prefix(dataset)) if k.endswith("/report.json")
+               for doc in trusted(store, [k], untrusted)}
+    quarantine = list(reports.values())
+    not_trained = training_quarantines(dataset, reports)
+    told = {q["key"] for q in not_trained.values()}
     arrivals = []
     for entry in sorted(ledger, key=lambda e: e["at"]):
+        if not str(entry.get("key", "")).startswith((keys.INCOMING, keys.LABELS)) and entry.get("report") in told:
+            # The train stage's quarantine of a feature set (its manifest is no drop): told on the line of each
+            # drop in the set (below), not on a line of its own; the quarantine keeps the report.
+            continue
         dv = entry.get("data_version")
         stage = "labels" if entry.get("kind") == "labels" else entry["outcome"]
         detail: dict[str, Any] = {}
@@ -73,11 +82,13 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
             its_versions = [v["version"] for v in versions if v["run_id"] in its_runs]
             if its_versions:
                 stage, detail["versions"] = "registered", its_versions
+            newest = _newest(feature_sets, fsvs)
+            if not its_runs and newest in not_trained:
+                # The train stage quarantined its newest feature set: the drop's path ended there.
+                stage, detail["training"] = "not trained", not_trained[newest]
         arrivals.append({**entry, "stage": stage, **detail})
     arrivals += pending_arrivals(store, state, dataset, {(a["key"], a.get("etag")) for a in arrivals},
                                  pipeline=pipeline)
-    quarantine = trusted(store, [k for k in store.keys(keys.Quarantine.prefix(dataset))
-                                 if k.endswith("/report.json")], untrusted)
     finished = {r["run_id"] for r in runs}
     training = trusted(store, [k for k in store.keys(keys.Run.prefix(dataset)) if k.endswith("/progress.json")
                                and keys.Run.parse(k).run_id not in finished], untrusted)
@@ -88,12 +99,32 @@ def dataset_status(store: ObjectStore, state: StateBackend, dataset: str, *, pip
         "quarantine": quarantine,
         "training": running,
         "waiting": None if any(t.get("status") == "running" for t in running)
-        else waiting(store, dataset, feature_sets, runs),
+        else waiting(store, dataset, feature_sets, runs, set(not_trained)),
         "model": {"name": model, "versions": len(versions),
                   "champion": champion["version"] if champion else None},
         "untrusted": untrusted,
         "refused": open_refusals(store, dataset),
     }
+
+
+def training_quarantines(dataset: str, reports: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Feature set version -> what the train stage said when it quarantined training on it (too few rows, one
+    class, ...): the outcome of every drop in that set, and no training is due for it any more. The report names
+    the set (a report of an older worker only by its trigger, the set's manifest). The newest report wins."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, report in sorted(reports.items(), key=lambda kr: str(kr[1].get("quarantined_at", ""))):
+        if report.get("stage") not in ("train", "train-labels"):
+            continue
+        fsv = report.get("feature_set_version")
+        source = str((report.get("source") or {}).get("key", ""))
+        if not fsv and source.startswith(keys.FeatureSet.prefix(dataset)):
+            fsv = keys.FeatureSet.parse(source).version
+        if fsv:
+            out[str(fsv)] = {
+                "outcome": "quarantined", "stage": str(report["stage"]), "feature_set_version": str(fsv),
+                "message": report.get("message"), "what_to_do": report.get("what_to_do"),
+                "key": key, "at": report.get("quarantined_at")}
+    return out
 
 
 def open_refusals(store: ObjectStore, dataset: str) -> list[dict[str, Any]]:
@@ -171,15 +202,25 @@ def pending_arrivals(store: ObjectStore, state: StateBackend, dataset: str, done
     return out
 
 
+def _newest(feature_sets: list[dict[str, Any]], among: list[str]) -> str | None:
+    """The newest of the feature sets `among` names (as latest_feature_set orders them)."""
+    mine = [f for f in feature_sets if f["feature_set_version"] in among]
+    return max(mine, key=lambda f: (f["materialized_at"], len(f["data_versions"])))["feature_set_version"] \
+        if mine else None
+
+
 def waiting(store: ObjectStore, dataset: str, feature_sets: list[dict[str, Any]], runs: list[dict[str, Any]],
-            now: datetime | None = None) -> dict[str, Any] | None:
-    """When the newest feature set has no run yet: when the debounce lets its training start (0: due now)."""
+            not_trained: Collection[str] = (), now: datetime | None = None) -> dict[str, Any] | None:
+    """When the newest feature set has no run yet: when the debounce lets its training start (0: due now).
+    None once the train stage has ended it: a run, or a quarantine (`not_trained`: those feature set versions)."""
     from sluice.ml.contract import load_contract
 
     if not feature_sets:
         return None
     newest = max(feature_sets, key=lambda f: (f["materialized_at"], len(f["data_versions"])))
     if any(r["feature_set_version"] == newest["feature_set_version"] for r in runs):
+        return None
+    if newest["feature_set_version"] in not_trained:
         return None
     try:
         debounce_s = load_contract(store, dataset).training.debounce_s

@@ -306,7 +306,14 @@ def _downstream(store: ObjectStore, state: StateBackend, trace_id: str, dataset:
         detail = ("no run of its own: " + (f"its data was trained in run {via[0]['run_id']} (trace "
                                            f"{via[0]['trace_id'][:16]})" if via else "a later drop superseded it")
                   if outcome == "skipped" else _outputs(last))
-        steps.append(_timed(Step("train", outcome, detail), attempts))
+        documents = []
+        if outcome == tracing.QUARANTINED and last.get("report"):
+            # Training refused (too few rows, one class): why and what to do, from the train stage's report.
+            report = store.get_json_or_none(str(last["report"])) or {}
+            detail = _first_sentence(f"{report.get('message') or last.get('reason')} {report.get('what_to_do') or ''}",
+                                     limit=320)
+            documents = [str(last["report"])]
+        steps.append(_timed(Step("train", outcome, detail, documents=documents), attempts))
     for run in own:
         steps += _run_path(store, state, trace_id, run, attempts, by_stage, None)
     for run in via if not own else []:

@@ -290,6 +290,16 @@ def status(as_json: bool, app_spec: str | None) -> None:
                 else:
                     said[gist] = a["key"]
                     click.echo(f"              {a['message']}")
+            told = a.get("training")  # the train stage quarantined its feature set: where this drop's path ended
+            if told:
+                gist = f"training refused: {told['message']}"
+                if gist in said:
+                    click.echo(f"              the same problem as {said[gist]}")
+                else:
+                    said[gist] = a["key"]
+                    click.echo(f"              {gist}")
+                    if told.get("what_to_do"):
+                        click.echo(f"              {told['what_to_do']}")
             if a.get("what_to_do"):
                 click.echo(f"              {a['what_to_do']}")
             elif a["outcome"] == "refused" and a.get("refusal"):  # recorded before the ledger said what to do

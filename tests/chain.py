@@ -26,6 +26,19 @@ def sample_bytes() -> bytes:
     return resources.files("sluice").joinpath("data/breast_cancer.csv").read_bytes()
 
 
+def sample_rows(picks: list[tuple[int, str]]) -> bytes:
+    """A CSV of the sample's header and, for each (row, class), that row of the sample with its target set to the
+    class: a few valid rows, or many identical ones."""
+    head, *rows = sample_bytes().decode().splitlines()
+    target = head.split(",").index("diagnosis")
+    out = [head]
+    for i, label in picks:
+        cells = rows[i].split(",")
+        cells[target] = label
+        out.append(",".join(cells))
+    return ("\n".join(out) + "\n").encode()
+
+
 def sample_contract(budget_s: float = BUDGET_S) -> Contract:
     """The contract inferred from the bundled sample, with a short training budget."""
     import io

@@ -85,3 +85,51 @@ def test_status_says_when_training_starts_during_the_debounce(runtime: Any) -> N
     assert waiting(runtime.store, DATASET, fs, [], now=at)["starts_in_s"] == 20.0
     assert waiting(runtime.store, DATASET, fs, [], now=datetime(2026, 1, 2, tzinfo=UTC))["starts_in_s"] == 0.0
     assert waiting(runtime.store, DATASET, fs, [{"feature_set_version": "fs-1"}], now=at) is None
+
+
+def test_a_drop_whose_training_was_quarantined_ends_there_in_status_and_trace(runtime: Any,
+                                                                              monkeypatch: Any) -> None:
+    """4 valid rows: the train stage quarantines the feature set. Status showed the drop as `featurized` and
+    "training ... is due; waiting for a worker" for ever, the quarantine as a line of its own for the feature set's
+    manifest, and the trace said only "wrote nothing"."""
+    import json
+
+    from sluice.events.s3 import ObjectCreated
+    from sluice.infra.state import MemoryState
+    from tests.chain import DATASET, sample_rows
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    key = f"incoming/{DATASET}/tiny2.csv"
+    runtime.store.put(key, sample_rows([(0, "malignant"), (1, "malignant"), (19, "benign"), (20, "benign")]))
+
+    def event(k: str) -> dict[str, Any]:
+        info = runtime.store.head(k)
+        assert info is not None
+        return ObjectCreated(runtime.settings.bucket, k, info.size, info.etag, info.version_id).to_dict()
+
+    for stage, prefix in (("validate", key), ("features", "validated/"), ("train", "features/")):
+        [k] = [k for k in runtime.store.keys(prefix) if k == key or k.endswith("/manifest.json")]
+        for _ in range(2):  # redelivered: the same one outcome
+            runtime.state = MemoryState()
+            result = runtime.execute(stage, event(k))
+    assert result["outcome"] == "quarantined"
+
+    out = CliRunner().invoke(main, ["status"])
+    assert out.exit_code == 0, out.output
+    assert "waiting for a worker" not in out.output and "waiting " not in out.output
+    assert f"  not trained {key}" in out.output
+    assert "training refused: dataset 'cancer' has 4 labelled rows" in out.output
+    assert "Drop more rows (at least 40" in out.output
+    assert "features/" not in out.output  # the feature set's manifest is no drop: no line of its own
+    [ds] = json.loads(CliRunner().invoke(main, ["status", "--json"]).output)["datasets"]
+    [arrival] = ds["arrivals"]
+    assert arrival["stage"] == "not trained" and arrival["training"]["outcome"] == "quarantined"
+    assert arrival["training"]["feature_set_version"] == arrival["feature_sets"][0]
+    assert runtime.store.get_json(arrival["training"]["key"])["stage"] == "train"
+    assert ds["waiting"] is None
+
+    out = CliRunner().invoke(main, ["trace", key])
+    assert out.exit_code == 0, out.output
+    [train] = [line for line in out.output.splitlines() if line.split()[:1] == ["train"]]
+    assert "quarantined" in train and "4 labelled rows" in train and "wrote nothing" not in train

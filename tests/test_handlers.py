@@ -14,7 +14,7 @@ from sluice.infra.state import MemoryState, RedisState, StateBackend
 from sluice.infra.store import S3Store
 from sluice.ml.registry import ModelRegistry
 from sluice.ml.registry_index import steps
-from tests.chain import DATASET, sample_bytes, versions
+from tests.chain import DATASET, sample_bytes, sample_rows, versions
 
 
 def drop(rt: Runtime, key: str, data: bytes) -> ObjectCreated:
@@ -239,3 +239,18 @@ def test_redriving_a_dead_letter_of_a_stage_the_loaded_app_lacks_says_to_load_th
     [why] = done.skipped
     assert "stage 'tsv_to_csv' is not a stage of the app loaded here" in why and "--app module:app" in why
     assert "delete it" not in why and not done.records
+
+
+def test_too_few_rows_to_hold_out_says_when_identical_rows_are_the_cause(runtime: Runtime) -> None:
+    """60 rows, every feature set to one row's values: the holdout keeps identical rows together (it hashes a row's
+    contents), so nothing was held out, and the message asked for "at least 40" rows from a user who had 60."""
+    data = sample_rows([(0, "benign")] * 47 + [(0, "malignant")] * 13)
+    event = drop(runtime, f"incoming/{DATASET}/const2.csv", data)
+    assert runtime.execute("validate", event.to_dict())["outcome"] == "done"
+    runtime.execute("features", created(runtime, only(runtime.store, "validated/", "manifest.json")).to_dict())
+    result = runtime.execute("train", created(runtime, only(runtime.store, "features/", "manifest.json")).to_dict())
+    report = runtime.store.get_json(result["report"])
+    assert "60 labelled rows but only 2 distinct (1 distinct row of features)" in report["message"]
+    assert "the holdout keeps identical rows together" in report["message"]
+    assert report["what_to_do"].startswith("Drop rows that differ (at least 40 distinct rows")
+    assert report["distinct_rows"] == 2 and report["feature_set_version"].startswith("fs-")
