@@ -86,8 +86,10 @@ def handle(event: ObjectCreated, ctx: Context) -> list[Any]:
     # budget, and the worker's validation and features stalled behind it.
     waiting = time.perf_counter()
     if not modeling.ONE_SEARCH.acquire(timeout=TURN_WAIT_S):
-        raise Defer(turn_retry_s(spec.time_budget_s), f"another training is running in this worker; {dataset} goes "
-                                                      "back to the queue")
+        again_s = turn_retry_s(spec.time_budget_s)
+        ctx.log.info("wait  train      %s: another training is running in this worker; back to the queue, again in "
+                     "%.0fs", dataset, again_s)
+        raise Defer(again_s, f"another training is running in this worker; {dataset} goes back to the queue")
     try:
         waited = time.perf_counter() - waiting
         if waited > 1:

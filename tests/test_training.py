@@ -548,7 +548,7 @@ def test_two_searches_at_once_in_one_worker_keep_to_their_own_runs() -> None:
 
 
 def test_a_training_waits_for_the_workers_other_training_then_goes_back_to_the_queue(
-        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The train stage takes its turn (modeling.ONE_SEARCH); one that finds another training running goes back to
     the queue (deferred, not failed), instead of running beside the other search or holding a worker thread."""
     from dramatiq.errors import Retry
@@ -568,9 +568,13 @@ def test_a_training_waits_for_the_workers_other_training_then_goes_back_to_the_q
     other.start()
     held.wait(10)
     try:
-        with pytest.raises(Retry):
+        with pytest.raises(Retry), caplog.at_level("INFO", logger="sluice"):
             run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
         assert not [k for k in runtime.store.keys("runs/") if k.endswith("run.json")]
+        # The worker's log says why it did not train now, not only the "now train" line before it (a tester saw
+        # "now train" three times and nothing between)
+        assert any("another training is running in this worker; back to the queue, again in" in r.getMessage()
+                   for r in caplog.records), [r.getMessage() for r in caplog.records]
     finally:
         done.set()
         other.join()
