@@ -93,7 +93,7 @@ class LimitsSpec(_Strict):
     limit is quarantined with the limit it broke, and the contract can raise it."""
 
     max_file_bytes: int = Field(default=2 << 30, gt=0)  # after decompression
-    max_compression_ratio: float = Field(default=100.0, gt=1)  # checked once 64 MiB are decompressed
+    max_compression_ratio: float = Field(default=100.0, gt=1)  # once 64 MiB are decompressed; Parquet: 10 x, decoded
     max_rows: int = Field(default=10_000_000, gt=0)
     max_columns: int = Field(default=1_000, gt=0)
     max_cell_bytes: int = Field(default=64 << 10, gt=0)

@@ -92,6 +92,41 @@ def test_bombs_are_quarantined_with_the_limit_and_the_worker_goes_on(runtime: Ru
     assert drop(runtime, "good.csv", sample_bytes())["outcome"] == "done"
 
 
+def test_a_parquet_bomb_of_dictionary_encoded_columns_is_judged_on_its_decoded_size(runtime: Runtime) -> None:
+    """Constant columns encode to a few bytes per page, so the footer's uncompressed sizes are close to the file's:
+    the ratio is measured on what the rows decode to (rows x each column's width), before any row is read."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    header, _ = header_and_row()
+    names = header.decode().split(",")
+    rows = 1_000_000
+    constant = pa.array(np.full(rows, 1.5))  # one array for every column: the test holds 8 MB, not 250
+    target = pa.array(np.where(np.arange(rows) % 2 == 0, "benign", "malignant"))
+    table = pa.table({n: target if n == "diagnosis" else constant for n in names})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", row_group_size=1_000_000)
+    bomb = buffer.getvalue()
+    meta = pq.ParquetFile(io.BytesIO(bomb)).metadata
+    footer = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    assert footer / len(bomb) < 100  # what the footer said: the old check let it through
+    report = assert_quarantined_for(runtime, drop(runtime, "pqbomb.parquet", bomb), "max_compression_ratio")
+    limit = report["limit"]
+    assert isinstance(limit, dict) and limit["name"] == "max_compression_ratio" and limit["value"] == 100.0
+    assert limit["decoded_bytes"] >= rows * len(names) * 8 and limit["file_bytes"] == len(bomb)
+    assert limit["actual"] > limit["parquet_limit"] == 1_000
+    message = str(report["message"])
+    assert f"{len(bomb):,} bytes decode to {limit['decoded_bytes']:,}" in message and "1,000,000 rows" in message
+    assert "raise `limits.max_compression_ratio`" in str(report["what_to_do"])
+
+    # The same worker takes an ordinary Parquet export of the same columns.
+    frame = pl.read_csv(io.BytesIO(sample_bytes()))
+    buffer = io.BytesIO()
+    frame.to_pandas().to_parquet(buffer, index=False)
+    assert drop(runtime, "good.parquet", buffer.getvalue())["outcome"] == "done"
+
+
 def test_a_contract_raises_a_limit_and_long_values_are_clipped_in_reports(runtime: Runtime) -> None:
     from sluice.ml.contract import contract_key, parse_contract
 

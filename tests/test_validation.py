@@ -980,3 +980,32 @@ def test_a_parquet_text_column_of_iso_dates_or_numbers_infers_as_its_csv(tmp_pat
     split = validate_file(tmp_path / "later.parquet", "incoming/stocks/later.parquet", from_parquet, tmp_path)
     assert (split.rows_valid, split.rows_invalid) == (60, 0), split.summary()
     assert pl.read_parquet(split.valid_path).schema["date"] == pl.Date
+
+
+@pytest.mark.parametrize("compression", ["snappy", "zstd"])
+def test_large_repetitive_parquet_files_stay_under_the_decoded_compression_ratio(compression: str,
+                                                                                  tmp_path: Path) -> None:
+    """The Parquet ratio is judged on decoded sizes (rows x each column's width): ordinary tables with very
+    repetitive columns, over the 64 MiB it is judged from, are not refused under the default limit."""
+    import pyarrow.parquet as pq
+
+    from sluice.ml.validation import _check_parquet_limits, parquet_decoded_bytes
+    from tests.chain import sample_contract
+
+    rng = np.random.default_rng(0)
+    n = 400_000
+    frame = pl.DataFrame({
+        "country": rng.choice(["FR", "DE", "US", "UK"], n, p=[.7, .1, .1, .1]),
+        "plan": rng.choice(["free", "pro"], n, p=[.95, .05]), "status": ["active"] * n,
+        **{f"flag{i}": (rng.random(n) < 0.02).astype(np.int64) for i in range(20)},
+        **{f"count{i}": rng.poisson(0.1, n) for i in range(5)},
+        "target": rng.choice(["no", "yes"], n, p=[.97, .03]),
+    })
+    contract = sample_contract()
+    for name, table in (("flags", frame), ("with-amount", frame.with_columns(
+            amount=np.round(rng.lognormal(3, 1, n), 2), id=np.arange(n)))):
+        path = tmp_path / f"{name}.parquet"
+        table.to_pandas().to_parquet(path, index=False, compression=compression)
+        decoded = parquet_decoded_bytes(pq.ParquetFile(path).metadata)
+        assert decoded >= 64 << 20 and decoded / path.stat().st_size < 1_000
+        _check_parquet_limits(path, f"incoming/x/{name}.parquet", contract, table.columns)  # does not raise
