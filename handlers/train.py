@@ -481,6 +481,9 @@ def _trace_links(ctx: Context, dataset: str, features: FeaturesMaterialized,
 # overran its share by 2-3 s under load, so wine's blend cut its folds to 3 and chose the linear model alone
 # (log loss 0.077; with 40 % kept, an even blend: 0.0395) and breast cancer's blend was skipped (ROC AUC 0.9941
 # against LightGBM's 0.9984).
+# A smaller share on a quiet machine, where 5-11 s of a 30 s budget went unused, was measured too
+# (model_quality.py --repeats 3 --variant s:blend_share=0.3, 14 tables, load 1-3.4, 2026-11-30): better on the
+# mean on 6 tables, worse on 5, the same on 3: noise, so the share that holds on a loaded machine stays.
 BLEND_SHARE = 0.4
 REFIT_SHARE = 0.05
 # What checks, search, blend and refit may take together: the stage stays within 1.1 x budget plus its I/O.
