@@ -923,8 +923,10 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
     JSON), an s3:// URI of a bundle manifest, or a local folder with a downloaded bundle.
 
     Every file is checked against its sha256 before it is used; a registered version's bundle is checked against
-    the registry's record. Nothing executable is loaded. A model whose contract names the app's own feature
-    functions or learner needs that app (`app=`): its code is the user's, never the bundle's.
+    the registry's record. An event is acted on only through that record (`_load_event`): it never names a local
+    folder, which loads only when the caller passes its path. Nothing executable is loaded. A model whose
+    contract names the app's own feature functions or learner needs that app (`app=`): its code is the user's,
+    never the bundle's.
     """
     extensions = app.extensions if app is not None else None
     from sluice.core.memory import MemoryState
@@ -933,19 +935,12 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
 
     if isinstance(ref, (bytes, str)) and str(ref[:1] if isinstance(ref, str) else ref[:1].decode()) == "{":
         ref = json.loads(ref)
-    if isinstance(ref, Mapping):  # a CloudEvent from the topic
-        data = ref.get("data", ref)
-        bundle = data.get("bundle") or {}
-        if not bundle.get("uri"):
-            raise ModelInputError("this event names no model bundle (events from before bundles existed); load "
-                                  f"it by name: load_model('{data.get('model')}:{data.get('version')}')")
-        ref, expected = bundle["uri"], bundle.get("sha256")
-        version = data.get("version")
-    else:
-        expected, version = None, None
     settings = settings or Settings.from_env()
+    if isinstance(ref, Mapping):  # a CloudEvent from the topic: only the registry's own signed record is acted on
+        return _load_event(ref, bucket=settings.bucket, store=store, open_bucket=open_bucket, extensions=extensions)
     if isinstance(ref, Path) or (isinstance(ref, str) and not ref.startswith("s3://") and Path(ref).exists()):
-        return read_local_bundle(ref, expected, extensions)
+        # A folder the caller names: their own download (`sluice models download`), which they chose to trust.
+        return read_local_bundle(ref, None, extensions)
     if isinstance(ref, str) and ref.startswith("s3://"):
         bucket, _, key = ref[5:].partition("/")
         if not key.startswith(keys.RUNS):
@@ -955,8 +950,7 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
                                  "sign bundles; this one is elsewhere. Load the model by name (NAME@champion, "
                                  "NAME:3), or find out who sent the event or URI")
         s3 = store if store is not None and store.bucket == bucket else _open(open_bucket, bucket)
-        model = read_bundle(s3.get, key, expected_sha256=expected, version=version, extensions=extensions)
-        return model
+        return read_bundle(s3.get, key, expected_sha256=None, extensions=extensions)
     store = store or _open(open_bucket, settings.bucket)
     name, alias, number = parse_ref(str(ref))
     registry = ModelRegistry(store, MemoryState())
@@ -981,6 +975,53 @@ def load_model(ref: Any, *, settings: Any = None, store: ObjectStore | None = No
     if found is None:
         raise ModelInputError(f"{name} has no version {number}")
     return load_version(store, found, extensions=extensions)
+
+
+def _load_event(event: Mapping[str, Any], *, bucket: str, store: ObjectStore | None,
+                open_bucket: Callable[[str], ObjectStore] | None, extensions: Extensions | None) -> Model:
+    """The model a promotion CloudEvent names, as the registry of this deployment's bucket recorded it.
+
+    Everything in an event comes from whoever sent it, the bundle's URI and sha256 included. So the URI must name
+    a bundle under runs/ of the configured bucket (where only Sluice stages write, and every read checks their
+    signature), and it must be the bundle the registry's signed record of that version names; the model is then
+    loaded from that record. A local folder is never loaded from an event: only from `load_model(folder)`."""
+    from sluice.core.memory import MemoryState
+    from sluice.ml.registry import ModelRegistry
+
+    data = event.get("data", event)
+    if not isinstance(data, Mapping):
+        raise ModelInputError("this is not a Sluice model event (its data is not an object); load the model by "
+                              "name: load_model('NAME:VERSION')")
+    name, number = data.get("model"), data.get("version")
+    by_name = f"load_model({f'{name}:{number}'!r})"
+    bundle = data.get("bundle") or {}
+    uri = bundle.get("uri") if isinstance(bundle, Mapping) else None
+    if not uri:
+        raise ModelInputError(f"this event names no model bundle (events from before bundles existed); load it by "
+                              f"name: {by_name}")
+    own = f"s3://{bucket}/"
+    if not isinstance(uri, str) or not uri.startswith(own + keys.RUNS):
+        raise IntegrityError(f"{uri!r}: a bundle named by an event is loaded only from runs/ of this "
+                             f"deployment's bucket ({own}{keys.RUNS}), where Sluice stages write and sign bundles; "
+                             f"this one is elsewhere, so whoever sent the event chose it. Load the model by name "
+                             f"({by_name}), or, for a bundle folder you downloaded and trust, pass its path "
+                             "yourself: load_model('/path/to/folder'). Find out who sent the event")
+    if not isinstance(name, str) or not name or isinstance(number, bool) or not isinstance(number, int):
+        raise IntegrityError(f"{uri!r}: the event names no model version (model {name!r}, version "
+                             f"{number!r}), so there is no registry record to check its bundle against; load "
+                             "the model by name: load_model('NAME:VERSION')")
+    s3 = store if store is not None and store.bucket == bucket else _open(open_bucket, bucket)
+    found = ModelRegistry(s3, MemoryState()).version(name, number)
+    recorded = (found or {}).get("bundle") or {}
+    key, claimed = uri[len(own):], bundle.get("sha256")
+    if found is None or found.get("model") != name or found.get("version") != number or recorded.get("key") != key \
+            or (claimed is not None and claimed != recorded.get("sha256")):
+        what = ("has no record of it" if found is None else
+                f"recorded {recorded.get('key') or 'no bundle'} (sha256 {str(recorded.get('sha256'))[:12]}…)")
+        raise IntegrityError(f"the event names {uri!r} (sha256 {str(claimed)[:12]}…) as {name!r} v{number}, "
+                             f"and the registry of {own} {what}: the event is not what Sluice published. Load "
+                             f"the model by name ({by_name}), and find out who sent the event")
+    return load_version(s3, found, extensions=extensions)
 
 
 def _supplied_numbers(contract: Contract, encoding: Encoding, frame: pl.DataFrame,

@@ -731,6 +731,93 @@ def test_a_bundle_named_by_an_event_outside_runs_is_never_loaded(runtime: Runtim
                    settings=runtime.settings, store=runtime.store)
 
 
+def test_an_event_pointing_at_a_forged_downloaded_bundle_is_refused(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """`sluice models download cancer:1 b1`, every float of b1's model negated, its sha256 updated in the manifest,
+    version.json removed: an event naming b1 and the edited manifest's sha256 loaded the forgery, which scored
+    every row 1.0. An event is acted on only through the registry's signed record of the bundle it names."""
+    import hashlib
+    import re
+
+    from click.testing import CliRunner
+
+    from sluice import load_model
+    from sluice.cli import main
+    from sluice.ml.bundle import VERSION_RECORD
+    from tests.chain import run_chain
+
+    monkeypatch.setenv("SLUICE_BUCKET", runtime.settings.bucket)
+    monkeypatch.setenv("SLUICE_BROKER_URL", "memory://")
+    published: list[dict[str, Any]] = []
+    runtime.on_event = lambda kind, doc: published.append(doc) if kind == "published" else None
+    run_chain(runtime, f"incoming/{DATASET}/a.csv", sample_bytes())
+    [event] = [e for e in published if e["type"] == "sluice.model.promoted"]
+    rows = pl.read_csv(io.BytesIO(sample_bytes())).drop("diagnosis").head(50)
+    genuine = load_model(event, settings=runtime.settings, store=runtime.store)
+    assert genuine.version == 1
+
+    b1 = tmp_path / "b1"
+    got = CliRunner().invoke(main, ["models", "download", f"{DATASET}:1", str(b1)])
+    assert got.exit_code == 0, got.output
+    [manifest_path] = b1.glob("manifest*.json")
+    manifest = json.loads(manifest_path.read_bytes())
+    files = manifest["files"]
+
+    def negated(text: str, fmt: str) -> str:
+        if fmt == "lightgbm-text":  # every leaf value negated; the trees' byte sizes, which LightGBM trusts, dropped
+            text = re.sub(r"(?m)^(leaf_value=)(.*)$",
+                          lambda m: m.group(1) + " ".join(str(-float(v)) for v in m.group(2).split()), text)
+            return re.sub(r"(?m)^tree_sizes=.*\n", "", text)
+        doc = json.loads(text)  # a linear model: every weight and the intercept negated
+
+        def minus(v: Any) -> Any:
+            return [minus(x) for x in v] if isinstance(v, list) else -v
+
+        doc["coef"], doc["intercept"] = minus(doc["coef"]), minus(doc["intercept"])
+        return json.dumps(doc)
+
+    edited: dict[str, str] = {}  # old sha256 -> new, for a blend document naming its members
+    for role in sorted((r for r in files if r == "model" or r.startswith("member-")), key=lambda r: r == "model"):
+        path = b1 / files[role]["path"]
+        text = path.read_text()
+        if files[role]["format"] == "sluice-blend-json":
+            for old, new in edited.items():
+                text = text.replace(old, new)
+        else:
+            text = negated(text, files[role]["format"])
+        path.write_text(text)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        edited[files[role]["sha256"]], files[role]["sha256"] = sha, sha
+    manifest_path.write_text(json.dumps(manifest))
+    forged_sha = hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    record = (b1 / VERSION_RECORD).read_text()
+    (b1 / VERSION_RECORD).unlink()
+    forged = load_model(str(b1))  # the user's own folder, by their own call: what they chose to trust
+    assert forged.predict(rows).scores.tolist() != genuine.predict(rows).scores.tolist()
+
+    attacks = {
+        "a local folder": (str(b1), forged_sha),
+        "a local manifest": (str(manifest_path), forged_sha),
+        "another bucket": (f"s3://evil/{event['data']['bundle']['key']}", event["data"]["bundle"]["sha256"]),
+    }
+    for what, (uri, sha) in attacks.items():
+        sent = {**event, "data": {**event["data"], "bundle": {"uri": uri, "sha256": sha}}}
+        for ref in (sent, json.dumps(sent)):
+            with pytest.raises(IntegrityError, match=r"loaded only from runs/ of this deployment's bucket.*Load the "
+                               rf"model by name \(load_model\('{DATASET}:1'\)\).*pass its path") as refused:
+                load_model(ref, settings=runtime.settings, store=runtime.store)
+            assert "s3://" + runtime.settings.bucket + "/runs/" in str(refused.value), what
+    # In the bucket's runs/, but not what the registry recorded for v1: another sha256, or another version's claim.
+    for data in ({**event["data"], "bundle": {**event["data"]["bundle"], "sha256": forged_sha}},
+                 {**event["data"], "version": 2}):
+        with pytest.raises(IntegrityError, match="not what Sluice published"):
+            load_model({**event, "data": data}, settings=runtime.settings, store=runtime.store)
+    # An explicit load of the folder still checks it against the registry's record saved beside it.
+    (b1 / VERSION_RECORD).write_text(record)
+    with pytest.raises(IntegrityError, match="the registry recorded"):
+        load_model(str(b1))
+
+
 def test_names_and_values_a_producer_chose_cannot_drive_the_operators_terminal(
         runtime: Runtime, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A file name (or a cell value) with terminal control sequences was printed raw by `sluice status`, `trace`
