@@ -202,11 +202,15 @@ def pending_arrivals(store: ObjectStore, state: StateBackend, dataset: str, done
     return out
 
 
+def _recency(feature_set: dict[str, Any]) -> tuple[str, int]:
+    """How feature sets are ordered, newest last (as latest_feature_set orders them)."""
+    return feature_set["materialized_at"], len(feature_set["data_versions"])
+
+
 def _newest(feature_sets: list[dict[str, Any]], among: list[str]) -> str | None:
-    """The newest of the feature sets `among` names (as latest_feature_set orders them)."""
+    """The newest of the feature sets `among` names."""
     mine = [f for f in feature_sets if f["feature_set_version"] in among]
-    return max(mine, key=lambda f: (f["materialized_at"], len(f["data_versions"])))["feature_set_version"] \
-        if mine else None
+    return max(mine, key=_recency)["feature_set_version"] if mine else None
 
 
 def waiting(store: ObjectStore, dataset: str, feature_sets: list[dict[str, Any]], runs: list[dict[str, Any]],
@@ -217,7 +221,7 @@ def waiting(store: ObjectStore, dataset: str, feature_sets: list[dict[str, Any]]
 
     if not feature_sets:
         return None
-    newest = max(feature_sets, key=lambda f: (f["materialized_at"], len(f["data_versions"])))
+    newest = max(feature_sets, key=_recency)
     if any(r["feature_set_version"] == newest["feature_set_version"] for r in runs):
         return None
     if newest["feature_set_version"] in not_trained:

@@ -234,6 +234,16 @@ def drop(file: Path, dataset: str, name: str | None, labels: bool) -> None:
     click.echo(f"dropped {file} -> s3://{settings.bucket}/{key} (sha256 {sha[:12]}…, the data version if it validates)")
 
 
+def _say_once(said: dict[str, str], gist: str, key: str, *lines: str) -> None:
+    """A problem's lines, the first time `status` meets it; later drops point to the first one (`said`: gist -> key)."""
+    if gist in said:
+        click.echo(f"              the same problem as {said[gist]}")
+        return
+    said[gist] = key
+    for line in filter(None, lines):
+        click.echo(f"              {line}")
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 @app_option
@@ -284,22 +294,11 @@ def status(as_json: bool, app_spec: str | None) -> None:
                 extra += f" (quarantined, then replayed {a['replayed']}x after a contract fix: the replay has its line)"
             click.echo(f"  {a['stage']:<11} {a['key']}{extra}")
             if a["outcome"] in ("quarantined", "failed", "refused") and not a.get("replayed"):
-                gist = a["message"].replace(a["key"], "<file>")
-                if gist in said:
-                    click.echo(f"              the same problem as {said[gist]}")
-                else:
-                    said[gist] = a["key"]
-                    click.echo(f"              {a['message']}")
+                _say_once(said, a["message"].replace(a["key"], "<file>"), a["key"], a["message"])
             told = a.get("training")  # the train stage quarantined its feature set: where this drop's path ended
             if told:
                 gist = f"training refused: {told['message']}"
-                if gist in said:
-                    click.echo(f"              the same problem as {said[gist]}")
-                else:
-                    said[gist] = a["key"]
-                    click.echo(f"              {gist}")
-                    if told.get("what_to_do"):
-                        click.echo(f"              {told['what_to_do']}")
+                _say_once(said, gist, a["key"], gist, told.get("what_to_do") or "")
             if a.get("what_to_do"):
                 click.echo(f"              {a['what_to_do']}")
             elif a["outcome"] == "refused" and a.get("refusal"):  # recorded before the ledger said what to do
